@@ -1,0 +1,58 @@
+# phased — make help lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+GO      ?= go
+BIN     := bin
+PLUGINS := $(BIN)/plugins
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PROTOC_VERSION := 3.21.12
+PROTO_OUT ?= sdk/proto
+PROMPT  ?= a red fox running through fresh snow
+COUNT   ?= 4
+
+.PHONY: help deps build run test bench fuzz proto check clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## install what the build needs (libzmq from Debian) if missing
+	@pkg-config --exists libzmq 2>/dev/null || { \
+	  echo "installing libzmq3-dev (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config >/dev/null; }
+
+build: deps ## build bin/supervisor and the plugins in bin/plugins
+	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
+	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/roundrobin/cmd/phased-policy-roundrobin
+
+run: build ## set up, build, and run the demo on the embedded default config
+	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
+
+test: build ## run every test with -race (unit, gRPC in memory, end to end)
+	$(GO) test -race -count=1 -timeout 14m ./...
+
+bench: build ## run the benchmarks and print the side-by-side ratios
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./supervisor/... | tee bench.txt
+	@$(GO) run ./supervisor/internal/benchratio < bench.txt
+
+proto: ## regenerate the protobuf code with the pinned generators
+	@protoc --version | grep -q ' $(PROTOC_VERSION)$$' || { echo "protoc $(PROTOC_VERSION) is required (Debian 12: apt-get install protobuf-compiler); found: $$(protoc --version)"; exit 1; }
+	protoc -I sdk/proto \
+	  --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+	  --plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+	  --go_out=$(PROTO_OUT) --go_opt=paths=source_relative \
+	  --go-grpc_out=$(PROTO_OUT) --go-grpc_opt=paths=source_relative \
+	  sdk/proto/phasedv1/*.proto
+
+check: ## gofmt, go vet, and fail when generated code is stale
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
+	$(GO) vet ./...
+	@command -v protoc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(MAKE) -s proto PROTO_OUT=$$tmp && \
+	for f in $$tmp/phasedv1/*.go; do cmp -s $$f sdk/proto/phasedv1/$$(basename $$f) || { echo "generated code is stale: sdk/proto/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
+	[ $$(ls $$tmp/phasedv1/*.go | wc -l) = $$(ls sdk/proto/phasedv1/*.go | wc -l) ] || { echo "sdk/proto/phasedv1 holds generated files that no .proto produces"; exit 1; }; \
+	echo "check: ok"
+
+clean: ## remove build outputs and artifacts
+	rm -rf $(BIN) out bench.txt

@@ -1,0 +1,203 @@
+// Package plugins_test drives the three built-in phase plugins through the
+// real gRPC layer in memory (go-plugin's test connection), each with its own
+// transfer manager over real ipc sockets and shared memory, the way the
+// supervisor drives them.
+package plugins_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/phased/phased/plugins/decoder"
+	"github.com/phased/phased/plugins/encoder"
+	"github.com/phased/phased/plugins/model"
+	"github.com/phased/phased/plugins/transformer"
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// dispense serves p through gRPC in memory and returns the supervisor-side
+// control.
+func dispense(t *testing.T, p sdk.Phase) sdk.PhaseControl {
+	t.Helper()
+	client, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{sdk.PluginPhase: &sdk.PhasePlugin{Impl: p}})
+	t.Cleanup(func() { client.Close() }) // also stops the in-memory server
+	raw, err := client.Dispense(sdk.PluginPhase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, ok := raw.(sdk.PhaseControl)
+	if !ok {
+		t.Fatalf("dispensed %T, not an sdk.PhaseControl", raw)
+	}
+	return ctl
+}
+
+func TestPipelineOverGRPC(t *testing.T) {
+	ctx := context.Background()
+	runDir, err := os.MkdirTemp("/tmp", "pgrpc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(runDir)
+	phases := []struct {
+		name string
+		ctl  sdk.PhaseControl
+	}{
+		{encoder.Name, dispense(t, encoder.New())},
+		{transformer.Name, dispense(t, transformer.New())},
+		{decoder.Name, dispense(t, decoder.New())},
+	}
+	params := map[string]string{"frames": "4", "height": "16", "width": "20"}
+	for _, ph := range phases {
+		info, err := ph.ctl.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Name != ph.name || info.Kind != sdk.KindPhase || !info.Speaks(sdk.PhaseAPIVersion) {
+			t.Fatalf("%s: info %+v", ph.name, info)
+		}
+		dir := filepath.Join(runDir, ph.name)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := ph.ctl.Configure(ctx, sdk.InstanceConfig{Instance: ph.name + "-0", RunDir: dir, Backend: "shm", Params: params}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mp, err := model.ParseParams(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	artifacts := t.TempDir()
+
+	// Several requests at once, with rooms opened upstream first.
+	var wg sync.WaitGroup
+	nextRoom := uint64(0)
+	for i := range 4 {
+		req := sdk.Request{ID: "g" + string(rune('a'+i)), Prompt: "over grpc", Seed: int64(i), Steps: 3, ArtifactDir: artifacts}
+		rooms := []uint64{nextRoom + 1, nextRoom + 2}
+		nextRoom += 2
+		for h, room := range rooms {
+			ep, err := phases[h].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(ep, "ipc://"+runDir) {
+				t.Fatalf("sender endpoint %q is not an ipc endpoint in the run dir", ep)
+			}
+			if _, err := phases[h+1].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		arts := make([]*sdk.Artifact, 3)
+		errs := make([]error, 3)
+		for k, ph := range phases {
+			spec := sdk.RunSpec{Request: req}
+			if k > 0 {
+				spec.InRoom = rooms[k-1]
+			}
+			if k < 2 {
+				spec.OutRoom = rooms[k]
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				arts[k], errs[k] = ph.ctl.Run(ctx, spec)
+			}()
+		}
+		wg.Wait()
+		for k, err := range errs {
+			if err != nil {
+				t.Fatalf("request %s: phase %s: %v", req.ID, phases[k].name, err)
+			}
+		}
+		if arts[0] != nil || arts[1] != nil || arts[2] == nil {
+			t.Fatalf("artifacts %v: want one, from the decoder", arts)
+		}
+		got, err := os.ReadFile(arts[2].Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := model.Reference(ctx, mp, req.Prompt, req.Seed, req.Steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("request %s: artifact differs from the reference", req.ID)
+		}
+		for h, room := range rooms {
+			st, err := phases[h+1].ctl.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !hasRoom(st, room, transfer.Success) {
+				t.Fatalf("receiver status %+v: room %d is not Success", st, room)
+			}
+			for _, ctl := range []sdk.PhaseControl{phases[h].ctl, phases[h+1].ctl} {
+				if err := ctl.RemoveRoom(ctx, room); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, ph := range phases {
+		st, err := ph.ctl.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Rooms) != 0 {
+			t.Fatalf("%s: rooms %+v still open after remove", ph.name, st.Rooms)
+		}
+		if err := ph.ctl.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := ph.ctl.Release(ctx); err != nil {
+			t.Fatalf("second release: %v", err)
+		}
+	}
+	socks, _ := filepath.Glob(filepath.Join(runDir, "*", "*.sock"))
+	if len(socks) != 0 {
+		t.Fatalf("socket files left after release: %v", socks)
+	}
+}
+
+func hasRoom(st sdk.InstanceStatus, room uint64, s transfer.Status) bool {
+	for _, r := range st.Rooms {
+		if r.Room == room {
+			return r.Status == s
+		}
+	}
+	return false
+}
+
+// TestConfigureErrors checks that a bad call reaches the supervisor side as
+// a clear error through gRPC.
+func TestConfigureErrors(t *testing.T) {
+	ctx := context.Background()
+	ctl := dispense(t, transformer.New())
+	tests := []struct {
+		cfg  sdk.InstanceConfig
+		want string
+	}{
+		{sdk.InstanceConfig{Instance: "../evil", RunDir: t.TempDir()}, `instance id "../evil" must match`},
+		{sdk.InstanceConfig{Instance: "t-0", RunDir: t.TempDir(), Backend: "rdma"}, `transfer backend "rdma" is not supported`},
+		{sdk.InstanceConfig{Instance: "t-0", RunDir: t.TempDir(), Params: map[string]string{"frames": "many"}}, "frames"},
+	}
+	for _, tt := range tests {
+		err := ctl.Configure(ctx, tt.cfg)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Configure(%+v): %v, want an error containing %q", tt.cfg, err, tt.want)
+		}
+	}
+	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender}); err == nil || !strings.Contains(err.Error(), "not configured") {
+		t.Errorf("OpenRoom before Configure: %v", err)
+	}
+}

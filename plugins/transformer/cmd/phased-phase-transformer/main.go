@@ -1,0 +1,11 @@
+// Command phased-phase-transformer serves phased's built-in transformer phase (package
+// github.com/phased/phased/plugins/transformer) as a phase plugin. The supervisor
+// starts it; it is not meant to be run by hand.
+package main
+
+import (
+	"github.com/phased/phased/plugins/transformer"
+	"github.com/phased/phased/sdk"
+)
+
+func main() { sdk.ServePhase(transformer.New()) }

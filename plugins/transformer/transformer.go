@@ -1,0 +1,111 @@
+// Package transformer is phased's built-in middle phase: it refines the
+// noise latent from the encoder phase for the request's number of steps,
+// conditioned on the context, with the built-in text-to-video model
+// (package model), and hands the latent to the decoder phase. It is the
+// compute-heavy phase, the one to run several instances of.
+//
+// Lifecycle: New builds a Phase without side effects; Configure, called
+// once before anything else, sets the model params (DefaultParams when it
+// is never called); Info, Inputs and Run are then safe to call
+// concurrently. The phase holds no resources, so it has no Close.
+package transformer
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/plugins/model"
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// Name is the plugin's name, used in its Info, its errors and the
+// supervisor's config (plugin = "transformer").
+const Name = "transformer"
+
+// Version is the plugin's own version, reported in its Info.
+const Version = "0.1.0"
+
+// Phase is the transformer phase. Build it with New.
+type Phase struct {
+	set atomic.Pointer[settings] // nil until Configure
+}
+
+// settings is what Configure sets.
+type settings struct {
+	params model.Params
+	log    hclog.Logger
+}
+
+// New returns a transformer with the default model params. It has no side
+// effects.
+func New() *Phase { return &Phase{} }
+
+// Configure parses cfg.Params with model.ParseParams (see the README for
+// the keys) and keeps cfg.Logger.
+func (t *Phase) Configure(_ context.Context, cfg sdk.Config) error {
+	p, err := model.ParseParams(cfg.Params)
+	if err != nil {
+		return fmt.Errorf("%s: params: %w", Name, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	t.set.Store(&settings{params: p, log: log})
+	log.Debug("configured", "params", fmt.Sprintf("%+v", p))
+	return nil
+}
+
+// Info describes the plugin.
+func (t *Phase) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: Name, Kind: sdk.KindPhase, Version: Version, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
+}
+
+// Inputs returns the context and the latent specs (model.ContextSpec and
+// model.LatentSpec), the encoder's outputs.
+func (t *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
+	p := t.Params()
+	return []tensor.Spec{model.ContextSpec(p), model.LatentSpec(p)}, nil
+}
+
+// Run denoises a copy of the input latent for req.Steps steps with
+// model.Denoise, conditioned on the input context, and returns it. It does
+// not modify its inputs. It returns an error wrapping ctx.Err() soon after
+// ctx is done, and one wrapping model.ErrBadInput when the inputs do not
+// match the params.
+func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
+	set := t.settings()
+	p := set.params
+	if err := model.CheckInputs([]tensor.Spec{model.ContextSpec(p), model.LatentSpec(p)}, in); err != nil {
+		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+	}
+	out, err := tensor.New(model.LatentSpec(p))
+	if err != nil {
+		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+	}
+	copy(out.Data, in[1].Data)
+	if err := model.Denoise(ctx, p, in[0].Float32s(), out.Float32s(), req.Steps); err != nil {
+		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+	}
+	set.log.Debug("denoised", "request", req.ID, "steps", req.Steps)
+	return sdk.Output{Tensors: []tensor.Tensor{out}}, nil
+}
+
+// Params returns the model params in use: DefaultParams until Configure.
+func (t *Phase) Params() model.Params { return t.settings().params }
+
+func (t *Phase) settings() *settings {
+	if s := t.set.Load(); s != nil {
+		return s
+	}
+	return &settings{params: model.DefaultParams(), log: hclog.NewNullLogger()}
+}
+
+var (
+	_ sdk.Phase      = (*Phase)(nil)
+	_ sdk.Configurer = (*Phase)(nil)
+)

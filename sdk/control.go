@@ -1,0 +1,61 @@
+package sdk
+
+import (
+	"context"
+
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// PhaseControl is how the supervisor drives one phase instance. The gRPC
+// client that PhasePlugin dispenses implements it; on the plugin side the
+// SDK's phase runtime serves it around the author's Phase.
+//
+// Lifecycle: Info → Configure (once) → OpenRoom / Run / RemoveRoom / Status,
+// concurrently, any number of times → Release (idempotent).
+type PhaseControl interface {
+	Info(ctx context.Context) (Info, error)
+	// Configure starts the instance's transfer manager.
+	Configure(ctx context.Context, cfg InstanceConfig) error
+	// OpenRoom opens one side of a hop and, for the sender, returns the
+	// endpoint its room socket is bound to.
+	OpenRoom(ctx context.Context, spec RoomSpec) (endpoint string, err error)
+	// Run does this instance's part of a request and returns when it is
+	// done; the last phase returns the artifact.
+	Run(ctx context.Context, spec RunSpec) (*Artifact, error)
+	// RemoveRoom returns once the instance no longer touches the room's
+	// buffers or sockets. Removing an unknown room succeeds.
+	RemoveRoom(ctx context.Context, room uint64) error
+	Status(ctx context.Context) (InstanceStatus, error)
+	// Release removes every room and stops the transfer manager.
+	Release(ctx context.Context) error
+}
+
+// InstanceConfig configures one phase instance.
+type InstanceConfig struct {
+	Instance string            // instance id, e.g. "transformer-1"
+	RunDir   string            // existing directory for the instance's ipc sockets
+	Backend  string            // transfer backend: "shm"
+	Params   map[string]string // the phase's params from the config
+}
+
+// RoomSpec says which side of which hop to open. Room ids start at 1.
+type RoomSpec struct {
+	Room         uint64
+	Role         transfer.Role
+	Request      Request // the receiver derives its input specs from it
+	PeerEndpoint string  // receiver only: the sender's endpoint
+}
+
+// RunSpec names a request and the rooms its inputs arrive on and its outputs
+// leave by; 0 means none (first or last phase).
+type RunSpec struct {
+	Request Request
+	InRoom  uint64
+	OutRoom uint64
+}
+
+// InstanceStatus is what an instance reports about its rooms.
+type InstanceStatus struct {
+	Rooms         []transfer.RoomInfo
+	DroppedFrames uint64
+}

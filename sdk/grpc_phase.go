@@ -1,0 +1,208 @@
+package sdk
+
+import (
+	"context"
+
+	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// phaseClient is the supervisor side of the Phase service.
+type phaseClient struct {
+	c phasedv1.PhaseClient
+}
+
+func (p *phaseClient) Info(ctx context.Context) (Info, error) {
+	resp, err := p.c.Info(ctx, &phasedv1.InfoRequest{})
+	if err != nil {
+		return Info{}, rpcError(err)
+	}
+	return infoFromProto(resp), nil
+}
+
+func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
+	_, err := p.c.Configure(ctx, &phasedv1.ConfigureRequest{
+		Instance: cfg.Instance,
+		RunDir:   cfg.RunDir,
+		Params:   cfg.Params,
+		Backend:  cfg.Backend,
+	})
+	return rpcError(err)
+}
+
+func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, error) {
+	resp, err := p.c.OpenRoom(ctx, &phasedv1.OpenRoomRequest{
+		Room:         spec.Room,
+		Role:         roleToProto(spec.Role),
+		Request:      requestToProto(spec.Request),
+		PeerEndpoint: spec.PeerEndpoint,
+	})
+	if err != nil {
+		return "", rpcError(err)
+	}
+	return resp.GetEndpoint(), nil
+}
+
+func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (*Artifact, error) {
+	req := &phasedv1.RunRequest{Request: requestToProto(spec.Request)}
+	if spec.InRoom != 0 {
+		req.InRoom = &spec.InRoom
+	}
+	if spec.OutRoom != 0 {
+		req.OutRoom = &spec.OutRoom
+	}
+	resp, err := p.c.Run(ctx, req)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	a := resp.GetArtifact()
+	if a == nil {
+		return nil, nil
+	}
+	return &Artifact{Path: a.GetPath(), SHA256: a.GetSha256(), Size: a.GetSize(), MediaType: a.GetMediaType()}, nil
+}
+
+func (p *phaseClient) RemoveRoom(ctx context.Context, room uint64) error {
+	_, err := p.c.RemoveRoom(ctx, &phasedv1.RemoveRoomRequest{Room: room})
+	return rpcError(err)
+}
+
+func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
+	resp, err := p.c.Status(ctx, &phasedv1.StatusRequest{})
+	if err != nil {
+		return InstanceStatus{}, rpcError(err)
+	}
+	st := InstanceStatus{DroppedFrames: resp.GetDroppedFrames()}
+	for _, r := range resp.GetRooms() {
+		st.Rooms = append(st.Rooms, transfer.RoomInfo{
+			Room:   r.GetRoom(),
+			Role:   roleFromProto(r.GetRole()),
+			Status: transfer.StatusFromProto(r.GetStatus()),
+			Reason: r.GetReason(),
+		})
+	}
+	return st, nil
+}
+
+func (p *phaseClient) Release(ctx context.Context) error {
+	_, err := p.c.Release(ctx, &phasedv1.ReleaseRequest{})
+	return rpcError(err)
+}
+
+// phaseServer is the plugin side of the Phase service.
+type phaseServer struct {
+	phasedv1.UnimplementedPhaseServer
+	rt *phaseRuntime
+}
+
+func (s *phaseServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phasedv1.InfoResponse, error) {
+	info, err := s.rt.Info(ctx)
+	if err != nil {
+		return nil, statusError(err)
+	}
+	return infoToProto(info), nil
+}
+
+func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequest) (*phasedv1.ConfigureResponse, error) {
+	err := s.rt.Configure(ctx, InstanceConfig{
+		Instance: req.GetInstance(),
+		RunDir:   req.GetRunDir(),
+		Params:   req.GetParams(),
+		Backend:  req.GetBackend(),
+	})
+	if err != nil {
+		return nil, statusError(err)
+	}
+	return &phasedv1.ConfigureResponse{}, nil
+}
+
+func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomRequest) (*phasedv1.OpenRoomResponse, error) {
+	ep, err := s.rt.OpenRoom(ctx, RoomSpec{
+		Room:         req.GetRoom(),
+		Role:         roleFromProto(req.GetRole()),
+		Request:      requestFromProto(req.GetRequest()),
+		PeerEndpoint: req.GetPeerEndpoint(),
+	})
+	if err != nil {
+		return nil, statusError(err)
+	}
+	return &phasedv1.OpenRoomResponse{Endpoint: ep}, nil
+}
+
+func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phasedv1.RunResponse, error) {
+	a, err := s.rt.Run(ctx, RunSpec{
+		Request: requestFromProto(req.GetRequest()),
+		InRoom:  req.GetInRoom(),
+		OutRoom: req.GetOutRoom(),
+	})
+	if err != nil {
+		return nil, statusError(err)
+	}
+	resp := &phasedv1.RunResponse{}
+	if a != nil {
+		resp.Artifact = &phasedv1.Artifact{Path: a.Path, Sha256: a.SHA256, Size: a.Size, MediaType: a.MediaType}
+	}
+	return resp, nil
+}
+
+func (s *phaseServer) RemoveRoom(ctx context.Context, req *phasedv1.RemoveRoomRequest) (*phasedv1.RemoveRoomResponse, error) {
+	if err := s.rt.RemoveRoom(ctx, req.GetRoom()); err != nil {
+		return nil, statusError(err)
+	}
+	return &phasedv1.RemoveRoomResponse{}, nil
+}
+
+func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*phasedv1.StatusResponse, error) {
+	st, err := s.rt.Status(ctx)
+	if err != nil {
+		return nil, statusError(err)
+	}
+	resp := &phasedv1.StatusResponse{DroppedFrames: st.DroppedFrames}
+	for _, r := range st.Rooms {
+		resp.Rooms = append(resp.Rooms, &phasedv1.RoomState{
+			Room:   r.Room,
+			Role:   roleToProto(r.Role),
+			Status: r.Status.Proto(),
+			Reason: r.Reason,
+		})
+	}
+	return resp, nil
+}
+
+func (s *phaseServer) Release(ctx context.Context, _ *phasedv1.ReleaseRequest) (*phasedv1.ReleaseResponse, error) {
+	if err := s.rt.Release(ctx); err != nil {
+		return nil, statusError(err)
+	}
+	return &phasedv1.ReleaseResponse{}, nil
+}
+
+func requestToProto(r Request) *phasedv1.Request {
+	return &phasedv1.Request{Id: r.ID, Prompt: r.Prompt, Seed: r.Seed, Steps: int32(r.Steps), ArtifactDir: r.ArtifactDir}
+}
+
+func requestFromProto(r *phasedv1.Request) Request {
+	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir()}
+}
+
+func roleToProto(r transfer.Role) phasedv1.RoomRole {
+	switch r {
+	case transfer.Sender:
+		return phasedv1.RoomRole_ROOM_ROLE_SENDER
+	case transfer.Receiver:
+		return phasedv1.RoomRole_ROOM_ROLE_RECEIVER
+	}
+	return phasedv1.RoomRole_ROOM_ROLE_UNSPECIFIED
+}
+
+func roleFromProto(r phasedv1.RoomRole) transfer.Role {
+	if r == phasedv1.RoomRole_ROOM_ROLE_RECEIVER {
+		return transfer.Receiver
+	}
+	return transfer.Sender
+}
+
+var (
+	_ PhaseControl         = (*phaseClient)(nil)
+	_ PhaseControl         = (*phaseRuntime)(nil)
+	_ phasedv1.PhaseServer = (*phaseServer)(nil)
+)

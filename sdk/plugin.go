@@ -1,0 +1,130 @@
+package sdk
+
+import (
+	"context"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/phased/phased/sdk/proto/phasedv1"
+)
+
+// ProtocolVersion is the go-plugin protocol version of phased plugins. It is
+// bumped only for changes that break the wire; the API version of each kind
+// (PhaseAPIVersion, PolicyAPIVersion) covers the rest.
+//
+// History: 1 — first version (gRPC, services phased.v1.Phase and
+// phased.v1.Policy).
+const ProtocolVersion = 1
+
+// Handshake is the go-plugin handshake shared by the supervisor and every
+// plugin. The cookie only guards against a plugin binary being run by hand;
+// it is not a security measure.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "PHASED_PLUGIN_MAGIC_COOKIE",
+	MagicCookieValue: "f1c7b0d8e2a94b6c8d3e5f70a1b2c3d4e5f6a7b8c9d0e1f2phased",
+}
+
+// Names of the plugins in the go-plugin plugin map: a phase plugin process
+// serves PluginPhase, a policy plugin process serves PluginPolicy.
+const (
+	PluginPhase  = "phase"
+	PluginPolicy = "policy"
+)
+
+// LogLevelEnv names the environment variable a plugin reads its log level
+// from; the supervisor sets it for its children.
+const LogLevelEnv = "PHASED_LOG_LEVEL"
+
+// PluginMap returns the go-plugin plugin map the supervisor dispenses from.
+func PluginMap() map[string]plugin.Plugin {
+	return map[string]plugin.Plugin{
+		PluginPhase:  &PhasePlugin{},
+		PluginPolicy: &PolicyPlugin{},
+	}
+}
+
+// ServePhase serves p as a phase plugin process: it speaks the go-plugin
+// handshake on stdout, logs JSON to stderr, and returns when the supervisor
+// stops the process. A phase plugin's main is one call:
+//
+//	func main() { sdk.ServePhase(encoder.New()) }
+func ServePhase(p Phase) {
+	logger := pluginLogger()
+	serve(logger, map[string]plugin.Plugin{PluginPhase: &PhasePlugin{Impl: p, Logger: logger}})
+}
+
+// ServePolicy serves p as a policy plugin process, like ServePhase.
+func ServePolicy(p Policy) {
+	logger := pluginLogger()
+	serve(logger, map[string]plugin.Plugin{PluginPolicy: &PolicyPlugin{Impl: p}})
+}
+
+func serve(logger hclog.Logger, plugins map[string]plugin.Plugin) {
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         plugins,
+		GRPCServer:      plugin.DefaultGRPCServer,
+		Logger:          logger,
+	})
+}
+
+// pluginLogger logs JSON to stderr, which go-plugin on the supervisor side
+// parses and re-logs under the plugin's name.
+func pluginLogger() hclog.Logger {
+	level := hclog.LevelFromString(os.Getenv(LogLevelEnv))
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Level:      level,
+		Output:     os.Stderr,
+		JSONFormat: true,
+	})
+}
+
+// PhasePlugin is the go-plugin plugin for the Phase service. The plugin side
+// sets Impl (and optionally Logger); the supervisor side leaves both nil and
+// gets a PhaseControl from Dispense.
+type PhasePlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl   Phase
+	Logger hclog.Logger
+}
+
+// GRPCServer registers the phase runtime wrapping Impl.
+func (p *PhasePlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	phasedv1.RegisterPhaseServer(s, &phaseServer{rt: newPhaseRuntime(p.Impl, p.Logger)})
+	return nil
+}
+
+// GRPCClient returns a PhaseControl talking to the plugin over conn.
+func (p *PhasePlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
+	return &phaseClient{c: phasedv1.NewPhaseClient(conn)}, nil
+}
+
+// PolicyPlugin is the go-plugin plugin for the Policy service. The plugin
+// side sets Impl; the supervisor side gets a Policy from Dispense.
+type PolicyPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl Policy
+}
+
+// GRPCServer registers Impl.
+func (p *PolicyPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	phasedv1.RegisterPolicyServer(s, &policyServer{impl: p.Impl})
+	return nil
+}
+
+// GRPCClient returns a Policy talking to the plugin over conn.
+func (p *PolicyPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
+	return &policyClient{c: phasedv1.NewPolicyClient(conn)}, nil
+}
+
+var (
+	_ plugin.GRPCPlugin = (*PhasePlugin)(nil)
+	_ plugin.GRPCPlugin = (*PolicyPlugin)(nil)
+)

@@ -1,0 +1,212 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// phaseRuntime serves PhaseControl around an author's Phase inside a phase
+// plugin process. It owns the process's transfer manager and maps rooms to
+// the Run calls that use them, so that removing a room also stops the
+// computation that waits on it.
+type phaseRuntime struct {
+	phase  Phase
+	logger hclog.Logger
+
+	mu       sync.Mutex
+	mgr      *transfer.Manager // nil until Configure
+	instance string
+	released bool
+	runs     map[uint64]context.CancelFunc // room -> cancel of the Run using it
+}
+
+func newPhaseRuntime(p Phase, logger hclog.Logger) *phaseRuntime {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &phaseRuntime{phase: p, logger: logger, runs: make(map[uint64]context.CancelFunc)}
+}
+
+// instanceName is what an instance id may look like: it becomes part of
+// shared-memory segment names.
+var instanceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,48}$`)
+
+func (r *phaseRuntime) Info(ctx context.Context) (Info, error) {
+	return r.phase.Info(ctx)
+}
+
+func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error {
+	if !instanceName.MatchString(cfg.Instance) {
+		return fmt.Errorf("%w: instance id %q must match %s", ErrInvalid, cfg.Instance, instanceName)
+	}
+	if cfg.Backend != "" && cfg.Backend != "shm" {
+		return fmt.Errorf("%w: transfer backend %q is not supported (supported: shm)", ErrInvalid, cfg.Backend)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mgr != nil {
+		return fmt.Errorf("%w: instance %s is already configured", ErrInvalid, r.instance)
+	}
+	if r.released {
+		return transfer.ErrReleased
+	}
+	logger := r.logger.Named(cfg.Instance)
+	if c, ok := r.phase.(Configurer); ok {
+		if err := c.Configure(ctx, Config{Instance: cfg.Instance, Params: cfg.Params, Logger: logger}); err != nil {
+			return err
+		}
+	}
+	mgr, err := transfer.New(transfer.Config{
+		Dir:    cfg.RunDir,
+		Name:   fmt.Sprintf("%s.%d", cfg.Instance, os.Getpid()),
+		Logger: logger.Named("transfer"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Start(); err != nil {
+		return err
+	}
+	r.mgr, r.instance = mgr, cfg.Instance
+	logger.Info("configured", "run_dir", cfg.RunDir)
+	return nil
+}
+
+// manager returns the transfer manager, or an error before Configure.
+func (r *phaseRuntime) manager() (*transfer.Manager, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mgr == nil {
+		return nil, fmt.Errorf("%w: instance is not configured", ErrInvalid)
+	}
+	return r.mgr, nil
+}
+
+func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, error) {
+	mgr, err := r.manager()
+	if err != nil {
+		return "", err
+	}
+	if spec.Room == 0 {
+		return "", fmt.Errorf("%w: room id 0 is reserved", ErrInvalid)
+	}
+	switch spec.Role {
+	case transfer.Sender:
+		return mgr.OpenSender(spec.Room)
+	case transfer.Receiver:
+		specs, err := r.phase.Inputs(ctx, spec.Request)
+		if err != nil {
+			return "", fmt.Errorf("room %d: inputs of request %s: %w", spec.Room, spec.Request.ID, err)
+		}
+		return "", mgr.OpenReceiver(spec.Room, spec.PeerEndpoint, specs)
+	}
+	return "", fmt.Errorf("%w: room %d: unknown role %v", ErrInvalid, spec.Room, spec.Role)
+}
+
+func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error) {
+	mgr, err := r.manager()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rooms := []uint64{spec.InRoom, spec.OutRoom}
+	r.track(rooms, cancel)
+	defer r.untrack(rooms)
+
+	var in []tensor.Tensor
+	if spec.InRoom != 0 {
+		ts, done, err := mgr.Receive(ctx, spec.InRoom)
+		if err != nil {
+			return nil, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
+		}
+		defer done()
+		in = ts
+	}
+	out, err := r.phase.Run(ctx, spec.Request, in)
+	if err != nil {
+		return nil, err
+	}
+	if spec.OutRoom == 0 {
+		if out.Artifact == nil {
+			return nil, errors.New("the last phase of the pipeline returned no artifact")
+		}
+		return out.Artifact, nil
+	}
+	if err := mgr.Send(ctx, spec.OutRoom, out.Tensors); err != nil {
+		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
+	}
+	return nil, nil
+}
+
+// track registers cancel as the stop of the Run using rooms.
+func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, room := range rooms {
+		if room != 0 {
+			r.runs[room] = cancel
+		}
+	}
+}
+
+func (r *phaseRuntime) untrack(rooms []uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, room := range rooms {
+		delete(r.runs, room)
+	}
+}
+
+func (r *phaseRuntime) RemoveRoom(_ context.Context, room uint64) error {
+	mgr, err := r.manager()
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	cancel := r.runs[room]
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	return mgr.Remove(room)
+}
+
+func (r *phaseRuntime) Status(context.Context) (InstanceStatus, error) {
+	mgr, err := r.manager()
+	if err != nil {
+		return InstanceStatus{}, err
+	}
+	return InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped()}, nil
+}
+
+func (r *phaseRuntime) Release(ctx context.Context) error {
+	r.mu.Lock()
+	if r.released {
+		r.mu.Unlock()
+		return nil
+	}
+	r.released = true
+	mgr := r.mgr
+	for _, cancel := range r.runs {
+		cancel()
+	}
+	r.mu.Unlock()
+	var errs []error
+	if mgr != nil {
+		errs = append(errs, mgr.Release(ctx))
+	}
+	if c, ok := r.phase.(Closer); ok {
+		errs = append(errs, c.Close(ctx))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,145 @@
+// Package sdk is what a phased plugin author imports: the Phase and Policy
+// interfaces, the go-plugin handshake and plugin map shared by the supervisor
+// and its plugins, and ServePhase / ServePolicy, so that a plugin's main is a
+// single call.
+//
+// A phase author implements Phase (three methods, ctx first) and never sees
+// protobuf types, sockets or shared memory: the SDK's phase runtime owns the
+// transfer manager (package sdk/transfer), opens and removes rooms on the
+// supervisor's orders, waits for the inputs, calls Run, and moves the
+// outputs to the next phase.
+package sdk
+
+import (
+	"context"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// Kind is the kind of a plugin.
+type Kind string
+
+// The plugin kinds.
+const (
+	KindPhase  Kind = "phase"
+	KindPolicy Kind = "policy"
+)
+
+// API versions of each kind that this SDK speaks. A plugin reports the
+// versions it speaks in Info; the supervisor refuses a plugin that does not
+// speak its version.
+//
+// History: 1 — first version.
+const (
+	PhaseAPIVersion  = 1
+	PolicyAPIVersion = 1
+)
+
+// Info describes a plugin.
+type Info struct {
+	Name        string // plugin name, e.g. "encoder"
+	Kind        Kind
+	Version     string // the plugin's own version, free form
+	APIVersions []int  // API versions of its kind the plugin speaks
+}
+
+// Request is one generation request as a phase sees it.
+type Request struct {
+	ID          string
+	Prompt      string
+	Seed        int64
+	Steps       int
+	ArtifactDir string // where the last phase writes its artifact
+}
+
+// Artifact is what the last phase of a pipeline produces.
+type Artifact struct {
+	Path      string
+	SHA256    string // hex
+	Size      int64
+	MediaType string
+}
+
+// Output is the result of Phase.Run: tensors for the next phase, or, from
+// the last phase, an artifact.
+type Output struct {
+	Tensors  []tensor.Tensor
+	Artifact *Artifact
+}
+
+// Phase is what a phase plugin implements.
+//
+// Lifecycle: the value is built without side effects; Configure (if the
+// phase implements Configurer) is called once before any other call; Inputs
+// and Run are then called concurrently for many requests; Close (if the phase
+// implements Closer) is called once at release.
+type Phase interface {
+	// Info describes the plugin; Kind must be KindPhase.
+	Info(ctx context.Context) (Info, error)
+	// Inputs declares the tensors this phase receives for req, in order.
+	// The first phase of a pipeline returns none.
+	Inputs(ctx context.Context, req Request) ([]tensor.Spec, error)
+	// Run computes req's outputs from its inputs, which match Inputs and
+	// are valid only until Run returns. It should return promptly when ctx
+	// is cancelled (the request was removed).
+	Run(ctx context.Context, req Request, in []tensor.Tensor) (Output, error)
+}
+
+// Config is what the supervisor's config says about one phase instance.
+type Config struct {
+	Instance string            // instance id, e.g. "transformer-1"
+	Params   map[string]string // the phase's params from the config
+	Logger   hclog.Logger      // the plugin's logger, named after the instance
+}
+
+// Configurer is implemented by phases that take parameters.
+type Configurer interface {
+	Configure(ctx context.Context, cfg Config) error
+}
+
+// Closer is implemented by phases that hold resources to free at release.
+type Closer interface {
+	Close(ctx context.Context) error
+}
+
+// Candidate is one instance a policy may choose for a phase, with its load.
+type Candidate struct {
+	ID            string // instance id, e.g. "transformer-1"
+	Index         int    // position within its phase, from 0
+	Ready         bool   // false: do not choose it
+	OpenRooms     int
+	Inflight      int     // requests dispatched and not finished
+	LatencyEWMAms float64 // recent per-request latency in milliseconds
+	Labels        map[string]string
+}
+
+// PhaseCandidates lists the candidates of one phase.
+type PhaseCandidates struct {
+	Phase      string
+	Candidates []Candidate
+}
+
+// ScheduleRequest is a snapshot of the candidates of every phase a policy
+// serves, for one request.
+type ScheduleRequest struct {
+	RequestID string
+	Phases    []PhaseCandidates
+}
+
+// Decision maps each phase of the ScheduleRequest to the chosen candidate id.
+type Decision struct {
+	Choices map[string]string
+}
+
+// Policy is what a scheduling-policy plugin implements. Every Schedule call
+// carries the full candidate snapshot, so a policy keeps no membership state
+// and may be restarted or swapped at any time. Schedule is called
+// concurrently.
+type Policy interface {
+	// Info describes the plugin; Kind must be KindPolicy.
+	Info(ctx context.Context) (Info, error)
+	// Schedule picks one ready candidate for every phase in req.
+	Schedule(ctx context.Context, req ScheduleRequest) (Decision, error)
+}

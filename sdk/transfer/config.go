@@ -1,0 +1,97 @@
+package transfer
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// DefaultShmDir is where receivers create their shared-memory segments when
+// Config.ShmDir is empty.
+const DefaultShmDir = "/dev/shm"
+
+// MaxSocketPath is the longest unix socket path the kernel accepts
+// (sun_path is 108 bytes with its terminating NUL).
+const MaxSocketPath = 107
+
+// Config configures a Manager.
+type Config struct {
+	// Dir is the run directory where room sockets are bound. It must exist
+	// and be short enough for the longest socket path (see MaxSocketPath).
+	Dir string
+	// Name identifies this manager in segment names and logs; it must match
+	// ^[A-Za-z0-9_.-]{1,64}$ and be unique among the processes sharing
+	// ShmDir (e.g. instance name + pid).
+	Name string
+	// ShmDir holds shared-memory segments; empty means DefaultShmDir.
+	ShmDir string
+	// Logger receives the manager's logs as given (name it before passing
+	// it in); nil means no logs.
+	Logger hclog.Logger
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// longestSocketName is the longest socket file name a Manager creates.
+var longestSocketName = receiverSocketName(math.MaxUint64, math.MaxUint64)
+
+func senderSocketName(room uint64) string { return "s-" + strconv.FormatUint(room, 10) + ".sock" }
+
+func receiverSocketName(room, gen uint64) string {
+	return "r-" + strconv.FormatUint(room, 10) + "-" + strconv.FormatUint(gen, 10) + ".sock"
+}
+
+func segmentName(name string, room, gen uint64) string {
+	return "phased-" + name + "-" + strconv.FormatUint(room, 10) + "-" + strconv.FormatUint(gen, 10)
+}
+
+// normalize checks c and returns it with defaults filled in and Dir and
+// ShmDir made absolute. It only reads the file system.
+func (c Config) normalize() (Config, error) {
+	if !nameRE.MatchString(c.Name) {
+		return c, fmt.Errorf("transfer: config: Name %q must match %s", c.Name, nameRE)
+	}
+	if c.Dir == "" {
+		return c, fmt.Errorf("transfer: config: Dir is empty: set it to the run directory for room sockets")
+	}
+	dir, err := existingDir("Dir", c.Dir)
+	if err != nil {
+		return c, err
+	}
+	longest := filepath.Join(dir, longestSocketName)
+	if len(longest) > MaxSocketPath {
+		return c, fmt.Errorf("transfer: config: Dir %q is too long: socket path %q is %d bytes, the unix socket limit is %d; use a run directory of at most %d bytes",
+			dir, longest, len(longest), MaxSocketPath, MaxSocketPath-len(longestSocketName)-1)
+	}
+	c.Dir = dir
+	if c.ShmDir == "" {
+		c.ShmDir = DefaultShmDir
+	}
+	if c.ShmDir, err = existingDir("ShmDir", c.ShmDir); err != nil {
+		return c, err
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c, nil
+}
+
+func existingDir(field, dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("transfer: config: %s %q: %w", field, dir, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("transfer: config: %s: %w", field, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("transfer: config: %s %q is not a directory", field, abs)
+	}
+	return abs, nil
+}

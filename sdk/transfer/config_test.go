@@ -1,0 +1,68 @@
+package transfer
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestNewConfig(t *testing.T) {
+	dir := shortDir(t)
+	long := filepath.Join(dir, strings.Repeat("d", 60))
+	if err := os.Mkdir(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr []string // substrings of the error; none: no error
+	}{
+		{"valid", Config{Dir: dir, Name: "encoder.1234"}, nil},
+		{"valid with shm dir", Config{Dir: dir, Name: "a_b-c", ShmDir: dir}, nil},
+		{"dir too long", Config{Dir: long, Name: "x"},
+			[]string{"transfer: config: Dir", "too long", "the unix socket limit is 107", "at most 58 bytes"}},
+		{"empty dir", Config{Name: "x"}, []string{"Dir is empty"}},
+		{"missing dir", Config{Dir: filepath.Join(dir, "nope"), Name: "x"}, []string{"transfer: config: Dir:", "no such file"}},
+		{"dir is a file", Config{Dir: file, Name: "x"}, []string{"is not a directory"}},
+		{"missing shm dir", Config{Dir: dir, Name: "x", ShmDir: filepath.Join(dir, "nope")}, []string{"ShmDir"}},
+		{"empty name", Config{Dir: dir}, []string{`Name "" must match`}},
+		{"slash in name", Config{Dir: dir, Name: "a/b"}, []string{`Name "a/b" must match ^[A-Za-z0-9_.-]{1,64}$`}},
+		{"space in name", Config{Dir: dir, Name: "a b"}, []string{"must match"}},
+		{"name too long", Config{Dir: dir, Name: strings.Repeat("n", 65)}, []string{"must match"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := New(tt.cfg)
+			if len(tt.wantErr) == 0 {
+				if err != nil || m == nil {
+					t.Fatalf("New = %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("New succeeded")
+			}
+			if strings.Count(err.Error(), "transfer: ") != 1 {
+				t.Errorf("error %q: want the prefix once", err)
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	// New has no side effects.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Errorf("New created files: %v", entries)
+	}
+}

@@ -1,0 +1,217 @@
+package transfer
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// wireVersion is the version every frame carries; a frame with another
+// version is dropped.
+const wireVersion = 1
+
+// maxFrameSize is ZMQ_MAXMSGSIZE on every PULL socket: frames are small, so
+// libzmq drops anything larger before it reaches the owner.
+const maxFrameSize = 1 << 20
+
+const (
+	maxBuffers     = 4096 // buffers in one descriptor
+	maxEndpointLen = 512
+	maxReasonLen   = 1024 // longer reasons from a peer are cut
+)
+
+// descriptor is a validated phasedv1.Descriptor: every buffer lies inside
+// the segment, buffers do not overlap, and each length matches its spec.
+type descriptor struct {
+	generation     uint64
+	statusEndpoint string
+	segment        string
+	segmentSize    uint64
+	buffers        []buffer
+}
+
+// header is one phasedv1.TensorHeader of a status frame.
+type header struct {
+	spec   tensor.Spec
+	length uint64
+	crc    uint32
+}
+
+// checkEndpoint accepts the endpoints a peer may ask us to connect to.
+func checkEndpoint(ep string) error {
+	if len(ep) > maxEndpointLen {
+		return fmt.Errorf("endpoint is %d bytes, the limit is %d", len(ep), maxEndpointLen)
+	}
+	if strings.ContainsRune(ep, 0) {
+		return fmt.Errorf("endpoint %q contains a NUL byte", ep)
+	}
+	if rest, ok := strings.CutPrefix(ep, "ipc://"); ok && rest != "" {
+		return nil
+	}
+	if rest, ok := strings.CutPrefix(ep, "tcp://"); ok && rest != "" {
+		return nil
+	}
+	return fmt.Errorf("endpoint %q: want ipc://PATH or tcp://HOST:PORT", ep)
+}
+
+// parseDescriptor validates what does not depend on the tensors given to
+// Send. Its errors become the room's failure reason.
+func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
+	if err := checkEndpoint(pd.GetStatusEndpoint()); err != nil {
+		return nil, fmt.Errorf("descriptor: status %w", err)
+	}
+	name := pd.GetSegment()
+	if len(name) > 255 || !segmentNameRE.MatchString(name) {
+		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
+	}
+	size := pd.GetSegmentSize()
+	if size == 0 || size > maxSegmentSize {
+		return nil, fmt.Errorf("descriptor: segment size %d is out of range (1..%d)", size, uint64(maxSegmentSize))
+	}
+	pbs := pd.GetBuffers()
+	if len(pbs) > maxBuffers {
+		return nil, fmt.Errorf("descriptor: %d buffers, the limit is %d", len(pbs), maxBuffers)
+	}
+	d := &descriptor{
+		generation:     pd.GetGeneration(),
+		statusEndpoint: pd.GetStatusEndpoint(),
+		segment:        name,
+		segmentSize:    size,
+		buffers:        make([]buffer, len(pbs)),
+	}
+	for i, pb := range pbs {
+		b := buffer{
+			spec:   tensor.Spec{Name: pb.GetName(), DType: tensor.DType(pb.GetDtype()), Shape: append([]int64(nil), pb.GetShape()...)},
+			offset: pb.GetOffset(),
+			length: pb.GetLength(),
+		}
+		if b.spec.Name == "" {
+			return nil, fmt.Errorf("descriptor: buffer %d has no name", i)
+		}
+		n, err := b.spec.NumBytes()
+		if err != nil {
+			return nil, fmt.Errorf("descriptor: buffer %d %q: %w", i, b.spec.Name, err)
+		}
+		if uint64(n) != b.length {
+			return nil, fmt.Errorf("descriptor: buffer %d %q: length %d, but %s is %d bytes", i, b.spec.Name, b.length, b.spec, n)
+		}
+		if b.offset > size || b.length > size-b.offset {
+			return nil, fmt.Errorf("descriptor: buffer %d %q: offset %d + length %d is out of bounds of the %d-byte segment", i, b.spec.Name, b.offset, b.length, size)
+		}
+		d.buffers[i] = b
+	}
+	byOffset := append([]buffer(nil), d.buffers...)
+	sort.Slice(byOffset, func(i, j int) bool { return byOffset[i].offset < byOffset[j].offset })
+	for i := 1; i < len(byOffset); i++ {
+		prev, cur := byOffset[i-1], byOffset[i]
+		if prev.offset+prev.length > cur.offset {
+			return nil, fmt.Errorf("descriptor: buffers %q and %q overlap", prev.spec.Name, cur.spec.Name)
+		}
+	}
+	return d, nil
+}
+
+// matchTensors checks, by position, that ts fit the receiver's buffers.
+func matchTensors(ts []tensor.Tensor, bufs []buffer) error {
+	if len(ts) != len(bufs) {
+		return fmt.Errorf("send: %d tensors for %d receiver buffers", len(ts), len(bufs))
+	}
+	for i, t := range ts {
+		b := bufs[i]
+		if !t.Spec.Equal(b.spec) {
+			return fmt.Errorf("send: tensor %d %s does not match the receiver's buffer %s", i, t.Spec, b.spec)
+		}
+		if uint64(len(t.Data)) != b.length {
+			return fmt.Errorf("send: tensor %d %q has %d bytes, the receiver's buffer holds %d", i, t.Name, len(t.Data), b.length)
+		}
+	}
+	return nil
+}
+
+func encodeDescriptor(room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer) ([]byte, error) {
+	pd := &phasedv1.Descriptor{
+		Version:        wireVersion,
+		Room:           room,
+		Generation:     gen,
+		StatusEndpoint: statusEndpoint,
+		Segment:        seg,
+		SegmentSize:    size,
+		Buffers:        make([]*phasedv1.TensorHeader, len(bufs)),
+	}
+	for i, b := range bufs {
+		pd.Buffers[i] = &phasedv1.TensorHeader{
+			Name:   b.spec.Name,
+			Dtype:  uint32(b.spec.DType),
+			Shape:  b.spec.Shape,
+			Offset: b.offset,
+			Length: b.length,
+		}
+	}
+	return proto.Marshal(pd)
+}
+
+func encodeStatus(room, gen uint64, st Status, reason string, hs []header) ([]byte, error) {
+	f := &phasedv1.StatusFrame{
+		Version:    wireVersion,
+		Room:       room,
+		Generation: gen,
+		Status:     st.Proto(),
+		Reason:     reason,
+		Tensors:    make([]*phasedv1.TensorHeader, len(hs)),
+	}
+	for i, h := range hs {
+		f.Tensors[i] = &phasedv1.TensorHeader{
+			Name:   h.spec.Name,
+			Dtype:  uint32(h.spec.DType),
+			Shape:  h.spec.Shape,
+			Length: h.length,
+			Crc32C: h.crc,
+		}
+	}
+	return proto.Marshal(f)
+}
+
+func headersFromProto(pts []*phasedv1.TensorHeader) []header {
+	hs := make([]header, len(pts))
+	for i, pt := range pts {
+		hs[i] = header{
+			spec:   tensor.Spec{Name: pt.GetName(), DType: tensor.DType(pt.GetDtype()), Shape: append([]int64(nil), pt.GetShape()...)},
+			length: pt.GetLength(),
+			crc:    pt.GetCrc32C(),
+		}
+	}
+	return hs
+}
+
+// verifyTensors checks what a Success frame says against the room's
+// buffers and the bytes in the segment. Errors name the tensor.
+func verifyTensors(bufs []buffer, hs []header, data []byte) error {
+	if len(hs) != len(bufs) {
+		return fmt.Errorf("verify: the sender reported %d tensors, %d expected", len(hs), len(bufs))
+	}
+	for i, b := range bufs {
+		h := hs[i]
+		if !h.spec.Equal(b.spec) {
+			return fmt.Errorf("verify: tensor %d %q: the sender wrote %s, expected %s", i, b.spec.Name, h.spec, b.spec)
+		}
+		if h.length != b.length {
+			return fmt.Errorf("verify: tensor %d %q: the sender wrote %d bytes, expected %d", i, b.spec.Name, h.length, b.length)
+		}
+		if got := tensor.Checksum(data[b.offset : b.offset+b.length]); got != h.crc {
+			return fmt.Errorf("verify: tensor %d %q: CRC-32C mismatch: buffer has %08x, the sender reported %08x", i, b.spec.Name, got, h.crc)
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
+}

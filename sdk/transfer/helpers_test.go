@@ -1,0 +1,186 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/sdk/tensor"
+)
+
+var nameSeq atomic.Int64
+
+// uniqueName returns a manager name no other test (or test run) uses.
+func uniqueName() string { return fmt.Sprintf("t%d-%d", os.Getpid(), nameSeq.Add(1)) }
+
+// shortDir returns a fresh directory short enough for socket paths.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if len(dir) > 50 {
+		t.Fatalf("temp dir %q is too long for socket paths", dir)
+	}
+	return dir
+}
+
+// startManager starts a Manager; tweak, if set, runs before Start. It is
+// released when the test ends.
+func startManager(t *testing.T, dir, name string, tweak func(*Manager)) *Manager {
+	t.Helper()
+	logger := hclog.NewNullLogger()
+	if testing.Verbose() {
+		logger = hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug})
+	}
+	m, err := New(Config{Dir: dir, Name: name, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(m)
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Release(ctx); err != nil {
+			t.Errorf("release %s: %v", name, err)
+		}
+	})
+	return m
+}
+
+// pair is a sender and a receiver manager sharing one run directory.
+type pair struct {
+	dir      string
+	snd, rcv *Manager
+	sn, rn   string
+}
+
+func newPair(t *testing.T, tweakSender func(*Manager)) *pair {
+	t.Helper()
+	p := &pair{dir: shortDir(t), sn: uniqueName(), rn: uniqueName()}
+	p.snd = startManager(t, p.dir, p.sn, tweakSender)
+	p.rcv = startManager(t, p.dir, p.rn, nil)
+	return p
+}
+
+// open opens both sides of a room, sender first.
+func (p *pair) open(t *testing.T, room uint64, specs []tensor.Spec) {
+	t.Helper()
+	ep, err := p.snd.OpenSender(room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.rcv.OpenReceiver(room, ep, specs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// transfer sends ts over room and checks what the receiver gets.
+func (p *pair) transfer(ctx context.Context, room uint64, ts []tensor.Tensor) error {
+	sent := make(chan error, 1)
+	go func() { sent <- p.snd.Send(ctx, room, ts) }()
+	got, release, err := p.rcv.Receive(ctx, room)
+	if err != nil {
+		return fmt.Errorf("receive: %w (send: %v)", err, <-sent)
+	}
+	defer release()
+	if err := <-sent; err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return sameTensors(got, ts)
+}
+
+func sameTensors(got, want []tensor.Tensor) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("got %d tensors, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !got[i].Spec.Equal(want[i].Spec) {
+			return fmt.Errorf("tensor %d: spec %s, want %s", i, got[i].Spec, want[i].Spec)
+		}
+		if !bytes.Equal(got[i].Data, want[i].Data) {
+			return fmt.Errorf("tensor %d %q: bytes differ", i, want[i].Name)
+		}
+	}
+	return nil
+}
+
+// filled returns a tensor of spec s whose bytes depend on seed.
+func filled(t *testing.T, s tensor.Spec, seed byte) tensor.Tensor {
+	t.Helper()
+	x, err := tensor.New(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range x.Data {
+		x.Data[i] = byte(i*7+i>>9) ^ seed
+	}
+	return x
+}
+
+func specsOf(ts []tensor.Tensor) []tensor.Spec {
+	specs := make([]tensor.Spec, len(ts))
+	for i, t := range ts {
+		specs[i] = t.Spec
+	}
+	return specs
+}
+
+// assertClean checks that no socket file is left in dir and no segment of
+// the named managers in the default ShmDir.
+func assertClean(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	socks, err := filepath.Glob(filepath.Join(dir, "*.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(socks) > 0 {
+		t.Errorf("socket files left: %v", socks)
+	}
+	for _, name := range names {
+		segs, err := filepath.Glob(filepath.Join(DefaultShmDir, "phased-"+name+"-*"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(segs) > 0 {
+			t.Errorf("segments left: %v", segs)
+		}
+	}
+}
+
+// eventually waits up to 5 s for cond (tests only).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func wantStatus(t *testing.T, m *Manager, room uint64, want Status) {
+	t.Helper()
+	st, reason, err := m.Status(room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != want {
+		t.Fatalf("room %d: status %s (%q), want %s", room, st, reason, want)
+	}
+}

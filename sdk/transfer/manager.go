@@ -1,0 +1,670 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// Errors a caller may branch on with errors.Is. Returned errors wrap them
+// with the room id and, for ErrFailed, the room's reason.
+var (
+	// ErrUnknownRoom: no open room has this id (or it has the other role).
+	ErrUnknownRoom = errors.New("transfer: unknown room")
+	// ErrRoomExists: the id is open or was used before; ids are never reused.
+	ErrRoomExists = errors.New("transfer: room id already used")
+	// ErrRemoved: the room was removed while the call waited on it.
+	ErrRemoved = errors.New("transfer: room removed")
+	// ErrFailed: the room is Failed; the error carries its reason.
+	ErrFailed = errors.New("transfer: room failed")
+	// ErrReleased: the Manager was released.
+	ErrReleased = errors.New("transfer: manager released")
+	// ErrNotStarted: Start was not called.
+	ErrNotStarted = errors.New("transfer: manager not started, call Start first")
+)
+
+type managerState int
+
+const (
+	stateNew managerState = iota
+	stateStarted
+	stateReleased
+)
+
+// Manager is the transfer manager of one phase process: it owns the
+// process's room sockets, its shared-memory segments, one socket-owner
+// goroutine and one transfer worker. See the package comment for the
+// lifecycle. All methods are safe for concurrent use.
+type Manager struct {
+	cfg     Config
+	log     hclog.Logger
+	nextGen atomic.Uint64
+	dropped atomic.Uint64
+
+	// testHookChunk, when set before Start (tests only), runs in the worker
+	// after each copied chunk.
+	testHookChunk func(room uint64)
+
+	mu       sync.Mutex
+	state    managerState
+	released chan struct{} // closed when Release has finished
+	rooms    map[uint64]*room
+	used     map[uint64]struct{} // every room id ever opened
+
+	// Set by Start; read-only afterwards.
+	zctx       *zmq.Context
+	cmds       chan command
+	jobs       chan *job
+	quit       chan struct{} // closed by Release to stop the worker
+	ownerDone  chan struct{}
+	workerDone chan struct{}
+
+	wakeMu   sync.Mutex
+	wakePush *zmq.Socket // nil after Release
+}
+
+// room is one side of a room. Fields below mu are guarded by Manager.mu.
+type room struct {
+	id       uint64
+	role     Role
+	endpoint string // sender: its room socket; receiver: its status socket
+
+	abort atomic.Bool // set by Remove; the worker checks it between chunks
+
+	status    Status
+	reason    string
+	changed   chan struct{} // closed and replaced on every change
+	removing  bool
+	gone      chan struct{} // closed when Remove has finished
+	removeErr error
+
+	// Sender.
+	desc    *descriptor // the validated descriptor, once it arrived
+	sending bool        // a Send is waiting, running or done
+	busy    bool        // the worker holds the room
+
+	// Receiver.
+	gen       uint64
+	seg       *segment
+	bufs      []buffer
+	final     []header // the Success frame's tensors, once it arrived
+	verifying bool
+}
+
+func newRoom(id uint64, role Role) *room {
+	return &room{id: id, role: role, status: Bootstrapping, changed: make(chan struct{}), gone: make(chan struct{})}
+}
+
+// notify wakes every goroutine waiting on the room. Manager.mu is held.
+func (r *room) notify() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// New checks cfg and returns a Manager. It has no side effects: no socket,
+// file or goroutine exists until Start.
+func New(cfg Config) (*Manager, error) {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		released: make(chan struct{}),
+		rooms:    make(map[uint64]*room),
+		used:     make(map[uint64]struct{}),
+	}
+	// Generations start at a random point so that two runs sharing Dir or
+	// ShmDir never produce the same endpoint or segment name.
+	m.nextGen.Store(rand.Uint64() >> 1)
+	return m, nil
+}
+
+// Start creates the zmq context and starts the socket owner and the
+// transfer worker. It may be called once.
+func (m *Manager) Start() (err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch m.state {
+	case stateStarted:
+		return errors.New("transfer: manager already started")
+	case stateReleased:
+		return ErrReleased
+	}
+	zctx, err := zmq.NewContext()
+	if err != nil {
+		return fmt.Errorf("transfer: start: new zmq context: %w", err)
+	}
+	var wake, push *zmq.Socket
+	defer func() {
+		if err != nil {
+			for _, s := range []*zmq.Socket{wake, push} {
+				if s != nil {
+					err = errors.Join(err, s.Close())
+				}
+			}
+			err = errors.Join(err, zctx.Term())
+		}
+	}()
+	const wakeEndpoint = "inproc://phased-transfer-wake"
+	if wake, err = newSocket(zctx, zmq.PULL); err != nil {
+		return fmt.Errorf("transfer: start: %w", err)
+	}
+	if err = wake.Bind(wakeEndpoint); err != nil {
+		return fmt.Errorf("transfer: start: bind %s: %w", wakeEndpoint, err)
+	}
+	if push, err = newSocket(zctx, zmq.PUSH); err != nil {
+		return fmt.Errorf("transfer: start: %w", err)
+	}
+	if err = push.Connect(wakeEndpoint); err != nil {
+		return fmt.Errorf("transfer: start: connect %s: %w", wakeEndpoint, err)
+	}
+	m.zctx = zctx
+	m.wakePush = push
+	m.cmds = make(chan command, 64)
+	m.jobs = make(chan *job)
+	m.quit = make(chan struct{})
+	m.ownerDone = make(chan struct{})
+	m.workerDone = make(chan struct{})
+	o := newOwner(m, wake)
+	go o.run()
+	go m.work()
+	m.state = stateStarted
+	m.log.Debug("transfer manager started", "name", m.cfg.Name, "dir", m.cfg.Dir, "shm_dir", m.cfg.ShmDir)
+	return nil
+}
+
+// OpenSender opens the sender side of a room: it binds the room socket and
+// returns its endpoint, to be given to the receiver. The room is
+// Bootstrapping until the receiver's descriptor arrives.
+func (m *Manager) OpenSender(id uint64) (string, error) {
+	r := newRoom(id, Sender)
+	r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
+	if err := m.addRoom(r); err != nil {
+		return "", err
+	}
+	if err := m.call(func(o *owner) error { return o.openSender(r) }); err != nil {
+		if !errors.Is(err, ErrRemoved) {
+			err = fmt.Errorf("transfer: open sender room %d: %w", id, err)
+		}
+		return "", errors.Join(err, m.Remove(id))
+	}
+	m.log.Debug("room opened", "room", id, "role", Sender, "endpoint", r.endpoint)
+	return r.endpoint, nil
+}
+
+// OpenReceiver opens the receiver side of a room: it allocates one
+// shared-memory segment holding a buffer per spec, binds the status socket
+// and sends the descriptor to senderEndpoint (the sender side must be open
+// already). If it fails, the room is removed and its id stays used.
+func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.Spec) (err error) {
+	defer func() {
+		if err != nil && !isSentinel(err) {
+			err = fmt.Errorf("transfer: open receiver room %d: %w", id, err)
+		}
+	}()
+	if err := checkEndpoint(senderEndpoint); err != nil {
+		return fmt.Errorf("sender %w", err)
+	}
+	if err := checkSpecs(specs); err != nil {
+		return err
+	}
+	bufs, size, err := layout(specs)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	err = m.checkOpenLocked(id) // again in addRoom; this spares the segment
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	gen := m.nextGen.Add(1)
+	r := newRoom(id, Receiver)
+	r.gen, r.bufs = gen, bufs
+	r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
+	segName := segmentName(m.cfg.Name, id, gen)
+	frame, err := encodeDescriptor(id, gen, r.endpoint, segName, size, bufs)
+	if err != nil {
+		return fmt.Errorf("encode descriptor: %w", err)
+	}
+	if r.seg, err = createSegment(m.cfg.ShmDir, segName, size); err != nil {
+		return err
+	}
+	if err := m.addRoom(r); err != nil {
+		return errors.Join(err, r.seg.unlink(), r.seg.release())
+	}
+	if err := m.call(func(o *owner) error { return o.openReceiver(r, senderEndpoint, frame) }); err != nil {
+		return errors.Join(err, m.Remove(id))
+	}
+	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "segment", segName, "bytes", size)
+	return nil
+}
+
+// isSentinel reports whether err already carries the "transfer: " prefix
+// through one of the package's sentinels.
+func isSentinel(err error) bool {
+	for _, s := range []error{ErrRoomExists, ErrReleased, ErrNotStarted, ErrRemoved} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkSpecs(specs []tensor.Spec) error {
+	seen := make(map[string]bool, len(specs))
+	for i, s := range specs {
+		if s.Name == "" {
+			return fmt.Errorf("input %d has no name", i)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("input %q is declared twice", s.Name)
+		}
+		seen[s.Name] = true
+	}
+	if len(specs) > maxBuffers {
+		return fmt.Errorf("%d inputs, the limit is %d", len(specs), maxBuffers)
+	}
+	return nil
+}
+
+func (m *Manager) checkOpenLocked(id uint64) error {
+	switch m.state {
+	case stateNew:
+		return ErrNotStarted
+	case stateReleased:
+		return ErrReleased
+	}
+	if _, ok := m.used[id]; ok {
+		return fmt.Errorf("%w: %d (room ids are never reused)", ErrRoomExists, id)
+	}
+	return nil
+}
+
+func (m *Manager) addRoom(r *room) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.checkOpenLocked(r.id); err != nil {
+		return err
+	}
+	m.used[r.id] = struct{}{}
+	m.rooms[r.id] = r
+	return nil
+}
+
+// roomLocked returns the open room id of the given role.
+func (m *Manager) roomLocked(id uint64, role Role) (*room, error) {
+	r := m.rooms[id]
+	switch {
+	case m.state == stateNew:
+		return nil, ErrNotStarted
+	case r == nil && m.state == stateReleased:
+		return nil, ErrReleased
+	case r == nil:
+		return nil, fmt.Errorf("%w %d", ErrUnknownRoom, id)
+	}
+	if r.role != role {
+		return nil, fmt.Errorf("%w %d: it is a %s room", ErrUnknownRoom, id, r.role)
+	}
+	return r, nil
+}
+
+// roomErrLocked returns the error for a room that was removed or failed.
+func roomErrLocked(r *room) error {
+	if r.removing {
+		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	}
+	if r.status == Failed {
+		return fmt.Errorf("%w: room %d: %s", ErrFailed, r.id, r.reason)
+	}
+	return nil
+}
+
+// setStatusLocked applies a legal transition and wakes the room's waiters;
+// an illegal one is refused and reported false.
+func (m *Manager) setStatusLocked(r *room, to Status, reason string) bool {
+	if !r.status.CanTransitionTo(to) {
+		return false
+	}
+	r.status = to
+	if to == Failed {
+		r.reason = reason
+	}
+	// Failures are returned to Send/Receive and shown by Rooms; the log
+	// only traces them.
+	m.log.Debug("room status", "room", r.id, "role", r.role, "status", to, "reason", r.reason)
+	r.notify()
+	return true
+}
+
+// waitLocked waits for the room to change or ctx to end. It is called with
+// m.mu held, releases it while waiting and holds it again on return.
+func (m *Manager) waitLocked(ctx context.Context, r *room) error {
+	ch := r.changed
+	m.mu.Unlock()
+	defer m.mu.Lock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Send writes tensors into the receiver's buffers of a sender room. It
+// waits for the receiver's descriptor (or ctx's end), then the transfer
+// worker checks every tensor against its buffer by position (name, dtype,
+// shape, length), copies the bytes and syncs Success with their CRC-32C to
+// the receiver. It returns nil once the Success frame is queued to the
+// receiver; otherwise an error wrapping ErrFailed (with the room's reason),
+// ErrRemoved, ErrReleased or ctx's error. A ctx that ends during the copy
+// fails the room. Send may be called once per room; tensors must stay
+// unchanged until it returns.
+func (m *Manager) Send(ctx context.Context, id uint64, tensors []tensor.Tensor) error {
+	for i, t := range tensors {
+		if err := t.Validate(); err != nil {
+			return fmt.Errorf("transfer: send room %d: tensor %d: %w", id, i, err)
+		}
+	}
+	m.mu.Lock()
+	r, err := m.roomLocked(id, Sender)
+	if err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	if r.sending {
+		m.mu.Unlock()
+		return fmt.Errorf("transfer: send room %d: Send was already called for this room", id)
+	}
+	r.sending = true
+	for r.status == Bootstrapping && !r.removing {
+		if err := m.waitLocked(ctx, r); err != nil {
+			r.sending = false
+			m.mu.Unlock()
+			return fmt.Errorf("transfer: send room %d: waiting for the receiver's descriptor: %w", id, err)
+		}
+	}
+	if err := roomErrLocked(r); err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	changed := r.changed
+	m.mu.Unlock()
+
+	j := &job{ctx: ctx, r: r, tensors: tensors, done: make(chan error, 1)}
+	for {
+		select {
+		case m.jobs <- j:
+			return <-j.done
+		case <-changed:
+			m.mu.Lock()
+			err, changed = roomErrLocked(r), r.changed
+			m.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			m.mu.Lock()
+			r.sending = false
+			m.mu.Unlock()
+			return fmt.Errorf("transfer: send room %d: waiting for the transfer worker: %w", id, ctx.Err())
+		case <-m.quit:
+			return ErrReleased
+		}
+	}
+}
+
+// Receive waits until the sender's Success frame arrived for a receiver
+// room (or the room failed, was removed, or ctx ended), verifies every
+// tensor against its registered spec and its CRC-32C, and returns the
+// tensors. Their Data are views into the shared segment, valid until the
+// returned release func is called (even if the room is removed meanwhile);
+// call it exactly once when done (later calls do nothing). A verification
+// failure fails the room with a reason naming the tensor. Receive may be
+// called again after success; each call returns its own release func.
+func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func(), error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.roomLocked(id, Receiver)
+	if err != nil {
+		return nil, nil, err
+	}
+	for {
+		if err := roomErrLocked(r); err != nil {
+			return nil, nil, err
+		}
+		if r.status == Success {
+			return m.leaseLocked(r)
+		}
+		if r.final != nil && !r.verifying {
+			m.verifyLocked(r)
+			continue
+		}
+		if err := m.waitLocked(ctx, r); err != nil {
+			return nil, nil, fmt.Errorf("transfer: receive room %d: %w", id, err)
+		}
+	}
+}
+
+// verifyLocked checks the received tensors, with m.mu released during the
+// checksums, and moves the room to Success or Failed.
+func (m *Manager) verifyLocked(r *room) {
+	data, ok := r.seg.acquire()
+	if !ok {
+		return // the room is being removed
+	}
+	r.verifying = true
+	bufs, final := r.bufs, r.final
+	m.mu.Unlock()
+	err := verifyTensors(bufs, final, data)
+	if rerr := r.seg.release(); rerr != nil {
+		m.log.Error("release segment", "room", r.id, "error", rerr)
+	}
+	m.mu.Lock()
+	r.verifying = false
+	if err != nil {
+		m.setStatusLocked(r, Failed, err.Error())
+		return
+	}
+	if !m.setStatusLocked(r, Success, "") {
+		r.notify() // removed meanwhile: wake the other waiters
+	}
+}
+
+// leaseLocked returns views of a verified room's tensors and their release.
+func (m *Manager) leaseLocked(r *room) ([]tensor.Tensor, func(), error) {
+	data, ok := r.seg.acquire()
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	}
+	ts := make([]tensor.Tensor, len(r.bufs))
+	for i, b := range r.bufs {
+		end := b.offset + b.length
+		ts[i] = tensor.Tensor{Spec: cloneSpec(b.spec), Data: data[b.offset:end:end]}
+	}
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			if err := r.seg.release(); err != nil {
+				m.log.Error("release segment", "room", r.id, "error", err)
+			}
+		})
+	}
+	return ts, release, nil
+}
+
+// Remove removes a room: a non-terminal status becomes Failed "removed",
+// waiting Send and Receive calls return an error wrapping ErrRemoved, the
+// worker lets go of the room (it aborts between chunks), the owner closes
+// the room's sockets and their files are deleted, and the receiver's
+// segment is unlinked. When Remove returns, the Manager no longer touches
+// the room's buffers or sockets; only outstanding Receive leases keep the
+// receiver's mapping until released. Remove is idempotent and returns nil
+// for an unknown room; concurrent calls all wait for the removal.
+func (m *Manager) Remove(id uint64) error {
+	m.mu.Lock()
+	r := m.rooms[id]
+	if r == nil {
+		m.mu.Unlock()
+		return nil
+	}
+	if r.removing {
+		gone := r.gone
+		m.mu.Unlock()
+		<-gone
+		return nil
+	}
+	r.removing = true
+	r.abort.Store(true)
+	m.setStatusLocked(r, Failed, "removed")
+	r.notify()
+	for r.busy { // bounded: the worker checks abort between 1 MiB chunks
+		ch := r.changed
+		m.mu.Unlock()
+		<-ch
+		m.mu.Lock()
+	}
+	m.mu.Unlock()
+
+	var errs []error
+	if err := m.call(func(o *owner) error { return o.closeRoom(id) }); err != nil && !errors.Is(err, errOwnerStopped) {
+		errs = append(errs, err) // a stopped owner has closed every socket
+	}
+	if r.seg != nil {
+		errs = append(errs, r.seg.unlink(), r.seg.release())
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		err = fmt.Errorf("transfer: remove room %d: %w", id, err)
+	}
+	m.mu.Lock()
+	delete(m.rooms, id)
+	r.removeErr = err
+	close(r.gone)
+	m.mu.Unlock()
+	m.log.Debug("room removed", "room", id, "role", r.role)
+	return err
+}
+
+// Release refuses new rooms (ErrReleased), removes every room, stops the
+// transfer worker and the socket owner, and terminates the zmq context. It
+// leaves no socket file and no segment behind. Every step is bounded (the
+// worker aborts between chunks, the owner never blocks on the network);
+// ctx bounds the waits for the two goroutines, and if it ends first the
+// context is left open and the error says what did not stop. Release is
+// idempotent: later calls wait for the first to finish and return nil.
+func (m *Manager) Release(ctx context.Context) error {
+	m.mu.Lock()
+	switch m.state {
+	case stateNew:
+		m.state = stateReleased
+		close(m.released)
+		m.mu.Unlock()
+		return nil
+	case stateReleased:
+		m.mu.Unlock()
+		select {
+		case <-m.released:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("transfer: release: waiting for a concurrent Release: %w", ctx.Err())
+		}
+	}
+	m.state = stateReleased
+	ids := make([]uint64, 0, len(m.rooms))
+	for id := range m.rooms {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	defer close(m.released)
+	slices.Sort(ids)
+
+	var errs []error
+	for _, id := range ids {
+		errs = append(errs, m.Remove(id))
+	}
+	close(m.quit)
+	if err := waitDone(ctx, m.workerDone, "transfer worker"); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if err := m.post(command{stop: true}); err != nil && !errors.Is(err, errOwnerStopped) {
+		errs = append(errs, err)
+	}
+	if err := waitDone(ctx, m.ownerDone, "socket owner"); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	m.wakeMu.Lock()
+	if err := m.wakePush.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("transfer: release: close wake socket: %w", err))
+	}
+	m.wakePush = nil
+	m.wakeMu.Unlock()
+	if err := m.zctx.Term(); err != nil {
+		errs = append(errs, fmt.Errorf("transfer: release: terminate zmq context: %w", err))
+	}
+	m.log.Debug("transfer manager released", "rooms_removed", len(ids), "dropped_frames", m.dropped.Load())
+	return errors.Join(errs...)
+}
+
+func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("transfer: release: the %s did not stop: %w", what, ctx.Err())
+	}
+}
+
+// Status returns a room's status and, when Failed, its reason.
+func (m *Manager) Status(id uint64) (Status, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	if r == nil {
+		return 0, "", fmt.Errorf("%w %d", ErrUnknownRoom, id)
+	}
+	return r.status, r.reason, nil
+}
+
+// Rooms returns a snapshot of every open room, sorted by room id.
+func (m *Manager) Rooms() []RoomInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	infos := make([]RoomInfo, 0, len(m.rooms))
+	for _, r := range m.rooms {
+		infos = append(infos, RoomInfo{Room: r.id, Role: r.role, Status: r.status, Reason: r.reason})
+	}
+	slices.SortFunc(infos, func(a, b RoomInfo) int {
+		switch {
+		case a.Room < b.Room:
+			return -1
+		case a.Room > b.Room:
+			return 1
+		}
+		return 0
+	})
+	return infos
+}
+
+// Dropped returns how many frames from the network were dropped: garbage,
+// wrong version, room or generation, duplicates, and frames for rooms that
+// are gone.
+func (m *Manager) Dropped() uint64 { return m.dropped.Load() }
+
+// drop counts a dropped frame.
+func (m *Manager) drop(id uint64, why string) {
+	m.dropped.Add(1)
+	m.log.Debug("frame dropped", "room", id, "why", why)
+}

@@ -1,0 +1,419 @@
+package transfer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	zmq "github.com/pebbe/zmq4"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phased/phased/sdk/proto/phasedv1"
+)
+
+// errOwnerStopped is returned by post and call once the socket owner has
+// exited (after Release, or a fatal poll error).
+var errOwnerStopped = errors.New("the socket owner has stopped")
+
+// command is work for the socket owner. fn runs on the owner goroutine;
+// stop ends it. A command with a reply channel (capacity 1) gets fn's
+// error on it.
+type command struct {
+	fn    func(o *owner) error
+	stop  bool
+	reply chan error
+}
+
+// call runs fn on the socket owner and returns its error.
+func (m *Manager) call(fn func(o *owner) error) error {
+	return m.post(command{fn: fn, reply: make(chan error, 1)})
+}
+
+// post hands c to the socket owner, wakes it and, if c has a reply
+// channel, waits for the answer. The owner never blocks on the network, so
+// the wait is short.
+func (m *Manager) post(c command) error {
+	select {
+	case m.cmds <- c:
+	case <-m.ownerDone:
+		return errOwnerStopped
+	}
+	m.wake()
+	if c.reply == nil {
+		return nil
+	}
+	select {
+	case err := <-c.reply:
+		return err
+	case <-m.ownerDone:
+		select {
+		case err := <-c.reply: // answered just before it stopped
+			return err
+		default:
+			return errOwnerStopped
+		}
+	}
+}
+
+// wake sends one byte on the inproc wake-up socket. A full queue (EAGAIN)
+// means the owner has wake-ups pending already.
+func (m *Manager) wake() {
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	if m.wakePush == nil {
+		return
+	}
+	if _, err := m.wakePush.SendBytes([]byte{1}, zmq.DONTWAIT); err != nil && !isEAGAIN(err) {
+		m.log.Error("wake the socket owner", "error", err)
+	}
+}
+
+func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAGAIN) }
+
+// roomSocks are the sockets of one room.
+type roomSocks struct {
+	role Role
+	pull *zmq.Socket // bound: sender's room socket, receiver's status socket
+	path string      // pull's socket file
+	push *zmq.Socket // connected: to the sender (receiver), to the status socket (sender); may be nil
+}
+
+// owner is the state of the socket-owner goroutine. Only that goroutine
+// touches it and the sockets in it.
+type owner struct {
+	m      *Manager
+	wake   *zmq.Socket
+	poller *zmq.Poller
+	rooms  map[uint64]*roomSocks
+	bySock map[*zmq.Socket]uint64
+}
+
+func newOwner(m *Manager, wake *zmq.Socket) *owner {
+	o := &owner{m: m, wake: wake, poller: zmq.NewPoller(), rooms: make(map[uint64]*roomSocks), bySock: make(map[*zmq.Socket]uint64)}
+	o.poller.Add(wake, zmq.POLLIN)
+	return o
+}
+
+// run is the owner goroutine: it waits, with no timeout, for a frame on a
+// room socket or a wake-up, and handles both.
+func (o *owner) run() {
+	defer close(o.m.ownerDone)
+	for {
+		polled, err := o.poller.Poll(-1)
+		if err != nil {
+			o.m.log.Error("socket owner stopped: poll failed", "error", err)
+			o.closeAll()
+			return
+		}
+		woken := false
+		for _, p := range polled {
+			if p.Socket == o.wake {
+				woken = true
+				continue
+			}
+			if id, ok := o.bySock[p.Socket]; ok {
+				o.drain(id, p.Socket)
+			}
+		}
+		if woken && o.runCommands() {
+			o.closeAll()
+			return
+		}
+	}
+}
+
+// runCommands drains the wake-up socket, then runs every queued command.
+// It reports whether a stop command was seen.
+func (o *owner) runCommands() bool {
+	for {
+		if _, err := o.wake.RecvBytes(zmq.DONTWAIT); err != nil {
+			if !isEAGAIN(err) {
+				o.m.log.Error("read wake socket", "error", err)
+			}
+			break
+		}
+	}
+	for {
+		select {
+		case c := <-o.m.cmds:
+			if c.stop {
+				return true
+			}
+			err := c.fn(o)
+			if c.reply != nil {
+				c.reply <- err
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// maxBurst bounds the frames read from one socket per poll, so that a
+// flooding peer cannot starve the others.
+const maxBurst = 64
+
+func (o *owner) drain(id uint64, s *zmq.Socket) {
+	rs := o.rooms[id]
+	for range maxBurst {
+		b, err := s.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			if !isEAGAIN(err) {
+				o.m.log.Error("receive", "room", id, "error", err)
+			}
+			return
+		}
+		if rs.role == Sender {
+			o.handleDescriptor(id, b)
+		} else {
+			o.handleStatus(id, b)
+		}
+	}
+}
+
+// live reports whether r is still open and not being removed. A Remove
+// that starts after this check posts its close command after ours, so
+// sockets opened now are closed by it.
+func (o *owner) live(r *room) bool {
+	o.m.mu.Lock()
+	defer o.m.mu.Unlock()
+	return o.m.rooms[r.id] == r && !r.removing
+}
+
+func newSocket(zctx *zmq.Context, t zmq.Type) (*zmq.Socket, error) {
+	s, err := zctx.NewSocket(t)
+	if err != nil {
+		return nil, fmt.Errorf("new %s socket: %w", t, err)
+	}
+	if err := s.SetLinger(0); err != nil {
+		return nil, errors.Join(fmt.Errorf("set linger: %w", err), s.Close())
+	}
+	if t == zmq.PULL {
+		if err := s.SetMaxmsgsize(maxFrameSize); err != nil {
+			return nil, errors.Join(fmt.Errorf("set max message size: %w", err), s.Close())
+		}
+	}
+	return s, nil
+}
+
+// bind creates a PULL socket bound to endpoint (ipc://path).
+func (o *owner) bind(endpoint string) (*zmq.Socket, error) {
+	s, err := newSocket(o.m.zctx, zmq.PULL)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Bind(endpoint); err != nil {
+		return nil, errors.Join(fmt.Errorf("bind %s: %w", endpoint, err), s.Close())
+	}
+	return s, nil
+}
+
+// connect creates a PUSH socket connected to endpoint. Messages queue until
+// the connection is up, so a send right after connect does not block.
+func (o *owner) connect(endpoint string) (*zmq.Socket, error) {
+	s, err := newSocket(o.m.zctx, zmq.PUSH)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Connect(endpoint); err != nil {
+		return nil, errors.Join(fmt.Errorf("connect %s: %w", endpoint, err), s.Close())
+	}
+	return s, nil
+}
+
+func (o *owner) register(id uint64, rs *roomSocks) {
+	o.rooms[id] = rs
+	o.bySock[rs.pull] = id
+	o.poller.Add(rs.pull, zmq.POLLIN)
+}
+
+func (o *owner) openSender(r *room) error {
+	if !o.live(r) {
+		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	}
+	pull, err := o.bind(r.endpoint)
+	if err != nil {
+		return err
+	}
+	o.register(r.id, &roomSocks{role: Sender, pull: pull, path: socketPath(r.endpoint)})
+	return nil
+}
+
+func (o *owner) openReceiver(r *room, sender string, descriptor []byte) error {
+	if !o.live(r) {
+		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	}
+	pull, err := o.bind(r.endpoint)
+	if err != nil {
+		return err
+	}
+	// Registered at once, so that closeRoom cleans up on any failure below.
+	rs := &roomSocks{role: Receiver, pull: pull, path: socketPath(r.endpoint)}
+	o.register(r.id, rs)
+	if rs.push, err = o.connect(sender); err != nil {
+		return err
+	}
+	if _, err := rs.push.SendBytes(descriptor, zmq.DONTWAIT); err != nil {
+		return fmt.Errorf("send descriptor to %s: %w", sender, err)
+	}
+	o.m.mu.Lock()
+	defer o.m.mu.Unlock()
+	o.m.setStatusLocked(r, WaitingForInput, "")
+	return nil
+}
+
+// send queues a frame on the room's connected PUSH socket.
+func (o *owner) send(id uint64, frame []byte) error {
+	rs := o.rooms[id]
+	if rs == nil || rs.push == nil {
+		return fmt.Errorf("room %d has no status connection", id)
+	}
+	if _, err := rs.push.SendBytes(frame, zmq.DONTWAIT); err != nil {
+		return fmt.Errorf("send status frame: %w", err)
+	}
+	return nil
+}
+
+// closeRoom closes a room's sockets and deletes its socket file (libzmq
+// deletes it too, but later, from its I/O thread). Unknown rooms are fine.
+func (o *owner) closeRoom(id uint64) error {
+	rs := o.rooms[id]
+	if rs == nil {
+		return nil
+	}
+	delete(o.rooms, id)
+	delete(o.bySock, rs.pull)
+	var errs []error
+	if err := o.poller.RemoveBySocket(rs.pull); err != nil {
+		errs = append(errs, fmt.Errorf("remove from poller: %w", err))
+	}
+	if err := rs.pull.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close %s: %w", rs.path, err))
+	}
+	if rs.push != nil {
+		if err := rs.push.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close push socket: %w", err))
+		}
+	}
+	if err := os.Remove(rs.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove socket file: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *owner) closeAll() {
+	for id := range o.rooms {
+		if err := o.closeRoom(id); err != nil {
+			o.m.log.Error("close room sockets", "room", id, "error", err)
+		}
+	}
+	if err := o.wake.Close(); err != nil {
+		o.m.log.Error("close wake socket", "error", err)
+	}
+}
+
+func socketPath(endpoint string) string { return strings.TrimPrefix(endpoint, "ipc://") }
+
+// handleDescriptor handles a frame on a sender's room socket.
+func (o *owner) handleDescriptor(id uint64, b []byte) {
+	m := o.m
+	var pd phasedv1.Descriptor
+	if err := proto.Unmarshal(b, &pd); err != nil {
+		m.drop(id, "undecodable descriptor")
+		return
+	}
+	if v := pd.GetVersion(); v != wireVersion {
+		m.drop(id, fmt.Sprintf("descriptor version %d", v))
+		return
+	}
+	if pd.GetRoom() != id {
+		m.drop(id, fmt.Sprintf("descriptor names room %d", pd.GetRoom()))
+		return
+	}
+	m.mu.Lock()
+	r := m.rooms[id]
+	expected := r != nil && !r.removing && r.status == Bootstrapping
+	m.mu.Unlock()
+	if !expected {
+		m.drop(id, "unexpected descriptor (duplicate, or the room is closing)")
+		return
+	}
+
+	d, verr := parseDescriptor(&pd)
+	rs := o.rooms[id]
+	if checkEndpoint(pd.GetStatusEndpoint()) == nil {
+		push, err := o.connect(pd.GetStatusEndpoint())
+		if err != nil && verr == nil {
+			verr = fmt.Errorf("descriptor: status endpoint: %w", err)
+		}
+		rs.push = push
+	}
+	m.mu.Lock()
+	if verr == nil {
+		r.desc = d
+		m.setStatusLocked(r, WaitingForInput, "")
+	} else {
+		m.setStatusLocked(r, Failed, verr.Error())
+	}
+	m.mu.Unlock()
+	if verr != nil && rs.push != nil {
+		// Tell the receiver why, so that its Receive fails now.
+		frame, err := encodeStatus(id, pd.GetGeneration(), Failed, verr.Error(), nil)
+		if err == nil {
+			err = o.send(id, frame)
+		}
+		if err != nil {
+			m.log.Warn("sync Failed to the receiver", "room", id, "error", err)
+		}
+	}
+}
+
+// handleStatus handles a frame on a receiver's status socket.
+func (o *owner) handleStatus(id uint64, b []byte) {
+	m := o.m
+	var f phasedv1.StatusFrame
+	if err := proto.Unmarshal(b, &f); err != nil {
+		m.drop(id, "undecodable status frame")
+		return
+	}
+	if v := f.GetVersion(); v != wireVersion {
+		m.drop(id, fmt.Sprintf("status frame version %d", v))
+		return
+	}
+	if f.GetRoom() != id {
+		m.drop(id, fmt.Sprintf("status frame names room %d", f.GetRoom()))
+		return
+	}
+	st := StatusFromProto(f.GetStatus())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	if r == nil || r.removing {
+		m.drop(id, "status frame for a room that is closing")
+		return
+	}
+	if f.GetGeneration() != r.gen {
+		m.drop(id, fmt.Sprintf("status frame of generation %d, the room has %d", f.GetGeneration(), r.gen))
+		return
+	}
+	// The room's status moves with Transferring and Failed; Success only
+	// records the tensors, and Receive moves the room to Success once it
+	// has verified them.
+	switch {
+	case st == Transferring && r.status.CanTransitionTo(Transferring):
+		m.setStatusLocked(r, Transferring, "")
+	case st == Success && r.status == Transferring && r.final == nil:
+		r.final = headersFromProto(f.GetTensors())
+		r.notify()
+	case st == Failed && r.status.CanTransitionTo(Failed):
+		reason := truncate(f.GetReason(), maxReasonLen)
+		if reason == "" {
+			reason = "no reason given"
+		}
+		m.setStatusLocked(r, Failed, "sender: "+reason)
+	default:
+		m.drop(id, fmt.Sprintf("status frame %s while the room is %s", st, r.status))
+	}
+}

@@ -1,0 +1,165 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// chunkSize is how much the worker copies between two checks for removal.
+const chunkSize = 1 << 20
+
+// errAborted stops a copy whose room is being removed.
+var errAborted = errors.New("aborted: the room is being removed")
+
+// job is one Send handed to the transfer worker.
+type job struct {
+	ctx     context.Context
+	r       *room
+	tensors []tensor.Tensor
+	done    chan error // capacity 1: the Send's result
+}
+
+// work is the transfer worker goroutine: it runs one job at a time until
+// Release closes quit.
+func (m *Manager) work() {
+	defer close(m.workerDone)
+	// A receiver that shrinks its segment under us raises SIGBUS; turn it
+	// into a panic that copyChunks recovers, failing only that room.
+	debug.SetPanicOnFault(true)
+	for {
+		select {
+		case j := <-m.jobs:
+			j.done <- m.transfer(j)
+		case <-m.quit:
+			return
+		}
+	}
+}
+
+// transfer runs one job while holding its room (busy), so that Remove waits
+// for it to let go.
+func (m *Manager) transfer(j *job) error {
+	r := j.r
+	m.mu.Lock()
+	if err := roomErrLocked(r); err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	r.busy = true
+	d := r.desc
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		r.busy = false
+		r.notify()
+		m.mu.Unlock()
+	}()
+
+	hs, err := m.copyIn(j, d)
+	if err == nil {
+		var frame []byte
+		if frame, err = encodeStatus(r.id, d.generation, Success, "", hs); err == nil {
+			if err = m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
+				err = fmt.Errorf("sync Success: %w", err)
+			}
+		}
+	}
+
+	m.mu.Lock()
+	if r.removing {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	}
+	if err == nil {
+		m.setStatusLocked(r, Success, "")
+		m.mu.Unlock()
+		m.log.Debug("sent", "room", r.id, "tensors", len(hs))
+		return nil
+	}
+	m.setStatusLocked(r, Failed, err.Error())
+	m.mu.Unlock()
+	if frame, ferr := encodeStatus(r.id, d.generation, Failed, err.Error(), nil); ferr == nil {
+		if ferr = m.call(func(o *owner) error { return o.send(r.id, frame) }); ferr != nil {
+			m.log.Warn("sync Failed to the receiver", "room", r.id, "error", ferr)
+		}
+	}
+	return fmt.Errorf("%w: room %d: %s", ErrFailed, r.id, err)
+}
+
+// copyIn checks the tensors against the descriptor, maps the receiver's
+// segment, syncs Transferring, copies and returns the headers for Success.
+func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
+	r := j.r
+	if err := matchTensors(j.tensors, d.buffers); err != nil {
+		return nil, err
+	}
+	data, err := mapPeerSegment(m.cfg.ShmDir, d.segment, d.segmentSize)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if uerr := unix.Munmap(data); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmap segment %s: %w", d.segment, uerr))
+		}
+	}()
+
+	m.mu.Lock()
+	ok := !r.removing && m.setStatusLocked(r, Transferring, "")
+	m.mu.Unlock()
+	if !ok {
+		return nil, errAborted
+	}
+	frame, err := encodeStatus(r.id, d.generation, Transferring, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
+		return nil, fmt.Errorf("sync Transferring: %w", err)
+	}
+
+	hs := make([]header, len(j.tensors))
+	for i, t := range j.tensors {
+		b := d.buffers[i]
+		crc, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data)
+		if err != nil {
+			return nil, fmt.Errorf("send: tensor %d %q: %w", i, t.Name, err)
+		}
+		hs[i] = header{spec: t.Spec, length: b.length, crc: crc}
+	}
+	return hs, nil
+}
+
+// copyChunks copies src into dst (same length) in chunks, checking between
+// chunks whether the room is being removed or the Send was canceled, and
+// returns the CRC-32C of src.
+func (m *Manager) copyChunks(j *job, dst, src []byte) (crc uint32, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if _, fault := p.(interface{ Addr() uintptr }); !fault {
+				panic(p)
+			}
+			err = fmt.Errorf("memory fault writing the receiver's segment (was it truncated?): %v", p)
+		}
+	}()
+	for off := 0; off < len(src); off += chunkSize {
+		if j.r.abort.Load() {
+			return 0, errAborted
+		}
+		if err := j.ctx.Err(); err != nil {
+			return 0, fmt.Errorf("send canceled: %w", err)
+		}
+		end := min(off+chunkSize, len(src))
+		copy(dst[off:end], src[off:end])
+		crc = tensor.UpdateChecksum(crc, src[off:end])
+		if m.testHookChunk != nil {
+			m.testHookChunk(j.r.id)
+		}
+	}
+	return crc, nil
+}

@@ -1,0 +1,221 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// MaxBodyBytes bounds a control API request body; larger ones get 413.
+const MaxBodyBytes = 1 << 20
+
+// DefaultSteps is the number of steps of a submission that names none.
+const DefaultSteps = 20
+
+// API serves the control API, HTTP+JSON, on a unix socket:
+//
+//	POST   /v1/requests               submit {prompt, seed, steps} → {id}
+//	GET    /v1/requests/{id}          one request
+//	GET    /v1/requests/{id}/events   NDJSON snapshots until the request ends
+//	DELETE /v1/requests/{id}          ordered remove → the final request
+//	GET    /v1/status                 phases, instances, requests
+//	POST   /v1/release                ordered release; the server then stops
+type API struct {
+	sup    *Supervisor
+	logger hclog.Logger
+	srv    *http.Server
+	ln     net.Listener
+	path   string
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// Listen creates the control socket at path, 0600 in a directory created
+// 0700 if missing. A live supervisor already on path is an error; a stale
+// socket file is replaced.
+func Listen(path string) (net.Listener, error) {
+	if len(path) > 107 {
+		return nil, fmt.Errorf("control socket path %s is %d bytes; unix socket paths are limited to 107", path, len(path))
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("a supervisor is already running at %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket: remove stale %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// NewAPI returns the control API of sup on ln (from Listen), whose socket
+// file is at path.
+func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) *API {
+	a := &API{sup: sup, logger: logger, ln: ln, path: path}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/requests", a.submit)
+	mux.HandleFunc("GET /v1/requests/{id}", a.get)
+	mux.HandleFunc("GET /v1/requests/{id}/events", a.events)
+	mux.HandleFunc("DELETE /v1/requests/{id}", a.remove)
+	mux.HandleFunc("GET /v1/status", a.status)
+	mux.HandleFunc("POST /v1/release", a.release)
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return a
+}
+
+// Serve serves until Shutdown; it returns nil after a Shutdown.
+func (a *API) Serve() error {
+	err := a.srv.Serve(a.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the server, waiting for open calls up to ctx, and removes
+// the socket file.
+func (a *API) Shutdown(ctx context.Context) error {
+	err := a.srv.Shutdown(ctx)
+	if rerr := os.Remove(a.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+func (a *API) submit(w http.ResponseWriter, r *http.Request) {
+	sub := Submission{Steps: DefaultSteps}
+	if !a.decode(w, r, &sub) {
+		return
+	}
+	if err := sub.Validate(); err != nil {
+		a.fail(w, http.StatusBadRequest, err)
+		return
+	}
+	id, err := a.sup.Submit(sub)
+	if err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]string{"id": id})
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request) {
+	info, err := a.sup.Request(r.PathValue("id"))
+	if err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (a *API) events(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := a.sup.Request(id); err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	// Watch ends when the request ends or the client goes away.
+	_ = a.sup.Watch(r.Context(), id, func(info RequestInfo) error {
+		if err := enc.Encode(info); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	})
+}
+
+func (a *API) remove(w http.ResponseWriter, r *http.Request) {
+	info, err := a.sup.Remove(r.Context(), r.PathValue("id"))
+	if err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.sup.Status(r.Context(), os.Getpid()))
+}
+
+func (a *API) release(w http.ResponseWriter, r *http.Request) {
+	// Release is not tied to the caller's connection: once asked, it runs
+	// to the end.
+	err := a.sup.Release(context.Background())
+	if err != nil {
+		a.fail(w, http.StatusInternalServerError, fmt.Errorf("release: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"state": "released"})
+}
+
+// decode reads a JSON body of at most MaxBodyBytes into v; it answers 413
+// or 400 itself and returns false on failure.
+func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			a.fail(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", MaxBodyBytes))
+			return false
+		}
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: body is not a valid JSON submission: %v", ErrBadInput, err))
+		return false
+	}
+	return true
+}
+
+func (a *API) fail(w http.ResponseWriter, code int, err error) {
+	if code >= 500 {
+		a.logger.Error("control api", "error", err)
+	}
+	writeJSON(w, code, ErrorBody{Error: err.Error()})
+}
+
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, ErrBadInput):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrReleasing):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

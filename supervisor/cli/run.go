@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// run starts a supervisor in this process on a private socket, submits
+// --count requests at once, waits for all of them, prints one line (or JSON
+// object) per request and releases. It fails when any request failed.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("run", stderr)
+	var sf startFlags
+	sf.register(f)
+	prompt := f.String("prompt", "", "the prompt `TEXT` (required)")
+	count := f.Int("count", 1, "number of requests `N`; request i uses seed+i")
+	seed := f.Int64("seed", 0, "random seed `N` of the first request")
+	steps := f.Int("steps", supervisor.DefaultSteps, "refinement steps `N`")
+	out := f.String("out", "", "artifact `DIR` (overrides the config's artifact_dir)")
+	asJSON := f.Bool("json", false, "print one JSON object per request")
+	f.socket = ""
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(pos); err != nil {
+		return err
+	}
+	sub := supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps}
+	if err := sub.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *count < 1 {
+		return fmt.Errorf("%w: --count must be at least 1", errUsage)
+	}
+	cfg, err := sf.load()
+	if err != nil {
+		return err
+	}
+	if *out != "" {
+		cfg.ArtifactDir = *out
+	}
+	socket := f.socket
+	if socket == "" {
+		dir, err := os.MkdirTemp("/tmp", "phased-run-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		socket = filepath.Join(dir, "phased.sock")
+	}
+	logger := newLogger(sf.logLevel, stderr)
+	began := time.Now()
+	r, err := launch(ctx, cfg, socket, logger, sf.logLevel)
+	if err != nil {
+		return err
+	}
+	c := supervisor.NewClient(socket)
+	results := make([]Result, *count)
+	var wg sync.WaitGroup
+	for i := range *count {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := sub
+			s.Seed += int64(i)
+			results[i] = submitAndWait(ctx, c, s)
+		}()
+	}
+	wg.Wait()
+	stopErr := r.stop()
+	failed := 0
+	for _, res := range results {
+		if res.State != supervisor.StateDone {
+			failed++
+		}
+		if *asJSON {
+			if err := printJSON(stdout, res); err != nil {
+				return err
+			}
+			continue
+		}
+		if res.State == supervisor.StateDone {
+			fmt.Fprintf(stdout, "%s  done    %.2fs  %s  sha256 %s\n", res.ID, res.Seconds, res.Artifact, res.SHA256)
+		} else {
+			fmt.Fprintf(stdout, "%s  %s  %s\n", res.ID, res.State, res.Reason)
+		}
+	}
+	if !*asJSON {
+		fmt.Fprintf(stdout, "%d of %d requests done in %.2fs (start, run, release)\n", *count-failed, *count, time.Since(began).Seconds())
+	}
+	if stopErr != nil {
+		return fmt.Errorf("release: %w", stopErr)
+	}
+	if failed > 0 {
+		return errSilent
+	}
+	return nil
+}
+
+func submitAndWait(ctx context.Context, c *supervisor.Client, sub supervisor.Submission) Result {
+	id, err := c.Submit(ctx, sub)
+	if err != nil {
+		return Result{State: supervisor.StateFailed, Reason: err.Error()}
+	}
+	info, err := c.Watch(ctx, id, nil)
+	if err != nil {
+		return Result{ID: id, State: supervisor.StateFailed, Reason: err.Error()}
+	}
+	return result(info)
+}

@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/supervisor"
+	"github.com/phased/phased/supervisor/config"
+)
+
+// common flags of start and run.
+type startFlags struct {
+	config    string
+	pluginDir string
+	logLevel  string
+}
+
+func (s *startFlags) register(f *flags) {
+	f.StringVar(&s.config, "config", "", "config `FILE` (HCL, or JSON if it ends in .json); default: the embedded default")
+	f.StringVar(&s.pluginDir, "plugin-dir", "", "plugin `DIR` (overrides the config's plugin_dir; default: plugins/ beside this binary)")
+	f.StringVar(&s.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn, error")
+}
+
+func (s *startFlags) load() (*config.Config, error) {
+	var cfg *config.Config
+	if s.config == "" {
+		cfg = config.Default()
+	} else {
+		var err error
+		if cfg, err = config.Load(s.config); err != nil {
+			return nil, err
+		}
+	}
+	if s.pluginDir != "" {
+		cfg.PluginDir = s.pluginDir
+	}
+	return cfg, nil
+}
+
+// running is a supervisor started in this process with its control API.
+type running struct {
+	sup    *supervisor.Supervisor
+	api    *supervisor.API
+	served chan error
+}
+
+// launch listens on socket, starts the supervisor and serves its API.
+func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog.Logger, level string) (*running, error) {
+	// Listen first: a second supervisor on the same socket fails before it
+	// starts any plugin.
+	ln, err := supervisor.Listen(socket)
+	if err != nil {
+		return nil, err
+	}
+	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: level})
+	if err := sup.Start(ctx); err != nil {
+		ln.Close()
+		os.Remove(socket)
+		return nil, err
+	}
+	r := &running{sup: sup, api: supervisor.NewAPI(sup, ln, socket, logger.Named("api")), served: make(chan error, 1)}
+	go func() { r.served <- r.api.Serve() }()
+	logger.Info("control socket ready", "socket", socket)
+	return r, nil
+}
+
+// stop releases the supervisor (if nobody did yet) and stops the API.
+func (r *running) stop() error {
+	err := r.sup.Release(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = errors.Join(err, r.api.Shutdown(ctx), <-r.served)
+	return err
+}
+
+func newLogger(level string, w io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "supervisor", Level: hclog.LevelFromString(level), Output: w})
+}
+
+func start(ctx context.Context, args []string, _, stderr io.Writer) error {
+	f := newFlags("start", stderr)
+	var sf startFlags
+	sf.register(f)
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(pos); err != nil {
+		return err
+	}
+	cfg, err := sf.load()
+	if err != nil {
+		return err
+	}
+	logger := newLogger(sf.logLevel, stderr)
+	r, err := launch(ctx, cfg, f.socket, logger, sf.logLevel)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	select {
+	case <-r.sup.Done():
+	case sig := <-sigs:
+		logger.Info("signal received; releasing", "signal", sig)
+	case err := <-r.served:
+		r.served <- err
+		logger.Error("control API stopped; releasing", "error", err)
+	}
+	if err := r.stop(); err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,160 @@
+package supervisor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+)
+
+// ErrNoSupervisor is wrapped when nothing answers on the control socket.
+var ErrNoSupervisor = errors.New("no supervisor")
+
+// Client talks to a supervisor's control API over its unix socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the supervisor at socket.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}}
+}
+
+// Submit submits a request and returns its id.
+func (c *Client) Submit(ctx context.Context, sub Submission) (string, error) {
+	var out struct {
+		ID string `json:"id"`
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/requests", sub, &out)
+	return out.ID, err
+}
+
+// Request returns one request.
+func (c *Client) Request(ctx context.Context, id string) (RequestInfo, error) {
+	var out RequestInfo
+	err := c.do(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Watch calls fn with each snapshot of the request until it ends, and
+// returns the last one.
+func (c *Client) Watch(ctx context.Context, id string, fn func(RequestInfo)) (RequestInfo, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id)+"/events", nil)
+	if err != nil {
+		return RequestInfo{}, err
+	}
+	defer resp.Body.Close()
+	var last RequestInfo
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var info RequestInfo
+		if err := json.Unmarshal(sc.Bytes(), &info); err != nil {
+			return last, fmt.Errorf("events of %s: %w", id, err)
+		}
+		last = info
+		if fn != nil {
+			fn(info)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return last, fmt.Errorf("events of %s: %w", id, err)
+	}
+	if !last.Terminal() {
+		return last, fmt.Errorf("events of %s: the supervisor closed the stream before the request ended", id)
+	}
+	return last, nil
+}
+
+// Remove removes a request and returns its final state.
+func (c *Client) Remove(ctx context.Context, id string) (RequestInfo, error) {
+	var out RequestInfo
+	err := c.do(ctx, http.MethodDelete, "/v1/requests/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Status returns the supervisor's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var out Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	return out, err
+}
+
+// Release asks for an ordered release and returns when it is done.
+func (c *Client) Release(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/release", nil, nil)
+}
+
+// APIError is an error answer of the control API.
+type APIError struct {
+	Code int
+	Msg  string
+}
+
+func (e *APIError) Error() string { return e.Msg }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// send makes a call and turns connection failures and error answers into
+// errors a user can act on.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://phased"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w at %s (start one with `supervisor start`)", ErrNoSupervisor, c.Socket)
+		}
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var eb ErrorBody
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+			eb.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return nil, &APIError{Code: resp.StatusCode, Msg: eb.Error}
+	}
+	return resp, nil
+}

@@ -1,0 +1,286 @@
+// Package config reads the supervisor's configuration: HCL (or HCL's JSON
+// syntax for files ending in .json), with an embedded default. Errors say
+// FILE:LINE:COL and what was expected.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+)
+
+//go:embed default.hcl
+var defaultHCL []byte
+
+// DefaultName is the file name errors in the embedded default refer to.
+const DefaultName = "<default config>"
+
+// Defaults for settings a config leaves out.
+const (
+	DefaultBackend      = "shm"
+	DefaultPolicy       = "roundrobin"
+	DefaultArtifactDir  = "out"
+	DefaultGrace        = 30 * time.Second
+	DefaultStartTimeout = 30 * time.Second
+)
+
+// Backends lists the transfer backends a config may name.
+var Backends = []string{"shm"}
+
+// Config is the supervisor's configuration.
+type Config struct {
+	// PluginDir is where plugin binaries are found; empty means the
+	// "plugins" directory beside the supervisor binary.
+	PluginDir string
+	// RunDir holds the run's ipc sockets; empty means a new short directory
+	// under /tmp, removed at release.
+	RunDir string
+	// ArtifactDir is where the last phase writes artifacts.
+	ArtifactDir string
+	// Backend is the transfer backend between phases.
+	Backend string
+	// Params are passed to every phase; a phase's own params override them.
+	Params map[string]string
+	// Grace is how long release waits for in-flight requests.
+	Grace time.Duration
+	// Phases is the pipeline, in order: the first phase receives requests,
+	// the last one produces the artifact.
+	Phases []Phase
+}
+
+// Phase is one phase of the pipeline.
+type Phase struct {
+	Name         string
+	Plugin       string // the binary is phased-phase-<Plugin>
+	Instances    int
+	Policy       string // the binary is phased-policy-<Policy>
+	Params       map[string]string
+	StartTimeout time.Duration
+}
+
+// PhaseParams returns the params one phase is configured with: the
+// top-level params overridden by the phase's own.
+func (c *Config) PhaseParams(p Phase) map[string]string {
+	out := make(map[string]string, len(c.Params)+len(p.Params))
+	for k, v := range c.Params {
+		out[k] = v
+	}
+	for k, v := range p.Params {
+		out[k] = v
+	}
+	return out
+}
+
+// Policies returns the distinct policies of the pipeline, in the order of
+// their first phase.
+func (c *Config) Policies() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range c.Phases {
+		if !seen[p.Policy] {
+			seen[p.Policy] = true
+			out = append(out, p.Policy)
+		}
+	}
+	return out
+}
+
+// ErrInvalid is wrapped by every error about a config's content.
+var ErrInvalid = errors.New("invalid config")
+
+// Default returns the embedded default configuration.
+func Default() *Config {
+	c, err := Parse(defaultHCL, DefaultName)
+	if err != nil {
+		panic("config: embedded default is invalid: " + err.Error())
+	}
+	return c
+}
+
+// DefaultSource returns the text of the embedded default configuration.
+func DefaultSource() []byte { return append([]byte(nil), defaultHCL...) }
+
+// Load reads and parses the config file at path.
+func Load(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(src, path)
+}
+
+// file, releaseBlock and phaseBlock mirror the config's syntax.
+type file struct {
+	PluginDir   *string           `hcl:"plugin_dir,optional"`
+	RunDir      *string           `hcl:"run_dir,optional"`
+	ArtifactDir *string           `hcl:"artifact_dir,optional"`
+	Backend     *string           `hcl:"backend,optional"`
+	Policy      *string           `hcl:"policy,optional"`
+	Params      map[string]string `hcl:"params,optional"`
+	Release     *releaseBlock     `hcl:"release,block"`
+	Phases      []phaseBlock      `hcl:"phase,block"`
+}
+
+type releaseBlock struct {
+	Grace    *string   `hcl:"grace,optional"`
+	DefRange hcl.Range `hcl:",def_range"`
+}
+
+type phaseBlock struct {
+	Name         string            `hcl:"name,label"`
+	Plugin       string            `hcl:"plugin"`
+	Instances    *int              `hcl:"instances,optional"`
+	Policy       *string           `hcl:"policy,optional"`
+	Params       map[string]string `hcl:"params,optional"`
+	StartTimeout *string           `hcl:"start_timeout,optional"`
+	DefRange     hcl.Range         `hcl:",def_range"`
+}
+
+// namePattern is what phase, plugin and policy names look like: they become
+// parts of binary names, instance ids and socket paths.
+var namePattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+
+const nameRule = "lower-case letters, digits, '-' and '_', starting with a letter, at most 32 characters"
+
+// Parse parses a config from src; filename is used in errors and picks the
+// syntax (HCL, or JSON for names ending in .json).
+func Parse(src []byte, filename string) (*Config, error) {
+	p := hclparse.NewParser()
+	var f *hcl.File
+	var diags hcl.Diagnostics
+	if strings.HasSuffix(filename, ".json") {
+		f, diags = p.ParseJSON(src, filename)
+	} else {
+		f, diags = p.ParseHCL(src, filename)
+	}
+	if diags.HasErrors() {
+		return nil, diagError(diags)
+	}
+	var raw file
+	if diags := gohcl.DecodeBody(f.Body, nil, &raw); diags.HasErrors() {
+		return nil, diagError(diags)
+	}
+	return raw.build(filename)
+}
+
+func (f *file) build(filename string) (*Config, error) {
+	c := &Config{
+		PluginDir:   deref(f.PluginDir, ""),
+		RunDir:      deref(f.RunDir, ""),
+		ArtifactDir: deref(f.ArtifactDir, DefaultArtifactDir),
+		Backend:     deref(f.Backend, DefaultBackend),
+		Params:      f.Params,
+		Grace:       DefaultGrace,
+	}
+	var errs []error
+	if !slices.Contains(Backends, c.Backend) {
+		errs = append(errs, fmt.Errorf("%s: backend %q is not supported; expected one of: %s", filename, c.Backend, strings.Join(Backends, ", ")))
+	}
+	if c.ArtifactDir == "" {
+		errs = append(errs, fmt.Errorf("%s: artifact_dir must not be empty", filename))
+	}
+	policy := deref(f.Policy, DefaultPolicy)
+	if !namePattern.MatchString(policy) {
+		errs = append(errs, fmt.Errorf("%s: policy %q is not a valid name; expected %s", filename, policy, nameRule))
+	}
+	if f.Release != nil && f.Release.Grace != nil {
+		d, err := parseDuration(*f.Release.Grace)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: release: grace: %w", where(f.Release.DefRange), err))
+		}
+		c.Grace = d
+	}
+	if len(f.Phases) == 0 {
+		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
+	}
+	seen := map[string]hcl.Range{}
+	for _, pb := range f.Phases {
+		at := where(pb.DefRange)
+		ph := Phase{
+			Name:         pb.Name,
+			Plugin:       pb.Plugin,
+			Instances:    derefInt(pb.Instances, 1),
+			Policy:       deref(pb.Policy, policy),
+			Params:       pb.Params,
+			StartTimeout: DefaultStartTimeout,
+		}
+		if first, dup := seen[pb.Name]; dup {
+			errs = append(errs, fmt.Errorf("%s: phase %q is defined twice; first at %s", at, pb.Name, where(first)))
+		}
+		seen[pb.Name] = pb.DefRange
+		for _, n := range []struct{ what, v string }{{"phase name", ph.Name}, {"plugin", ph.Plugin}, {"policy", ph.Policy}} {
+			if !namePattern.MatchString(n.v) {
+				errs = append(errs, fmt.Errorf("%s: phase %q: %s %q is not a valid name; expected %s", at, pb.Name, n.what, n.v, nameRule))
+			}
+		}
+		if ph.Instances < 1 || ph.Instances > 64 {
+			errs = append(errs, fmt.Errorf("%s: phase %q: instances must be between 1 and 64, got %d", at, pb.Name, ph.Instances))
+		}
+		if pb.StartTimeout != nil {
+			d, err := parseDuration(*pb.StartTimeout)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: phase %q: start_timeout: %w", at, pb.Name, err))
+			}
+			ph.StartTimeout = d
+		}
+		c.Phases = append(c.Phases, ph)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return c, nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration; expected e.g. \"30s\" or \"2m\"", s)
+	}
+	return d, nil
+}
+
+// diagError formats HCL diagnostics as FILE:LINE:COL: summary; detail.
+func diagError(diags hcl.Diagnostics) error {
+	var errs []error
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += "; " + d.Detail
+		}
+		if d.Subject != nil {
+			msg = where(*d.Subject) + ": " + msg
+		}
+		errs = append(errs, errors.New(msg))
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+}
+
+func where(r hcl.Range) string {
+	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
+}
+
+func deref(p *string, def string) string {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func derefInt(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
+}

@@ -1,0 +1,137 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	var names []string
+	for _, p := range c.Phases {
+		names = append(names, p.Name)
+		if p.Instances != 1 || p.Policy != DefaultPolicy || p.Plugin != p.Name || p.StartTimeout != DefaultStartTimeout {
+			t.Errorf("phase %+v: want one instance of plugin %q with policy %q", p, p.Name, DefaultPolicy)
+		}
+	}
+	if want := []string{"encoder", "transformer", "decoder"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("phases %v, want %v", names, want)
+	}
+	if c.Backend != "shm" || c.Grace != DefaultGrace || c.ArtifactDir != DefaultArtifactDir {
+		t.Fatalf("defaults %+v", c)
+	}
+	if got := c.Policies(); !reflect.DeepEqual(got, []string{"roundrobin"}) {
+		t.Fatalf("policies %v", got)
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	src := `
+plugin_dir   = "/opt/phased/plugins"
+artifact_dir = "/tmp/art"
+params = { frames = 4, height = "16" }
+release { grace = "5s" }
+phase "encoder"     { plugin = "encoder" }
+phase "transformer" {
+  plugin        = "transformer"
+  instances     = 2
+  policy        = "roundrobin"
+  start_timeout = "2m"
+  params        = { height = 8 }
+}
+phase "decoder" {
+  plugin = "decoder"
+  policy = "leastloaded"
+}
+`
+	c, err := Parse([]byte(src), "full.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PluginDir != "/opt/phased/plugins" || c.ArtifactDir != "/tmp/art" || c.Grace != 5*time.Second {
+		t.Fatalf("top level %+v", c)
+	}
+	tr := c.Phases[1]
+	if tr.Instances != 2 || tr.StartTimeout != 2*time.Minute {
+		t.Fatalf("transformer %+v", tr)
+	}
+	if got, want := c.PhaseParams(tr), map[string]string{"frames": "4", "height": "8"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("params %v, want %v", got, want)
+	}
+	if got, want := c.Policies(), []string{"roundrobin", "leastloaded"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("policies %v, want %v", got, want)
+	}
+}
+
+func TestParseJSON(t *testing.T) {
+	src := `{"phase": {"encoder": {"plugin": "encoder"}, "decoder": {"plugin": "decoder", "instances": 3}}}`
+	c, err := Parse([]byte(src), "c.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Phases) != 2 || c.Phases[1].Name != "decoder" || c.Phases[1].Instances != 3 {
+		t.Fatalf("phases %+v", c.Phases)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, file, src string
+		want            []string
+	}{
+		{"syntax", "a.hcl", "phase \"encoder\" {\n  plugin = \n}\n", []string{"a.hcl:2:", "Invalid expression"}},
+		{"unknown attribute", "a.hcl", "phase \"encoder\" {\n  plugin = \"encoder\"\n  instance = 2\n}\n", []string{"a.hcl:3:3", `An argument named "instance" is not expected here`, `Did you mean "instances"?`}},
+		{"wrong type", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = \"two\"\n}\n", []string{"a.hcl:3:", "a number is required"}},
+		{"missing plugin", "a.hcl", "phase \"t\" {\n}\n", []string{"a.hcl:1:", `The argument "plugin" is required`}},
+		{"missing label", "a.hcl", "phase {\n  plugin = \"t\"\n}\n", []string{"a.hcl:1:", "Missing name for phase"}},
+		{"no phases", "a.hcl", "backend = \"shm\"\n", []string{"a.hcl: no phase blocks"}},
+		{"zero instances", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = 0\n}\n", []string{`a.hcl:1:1: phase "t": instances must be between 1 and 64, got 0`}},
+		{"duplicate phase", "a.hcl", "phase \"t\" { plugin = \"t\" }\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:2:1: phase "t" is defined twice; first at a.hcl:1:1`}},
+		{"bad plugin name", "a.hcl", "phase \"t\" { plugin = \"../evil\" }\n", []string{`phase "t": plugin "../evil" is not a valid name`}},
+		{"bad backend", "a.hcl", "backend = \"rdma\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: backend "rdma" is not supported; expected one of: shm`}},
+		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
+		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},
+		{"json syntax", "c.json", `{"phase": {"t": {"plugin": 1,}}}`, []string{"c.json:1:"}},
+		{"json missing plugin", "c.json", `{"phase": {"t": {}}}`, []string{"c.json:1:", `The argument "plugin" is required`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.src), tt.file)
+			if err == nil {
+				t.Fatal("parsed; want an error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "phased.hcl")
+	if err := os.WriteFile(path, DefaultSource(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Phases) != 3 {
+		t.Fatalf("phases %+v", c.Phases)
+	}
+	_, err = Load(filepath.Join(dir, "missing.hcl"))
+	if err == nil || !strings.Contains(err.Error(), "missing.hcl") || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("error %v, want the path and 'no such file'", err)
+	}
+}

@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/plugins/model"
+	"github.com/phased/phased/supervisor"
+)
+
+const pipeline = `
+phase "encoder"     { plugin = "encoder" }
+phase "transformer" {
+  plugin    = "transformer"
+  instances = 2
+  policy    = "roundrobin"
+}
+phase "decoder"     { plugin = "decoder" }
+`
+
+// reference returns the artifact the three phases produce in one process.
+func reference(t *testing.T, prompt string, seed int64, steps int) []byte {
+	t.Helper()
+	b, err := model.Reference(context.Background(), model.DefaultParams(), prompt, seed, steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestConcurrentRequests sends 20 requests at once through encoder ×1,
+// transformer ×2, decoder ×1; every artifact must equal the reference byte
+// for byte and both transformers must be used. Then release must leave
+// nothing behind.
+func TestConcurrentRequests(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	ctx := context.Background()
+
+	const n = 20
+	infos := make([]supervisor.RequestInfo, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: fmt.Sprintf("prompt %d", i), Seed: int64(i), Steps: 5})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			infos[i], errs[i] = p.client.Watch(ctx, id, nil)
+		}()
+	}
+	wg.Wait()
+	used := map[string]int{}
+	for i, info := range infos {
+		if errs[i] != nil {
+			t.Fatalf("request %d: %v", i, errs[i])
+		}
+		if info.State != supervisor.StateDone {
+			t.Fatalf("request %d (%s): state %s, reason %q", i, info.ID, info.State, info.Reason)
+		}
+		got, err := os.ReadFile(info.Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := reference(t, fmt.Sprintf("prompt %d", i), int64(i), 5); !bytes.Equal(got, want) {
+			t.Fatalf("request %d: artifact %s (%d bytes) differs from the reference (%d bytes)", i, info.Artifact, len(got), len(want))
+		}
+		used[info.Instances["transformer"]]++
+	}
+	if used["transformer-0"] == 0 || used["transformer-1"] == 0 || used["transformer-0"]+used["transformer-1"] != n {
+		t.Fatalf("transformer use %v: want both used, %d in all", used, n)
+	}
+
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if in.OpenRooms != 0 || in.State != "ready" {
+				t.Errorf("instance %s: state %s, %d open rooms after every request ended", in.ID, in.State, in.OpenRooms)
+			}
+			pids = append(pids, in.PID)
+		}
+	}
+	if len(pids) != 4 {
+		t.Fatalf("%d instances, want 4", len(pids))
+	}
+	runDir := st.RunDir
+	if len(leftovers(t, runDir, pids)) == 0 {
+		t.Logf("run dir %s", runDir)
+	}
+
+	out, errOut, code := cli(t, p.socket, "release")
+	if code != 0 || strings.TrimSpace(out) != "released" {
+		t.Fatalf("release: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("supervisor exit after release: %v", err)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("plugin process %d still alive after release", pid)
+		}
+	}
+	if left := leftovers(t, runDir, pids); len(left) > 0 {
+		t.Errorf("left behind after release: %v", left)
+	}
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s still exists after release (%v)", runDir, err)
+	}
+	if _, err := os.Stat(p.socket); !os.IsNotExist(err) {
+		t.Errorf("control socket %s still exists after release (%v)", p.socket, err)
+	}
+}
+
+// TestRemoveInFlight removes a request while its transformer computes: it
+// ends failed with reason "removed", no room stays open, and the pipeline
+// still serves the next request.
+func TestRemoveInFlight(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "params = { height = 64, width = 64 }\n"+pipeline))
+	ctx := context.Background()
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "long", Seed: 1, Steps: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the encoder has handed over: the transformer is computing.
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var handed bool
+	last, err := p.client.Watch(wctx, id, func(info supervisor.RequestInfo) {
+		for _, e := range info.Events {
+			if e.What == "phase done" && e.Phase == "encoder" {
+				handed = true
+				cancel()
+			}
+		}
+	})
+	if !handed {
+		t.Fatalf("the encoder never finished: %+v (%v)", last, err)
+	}
+	out, errOut, code := cli(t, p.socket, "remove", id)
+	if code != 0 || strings.TrimSpace(out) != id+" failed (removed)" {
+		t.Fatalf("remove: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	info, err := p.client.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != supervisor.StateFailed || info.Reason != supervisor.ReasonRemoved {
+		t.Fatalf("after remove: state %s, reason %q", info.State, info.Reason)
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if in.OpenRooms != 0 {
+				t.Errorf("instance %s has %d open rooms after remove", in.ID, in.OpenRooms)
+			}
+		}
+	}
+	// Removing again changes nothing.
+	out, _, code = cli(t, p.socket, "remove", id)
+	if code != 0 || strings.TrimSpace(out) != id+" failed (removed)" {
+		t.Fatalf("second remove: exit %d, stdout %q", code, out)
+	}
+	// The pipeline still works.
+	out, errOut, code = cli(t, p.socket, "submit", "--prompt", "after", "--seed", "3", "--steps", "2", "--wait", "--json")
+	if code != 0 {
+		t.Fatalf("submit after remove: exit %d, stderr %q", code, errOut)
+	}
+	var res struct{ ID, State, Artifact, SHA256, Reason string }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("submit --json output %q: %v", out, err)
+	}
+	if res.State != "done" || res.SHA256 == "" || filepath.Ext(res.Artifact) != ".gif" {
+		t.Fatalf("submit after remove: %+v", res)
+	}
+	if _, _, code := cli(t, p.socket, "release"); code != 0 {
+		t.Fatalf("release: exit %d", code)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,183 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// proc is a supervisor started with `supervisor start` as a real process.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	socket string
+	client *supervisor.Client
+	log    *syncBuffer
+	exited chan struct{}
+	err    error // the process's exit error, after exited
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and many readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// shortDir returns a new directory under /tmp with a short path (unix
+// socket paths are limited to 107 bytes), removed after the test.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pe2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// writeConfig writes an HCL config into dir that uses the test plugins and
+// writes artifacts into dir/out.
+func writeConfig(t *testing.T, dir, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, "phased.hcl")
+	src := "plugin_dir = \"" + pluginDir + "\"\nartifact_dir = \"" + filepath.Join(dir, "out") + "\"\n" + body
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startSupervisor runs `supervisor start --config cfg` and waits until its
+// control socket is ready. The process is killed at the end of the test if
+// it still runs.
+func startSupervisor(t *testing.T, dir, cfg string) *proc {
+	t.Helper()
+	socket := filepath.Join(dir, "ctl", "phased.sock")
+	cmd := exec.Command(supervisorBin, "start", "--config", cfg, "--socket", socket, "--log-level", "debug")
+	p := &proc{t: t, cmd: cmd, socket: socket, client: supervisor.NewClient(socket), log: &syncBuffer{}, exited: make(chan struct{})}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			p.log.Write([]byte(line + "\n"))
+			if strings.Contains(line, "control socket ready") {
+				once.Do(func() { close(ready) })
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("supervisor log:\n%s", p.log.String())
+		}
+	})
+	select {
+	case <-ready:
+	case <-p.exited:
+		t.Fatalf("supervisor exited during start: %v\n%s", p.err, p.log.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("supervisor not ready after 90s\n%s", p.log.String())
+	}
+	return p
+}
+
+// waitExit waits for the supervisor process to exit and returns its error.
+func (p *proc) waitExit(d time.Duration) error {
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(d):
+		return errors.New("supervisor still running")
+	}
+}
+
+// cli runs the supervisor binary as a client verb against p's socket and
+// returns stdout, stderr and the exit code.
+func cli(t *testing.T, socket string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, supervisorBin, args...)
+	cmd.Env = append(os.Environ(), "PHASED_SOCKET="+socket)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("supervisor %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// alive reports whether a process with this pid exists.
+func alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+// leftovers lists socket files under dir and shared-memory segments of the
+// given plugin pids.
+func leftovers(t *testing.T, dir string, pids []int) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode()&os.ModeSocket != 0 {
+			out = append(out, path)
+		}
+		return nil
+	})
+	entries, _ := os.ReadDir("/dev/shm")
+	for _, e := range entries {
+		for _, pid := range pids {
+			if strings.HasPrefix(e.Name(), "phased-") && strings.Contains(e.Name(), "."+strconv.Itoa(pid)+"-") {
+				out = append(out, filepath.Join("/dev/shm", e.Name()))
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,61 @@
+// Package e2e tests phased end to end with the real binaries: the
+// supervisor, the built-in phase plugins and the round-robin policy, built
+// once by TestMain, started as real processes, talking over real sockets
+// and shared memory.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var (
+	binDir        string // holds supervisor and plugins/
+	supervisorBin string
+	pluginDir     string
+)
+
+func TestMain(m *testing.M) {
+	code, err := run(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func run(m *testing.M) (int, error) {
+	dir, err := os.MkdirTemp("", "phased-e2e-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	binDir, pluginDir = dir, filepath.Join(dir, "plugins")
+	supervisorBin = filepath.Join(dir, "supervisor")
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return 0, fmt.Errorf("go list -m: %w", err)
+	}
+	args := []string{"build"}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	builds := [][]string{
+		{"-o", binDir + "/", "./supervisor/cmd/supervisor"},
+		{"-o", pluginDir + "/", "./plugins/encoder/cmd/phased-phase-encoder", "./plugins/transformer/cmd/phased-phase-transformer",
+			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/roundrobin/cmd/phased-policy-roundrobin"},
+		{"-o", filepath.Join(dir, "badplugin"), "./supervisor/e2e/testdata/badplugin"},
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", append(args, b...)...)
+		cmd.Dir = strings.TrimSpace(string(root))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("go build %v: %v\n%s", b, err, out)
+		}
+	}
+	return m.Run(), nil
+}

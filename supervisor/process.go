@@ -1,0 +1,162 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/phased/phased/sdk"
+)
+
+// process is one plugin child process started through go-plugin.
+type process struct {
+	name   string // instance or policy id, for logs and errors
+	path   string
+	client *plugin.Client
+	stderr *tail
+	pid    int
+	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
+}
+
+// processConfig says how to start one plugin process.
+type processConfig struct {
+	Name         string // instance or policy id
+	Path         string // plugin binary
+	Kind         sdk.Kind
+	APIVersion   int
+	Logger       hclog.Logger
+	SocketDir    string // where go-plugin puts its unix sockets
+	StartTimeout time.Duration
+	LogLevel     string
+}
+
+// startProcess starts a plugin, dispenses its service and checks its Info.
+// On any error the process is killed and the error carries the plugin's last
+// stderr lines.
+func startProcess(ctx context.Context, pc processConfig) (*process, error) {
+	cmd := exec.Command(pc.Path)
+	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel)
+	// The child dies with the supervisor, even on SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := newTail(20)
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          sdk.PluginMap(),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           pc.Logger,
+		Stderr:           stderr,
+		StartTimeout:     pc.StartTimeout,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
+	})
+	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr}
+	fail := func(err error) (*process, error) {
+		client.Kill()
+		msg := fmt.Sprintf("%s plugin %s (%s): %v", pc.Kind, pc.Name, pc.Path, err)
+		if lines := stderr.String(); lines != "" {
+			msg += "; last stderr lines:\n" + lines
+		}
+		return nil, errors.New(msg)
+	}
+	rpc, err := client.Client()
+	if err != nil {
+		return fail(fmt.Errorf("start: %w", err))
+	}
+	if rc := client.ReattachConfig(); rc != nil {
+		p.pid = rc.Pid
+	}
+	dispense := sdk.PluginPhase
+	if pc.Kind == sdk.KindPolicy {
+		dispense = sdk.PluginPolicy
+	}
+	raw, err := rpc.Dispense(dispense)
+	if err != nil {
+		return fail(fmt.Errorf("dispense %s: %w", dispense, err))
+	}
+	p.raw = raw
+	var info sdk.Info
+	ictx, cancel := context.WithTimeout(ctx, pc.StartTimeout)
+	defer cancel()
+	switch c := raw.(type) {
+	case sdk.PhaseControl:
+		info, err = c.Info(ictx)
+	case sdk.Policy:
+		info, err = c.Info(ictx)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("info: %w", err))
+	}
+	if info.Kind != pc.Kind {
+		return fail(fmt.Errorf("it says it is a %s plugin named %q, not a %s plugin", info.Kind, info.Name, pc.Kind))
+	}
+	if !info.Speaks(pc.APIVersion) {
+		return fail(fmt.Errorf("it speaks %s API versions %v; this supervisor speaks version %d", pc.Kind, info.APIVersions, pc.APIVersion))
+	}
+	pc.Logger.Debug("plugin started", "path", pc.Path, "pid", p.pid, "version", info.Version)
+	return p, nil
+}
+
+// exited reports whether the process has exited.
+func (p *process) exited() bool { return p.client.Exited() }
+
+// kill stops the process: graceful close, bounded wait, then SIGKILL
+// (go-plugin's Kill). Safe to call twice.
+func (p *process) kill() { p.client.Kill() }
+
+// tail keeps the last lines written to it; go-plugin writes the plugin's
+// raw stderr here.
+type tail struct {
+	mu    sync.Mutex
+	max   int
+	lines []string
+	part  []byte
+}
+
+func newTail(max int) *tail { return &tail{max: max} }
+
+func (t *tail) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.part = append(t.part, b...)
+	for {
+		i := bytes.IndexByte(t.part, '\n')
+		if i < 0 {
+			break
+		}
+		t.add(string(t.part[:i]))
+		t.part = t.part[i+1:]
+	}
+	return len(b), nil
+}
+
+func (t *tail) add(line string) {
+	if strings.TrimSpace(line) == "" {
+		return
+	}
+	t.lines = append(t.lines, line)
+	if len(t.lines) > t.max {
+		t.lines = t.lines[len(t.lines)-t.max:]
+	}
+}
+
+// String returns the kept lines, including an unfinished last one.
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := append([]string(nil), t.lines...)
+	if len(bytes.TrimSpace(t.part)) > 0 {
+		lines = append(lines, string(t.part))
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,424 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// Request states. A request ends done or failed, never silently dropped.
+const (
+	StateQueued  = "queued"
+	StateRunning = "running"
+	StateDone    = "done"
+	StateFailed  = "failed"
+)
+
+// ReasonRemoved is the reason of a request ended by Remove.
+const ReasonRemoved = "removed"
+
+// Submission is what a client asks for.
+type Submission struct {
+	Prompt string `json:"prompt"`
+	Seed   int64  `json:"seed"`
+	Steps  int    `json:"steps"`
+}
+
+// Validate checks a submission from a user: a prompt and at least one step.
+func (s Submission) Validate() error {
+	switch {
+	case s.Prompt == "":
+		return fmt.Errorf("%w: prompt must not be empty", ErrBadInput)
+	case len(s.Prompt) > 64<<10:
+		return fmt.Errorf("%w: prompt is %d bytes; at most 65536 are accepted", ErrBadInput, len(s.Prompt))
+	case s.Steps <= 0 || s.Steps > 10000:
+		return fmt.Errorf("%w: steps must be between 1 and 10000, got %d", ErrBadInput, s.Steps)
+	}
+	return nil
+}
+
+// Event is one step of a request's progress.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Phase    string    `json:"phase,omitempty"`
+	Instance string    `json:"instance,omitempty"`
+	What     string    `json:"what"` // "accepted", "scheduled", "rooms open", "phase done", "done", "failed"
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// RequestInfo is a snapshot of one request, as the control API shows it.
+type RequestInfo struct {
+	ID        string            `json:"id"`
+	State     string            `json:"state"`
+	Prompt    string            `json:"prompt"`
+	Seed      int64             `json:"seed"`
+	Steps     int               `json:"steps"`
+	Instances map[string]string `json:"instances,omitempty"` // phase -> instance
+	Rooms     []uint64          `json:"rooms,omitempty"`     // one per hop, upstream first
+	Artifact  string            `json:"artifact,omitempty"`
+	SHA256    string            `json:"sha256,omitempty"`
+	Reason    string            `json:"reason,omitempty"`
+	Submitted time.Time         `json:"submitted"`
+	Finished  *time.Time        `json:"finished,omitempty"`
+	Events    []Event           `json:"events,omitempty"`
+}
+
+// Terminal reports whether the request has ended.
+func (r RequestInfo) Terminal() bool { return r.State == StateDone || r.State == StateFailed }
+
+// request is a request's state in the supervisor. Fields after mu are
+// guarded by it.
+type request struct {
+	sub    Submission
+	id     string
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when terminal
+
+	mu        sync.Mutex
+	info      RequestInfo
+	removed   bool
+	changed   chan struct{} // closed and replaced on every change
+	instances []*instance   // per phase, once scheduled
+}
+
+func (r *request) snapshot() RequestInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	info := r.info
+	info.Events = append([]Event(nil), r.info.Events...)
+	info.Rooms = append([]uint64(nil), r.info.Rooms...)
+	return info
+}
+
+// event records a progress event and wakes watchers.
+func (r *request) event(e Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e.Time = time.Now()
+	r.info.Events = append(r.info.Events, e)
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// Submit accepts a request and dispatches it; it returns the request id.
+// The submission is not validated here beyond what the pipeline needs (a
+// prompt, steps >= 0): user input is checked by Submission.Validate in the
+// control API.
+func (s *Supervisor) Submit(sub Submission) (string, error) {
+	if sub.Prompt == "" || sub.Steps < 0 {
+		return "", fmt.Errorf("%w: a prompt and steps >= 0 are required", ErrBadInput)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.ctx == nil {
+		return "", ErrReleasing
+	}
+	id := fmt.Sprintf("r%06d", s.nextReq.Add(1))
+	ctx, cancel := context.WithCancel(s.ctx)
+	r := &request{
+		sub: sub, id: id, ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), changed: make(chan struct{}),
+		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Submitted: time.Now()},
+	}
+	r.info.Events = []Event{{Time: r.info.Submitted, What: "accepted"}}
+	s.requests[id] = r
+	s.order = append(s.order, id)
+	s.inflight.Add(1)
+	go func() {
+		defer s.inflight.Done()
+		s.process(r)
+	}()
+	return id, nil
+}
+
+func (s *Supervisor) lookup(id string) (*request, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.requests[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	return r, nil
+}
+
+// Request returns a snapshot of one request.
+func (s *Supervisor) Request(id string) (RequestInfo, error) {
+	r, err := s.lookup(id)
+	if err != nil {
+		return RequestInfo{}, err
+	}
+	return r.snapshot(), nil
+}
+
+// Watch calls fn with each new snapshot of the request (the first one at
+// once) until the request ends or ctx is done.
+func (s *Supervisor) Watch(ctx context.Context, id string, fn func(RequestInfo) error) error {
+	r, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	for {
+		r.mu.Lock()
+		changed := r.changed
+		r.mu.Unlock()
+		info := r.snapshot()
+		if err := fn(info); err != nil {
+			return err
+		}
+		if info.Terminal() {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Wait blocks until the request ends (or ctx is done) and returns it.
+func (s *Supervisor) Wait(ctx context.Context, id string) (RequestInfo, error) {
+	r, err := s.lookup(id)
+	if err != nil {
+		return RequestInfo{}, err
+	}
+	select {
+	case <-r.done:
+		return r.snapshot(), nil
+	case <-ctx.Done():
+		return r.snapshot(), ctx.Err()
+	}
+}
+
+// Remove ends a request: its computation is cancelled, its rooms are removed
+// upstream → downstream, and it ends failed with reason "removed". It
+// returns the final state; removing an ended request changes nothing.
+func (s *Supervisor) Remove(ctx context.Context, id string) (RequestInfo, error) {
+	r, err := s.lookup(id)
+	if err != nil {
+		return RequestInfo{}, err
+	}
+	r.mu.Lock()
+	if !r.info.Terminal() {
+		r.removed = true
+	}
+	r.mu.Unlock()
+	r.cancel()
+	return s.Wait(ctx, id)
+}
+
+// process runs one request through the pipeline and always ends it.
+func (s *Supervisor) process(r *request) {
+	defer r.cancel()
+	art, err := s.dispatch(r)
+	// Rooms are removed on every path, upstream first, before the request
+	// is reported as ended.
+	s.removeRooms(r)
+	r.mu.Lock()
+	now := time.Now()
+	r.info.Finished = &now
+	switch {
+	case r.removed:
+		r.info.State, r.info.Reason = StateFailed, ReasonRemoved
+	case err != nil:
+		r.info.State, r.info.Reason = StateFailed, err.Error()
+	default:
+		r.info.State, r.info.Artifact, r.info.SHA256 = StateDone, art.Path, art.SHA256
+	}
+	state, reason := r.info.State, r.info.Reason
+	r.mu.Unlock()
+	for _, in := range r.instances {
+		in.inflight.Add(-1)
+	}
+	r.event(Event{What: state, Detail: reason})
+	close(r.done)
+	s.logger.Info("request ended", "request", r.id, "state", state, "reason", reason, "took", now.Sub(r.info.Submitted))
+}
+
+// dispatch schedules the request, opens its rooms upstream first and runs
+// every phase; it returns the last phase's artifact.
+func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
+	ctx := r.ctx
+	chosen, err := s.schedule(ctx, r.id)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[string]string, len(chosen))
+	for i, in := range chosen {
+		names[s.phases[i].cfg.Name] = in.id
+		in.inflight.Add(1)
+	}
+	r.mu.Lock()
+	r.instances = chosen
+	r.info.State, r.info.Instances = StateRunning, names
+	r.mu.Unlock()
+	r.event(Event{What: "scheduled"})
+
+	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
+	rooms := make([]uint64, len(chosen)-1)
+	for i := range rooms {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		room := s.nextRoom.Add(1)
+		r.mu.Lock()
+		r.info.Rooms = append(r.info.Rooms, room)
+		r.mu.Unlock()
+		rooms[i] = room
+		sender, receiver := chosen[i], chosen[i+1]
+		sender.rooms.Add(1)
+		ep, err := sender.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+		if err != nil {
+			return nil, fmt.Errorf("phase %s (%s): open room %d: %w", sender.phase, sender.id, room, err)
+		}
+		receiver.rooms.Add(1)
+		_, err = receiver.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep})
+		if err != nil {
+			return nil, fmt.Errorf("phase %s (%s): open room %d: %w", receiver.phase, receiver.id, room, err)
+		}
+	}
+	r.event(Event{What: "rooms open"})
+	return s.runPhases(ctx, r, req, chosen, rooms)
+}
+
+// runPhases runs every phase of the request at once; each waits for its
+// inputs. The first failure cancels the others and is the request's reason.
+func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request, chosen []*instance, rooms []uint64) (*sdk.Artifact, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		i   int
+		art *sdk.Artifact
+		err error
+	}
+	results := make(chan result, len(chosen))
+	for i, in := range chosen {
+		spec := sdk.RunSpec{Request: req}
+		if i > 0 {
+			spec.InRoom = rooms[i-1]
+		}
+		if i < len(rooms) {
+			spec.OutRoom = rooms[i]
+		}
+		go func() {
+			start := time.Now()
+			art, err := in.ctl.Run(ctx, spec)
+			if err == nil {
+				r.event(Event{What: "phase done", Phase: in.phase, Instance: in.id, Detail: time.Since(start).Round(time.Microsecond).String()})
+			}
+			results <- result{i, art, err}
+		}()
+	}
+	var art *sdk.Artifact
+	var first error
+	for range chosen {
+		res := <-results
+		if res.err != nil {
+			if first == nil || (errors.Is(first, context.Canceled) && !errors.Is(res.err, context.Canceled)) {
+				in := chosen[res.i]
+				first = fmt.Errorf("phase %s (%s): %w", in.phase, in.id, res.err)
+			}
+			cancel()
+			continue
+		}
+		if res.i == len(chosen)-1 {
+			art = res.art
+		}
+	}
+	if first != nil {
+		return nil, first
+	}
+	if art == nil {
+		return nil, errors.New("the last phase returned no artifact")
+	}
+	return art, nil
+}
+
+// removeRooms removes the request's rooms upstream → downstream: for each
+// hop the sender side first, so that no sender writes into a freed buffer.
+func (s *Supervisor) removeRooms(r *request) {
+	r.mu.Lock()
+	rooms := append([]uint64(nil), r.info.Rooms...)
+	chosen := r.instances
+	r.mu.Unlock()
+	for i, room := range rooms {
+		for _, in := range []*instance{chosen[i], chosen[i+1]} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := in.ctl.RemoveRoom(ctx, room); err != nil {
+				s.logger.Warn("remove room", "request", r.id, "room", room, "instance", in.id, "error", err)
+			}
+			cancel()
+			in.rooms.Add(-1)
+		}
+	}
+}
+
+// schedule asks each distinct policy, once, for the instances of its
+// phases, and returns one instance per phase in pipeline order.
+func (s *Supervisor) schedule(ctx context.Context, id string) ([]*instance, error) {
+	chosen := make([]*instance, len(s.phases))
+	for _, name := range s.cfg.Policies() {
+		req := sdk.ScheduleRequest{RequestID: id}
+		for _, ph := range s.phases {
+			if ph.cfg.Policy == name {
+				req.Phases = append(req.Phases, ph.candidates())
+			}
+		}
+		d, err := s.policies[name].impl.Schedule(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("policy %s: %w", name, err)
+		}
+		for i, ph := range s.phases {
+			if ph.cfg.Policy != name {
+				continue
+			}
+			in := ph.instance(d.Choices[ph.cfg.Name])
+			if in == nil {
+				return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", name, d.Choices[ph.cfg.Name], ph.cfg.Name)
+			}
+			chosen[i] = in
+		}
+	}
+	return chosen, nil
+}
+
+func (ph *phase) candidates() sdk.PhaseCandidates {
+	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
+	for _, in := range ph.instances {
+		pc.Candidates = append(pc.Candidates, sdk.Candidate{
+			ID:        in.id,
+			Index:     in.index,
+			Ready:     in.currentState() == stateReady,
+			OpenRooms: int(in.rooms.Load()),
+			Inflight:  int(in.inflight.Load()),
+		})
+	}
+	return pc
+}
+
+func (ph *phase) instance(id string) *instance {
+	for _, in := range ph.instances {
+		if in.id == id {
+			return in
+		}
+	}
+	return nil
+}
+
+func (s *Supervisor) artifactDir() string {
+	if filepath.IsAbs(s.cfg.ArtifactDir) {
+		return s.cfg.ArtifactDir
+	}
+	abs, err := filepath.Abs(s.cfg.ArtifactDir)
+	if err != nil {
+		return s.cfg.ArtifactDir
+	}
+	return abs
+}
