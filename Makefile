@@ -11,7 +11,7 @@ PROTO_OUT ?= sdk/proto
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
-.PHONY: help deps build run test bench fuzz proto check clean
+.PHONY: help deps build run test bench proto check clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ test: build ## run every test with -race (unit, gRPC in memory, end to end)
 	$(GO) test -race -count=1 -timeout 14m ./...
 
 bench: build ## run the benchmarks and print the side-by-side ratios
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./supervisor/... | tee bench.txt
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./supervisor/... | tee bench.txt
 	@$(GO) run ./supervisor/internal/benchratio < bench.txt
 
 proto: ## regenerate the protobuf code with the pinned generators

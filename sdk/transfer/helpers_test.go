@@ -21,7 +21,7 @@ var nameSeq atomic.Int64
 func uniqueName() string { return fmt.Sprintf("t%d-%d", os.Getpid(), nameSeq.Add(1)) }
 
 // shortDir returns a fresh directory short enough for socket paths.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tr")
 	if err != nil {
@@ -36,7 +36,7 @@ func shortDir(t *testing.T) string {
 
 // startManager starts a Manager; tweak, if set, runs before Start. It is
 // released when the test ends.
-func startManager(t *testing.T, dir, name string, tweak func(*Manager)) *Manager {
+func startManager(t testing.TB, dir, name string, tweak func(*Manager)) *Manager {
 	t.Helper()
 	logger := hclog.NewNullLogger()
 	if testing.Verbose() {
@@ -69,7 +69,7 @@ type pair struct {
 	sn, rn   string
 }
 
-func newPair(t *testing.T, tweakSender func(*Manager)) *pair {
+func newPair(t testing.TB, tweakSender func(*Manager)) *pair {
 	t.Helper()
 	p := &pair{dir: shortDir(t), sn: uniqueName(), rn: uniqueName()}
 	p.snd = startManager(t, p.dir, p.sn, tweakSender)
@@ -78,7 +78,7 @@ func newPair(t *testing.T, tweakSender func(*Manager)) *pair {
 }
 
 // open opens both sides of a room, sender first.
-func (p *pair) open(t *testing.T, room uint64, specs []tensor.Spec) {
+func (p *pair) open(t testing.TB, room uint64, specs []tensor.Spec) {
 	t.Helper()
 	ep, err := p.snd.OpenSender(room)
 	if err != nil {
@@ -120,7 +120,7 @@ func sameTensors(got, want []tensor.Tensor) error {
 }
 
 // filled returns a tensor of spec s whose bytes depend on seed.
-func filled(t *testing.T, s tensor.Spec, seed byte) tensor.Tensor {
+func filled(t testing.TB, s tensor.Spec, seed byte) tensor.Tensor {
 	t.Helper()
 	x, err := tensor.New(s)
 	if err != nil {
@@ -142,7 +142,7 @@ func specsOf(ts []tensor.Tensor) []tensor.Spec {
 
 // assertClean checks that no socket file is left in dir and no segment of
 // the named managers in the default ShmDir.
-func assertClean(t *testing.T, dir string, names ...string) {
+func assertClean(t testing.TB, dir string, names ...string) {
 	t.Helper()
 	socks, err := filepath.Glob(filepath.Join(dir, "*.sock"))
 	if err != nil {
@@ -163,7 +163,7 @@ func assertClean(t *testing.T, dir string, names ...string) {
 }
 
 // eventually waits up to 5 s for cond (tests only).
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
@@ -174,7 +174,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func wantStatus(t *testing.T, m *Manager, room uint64, want Status) {
+func wantStatus(t testing.TB, m *Manager, room uint64, want Status) {
 	t.Helper()
 	st, reason, err := m.Status(room)
 	if err != nil {

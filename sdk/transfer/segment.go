@@ -95,7 +95,7 @@ func createSegment(dir, name string, size uint64) (seg *segment, err error) {
 	if err := unix.Fallocate(fd, 0, 0, int64(size)); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 		return nil, fmt.Errorf("allocate segment %s (%d bytes): %w", path, size, err)
 	}
-	data, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	data, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("map segment %s: %w", path, err)
 	}
@@ -170,7 +170,7 @@ func mapPeerSegment(dir, name string, size uint64) (data []byte, err error) {
 	if st.Size < 0 || uint64(st.Size) != size {
 		return nil, fmt.Errorf("segment %s is %d bytes, the descriptor says %d", path, st.Size, size)
 	}
-	data, err = unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	data, err = unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("map segment %s: %w", path, err)
 	}

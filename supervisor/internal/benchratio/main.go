@@ -1,0 +1,109 @@
+// Command benchratio reads `go test -bench` output on stdin and prints the
+// figures `make bench` reports: every benchmark in readable units, and the
+// ratio of each measured path to its baseline measured in the same run
+// (a sub-benchmark named copy-SIZE is the baseline of its siblings
+// NAME-SIZE).
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// result is one benchmark line: name without the -GOMAXPROCS suffix, and
+// its metrics by unit.
+type result struct {
+	name    string
+	metrics map[string]float64
+}
+
+var line = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+
+func parse(r io.Reader) ([]result, error) {
+	var out []result
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		m := line.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		res := result{name: strings.TrimPrefix(m[1], "Benchmark"), metrics: map[string]float64{}}
+		f := strings.Fields(m[2])
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: metric %q: %w", res.name, f[i], err)
+			}
+			res.metrics[f[i+1]] = v
+		}
+		out = append(out, res)
+	}
+	return out, sc.Err()
+}
+
+func human(ns float64) string {
+	switch {
+	case ns >= 1e9:
+		return fmt.Sprintf("%.2f s", ns/1e9)
+	case ns >= 1e6:
+		return fmt.Sprintf("%.2f ms", ns/1e6)
+	case ns >= 1e3:
+		return fmt.Sprintf("%.1f µs", ns/1e3)
+	}
+	return fmt.Sprintf("%.0f ns", ns)
+}
+
+func report(w io.Writer, results []result) {
+	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
+	byName := map[string]result{}
+	for _, r := range results {
+		byName[r.name] = r
+		var extra []string
+		for _, unit := range []string{"MB/s", "req/s", "p50-µs", "p99-µs"} {
+			if v, ok := r.metrics[unit]; ok {
+				extra = append(extra, fmt.Sprintf("%s %.1f", unit, v))
+			}
+		}
+		fmt.Fprintf(w, "  %-36s %12s/op  %s\n", r.name, human(r.metrics["ns/op"]), strings.Join(extra, "  "))
+	}
+	fmt.Fprintln(w, "\nratios to the baseline of the same run (higher is better)")
+	n := 0
+	for _, r := range results {
+		i := strings.LastIndex(r.name, "/")
+		if i < 0 {
+			continue
+		}
+		group, sub := r.name[:i], r.name[i+1:]
+		j := strings.Index(sub, "-")
+		if j < 0 || sub[:j] == "copy" {
+			continue
+		}
+		base, ok := byName[group+"/copy"+sub[j:]]
+		if !ok || base.metrics["MB/s"] == 0 {
+			continue
+		}
+		n++
+		fmt.Fprintf(w, "  %-36s %.3f × copy  (%.0f vs %.0f MB/s)\n", r.name, r.metrics["MB/s"]/base.metrics["MB/s"], r.metrics["MB/s"], base.metrics["MB/s"])
+	}
+	if n == 0 {
+		fmt.Fprintln(w, "  (no baseline pairs in the input)")
+	}
+}
+
+func main() {
+	results, err := parse(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchratio:", err)
+		os.Exit(1)
+	}
+	if len(results) == 0 {
+		fmt.Fprintln(os.Stderr, "benchratio: no benchmark results on stdin")
+		os.Exit(1)
+	}
+	report(os.Stdout, results)
+}

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestReport(t *testing.T) {
+	in := `goos: linux
+BenchmarkHop/copy-8MiB-2    	    4845	    238736 ns/op	35137.59 MB/s
+BenchmarkHop/shm-8MiB-2     	      24	  47545271 ns/op	 176.43 MB/s
+BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs
+BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s
+PASS
+`
+	results, err := parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 4 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
+		t.Fatalf("parsed %+v", results)
+	}
+	var b strings.Builder
+	report(&b, results)
+	for _, want := range []string{
+		"Hop/shm-8MiB                         0.005 × copy  (176 vs 35138 MB/s)",
+		"Request/steps-0                          19.69 ms/op  p50-µs 18662.0  p99-µs 34986.0",
+		"req/s 70.8",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
