@@ -82,8 +82,10 @@ type Phase interface {
 	// The first phase of a pipeline returns none.
 	Inputs(ctx context.Context, req Request) ([]tensor.Spec, error)
 	// Run computes req's outputs from its inputs, which match Inputs and
-	// are valid only until Run returns. It should return promptly when ctx
-	// is cancelled (the request was removed).
+	// are valid until the outputs have been sent: an output may be an
+	// input passed on. Each receiver takes, by name, the outputs it
+	// declares in its Inputs; others are not sent. Run should return
+	// promptly when ctx is cancelled (the request was removed).
 	Run(ctx context.Context, req Request, in []tensor.Tensor) (Output, error)
 }
 

@@ -74,6 +74,9 @@ func Listen(path string) (net.Listener, error) {
 // NewAPI returns the control API of sup on ln (from Listen), whose socket
 // file is at path.
 func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) *API {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
 	a := &API{sup: sup, logger: logger, ln: ln, path: path}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/requests", a.submit)

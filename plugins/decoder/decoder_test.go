@@ -68,18 +68,7 @@ func newPhases(t *testing.T, params map[string]string) phases {
 
 // run chains the three phases in process, as the SDK runtime would.
 func (ps phases) run(ctx context.Context, req sdk.Request) (*sdk.Artifact, error) {
-	var in []tensor.Tensor
-	for _, ph := range []sdk.Phase{ps.enc, ps.tr, ps.dec} {
-		out, err := ph.Run(ctx, req, in)
-		if err != nil {
-			return nil, err
-		}
-		if out.Artifact != nil {
-			return out.Artifact, nil
-		}
-		in = out.Tensors
-	}
-	return nil, errors.New("no artifact")
+	return sdk.RunLocal(ctx, req, ps.enc, ps.tr, ps.dec)
 }
 
 func TestPipelineMatchesReference(t *testing.T) {

@@ -73,8 +73,9 @@ func (t *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 }
 
 // Run denoises a copy of the input latent for req.Steps steps with
-// model.Denoise, conditioned on the input context, and returns it. It does
-// not modify its inputs. It returns an error wrapping ctx.Err() soon after
+// model.Denoise, conditioned on the input context, and returns the context
+// (passed on as it came, so that transformers can be chained) and the new
+// latent. It does not modify its inputs. It returns an error wrapping ctx.Err() soon after
 // ctx is done, and one wrapping model.ErrBadInput when the inputs do not
 // match the params.
 func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
@@ -92,7 +93,9 @@ func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
 	set.log.Debug("denoised", "request", req.ID, "steps", req.Steps)
-	return sdk.Output{Tensors: []tensor.Tensor{out}}, nil
+	// The context is an input view; the SDK sends outputs before it
+	// releases inputs, so passing it on needs no copy.
+	return sdk.Output{Tensors: []tensor.Tensor{in[0], out}}, nil
 }
 
 // Params returns the model params in use: DefaultParams until Configure.

@@ -79,10 +79,13 @@ func TestRunMatchesModelAndKeepsInputs(t *testing.T) {
 			t.Fatalf("Run modified input %d (%s)", i, in[i].Name)
 		}
 	}
-	if len(out.Tensors) != 1 || out.Artifact != nil || !out.Tensors[0].Spec.Equal(model.LatentSpec(model.DefaultParams())) {
-		t.Fatalf("output %+v, want one latent", out)
+	if len(out.Tensors) != 2 || out.Artifact != nil || !out.Tensors[1].Spec.Equal(model.LatentSpec(model.DefaultParams())) {
+		t.Fatalf("output %+v, want the context and a latent", out)
 	}
-	if &out.Tensors[0].Data[0] == &in[1].Data[0] {
+	if !out.Tensors[0].Spec.Equal(in[0].Spec) || !bytes.Equal(out.Tensors[0].Data, in[0].Data) {
+		t.Fatal("the context is not passed on as it came")
+	}
+	if &out.Tensors[1].Data[0] == &in[1].Data[0] {
 		t.Fatal("output latent shares memory with the input")
 	}
 	p := model.DefaultParams()
@@ -90,7 +93,7 @@ func TestRunMatchesModelAndKeepsInputs(t *testing.T) {
 	if err := model.Denoise(context.Background(), p, cond, latent, req.Steps); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(out.Tensors[0].Float32s(), latent) {
+	if !slices.Equal(out.Tensors[1].Float32s(), latent) {
 		t.Fatal("output differs from model.Denoise")
 	}
 }

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -116,21 +117,31 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	return d, nil
 }
 
-// matchTensors checks, by position, that ts fit the receiver's buffers.
-func matchTensors(ts []tensor.Tensor, bufs []buffer) error {
-	if len(ts) != len(bufs) {
-		return fmt.Errorf("send: %d tensors for %d receiver buffers", len(ts), len(bufs))
-	}
-	for i, t := range ts {
-		b := bufs[i]
+// selectTensors picks, for each of the receiver's buffers in order, the
+// sender's tensor of the same name, and checks that it fits. A sender may
+// hold more tensors than a receiver asks for (a decoder takes only the
+// latent that a transformer passes on with the context).
+func selectTensors(ts []tensor.Tensor, bufs []buffer) ([]tensor.Tensor, error) {
+	out := make([]tensor.Tensor, len(bufs))
+	for i, b := range bufs {
+		k := slices.IndexFunc(ts, func(t tensor.Tensor) bool { return t.Name == b.spec.Name })
+		if k < 0 {
+			names := make([]string, len(ts))
+			for j, t := range ts {
+				names[j] = t.Name
+			}
+			return nil, fmt.Errorf("send: the receiver asks for tensor %q; the sender has %q", b.spec.Name, names)
+		}
+		t := ts[k]
 		if !t.Spec.Equal(b.spec) {
-			return fmt.Errorf("send: tensor %d %s does not match the receiver's buffer %s", i, t.Spec, b.spec)
+			return nil, fmt.Errorf("send: tensor %d %s does not match the receiver's buffer %s", i, t.Spec, b.spec)
 		}
 		if uint64(len(t.Data)) != b.length {
-			return fmt.Errorf("send: tensor %d %q has %d bytes, the receiver's buffer holds %d", i, t.Name, len(t.Data), b.length)
+			return nil, fmt.Errorf("send: tensor %d %q has %d bytes, the receiver's buffer holds %d", i, t.Name, len(t.Data), b.length)
 		}
+		out[i] = t
 	}
-	return nil
+	return out, nil
 }
 
 func encodeDescriptor(room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer) ([]byte, error) {

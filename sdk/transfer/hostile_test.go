@@ -137,8 +137,8 @@ func TestHostileDescriptors(t *testing.T) {
 			unix.ELOOP.Error()},
 		{"shape differs from Send", func(d *phasedv1.Descriptor) { d.Buffers[0].Shape = []int64{4, 4} },
 			"send: tensor 0 x:float32[16] does not match the receiver's buffer x:float32[4 4]"},
-		{"fewer buffers than tensors", func(d *phasedv1.Descriptor) { d.Buffers = nil },
-			"send: 1 tensors for 0 receiver buffers"},
+		{"buffer the sender does not have", func(d *phasedv1.Descriptor) { d.Buffers[0].Name = "y" },
+			`send: the receiver asks for tensor "y"; the sender has ["x"]`},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

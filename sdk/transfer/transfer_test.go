@@ -67,6 +67,31 @@ func TestTransferIntact(t *testing.T) {
 	assertClean(t, p.dir, p.sn, p.rn)
 }
 
+// TestReceiverPicksByName: a receiver gets, in its own order, just the
+// tensors it asks for, whatever else the sender holds.
+func TestReceiverPicksByName(t *testing.T) {
+	p := newPair(t, nil)
+	a := filled(t, tensor.Spec{Name: "a", DType: tensor.Float32, Shape: []int64{3}}, 1)
+	b := filled(t, tensor.Spec{Name: "b", DType: tensor.Uint8, Shape: []int64{5}}, 2)
+	c := filled(t, tensor.Spec{Name: "c", DType: tensor.Int64, Shape: []int64{2, 2}}, 3)
+	p.open(t, 1, []tensor.Spec{c.Spec, a.Spec})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sent := make(chan error, 1)
+	go func() { sent <- p.snd.Send(ctx, 1, []tensor.Tensor{a, b, c}) }()
+	got, release, err := p.rcv.Receive(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if err := sameTensors(got, []tensor.Tensor{c, a}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestManyRoomsConcurrently(t *testing.T) {
 	p := newPair(t, nil)
 	const rooms = 50

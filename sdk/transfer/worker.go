@@ -96,7 +96,8 @@ func (m *Manager) transfer(j *job) error {
 // segment, syncs Transferring, copies and returns the headers for Success.
 func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 	r := j.r
-	if err := matchTensors(j.tensors, d.buffers); err != nil {
+	tensors, err := selectTensors(j.tensors, d.buffers)
+	if err != nil {
 		return nil, err
 	}
 	data, err := mapPeerSegment(m.cfg.ShmDir, d.segment, d.segmentSize)
@@ -123,8 +124,8 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 		return nil, fmt.Errorf("sync Transferring: %w", err)
 	}
 
-	hs := make([]header, len(j.tensors))
-	for i, t := range j.tensors {
+	hs := make([]header, len(tensors))
+	for i, t := range tensors {
 		b := d.buffers[i]
 		crc, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data)
 		if err != nil {

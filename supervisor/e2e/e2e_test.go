@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/plugins/decoder"
+	"github.com/phased/phased/plugins/encoder"
 	"github.com/phased/phased/plugins/model"
+	"github.com/phased/phased/plugins/transformer"
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor"
 )
 
@@ -197,5 +201,65 @@ func TestRemoveInFlight(t *testing.T) {
 	}
 	if err := p.waitExit(30 * time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPipelineShapes runs pipelines of two and of four phases: a phase list
+// is any ordered list, and each phase takes by name the tensors it needs.
+func TestPipelineShapes(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		config string
+		local  []sdk.Phase
+	}{
+		{"encoder and decoder", `
+phase "encoder" { plugin = "encoder" }
+phase "decoder" { plugin = "decoder" }
+`, []sdk.Phase{encoder.New(), decoder.New()}},
+		{"two transformers in a row", `
+phase "encoder" { plugin = "encoder" }
+phase "coarse"  { plugin = "transformer" }
+phase "fine"    {
+  plugin    = "transformer"
+  instances = 2
+}
+phase "decoder" { plugin = "decoder" }
+`, []sdk.Phase{encoder.New(), transformer.New(), transformer.New(), decoder.New()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := shortDir(t)
+			p := startSupervisor(t, dir, writeConfig(t, dir, tt.config))
+			out, errOut, code := cli(t, p.socket, "submit", "--prompt", "shapes", "--seed", "11", "--steps", "4", "--wait", "--json")
+			if code != 0 {
+				t.Fatalf("submit: exit %d, stdout %q, stderr %q", code, out, errOut)
+			}
+			var res struct{ ID, State, Artifact, SHA256 string }
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("submit --json output %q: %v", out, err)
+			}
+			got, err := os.ReadFile(res.Artifact)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := sdk.RunLocal(ctx, sdk.Request{ID: "local", Prompt: "shapes", Seed: 11, Steps: 4, ArtifactDir: t.TempDir()}, tt.local...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBytes, err := os.ReadFile(want.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, wantBytes) || res.SHA256 != want.SHA256 {
+				t.Fatalf("artifact %s (sha256 %s) differs from the in-process run (sha256 %s)", res.Artifact, res.SHA256, want.SHA256)
+			}
+			if _, _, code := cli(t, p.socket, "release"); code != 0 {
+				t.Fatalf("release: exit %d", code)
+			}
+			if err := p.waitExit(30 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

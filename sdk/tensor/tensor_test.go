@@ -1,0 +1,87 @@
+package tensor
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestNumBytes(t *testing.T) {
+	tests := []struct {
+		spec Spec
+		want int64
+		err  string
+	}{
+		{Spec{"a", Float32, []int64{2, 3}}, 24, ""},
+		{Spec{"s", Float32, nil}, 4, ""},
+		{Spec{"z", Uint8, []int64{0, 7}}, 0, ""},
+		{Spec{"h", Float16, []int64{5}}, 10, ""},
+		{Spec{"i", Int64, []int64{3}}, 24, ""},
+		{Spec{"w", Float32, []int64{512, 4096}}, 8 << 20, ""},
+		{Spec{"bad", Invalid, []int64{1}}, 0, `tensor "bad": unknown dtype 0`},
+		{Spec{"bad", DType(99), []int64{1}}, 0, `tensor "bad": unknown dtype 99`},
+		{Spec{"neg", Float32, []int64{2, -1}}, 0, `tensor "neg": negative dimension -1`},
+		{Spec{"big", Float32, []int64{1 << 31, 1 << 31}}, 0, "exceeds 1099511627776 bytes"},
+		{Spec{"ovf", Uint8, []int64{1 << 62, 1 << 62, 4}}, 0, "exceeds"},
+	}
+	for _, tt := range tests {
+		got, err := tt.spec.NumBytes()
+		if tt.err != "" {
+			if !errors.Is(err, ErrBadSpec) || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%s: error %v, want %q", tt.spec, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%s: %d, %v; want %d", tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+func TestFromFloat32AndValidate(t *testing.T) {
+	x, err := FromFloat32("x", []int64{2, 2}, []float32{1, 2, 3, 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := x.Float32s(); len(got) != 4 || got[3] != 4 {
+		t.Fatalf("Float32s %v", got)
+	}
+	if x.Data[0] != 0 || x.Data[3] != 0x3f { // 1.0f little-endian: 00 00 80 3f
+		t.Fatalf("bytes % x, want little-endian float32", x.Data[:4])
+	}
+	if err := x.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FromFloat32("x", []int64{3}, []float32{1}); err == nil || !strings.Contains(err.Error(), "1 values for shape [3]") {
+		t.Fatalf("error %v", err)
+	}
+	bad := Tensor{Spec: x.Spec, Data: x.Data[:5]}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "5 bytes of data for x:float32[2 2] (16 bytes)") {
+		t.Fatalf("Validate: %v", err)
+	}
+	if (Tensor{Spec: Spec{"u", Uint8, []int64{4}}, Data: make([]byte, 4)}).Float32s() != nil {
+		t.Fatal("Float32s of a uint8 tensor is not nil")
+	}
+}
+
+func TestSpecEqualAndChecksum(t *testing.T) {
+	a := Spec{"a", Float32, []int64{2, 3}}
+	for _, b := range []Spec{{"b", Float32, []int64{2, 3}}, {"a", Float16, []int64{2, 3}}, {"a", Float32, []int64{3, 2}}, {"a", Float32, []int64{6}}} {
+		if a.Equal(b) {
+			t.Errorf("%s equals %s", a, b)
+		}
+	}
+	if !a.Equal(Spec{"a", Float32, []int64{2, 3}}) {
+		t.Error("equal specs differ")
+	}
+	// The CRC-32C check value of "123456789".
+	if got := Checksum([]byte("123456789")); got != 0xe3069283 {
+		t.Fatalf("Checksum = %#x, want 0xe3069283", got)
+	}
+	if got := UpdateChecksum(Checksum([]byte("1234")), []byte("56789")); got != 0xe3069283 {
+		t.Fatalf("UpdateChecksum = %#x", got)
+	}
+	if Float32.String() != "float32" || DType(42).String() != "dtype(42)" {
+		t.Fatal("dtype names")
+	}
+}
