@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	wg.Wait()
 	stopErr := r.stop()
+	slices.SortFunc(results, func(a, b Result) int { return strings.Compare(a.ID, b.ID) })
 	failed := 0
 	for _, res := range results {
 		if res.State != supervisor.StateDone {
