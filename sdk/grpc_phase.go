@@ -194,11 +194,15 @@ func roleToProto(r transfer.Role) phasedv1.RoomRole {
 	return phasedv1.RoomRole_ROOM_ROLE_UNSPECIFIED
 }
 
+// roleFromProto returns 0, which is neither role, for an unspecified one.
 func roleFromProto(r phasedv1.RoomRole) transfer.Role {
-	if r == phasedv1.RoomRole_ROOM_ROLE_RECEIVER {
+	switch r {
+	case phasedv1.RoomRole_ROOM_ROLE_SENDER:
+		return transfer.Sender
+	case phasedv1.RoomRole_ROOM_ROLE_RECEIVER:
 		return transfer.Receiver
 	}
-	return transfer.Sender
+	return 0
 }
 
 var (

@@ -27,6 +27,7 @@ type phaseRuntime struct {
 	instance string
 	released bool
 	runs     map[uint64]context.CancelFunc // room -> cancel of the Run using it
+	active   sync.WaitGroup                // Runs in progress; Release waits for them
 }
 
 func newPhaseRuntime(p Phase, logger hclog.Logger) *phaseRuntime {
@@ -60,14 +61,9 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 		return transfer.ErrReleased
 	}
 	logger := r.logger.Named(cfg.Instance)
-	if c, ok := r.phase.(Configurer); ok {
-		if err := c.Configure(ctx, Config{Instance: cfg.Instance, Params: cfg.Params, Logger: logger}); err != nil {
-			return err
-		}
-	}
 	mgr, err := transfer.New(transfer.Config{
 		Dir:    cfg.RunDir,
-		Name:   fmt.Sprintf("%s.%d", cfg.Instance, os.Getpid()),
+		Name:   TransferName(cfg.Instance, os.Getpid()),
 		Logger: logger.Named("transfer"),
 	})
 	if err != nil {
@@ -76,9 +72,23 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 	if err := mgr.Start(); err != nil {
 		return err
 	}
+	// The author's Configure runs once, after everything that can fail
+	// before it.
+	if c, ok := r.phase.(Configurer); ok {
+		if err := c.Configure(ctx, Config{Instance: cfg.Instance, Params: cfg.Params, Logger: logger}); err != nil {
+			return errors.Join(err, mgr.Release(ctx))
+		}
+	}
 	r.mgr, r.instance = mgr, cfg.Instance
 	logger.Info("configured", "run_dir", cfg.RunDir)
 	return nil
+}
+
+// TransferName is the name an instance's transfer manager uses for its
+// shared-memory segments: the instance id and the plugin's pid, so that a
+// supervisor can sweep the segments of an instance that died.
+func TransferName(instance string, pid int) string {
+	return fmt.Sprintf("%s.%d", instance, pid)
 }
 
 // manager returns the transfer manager, or an error before Configure.
@@ -113,14 +123,13 @@ func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, err
 }
 
 func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error) {
-	mgr, err := r.manager()
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rooms := []uint64{spec.InRoom, spec.OutRoom}
-	r.track(rooms, cancel)
+	mgr, err := r.track(rooms, cancel)
+	if err != nil {
+		return nil, err
+	}
 	defer r.untrack(rooms)
 
 	var in []tensor.Tensor
@@ -148,15 +157,25 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 	return nil, nil
 }
 
-// track registers cancel as the stop of the Run using rooms.
-func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) {
+// track registers a Run: cancel stops it when one of its rooms is removed
+// or the instance is released, and Release waits for it to return. It
+// fails before Configure and after Release.
+func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	switch {
+	case r.released:
+		return nil, transfer.ErrReleased
+	case r.mgr == nil:
+		return nil, fmt.Errorf("%w: instance is not configured", ErrInvalid)
+	}
 	for _, room := range rooms {
 		if room != 0 {
 			r.runs[room] = cancel
 		}
 	}
+	r.active.Add(1)
+	return r.mgr, nil
 }
 
 func (r *phaseRuntime) untrack(rooms []uint64) {
@@ -165,6 +184,7 @@ func (r *phaseRuntime) untrack(rooms []uint64) {
 	for _, room := range rooms {
 		delete(r.runs, room)
 	}
+	r.active.Done()
 }
 
 func (r *phaseRuntime) RemoveRoom(_ context.Context, room uint64) error {
@@ -201,7 +221,15 @@ func (r *phaseRuntime) Release(ctx context.Context) error {
 		cancel()
 	}
 	r.mu.Unlock()
+	// The phase's Close must not run under a Run still computing.
 	var errs []error
+	idle := make(chan struct{})
+	go func() { r.active.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("release: Run calls still in progress: %w", ctx.Err()))
+	}
 	if mgr != nil {
 		errs = append(errs, mgr.Release(ctx))
 	}

@@ -11,7 +11,9 @@ import (
 )
 
 // RemoteError is an error returned by a plugin, carried over gRPC. Its
-// message is the plugin's error text without gRPC decoration.
+// message is the plugin's error text without gRPC decoration; a cancelled
+// or timed-out call is also context.Canceled or context.DeadlineExceeded
+// for errors.Is.
 type RemoteError struct {
 	Code codes.Code
 	Msg  string
@@ -19,8 +21,14 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return e.Msg }
 
-// rpcError turns a gRPC error into a RemoteError, or into the context's
-// error when the call was cancelled by the caller.
+// Is makes a cancelled call match context.Canceled and a timed-out one
+// context.DeadlineExceeded, keeping the plugin's message.
+func (e *RemoteError) Is(target error) bool {
+	return (e.Code == codes.Canceled && target == context.Canceled) ||
+		(e.Code == codes.DeadlineExceeded && target == context.DeadlineExceeded)
+}
+
+// rpcError turns a gRPC error into a RemoteError.
 func rpcError(err error) error {
 	if err == nil {
 		return nil
@@ -28,12 +36,6 @@ func rpcError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
-	}
-	switch st.Code() {
-	case codes.Canceled:
-		return context.Canceled
-	case codes.DeadlineExceeded:
-		return context.DeadlineExceeded
 	}
 	return &RemoteError{Code: st.Code(), Msg: st.Message()}
 }

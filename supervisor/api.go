@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -48,7 +49,7 @@ func Listen(path string) (net.Listener, error) {
 	if len(path) > 107 {
 		return nil, fmt.Errorf("control socket path %s is %d bytes; unix socket paths are limited to 107", path, len(path))
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	if _, err := os.Stat(path); err == nil {
@@ -69,6 +70,31 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	return ln, nil
+}
+
+// privateDir creates dir 0700, or checks that an existing one belongs to
+// this user and is closed to others: whoever can write there could put
+// their own socket in place of the supervisor's.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", dir)
+	case fi.Mode()&os.ModeSticky != 0:
+		// Like /tmp: others may write, but not replace our files.
+	case ok && int(st.Uid) != os.Getuid():
+		return fmt.Errorf("directory %s belongs to uid %d, not to this user (%d); pick another --socket", dir, st.Uid, os.Getuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("directory %s is writable by other users (mode %v); chmod go-w it or pick another --socket", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // NewAPI returns the control API of sup on ln (from Listen), whose socket

@@ -119,6 +119,21 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 	}
 }
 
+func TestListenRefusesOpenDir(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "papi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Listen(filepath.Join(dir, "s.sock"))
+	if err == nil || !strings.Contains(err.Error(), "is writable by other users (mode -rwxrwxrwx)") {
+		t.Fatalf("Listen in a 0777 dir: %v", err)
+	}
+}
+
 func TestNoSupervisor(t *testing.T) {
 	c := NewClient("/tmp/phased-nobody-here.sock")
 	_, err := c.Status(context.Background())

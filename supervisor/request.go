@@ -20,8 +20,11 @@ const (
 	StateFailed  = "failed"
 )
 
-// ReasonRemoved is the reason of a request ended by Remove.
-const ReasonRemoved = "removed"
+// Reasons of requests that did not fail on their own.
+const (
+	ReasonRemoved  = "removed"
+	ReasonReleased = "released: the supervisor was released before the request finished"
+)
 
 // Submission is what a client asks for.
 type Submission struct {
@@ -86,6 +89,13 @@ type request struct {
 	removed   bool
 	changed   chan struct{} // closed and replaced on every change
 	instances []*instance   // per phase, once scheduled
+	opened    []roomSide    // every room side asked to open, upstream first
+}
+
+// roomSide is one side of a hop's room on one instance.
+type roomSide struct {
+	in   *instance
+	room uint64
 }
 
 func (r *request) snapshot() RequestInfo {
@@ -117,9 +127,10 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.ctx == nil {
+	if s.closing || !s.started {
 		return "", ErrReleasing
 	}
+	s.prune()
 	id := fmt.Sprintf("r%06d", s.nextReq.Add(1))
 	ctx, cancel := context.WithCancel(s.ctx)
 	r := &request{
@@ -136,6 +147,30 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		s.process(r)
 	}()
 	return id, nil
+}
+
+// MaxRetained is how many requests the supervisor remembers; past it, the
+// oldest ended ones are forgotten.
+const MaxRetained = 10000
+
+// prune forgets the oldest ended requests beyond MaxRetained; s.mu is held.
+func (s *Supervisor) prune() {
+	if len(s.order) < MaxRetained {
+		return
+	}
+	kept := s.order[:0]
+	drop := len(s.order) - MaxRetained + 1
+	for _, id := range s.order {
+		if drop > 0 {
+			if r := s.requests[id]; r.snapshot().Terminal() {
+				delete(s.requests, id)
+				drop--
+				continue
+			}
+		}
+		kept = append(kept, id)
+	}
+	s.order = kept
 }
 
 func (s *Supervisor) lookup(id string) (*request, error) {
@@ -225,8 +260,10 @@ func (s *Supervisor) process(r *request) {
 	now := time.Now()
 	r.info.Finished = &now
 	switch {
-	case r.removed:
+	case err != nil && r.removed:
 		r.info.State, r.info.Reason = StateFailed, ReasonRemoved
+	case err != nil && s.ctx.Err() != nil:
+		r.info.State, r.info.Reason = StateFailed, ReasonReleased
 	case err != nil:
 		r.info.State, r.info.Reason = StateFailed, err.Error()
 	default:
@@ -268,24 +305,37 @@ func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
 			return nil, err
 		}
 		room := s.nextRoom.Add(1)
+		rooms[i] = room
 		r.mu.Lock()
 		r.info.Rooms = append(r.info.Rooms, room)
 		r.mu.Unlock()
-		rooms[i] = room
 		sender, receiver := chosen[i], chosen[i+1]
-		sender.rooms.Add(1)
-		ep, err := sender.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+		ep, err := s.openSide(ctx, r, sender, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
 		if err != nil {
-			return nil, fmt.Errorf("phase %s (%s): open room %d: %w", sender.phase, sender.id, room, err)
+			return nil, err
 		}
-		receiver.rooms.Add(1)
-		_, err = receiver.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep})
+		_, err = s.openSide(ctx, r, receiver, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep})
 		if err != nil {
-			return nil, fmt.Errorf("phase %s (%s): open room %d: %w", receiver.phase, receiver.id, room, err)
+			return nil, err
 		}
 	}
 	r.event(Event{What: "rooms open"})
 	return s.runPhases(ctx, r, req, chosen, rooms)
+}
+
+// openSide opens one side of a room. The side is recorded before the call:
+// a cancelled open may still complete in the plugin, and removeRooms must
+// remove it either way.
+func (s *Supervisor) openSide(ctx context.Context, r *request, in *instance, spec sdk.RoomSpec) (string, error) {
+	r.mu.Lock()
+	r.opened = append(r.opened, roomSide{in: in, room: spec.Room})
+	r.mu.Unlock()
+	in.rooms.Add(1)
+	ep, err := in.ctl.OpenRoom(ctx, spec)
+	if err != nil {
+		return "", fmt.Errorf("phase %s (%s): open room %d as %s: %w", in.phase, in.id, spec.Room, spec.Role, err)
+	}
+	return ep, nil
 }
 
 // runPhases runs every phase of the request at once; each waits for its
@@ -342,23 +392,25 @@ func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request,
 }
 
 // removeRooms removes the request's rooms upstream → downstream: for each
-// hop the sender side first, so that no sender writes into a freed buffer.
+// hop the sender side first (the order they were opened in), so that no
+// sender writes into a freed buffer.
 func (s *Supervisor) removeRooms(r *request) {
 	r.mu.Lock()
-	rooms := append([]uint64(nil), r.info.Rooms...)
-	chosen := r.instances
+	opened := r.opened
+	r.opened = nil
 	r.mu.Unlock()
-	for i, room := range rooms {
-		for _, in := range []*instance{chosen[i], chosen[i+1]} {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := in.ctl.RemoveRoom(ctx, room); err != nil {
-				s.logger.Warn("remove room", "request", r.id, "room", room, "instance", in.id, "error", err)
-			}
-			cancel()
-			in.rooms.Add(-1)
+	for _, side := range opened {
+		ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+		if err := side.in.ctl.RemoveRoom(ctx, side.room); err != nil {
+			s.logger.Warn("remove room", "request", r.id, "room", side.room, "instance", side.in.id, "error", err)
 		}
+		cancel()
+		side.in.rooms.Add(-1)
 	}
 }
+
+// removeTimeout bounds one RemoveRoom call.
+const removeTimeout = 10 * time.Second
 
 // schedule asks each distinct policy, once, for the instances of its
 // phases, and returns one instance per phase in pipeline order.
@@ -382,6 +434,9 @@ func (s *Supervisor) schedule(ctx context.Context, id string) ([]*instance, erro
 			in := ph.instance(d.Choices[ph.cfg.Name])
 			if in == nil {
 				return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", name, d.Choices[ph.cfg.Name], ph.cfg.Name)
+			}
+			if st := in.currentState(); st != stateReady {
+				return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", name, in.id, ph.cfg.Name, st)
 			}
 			chosen[i] = in
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -59,6 +60,7 @@ type Supervisor struct {
 	requests map[string]*request
 	order    []string // request ids in submission order
 	closing  bool     // intake stopped
+	started  bool     // Start succeeded
 	inflight sync.WaitGroup
 
 	releaseOnce sync.Once
@@ -180,6 +182,9 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 			ph.instances = append(ph.instances, in)
 		}
 	}
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
 	s.logger.Info("pipeline started", "phases", len(s.phases), "run_dir", s.runDir)
 	return nil
 }
@@ -297,6 +302,13 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 			}
 			in.proc.kill()
 			in.state.Store(stateReleased)
+			// An instance that died, or did not release in time, leaves
+			// its segments behind: sweep them.
+			if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, in.proc.pid)); err != nil {
+				errs = append(errs, fmt.Errorf("instance %s: %w", in.id, err))
+			} else if n > 0 {
+				s.logger.Warn("removed shared-memory segments left by an instance", "instance", in.id, "count", n)
+			}
 		}
 	}
 	for _, name := range s.cfg.Policies() {

@@ -66,3 +66,23 @@ func TestNewConfig(t *testing.T) {
 		t.Errorf("New created files: %v", entries)
 	}
 }
+
+func TestSweepSegments(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"phased-enc.12-1-5", "phased-enc.12-2-6", "phased-enc.123-1-5", "phased-dec.12-1-5", "other"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := SweepSegments(dir, "enc.12")
+	if err != nil || n != 2 {
+		t.Fatalf("SweepSegments = %d, %v; want 2", n, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "*"))
+	if len(left) != 3 {
+		t.Fatalf("left %v, want the other instance's, the other pid's and a foreign file", left)
+	}
+	if _, err := SweepSegments(dir, "../x"); err == nil {
+		t.Fatal("a bad name was accepted")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -69,6 +70,11 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	name := pd.GetSegment()
 	if len(name) > 255 || !segmentNameRE.MatchString(name) {
 		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
+	}
+	// A descriptor may name only the segment of its own room and
+	// generation, not another room's.
+	if suffix := "-" + strconv.FormatUint(pd.GetRoom(), 10) + "-" + strconv.FormatUint(pd.GetGeneration(), 10); !strings.HasSuffix(name, suffix) {
+		return nil, fmt.Errorf("descriptor: segment %q is not the segment of room %d generation %d (want a name ending in %q)", name, pd.GetRoom(), pd.GetGeneration(), suffix)
 	}
 	size := pd.GetSegmentSize()
 	if size == 0 || size > maxSegmentSize {

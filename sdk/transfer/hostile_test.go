@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -86,12 +87,17 @@ func TestHostileDescriptors(t *testing.T) {
 	healthyErr := make(chan error, 1)
 	go func() { healthyErr <- p.transfer(ctx, 1, healthy) }()
 
-	seg := fakeSegment(t, "phased-"+p.sn+"fake-4k", 4096)
-	link := "phased-" + p.sn + "fake-link"
-	if err := os.Symlink(filepath.Join(DefaultShmDir, seg), filepath.Join(DefaultShmDir, link)); err != nil {
-		t.Fatal(err)
+	// Each hostile room gets a fake segment named for its room and
+	// generation, which no manager of the test owns.
+	segOf := func(room uint64) string { return fmt.Sprintf("phased-%sfake-%d-5", p.sn, room) }
+	linkTo := func(room uint64) string {
+		link := fmt.Sprintf("phased-%slink-%d-5", p.sn, room)
+		if err := os.Symlink(filepath.Join(DefaultShmDir, segOf(room)), filepath.Join(DefaultShmDir, link)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(filepath.Join(DefaultShmDir, link)) })
+		return link
 	}
-	t.Cleanup(func() { os.Remove(filepath.Join(DefaultShmDir, link)) })
 
 	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{16}}, 3) // 64 bytes
 	base := func() *phasedv1.Descriptor {
@@ -99,7 +105,6 @@ func TestHostileDescriptors(t *testing.T) {
 			Version:        wireVersion,
 			Generation:     5,
 			StatusEndpoint: "ipc://" + filepath.Join(p.dir, "nobody.sock"),
-			Segment:        seg,
 			SegmentSize:    4096,
 			Buffers:        []*phasedv1.TensorHeader{{Name: "x", Dtype: uint32(tensor.Float32), Shape: []int64{16}, Offset: 128, Length: 64}},
 		}
@@ -131,10 +136,12 @@ func TestHostileDescriptors(t *testing.T) {
 		// Checked by the worker when Send runs:
 		{"segment size mismatch", func(d *phasedv1.Descriptor) { d.SegmentSize = 8192 },
 			"is 4096 bytes, the descriptor says 8192"},
-		{"missing segment", func(d *phasedv1.Descriptor) { d.Segment = "phased-" + p.sn + "fake-missing" },
+		{"missing segment", func(d *phasedv1.Descriptor) { d.Segment = fmt.Sprintf("phased-%smissing-%d-5", p.sn, d.Room) },
 			"no such file or directory"},
-		{"symlinked segment", func(d *phasedv1.Descriptor) { d.Segment = link },
+		{"symlinked segment", func(d *phasedv1.Descriptor) { d.Segment = linkTo(d.Room) },
 			unix.ELOOP.Error()},
+		{"another room's segment", func(d *phasedv1.Descriptor) { d.Segment = segOf(1) },
+			`fake-1-5" is not the segment of room `},
 		{"shape differs from Send", func(d *phasedv1.Descriptor) { d.Buffers[0].Shape = []int64{4, 4} },
 			"send: tensor 0 x:float32[16] does not match the receiver's buffer x:float32[4 4]"},
 		{"buffer the sender does not have", func(d *phasedv1.Descriptor) { d.Buffers[0].Name = "y" },
@@ -151,8 +158,9 @@ func TestHostileDescriptors(t *testing.T) {
 			if err := push.Connect(ep); err != nil {
 				t.Fatal(err)
 			}
+			seg := fakeSegment(t, segOf(room), 4096)
 			d := base()
-			d.Room = room
+			d.Room, d.Segment = room, seg
 			tt.edit(d)
 			mustSend(t, push, marshal(t, d))
 

@@ -517,6 +517,10 @@ func (m *Manager) Remove(id uint64) error {
 	m.mu.Lock()
 	r := m.rooms[id]
 	if r == nil {
+		// A remove may overtake its room's open (the caller gave up on a
+		// slow open): the id is spent, so that the open, when it comes,
+		// fails instead of leaving a room nobody removes.
+		m.used[id] = struct{}{}
 		m.mu.Unlock()
 		return nil
 	}

@@ -3,8 +3,10 @@ package transfer
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -182,4 +184,33 @@ func closeFd(fd int) error {
 		return fmt.Errorf("close fd %d: %w", fd, err)
 	}
 	return nil
+}
+
+// SweepSegments removes the shared-memory segments that a Manager named
+// name left in shmDir ("" means DefaultShmDir), for a process that died
+// without releasing. It returns how many it removed.
+func SweepSegments(shmDir, name string) (int, error) {
+	if !nameRE.MatchString(name) {
+		return 0, fmt.Errorf("transfer: sweep: name %q must match %s", name, nameRE)
+	}
+	if shmDir == "" {
+		shmDir = DefaultShmDir
+	}
+	entries, err := os.ReadDir(shmDir)
+	if err != nil {
+		return 0, fmt.Errorf("transfer: sweep: %w", err)
+	}
+	prefix := "phased-" + name + "-"
+	n := 0
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			if err := os.Remove(filepath.Join(shmDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
 }

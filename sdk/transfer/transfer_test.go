@@ -409,3 +409,33 @@ func TestSendChecksArguments(t *testing.T) {
 		t.Error("a second Send on a room succeeded")
 	}
 }
+
+// TestRemoveBeforeOpen: a remove that overtakes its room's open spends the
+// id, so the late open fails instead of leaving a room nobody removes.
+func TestRemoveBeforeOpen(t *testing.T) {
+	p := newPair(t, nil)
+	if err := p.snd.Remove(7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.snd.OpenSender(7); !errors.Is(err, ErrRoomExists) {
+		t.Fatalf("OpenSender after Remove = %v, want ErrRoomExists", err)
+	}
+	if err := p.rcv.Remove(8); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := p.snd.OpenSender(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.rcv.OpenReceiver(8, ep, []tensor.Spec{{Name: "x", DType: tensor.Uint8, Shape: []int64{4}}})
+	if !errors.Is(err, ErrRoomExists) {
+		t.Fatalf("OpenReceiver after Remove = %v, want ErrRoomExists", err)
+	}
+	if len(p.rcv.Rooms()) != 0 {
+		t.Fatalf("receiver rooms %+v", p.rcv.Rooms())
+	}
+	if err := p.snd.Remove(8); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, p.dir, p.sn, p.rn)
+}

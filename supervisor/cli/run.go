@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/phased/phased/supervisor"
@@ -60,10 +62,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := newLogger(sf.logLevel, stderr)
 	began := time.Now()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	r, err := launch(ctx, cfg, socket, logger, sf.logLevel)
 	if err != nil {
 		return err
 	}
+	// A signal releases: requests in flight get the grace period, then
+	// fail, and everything is torn down as usual. This goroutine ends with
+	// the release, which r.stop below makes sure of.
+	go func() {
+		select {
+		case sig := <-sigs:
+			logger.Info("signal received; releasing", "signal", sig)
+			_ = r.sup.Release(context.Background())
+		case <-r.sup.Done():
+		}
+	}()
 	c := supervisor.NewClient(socket)
 	results := make([]Result, *count)
 	var wg sync.WaitGroup

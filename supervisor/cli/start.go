@@ -101,13 +101,15 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	logger := newLogger(sf.logLevel, stderr)
+	// Signals are caught from here on: one that comes while the plugins
+	// start releases them as soon as they are up.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	r, err := launch(ctx, cfg, f.socket, logger, sf.logLevel)
 	if err != nil {
 		return err
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	select {
 	case <-r.sup.Done():
 	case sig := <-sigs:

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,5 +262,38 @@ phase "decoder" { plugin = "decoder" }
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestSignalReleases: SIGTERM releases the supervisor like `release` does:
+// it exits 0 and leaves no process, socket file or run directory.
+func TestSignalReleases(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("supervisor after SIGTERM: %v", err)
+	}
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if alive(in.PID) {
+				t.Errorf("plugin %s (pid %d) alive after SIGTERM", in.ID, in.PID)
+			}
+		}
+	}
+	if _, err := os.Stat(st.RunDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s still exists (%v)", st.RunDir, err)
+	}
+	if _, err := os.Stat(p.socket); !os.IsNotExist(err) {
+		t.Errorf("control socket %s still exists (%v)", p.socket, err)
+	}
+	if !strings.Contains(p.log.String(), "signal received; releasing") {
+		t.Errorf("the log does not say why it released:\n%s", p.log.String())
 	}
 }
