@@ -299,43 +299,62 @@ func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
 	r.event(Event{What: "scheduled"})
 
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
-	rooms := make([]uint64, len(chosen)-1)
-	for i := range rooms {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		room := s.nextRoom.Add(1)
-		rooms[i] = room
-		r.mu.Lock()
-		r.info.Rooms = append(r.info.Rooms, room)
-		r.mu.Unlock()
-		sender, receiver := chosen[i], chosen[i+1]
-		ep, err := s.openSide(ctx, r, sender, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
-		if err != nil {
-			return nil, err
-		}
-		_, err = s.openSide(ctx, r, receiver, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep})
-		if err != nil {
-			return nil, err
-		}
+	rooms, err := s.openRooms(ctx, r, req, chosen)
+	if err != nil {
+		return nil, err
 	}
 	r.event(Event{What: "rooms open"})
 	return s.runPhases(ctx, r, req, chosen, rooms)
 }
 
-// openSide opens one side of a room. The side is recorded before the call:
-// a cancelled open may still complete in the plugin, and removeRooms must
-// remove it either way.
-func (s *Supervisor) openSide(ctx context.Context, r *request, in *instance, spec sdk.RoomSpec) (string, error) {
+// openRooms opens one room per hop in two rounds: every sender side at
+// once, then every receiver side at once with its sender's endpoint. So
+// the sender side of each hop exists before its receiver connects, in two
+// round trips whatever the pipeline's length. Every side is recorded, in
+// removal order (per hop: sender, then receiver; hops upstream first),
+// before it is asked for: a cancelled open may still complete in the
+// plugin, and removeRooms must remove it either way.
+func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request, chosen []*instance) ([]uint64, error) {
+	rooms := make([]uint64, len(chosen)-1)
 	r.mu.Lock()
-	r.opened = append(r.opened, roomSide{in: in, room: spec.Room})
-	r.mu.Unlock()
-	in.rooms.Add(1)
-	ep, err := in.ctl.OpenRoom(ctx, spec)
-	if err != nil {
-		return "", fmt.Errorf("phase %s (%s): open room %d as %s: %w", in.phase, in.id, spec.Room, spec.Role, err)
+	for i := range rooms {
+		rooms[i] = s.nextRoom.Add(1)
+		r.info.Rooms = append(r.info.Rooms, rooms[i])
+		r.opened = append(r.opened, roomSide{chosen[i], rooms[i]}, roomSide{chosen[i+1], rooms[i]})
+		chosen[i].rooms.Add(1)
+		chosen[i+1].rooms.Add(1)
 	}
-	return ep, nil
+	r.mu.Unlock()
+	endpoints := make([]string, len(rooms))
+	round := func(role transfer.Role) error {
+		errs := make([]error, len(rooms))
+		var wg sync.WaitGroup
+		for i, room := range rooms {
+			in, spec := chosen[i], sdk.RoomSpec{Room: room, Role: role, Request: req}
+			if role == transfer.Receiver {
+				in, spec.PeerEndpoint = chosen[i+1], endpoints[i]
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ep, err := in.ctl.OpenRoom(ctx, spec)
+				if err != nil {
+					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", in.phase, in.id, room, role, err)
+				} else if role == transfer.Sender {
+					endpoints[i] = ep
+				}
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	if err := round(transfer.Sender); err != nil {
+		return nil, err
+	}
+	if err := round(transfer.Receiver); err != nil {
+		return nil, err
+	}
+	return rooms, nil
 }
 
 // runPhases runs every phase of the request at once; each waits for its
