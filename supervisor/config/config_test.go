@@ -135,3 +135,21 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("error %v, want the path and 'no such file'", err)
 	}
 }
+
+// TestExamples loads every config under examples/configs.
+func TestExamples(t *testing.T) {
+	files, err := filepath.Glob("../../examples/configs/*")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example configs found (%v)", err)
+	}
+	for _, f := range files {
+		c, err := Load(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if len(c.Phases) < 2 {
+			t.Errorf("%s: %d phases", f, len(c.Phases))
+		}
+	}
+}
