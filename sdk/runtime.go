@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -141,7 +142,7 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		defer done()
 		in = ts
 	}
-	out, err := r.phase.Run(ctx, spec.Request, in)
+	out, err := r.runPhase(ctx, spec.Request, in)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +156,19 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
 	return nil, nil
+}
+
+// runPhase calls the phase's Run; a panic in it fails this request with
+// the panic's value instead of taking the process and every other request
+// down with it.
+func (r *phaseRuntime) runPhase(ctx context.Context, req Request, in []tensor.Tensor) (out Output, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.logger.Error("phase panicked", "request", req.ID, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("the phase panicked: %v", p)
+		}
+	}()
+	return r.phase.Run(ctx, req, in)
 }
 
 // track registers a Run: cancel stops it when one of its rooms is removed

@@ -37,6 +37,9 @@ func (s scale) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 
 func (s scale) Run(_ context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
 	if s.fail != nil {
+		if s.fail.Error() == "panic" {
+			panic("index out of range [3] with length 3")
+		}
 		return sdk.Output{}, s.fail
 	}
 	v := make([]float32, s.n)
@@ -139,6 +142,31 @@ func TestErrorsCrossGRPC(t *testing.T) {
 	var re *sdk.RemoteError
 	if !errors.As(err, &re) || re.Msg != "model weights missing at /w" {
 		t.Fatalf("Run error %#v, want the phase's text as a RemoteError", err)
+	}
+	// A panicking phase fails the request, not the process.
+	panicky, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{
+		sdk.PluginPhase: &sdk.PhasePlugin{Impl: scale{first: true, n: 2, fail: errors.New("panic")}},
+	})
+	defer panicky.Close()
+	raw, err = panicky.Dispense(sdk.PluginPhase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctl := raw.(sdk.PhaseControl)
+	pdir, err := os.MkdirTemp("/tmp", "sdkp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pdir)
+	if err := pctl.Configure(ctx, sdk.InstanceConfig{Instance: "p-0", RunDir: pdir}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})
+	if err == nil || err.Error() != "the phase panicked: index out of range [3] with length 3" {
+		t.Fatalf("Run of a panicking phase: %v", err)
+	}
+	if err := pctl.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 0}); err == nil || !strings.Contains(err.Error(), "room id 0 is reserved") {
 		t.Fatalf("OpenRoom(0): %v", err)
