@@ -54,6 +54,7 @@ func PluginMap() map[string]plugin.Plugin {
 //	func main() { sdk.ServePhase(encoder.New()) }
 func ServePhase(p Phase) {
 	logger := pluginLogger()
+	RaiseFDLimit(logger)
 	serve(logger, map[string]plugin.Plugin{PluginPhase: &PhasePlugin{Impl: p, Logger: logger}})
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
 )
@@ -60,6 +61,7 @@ func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog
 	if err != nil {
 		return nil, err
 	}
+	sdk.RaiseFDLimit(logger)
 	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: level})
 	if err := sup.Start(ctx); err != nil {
 		ln.Close()
