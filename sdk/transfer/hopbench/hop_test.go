@@ -1,0 +1,174 @@
+package hopbench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// childEnv makes the test binary act as the receiving process.
+const childEnv = "PHASED_HOPBENCH_RECEIVER"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(childEnv); dir != "" {
+		if err := receiver(dir, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "receiver:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// receiver serves the parent: for each line "ROOM ENDPOINT BYTES" it opens
+// the receiving side, answers "open", waits for the data, verifies it
+// (Receive checks the CRC-32C), answers "ok", and removes the room.
+func receiver(dir string, in io.Reader, out io.Writer) error {
+	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid())})
+	if err != nil {
+		return err
+	}
+	if err := m.Start(); err != nil {
+		return err
+	}
+	defer m.Release(context.Background())
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 {
+			return fmt.Errorf("bad command %q", sc.Text())
+		}
+		room, _ := strconv.ParseUint(f[0], 10, 64)
+		n, _ := strconv.ParseInt(f[2], 10, 64)
+		if err := m.OpenReceiver(room, f[1], []tensor.Spec{spec(n)}); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "open")
+		_, done, err := m.Receive(context.Background(), room)
+		if err != nil {
+			return err
+		}
+		done()
+		fmt.Fprintln(out, "ok")
+		if err := m.Remove(room); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func spec(n int64) tensor.Spec {
+	return tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{n}}
+}
+
+// child is the receiving process.
+type child struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startChild(b *testing.B, dir string) *child {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &child{cmd: cmd, in: in, out: bufio.NewScanner(outPipe)}
+	b.Cleanup(func() {
+		in.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("receiver process: %v", err)
+		}
+	})
+	return c
+}
+
+func (c *child) expect(b *testing.B, want string) {
+	if !c.out.Scan() || c.out.Text() != want {
+		b.Fatalf("receiver said %q (%v), want %q", c.out.Text(), c.out.Err(), want)
+	}
+}
+
+// BenchmarkHop2P measures one hop between two processes: the sender's
+// Send, the copy into the receiver's shared memory, the status sync, and
+// the receiver's verification, reported to the sender over a pipe. Room
+// open and remove are outside the timer. A plain copy of the same size,
+// in the same run, is the baseline.
+func BenchmarkHop2P(b *testing.B) {
+	for _, size := range []int64{8 << 20, 64 << 20} {
+		name := fmt.Sprintf("%dMiB", size>>20)
+		src, err := tensor.New(spec(size))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range src.Data {
+			src.Data[i] = byte(i * 7)
+		}
+		b.Run("copy-"+name, func(b *testing.B) {
+			dst := make([]byte, size)
+			b.SetBytes(size)
+			for b.Loop() {
+				copy(dst, src.Data)
+			}
+		})
+		b.Run("shm-"+name, func(b *testing.B) {
+			dir, err := os.MkdirTemp("/tmp", "hop")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoptx.%d", os.Getpid())})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := m.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer m.Release(context.Background())
+			c := startChild(b, dir)
+			ctx := context.Background()
+			b.SetBytes(size)
+			room := uint64(0)
+			for b.Loop() {
+				b.StopTimer()
+				room++
+				ep, err := m.OpenSender(room)
+				if err != nil {
+					b.Fatal(err)
+				}
+				fmt.Fprintf(c.in, "%d %s %d\n", room, ep, size)
+				c.expect(b, "open")
+				b.StartTimer()
+				if err := m.Send(ctx, room, []tensor.Tensor{src}); err != nil {
+					b.Fatal(err)
+				}
+				c.expect(b, "ok")
+				b.StopTimer()
+				if err := m.Remove(room); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
