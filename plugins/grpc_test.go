@@ -68,7 +68,7 @@ func TestPipelineOverGRPC(t *testing.T) {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := ph.ctl.Configure(ctx, sdk.InstanceConfig{Instance: ph.name + "-0", RunDir: dir, Backend: "shm", Params: params}); err != nil {
+		if err := ph.ctl.Configure(ctx, sdk.InstanceConfig{Instance: ph.name + "-0", RunDir: dir, Params: params}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -188,7 +188,6 @@ func TestConfigureErrors(t *testing.T) {
 		want string
 	}{
 		{sdk.InstanceConfig{Instance: "../evil", RunDir: t.TempDir()}, `instance id "../evil" must match`},
-		{sdk.InstanceConfig{Instance: "t-0", RunDir: t.TempDir(), Backend: "rdma"}, `transfer backend "rdma" is not supported`},
 		{sdk.InstanceConfig{Instance: "t-0", RunDir: t.TempDir(), Params: map[string]string{"frames": "many"}}, "frames"},
 	}
 	for _, tt := range tests {
@@ -199,5 +198,18 @@ func TestConfigureErrors(t *testing.T) {
 	}
 	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender}); err == nil || !strings.Contains(err.Error(), "not configured") {
 		t.Errorf("OpenRoom before Configure: %v", err)
+	}
+	dir, err := os.MkdirTemp("/tmp", "pcfg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "t-0", RunDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Release(ctx)
+	_, err = ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
+	if err == nil || !strings.Contains(err.Error(), `room 1: transfer backend "rdma" is not supported by this plugin`) {
+		t.Errorf("OpenRoom with an unknown backend: %v", err)
 	}
 }

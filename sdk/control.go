@@ -34,7 +34,6 @@ type PhaseControl interface {
 type InstanceConfig struct {
 	Instance string            // instance id, e.g. "transformer-1"
 	RunDir   string            // existing directory for the instance's ipc sockets
-	Backend  string            // transfer backend: "shm"
 	Params   map[string]string // the phase's params from the config
 }
 
@@ -44,7 +43,15 @@ type RoomSpec struct {
 	Role         transfer.Role
 	Request      Request // the receiver derives its input specs from it
 	PeerEndpoint string  // receiver only: the sender's endpoint
+	Backend      string  // the hop's transfer backend; "" means BackendShm
 }
+
+// Transfer backends a hop may use.
+const (
+	BackendShm  = "shm"  // shared memory, one host
+	BackendZMQ  = "zmq"  // bytes over the room's sockets, across hosts
+	BackendCUDA = "cuda" // device memory through CUDA IPC, one host
+)
 
 // RunSpec names a request and the rooms its inputs arrive on and its outputs
 // leave by; 0 means none (first or last phase).

@@ -25,7 +25,6 @@ func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 		Instance: cfg.Instance,
 		RunDir:   cfg.RunDir,
 		Params:   cfg.Params,
-		Backend:  cfg.Backend,
 	})
 	return rpcError(err)
 }
@@ -36,6 +35,7 @@ func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, erro
 		Role:         roleToProto(spec.Role),
 		Request:      requestToProto(spec.Request),
 		PeerEndpoint: spec.PeerEndpoint,
+		Backend:      spec.Backend,
 	})
 	if err != nil {
 		return "", rpcError(err)
@@ -108,7 +108,6 @@ func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequ
 		Instance: req.GetInstance(),
 		RunDir:   req.GetRunDir(),
 		Params:   req.GetParams(),
-		Backend:  req.GetBackend(),
 	})
 	if err != nil {
 		return nil, statusError(err)
@@ -122,6 +121,7 @@ func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomReques
 		Role:         roleFromProto(req.GetRole()),
 		Request:      requestFromProto(req.GetRequest()),
 		PeerEndpoint: req.GetPeerEndpoint(),
+		Backend:      req.GetBackend(),
 	})
 	if err != nil {
 		return nil, statusError(err)

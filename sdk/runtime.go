@@ -50,9 +50,6 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 	if !instanceName.MatchString(cfg.Instance) {
 		return fmt.Errorf("%w: instance id %q must match %s", ErrInvalid, cfg.Instance, instanceName)
 	}
-	if cfg.Backend != "" && cfg.Backend != "shm" {
-		return fmt.Errorf("%w: transfer backend %q is not supported (supported: shm)", ErrInvalid, cfg.Backend)
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mgr != nil {
@@ -109,6 +106,9 @@ func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, err
 	}
 	if spec.Room == 0 {
 		return "", fmt.Errorf("%w: room id 0 is reserved", ErrInvalid)
+	}
+	if spec.Backend != "" && spec.Backend != BackendShm {
+		return "", fmt.Errorf("%w: room %d: transfer backend %q is not supported by this plugin (supported: %s)", ErrInvalid, spec.Room, spec.Backend, BackendShm)
 	}
 	switch spec.Role {
 	case transfer.Sender:

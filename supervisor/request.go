@@ -330,7 +330,8 @@ func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request,
 		errs := make([]error, len(rooms))
 		var wg sync.WaitGroup
 		for i, room := range rooms {
-			in, spec := chosen[i], sdk.RoomSpec{Room: room, Role: role, Request: req}
+			backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
+			in, spec := chosen[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
 			if role == transfer.Receiver {
 				in, spec.PeerEndpoint = chosen[i+1], endpoints[i]
 			}

@@ -235,7 +235,7 @@ func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int
 	cctx, cancel := context.WithTimeout(ctx, pcfg.StartTimeout)
 	defer cancel()
 	err = in.ctl.Configure(cctx, sdk.InstanceConfig{
-		Instance: id, RunDir: dir, Backend: s.cfg.Backend, Params: s.cfg.PhaseParams(pcfg),
+		Instance: id, RunDir: dir, Params: s.cfg.PhaseParams(pcfg),
 	})
 	if err != nil {
 		proc.kill()

@@ -26,15 +26,23 @@ const DefaultName = "<default config>"
 
 // Defaults for settings a config leaves out.
 const (
-	DefaultBackend      = "shm"
+	DefaultBackend      = BackendAuto
 	DefaultPolicy       = "roundrobin"
 	DefaultArtifactDir  = "out"
 	DefaultGrace        = 30 * time.Second
 	DefaultStartTimeout = 30 * time.Second
 )
 
+// BackendAuto chooses each hop's transfer backend from where its two
+// phases run: different hosts → zmq; the same host → cuda when both
+// phases hold device buffers, else shm.
+const BackendAuto = "auto"
+
 // Backends lists the transfer backends a config may name.
-var Backends = []string{"shm"}
+var Backends = []string{BackendAuto, "shm", "zmq", "cuda"}
+
+// Devices lists where a phase may hold its buffers.
+var Devices = []string{"cpu", "cuda"}
 
 // Config is the supervisor's configuration.
 type Config struct {
@@ -46,7 +54,8 @@ type Config struct {
 	RunDir string
 	// ArtifactDir is where the last phase writes artifacts.
 	ArtifactDir string
-	// Backend is the transfer backend between phases.
+	// Backend is the transfer backend between phases: BackendAuto (the
+	// default) chooses per hop, any other value is used for every hop.
 	Backend string
 	// Params are passed to every phase; a phase's own params override them.
 	Params map[string]string
@@ -65,6 +74,25 @@ type Phase struct {
 	Policy       string // the binary is phased-policy-<Policy>
 	Params       map[string]string
 	StartTimeout time.Duration
+	// Host names the host the phase's instances run on; "" is the
+	// supervisor's own. Hops between hosts use the zmq backend.
+	Host string
+	// Device is where the phase holds its buffers: "cpu" or "cuda".
+	Device string
+}
+
+// HopBackend returns the transfer backend of the hop from phase from to
+// phase to.
+func (c *Config) HopBackend(from, to Phase) string {
+	switch {
+	case c.Backend != BackendAuto:
+		return c.Backend
+	case from.Host != to.Host:
+		return "zmq"
+	case from.Device == "cuda" && to.Device == "cuda":
+		return "cuda"
+	}
+	return "shm"
 }
 
 // PhaseParams returns the params one phase is configured with: the
@@ -142,6 +170,8 @@ type phaseBlock struct {
 	Policy       *string           `hcl:"policy,optional"`
 	Params       map[string]string `hcl:"params,optional"`
 	StartTimeout *string           `hcl:"start_timeout,optional"`
+	Host         *string           `hcl:"host,optional"`
+	Device       *string           `hcl:"device,optional"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
 
@@ -212,6 +242,11 @@ func (f *file) build(filename string) (*Config, error) {
 			Policy:       deref(pb.Policy, policy),
 			Params:       pb.Params,
 			StartTimeout: DefaultStartTimeout,
+			Host:         deref(pb.Host, ""),
+			Device:       deref(pb.Device, "cpu"),
+		}
+		if !slices.Contains(Devices, ph.Device) {
+			errs = append(errs, fmt.Errorf("%s: phase %q: device %q is not supported; expected one of: %s", at, pb.Name, ph.Device, strings.Join(Devices, ", ")))
 		}
 		if first, dup := seen[pb.Name]; dup {
 			errs = append(errs, fmt.Errorf("%s: phase %q is defined twice; first at %s", at, pb.Name, where(first)))

@@ -22,7 +22,7 @@ func TestDefault(t *testing.T) {
 	if want := []string{"encoder", "transformer", "decoder"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("phases %v, want %v", names, want)
 	}
-	if c.Backend != "shm" || c.Grace != DefaultGrace || c.ArtifactDir != DefaultArtifactDir {
+	if c.Backend != BackendAuto || c.Grace != DefaultGrace || c.ArtifactDir != DefaultArtifactDir {
 		t.Fatalf("defaults %+v", c)
 	}
 	if got := c.Policies(); !reflect.DeepEqual(got, []string{"roundrobin"}) {
@@ -68,6 +68,46 @@ phase "decoder" {
 	}
 }
 
+func TestHopBackend(t *testing.T) {
+	src := `
+phase "encoder" { plugin = "encoder" }
+phase "dit"     {
+  plugin = "transformer"
+  device = "cuda"
+}
+phase "vae"     {
+  plugin = "decoder"
+  device = "cuda"
+}
+phase "remote"  {
+  plugin = "decoder"
+  host   = "gpu-b"
+  device = "cuda"
+}
+`
+	c, err := Parse([]byte(src), "hops.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ph := c.Phases
+	tests := []struct {
+		backend  string
+		from, to int
+		want     string
+	}{
+		{BackendAuto, 0, 1, "shm"},  // same host, the encoder holds host buffers
+		{BackendAuto, 1, 2, "cuda"}, // same host, both on the device
+		{BackendAuto, 2, 3, "zmq"},  // another host
+		{"shm", 2, 3, "shm"},        // a named backend is used for every hop
+	}
+	for _, tt := range tests {
+		c.Backend = tt.backend
+		if got := c.HopBackend(ph[tt.from], ph[tt.to]); got != tt.want {
+			t.Errorf("backend %s, hop %s → %s: %s, want %s", tt.backend, ph[tt.from].Name, ph[tt.to].Name, got, tt.want)
+		}
+	}
+}
+
 func TestParseJSON(t *testing.T) {
 	src := `{"phase": {"encoder": {"plugin": "encoder"}, "decoder": {"plugin": "decoder", "instances": 3}}}`
 	c, err := Parse([]byte(src), "c.json")
@@ -93,7 +133,8 @@ func TestParseErrors(t *testing.T) {
 		{"zero instances", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = 0\n}\n", []string{`a.hcl:1:1: phase "t": instances must be between 1 and 64, got 0`}},
 		{"duplicate phase", "a.hcl", "phase \"t\" { plugin = \"t\" }\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:2:1: phase "t" is defined twice; first at a.hcl:1:1`}},
 		{"bad plugin name", "a.hcl", "phase \"t\" { plugin = \"../evil\" }\n", []string{`phase "t": plugin "../evil" is not a valid name`}},
-		{"bad backend", "a.hcl", "backend = \"rdma\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: backend "rdma" is not supported; expected one of: shm`}},
+		{"bad backend", "a.hcl", "backend = \"rdma\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: backend "rdma" is not supported; expected one of: auto, shm, zmq, cuda`}},
+		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},
 		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},
 		{"json syntax", "c.json", `{"phase": {"t": {"plugin": 1,}}}`, []string{"c.json:1:"}},

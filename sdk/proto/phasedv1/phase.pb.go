@@ -77,7 +77,7 @@ type ConfigureRequest struct {
 	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`                                                                       // instance id, e.g. "transformer-1"
 	RunDir        string                 `protobuf:"bytes,2,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`                                                             // directory for ipc sockets, exists
 	Params        map[string]string      `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // phase parameters from the config
-	Backend       string                 `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`                                                                         // transfer backend, "shm"
+	Backend       string                 `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`                                                                         // unused since rooms name their backend; kept for the wire
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +258,7 @@ type OpenRoomRequest struct {
 	Role          RoomRole               `protobuf:"varint,2,opt,name=role,proto3,enum=phased.v1.RoomRole" json:"role,omitempty"`
 	Request       *Request               `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`                               // the receiver derives its input spec from it
 	PeerEndpoint  string                 `protobuf:"bytes,4,opt,name=peer_endpoint,json=peerEndpoint,proto3" json:"peer_endpoint,omitempty"` // receiver only: the sender's room endpoint
+	Backend       string                 `protobuf:"bytes,5,opt,name=backend,proto3" json:"backend,omitempty"`                               // the hop's transfer backend: "shm" (default), "zmq", "cuda"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +317,13 @@ func (x *OpenRoomRequest) GetRequest() *Request {
 func (x *OpenRoomRequest) GetPeerEndpoint() string {
 	if x != nil {
 		return x.PeerEndpoint
+	}
+	return ""
+}
+
+func (x *OpenRoomRequest) GetBackend() string {
+	if x != nil {
+		return x.Backend
 	}
 	return ""
 }
@@ -863,12 +871,13 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x03R\x04seed\x12\x14\n" +
 	"\x05steps\x18\x04 \x01(\x05R\x05steps\x12!\n" +
-	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\"\xa1\x01\n" +
+	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\"\xbb\x01\n" +
 	"\x0fOpenRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x12,\n" +
 	"\arequest\x18\x03 \x01(\v2\x12.phased.v1.RequestR\arequest\x12#\n" +
-	"\rpeer_endpoint\x18\x04 \x01(\tR\fpeerEndpoint\".\n" +
+	"\rpeer_endpoint\x18\x04 \x01(\tR\fpeerEndpoint\x12\x18\n" +
+	"\abackend\x18\x05 \x01(\tR\abackend\".\n" +
 	"\x10OpenRoomResponse\x12\x1a\n" +
 	"\bendpoint\x18\x01 \x01(\tR\bendpoint\"\x91\x01\n" +
 	"\n" +
