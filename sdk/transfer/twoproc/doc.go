@@ -1,4 +1,5 @@
-// Package hopbench measures transfer hops between two processes: the
-// benchmark process is the sender, and it re-executes its own test binary
-// as the receiver. It holds benchmarks only.
-package hopbench
+// Package twoproc tests and measures transfers between two processes: the
+// test process is the sender, and it re-executes its own test binary as the
+// receiving process, which it drives over a line protocol on stdin/stdout.
+// It holds tests and benchmarks only.
+package twoproc

@@ -1,4 +1,4 @@
-package hopbench
+package twoproc
 
 import (
 	"bufio"
@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,9 +30,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// receiver serves the parent: for each line "ROOM ENDPOINT BYTES" it opens
-// the receiving side, answers "open", waits for the data, verifies it
-// (Receive checks the CRC-32C), answers "ok", and removes the room.
+// receiver serves the parent, one command a line, one answer a line:
+//
+//	open ROOM ENDPOINT BYTES  open the receiving side        → open
+//	recv ROOM                 wait for the data, verify it   → ok CRC
+//	remove ROOM               remove the room                → removed
+//	hop ROOM ENDPOINT BYTES   open, recv and remove at once  → open, then ok CRC
+//	count                     open fds and goroutines        → FDS GOROUTINES
+//
+// Any error ends the process with a message on stderr.
 func receiver(dir string, in io.Reader, out io.Writer) error {
 	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid())})
 	if err != nil {
@@ -41,26 +48,55 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer m.Release(context.Background())
-	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 3 {
-			return fmt.Errorf("bad command %q", sc.Text())
-		}
-		room, _ := strconv.ParseUint(f[0], 10, 64)
-		n, _ := strconv.ParseInt(f[2], 10, 64)
-		if err := m.OpenReceiver(room, f[1], []tensor.Spec{spec(n)}); err != nil {
-			return err
-		}
-		fmt.Fprintln(out, "open")
-		_, done, err := m.Receive(context.Background(), room)
+	ctx := context.Background()
+	recv := func(room uint64) error {
+		ts, done, err := m.Receive(ctx, room)
 		if err != nil {
 			return err
 		}
+		fmt.Fprintln(out, "ok", tensor.Checksum(ts[0].Data))
 		done()
-		fmt.Fprintln(out, "ok")
-		if err := m.Remove(room); err != nil {
-			return err
+		return nil
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			return fmt.Errorf("empty command")
+		}
+		var room uint64
+		if len(f) > 1 {
+			room, _ = strconv.ParseUint(f[1], 10, 64)
+		}
+		switch {
+		case (f[0] == "open" || f[0] == "hop") && len(f) == 4:
+			n, _ := strconv.ParseInt(f[3], 10, 64)
+			if err := m.OpenReceiver(room, f[2], []tensor.Spec{spec(n)}); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "open")
+			if f[0] == "hop" {
+				if err := recv(room); err != nil {
+					return err
+				}
+				if err := m.Remove(room); err != nil {
+					return err
+				}
+			}
+		case f[0] == "recv" && len(f) == 2:
+			if err := recv(room); err != nil {
+				return err
+			}
+		case f[0] == "remove" && len(f) == 2:
+			if err := m.Remove(room); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "removed")
+		case f[0] == "count":
+			fds, _ := os.ReadDir("/proc/self/fd")
+			fmt.Fprintln(out, len(fds), runtime.NumGoroutine())
+		default:
+			return fmt.Errorf("bad command %q", sc.Text())
 		}
 	}
 	return sc.Err()
@@ -77,7 +113,7 @@ type child struct {
 	out *bufio.Scanner
 }
 
-func startChild(b *testing.B, dir string) *child {
+func startChild(b testing.TB, dir string) *child {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+dir)
@@ -103,10 +139,13 @@ func startChild(b *testing.B, dir string) *child {
 	return c
 }
 
-func (c *child) expect(b *testing.B, want string) {
-	if !c.out.Scan() || c.out.Text() != want {
+// expect reads one answer and fails unless it starts with want.
+func (c *child) expect(b testing.TB, want string) string {
+	b.Helper()
+	if !c.out.Scan() || !strings.HasPrefix(c.out.Text(), want) {
 		b.Fatalf("receiver said %q (%v), want %q", c.out.Text(), c.out.Err(), want)
 	}
+	return c.out.Text()
 }
 
 // BenchmarkHop2P measures one hop between two processes: the sender's
@@ -156,7 +195,7 @@ func BenchmarkHop2P(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				fmt.Fprintf(c.in, "%d %s %d\n", room, ep, size)
+				fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
 				c.expect(b, "open")
 				b.StartTimer()
 				if err := m.Send(ctx, room, []tensor.Tensor{src}); err != nil {

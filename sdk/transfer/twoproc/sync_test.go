@@ -1,4 +1,4 @@
-package hopbench
+package twoproc
 
 import (
 	"context"
