@@ -8,13 +8,16 @@ PLUGINS := $(BIN)/plugins
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOC_VERSION := 3.21.12
 PROTO_OUT ?= sdk/proto
+CUDA_CACHE ?= .cache/cuda
+DEVICE_DIR ?= .cache/device
+CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLAGS="-L$(abspath $(CUDA_CACHE))/root/usr/lib/x86_64-linux-gnu"
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
-.PHONY: help deps build run test bench proto check clean
+.PHONY: help deps build run test bench proto check clean cuda-deps cuda device-pack
 
 help: ## show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 deps: ## install what the build needs (libzmq from Debian) if missing
 	@pkg-config --exists libzmq 2>/dev/null || { \
@@ -53,6 +56,17 @@ check: ## gofmt, go vet, and fail when generated code is stale
 	for f in $$tmp/phasedv1/*.go; do cmp -s $$f sdk/proto/phasedv1/$$(basename $$f) || { echo "generated code is stale: sdk/proto/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
 	[ $$(ls $$tmp/phasedv1/*.go | wc -l) = $$(ls sdk/proto/phasedv1/*.go | wc -l) ] || { echo "sdk/proto/phasedv1 holds generated files that no .proto produces"; exit 1; }; \
 	echo "check: ok"
+
+cuda-deps: ## fetch cuda.h and libcuda.so.1 from Debian non-free into .cache/cuda
+	scripts/cuda-deps.sh $(CUDA_CACHE)
+
+cuda: deps cuda-deps ## build with -tags cuda into bin/cuda (those binaries run only where there is a GPU)
+	$(CUDA_ENV) $(GO) vet -tags cuda ./...
+	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/roundrobin/cmd/phased-policy-roundrobin
+	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/cuda.test ./sdk/transfer/cuda
+
+device-pack: deps cuda-deps ## build the cuda test binaries and their libraries into .cache/device, to carry to a GPU machine
+	scripts/device-pack.sh $(DEVICE_DIR)
 
 clean: ## remove build outputs and artifacts
 	rm -rf $(BIN) out bench.txt
