@@ -11,10 +11,13 @@ PROTO_OUT ?= sdk/proto
 CUDA_CACHE ?= .cache/cuda
 DEVICE_DIR ?= .cache/device
 CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLAGS="-L$(abspath $(CUDA_CACHE))/root/usr/lib/x86_64-linux-gnu"
+FUZZTIME     ?= 5m
+FUZZ_PKG     := ./sdk/transfer
+FUZZ_TARGETS := FuzzDescriptor FuzzStatusFrame FuzzTensorHeader
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
-.PHONY: help deps build run test bench proto check clean cuda-deps cuda device-pack
+.PHONY: help deps build run test bench fuzz fuzz-short proto check clean cuda-deps cuda device-pack
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,8 +34,15 @@ build: deps ## build bin/supervisor and the plugins in bin/plugins
 run: build ## set up, build, and run the demo on the embedded default config
 	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
 
-test: build ## run every test with -race (unit, gRPC in memory, end to end)
+test: build ## run every test with -race (unit, gRPC in memory, end to end), then fuzz each decoder 10s
 	$(GO) test -race -count=1 -timeout 14m ./...
+	$(MAKE) -s fuzz-short
+
+fuzz-short: ## fuzz each transfer decoder for 10s (part of make test)
+	@set -e; for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime 10s -fuzzminimizetime 5s $(FUZZ_PKG); done
+
+fuzz: ## fuzz each transfer decoder for FUZZTIME (default 5m)
+	@set -e; for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 30s $(FUZZ_PKG); done
 
 bench: build ## run the benchmarks and print the side-by-side ratios
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./supervisor/... | tee bench.txt

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -14,6 +15,19 @@ import (
 // DefaultShmDir is where receivers create their shared-memory segments when
 // Config.ShmDir is empty.
 const DefaultShmDir = "/dev/shm"
+
+// Defaults of the Config fields that bound the segment pool and peers.
+const (
+	// DefaultPoolBytes bounds the bytes of idle segments a receiver keeps
+	// for reuse.
+	DefaultPoolBytes = 1 << 30
+	// DefaultPoolSegments bounds the number of idle segments a receiver
+	// keeps for reuse.
+	DefaultPoolSegments = 32
+	// DefaultPeerTimeout is how long a room waits for a vanished peer to
+	// come back before it fails.
+	DefaultPeerTimeout = 10 * time.Second
+)
 
 // MaxSocketPath is the longest unix socket path the kernel accepts
 // (sun_path is 108 bytes with its terminating NUL).
@@ -30,6 +44,20 @@ type Config struct {
 	Name string
 	// ShmDir holds shared-memory segments; empty means DefaultShmDir.
 	ShmDir string
+	// PoolBytes and PoolSegments bound the receiver's pool of idle
+	// shared-memory segments, kept mapped for the next rooms (see the
+	// package comment): at most PoolSegments segments of PoolBytes bytes
+	// in all; the least recently freed are unlinked first. 0 means
+	// DefaultPoolBytes and DefaultPoolSegments; a negative value disables
+	// the pool (every room gets a new segment).
+	PoolBytes    int64
+	PoolSegments int
+	// PeerTimeout bounds how long a room waits for its peer once the
+	// connection to it broke (the peer process died, was released, or
+	// closed the room): if it does not reconnect within PeerTimeout, the
+	// room fails with a reason naming the peer's endpoint. 0 means
+	// DefaultPeerTimeout; it must not be negative.
+	PeerTimeout time.Duration
 	// Logger receives the manager's logs as given (name it before passing
 	// it in); nil means no logs.
 	Logger hclog.Logger
@@ -74,6 +102,27 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.ShmDir, err = existingDir("ShmDir", c.ShmDir); err != nil {
 		return c, err
+	}
+	switch {
+	case c.PoolBytes == 0:
+		c.PoolBytes = DefaultPoolBytes
+	case c.PoolBytes < 0:
+		c.PoolBytes = 0
+	}
+	switch {
+	case c.PoolSegments == 0:
+		c.PoolSegments = DefaultPoolSegments
+	case c.PoolSegments < 0:
+		c.PoolSegments = 0
+	}
+	if c.PoolBytes == 0 || c.PoolSegments == 0 {
+		c.PoolBytes, c.PoolSegments = 0, 0
+	}
+	switch {
+	case c.PeerTimeout == 0:
+		c.PeerTimeout = DefaultPeerTimeout
+	case c.PeerTimeout < 0:
+		return c, fmt.Errorf("transfer: config: PeerTimeout %v is negative: use a positive duration, or 0 for the default %v", c.PeerTimeout, DefaultPeerTimeout)
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

@@ -5,7 +5,11 @@
 // A room is one request's transfer slot on one hop (sender instance to
 // receiver instance). Its id is chosen by the supervisor, unique for the
 // supervisor's lifetime and never reused; a Manager refuses an id it has
-// already seen (ErrRoomExists).
+// already seen (ErrRoomExists). It remembers them in bounded memory: a
+// low-water mark below which every id counts as used, plus a set of at
+// most 4096 ids above it; when the set is full its lower half is folded
+// into the mark. Ids increase, so only an id arriving more than about
+// 2,000 opens after larger ones would be wrongly refused.
 //
 // # Lifecycle
 //
@@ -26,19 +30,70 @@
 //
 //  1. OpenSender binds a PULL room socket on ipc://<Dir>/s-<room>.sock and
 //     returns that endpoint; the room is Bootstrapping.
-//  2. OpenReceiver allocates one shared-memory segment in ShmDir holding all
-//     input buffers (64-byte aligned), binds its PULL status socket on
+//  2. OpenReceiver takes one shared-memory segment in ShmDir holding all
+//     input buffers (64-byte aligned) from its pool (see below), renamed
+//     phased-<Name>-<room>-<generation>, binds its PULL status socket on
 //     ipc://<Dir>/r-<room>-<generation>.sock, and sends a Descriptor to the
 //     sender's endpoint; the receiver room is WaitingForInput.
 //  3. The sender validates the descriptor when it arrives (bounds, names,
 //     endpoint) and its room becomes WaitingForInput. Send waits for that,
 //     then the transfer worker checks every tensor against its buffer, maps
-//     the segment, syncs Transferring, copies in 1 MiB chunks, and syncs
-//     Success with each tensor's CRC-32C (or Failed with a reason).
+//     the segment (kept mapped across rooms, see below), syncs
+//     Transferring, copies in 1 MiB chunks, checksumming each 64 KiB block
+//     right after copying it, and syncs Success with each tensor's CRC-32C
+//     (or Failed with a reason).
 //  4. Receive waits for the Success frame, verifies every tensor (spec,
 //     length, CRC-32C) and returns views into the mapped segment with a
 //     release func; the mapping stays valid until it is called, even across
 //     Remove.
+//
+// # Segment pool and mapping cache
+//
+// A fresh segment costs a page fault per 4 KiB page on both sides, so a
+// receiver keeps freed segments mapped in a pool (Config.PoolSegments and
+// Config.PoolBytes bound it; the least recently freed are unlinked first;
+// Release unlinks all). A room takes the smallest idle segment that fits
+// and is at most twice its size class (a power of two up to 2 MiB, then a
+// multiple of 2 MiB), or creates one of its size class. Reuse is safe
+// because a segment goes back to the pool only when its room is removed,
+// no Receive lease is outstanding, and the sender's Success or Failed
+// frame arrived: the sender writes before it sends either, and Send runs
+// once per room, so nothing writes to the segment any more. Otherwise
+// (a sender removed mid-copy, a room that never moved data, a lease still
+// held) the segment is unlinked as before and never reused. Idle segments
+// are renamed phased-<Name>-free-<n>, a name that no descriptor can
+// carry, since a descriptor's segment must end in -<room>-<generation>;
+// when reused, a segment is renamed (renameat2, RENAME_NOREPLACE) to the
+// new room's name, so a name still ties a descriptor to one live room.
+// Old data left in a reused segment is visible to the next room's sender.
+//
+// The sender's transfer worker keeps each receiver segment it writes to
+// mapped (at most 64 segments and 4 GiB), keyed by the file's device and
+// inode. Each job still opens the descriptor's name (O_NOFOLLOW, regular
+// file, exact size) and uses the cached mapping only when it is the same
+// file with the same size; a mapping is dropped when its file is unlinked
+// (checked before each job), shows another size, or faults (a truncated
+// file raises SIGBUS, which fails only that room). Release unmaps them.
+//
+// # Peers that vanish
+//
+// Each room's connected PUSH socket (receiver to sender's room socket,
+// sender to receiver's status socket) has a libzmq socket monitor whose
+// events an inproc PAIR socket brings to the socket owner's poller. A
+// disconnect arms a timer of Config.PeerTimeout (default 10 s); a
+// reconnect disarms it. If it fires while the room still waits on its
+// peer (not terminal, no Success frame yet), the room fails with
+// "peer timeout: the <role> at <endpoint> disconnected and did not come
+// back within <PeerTimeout>", and a copy in progress stops.
+//
+// # Limits
+//
+// A room holds up to four zmq sockets on each side (bound PULL, connected
+// PUSH, the two ends of its monitor) and about seven file descriptors.
+// Start raises the zmq context's socket limit (ZMQ_MAX_SOCKETS, 1023 by
+// default) to the process's file-descriptor limit. An open that hits
+// either limit fails with an error wrapping ErrTooManyFiles; other rooms
+// are not affected.
 //
 // Statuses move forward only, one step at a time, or to Failed (see
 // Status.CanTransitionTo); Failed always carries a reason.
@@ -58,7 +113,8 @@
 //
 // There is no goroutine per room, no receive timeout and no sleep: Remove
 // wakes the owner with a command and the worker checks for removal between
-// chunks.
+// chunks. A peer timer is a time.AfterFunc that posts a command to the
+// owner; the owner stops it when the room closes.
 //
 // # Trust
 //

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	zmq "github.com/pebbe/zmq4"
@@ -31,7 +32,22 @@ var (
 	ErrReleased = errors.New("transfer: manager released")
 	// ErrNotStarted: Start was not called.
 	ErrNotStarted = errors.New("transfer: manager not started, call Start first")
+	// ErrTooManyFiles: the process reached its file-descriptor limit (or
+	// the zmq context's socket limit, which Start derives from it). The
+	// open that hit it failed; other rooms are not affected.
+	ErrTooManyFiles = errors.New("too many open files: raise the file-descriptor limit (ulimit -n)")
 )
+
+// fdErr marks an error caused by the file-descriptor limit (EMFILE,
+// ENFILE, from the kernel or from libzmq) with ErrTooManyFiles.
+func fdErr(err error) error {
+	var ze zmq.Errno
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.As(err, &ze) && (ze == zmq.Errno(syscall.EMFILE) || ze == zmq.Errno(syscall.ENFILE)) {
+		return fmt.Errorf("%w (%w)", ErrTooManyFiles, err)
+	}
+	return err
+}
 
 type managerState int
 
@@ -54,17 +70,22 @@ type Manager struct {
 	// testHookChunk, when set before Start (tests only), runs in the worker
 	// after each copied chunk.
 	testHookChunk func(room uint64)
+	// testMaxSockets, when set before Start (tests only), replaces the
+	// zmq context's socket limit.
+	testMaxSockets int
 
 	mu       sync.Mutex
 	state    managerState
 	released chan struct{} // closed when Release has finished
 	rooms    map[uint64]*room
-	used     map[uint64]struct{} // every room id ever opened
+	ids      usedIDs
+	pool     *pool // the receiver's idle segments
 
 	// Set by Start; read-only afterwards.
 	zctx       *zmq.Context
 	cmds       chan command
 	jobs       chan *job
+	maps       *mapCache     // the worker's mappings of receiver segments
 	quit       chan struct{} // closed by Release to stop the worker
 	ownerDone  chan struct{}
 	workerDone chan struct{}
@@ -94,11 +115,12 @@ type room struct {
 	busy    bool        // the worker holds the room
 
 	// Receiver.
-	gen       uint64
-	seg       *segment
-	bufs      []buffer
-	final     []header // the Success frame's tensors, once it arrived
-	verifying bool
+	gen        uint64
+	seg        *segment
+	bufs       []buffer
+	final      []header // the Success frame's tensors, once it arrived
+	verifying  bool
+	senderDone bool // a Success or Failed frame came: the sender writes no more
 }
 
 func newRoom(id uint64, role Role) *room {
@@ -123,11 +145,12 @@ func New(cfg Config) (*Manager, error) {
 		log:      cfg.Logger,
 		released: make(chan struct{}),
 		rooms:    make(map[uint64]*room),
-		used:     make(map[uint64]struct{}),
+		ids:      usedIDs{set: make(map[uint64]struct{})},
 	}
 	// Generations start at a random point so that two runs sharing Dir or
 	// ShmDir never produce the same endpoint or segment name.
 	m.nextGen.Store(rand.Uint64() >> 1)
+	m.pool = newPool(cfg.ShmDir, cfg.Name, uint64(cfg.PoolBytes), cfg.PoolSegments, func() uint64 { return m.nextGen.Add(1) })
 	return m, nil
 }
 
@@ -145,6 +168,12 @@ func (m *Manager) Start() (err error) {
 	zctx, err := zmq.NewContext()
 	if err != nil {
 		return fmt.Errorf("transfer: start: new zmq context: %w", err)
+	}
+	// libzmq allows 1023 sockets per context by default; a room holds up
+	// to four (see the package comment), so allow as many as the process
+	// may open files.
+	if err := zctx.SetMaxSockets(m.maxSockets()); err != nil {
+		return errors.Join(fmt.Errorf("transfer: start: set the zmq socket limit to %d: %w", m.maxSockets(), err), zctx.Term())
 	}
 	var wake, push *zmq.Socket
 	defer func() {
@@ -174,6 +203,7 @@ func (m *Manager) Start() (err error) {
 	m.wakePush = push
 	m.cmds = make(chan command, 64)
 	m.jobs = make(chan *job)
+	m.maps = &mapCache{maxSegs: mapCacheSegments, maxBytes: mapCacheBytes}
 	m.quit = make(chan struct{})
 	m.ownerDone = make(chan struct{})
 	m.workerDone = make(chan struct{})
@@ -196,7 +226,7 @@ func (m *Manager) OpenSender(id uint64) (string, error) {
 	}
 	if err := m.call(func(o *owner) error { return o.openSender(r) }); err != nil {
 		if !errors.Is(err, ErrRemoved) {
-			err = fmt.Errorf("transfer: open sender room %d: %w", id, err)
+			err = fmt.Errorf("transfer: open sender room %d: %w", id, fdErr(err))
 		}
 		return "", errors.Join(err, m.Remove(id))
 	}
@@ -211,7 +241,7 @@ func (m *Manager) OpenSender(id uint64) (string, error) {
 func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.Spec) (err error) {
 	defer func() {
 		if err != nil && !isSentinel(err) {
-			err = fmt.Errorf("transfer: open receiver room %d: %w", id, err)
+			err = fmt.Errorf("transfer: open receiver room %d: %w", id, fdErr(err))
 		}
 	}()
 	if err := checkEndpoint(senderEndpoint); err != nil {
@@ -220,7 +250,7 @@ func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.
 	if err := checkSpecs(specs); err != nil {
 		return err
 	}
-	bufs, size, err := layout(specs)
+	bufs, need, err := layout(specs)
 	if err != nil {
 		return err
 	}
@@ -235,20 +265,22 @@ func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.
 	r.gen, r.bufs = gen, bufs
 	r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
 	segName := segmentName(m.cfg.Name, id, gen)
-	frame, err := encodeDescriptor(id, gen, r.endpoint, segName, size, bufs)
+	seg, reused, err := m.pool.get(segName, need)
 	if err != nil {
-		return fmt.Errorf("encode descriptor: %w", err)
-	}
-	if r.seg, err = createSegment(m.cfg.ShmDir, segName, size); err != nil {
 		return err
 	}
+	frame, err := encodeDescriptor(id, gen, r.endpoint, segName, seg.size, bufs)
+	if err != nil {
+		return errors.Join(fmt.Errorf("encode descriptor: %w", err), m.retire(seg, false))
+	}
+	r.seg = seg
 	if err := m.addRoom(r); err != nil {
-		return errors.Join(err, r.seg.unlink(), r.seg.release())
+		return errors.Join(err, m.retire(seg, false))
 	}
 	if err := m.call(func(o *owner) error { return o.openReceiver(r, senderEndpoint, frame) }); err != nil {
 		return errors.Join(err, m.Remove(id))
 	}
-	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "segment", segName, "bytes", size)
+	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "segment", segName, "bytes", seg.size, "reused", reused)
 	return nil
 }
 
@@ -287,10 +319,7 @@ func (m *Manager) checkOpenLocked(id uint64) error {
 	case stateReleased:
 		return ErrReleased
 	}
-	if _, ok := m.used[id]; ok {
-		return fmt.Errorf("%w: %d (room ids are never reused)", ErrRoomExists, id)
-	}
-	return nil
+	return m.ids.check(id)
 }
 
 func (m *Manager) addRoom(r *room) error {
@@ -299,7 +328,7 @@ func (m *Manager) addRoom(r *room) error {
 	if err := m.checkOpenLocked(r.id); err != nil {
 		return err
 	}
-	m.used[r.id] = struct{}{}
+	m.ids.add(r.id)
 	m.rooms[r.id] = r
 	return nil
 }
@@ -520,7 +549,9 @@ func (m *Manager) Remove(id uint64) error {
 		// A remove may overtake its room's open (the caller gave up on a
 		// slow open): the id is spent, so that the open, when it comes,
 		// fails instead of leaving a room nobody removes.
-		m.used[id] = struct{}{}
+		if m.ids.check(id) == nil {
+			m.ids.add(id)
+		}
 		m.mu.Unlock()
 		return nil
 	}
@@ -547,7 +578,11 @@ func (m *Manager) Remove(id uint64) error {
 		errs = append(errs, err) // a stopped owner has closed every socket
 	}
 	if r.seg != nil {
-		errs = append(errs, r.seg.unlink(), r.seg.release())
+		// The owner has closed the status socket, so senderDone is final.
+		m.mu.Lock()
+		recyclable := r.senderDone
+		m.mu.Unlock()
+		errs = append(errs, m.retire(r.seg, recyclable))
 	}
 	err := errors.Join(errs...)
 	if err != nil {
@@ -600,6 +635,9 @@ func (m *Manager) Release(ctx context.Context) error {
 		errs = append(errs, m.Remove(id))
 	}
 	close(m.quit)
+	if err := m.pool.close(); err != nil {
+		errs = append(errs, fmt.Errorf("transfer: release: segment pool: %w", err))
+	}
 	if err := waitDone(ctx, m.workerDone, "transfer worker"); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
@@ -629,6 +667,72 @@ func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("transfer: release: the %s did not stop: %w", what, ctx.Err())
 	}
+}
+
+// retire lets go of a room's segment: into the pool if recyclable and no
+// lease is outstanding, otherwise unlinked (and unmapped with its last
+// lease).
+func (m *Manager) retire(seg *segment, recyclable bool) error {
+	recycled, err := seg.retire(recyclable && m.cfg.PoolSegments > 0)
+	if recycled {
+		err = m.pool.put(seg)
+	}
+	return err
+}
+
+// maxSockets is the zmq socket limit Start sets: the process's soft
+// file-descriptor limit (every socket needs at least one descriptor),
+// within libzmq's bounds.
+func (m *Manager) maxSockets() int {
+	if m.testMaxSockets > 0 {
+		return m.testMaxSockets
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 1024 {
+		return 1023 // libzmq's default
+	}
+	return int(min(lim.Cur, 1<<16-1))
+}
+
+// usedIDs remembers which room ids a Manager has seen, in bounded memory:
+// every id below low counts as used, and set holds the used ids at or
+// above it. Room ids come from the supervisor's counter, so they increase
+// (with some reordering between concurrent requests); when set grows past
+// maxUsedIDs, its lower half is folded into low. An id that arrives more
+// than about maxUsedIDs/2 opens after larger ids is refused as used.
+type usedIDs struct {
+	low uint64
+	set map[uint64]struct{}
+}
+
+const maxUsedIDs = 4096
+
+func (u *usedIDs) check(id uint64) error {
+	if id < u.low {
+		return fmt.Errorf("%w: %d (room ids are never reused; this manager no longer accepts ids below %d)", ErrRoomExists, id, u.low)
+	}
+	if _, ok := u.set[id]; ok {
+		return fmt.Errorf("%w: %d (room ids are never reused)", ErrRoomExists, id)
+	}
+	return nil
+}
+
+func (u *usedIDs) add(id uint64) {
+	u.set[id] = struct{}{}
+	if len(u.set) <= maxUsedIDs {
+		return
+	}
+	ids := make([]uint64, 0, len(u.set))
+	for x := range u.set {
+		ids = append(ids, x)
+	}
+	slices.Sort(ids)
+	u.low = ids[len(ids)/2]
+	set := make(map[uint64]struct{}, maxUsedIDs)
+	for _, x := range ids[len(ids)/2:] {
+		set[x] = struct{}{}
+	}
+	u.set = set
 }
 
 // Status returns a room's status and, when Failed, its reason.

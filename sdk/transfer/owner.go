@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 	"google.golang.org/protobuf/proto"
@@ -78,6 +80,23 @@ type roomSocks struct {
 	pull *zmq.Socket // bound: sender's room socket, receiver's status socket
 	path string      // pull's socket file
 	push *zmq.Socket // connected: to the sender (receiver), to the status socket (sender); may be nil
+	peer string      // the endpoint push connects to
+
+	// mon receives push's connect and disconnect events (libzmq socket
+	// monitor over an inproc PAIR); nil with push.
+	mon *zmq.Socket
+	// peerTimer is armed while push is disconnected: if the peer does not
+	// come back within Config.PeerTimeout, the room fails. timerSeq tells
+	// a stale firing from the current one.
+	peerTimer *time.Timer
+	timerSeq  uint64
+}
+
+// sockRef says which room a polled socket belongs to, and whether it is
+// the room's monitor socket.
+type sockRef struct {
+	id      uint64
+	monitor bool
 }
 
 // owner is the state of the socket-owner goroutine. Only that goroutine
@@ -87,11 +106,12 @@ type owner struct {
 	wake   *zmq.Socket
 	poller *zmq.Poller
 	rooms  map[uint64]*roomSocks
-	bySock map[*zmq.Socket]uint64
+	bySock map[*zmq.Socket]sockRef
+	monSeq uint64 // makes monitor endpoints unique in the context
 }
 
 func newOwner(m *Manager, wake *zmq.Socket) *owner {
-	o := &owner{m: m, wake: wake, poller: zmq.NewPoller(), rooms: make(map[uint64]*roomSocks), bySock: make(map[*zmq.Socket]uint64)}
+	o := &owner{m: m, wake: wake, poller: zmq.NewPoller(), rooms: make(map[uint64]*roomSocks), bySock: make(map[*zmq.Socket]sockRef)}
 	o.poller.Add(wake, zmq.POLLIN)
 	return o
 }
@@ -113,8 +133,13 @@ func (o *owner) run() {
 				woken = true
 				continue
 			}
-			if id, ok := o.bySock[p.Socket]; ok {
-				o.drain(id, p.Socket)
+			ref, ok := o.bySock[p.Socket]
+			switch {
+			case !ok:
+			case ref.monitor:
+				o.drainMonitor(ref.id, p.Socket)
+			default:
+				o.drain(ref.id, p.Socket)
 			}
 		}
 		if woken && o.runCommands() {
@@ -157,6 +182,9 @@ const maxBurst = 64
 
 func (o *owner) drain(id uint64, s *zmq.Socket) {
 	rs := o.rooms[id]
+	if rs == nil {
+		return
+	}
 	for range maxBurst {
 		b, err := s.RecvBytes(zmq.DONTWAIT)
 		if err != nil {
@@ -210,23 +238,116 @@ func (o *owner) bind(endpoint string) (*zmq.Socket, error) {
 	return s, nil
 }
 
-// connect creates a PUSH socket connected to endpoint. Messages queue until
-// the connection is up, so a send right after connect does not block.
-func (o *owner) connect(endpoint string) (*zmq.Socket, error) {
+// connect creates, for room rs, a PUSH socket connected to endpoint and
+// the PAIR socket that receives its monitor's connect and disconnect
+// events, and registers both with the room. Messages queue until the
+// connection is up, so a send right after connect does not block.
+func (o *owner) connect(id uint64, rs *roomSocks, endpoint string) error {
 	s, err := newSocket(o.m.zctx, zmq.PUSH)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	// The monitor first, so that no event is missed; the PAIR connects to
+	// it before the PUSH connects to the peer (inproc needs the bind first).
+	o.monSeq++
+	addr := "inproc://phased-transfer-monitor-" + strconv.FormatUint(o.monSeq, 10)
+	if err := s.Monitor(addr, zmq.EVENT_CONNECTED|zmq.EVENT_DISCONNECTED); err != nil {
+		return errors.Join(fmt.Errorf("monitor the connection to %s: %w", endpoint, err), s.Close())
+	}
+	mon, err := newSocket(o.m.zctx, zmq.PAIR)
+	if err != nil {
+		return errors.Join(err, s.Monitor("", 0), s.Close())
+	}
+	if err := mon.Connect(addr); err != nil {
+		return errors.Join(fmt.Errorf("connect %s: %w", addr, err), s.Monitor("", 0), mon.Close(), s.Close())
+	}
+	rs.push, rs.mon, rs.peer = s, mon, endpoint
+	o.bySock[mon] = sockRef{id: id, monitor: true}
+	o.poller.Add(mon, zmq.POLLIN)
 	if err := s.Connect(endpoint); err != nil {
-		return nil, errors.Join(fmt.Errorf("connect %s: %w", endpoint, err), s.Close())
+		return fmt.Errorf("connect %s: %w", endpoint, err) // closeRoom closes both
 	}
-	return s, nil
+	return nil
 }
 
 func (o *owner) register(id uint64, rs *roomSocks) {
 	o.rooms[id] = rs
-	o.bySock[rs.pull] = id
+	o.bySock[rs.pull] = sockRef{id: id}
 	o.poller.Add(rs.pull, zmq.POLLIN)
+}
+
+// drainMonitor reads the connect and disconnect events of a room's PUSH
+// socket. A disconnect arms the peer timer, unless the room no longer
+// needs its peer; a (re)connect disarms it.
+func (o *owner) drainMonitor(id uint64, s *zmq.Socket) {
+	rs := o.rooms[id]
+	for range maxBurst {
+		ev, _, _, err := s.RecvEvent(zmq.DONTWAIT)
+		if err != nil {
+			if !isEAGAIN(err) {
+				o.m.log.Error("receive monitor event", "room", id, "error", err)
+			}
+			return
+		}
+		if rs == nil {
+			continue
+		}
+		switch ev {
+		case zmq.EVENT_CONNECTED:
+			o.disarm(rs)
+		case zmq.EVENT_DISCONNECTED:
+			if rs.peerTimer == nil && o.needsPeer(id) {
+				o.m.log.Debug("peer disconnected", "room", id, "peer", rs.peer, "timeout", o.m.cfg.PeerTimeout)
+				rs.timerSeq++
+				seq, m := rs.timerSeq, o.m
+				rs.peerTimer = time.AfterFunc(m.cfg.PeerTimeout, func() {
+					// No reply: a stopped owner has closed the room.
+					_ = m.post(command{fn: func(o *owner) error { o.peerTimedOut(id, seq); return nil }})
+				})
+			}
+		}
+	}
+}
+
+func (o *owner) disarm(rs *roomSocks) {
+	if rs.peerTimer != nil {
+		rs.peerTimer.Stop()
+		rs.peerTimer = nil
+		rs.timerSeq++
+	}
+}
+
+// needsPeer reports whether room id still waits on its peer: it is open,
+// not terminal, and (receiver) its Success frame has not arrived.
+func (o *owner) needsPeer(id uint64) bool {
+	o.m.mu.Lock()
+	defer o.m.mu.Unlock()
+	r := o.m.rooms[id]
+	return r != nil && !r.removing && !r.status.Terminal() && r.final == nil
+}
+
+// peerTimedOut fails room id if its peer timer seq fired while the peer
+// is still away and the room still needs it.
+func (o *owner) peerTimedOut(id, seq uint64) {
+	rs := o.rooms[id]
+	if rs == nil || rs.peerTimer == nil || rs.timerSeq != seq {
+		return // reconnected or closed meanwhile
+	}
+	rs.peerTimer = nil
+	m := o.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	if r == nil || r.removing || r.status.Terminal() || r.final != nil {
+		return
+	}
+	peer := Receiver
+	if rs.role == Receiver {
+		peer = Sender
+	}
+	reason := fmt.Sprintf("peer timeout: the %s at %s disconnected and did not come back within %v (PeerTimeout)", peer, rs.peer, m.cfg.PeerTimeout)
+	r.abort.Store(true) // a copy into a vanished receiver stops between chunks
+	m.setStatusLocked(r, Failed, reason)
 }
 
 func (o *owner) openSender(r *room) error {
@@ -252,7 +373,7 @@ func (o *owner) openReceiver(r *room, sender string, descriptor []byte) error {
 	// Registered at once, so that closeRoom cleans up on any failure below.
 	rs := &roomSocks{role: Receiver, pull: pull, path: socketPath(r.endpoint)}
 	o.register(r.id, rs)
-	if rs.push, err = o.connect(sender); err != nil {
+	if err := o.connect(r.id, rs, sender); err != nil {
 		return err
 	}
 	if _, err := rs.push.SendBytes(descriptor, zmq.DONTWAIT); err != nil {
@@ -285,6 +406,7 @@ func (o *owner) closeRoom(id uint64) error {
 	}
 	delete(o.rooms, id)
 	delete(o.bySock, rs.pull)
+	o.disarm(rs)
 	var errs []error
 	if err := o.poller.RemoveBySocket(rs.pull); err != nil {
 		errs = append(errs, fmt.Errorf("remove from poller: %w", err))
@@ -293,8 +415,26 @@ func (o *owner) closeRoom(id uint64) error {
 		errs = append(errs, fmt.Errorf("close %s: %w", rs.path, err))
 	}
 	if rs.push != nil {
+		if rs.mon != nil {
+			// Stop the monitor first: libzmq's I/O thread sends events to
+			// the monitor with a blocking send, and a disconnect event
+			// from the closing socket after mon is closed would block
+			// that thread, and every connection of the context, forever.
+			if err := rs.push.Monitor("", 0); err != nil {
+				errs = append(errs, fmt.Errorf("stop monitor: %w", err))
+			}
+		}
 		if err := rs.push.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close push socket: %w", err))
+		}
+	}
+	if rs.mon != nil {
+		delete(o.bySock, rs.mon)
+		if err := o.poller.RemoveBySocket(rs.mon); err != nil {
+			errs = append(errs, fmt.Errorf("remove monitor from poller: %w", err))
+		}
+		if err := rs.mon.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close monitor socket: %w", err))
 		}
 	}
 	if err := os.Remove(rs.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -344,11 +484,9 @@ func (o *owner) handleDescriptor(id uint64, b []byte) {
 	d, verr := parseDescriptor(&pd)
 	rs := o.rooms[id]
 	if checkEndpoint(pd.GetStatusEndpoint()) == nil {
-		push, err := o.connect(pd.GetStatusEndpoint())
-		if err != nil && verr == nil {
-			verr = fmt.Errorf("descriptor: status endpoint: %w", err)
+		if err := o.connect(id, rs, pd.GetStatusEndpoint()); err != nil && verr == nil {
+			verr = fmt.Errorf("descriptor: status endpoint: %w", fdErr(err))
 		}
-		rs.push = push
 	}
 	m.mu.Lock()
 	if verr == nil {
@@ -406,12 +544,14 @@ func (o *owner) handleStatus(id uint64, b []byte) {
 		m.setStatusLocked(r, Transferring, "")
 	case st == Success && r.status == Transferring && r.final == nil:
 		r.final = headersFromProto(f.GetTensors())
+		r.senderDone = true
 		r.notify()
 	case st == Failed && r.status.CanTransitionTo(Failed):
 		reason := truncate(f.GetReason(), maxReasonLen)
 		if reason == "" {
 			reason = "no reason given"
 		}
+		r.senderDone = true
 		m.setStatusLocked(r, Failed, "sender: "+reason)
 	default:
 		m.drop(id, fmt.Sprintf("status frame %s while the room is %s", st, r.status))

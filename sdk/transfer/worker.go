@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"runtime/debug"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/phased/phased/sdk/tensor"
 )
 
 // chunkSize is how much the worker copies between two checks for removal.
 const chunkSize = 1 << 20
+
+// crcBlock is how much the worker copies before it checksums the same
+// bytes, while they are still in the CPU cache.
+const crcBlock = 64 << 10
 
 // errAborted stops a copy whose room is being removed.
 var errAborted = errors.New("aborted: the room is being removed")
@@ -29,6 +31,11 @@ type job struct {
 // Release closes quit.
 func (m *Manager) work() {
 	defer close(m.workerDone)
+	defer func() {
+		if err := m.maps.close(); err != nil {
+			m.log.Error("unmap receiver segments", "error", err)
+		}
+	}()
 	// A receiver that shrinks its segment under us raises SIGBUS; turn it
 	// into a panic that copyChunks recovers, failing only that room.
 	debug.SetPanicOnFault(true)
@@ -76,6 +83,10 @@ func (m *Manager) transfer(j *job) error {
 		m.mu.Unlock()
 		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
 	}
+	if r.status == Failed { // failed meanwhile (its peer vanished)
+		defer m.mu.Unlock()
+		return roomErrLocked(r)
+	}
 	if err == nil {
 		m.setStatusLocked(r, Success, "")
 		m.mu.Unlock()
@@ -100,13 +111,14 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := mapPeerSegment(m.cfg.ShmDir, d.segment, d.segmentSize)
+	data, done, err := m.maps.get(m.cfg.ShmDir, d.segment, d.segmentSize)
 	if err != nil {
 		return nil, err
 	}
+	faulted := false
 	defer func() {
-		if uerr := unix.Munmap(data); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("unmap segment %s: %w", d.segment, uerr))
+		if derr := done(faulted); derr != nil {
+			err = errors.Join(err, fmt.Errorf("segment %s: %w", d.segment, derr))
 		}
 	}()
 
@@ -128,6 +140,9 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 	for i, t := range tensors {
 		b := d.buffers[i]
 		crc, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data)
+		if errors.Is(err, errFault) {
+			faulted = true
+		}
 		if err != nil {
 			return nil, fmt.Errorf("send: tensor %d %q: %w", i, t.Name, err)
 		}
@@ -136,16 +151,20 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 	return hs, nil
 }
 
+// errFault marks a memory fault in the receiver's segment.
+var errFault = errors.New("memory fault writing the receiver's segment (was it truncated?)")
+
 // copyChunks copies src into dst (same length) in chunks, checking between
-// chunks whether the room is being removed or the Send was canceled, and
-// returns the CRC-32C of src.
+// chunks whether the room is being removed or failed or the Send was
+// canceled, and returns the CRC-32C of src, computed block by block right
+// after each block is copied (while it is in the cache).
 func (m *Manager) copyChunks(j *job, dst, src []byte) (crc uint32, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			if _, fault := p.(interface{ Addr() uintptr }); !fault {
 				panic(p)
 			}
-			err = fmt.Errorf("memory fault writing the receiver's segment (was it truncated?): %v", p)
+			err = fmt.Errorf("%w: %v", errFault, p)
 		}
 	}()
 	for off := 0; off < len(src); off += chunkSize {
@@ -156,8 +175,11 @@ func (m *Manager) copyChunks(j *job, dst, src []byte) (crc uint32, err error) {
 			return 0, fmt.Errorf("send canceled: %w", err)
 		}
 		end := min(off+chunkSize, len(src))
-		copy(dst[off:end], src[off:end])
-		crc = tensor.UpdateChecksum(crc, src[off:end])
+		for b := off; b < end; b += crcBlock {
+			e := min(b+crcBlock, end)
+			copy(dst[b:e], src[b:e])
+			crc = tensor.UpdateChecksum(crc, src[b:e])
+		}
 		if m.testHookChunk != nil {
 			m.testHookChunk(j.r.id)
 		}

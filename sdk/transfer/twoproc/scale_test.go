@@ -1,0 +1,123 @@
+package twoproc
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// pair is a sender Manager in this process and a receiving process.
+type pair struct {
+	dir string
+	snd *transfer.Manager
+	rx  *child
+}
+
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "2p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	snd, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("scaletx.%d", os.Getpid())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := snd.Release(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	return &pair{dir: dir, snd: snd, rx: startChild(t, dir)}
+}
+
+// counts returns the receiver's open fds and goroutines.
+func (p *pair) counts(t *testing.T) (int, int) {
+	t.Helper()
+	fmt.Fprintln(p.rx.in, "count")
+	f := strings.Fields(p.rx.expect(t, ""))
+	fds, _ := strconv.Atoi(f[0])
+	gs, _ := strconv.Atoi(f[1])
+	return fds, gs
+}
+
+func sockets(t *testing.T, dir string) int {
+	t.Helper()
+	n, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	return len(n)
+}
+
+func segments(t *testing.T) int {
+	t.Helper()
+	n, _ := filepath.Glob(filepath.Join(transfer.DefaultShmDir, fmt.Sprintf("phased-hoprx.*")))
+	return len(n)
+}
+
+// TestThousandRoomsOpen opens 1,000 rooms at once between this process and
+// a receiving process, completes a transfer on every one, removes them, and
+// checks that nothing stays behind on either side.
+func TestThousandRoomsOpen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	p := newPair(t)
+	fds0, gs0 := p.counts(t)
+	const n = 1000
+	x, err := tensor.New(spec(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range x.Data {
+		x.Data[i] = byte(i)
+	}
+	want := fmt.Sprint(tensor.Checksum(x.Data))
+	for room := uint64(1); room <= n; room++ {
+		ep, err := p.snd.OpenSender(room)
+		if err != nil {
+			t.Fatalf("open sender %d: %v", room, err)
+		}
+		fmt.Fprintf(p.rx.in, "open %d %s %d\n", room, ep, len(x.Data))
+		p.rx.expect(t, "open")
+	}
+	if got := len(p.snd.Rooms()); got != n {
+		t.Fatalf("%d sender rooms open, want %d", got, n)
+	}
+	ctx := context.Background()
+	for room := uint64(1); room <= n; room++ {
+		fmt.Fprintf(p.rx.in, "recv %d\n", room)
+		if err := p.snd.Send(ctx, room, []tensor.Tensor{x}); err != nil {
+			t.Fatalf("send %d: %v", room, err)
+		}
+		if got := p.rx.expect(t, "ok"); got != "ok "+want {
+			t.Fatalf("room %d: receiver got checksum %q, want %s", room, got, want)
+		}
+	}
+	for room := uint64(1); room <= n; room++ {
+		if err := p.snd.Remove(room); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(p.rx.in, "remove %d\n", room)
+		p.rx.expect(t, "removed")
+	}
+	fds1, gs1 := p.counts(t)
+	if fds1 > fds0 || gs1 > gs0 {
+		t.Errorf("receiver after 1,000 rooms: %d fds, %d goroutines; before: %d, %d", fds1, gs1, fds0, gs0)
+	}
+	if s := sockets(t, p.dir); s != 0 {
+		t.Errorf("%d socket files left in %s", s, p.dir)
+	}
+	if len(p.snd.Rooms()) != 0 {
+		t.Errorf("sender rooms left: %d", len(p.snd.Rooms()))
+	}
+}
