@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	zmq "github.com/pebbe/zmq4"
+	"golang.org/x/sys/unix"
 
 	"github.com/phased/phased/sdk/tensor"
 )
@@ -90,8 +91,8 @@ type Manager struct {
 	ownerDone  chan struct{}
 	workerDone chan struct{}
 
-	wakeMu   sync.Mutex
-	wakePush *zmq.Socket // nil after Release
+	wakeMu sync.Mutex
+	wakeFD int // the owner's wake-up eventfd; -1 before Start and after Release
 }
 
 // room is one side of a room. Fields below mu are guarded by Manager.mu.
@@ -146,6 +147,7 @@ func New(cfg Config) (*Manager, error) {
 		released: make(chan struct{}),
 		rooms:    make(map[uint64]*room),
 		ids:      usedIDs{set: make(map[uint64]struct{})},
+		wakeFD:   -1,
 	}
 	// Generations start at a random point so that two runs sharing Dir or
 	// ShmDir never produce the same endpoint or segment name.
@@ -175,39 +177,25 @@ func (m *Manager) Start() (err error) {
 	if err := zctx.SetMaxSockets(m.maxSockets()); err != nil {
 		return errors.Join(fmt.Errorf("transfer: start: set the zmq socket limit to %d: %w", m.maxSockets(), err), zctx.Term())
 	}
-	var wake, push *zmq.Socket
-	defer func() {
-		if err != nil {
-			for _, s := range []*zmq.Socket{wake, push} {
-				if s != nil {
-					err = errors.Join(err, s.Close())
-				}
-			}
-			err = errors.Join(err, zctx.Term())
-		}
-	}()
-	const wakeEndpoint = "inproc://phased-transfer-wake"
-	if wake, err = newSocket(zctx, zmq.PULL); err != nil {
-		return fmt.Errorf("transfer: start: %w", err)
+	wakeFD, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return errors.Join(fmt.Errorf("transfer: start: eventfd: %w", err), zctx.Term())
 	}
-	if err = wake.Bind(wakeEndpoint); err != nil {
-		return fmt.Errorf("transfer: start: bind %s: %w", wakeEndpoint, err)
-	}
-	if push, err = newSocket(zctx, zmq.PUSH); err != nil {
-		return fmt.Errorf("transfer: start: %w", err)
-	}
-	if err = push.Connect(wakeEndpoint); err != nil {
-		return fmt.Errorf("transfer: start: connect %s: %w", wakeEndpoint, err)
+	m.wakeMu.Lock()
+	m.wakeFD = wakeFD
+	m.wakeMu.Unlock()
+	o, err := newOwner(m)
+	if err != nil {
+		m.closeWake()
+		return errors.Join(fmt.Errorf("transfer: start: %w", err), zctx.Term())
 	}
 	m.zctx = zctx
-	m.wakePush = push
 	m.cmds = make(chan command, 64)
 	m.jobs = make(chan *job)
 	m.maps = &mapCache{maxSegs: mapCacheSegments, maxBytes: mapCacheBytes}
 	m.quit = make(chan struct{})
 	m.ownerDone = make(chan struct{})
 	m.workerDone = make(chan struct{})
-	o := newOwner(m, wake)
 	go o.run()
 	go m.work()
 	m.state = stateStarted
@@ -647,17 +635,26 @@ func (m *Manager) Release(ctx context.Context) error {
 	if err := waitDone(ctx, m.ownerDone, "socket owner"); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	m.wakeMu.Lock()
-	if err := m.wakePush.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("transfer: release: close wake socket: %w", err))
+	if err := m.closeWake(); err != nil {
+		errs = append(errs, fmt.Errorf("transfer: release: close the wake-up eventfd: %w", err))
 	}
-	m.wakePush = nil
-	m.wakeMu.Unlock()
 	if err := m.zctx.Term(); err != nil {
 		errs = append(errs, fmt.Errorf("transfer: release: terminate zmq context: %w", err))
 	}
 	m.log.Debug("transfer manager released", "rooms_removed", len(ids), "dropped_frames", m.dropped.Load())
 	return errors.Join(errs...)
+}
+
+// closeWake closes the wake-up eventfd; later wake calls do nothing.
+func (m *Manager) closeWake() error {
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	if m.wakeFD < 0 {
+		return nil
+	}
+	err := unix.Close(m.wakeFD)
+	m.wakeFD = -1
+	return err
 }
 
 func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
