@@ -2,10 +2,13 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/phased/phased/sdk/tensor"
 )
@@ -112,6 +115,77 @@ func BenchmarkRoomOpenRemove(b *testing.B) {
 			us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e3 }
 			b.ReportMetric(us(0.50), "p50-µs")
 			b.ReportMetric(us(0.99), "p99-µs")
+		})
+	}
+}
+
+// BenchmarkZMQHop measures one zmq hop over tcp loopback (room opened
+// beforehand; Send, the data streamed and received straight into the
+// receiver's buffer, the status sync and the receiver's verification) next
+// to raw libzmq PUSH/PULL of one message of the same size, in the same run;
+// `make bench` prints the ratio.
+func BenchmarkZMQHop(b *testing.B) {
+	for _, size := range []int64{8 << 20, 64 << 20} {
+		name := fmt.Sprintf("%dMiB", size>>20)
+		spec := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{size}}
+		src := filled(b, spec, 7)
+		b.Run("raw-"+name, func(b *testing.B) {
+			zctx, err := zmq.NewContext()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer zctx.Term()
+			pull, _ := zctx.NewSocket(zmq.PULL)
+			push, _ := zctx.NewSocket(zmq.PUSH)
+			defer pull.Close()
+			defer push.Close()
+			pull.SetLinger(0)
+			push.SetLinger(0)
+			if err := pull.Bind("tcp://127.0.0.1:*"); err != nil {
+				b.Fatal(err)
+			}
+			ep, _ := pull.GetLastEndpoint()
+			if err := push.Connect(ep); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(size)
+			for b.Loop() {
+				if _, err := push.SendBytes(src.Data, 0); err != nil {
+					b.Fatal(err)
+				}
+				got, err := pull.RecvBytes(0)
+				if err != nil || int64(len(got)) != size {
+					b.Fatalf("received %d bytes, %v", len(got), err)
+				}
+			}
+		})
+		b.Run("zmq-"+name, func(b *testing.B) {
+			p := newPair(b, nil)
+			ctx := context.Background()
+			ts := []tensor.Tensor{src}
+			b.SetBytes(size)
+			room := uint64(0)
+			for b.Loop() {
+				b.StopTimer()
+				room++
+				p.openZMQ(b, room, []tensor.Spec{spec})
+				sent := make(chan error, 1)
+				b.StartTimer()
+				go func() { sent <- p.snd.Send(ctx, room, ts) }()
+				_, done, err := p.rcv.Receive(ctx, room)
+				if err != nil {
+					b.Fatal(err)
+				}
+				done()
+				if err := <-sent; err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := errors.Join(p.snd.Remove(room), p.rcv.Remove(room)); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
 		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -58,10 +59,18 @@ type Config struct {
 	// room fails with a reason naming the peer's endpoint. 0 means
 	// DefaultPeerTimeout; it must not be negative.
 	PeerTimeout time.Duration
+	// ZMQHost is the address that the sockets of zmq rooms bind to, on a
+	// port the system picks (tcp://ZMQHost:*); the bound endpoint is
+	// reported. "" means DefaultZMQHost, loopback: name this host's address
+	// on the network between the hosts to reach across them.
+	ZMQHost string
 	// Logger receives the manager's logs as given (name it before passing
 	// it in); nil means no logs.
 	Logger hclog.Logger
 }
+
+// DefaultZMQHost is where zmq rooms bind unless Config.ZMQHost says.
+const DefaultZMQHost = "127.0.0.1"
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
@@ -123,6 +132,12 @@ func (c Config) normalize() (Config, error) {
 		c.PeerTimeout = DefaultPeerTimeout
 	case c.PeerTimeout < 0:
 		return c, fmt.Errorf("transfer: config: PeerTimeout %v is negative: use a positive duration, or 0 for the default %v", c.PeerTimeout, DefaultPeerTimeout)
+	}
+	if c.ZMQHost == "" {
+		c.ZMQHost = DefaultZMQHost
+	}
+	if strings.ContainsAny(c.ZMQHost, "/:*") && !strings.HasPrefix(c.ZMQHost, "[") {
+		return c, fmt.Errorf("transfer: config: ZMQHost %q: want a host name or address, e.g. 127.0.0.1 or [::1]", c.ZMQHost)
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sort"
@@ -30,6 +31,7 @@ const (
 // descriptor is a validated phasedv1.Descriptor: every buffer lies inside
 // the segment, buffers do not overlap, and each length matches its spec.
 type descriptor struct {
+	backend        Backend
 	generation     uint64
 	statusEndpoint string
 	segment        string
@@ -67,14 +69,23 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	if err := checkEndpoint(pd.GetStatusEndpoint()); err != nil {
 		return nil, fmt.Errorf("descriptor: status %w", err)
 	}
-	name := pd.GetSegment()
-	if len(name) > 255 || !segmentNameRE.MatchString(name) {
-		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
+	backend, err := ParseBackend(pd.GetBackend())
+	if err != nil {
+		return nil, fmt.Errorf("descriptor: %w", err)
 	}
-	// A descriptor may name only the segment of its own room and
-	// generation, not another room's.
-	if suffix := "-" + strconv.FormatUint(pd.GetRoom(), 10) + "-" + strconv.FormatUint(pd.GetGeneration(), 10); !strings.HasSuffix(name, suffix) {
-		return nil, fmt.Errorf("descriptor: segment %q is not the segment of room %d generation %d (want a name ending in %q)", name, pd.GetRoom(), pd.GetGeneration(), suffix)
+	name := pd.GetSegment()
+	switch {
+	case backend == BackendZMQ && name != "":
+		return nil, fmt.Errorf("descriptor: a zmq descriptor names segment %q; it must name none", name)
+	case backend == BackendZMQ:
+	case len(name) > 255 || !segmentNameRE.MatchString(name):
+		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
+	default:
+		// A descriptor may name only the segment of its own room and
+		// generation, not another room's.
+		if suffix := "-" + strconv.FormatUint(pd.GetRoom(), 10) + "-" + strconv.FormatUint(pd.GetGeneration(), 10); !strings.HasSuffix(name, suffix) {
+			return nil, fmt.Errorf("descriptor: segment %q is not the segment of room %d generation %d (want a name ending in %q)", name, pd.GetRoom(), pd.GetGeneration(), suffix)
+		}
 	}
 	size := pd.GetSegmentSize()
 	if size == 0 || size > maxSegmentSize {
@@ -85,6 +96,7 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		return nil, fmt.Errorf("descriptor: %d buffers, the limit is %d", len(pbs), maxBuffers)
 	}
 	d := &descriptor{
+		backend:        backend,
 		generation:     pd.GetGeneration(),
 		statusEndpoint: pd.GetStatusEndpoint(),
 		segment:        name,
@@ -150,8 +162,9 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer) ([]tensor.Tensor, error) {
 	return out, nil
 }
 
-func encodeDescriptor(room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer) ([]byte, error) {
+func encodeDescriptor(backend Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer) ([]byte, error) {
 	pd := &phasedv1.Descriptor{
+		Backend:        string(backend),
 		Version:        wireVersion,
 		Room:           room,
 		Generation:     gen,
@@ -231,4 +244,64 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "") + "..."
+}
+
+// Backend is how a room's bytes travel from sender to receiver.
+type Backend string
+
+// The backends a room may use.
+const (
+	// BackendShm: the receiver's buffers are in a shared-memory segment
+	// that the sender maps and copies into (one host).
+	BackendShm Backend = "shm"
+	// BackendZMQ: the sender streams the bytes over the room's sockets
+	// (tcp), and the receiver's socket owner receives them straight into
+	// its buffer (across hosts).
+	BackendZMQ Backend = "zmq"
+)
+
+// ParseBackend returns the backend named s; "" is BackendShm.
+func ParseBackend(s string) (Backend, error) {
+	switch Backend(s) {
+	case "", BackendShm:
+		return BackendShm, nil
+	case BackendZMQ:
+		return BackendZMQ, nil
+	}
+	return "", fmt.Errorf("unknown transfer backend %q (known: shm, zmq)", s)
+}
+
+// A data message of the zmq backend is two parts: a dataHeader, then the
+// bytes for [offset, offset+len(bytes)) of the receiver's buffer.
+const (
+	dataMagic      = 0x31444850 // "PHD1", little-endian
+	dataHeaderSize = 28
+	// zmqChunk is how many bytes one data message carries at most.
+	zmqChunk = 4 << 20
+)
+
+type dataHeader struct {
+	room, generation, offset uint64
+}
+
+func (h dataHeader) encode() []byte {
+	b := make([]byte, dataHeaderSize)
+	binary.LittleEndian.PutUint32(b[0:], dataMagic)
+	binary.LittleEndian.PutUint64(b[4:], h.room)
+	binary.LittleEndian.PutUint64(b[12:], h.generation)
+	binary.LittleEndian.PutUint64(b[20:], h.offset)
+	return b
+}
+
+// parseDataHeader decodes the first part of a data message; ok is false
+// for anything else (a status frame is a single part and never gets here).
+func parseDataHeader(b []byte) (h dataHeader, ok bool) {
+	if len(b) != dataHeaderSize || binary.LittleEndian.Uint32(b) != dataMagic {
+		return dataHeader{}, false
+	}
+	return dataHeader{
+		room:       binary.LittleEndian.Uint64(b[4:]),
+		generation: binary.LittleEndian.Uint64(b[12:]),
+		offset:     binary.LittleEndian.Uint64(b[20:]),
+	}, true
 }

@@ -128,7 +128,7 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 	l := newFuzzLayout(tb)
 	ep := "ipc:///run/phased/" + receiverSocketName(fuzzRoom, fuzzGen)
 	seg := segmentName(fuzzName, fuzzRoom, fuzzGen)
-	valid, err := encodeDescriptor(fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs)
+	valid, err := encodeDescriptor(BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func FuzzDescriptor(f *testing.F) {
 		checkDescriptor(t, &pd, d)
 
 		// Round trip: what the sender accepted encodes and parses the same.
-		b2, err := encodeDescriptor(pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers)
+		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers)
 		if err != nil {
 			t.Fatalf("encode the accepted descriptor: %v", err)
 		}
@@ -290,11 +290,17 @@ func checkDescriptor(t *testing.T, pd *phasedv1.Descriptor, d *descriptor) {
 	if d.generation != pd.GetGeneration() || d.statusEndpoint != pd.GetStatusEndpoint() || d.segment != pd.GetSegment() || d.segmentSize != pd.GetSegmentSize() {
 		t.Fatalf("descriptor %+v does not hold what the frame said:\n%v", d, pd)
 	}
-	if strings.ContainsAny(d.segment, "/\x00") || filepath.Base(d.segment) != d.segment || d.segment == "." || d.segment == ".." {
-		t.Fatalf("segment name %q is not one path element", d.segment)
-	}
-	if suffix := fmt.Sprintf("-%d-%d", pd.GetRoom(), pd.GetGeneration()); !strings.HasSuffix(d.segment, suffix) {
-		t.Fatalf("segment %q lacks the suffix %q of its room", d.segment, suffix)
+	if d.backend == BackendZMQ {
+		if d.segment != "" {
+			t.Fatalf("zmq descriptor with segment %q accepted", d.segment)
+		}
+	} else {
+		if strings.ContainsAny(d.segment, "/\x00") || filepath.Base(d.segment) != d.segment || d.segment == "." || d.segment == ".." {
+			t.Fatalf("segment name %q is not one path element", d.segment)
+		}
+		if suffix := fmt.Sprintf("-%d-%d", pd.GetRoom(), pd.GetGeneration()); !strings.HasSuffix(d.segment, suffix) {
+			t.Fatalf("segment %q lacks the suffix %q of its room", d.segment, suffix)
+		}
 	}
 	if d.segmentSize == 0 || d.segmentSize > maxSegmentSize {
 		t.Fatalf("segment size %d accepted", d.segmentSize)
@@ -350,14 +356,23 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 		return "status endpoint scheme"
 	}
 	name := pd.GetSegment()
-	rest, ok := strings.CutPrefix(name, "phased-")
-	if !ok || rest == "" || len(name) > 255 || strings.ContainsFunc(rest, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-')
-	}) {
-		return "segment name"
-	}
-	if !strings.HasSuffix(name, fmt.Sprintf("-%d-%d", pd.GetRoom(), pd.GetGeneration())) {
-		return "segment of another room or generation"
+	switch pd.GetBackend() {
+	case "", "shm":
+		rest, ok := strings.CutPrefix(name, "phased-")
+		if !ok || rest == "" || len(name) > 255 || strings.ContainsFunc(rest, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-')
+		}) {
+			return "segment name"
+		}
+		if !strings.HasSuffix(name, fmt.Sprintf("-%d-%d", pd.GetRoom(), pd.GetGeneration())) {
+			return "segment of another room or generation"
+		}
+	case "zmq":
+		if name != "" {
+			return "a zmq descriptor names a segment"
+		}
+	default:
+		return "unknown backend"
 	}
 	size := pd.GetSegmentSize()
 	if size == 0 || size > 1<<44 {

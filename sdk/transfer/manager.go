@@ -99,6 +99,7 @@ type Manager struct {
 type room struct {
 	id       uint64
 	role     Role
+	backend  Backend
 	endpoint string // sender: its room socket; receiver: its status socket
 
 	abort atomic.Bool // set by Remove; the worker checks it between chunks
@@ -207,8 +208,22 @@ func (m *Manager) Start() (err error) {
 // returns its endpoint, to be given to the receiver. The room is
 // Bootstrapping until the receiver's descriptor arrives.
 func (m *Manager) OpenSender(id uint64) (string, error) {
+	return m.OpenSenderWith(id, BackendShm)
+}
+
+// OpenSenderWith is OpenSender for a room of the given backend. A zmq
+// room's socket binds tcp://ZMQHost on a port the system picks.
+func (m *Manager) OpenSenderWith(id uint64, backend Backend) (string, error) {
 	r := newRoom(id, Sender)
-	r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
+	r.backend = backend
+	switch backend {
+	case BackendShm:
+		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
+	case BackendZMQ:
+		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
+	default:
+		return "", fmt.Errorf("transfer: open sender room %d: unknown backend %q", id, backend)
+	}
 	if err := m.addRoom(r); err != nil {
 		return "", err
 	}
@@ -218,8 +233,11 @@ func (m *Manager) OpenSender(id uint64) (string, error) {
 		}
 		return "", errors.Join(err, m.Remove(id))
 	}
-	m.log.Debug("room opened", "room", id, "role", Sender, "endpoint", r.endpoint)
-	return r.endpoint, nil
+	m.mu.Lock()
+	ep := r.endpoint // the bound one
+	m.mu.Unlock()
+	m.log.Debug("room opened", "room", id, "role", Sender, "backend", backend, "endpoint", ep)
+	return ep, nil
 }
 
 // OpenReceiver opens the receiver side of a room: it allocates one
@@ -227,6 +245,14 @@ func (m *Manager) OpenSender(id uint64) (string, error) {
 // and sends the descriptor to senderEndpoint (the sender side must be open
 // already). If it fails, the room is removed and its id stays used.
 func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.Spec) (err error) {
+	return m.OpenReceiverWith(id, BackendShm, senderEndpoint, specs)
+}
+
+// OpenReceiverWith is OpenReceiver for a room of the given backend. A zmq
+// room's buffers are private memory that the socket owner receives the
+// data into, and its status socket binds tcp://ZMQHost on a port the
+// system picks.
+func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint string, specs []tensor.Spec) (err error) {
 	defer func() {
 		if err != nil && !isSentinel(err) {
 			err = fmt.Errorf("transfer: open receiver room %d: %w", id, fdErr(err))
@@ -250,16 +276,32 @@ func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.
 	}
 	gen := m.nextGen.Add(1)
 	r := newRoom(id, Receiver)
-	r.gen, r.bufs = gen, bufs
-	r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
-	segName := segmentName(m.cfg.Name, id, gen)
-	seg, reused, err := m.pool.get(segName, need)
+	r.gen, r.bufs, r.backend = gen, bufs, backend
+	var seg *segment
+	var segName string
+	reused := false
+	switch backend {
+	case BackendShm:
+		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
+		segName = segmentName(m.cfg.Name, id, gen)
+		seg, reused, err = m.pool.get(segName, need)
+	case BackendZMQ:
+		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
+		seg, err = privateSegment(max(need, 1))
+	default:
+		return fmt.Errorf("unknown backend %q", backend)
+	}
 	if err != nil {
 		return err
 	}
-	frame, err := encodeDescriptor(id, gen, r.endpoint, segName, seg.size, bufs)
-	if err != nil {
-		return errors.Join(fmt.Errorf("encode descriptor: %w", err), m.retire(seg, false))
+	// The descriptor names the status socket's endpoint, known once it is
+	// bound (a tcp port).
+	frame := func(statusEndpoint string) ([]byte, error) {
+		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs)
+		if err != nil {
+			return nil, fmt.Errorf("encode descriptor: %w", err)
+		}
+		return b, nil
 	}
 	r.seg = seg
 	if err := m.addRoom(r); err != nil {
@@ -568,7 +610,7 @@ func (m *Manager) Remove(id uint64) error {
 	if r.seg != nil {
 		// The owner has closed the status socket, so senderDone is final.
 		m.mu.Lock()
-		recyclable := r.senderDone
+		recyclable := r.senderDone && r.backend == BackendShm // private zmq buffers have no file
 		m.mu.Unlock()
 		errs = append(errs, m.retire(r.seg, recyclable))
 	}

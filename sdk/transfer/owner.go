@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/sdk/tensor"
 )
 
 // errOwnerStopped is returned by post and call once the socket owner has
@@ -79,11 +80,12 @@ func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAG
 
 // roomSocks are the sockets of one room.
 type roomSocks struct {
-	role Role
-	pull *zmq.Socket // bound: sender's room socket, receiver's status socket
-	path string      // pull's socket file
-	push *zmq.Socket // connected: to the sender (receiver), to the status socket (sender); may be nil
-	peer string      // the endpoint push connects to
+	role    Role
+	backend Backend
+	pull    *zmq.Socket // bound: sender's room socket, receiver's status socket
+	path    string      // pull's socket file
+	push    *zmq.Socket // connected: to the sender (receiver), to the status socket (sender); may be nil
+	peer    string      // the endpoint push connects to
 
 	// mon receives push's connect and disconnect events (libzmq socket
 	// monitor over an inproc PAIR); nil with push.
@@ -264,13 +266,122 @@ func (o *owner) drain(id uint64, s *zmq.Socket) bool {
 			}
 			return false
 		}
-		if rs.role == Sender {
+		more, _ := s.GetRcvmore()
+		switch {
+		case more && rs.role == Receiver:
+			o.handleData(id, s, b)
+		case more:
+			o.discard(s)
+			o.m.drop(id, "a message of several parts on a room socket")
+		case rs.role == Sender:
 			o.handleDescriptor(id, b)
-		} else {
+		default:
 			o.handleStatus(id, b)
 		}
 	}
 	return true
+}
+
+// discard reads and drops the remaining parts of a message, into no
+// buffer.
+func (o *owner) discard(s *zmq.Socket) {
+	for {
+		if more, err := s.GetRcvmore(); err != nil || !more {
+			return
+		}
+		if _, err := recvInto(s, nil, zmq.DONTWAIT); err != nil {
+			return
+		}
+	}
+}
+
+// handleData receives a zmq room's data message, whose first part, head,
+// was read: the second part goes straight into the receiver's buffer that
+// holds the header's offset, and must fit in it. A message that is not for
+// this room and generation, or comes while the room is not Transferring,
+// is dropped; one that would overflow its buffer fails the room.
+func (o *owner) handleData(id uint64, s *zmq.Socket, head []byte) {
+	m := o.m
+	h, ok := parseDataHeader(head)
+	m.mu.Lock()
+	r := m.rooms[id]
+	var dst []byte
+	var why string
+	switch {
+	case !ok:
+		why = "a message of several parts that is not data"
+	case h.room != id:
+		why = fmt.Sprintf("data for room %d", h.room)
+	case r == nil || r.removing:
+		why = "data for a room that is closing"
+	case r.backend != BackendZMQ:
+		why = "data on a shm room"
+	case h.generation != r.gen:
+		why = fmt.Sprintf("data of generation %d, the room has %d", h.generation, r.gen)
+	case r.status != Transferring:
+		why = fmt.Sprintf("data while the room is %s", r.status)
+	default:
+		for _, b := range r.bufs {
+			if h.offset >= b.offset && h.offset < b.offset+b.length {
+				dst = r.seg.data[h.offset : b.offset+b.length]
+				break
+			}
+		}
+		if dst == nil {
+			why = fmt.Sprintf("data at offset %d, in no buffer", h.offset)
+		}
+	}
+	m.mu.Unlock()
+	if dst == nil {
+		o.discard(s)
+		m.drop(id, why)
+		return
+	}
+	// The room stays open while the owner is here (Remove closes its
+	// sockets through the owner first), so dst stays mapped.
+	n, err := recvInto(s, dst, zmq.DONTWAIT)
+	var fail string
+	switch {
+	case err != nil:
+		fail = fmt.Sprintf("receive data: %v", err)
+	case n > len(dst):
+		fail = fmt.Sprintf("a data message of %d bytes at offset %d overflows its buffer (%d bytes left)", n, h.offset, len(dst))
+	}
+	if more, _ := s.GetRcvmore(); more && fail == "" {
+		fail = "a data message of more than two parts"
+	}
+	o.discard(s)
+	if fail != "" {
+		m.mu.Lock()
+		if r := m.rooms[id]; r != nil && m.setStatusLocked(r, Failed, fail) {
+			r.notify()
+		}
+		m.mu.Unlock()
+	}
+}
+
+// streamData queues a zmq room's tensors on its connection to the
+// receiver, in messages of at most zmqChunk bytes, each after a data
+// header that says where it goes. libzmq copies each part before
+// sendFrom returns.
+func (o *owner) streamData(id, gen uint64, tensors []tensor.Tensor, bufs []buffer) error {
+	rs := o.rooms[id]
+	if rs == nil || rs.push == nil {
+		return fmt.Errorf("room %d has no connection to its receiver", id)
+	}
+	for i, t := range tensors {
+		for off := 0; off < len(t.Data); off += zmqChunk {
+			end := min(off+zmqChunk, len(t.Data))
+			head := dataHeader{room: id, generation: gen, offset: bufs[i].offset + uint64(off)}.encode()
+			if err := sendFrom(rs.push, head, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
+				return fmt.Errorf("send data header: %w", err)
+			}
+			if err := sendFrom(rs.push, t.Data[off:end], zmq.DONTWAIT); err != nil {
+				return fmt.Errorf("send data: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // live reports whether r is still open and not being removed. A Remove
@@ -298,14 +409,31 @@ func newSocket(zctx *zmq.Context, t zmq.Type) (*zmq.Socket, error) {
 	return s, nil
 }
 
-// bind creates a PULL socket bound to endpoint (ipc://path).
-func (o *owner) bind(endpoint string) (*zmq.Socket, error) {
+// bind creates a PULL socket bound to r's endpoint (ipc://PATH, or
+// tcp://HOST:* for a zmq room, whose bound endpoint then replaces r's).
+// A zmq receiver's status socket also takes data messages of up to
+// zmqChunk bytes.
+func (o *owner) bind(r *room) (*zmq.Socket, error) {
 	s, err := newSocket(o.m.zctx, zmq.PULL)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Bind(endpoint); err != nil {
-		return nil, errors.Join(fmt.Errorf("bind %s: %w", endpoint, err), s.Close())
+	if r.backend == BackendZMQ && r.role == Receiver {
+		if err := s.SetMaxmsgsize(zmqChunk); err != nil {
+			return nil, errors.Join(fmt.Errorf("set max message size: %w", err), s.Close())
+		}
+	}
+	if err := s.Bind(r.endpoint); err != nil {
+		return nil, errors.Join(fmt.Errorf("bind %s: %w", r.endpoint, err), s.Close())
+	}
+	if strings.HasPrefix(r.endpoint, "tcp://") {
+		ep, err := s.GetLastEndpoint()
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("bound endpoint of %s: %w", r.endpoint, err), s.Close())
+		}
+		o.m.mu.Lock()
+		r.endpoint = ep
+		o.m.mu.Unlock()
 	}
 	return s, nil
 }
@@ -318,6 +446,13 @@ func (o *owner) connect(id uint64, rs *roomSocks, endpoint string) error {
 	s, err := newSocket(o.m.zctx, zmq.PUSH)
 	if err != nil {
 		return err
+	}
+	if rs.backend == BackendZMQ && rs.role == Sender {
+		// The data of a whole Send is queued at once (the owner never
+		// blocks): no high-water mark on the connection that carries it.
+		if err := s.SetSndhwm(0); err != nil {
+			return errors.Join(fmt.Errorf("set send high-water mark: %w", err), s.Close())
+		}
 	}
 	// The monitor first, so that no event is missed; the PAIR connects to
 	// it before the PUSH connects to the peer (inproc needs the bind first).
@@ -427,28 +562,34 @@ func (o *owner) openSender(r *room) error {
 	if !o.live(r) {
 		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
 	}
-	pull, err := o.bind(r.endpoint)
+	pull, err := o.bind(r)
 	if err != nil {
 		return err
 	}
 	// Registered even on failure, so that closeRoom cleans up.
-	return o.register(r.id, &roomSocks{role: Sender, pull: pull, path: socketPath(r.endpoint)})
+	return o.register(r.id, &roomSocks{role: Sender, backend: r.backend, pull: pull, path: socketPath(r.endpoint)})
 }
 
-func (o *owner) openReceiver(r *room, sender string, descriptor []byte) error {
+// openReceiver binds the room's status socket, connects to the sender and
+// sends it the descriptor that frame makes for the bound endpoint.
+func (o *owner) openReceiver(r *room, sender string, frame func(statusEndpoint string) ([]byte, error)) error {
 	if !o.live(r) {
 		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
 	}
-	pull, err := o.bind(r.endpoint)
+	pull, err := o.bind(r)
 	if err != nil {
 		return err
 	}
 	// Registered at once, so that closeRoom cleans up on any failure below.
-	rs := &roomSocks{role: Receiver, pull: pull, path: socketPath(r.endpoint)}
+	rs := &roomSocks{role: Receiver, backend: r.backend, pull: pull, path: socketPath(r.endpoint)}
 	if err := o.register(r.id, rs); err != nil {
 		return err
 	}
 	if err := o.connect(r.id, rs, sender); err != nil {
+		return err
+	}
+	descriptor, err := frame(r.endpoint)
+	if err != nil {
 		return err
 	}
 	if _, err := rs.push.SendBytes(descriptor, zmq.DONTWAIT); err != nil {
@@ -510,7 +651,9 @@ func (o *owner) closeRoom(id uint64) error {
 			errs = append(errs, fmt.Errorf("close monitor socket: %w", err))
 		}
 	}
-	if err := os.Remove(rs.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if rs.path == "" {
+		// A tcp socket has no file.
+	} else if err := os.Remove(rs.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove socket file: %w", err))
 	}
 	return errors.Join(errs...)
@@ -524,7 +667,13 @@ func (o *owner) closeAll() {
 	}
 }
 
-func socketPath(endpoint string) string { return strings.TrimPrefix(endpoint, "ipc://") }
+// socketPath is the socket file of an ipc endpoint, "" for tcp.
+func socketPath(endpoint string) string {
+	if path, ok := strings.CutPrefix(endpoint, "ipc://"); ok {
+		return path
+	}
+	return ""
+}
 
 // handleDescriptor handles a frame on a sender's room socket.
 func (o *owner) handleDescriptor(id uint64, b []byte) {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -91,10 +92,25 @@ type segment struct {
 	path string
 	size uint64
 	data []byte
+	heap bool // data is Go memory (a zmq room's): nothing to unmap
 
 	mu      sync.Mutex
 	refs    int
 	retired bool // the room let go: no new reference can be taken
+}
+
+// privateSegment allocates size bytes of Go memory, 64-byte aligned: the
+// receiver's buffers of a zmq room, which only its own socket owner writes.
+// It has no file and never goes back to the pool; Go's allocator reuses
+// the memory, so its pages are warm (fresh pages cost a fault each). The
+// caller holds its single reference.
+func privateSegment(size uint64) (*segment, error) {
+	if size > maxSegmentSize {
+		return nil, fmt.Errorf("%d bytes of buffers is over the limit of %d", size, uint64(maxSegmentSize))
+	}
+	raw := make([]byte, size+alignment)
+	off := (alignment - uintptr(unsafe.Pointer(&raw[0]))%alignment) % alignment
+	return &segment{size: size, data: raw[off : uint64(off)+size : uint64(off)+size], heap: true, refs: 1}, nil
 }
 
 // createSegment creates, sizes and maps a new segment. The caller holds its
@@ -184,6 +200,9 @@ func (s *segment) retire(recyclable bool) (recycled bool, err error) {
 func (s *segment) destroy() error { return errors.Join(s.unlink(), s.unmap()) }
 
 func (s *segment) unlink() error {
+	if s.path == "" {
+		return nil // private memory: no file
+	}
 	if err := unix.Unlink(s.path); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unlink segment %s: %w", s.path, err)
 	}
@@ -196,6 +215,9 @@ func (s *segment) unmap() error {
 	}
 	data := s.data
 	s.data = nil
+	if s.heap {
+		return nil
+	}
 	if err := unix.Munmap(data); err != nil {
 		return fmt.Errorf("unmap segment %s: %w", s.path, err)
 	}

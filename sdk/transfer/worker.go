@@ -68,7 +68,16 @@ func (m *Manager) transfer(j *job) error {
 		m.mu.Unlock()
 	}()
 
-	hs, err := m.copyIn(j, d)
+	var hs []header
+	var err error
+	switch {
+	case d.backend != r.backend:
+		err = fmt.Errorf("the receiver's descriptor is for the %s backend, the room is %s", d.backend, r.backend)
+	case r.backend == BackendZMQ:
+		hs, err = m.streamIn(j, d)
+	default:
+		hs, err = m.copyIn(j, d)
+	}
 	if err == nil {
 		var frame []byte
 		if frame, err = encodeStatus(r.id, d.generation, Success, "", hs); err == nil {
@@ -122,20 +131,9 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 		}
 	}()
 
-	m.mu.Lock()
-	ok := !r.removing && m.setStatusLocked(r, Transferring, "")
-	m.mu.Unlock()
-	if !ok {
-		return nil, errAborted
-	}
-	frame, err := encodeStatus(r.id, d.generation, Transferring, "", nil)
-	if err != nil {
+	if err := m.syncTransferring(r, d); err != nil {
 		return nil, err
 	}
-	if err := m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
-		return nil, fmt.Errorf("sync Transferring: %w", err)
-	}
-
 	hs := make([]header, len(tensors))
 	for i, t := range tensors {
 		b := d.buffers[i]
@@ -147,6 +145,50 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 			return nil, fmt.Errorf("send: tensor %d %q: %w", i, t.Name, err)
 		}
 		hs[i] = header{spec: t.Spec, length: b.length, crc: crc}
+	}
+	return hs, nil
+}
+
+// syncTransferring moves the room to Transferring and tells the receiver.
+func (m *Manager) syncTransferring(r *room, d *descriptor) error {
+	m.mu.Lock()
+	ok := !r.removing && m.setStatusLocked(r, Transferring, "")
+	m.mu.Unlock()
+	if !ok {
+		return errAborted
+	}
+	frame, err := encodeStatus(r.id, d.generation, Transferring, "", nil)
+	if err != nil {
+		return err
+	}
+	if err := m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
+		return fmt.Errorf("sync Transferring: %w", err)
+	}
+	return nil
+}
+
+// streamIn is copyIn for a zmq room: it checksums the tensors, syncs
+// Transferring, and has the socket owner stream them to the receiver on
+// the same connection, so that they arrive between Transferring and
+// Success.
+func (m *Manager) streamIn(j *job, d *descriptor) ([]header, error) {
+	r := j.r
+	tensors, err := selectTensors(j.tensors, d.buffers)
+	if err != nil {
+		return nil, err
+	}
+	hs := make([]header, len(tensors))
+	for i, t := range tensors {
+		if err := j.ctx.Err(); err != nil {
+			return nil, fmt.Errorf("send canceled: %w", err)
+		}
+		hs[i] = header{spec: t.Spec, length: d.buffers[i].length, crc: tensor.Checksum(t.Data)}
+	}
+	if err := m.syncTransferring(r, d); err != nil {
+		return nil, err
+	}
+	if err := m.call(func(o *owner) error { return o.streamData(r.id, d.generation, tensors, d.buffers) }); err != nil {
+		return nil, err
 	}
 	return hs, nil
 }

@@ -121,8 +121,12 @@ type Descriptor struct {
 	Segment        string                 `protobuf:"bytes,5,opt,name=segment,proto3" json:"segment,omitempty"`                                     // shm segment name (no slashes)
 	SegmentSize    uint64                 `protobuf:"varint,6,opt,name=segment_size,json=segmentSize,proto3" json:"segment_size,omitempty"`
 	Buffers        []*TensorHeader        `protobuf:"bytes,7,rep,name=buffers,proto3" json:"buffers,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How the bytes travel: "" or "shm", into the segment; "zmq", as
+	// two-part messages (a 32-byte data header, then the bytes) on the
+	// receiver's status socket, into its private buffer (segment is empty).
+	Backend       string `protobuf:"bytes,8,opt,name=backend,proto3" json:"backend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Descriptor) Reset() {
@@ -202,6 +206,13 @@ func (x *Descriptor) GetBuffers() []*TensorHeader {
 		return x.Buffers
 	}
 	return nil
+}
+
+func (x *Descriptor) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
 }
 
 // StatusFrame goes sender -> receiver on the receiver's status socket.
@@ -300,7 +311,7 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06crc32c\x18\x06 \x01(\rR\x06crc32c\"\xf3\x01\n" +
+	"\x06crc32c\x18\x06 \x01(\rR\x06crc32c\"\x8d\x02\n" +
 	"\n" +
 	"Descriptor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
@@ -311,7 +322,8 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\x0fstatus_endpoint\x18\x04 \x01(\tR\x0estatusEndpoint\x12\x18\n" +
 	"\asegment\x18\x05 \x01(\tR\asegment\x12!\n" +
 	"\fsegment_size\x18\x06 \x01(\x04R\vsegmentSize\x121\n" +
-	"\abuffers\x18\a \x03(\v2\x17.phased.v1.TensorHeaderR\abuffers\"\xd9\x01\n" +
+	"\abuffers\x18\a \x03(\v2\x17.phased.v1.TensorHeaderR\abuffers\x12\x18\n" +
+	"\abackend\x18\b \x01(\tR\abackend\"\xd9\x01\n" +
 	"\vStatusFrame\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\x04R\x04room\x12\x1e\n" +

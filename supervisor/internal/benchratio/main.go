@@ -1,8 +1,8 @@
 // Command benchratio reads `go test -bench` output on stdin and prints the
 // figures `make bench` reports: every benchmark in readable units, and the
-// ratio of each measured path to its baseline measured in the same run
-// (a sub-benchmark named copy-SIZE is the baseline of its siblings
-// NAME-SIZE).
+// ratio of each measured path to its baselines measured in the same run
+// (sub-benchmarks named copy-SIZE, copy+crc-SIZE and raw-SIZE are the
+// baselines of their siblings NAME-SIZE).
 package main
 
 import (
@@ -58,6 +58,9 @@ func human(ns float64) string {
 	return fmt.Sprintf("%.0f ns", ns)
 }
 
+// baselines are the sub-benchmark names that others are compared to.
+var baselines = map[string]bool{"copy": true, "copy+crc": true, "raw": true}
+
 func report(w io.Writer, results []result) {
 	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
 	byName := map[string]result{}
@@ -71,7 +74,7 @@ func report(w io.Writer, results []result) {
 		}
 		fmt.Fprintf(w, "  %-36s %12s/op  %s\n", r.name, human(r.metrics["ns/op"]), strings.Join(extra, "  "))
 	}
-	fmt.Fprintln(w, "\nratios to the baseline of the same run (higher is better)")
+	fmt.Fprintln(w, "\nratios to the baselines of the same run (higher is better)")
 	n := 0
 	for _, r := range results {
 		i := strings.LastIndex(r.name, "/")
@@ -79,16 +82,18 @@ func report(w io.Writer, results []result) {
 			continue
 		}
 		group, sub := r.name[:i], r.name[i+1:]
-		j := strings.Index(sub, "-")
-		if j < 0 || sub[:j] == "copy" {
+		j := strings.LastIndex(sub, "-")
+		if j < 0 || baselines[sub[:j]] {
 			continue
 		}
-		base, ok := byName[group+"/copy"+sub[j:]]
-		if !ok || base.metrics["MB/s"] == 0 {
-			continue
+		for _, b := range []string{"copy", "copy+crc", "raw"} {
+			base, ok := byName[group+"/"+b+sub[j:]]
+			if !ok || base.metrics["MB/s"] == 0 {
+				continue
+			}
+			n++
+			fmt.Fprintf(w, "  %-36s %.3f × %-9s (%.0f vs %.0f MB/s)\n", r.name, r.metrics["MB/s"]/base.metrics["MB/s"], b, r.metrics["MB/s"], base.metrics["MB/s"])
 		}
-		n++
-		fmt.Fprintf(w, "  %-36s %.3f × copy  (%.0f vs %.0f MB/s)\n", r.name, r.metrics["MB/s"]/base.metrics["MB/s"], r.metrics["MB/s"], base.metrics["MB/s"])
 	}
 	if n == 0 {
 		fmt.Fprintln(w, "  (no baseline pairs in the input)")
