@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"time"
 
 	"github.com/phased/phased/sdk/transfer"
 )
@@ -35,6 +36,12 @@ type InstanceConfig struct {
 	Instance string            // instance id, e.g. "transformer-1"
 	RunDir   string            // existing directory for the instance's ipc sockets
 	Params   map[string]string // the phase's params from the config
+	// ZMQHost is the address the instance's zmq rooms bind to; "" is
+	// loopback.
+	ZMQHost string
+	// PeerTimeout bounds how long a room waits for a peer whose
+	// connection broke; 0 is the transfer manager's default.
+	PeerTimeout time.Duration
 }
 
 // RoomSpec says which side of which hop to open. Room ids start at 1.

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"time"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/transfer"
@@ -22,9 +23,11 @@ func (p *phaseClient) Info(ctx context.Context) (Info, error) {
 
 func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 	_, err := p.c.Configure(ctx, &phasedv1.ConfigureRequest{
-		Instance: cfg.Instance,
-		RunDir:   cfg.RunDir,
-		Params:   cfg.Params,
+		Instance:      cfg.Instance,
+		RunDir:        cfg.RunDir,
+		Params:        cfg.Params,
+		ZmqHost:       cfg.ZMQHost,
+		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
 	})
 	return rpcError(err)
 }
@@ -105,9 +108,11 @@ func (s *phaseServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phase
 
 func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequest) (*phasedv1.ConfigureResponse, error) {
 	err := s.rt.Configure(ctx, InstanceConfig{
-		Instance: req.GetInstance(),
-		RunDir:   req.GetRunDir(),
-		Params:   req.GetParams(),
+		Instance:    req.GetInstance(),
+		RunDir:      req.GetRunDir(),
+		Params:      req.GetParams(),
+		ZMQHost:     req.GetZmqHost(),
+		PeerTimeout: time.Duration(req.GetPeerTimeoutMs()) * time.Millisecond,
 	})
 	if err != nil {
 		return nil, statusError(err)

@@ -60,9 +60,11 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 	}
 	logger := r.logger.Named(cfg.Instance)
 	mgr, err := transfer.New(transfer.Config{
-		Dir:    cfg.RunDir,
-		Name:   TransferName(cfg.Instance, os.Getpid()),
-		Logger: logger.Named("transfer"),
+		Dir:         cfg.RunDir,
+		Name:        TransferName(cfg.Instance, os.Getpid()),
+		ZMQHost:     cfg.ZMQHost,
+		PeerTimeout: cfg.PeerTimeout,
+		Logger:      logger.Named("transfer"),
 	})
 	if err != nil {
 		return err
@@ -107,18 +109,19 @@ func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, err
 	if spec.Room == 0 {
 		return "", fmt.Errorf("%w: room id 0 is reserved", ErrInvalid)
 	}
-	if spec.Backend != "" && spec.Backend != BackendShm {
-		return "", fmt.Errorf("%w: room %d: transfer backend %q is not supported by this plugin (supported: %s)", ErrInvalid, spec.Room, spec.Backend, BackendShm)
+	backend, err := transfer.ParseBackend(spec.Backend)
+	if err != nil {
+		return "", fmt.Errorf("%w: room %d: %v; this plugin supports %s and %s", ErrInvalid, spec.Room, err, BackendShm, BackendZMQ)
 	}
 	switch spec.Role {
 	case transfer.Sender:
-		return mgr.OpenSender(spec.Room)
+		return mgr.OpenSenderWith(spec.Room, backend)
 	case transfer.Receiver:
 		specs, err := r.phase.Inputs(ctx, spec.Request)
 		if err != nil {
 			return "", fmt.Errorf("room %d: inputs of request %s: %w", spec.Room, spec.Request.ID, err)
 		}
-		return "", mgr.OpenReceiver(spec.Room, spec.PeerEndpoint, specs)
+		return "", mgr.OpenReceiverWith(spec.Room, backend, spec.PeerEndpoint, specs)
 	}
 	return "", fmt.Errorf("%w: room %d: unknown role %v", ErrInvalid, spec.Room, spec.Role)
 }

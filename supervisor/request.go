@@ -64,6 +64,7 @@ type RequestInfo struct {
 	Steps     int               `json:"steps"`
 	Instances map[string]string `json:"instances,omitempty"` // phase -> instance
 	Rooms     []uint64          `json:"rooms,omitempty"`     // one per hop, upstream first
+	Backends  []string          `json:"backends,omitempty"`  // each hop's transfer backend
 	Artifact  string            `json:"artifact,omitempty"`
 	SHA256    string            `json:"sha256,omitempty"`
 	Reason    string            `json:"reason,omitempty"`
@@ -104,6 +105,7 @@ func (r *request) snapshot() RequestInfo {
 	info := r.info
 	info.Events = append([]Event(nil), r.info.Events...)
 	info.Rooms = append([]uint64(nil), r.info.Rooms...)
+	info.Backends = append([]string(nil), r.info.Backends...)
 	return info
 }
 
@@ -320,6 +322,7 @@ func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request,
 	for i := range rooms {
 		rooms[i] = s.nextRoom.Add(1)
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
+		r.info.Backends = append(r.info.Backends, s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg))
 		r.opened = append(r.opened, roomSide{chosen[i], rooms[i]}, roomSide{chosen[i+1], rooms[i]})
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)

@@ -61,6 +61,9 @@ type Config struct {
 	Params map[string]string
 	// Grace is how long release waits for in-flight requests.
 	Grace time.Duration
+	// PeerTimeout is how long a room waits for a peer whose connection
+	// broke before it fails; 0 is the transfer manager's default (10s).
+	PeerTimeout time.Duration
 	// Phases is the pipeline, in order: the first phase receives requests,
 	// the last one produces the artifact.
 	Phases []Phase
@@ -79,6 +82,9 @@ type Phase struct {
 	Host string
 	// Device is where the phase holds its buffers: "cpu" or "cuda".
 	Device string
+	// Address is what the phase's zmq rooms bind to (tcp://ADDRESS:*):
+	// this host's address on the network between hosts. "" is loopback.
+	Address string
 }
 
 // HopBackend returns the transfer backend of the hop from phase from to
@@ -154,6 +160,7 @@ type file struct {
 	Backend     *string           `hcl:"backend,optional"`
 	Policy      *string           `hcl:"policy,optional"`
 	Params      map[string]string `hcl:"params,optional"`
+	PeerTimeout *string           `hcl:"peer_timeout,optional"`
 	Release     *releaseBlock     `hcl:"release,block"`
 	Phases      []phaseBlock      `hcl:"phase,block"`
 }
@@ -171,6 +178,7 @@ type phaseBlock struct {
 	Params       map[string]string `hcl:"params,optional"`
 	StartTimeout *string           `hcl:"start_timeout,optional"`
 	Host         *string           `hcl:"host,optional"`
+	Address      *string           `hcl:"address,optional"`
 	Device       *string           `hcl:"device,optional"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
@@ -229,6 +237,13 @@ func (f *file) build(filename string) (*Config, error) {
 		}
 		c.Grace = d
 	}
+	if f.PeerTimeout != nil {
+		d, err := parseDuration(*f.PeerTimeout)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: peer_timeout: %w", filename, err))
+		}
+		c.PeerTimeout = d
+	}
 	if len(f.Phases) == 0 {
 		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
 	}
@@ -243,7 +258,11 @@ func (f *file) build(filename string) (*Config, error) {
 			Params:       pb.Params,
 			StartTimeout: DefaultStartTimeout,
 			Host:         deref(pb.Host, ""),
+			Address:      deref(pb.Address, ""),
 			Device:       deref(pb.Device, "cpu"),
+		}
+		if strings.ContainsAny(ph.Address, "/:*") && !strings.HasPrefix(ph.Address, "[") {
+			errs = append(errs, fmt.Errorf("%s: phase %q: address %q: expected a host name or IP address, e.g. \"10.0.0.5\"", at, pb.Name, ph.Address))
 		}
 		if !slices.Contains(Devices, ph.Device) {
 			errs = append(errs, fmt.Errorf("%s: phase %q: device %q is not supported; expected one of: %s", at, pb.Name, ph.Device, strings.Join(Devices, ", ")))

@@ -297,3 +297,69 @@ func TestSignalReleases(t *testing.T) {
 		t.Errorf("the log does not say why it released:\n%s", p.log.String())
 	}
 }
+
+// TestZMQHops puts each phase on a host of its own (all on loopback here):
+// every hop goes over the zmq backend, and artifacts still match the
+// reference byte for byte.
+func TestZMQHops(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, `
+peer_timeout = "5s"
+phase "encoder" {
+  plugin = "encoder"
+  host   = "a"
+}
+phase "transformer" {
+  plugin    = "transformer"
+  instances = 2
+  host      = "b"
+}
+phase "decoder" {
+  plugin  = "decoder"
+  host    = "c"
+  address = "127.0.0.1"
+}
+`))
+	ctx := context.Background()
+	const n = 4
+	var wg sync.WaitGroup
+	infos := make([]supervisor.RequestInfo, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "over zmq", Seed: int64(i), Steps: 3})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			infos[i], errs[i] = p.client.Watch(ctx, id, nil)
+		}()
+	}
+	wg.Wait()
+	for i, info := range infos {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if info.State != supervisor.StateDone {
+			t.Fatalf("%s: %s: %s", info.ID, info.State, info.Reason)
+		}
+		if len(info.Backends) != 2 || info.Backends[0] != "zmq" || info.Backends[1] != "zmq" {
+			t.Fatalf("%s: hop backends %v, want zmq twice", info.ID, info.Backends)
+		}
+		got, err := os.ReadFile(info.Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, reference(t, "over zmq", int64(i), 3)) {
+			t.Fatalf("%s: artifact differs from the reference", info.ID)
+		}
+	}
+	if _, _, code := cli(t, p.socket, "release"); code != 0 {
+		t.Fatalf("release: exit %d", code)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -78,6 +78,8 @@ type ConfigureRequest struct {
 	RunDir        string                 `protobuf:"bytes,2,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`                                                             // directory for ipc sockets, exists
 	Params        map[string]string      `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // phase parameters from the config
 	Backend       string                 `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`                                                                         // unused since rooms name their backend; kept for the wire
+	ZmqHost       string                 `protobuf:"bytes,5,opt,name=zmq_host,json=zmqHost,proto3" json:"zmq_host,omitempty"`                                                          // address zmq rooms bind to; "" is loopback
+	PeerTimeoutMs int64                  `protobuf:"varint,6,opt,name=peer_timeout_ms,json=peerTimeoutMs,proto3" json:"peer_timeout_ms,omitempty"`                                     // how long a room waits for a vanished peer; 0 is the default
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -138,6 +140,20 @@ func (x *ConfigureRequest) GetBackend() string {
 		return x.Backend
 	}
 	return ""
+}
+
+func (x *ConfigureRequest) GetZmqHost() string {
+	if x != nil {
+		return x.ZmqHost
+	}
+	return ""
+}
+
+func (x *ConfigureRequest) GetPeerTimeoutMs() int64 {
+	if x != nil {
+		return x.PeerTimeoutMs
+	}
+	return 0
 }
 
 type ConfigureResponse struct {
@@ -856,12 +872,14 @@ var File_phasedv1_phase_proto protoreflect.FileDescriptor
 
 const file_phasedv1_phase_proto_rawDesc = "" +
 	"\n" +
-	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xdd\x01\n" +
+	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xa0\x02\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
 	"\x06params\x18\x03 \x03(\v2'.phased.v1.ConfigureRequest.ParamsEntryR\x06params\x12\x18\n" +
-	"\abackend\x18\x04 \x01(\tR\abackend\x1a9\n" +
+	"\abackend\x18\x04 \x01(\tR\abackend\x12\x19\n" +
+	"\bzmq_host\x18\x05 \x01(\tR\azmqHost\x12&\n" +
+	"\x0fpeer_timeout_ms\x18\x06 \x01(\x03R\rpeerTimeoutMs\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
