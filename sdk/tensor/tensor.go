@@ -1,14 +1,15 @@
 // Package tensor holds the tensor types that phases exchange: a dtype, a
-// shape, little-endian bytes, and the CRC-32C checksum that every tensor
+// shape, little-endian bytes, and the XXH3-64 checksum that every tensor
 // carries across a hop.
 package tensor
 
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 
 	"unsafe"
+
+	"github.com/zeebo/xxh3"
 )
 
 // DType is the element type of a tensor. Its numeric values are part of the
@@ -149,11 +150,8 @@ func (t Tensor) Validate() error {
 	return nil
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// Checksum returns the CRC-32C (Castagnoli) of b, the checksum every tensor
-// carries across a hop.
-func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
-
-// UpdateChecksum extends a running CRC-32C with b.
-func UpdateChecksum(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
+// Checksum returns the XXH3-64 (seed 0) of b, the checksum every tensor
+// carries across a hop. It runs several times faster than CRC-32C on
+// current CPUs, which matters: a hop checksums every byte twice, once on
+// each side.
+func Checksum(b []byte) uint64 { return xxh3.Hash(b) }

@@ -40,10 +40,10 @@
 //     then the transfer worker checks every tensor against its buffer, maps
 //     the segment (kept mapped across rooms, see below), syncs
 //     Transferring, copies in 1 MiB chunks, checksumming each 64 KiB block
-//     right after copying it, and syncs Success with each tensor's CRC-32C
+//     right after copying it, and syncs Success with each tensor's XXH3-64 checksum
 //     (or Failed with a reason).
 //  4. Receive waits for the Success frame, verifies every tensor (spec,
-//     length, CRC-32C) and returns views into the mapped segment with a
+//     length, checksum) and returns views into the mapped segment with a
 //     release func; the mapping stays valid until it is called, even across
 //     Remove.
 //

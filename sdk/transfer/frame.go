@@ -43,7 +43,7 @@ type descriptor struct {
 type header struct {
 	spec   tensor.Spec
 	length uint64
-	crc    uint32
+	sum    uint64 // XXH3-64 (tensor.Checksum)
 }
 
 // checkEndpoint accepts the endpoints a peer may ask us to connect to.
@@ -200,7 +200,7 @@ func encodeStatus(room, gen uint64, st Status, reason string, hs []header) ([]by
 			Dtype:  uint32(h.spec.DType),
 			Shape:  h.spec.Shape,
 			Length: h.length,
-			Crc32C: h.crc,
+			Xxh3:   h.sum,
 		}
 	}
 	return proto.Marshal(f)
@@ -212,7 +212,7 @@ func headersFromProto(pts []*phasedv1.TensorHeader) []header {
 		hs[i] = header{
 			spec:   tensor.Spec{Name: pt.GetName(), DType: tensor.DType(pt.GetDtype()), Shape: append([]int64(nil), pt.GetShape()...)},
 			length: pt.GetLength(),
-			crc:    pt.GetCrc32C(),
+			sum:    pt.GetXxh3(),
 		}
 	}
 	return hs
@@ -232,8 +232,8 @@ func verifyTensors(bufs []buffer, hs []header, data []byte) error {
 		if h.length != b.length {
 			return fmt.Errorf("verify: tensor %d %q: the sender wrote %d bytes, expected %d", i, b.spec.Name, h.length, b.length)
 		}
-		if got := tensor.Checksum(data[b.offset : b.offset+b.length]); got != h.crc {
-			return fmt.Errorf("verify: tensor %d %q: CRC-32C mismatch: buffer has %08x, the sender reported %08x", i, b.spec.Name, got, h.crc)
+		if got := tensor.Checksum(data[b.offset : b.offset+b.length]); got != h.sum {
+			return fmt.Errorf("verify: tensor %d %q: checksum mismatch: buffer has %016x, the sender reported %016x", i, b.spec.Name, got, h.sum)
 		}
 	}
 	return nil

@@ -65,12 +65,12 @@ var fuzzSpecs = []tensor.Spec{
 
 // fuzzLayout is the receiver side of the fixed room: its buffers, a data
 // buffer exactly as large as the segment (so any read past the segment
-// panics) and the CRC-32C of each buffer's bytes.
+// panics) and the checksum of each buffer's bytes.
 type fuzzLayout struct {
 	bufs []buffer
 	size uint64
 	data []byte
-	crcs []uint32
+	sums []uint64
 }
 
 func newFuzzLayout(tb testing.TB) fuzzLayout {
@@ -83,18 +83,18 @@ func newFuzzLayout(tb testing.TB) fuzzLayout {
 	for i := range data {
 		data[i] = byte(i*7 + 3)
 	}
-	crcs := make([]uint32, len(bufs))
+	sums := make([]uint64, len(bufs))
 	for i, b := range bufs {
-		crcs[i] = tensor.Checksum(data[b.offset : b.offset+b.length])
+		sums[i] = tensor.Checksum(data[b.offset : b.offset+b.length])
 	}
-	return fuzzLayout{bufs: bufs, size: size, data: data, crcs: crcs}
+	return fuzzLayout{bufs: bufs, size: size, data: data, sums: sums}
 }
 
 // headers returns what a correct sender reports in its Success frame.
 func (l fuzzLayout) headers() []header {
 	hs := make([]header, len(l.bufs))
 	for i, b := range l.bufs {
-		hs[i] = header{spec: cloneSpec(b.spec), length: b.length, crc: l.crcs[i]}
+		hs[i] = header{spec: cloneSpec(b.spec), length: b.length, sum: l.sums[i]}
 	}
 	return hs
 }
@@ -190,7 +190,7 @@ func statusSeeds(tb testing.TB) []fuzzSeed {
 	return []fuzzSeed{
 		{"transferring", enc(fuzzRoom, fuzzGen, Transferring, "", nil)},
 		{"success", success},
-		{"success-bad-crc", enc(fuzzRoom, fuzzGen, Success, "", with(func(hs []header) []header { hs[2].crc ^= 1; return hs }))},
+		{"success-bad-crc", enc(fuzzRoom, fuzzGen, Success, "", with(func(hs []header) []header { hs[2].sum ^= 1; return hs }))},
 		{"success-huge-length", enc(fuzzRoom, fuzzGen, Success, "", with(func(hs []header) []header { hs[0].length = math.MaxUint64; return hs }))},
 		{"success-huge-shape", enc(fuzzRoom, fuzzGen, Success, "", with(func(hs []header) []header {
 			hs[2].spec.Shape = []int64{math.MaxInt64, math.MaxInt64}
@@ -210,7 +210,7 @@ func statusSeeds(tb testing.TB) []fuzzSeed {
 func tensorHeaderSeeds(tb testing.TB) []fuzzSeed {
 	tb.Helper()
 	th := func(dtype tensor.DType, shape ...int64) []byte {
-		return mustMarshal(tb, &phasedv1.TensorHeader{Name: "t", Dtype: uint32(dtype), Shape: shape, Offset: 64, Length: 32, Crc32C: 0xdeadbeef})
+		return mustMarshal(tb, &phasedv1.TensorHeader{Name: "t", Dtype: uint32(dtype), Shape: shape, Offset: 64, Length: 32, Xxh3: 0xdeadbeef})
 	}
 	// Unpacked repeated shape: each dimension its own field 3 varint.
 	unpacked := protowire.AppendTag(nil, 2, protowire.VarintType)
@@ -477,7 +477,7 @@ func specBytes(dtype uint32, shape []int64) (n *big.Int, fault string, prefixOve
 // and every other frame is counted as dropped and changes nothing. It then
 // runs verifyTensors on the frame's tensors against the room's buffers and
 // a data buffer exactly the segment's size: verifyTensors accepts only when
-// every header matches its buffer's spec, length and CRC-32C.
+// every header matches its buffer's spec, length and checksum.
 func FuzzStatusFrame(f *testing.F) {
 	for _, s := range statusSeeds(f) {
 		f.Add(s.b)
@@ -555,7 +555,7 @@ func FuzzStatusFrame(f *testing.F) {
 		for i := 0; want && i < len(hs); i++ {
 			h, b := hs[i], l.bufs[i]
 			want = h.spec.Name == b.spec.Name && h.spec.DType == b.spec.DType && slices.Equal(h.spec.Shape, b.spec.Shape) &&
-				h.length == b.length && h.crc == l.crcs[i]
+				h.length == b.length && h.sum == l.sums[i]
 		}
 		if (err == nil) != want {
 			t.Fatalf("verifyTensors = %v, want accepted=%t, for %v", err, want, fr.GetTensors())
@@ -574,7 +574,7 @@ func diffHeaders(a, b []header) string {
 		return fmt.Sprintf("%d headers != %d", len(a), len(b))
 	}
 	for i := range a {
-		if !a[i].spec.Equal(b[i].spec) || a[i].length != b[i].length || a[i].crc != b[i].crc {
+		if !a[i].spec.Equal(b[i].spec) || a[i].length != b[i].length || a[i].sum != b[i].sum {
 			return fmt.Sprintf("header %d: %+v != %+v", i, a[i], b[i])
 		}
 	}
@@ -595,7 +595,7 @@ func FuzzTensorHeader(f *testing.F) {
 			return
 		}
 		h := headersFromProto([]*phasedv1.TensorHeader{&th})[0]
-		if h.spec.Name != th.GetName() || uint32(h.spec.DType) != th.GetDtype() || !slices.Equal(h.spec.Shape, th.GetShape()) || h.length != th.GetLength() || h.crc != th.GetCrc32C() {
+		if h.spec.Name != th.GetName() || uint32(h.spec.DType) != th.GetDtype() || !slices.Equal(h.spec.Shape, th.GetShape()) || h.length != th.GetLength() || h.sum != th.GetXxh3() {
 			t.Fatalf("header %+v, the frame said %v", h, &th)
 		}
 		if len(th.Shape) > 0 {

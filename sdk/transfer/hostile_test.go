@@ -297,7 +297,7 @@ func TestHostileStatusFrames(t *testing.T) {
 		for i, b := range p.d.GetBuffers() {
 			copy(data[b.GetOffset():b.GetOffset()+b.GetLength()], want[i].Data)
 			hs = append(hs, &phasedv1.TensorHeader{Name: b.GetName(), Dtype: b.GetDtype(), Shape: b.GetShape(),
-				Length: b.GetLength(), Crc32C: tensor.Checksum(want[i].Data)})
+				Length: b.GetLength(), Xxh3: tensor.Checksum(want[i].Data)})
 		}
 		return hs
 	}
@@ -335,8 +335,8 @@ func TestHostileStatusFrames(t *testing.T) {
 		edit func(hs []*phasedv1.TensorHeader)
 		want string
 	}{
-		{"wrong crc", func(hs []*phasedv1.TensorHeader) { hs[1].Crc32C++ },
-			`verify: tensor 1 "b": CRC-32C mismatch`},
+		{"wrong crc", func(hs []*phasedv1.TensorHeader) { hs[1].Xxh3++ },
+			`verify: tensor 1 "b": checksum mismatch`},
 		{"wrong name", func(hs []*phasedv1.TensorHeader) { hs[0].Name = "c" },
 			`verify: tensor 0 "a": the sender wrote c:float32[8], expected a:float32[8]`},
 		{"wrong length", func(hs []*phasedv1.TensorHeader) { hs[1].Length = 1 << 40 },

@@ -425,7 +425,7 @@ func (m *Manager) waitLocked(ctx context.Context, r *room) error {
 // Send writes tensors into the receiver's buffers of a sender room. It
 // waits for the receiver's descriptor (or ctx's end), then the transfer
 // worker checks every tensor against its buffer by position (name, dtype,
-// shape, length), copies the bytes and syncs Success with their CRC-32C to
+// shape, length), copies the bytes and syncs Success with their checksums to
 // the receiver. It returns nil once the Success frame is queued to the
 // receiver; otherwise an error wrapping ErrFailed (with the room's reason),
 // ErrRemoved, ErrReleased or ctx's error. A ctx that ends during the copy
@@ -487,7 +487,7 @@ func (m *Manager) Send(ctx context.Context, id uint64, tensors []tensor.Tensor) 
 
 // Receive waits until the sender's Success frame arrived for a receiver
 // room (or the room failed, was removed, or ctx ended), verifies every
-// tensor against its registered spec and its CRC-32C, and returns the
+// tensor against its registered spec and its checksum, and returns the
 // tensors. Their Data are views into the shared segment, valid until the
 // returned release func is called (even if the room is removed meanwhile);
 // call it exactly once when done (later calls do nothing). A verification

@@ -26,7 +26,7 @@ const (
 
 // TensorHeader describes one tensor: in a descriptor, the receiver's buffer
 // for it (offset and length in the segment); in a status frame, what the
-// sender wrote (length and checksum).
+// sender wrote (length and checksum: XXH3-64 of the bytes, seed 0).
 type TensorHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -34,7 +34,7 @@ type TensorHeader struct {
 	Shape         []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
 	Offset        uint64                 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
 	Length        uint64                 `protobuf:"varint,5,opt,name=length,proto3" json:"length,omitempty"`
-	Crc32C        uint32                 `protobuf:"varint,6,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	Xxh3          uint64                 `protobuf:"fixed64,7,opt,name=xxh3,proto3" json:"xxh3,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -104,9 +104,9 @@ func (x *TensorHeader) GetLength() uint64 {
 	return 0
 }
 
-func (x *TensorHeader) GetCrc32C() uint32 {
+func (x *TensorHeader) GetXxh3() uint64 {
 	if x != nil {
-		return x.Crc32C
+		return x.Xxh3
 	}
 	return 0
 }
@@ -304,14 +304,14 @@ var File_phasedv1_transfer_proto protoreflect.FileDescriptor
 
 const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\n" +
-	"\x17phasedv1/transfer.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x96\x01\n" +
+	"\x17phasedv1/transfer.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xa0\x01\n" +
 	"\fTensorHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\rR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06crc32c\x18\x06 \x01(\rR\x06crc32c\"\x8d\x02\n" +
+	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x12\n" +
+	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\x8d\x02\n" +
 	"\n" +
 	"Descriptor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
