@@ -13,7 +13,7 @@ DEVICE_DIR ?= .cache/device
 CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLAGS="-L$(abspath $(CUDA_CACHE))/root/usr/lib/x86_64-linux-gnu"
 FUZZTIME     ?= 5m
 FUZZ_PKG     := ./sdk/transfer
-FUZZ_TARGETS := FuzzDescriptor FuzzStatusFrame FuzzTensorHeader
+FUZZ_TARGETS := FuzzDescriptor FuzzStatusFrame FuzzTensorHeader FuzzDataHeader
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 

@@ -112,6 +112,10 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		if b.spec.Name == "" {
 			return nil, fmt.Errorf("descriptor: buffer %d has no name", i)
 		}
+		// Tensors are matched to buffers by name.
+		if slices.ContainsFunc(d.buffers[:i], func(o buffer) bool { return o.spec.Name == b.spec.Name }) {
+			return nil, fmt.Errorf("descriptor: two buffers are named %q", b.spec.Name)
+		}
 		n, err := b.spec.NumBytes()
 		if err != nil {
 			return nil, fmt.Errorf("descriptor: buffer %d %q: %w", i, b.spec.Name, err)
@@ -304,4 +308,16 @@ func parseDataHeader(b []byte) (h dataHeader, ok bool) {
 		generation: binary.LittleEndian.Uint64(b[12:]),
 		offset:     binary.LittleEndian.Uint64(b[20:]),
 	}, true
+}
+
+// locateData returns where the bytes of a data message at offset go: data
+// from offset to the end of the buffer that holds offset, or nil when no
+// buffer does. Bytes past that end would overflow the buffer.
+func locateData(bufs []buffer, data []byte, offset uint64) []byte {
+	for _, b := range bufs {
+		if offset >= b.offset && offset-b.offset < b.length && b.offset+b.length <= uint64(len(data)) {
+			return data[offset : b.offset+b.length]
+		}
+	}
+	return nil
 }

@@ -383,10 +383,15 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 	}
 	type span struct{ off, end uint64 }
 	var spans []span
+	names := map[string]bool{}
 	for _, b := range pd.GetBuffers() {
 		if b.GetName() == "" {
 			return "buffer without a name"
 		}
+		if names[b.GetName()] {
+			return "two buffers with one name"
+		}
+		names[b.GetName()] = true
 		n, fault, _ := specBytes(b.GetDtype(), b.GetShape())
 		if fault != "" {
 			return "buffer spec: " + fault
@@ -679,6 +684,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		{"FuzzDescriptor", descriptorSeeds(t), []string{"valid", "truncated", "overlong-varint", "offset-wraps", "huge-shape", "overlap", "path-traversal"}},
 		{"FuzzStatusFrame", statusSeeds(t), []string{"success", "success-bad-crc", "success-huge-length", "success-huge-shape", "failed-bad-utf8", "wrong-generation", "unknown-status"}},
 		{"FuzzTensorHeader", tensorHeaderSeeds(t), []string{"valid", "unpacked-shape", "truncated", "negative-dim", "unknown-dtype", "overflow", "zero-after-overflow"}},
+		{"FuzzDataHeader", dataHeaderSeeds(), []string{"valid", "offset-max", "magic-only", "one-byte-long"}},
 	}
 	for _, target := range targets {
 		dir := filepath.Join("testdata", "fuzz", target.name)
@@ -695,4 +701,61 @@ func TestWriteFuzzCorpus(t *testing.T) {
 			}
 		}
 	}
+}
+
+func dataHeaderSeeds() []fuzzSeed {
+	return []fuzzSeed{
+		{name: "valid", b: dataHeader{room: 7, generation: 9, offset: 128}.encode()},
+		{name: "offset-max", b: dataHeader{room: 1, generation: 1, offset: ^uint64(0)}.encode()},
+		{name: "magic-only", b: []byte("PHD1")},
+		{name: "one-byte-long", b: append(dataHeader{room: 1}.encode(), 0)},
+	}
+}
+
+// FuzzDataHeader feeds the first part of a zmq data message (a dataHeader)
+// and an offset to the receiver's decoding: parseDataHeader accepts exactly
+// the 28-byte parts with the magic, and round-trips; locateData only ever
+// returns a window that lies inside one registered buffer and runs to its
+// end.
+func FuzzDataHeader(f *testing.F) {
+	for _, s := range dataHeaderSeeds() {
+		f.Add(s.b)
+	}
+	f.Add(dataHeader{room: 1, generation: 1, offset: 1 << 63}.encode())
+	f.Add([]byte{})
+	bufs := []buffer{
+		{spec: tensor.Spec{Name: "a", DType: tensor.Uint8, Shape: []int64{100}}, offset: 0, length: 100},
+		{spec: tensor.Spec{Name: "empty", DType: tensor.Uint8, Shape: []int64{0}}, offset: 128, length: 0},
+		{spec: tensor.Spec{Name: "b", DType: tensor.Float32, Shape: []int64{8}}, offset: 128, length: 32},
+	}
+	data := make([]byte, 160)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, ok := parseDataHeader(b)
+		want := len(b) == dataHeaderSize && b[0] == 'P' && b[1] == 'H' && b[2] == 'D' && b[3] == '1'
+		if ok != want {
+			t.Fatalf("parseDataHeader(%x) ok = %v, want %v", b, ok, want)
+		}
+		if ok && !bytes.Equal(h.encode(), b) {
+			t.Fatalf("round trip: %x became %x", b, h.encode())
+		}
+		dst := locateData(bufs, data, h.offset)
+		if dst == nil {
+			for _, bf := range bufs {
+				if h.offset >= bf.offset && h.offset < bf.offset+bf.length {
+					t.Fatalf("offset %d is in buffer %q but was refused", h.offset, bf.spec.Name)
+				}
+			}
+			return
+		}
+		start := uint64(cap(data) - cap(dst)) // dst's offset in data
+		for _, bf := range bufs {
+			if start >= bf.offset && start < bf.offset+bf.length {
+				if start != h.offset || start+uint64(len(dst)) != bf.offset+bf.length {
+					t.Fatalf("offset %d: window [%d, %d) is not [offset, end of %q)", h.offset, start, start+uint64(len(dst)), bf.spec.Name)
+				}
+				return
+			}
+		}
+		t.Fatalf("offset %d: window at %d lies in no buffer", h.offset, start)
+	})
 }

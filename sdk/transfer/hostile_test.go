@@ -122,6 +122,9 @@ func TestHostileDescriptors(t *testing.T) {
 			`buffer 0 "x": length 128, but x:float32[16] is 64 bytes`},
 		{"unknown dtype", func(d *phasedv1.Descriptor) { d.Buffers[0].Dtype = 99 },
 			"unknown dtype 99"},
+		{"two buffers with one name", func(d *phasedv1.Descriptor) {
+			d.Buffers = append(d.Buffers, &phasedv1.TensorHeader{Name: "x", Dtype: uint32(tensor.Float32), Shape: []int64{16}, Offset: 256, Length: 64})
+		}, `descriptor: two buffers are named "x"`},
 		{"overlapping buffers", func(d *phasedv1.Descriptor) {
 			d.Buffers = append(d.Buffers, &phasedv1.TensorHeader{Name: "y", Dtype: uint32(tensor.Uint8), Shape: []int64{64}, Offset: 160, Length: 64})
 		}, `buffers "x" and "y" overlap`},

@@ -321,13 +321,7 @@ func (o *owner) handleData(id uint64, s *zmq.Socket, head []byte) {
 	case r.status != Transferring:
 		why = fmt.Sprintf("data while the room is %s", r.status)
 	default:
-		for _, b := range r.bufs {
-			if h.offset >= b.offset && h.offset < b.offset+b.length {
-				dst = r.seg.data[h.offset : b.offset+b.length]
-				break
-			}
-		}
-		if dst == nil {
+		if dst = locateData(r.bufs, r.seg.data, h.offset); dst == nil {
 			why = fmt.Sprintf("data at offset %d, in no buffer", h.offset)
 		}
 	}
