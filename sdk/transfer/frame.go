@@ -313,11 +313,19 @@ func parseDataHeader(b []byte) (h dataHeader, ok bool) {
 // locateData returns where the bytes of a data message at offset go: data
 // from offset to the end of the buffer that holds offset, or nil when no
 // buffer does. Bytes past that end would overflow the buffer.
+// bufs are in offset order (layout makes them so).
 func locateData(bufs []buffer, data []byte, offset uint64) []byte {
-	for _, b := range bufs {
-		if offset >= b.offset && offset-b.offset < b.length && b.offset+b.length <= uint64(len(data)) {
-			return data[offset : b.offset+b.length]
-		}
+	// The last buffer that starts at or before offset.
+	i := sort.Search(len(bufs), func(i int) bool { return bufs[i].offset > offset }) - 1
+	for i >= 0 && bufs[i].length == 0 { // empty buffers hold nothing
+		i--
+	}
+	if i < 0 {
+		return nil
+	}
+	b := bufs[i]
+	if offset-b.offset < b.length && b.offset+b.length <= uint64(len(data)) {
+		return data[offset : b.offset+b.length]
 	}
 	return nil
 }

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
-	"github.com/phased/phased/sdk/tensor"
 )
 
 // errOwnerStopped is returned by post and call once the socket owner has
@@ -320,6 +319,10 @@ func (o *owner) handleData(id uint64, s *zmq.Socket, head []byte) {
 		why = fmt.Sprintf("data of generation %d, the room has %d", h.generation, r.gen)
 	case r.status != Transferring:
 		why = fmt.Sprintf("data while the room is %s", r.status)
+	case r.final != nil || r.verifying || r.senderDone:
+		// After Success, Receive may be verifying or handing out the
+		// bytes: nothing may change them any more.
+		why = "data after the sender's Success"
 	default:
 		if dst = locateData(r.bufs, r.seg.data, h.offset); dst == nil {
 			why = fmt.Sprintf("data at offset %d, in no buffer", h.offset)
@@ -354,25 +357,28 @@ func (o *owner) handleData(id uint64, s *zmq.Socket, head []byte) {
 	}
 }
 
-// streamData queues a zmq room's tensors on its connection to the
-// receiver, in messages of at most zmqChunk bytes, each after a data
-// header that says where it goes. libzmq copies each part before
-// sendFrom returns.
-func (o *owner) streamData(id, gen uint64, tensors []tensor.Tensor, bufs []buffer) error {
+// dataPart is some bytes of a tensor and where they go in the receiver's
+// buffers.
+type dataPart struct {
+	offset uint64
+	b      []byte
+}
+
+// streamData queues parts on a zmq room's connection to the receiver, each
+// as a data message: a header that says where it goes, then the bytes.
+// libzmq copies each part before sendFrom returns.
+func (o *owner) streamData(id, gen uint64, parts []dataPart) error {
 	rs := o.rooms[id]
 	if rs == nil || rs.push == nil {
 		return fmt.Errorf("room %d has no connection to its receiver", id)
 	}
-	for i, t := range tensors {
-		for off := 0; off < len(t.Data); off += zmqChunk {
-			end := min(off+zmqChunk, len(t.Data))
-			head := dataHeader{room: id, generation: gen, offset: bufs[i].offset + uint64(off)}.encode()
-			if err := sendFrom(rs.push, head, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
-				return fmt.Errorf("send data header: %w", err)
-			}
-			if err := sendFrom(rs.push, t.Data[off:end], zmq.DONTWAIT); err != nil {
-				return fmt.Errorf("send data: %w", err)
-			}
+	for _, p := range parts {
+		head := dataHeader{room: id, generation: gen, offset: p.offset}.encode()
+		if err := sendFrom(rs.push, head, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
+			return fmt.Errorf("send data header: %w", err)
+		}
+		if err := sendFrom(rs.push, p.b, zmq.DONTWAIT); err != nil {
+			return fmt.Errorf("send data: %w", err)
 		}
 	}
 	return nil
@@ -413,6 +419,9 @@ func (o *owner) bind(r *room) (*zmq.Socket, error) {
 		return nil, err
 	}
 	if r.backend == BackendZMQ && r.role == Receiver {
+		if err := checkRaw(s); err != nil {
+			return nil, errors.Join(err, s.Close())
+		}
 		if err := s.SetMaxmsgsize(zmqChunk); err != nil {
 			return nil, errors.Join(fmt.Errorf("set max message size: %w", err), s.Close())
 		}
@@ -442,7 +451,10 @@ func (o *owner) connect(id uint64, rs *roomSocks, endpoint string) error {
 		return err
 	}
 	if rs.backend == BackendZMQ && rs.role == Sender {
-		// The data of a whole Send is queued at once (the owner never
+		if err := checkRaw(s); err != nil {
+			return errors.Join(err, s.Close())
+		}
+		// The data of a Send is queued window by window (the owner never
 		// blocks): no high-water mark on the connection that carries it.
 		if err := s.SetSndhwm(0); err != nil {
 			return errors.Join(fmt.Errorf("set send high-water mark: %w", err), s.Close())

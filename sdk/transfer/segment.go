@@ -99,19 +99,28 @@ type segment struct {
 	retired bool // the room let go: no new reference can be taken
 }
 
-// privateSegment allocates size bytes of Go memory, 64-byte aligned: the
-// receiver's buffers of a zmq room, which only its own socket owner writes.
-// It has no file and never goes back to the pool; Go's allocator reuses
-// the memory, so its pages are warm (fresh pages cost a fault each). The
-// caller holds its single reference.
+// privateSegment allocates size bytes, 64-byte aligned: the receiver's
+// buffers of a zmq room, which only its own socket owner writes. It has no
+// file and never goes back to the pool. Up to maxHeapSegment it is Go
+// memory, which the allocator reuses, so its pages are warm (a fresh page
+// costs a fault each); larger ones are anonymous mappings, so that a size
+// the host cannot hold fails here with an error rather than ending the
+// process. The caller holds its single reference.
 func privateSegment(size uint64) (*segment, error) {
-	if size > maxSegmentSize {
-		return nil, fmt.Errorf("%d bytes of buffers is over the limit of %d", size, uint64(maxSegmentSize))
+	if size > maxHeapSegment {
+		data, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return nil, fmt.Errorf("allocate %d bytes of buffers: %w", size, err)
+		}
+		return &segment{size: size, data: data, refs: 1}, nil
 	}
 	raw := make([]byte, size+alignment)
 	off := (alignment - uintptr(unsafe.Pointer(&raw[0]))%alignment) % alignment
 	return &segment{size: size, data: raw[off : uint64(off)+size : uint64(off)+size], heap: true, refs: 1}, nil
 }
+
+// maxHeapSegment is the largest zmq receive buffer taken from Go memory.
+const maxHeapSegment = 1 << 30
 
 // createSegment creates, sizes and maps a new segment. The caller holds its
 // single reference.

@@ -12,6 +12,10 @@ import (
 // chunkSize is how much the worker copies between two checks for removal.
 const chunkSize = 1 << 20
 
+// zmqWindow is how many bytes of a zmq room the socket owner queues in one
+// command.
+const zmqWindow = 16 << 20
+
 // errAborted stops a copy whose room is being removed.
 var errAborted = errors.New("aborted: the room is being removed")
 
@@ -183,7 +187,34 @@ func (m *Manager) streamIn(j *job, d *descriptor) ([]header, error) {
 	if err := m.syncTransferring(r, d); err != nil {
 		return nil, err
 	}
-	if err := m.call(func(o *owner) error { return o.streamData(r.id, d.generation, tensors, d.buffers) }); err != nil {
+	// The owner queues one window at a time, so that it goes on serving
+	// other rooms, and a Remove or a cancel stops the stream between
+	// windows.
+	var window []dataPart
+	var queued int
+	flush := func() error {
+		if r.abort.Load() {
+			return errAborted
+		}
+		if err := j.ctx.Err(); err != nil {
+			return fmt.Errorf("send canceled: %w", err)
+		}
+		parts := window
+		window, queued = nil, 0
+		return m.call(func(o *owner) error { return o.streamData(r.id, d.generation, parts) })
+	}
+	for i, t := range tensors {
+		for off := 0; off < len(t.Data); off += zmqChunk {
+			end := min(off+zmqChunk, len(t.Data))
+			window = append(window, dataPart{offset: d.buffers[i].offset + uint64(off), b: t.Data[off:end]})
+			if queued += end - off; queued >= zmqWindow {
+				if err := flush(); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	if err := flush(); err != nil {
 		return nil, err
 	}
 	return hs, nil

@@ -152,3 +152,51 @@ func TestZMQBackendMismatch(t *testing.T) {
 		t.Fatalf("OpenSenderWith(rdma) = %v", err)
 	}
 }
+
+// TestZMQDataAfterSuccess: once the Success frame is in, later data
+// messages are dropped, so the bytes Receive verifies and hands out cannot
+// change under it.
+func TestZMQDataAfterSuccess(t *testing.T) {
+	p := newPair(t, nil)
+	zctx := rawContext(t)
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{64}}, 5)
+	p.openZMQ(t, 1, []tensor.Spec{x.Spec})
+	p.rcv.mu.Lock()
+	ep, gen := p.rcv.rooms[1].endpoint, p.rcv.rooms[1].gen
+	p.rcv.mu.Unlock()
+	push := rawSocket(t, zctx, zmq.PUSH)
+	if err := push.Connect(ep); err != nil {
+		t.Fatal(err)
+	}
+	data := func(b []byte) {
+		t.Helper()
+		if _, err := push.SendBytes(dataHeader{room: 1, generation: gen}.encode(), zmq.SNDMORE); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := push.SendBytes(b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	frame := func(st Status, hs []header) []byte {
+		b, err := encodeStatus(1, gen, st, "", hs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	mustSend(t, push, frame(Transferring, nil))
+	data(x.Data)
+	mustSend(t, push, frame(Success, []header{{spec: x.Spec, length: 64, sum: tensor.Checksum(x.Data)}}))
+	data(make([]byte, 64)) // late: must not overwrite
+	eventually(t, "the late data message to be dropped", func() bool { return p.rcv.Dropped() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, done, err := p.rcv.Receive(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if err := sameTensors(got, []tensor.Tensor{x}); err != nil {
+		t.Fatal(err)
+	}
+}

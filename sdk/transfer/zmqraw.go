@@ -5,14 +5,24 @@ package transfer
 #include <zmq.h>
 #include <stdlib.h>
 
+#include <errno.h>
+
+// Both retry EINTR, as zmq4 does: a signal (SIGPROF, SIGURG for Go's
+// preemption) can interrupt libzmq's internal poll.
 static int phased_recv_into(void *s, void *buf, size_t len, int flags, int *err) {
-	int n = zmq_recv(s, buf, len, flags);
+	int n;
+	do {
+		n = zmq_recv(s, buf, len, flags);
+	} while (n < 0 && zmq_errno() == EINTR);
 	if (n < 0) *err = zmq_errno();
 	return n;
 }
 
 static int phased_send_from(void *s, const void *buf, size_t len, int flags, int *err) {
-	int n = zmq_send(s, buf, len, flags);
+	int n;
+	do {
+		n = zmq_send(s, buf, len, flags);
+	} while (n < 0 && zmq_errno() == EINTR);
 	if (n < 0) *err = zmq_errno();
 	return n;
 }
@@ -38,7 +48,8 @@ import (
 // that reaches under zmq4.
 
 // rawHandle returns the libzmq socket handle of s: the first field of
-// zmq4's Socket (v1.4.0). checkRaw proves it on every socket it is used on.
+// zmq4's Socket (v1.4.0). checkRaw proves it on each socket of a zmq room
+// before the room uses it (bind and connect call it).
 func rawHandle(s *zmq.Socket) unsafe.Pointer {
 	return *(*unsafe.Pointer)(unsafe.Pointer(s))
 }
