@@ -254,10 +254,20 @@ func (s *Supervisor) Remove(ctx context.Context, id string) (RequestInfo, error)
 // process runs one request through the pipeline and always ends it.
 func (s *Supervisor) process(r *request) {
 	defer r.cancel()
-	art, err := s.dispatch(r)
-	// Rooms are removed on every path, upstream first, before the request
-	// is reported as ended.
-	s.removeRooms(r)
+	var art *sdk.Artifact
+	var err error
+	// Queued until one of MaxInflight slots is free; the slot is held
+	// until the request's rooms are removed.
+	select {
+	case s.slots <- struct{}{}:
+		art, err = s.dispatch(r)
+		s.removeRooms(r)
+		<-s.slots
+	case <-r.ctx.Done():
+		err = r.ctx.Err()
+	}
+	// Rooms were removed on every path, upstream first, before the
+	// request is reported as ended.
 	r.mu.Lock()
 	now := time.Now()
 	r.info.Finished = &now

@@ -55,6 +55,7 @@ type Supervisor struct {
 
 	nextRoom atomic.Uint64
 	nextReq  atomic.Uint64
+	slots    chan struct{} // one per request dispatched at once (MaxInflight)
 
 	mu       sync.Mutex
 	requests map[string]*request
@@ -132,6 +133,7 @@ func New(cfg *config.Config, opts Options) *Supervisor {
 // stopped and the errors joined.
 func (s *Supervisor) Start(ctx context.Context) (err error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.slots = make(chan struct{}, max(s.cfg.MaxInflight, 1))
 	if err := s.makeRunDir(); err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ const (
 	DefaultArtifactDir  = "out"
 	DefaultGrace        = 30 * time.Second
 	DefaultStartTimeout = 30 * time.Second
+	DefaultMaxInflight  = 64
 )
 
 // BackendAuto chooses each hop's transfer backend from where its two
@@ -64,6 +65,9 @@ type Config struct {
 	// PeerTimeout is how long a room waits for a peer whose connection
 	// broke before it fails; 0 is the transfer manager's default (10s).
 	PeerTimeout time.Duration
+	// MaxInflight bounds the requests dispatched at once (each holds a
+	// room, and so receive buffers, on every hop); the others wait queued.
+	MaxInflight int
 	// Phases is the pipeline, in order: the first phase receives requests,
 	// the last one produces the artifact.
 	Phases []Phase
@@ -161,6 +165,7 @@ type file struct {
 	Policy      *string           `hcl:"policy,optional"`
 	Params      map[string]string `hcl:"params,optional"`
 	PeerTimeout *string           `hcl:"peer_timeout,optional"`
+	MaxInflight *int              `hcl:"max_inflight,optional"`
 	Release     *releaseBlock     `hcl:"release,block"`
 	Phases      []phaseBlock      `hcl:"phase,block"`
 }
@@ -218,8 +223,12 @@ func (f *file) build(filename string) (*Config, error) {
 		Backend:     deref(f.Backend, DefaultBackend),
 		Params:      f.Params,
 		Grace:       DefaultGrace,
+		MaxInflight: derefInt(f.MaxInflight, DefaultMaxInflight),
 	}
 	var errs []error
+	if c.MaxInflight < 1 || c.MaxInflight > 100000 {
+		errs = append(errs, fmt.Errorf("%s: max_inflight must be between 1 and 100000, got %d", filename, c.MaxInflight))
+	}
 	if !slices.Contains(Backends, c.Backend) {
 		errs = append(errs, fmt.Errorf("%s: backend %q is not supported; expected one of: %s", filename, c.Backend, strings.Join(Backends, ", ")))
 	}

@@ -136,6 +136,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad backend", "a.hcl", "backend = \"rdma\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: backend "rdma" is not supported; expected one of: auto, shm, zmq, cuda`}},
 		{"bad address", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  address = \"tcp://x:1\"\n}\n", []string{`a.hcl:1:1: phase "t": address "tcp://x:1": expected a host name or IP address`}},
 		{"bad peer timeout", "a.hcl", "peer_timeout = \"0s\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: peer_timeout: "0s" is not a positive duration`}},
+		{"bad max inflight", "a.hcl", "max_inflight = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_inflight must be between 1 and 100000, got 0`}},
 		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},
 		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},

@@ -363,3 +363,43 @@ phase "decoder" {
 		t.Fatal(err)
 	}
 }
+
+// TestMaxInflight: with max_inflight = 1, a second request waits queued
+// while the first runs, and both end done.
+func TestMaxInflight(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "max_inflight = 1\nparams = { height = 64, width = 64 }\n"+pipeline))
+	ctx := context.Background()
+	first, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "first", Seed: 1, Steps: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "second", Seed: 2, Steps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.client.Request(ctx, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != supervisor.StateQueued {
+		t.Fatalf("second request is %s while the first runs, want queued", info.State)
+	}
+	for _, id := range []string{first, second} {
+		info, err := p.client.Watch(ctx, id, nil)
+		if err != nil || info.State != supervisor.StateDone {
+			t.Fatalf("%s: %+v, %v", id, info.State, err)
+		}
+	}
+	a, _ := p.client.Request(ctx, first)
+	b, _ := p.client.Request(ctx, second)
+	if !b.Finished.After(*a.Finished) {
+		t.Fatalf("the queued request finished at %v, before the first at %v", b.Finished, a.Finished)
+	}
+	if _, _, code := cli(t, p.socket, "release"); code != 0 {
+		t.Fatalf("release: exit %d", code)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
