@@ -109,13 +109,7 @@ func TestConcurrentRequests(t *testing.T) {
 		t.Logf("run dir %s", runDir)
 	}
 
-	out, errOut, code := cli(t, p.socket, "release")
-	if code != 0 || strings.TrimSpace(out) != "released" {
-		t.Fatalf("release: exit %d, stdout %q, stderr %q", code, out, errOut)
-	}
-	if err := p.waitExit(30 * time.Second); err != nil {
-		t.Fatalf("supervisor exit after release: %v", err)
-	}
+	p.release(t)
 	for _, pid := range pids {
 		if alive(pid) {
 			t.Errorf("plugin process %d still alive after release", pid)
@@ -197,12 +191,7 @@ func TestRemoveInFlight(t *testing.T) {
 	if res.State != "done" || res.SHA256 == "" || filepath.Ext(res.Artifact) != ".gif" {
 		t.Fatalf("submit after remove: %+v", res)
 	}
-	if _, _, code := cli(t, p.socket, "release"); code != 0 {
-		t.Fatalf("release: exit %d", code)
-	}
-	if err := p.waitExit(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.release(t)
 }
 
 // TestPipelineShapes runs pipelines of two and of four phases: a phase list
@@ -255,12 +244,7 @@ phase "decoder" { plugin = "decoder" }
 			if !bytes.Equal(got, wantBytes) || res.SHA256 != want.SHA256 {
 				t.Fatalf("artifact %s (sha256 %s) differs from the in-process run (sha256 %s)", res.Artifact, res.SHA256, want.SHA256)
 			}
-			if _, _, code := cli(t, p.socket, "release"); code != 0 {
-				t.Fatalf("release: exit %d", code)
-			}
-			if err := p.waitExit(30 * time.Second); err != nil {
-				t.Fatal(err)
-			}
+			p.release(t)
 		})
 	}
 }
@@ -356,12 +340,7 @@ phase "decoder" {
 			t.Fatalf("%s: artifact differs from the reference", info.ID)
 		}
 	}
-	if _, _, code := cli(t, p.socket, "release"); code != 0 {
-		t.Fatalf("release: exit %d", code)
-	}
-	if err := p.waitExit(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.release(t)
 }
 
 // TestMaxInflight: with max_inflight = 1, a second request waits queued
@@ -396,10 +375,5 @@ func TestMaxInflight(t *testing.T) {
 	if !b.Finished.After(*a.Finished) {
 		t.Fatalf("the queued request finished at %v, before the first at %v", b.Finished, a.Finished)
 	}
-	if _, _, code := cli(t, p.socket, "release"); code != 0 {
-		t.Fatalf("release: exit %d", code)
-	}
-	if err := p.waitExit(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p.release(t)
 }

@@ -122,7 +122,5 @@ func TestClientErrors(t *testing.T) {
 	if _, err := p.client.Status(context.Background()); err != nil {
 		t.Errorf("first supervisor after a second start: %v", err)
 	}
-	if _, _, code := cli(t, p.socket, "release"); code != 0 {
-		t.Fatalf("release: exit %d", code)
-	}
+	p.release(t)
 }

@@ -134,6 +134,19 @@ func (p *proc) waitExit(d time.Duration) error {
 	}
 }
 
+// release runs `supervisor release` against p, which must print
+// "released", and waits for the supervisor to exit 0.
+func (p *proc) release(t *testing.T) {
+	t.Helper()
+	out, errOut, code := cli(t, p.socket, "release")
+	if code != 0 || strings.TrimSpace(out) != "released" {
+		t.Fatalf("release: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if err := p.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("supervisor exit after release: %v", err)
+	}
+}
+
 // cli runs the supervisor binary as a client verb against p's socket and
 // returns stdout, stderr and the exit code.
 func cli(t *testing.T, socket string, args ...string) (string, string, int) {
