@@ -22,7 +22,8 @@ import (
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("run", stderr)
 	var sf startFlags
-	sf.register(f)
+	// run prints its results; the logs say more with --log-level info.
+	sf.register(f, "warn")
 	prompt := f.String("prompt", "", "the prompt `TEXT` (required)")
 	count := f.Int("count", 1, "number of requests `N`; request i uses seed+i")
 	seed := f.Int64("seed", 0, "random seed `N` of the first request")

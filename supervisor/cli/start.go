@@ -24,10 +24,10 @@ type startFlags struct {
 	logLevel  string
 }
 
-func (s *startFlags) register(f *flags) {
+func (s *startFlags) register(f *flags, logLevel string) {
 	f.StringVar(&s.config, "config", "", "config `FILE` (HCL, or JSON if it ends in .json); default: the embedded default")
 	f.StringVar(&s.pluginDir, "plugin-dir", "", "plugin `DIR` (overrides the config's plugin_dir; default: plugins/ beside this binary)")
-	f.StringVar(&s.logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn, error")
+	f.StringVar(&s.logLevel, "log-level", logLevel, "log `LEVEL`: trace, debug, info, warn, error")
 }
 
 func (s *startFlags) load() (*config.Config, error) {
@@ -90,7 +90,7 @@ func newLogger(level string, w io.Writer) hclog.Logger {
 func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	f := newFlags("start", stderr)
 	var sf startFlags
-	sf.register(f)
+	sf.register(f, "info")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
