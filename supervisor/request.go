@@ -458,7 +458,7 @@ func (s *Supervisor) schedule(ctx context.Context, id string) ([]*instance, erro
 		}
 		d, err := s.policies[name].impl.Schedule(ctx, req)
 		if err != nil {
-			return nil, fmt.Errorf("policy %s: %w", name, err)
+			return nil, fmt.Errorf("schedule with policy %s: %w", name, err)
 		}
 		for i, ph := range s.phases {
 			if ph.cfg.Policy != name {
