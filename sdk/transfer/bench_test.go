@@ -52,16 +52,7 @@ func BenchmarkHop(b *testing.B) {
 			hop := func() {
 				room++
 				p.open(b, room, []tensor.Spec{spec})
-				// Receive verifies every checksum; the bytes are not
-				// compared again here.
-				sent := make(chan error, 1)
-				go func() { sent <- p.snd.Send(ctx, room, ts) }()
-				_, release, err := p.rcv.Receive(ctx, room)
-				if err != nil {
-					b.Fatal(err)
-				}
-				release()
-				if err := <-sent; err != nil {
+				if err := p.hop(ctx, room, ts, nil); err != nil {
 					b.Fatal(err)
 				}
 				if err := p.snd.Remove(room); err != nil {
@@ -125,17 +116,8 @@ func BenchmarkZMQHop(b *testing.B) {
 		spec := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{size}}
 		src := filled(b, spec, 7)
 		b.Run("raw-"+name, func(b *testing.B) {
-			zctx, err := zmq.NewContext()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer zctx.Term()
-			pull, _ := zctx.NewSocket(zmq.PULL)
-			push, _ := zctx.NewSocket(zmq.PUSH)
-			defer pull.Close()
-			defer push.Close()
-			pull.SetLinger(0)
-			push.SetLinger(0)
+			zctx := rawContext(b)
+			pull, push := rawSocket(b, zctx, zmq.PULL), rawSocket(b, zctx, zmq.PUSH)
 			if err := pull.Bind("tcp://127.0.0.1:*"); err != nil {
 				b.Fatal(err)
 			}
@@ -164,15 +146,8 @@ func BenchmarkZMQHop(b *testing.B) {
 				b.StopTimer()
 				room++
 				p.openZMQ(b, room, []tensor.Spec{spec})
-				sent := make(chan error, 1)
 				b.StartTimer()
-				go func() { sent <- p.snd.Send(ctx, room, ts) }()
-				_, done, err := p.rcv.Receive(ctx, room)
-				if err != nil {
-					b.Fatal(err)
-				}
-				done()
-				if err := <-sent; err != nil {
+				if err := p.hop(ctx, room, ts, nil); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()

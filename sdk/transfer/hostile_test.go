@@ -21,7 +21,7 @@ import (
 
 // rawContext is the test's own zmq context, standing in for a hostile or
 // hand-written peer. Sockets made by rawSocket close before it terminates.
-func rawContext(t *testing.T) *zmq.Context {
+func rawContext(t testing.TB) *zmq.Context {
 	t.Helper()
 	zctx, err := zmq.NewContext()
 	if err != nil {
@@ -31,7 +31,7 @@ func rawContext(t *testing.T) *zmq.Context {
 	return zctx
 }
 
-func rawSocket(t *testing.T, zctx *zmq.Context, typ zmq.Type) *zmq.Socket {
+func rawSocket(t testing.TB, zctx *zmq.Context, typ zmq.Type) *zmq.Socket {
 	t.Helper()
 	s, err := zctx.NewSocket(typ)
 	if err != nil {
@@ -47,7 +47,7 @@ func rawSocket(t *testing.T, zctx *zmq.Context, typ zmq.Type) *zmq.Socket {
 	return s
 }
 
-func mustSend(t *testing.T, s *zmq.Socket, b []byte) {
+func mustSend(t testing.TB, s *zmq.Socket, b []byte) {
 	t.Helper()
 	if _, err := s.SendBytes(b, 0); err != nil {
 		t.Fatal(err)

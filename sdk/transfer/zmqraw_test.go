@@ -8,17 +8,9 @@ import (
 )
 
 func TestRawSend(t *testing.T) {
-	zctx, err := zmq.NewContext()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer zctx.Term()
-	pull, _ := zctx.NewSocket(zmq.PULL)
-	push, _ := zctx.NewSocket(zmq.PUSH)
-	defer pull.Close()
-	defer push.Close()
+	zctx := rawContext(t)
+	pull, push := rawSocket(t, zctx, zmq.PULL), rawSocket(t, zctx, zmq.PUSH)
 	for _, s := range []*zmq.Socket{pull, push} {
-		s.SetLinger(0)
 		if err := checkRaw(s); err != nil {
 			t.Fatal(err)
 		}
