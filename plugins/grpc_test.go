@@ -1,5 +1,5 @@
 // Package plugins_test drives the three built-in phase plugins through the
-// real gRPC layer in memory (go-plugin's test connection), each with its own
+// real gRPC layer in memory (sdk/plugintest), each with its own
 // transfer manager over real ipc sockets and shared memory, the way the
 // supervisor drives them.
 package plugins_test
@@ -13,47 +13,25 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/hashicorp/go-plugin"
-
 	"github.com/phased/phased/plugins/decoder"
 	"github.com/phased/phased/plugins/encoder"
 	"github.com/phased/phased/plugins/model"
 	"github.com/phased/phased/plugins/transformer"
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/plugintest"
 	"github.com/phased/phased/sdk/transfer"
 )
 
-// dispense serves p through gRPC in memory and returns the supervisor-side
-// control.
-func dispense(t *testing.T, p sdk.Phase) sdk.PhaseControl {
-	t.Helper()
-	client, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{sdk.PluginPhase: &sdk.PhasePlugin{Impl: p}})
-	t.Cleanup(func() { client.Close() }) // also stops the in-memory server
-	raw, err := client.Dispense(sdk.PluginPhase)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctl, ok := raw.(sdk.PhaseControl)
-	if !ok {
-		t.Fatalf("dispensed %T, not an sdk.PhaseControl", raw)
-	}
-	return ctl
-}
-
 func TestPipelineOverGRPC(t *testing.T) {
 	ctx := context.Background()
-	runDir, err := os.MkdirTemp("/tmp", "pgrpc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(runDir)
+	runDir := plugintest.RunDir(t)
 	phases := []struct {
 		name string
 		ctl  sdk.PhaseControl
 	}{
-		{encoder.Name, dispense(t, encoder.New())},
-		{transformer.Name, dispense(t, transformer.New())},
-		{decoder.Name, dispense(t, decoder.New())},
+		{encoder.Name, plugintest.Phase(t, encoder.New())},
+		{transformer.Name, plugintest.Phase(t, transformer.New())},
+		{decoder.Name, plugintest.Phase(t, decoder.New())},
 	}
 	params := map[string]string{"frames": "4", "height": "16", "width": "20"}
 	for _, ph := range phases {
@@ -182,7 +160,7 @@ func hasRoom(st sdk.InstanceStatus, room uint64, s transfer.Status) bool {
 // a clear error through gRPC.
 func TestConfigureErrors(t *testing.T) {
 	ctx := context.Background()
-	ctl := dispense(t, transformer.New())
+	ctl := plugintest.Phase(t, transformer.New())
 	tests := []struct {
 		cfg  sdk.InstanceConfig
 		want string
@@ -199,16 +177,11 @@ func TestConfigureErrors(t *testing.T) {
 	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender}); err == nil || !strings.Contains(err.Error(), "not configured") {
 		t.Errorf("OpenRoom before Configure: %v", err)
 	}
-	dir, err := os.MkdirTemp("/tmp", "pcfg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "t-0", RunDir: dir}); err != nil {
+	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "t-0", RunDir: plugintest.RunDir(t)}); err != nil {
 		t.Fatal(err)
 	}
 	defer ctl.Release(ctx)
-	_, err = ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
+	_, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
 	if err == nil || !strings.Contains(err.Error(), `room 1: unknown transfer backend "rdma" (known: shm, zmq)`) {
 		t.Errorf("OpenRoom with an unknown backend: %v", err)
 	}

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-plugin"
-
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/plugintest"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -114,51 +113,26 @@ func TestInfoSpeaks(t *testing.T) {
 // TestErrorsCrossGRPC: a phase's error reaches the supervisor side with its
 // text intact, and the runtime refuses calls out of order.
 func TestErrorsCrossGRPC(t *testing.T) {
-	client, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{
-		sdk.PluginPhase: &sdk.PhasePlugin{Impl: scale{first: true, n: 2, fail: errors.New("model weights missing at /w")}},
-	})
-	defer client.Close()
-	raw, err := client.Dispense(sdk.PluginPhase)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctl := raw.(sdk.PhaseControl)
+	ctl := plugintest.Phase(t, scale{first: true, n: 2, fail: errors.New("model weights missing at /w")})
 	ctx := context.Background()
 	if _, err := ctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err == nil || err.Error() != "invalid argument: instance is not configured" {
 		t.Fatalf("Run before Configure: %v", err)
 	}
-	dir, err := os.MkdirTemp("/tmp", "sdkt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := plugintest.RunDir(t)
 	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "scale-0", RunDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "scale-0", RunDir: dir}); err == nil || !strings.Contains(err.Error(), "already configured") {
 		t.Fatalf("second Configure: %v", err)
 	}
-	_, err = ctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})
+	_, err := ctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})
 	var re *sdk.RemoteError
 	if !errors.As(err, &re) || re.Msg != "model weights missing at /w" {
 		t.Fatalf("Run error %#v, want the phase's text as a RemoteError", err)
 	}
 	// A panicking phase fails the request, not the process.
-	panicky, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{
-		sdk.PluginPhase: &sdk.PhasePlugin{Impl: scale{first: true, n: 2, fail: errors.New("panic")}},
-	})
-	defer panicky.Close()
-	raw, err = panicky.Dispense(sdk.PluginPhase)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctl := raw.(sdk.PhaseControl)
-	pdir, err := os.MkdirTemp("/tmp", "sdkp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(pdir)
-	if err := pctl.Configure(ctx, sdk.InstanceConfig{Instance: "p-0", RunDir: pdir}); err != nil {
+	pctl := plugintest.Phase(t, scale{first: true, n: 2, fail: errors.New("panic")})
+	if err := pctl.Configure(ctx, sdk.InstanceConfig{Instance: "p-0", RunDir: plugintest.RunDir(t)}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = pctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})

@@ -5,21 +5,13 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/hashicorp/go-plugin"
-
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/plugintest"
 )
 
 // TestOverGRPC drives the policy through the real gRPC layer in memory.
 func TestOverGRPC(t *testing.T) {
-	client, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{sdk.PluginPolicy: &sdk.PolicyPlugin{Impl: New()}})
-	// Close shuts the in-memory server down through go-plugin's controller.
-	defer client.Close()
-	raw, err := client.Dispense(sdk.PluginPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := raw.(sdk.Policy)
+	p := plugintest.Policy(t, New())
 	ctx := context.Background()
 	info, err := p.Info(ctx)
 	if err != nil {
