@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,30 +50,11 @@ func TestConcurrentRequests(t *testing.T) {
 	ctx := context.Background()
 
 	const n = 20
-	infos := make([]supervisor.RequestInfo, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: fmt.Sprintf("prompt %d", i), Seed: int64(i), Steps: 5})
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			infos[i], errs[i] = p.client.Watch(ctx, id, nil)
-		}()
-	}
-	wg.Wait()
+	infos := p.submitAll(t, n, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: fmt.Sprintf("prompt %d", i), Seed: int64(i), Steps: 5}
+	})
 	used := map[string]int{}
 	for i, info := range infos {
-		if errs[i] != nil {
-			t.Fatalf("request %d: %v", i, errs[i])
-		}
-		if info.State != supervisor.StateDone {
-			t.Fatalf("request %d (%s): state %s, reason %q", i, info.ID, info.State, info.Reason)
-		}
 		got, err := os.ReadFile(info.Artifact)
 		if err != nil {
 			t.Fatal(err)
@@ -304,31 +284,10 @@ phase "decoder" {
   address = "127.0.0.1"
 }
 `))
-	ctx := context.Background()
-	const n = 4
-	var wg sync.WaitGroup
-	infos := make([]supervisor.RequestInfo, n)
-	errs := make([]error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "over zmq", Seed: int64(i), Steps: 3})
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			infos[i], errs[i] = p.client.Watch(ctx, id, nil)
-		}()
-	}
-	wg.Wait()
+	infos := p.submitAll(t, 4, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "over zmq", Seed: int64(i), Steps: 3}
+	})
 	for i, info := range infos {
-		if errs[i] != nil {
-			t.Fatal(errs[i])
-		}
-		if info.State != supervisor.StateDone {
-			t.Fatalf("%s: %s: %s", info.ID, info.State, info.Reason)
-		}
 		if len(info.Backends) != 2 || info.Backends[0] != "zmq" || info.Backends[1] != "zmq" {
 			t.Fatalf("%s: hop backends %v, want zmq twice", info.ID, info.Backends)
 		}

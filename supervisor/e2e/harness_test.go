@@ -134,6 +134,38 @@ func (p *proc) waitExit(d time.Duration) error {
 	}
 }
 
+// submitAll submits n requests at once, sub(i) the i-th, waits for all of
+// them and fails the test unless every one ended done.
+func (p *proc) submitAll(t *testing.T, n int, sub func(i int) supervisor.Submission) []supervisor.RequestInfo {
+	t.Helper()
+	ctx := context.Background()
+	infos := make([]supervisor.RequestInfo, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := p.client.Submit(ctx, sub(i))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			infos[i], errs[i] = p.client.Watch(ctx, id, nil)
+		}()
+	}
+	wg.Wait()
+	for i, info := range infos {
+		if errs[i] != nil {
+			t.Fatalf("request %d: %v", i, errs[i])
+		}
+		if info.State != supervisor.StateDone {
+			t.Fatalf("request %d (%s): state %s, reason %q", i, info.ID, info.State, info.Reason)
+		}
+	}
+	return infos
+}
+
 // release runs `supervisor release` against p, which must print
 // "released", and waits for the supervisor to exit 0.
 func (p *proc) release(t *testing.T) {
