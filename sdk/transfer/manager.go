@@ -610,7 +610,7 @@ func (m *Manager) Remove(id uint64) error {
 	if r.seg != nil {
 		// The owner has closed the status socket, so senderDone is final.
 		m.mu.Lock()
-		recyclable := r.senderDone && r.backend == BackendShm // private zmq buffers have no file
+		recyclable := r.senderDone
 		m.mu.Unlock()
 		errs = append(errs, m.retire(r.seg, recyclable))
 	}

@@ -195,7 +195,9 @@ func (s *segment) retire(recyclable bool) (recycled bool, err error) {
 	s.refs--
 	refs := s.refs
 	s.mu.Unlock()
-	if refs == 0 && recyclable {
+	// Only shared-memory segments go back to the pool; private memory (a
+	// zmq room's) has no file to hand to the next room.
+	if refs == 0 && recyclable && s.path != "" {
 		return true, nil
 	}
 	err = s.unlink()
