@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/sdk/transfer"
 )
 
 // MaxBodyBytes bounds a control API request body; larger ones get 413.
@@ -46,8 +48,8 @@ type ErrorBody struct {
 // 0700 if missing. A live supervisor already on path is an error; a stale
 // socket file is replaced.
 func Listen(path string) (net.Listener, error) {
-	if len(path) > 107 {
-		return nil, fmt.Errorf("control socket path %s is %d bytes; unix socket paths are limited to 107", path, len(path))
+	if len(path) > transfer.MaxSocketPath {
+		return nil, fmt.Errorf("control socket path %s is %d bytes; unix socket paths are limited to %d", path, len(path), transfer.MaxSocketPath)
 	}
 	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
