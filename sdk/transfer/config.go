@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -72,6 +73,15 @@ type Config struct {
 // DefaultZMQHost is where zmq rooms bind unless Config.ZMQHost says.
 const DefaultZMQHost = "127.0.0.1"
 
+// CheckHost checks an address that zmq rooms may bind to: a host name or
+// an IP address (IPv6 in brackets), without scheme, port or wildcard.
+func CheckHost(host string) error {
+	if host == "" || strings.ContainsAny(host, "/*") || (strings.Contains(host, ":") && !strings.HasPrefix(host, "[")) {
+		return errors.New("expected a host name or IP address, e.g. 127.0.0.1, 10.0.0.5 or [::1]")
+	}
+	return nil
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // longestSocketName is the longest socket file name a Manager creates.
@@ -136,8 +146,8 @@ func (c Config) normalize() (Config, error) {
 	if c.ZMQHost == "" {
 		c.ZMQHost = DefaultZMQHost
 	}
-	if strings.ContainsAny(c.ZMQHost, "/:*") && !strings.HasPrefix(c.ZMQHost, "[") {
-		return c, fmt.Errorf("transfer: config: ZMQHost %q: want a host name or address, e.g. 127.0.0.1 or [::1]", c.ZMQHost)
+	if err := CheckHost(c.ZMQHost); err != nil {
+		return c, fmt.Errorf("transfer: config: ZMQHost %q: %w", c.ZMQHost, err)
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+
+	"github.com/phased/phased/sdk/transfer"
 )
 
 //go:embed default.hcl
@@ -270,8 +272,10 @@ func (f *file) build(filename string) (*Config, error) {
 			Address:      deref(pb.Address, ""),
 			Device:       deref(pb.Device, "cpu"),
 		}
-		if strings.ContainsAny(ph.Address, "/:*") && !strings.HasPrefix(ph.Address, "[") {
-			errs = append(errs, fmt.Errorf("%s: phase %q: address %q: expected a host name or IP address, e.g. \"10.0.0.5\"", at, pb.Name, ph.Address))
+		if ph.Address != "" {
+			if err := transfer.CheckHost(ph.Address); err != nil {
+				errs = append(errs, fmt.Errorf("%s: phase %q: address %q: %w", at, pb.Name, ph.Address, err))
+			}
 		}
 		if !slices.Contains(Devices, ph.Device) {
 			errs = append(errs, fmt.Errorf("%s: phase %q: device %q is not supported; expected one of: %s", at, pb.Name, ph.Device, strings.Join(Devices, ", ")))
