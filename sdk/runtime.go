@@ -95,6 +95,11 @@ func TransferName(instance string, pid int) string {
 func (r *phaseRuntime) manager() (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.managerLocked()
+}
+
+// managerLocked is manager with r.mu held.
+func (r *phaseRuntime) managerLocked() (*transfer.Manager, error) {
 	if r.mgr == nil {
 		return nil, fmt.Errorf("%w: instance is not configured", ErrInvalid)
 	}
@@ -180,11 +185,12 @@ func (r *phaseRuntime) runPhase(ctx context.Context, req Request, in []tensor.Te
 func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case r.released:
+	if r.released {
 		return nil, transfer.ErrReleased
-	case r.mgr == nil:
-		return nil, fmt.Errorf("%w: instance is not configured", ErrInvalid)
+	}
+	mgr, err := r.managerLocked()
+	if err != nil {
+		return nil, err
 	}
 	for _, room := range rooms {
 		if room != 0 {
@@ -192,7 +198,7 @@ func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transf
 		}
 	}
 	r.active.Add(1)
-	return r.mgr, nil
+	return mgr, nil
 }
 
 func (r *phaseRuntime) untrack(rooms []uint64) {
