@@ -171,19 +171,8 @@ func BenchmarkHop2P(b *testing.B) {
 			}
 		})
 		b.Run("shm-"+name, func(b *testing.B) {
-			dir, err := os.MkdirTemp("/tmp", "hop")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer os.RemoveAll(dir)
-			m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoptx.%d", os.Getpid())})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := m.Start(); err != nil {
-				b.Fatal(err)
-			}
-			defer m.Release(context.Background())
+			dir := runDir(b)
+			m := startManager(b, dir, "hoptx")
 			c := startChild(b, dir)
 			ctx := context.Background()
 			b.SetBytes(size)

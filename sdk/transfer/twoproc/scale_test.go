@@ -3,7 +3,6 @@ package twoproc
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,24 +22,8 @@ type pair struct {
 
 func newPair(t *testing.T) *pair {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "2p")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	snd, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("scaletx.%d", os.Getpid())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := snd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := snd.Release(context.Background()); err != nil {
-			t.Error(err)
-		}
-	})
-	return &pair{dir: dir, snd: snd, rx: startChild(t, dir)}
+	dir := runDir(t)
+	return &pair{dir: dir, snd: startManager(t, dir, "scaletx"), rx: startChild(t, dir)}
 }
 
 // counts returns the receiver's open fds and goroutines.

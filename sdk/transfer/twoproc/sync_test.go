@@ -2,14 +2,11 @@ package twoproc
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/phased/phased/sdk/tensor"
-	"github.com/phased/phased/sdk/transfer"
 )
 
 // BenchmarkStatusSync measures the status sync of a hop: from the sender's
@@ -19,23 +16,8 @@ import (
 // Transferring and Success frames going through both managers' socket
 // owners. It reports p50 and p99.
 func BenchmarkStatusSync(b *testing.B) {
-	dir, err := os.MkdirTemp("/tmp", "sync")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	start := func(name string) *transfer.Manager {
-		m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("%s.%d", name, os.Getpid())})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := m.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { m.Release(context.Background()) })
-		return m
-	}
-	snd, rcv := start("synctx"), start("syncrx")
+	dir := runDir(b)
+	snd, rcv := startManager(b, dir, "synctx"), startManager(b, dir, "syncrx")
 	x, err := tensor.New(tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{64}})
 	if err != nil {
 		b.Fatal(err)
