@@ -77,6 +77,7 @@ cuda: deps cuda-deps ## build with -tags cuda into bin/cuda (those binaries run 
 	$(CUDA_ENV) $(GO) vet -tags cuda ./...
 	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/roundrobin/cmd/phased-policy-roundrobin
 	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/cuda.test ./sdk/transfer/cuda
+	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/twoproc.test ./sdk/transfer/twoproc
 
 device-pack: deps cuda-deps ## build the cuda test binaries and their libraries into .cache/device, to carry to a GPU machine
 	scripts/device-pack.sh $(DEVICE_DIR)

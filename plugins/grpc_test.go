@@ -182,7 +182,7 @@ func TestConfigureErrors(t *testing.T) {
 	}
 	defer ctl.Release(ctx)
 	_, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
-	if err == nil || !strings.Contains(err.Error(), `room 1: unknown transfer backend "rdma" (known: shm, zmq)`) {
+	if err == nil || !strings.Contains(err.Error(), `room 1: unknown transfer backend "rdma" (known: shm, zmq, cuda)`) {
 		t.Errorf("OpenRoom with an unknown backend: %v", err)
 	}
 }

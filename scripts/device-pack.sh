@@ -5,7 +5,7 @@
 # and its dependencies), benchratio, and device-check.sh to run them.
 #
 # Usage: scripts/device-pack.sh [DIR]         (default DIR: .cache/device)
-#   DEVICE_PKGS="./sdk/transfer/cuda ./sdk/transfer" scripts/device-pack.sh
+#   DEVICE_PKGS="./sdk/transfer/cuda ./sdk/transfer/twoproc" (the default)
 #
 # For each package it builds NAME.test (for benchmarks) and NAME-race.test
 # (for tests, under -race). glibc and the NVIDIA driver (libcuda, libnvidia-*)
@@ -15,7 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DIR=${1:-.cache/device}
-PKGS=${DEVICE_PKGS:-./sdk/transfer/cuda}
+PKGS=${DEVICE_PKGS:-./sdk/transfer/cuda ./sdk/transfer/twoproc}
 GO=${GO:-go}
 
 eval "$(scripts/cuda-deps.sh --env)"

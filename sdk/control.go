@@ -42,7 +42,17 @@ type InstanceConfig struct {
 	// PeerTimeout bounds how long a room waits for a peer whose
 	// connection broke; 0 is the transfer manager's default.
 	PeerTimeout time.Duration
+	// Device is where the instance holds its buffers: "" or DeviceCPU,
+	// or DeviceCUDA, which enables cuda rooms on the first GPU the
+	// process sees (CUDA_VISIBLE_DEVICES picks it).
+	Device string
 }
+
+// Where an instance holds its buffers.
+const (
+	DeviceCPU  = "cpu"
+	DeviceCUDA = "cuda"
+)
 
 // RoomSpec says which side of which hop to open. Room ids start at 1.
 type RoomSpec struct {

@@ -28,6 +28,7 @@ func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 		Params:        cfg.Params,
 		ZmqHost:       cfg.ZMQHost,
 		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
+		Device:        cfg.Device,
 	})
 	return rpcError(err)
 }
@@ -113,6 +114,7 @@ func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequ
 		Params:      req.GetParams(),
 		ZMQHost:     req.GetZmqHost(),
 		PeerTimeout: time.Duration(req.GetPeerTimeoutMs()) * time.Millisecond,
+		Device:      req.GetDevice(),
 	})
 	if err != nil {
 		return nil, statusError(err)

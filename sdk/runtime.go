@@ -58,12 +58,18 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 	if r.released {
 		return transfer.ErrReleased
 	}
+	switch cfg.Device {
+	case "", DeviceCPU, DeviceCUDA:
+	default:
+		return fmt.Errorf("%w: device %q: want %q or %q", ErrInvalid, cfg.Device, DeviceCPU, DeviceCUDA)
+	}
 	logger := r.logger.Named(cfg.Instance)
 	mgr, err := transfer.New(transfer.Config{
 		Dir:         cfg.RunDir,
 		Name:        TransferName(cfg.Instance, os.Getpid()),
 		ZMQHost:     cfg.ZMQHost,
 		PeerTimeout: cfg.PeerTimeout,
+		CUDA:        cfg.Device == DeviceCUDA,
 		Logger:      logger.Named("transfer"),
 	})
 	if err != nil {
@@ -116,7 +122,7 @@ func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, err
 	}
 	backend, err := transfer.ParseBackend(spec.Backend)
 	if err != nil {
-		return "", fmt.Errorf("%w: room %d: %v; this plugin supports %s and %s", ErrInvalid, spec.Room, err, BackendShm, BackendZMQ)
+		return "", fmt.Errorf("%w: room %d: %v", ErrInvalid, spec.Room, err)
 	}
 	switch spec.Role {
 	case transfer.Sender:

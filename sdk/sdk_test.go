@@ -12,6 +12,7 @@ import (
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/plugintest"
 	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
 )
 
 // scale is a toy phase: the first one makes a tensor "x" of n float32s, the
@@ -158,5 +159,34 @@ func TestErrorsCrossGRPC(t *testing.T) {
 	}
 	if err := ctl.Release(ctx); err != nil {
 		t.Fatalf("second Release: %v", err)
+	}
+}
+
+// TestConfigureDevice: the device travels over gRPC; "cuda" in a build
+// without -tags cuda fails Configure with what to do, an unknown one with
+// the choices, and a cuda room on a cpu instance says why it cannot open.
+func TestConfigureDevice(t *testing.T) {
+	ctx := context.Background()
+	ctl := plugintest.Phase(t, scale{first: true, n: 2})
+	err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: "tpu"})
+	if err == nil || !strings.Contains(err.Error(), `device "tpu": want "cpu" or "cuda"`) {
+		t.Fatalf("Configure with device tpu: %v", err)
+	}
+	err = ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: sdk.DeviceCUDA})
+	if err == nil {
+		t.Skip("built with -tags cuda on a GPU host")
+	}
+	if !strings.Contains(err.Error(), "transfer: start: cuda device 0: cuda: phased was built without -tags cuda; rebuild with `make cuda`") {
+		t.Fatalf("Configure with device cuda: %v", err)
+	}
+	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: sdk.DeviceCPU}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: sdk.BackendCUDA})
+	if err == nil || !strings.Contains(err.Error(), "a cuda room needs a GPU") {
+		t.Fatalf("OpenRoom(cuda) on a cpu instance: %v", err)
+	}
+	if err := ctl.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

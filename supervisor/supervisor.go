@@ -238,7 +238,7 @@ func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int
 	defer cancel()
 	err = in.ctl.Configure(cctx, sdk.InstanceConfig{
 		Instance: id, RunDir: dir, Params: s.cfg.PhaseParams(pcfg),
-		ZMQHost: pcfg.Address, PeerTimeout: s.cfg.PeerTimeout,
+		ZMQHost: pcfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: pcfg.Device,
 	})
 	if err != nil {
 		proc.kill()

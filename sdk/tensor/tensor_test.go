@@ -1,6 +1,8 @@
 package tensor
 
 import (
+	"github.com/zeebo/xxh3"
+
 	"errors"
 	"strings"
 	"testing"
@@ -83,5 +85,37 @@ func TestSpecEqualAndChecksum(t *testing.T) {
 	}
 	if Float32.String() != "float32" || DType(42).String() != "dtype(42)" {
 		t.Fatal("dtype names")
+	}
+}
+
+func TestChecksumBlocks(t *testing.T) {
+	b := make([]byte, 2*ChecksumBlock+100)
+	for i := range b {
+		b[i] = byte(i * 31)
+	}
+	// Up to one block, Checksum is the plain XXH3-64.
+	if got, want := Checksum(b[:ChecksumBlock]), xxh3.Hash(b[:ChecksumBlock]); got != want {
+		t.Fatalf("one block: %#x, want plain XXH3 %#x", got, want)
+	}
+	// Beyond, each block is seeded with the previous result.
+	want := xxh3.HashSeed(b[2*ChecksumBlock:], xxh3.HashSeed(b[ChecksumBlock:2*ChecksumBlock], xxh3.Hash(b[:ChecksumBlock])))
+	if got := Checksum(b); got != want {
+		t.Fatalf("three blocks: %#x, want %#x", got, want)
+	}
+	var c Chain
+	for off := 0; off < len(b); off += ChecksumBlock {
+		c.Block(b[off:min(off+ChecksumBlock, len(b))])
+	}
+	if c.Sum() != want {
+		t.Fatalf("Chain: %#x, want %#x", c.Sum(), want)
+	}
+	// A change in a later block, or moving bytes between blocks, changes it.
+	b[ChecksumBlock+7]++
+	if Checksum(b) == want {
+		t.Fatal("a byte changed in the second block keeps the checksum")
+	}
+	b[ChecksumBlock+7]--
+	if Checksum(b[:len(b)-1]) == want {
+		t.Fatal("a shorter tensor has the same checksum")
 	}
 }

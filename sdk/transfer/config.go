@@ -65,6 +65,12 @@ type Config struct {
 	// reported. "" means DefaultZMQHost, loopback: name this host's address
 	// on the network between the hosts to reach across them.
 	ZMQHost string
+	// CUDA enables the cuda backend on GPU CUDADevice (an ordinal among
+	// the devices the process sees, see CUDA_VISIBLE_DEVICES): Start
+	// retains its primary context, and fails in a build without -tags
+	// cuda or on a host without that GPU.
+	CUDA       bool
+	CUDADevice int
 	// Logger receives the manager's logs as given (name it before passing
 	// it in); nil means no logs.
 	Logger hclog.Logger
@@ -142,6 +148,9 @@ func (c Config) normalize() (Config, error) {
 		c.PeerTimeout = DefaultPeerTimeout
 	case c.PeerTimeout < 0:
 		return c, fmt.Errorf("transfer: config: PeerTimeout %v is negative: use a positive duration, or 0 for the default %v", c.PeerTimeout, DefaultPeerTimeout)
+	}
+	if c.CUDADevice < 0 {
+		return c, fmt.Errorf("transfer: config: CUDADevice %d is negative: name a device ordinal, 0 for the first GPU", c.CUDADevice)
 	}
 	if c.ZMQHost == "" {
 		c.ZMQHost = DefaultZMQHost

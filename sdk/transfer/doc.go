@@ -30,22 +30,37 @@
 //
 //  1. OpenSender binds a PULL room socket on ipc://<Dir>/s-<room>.sock and
 //     returns that endpoint; the room is Bootstrapping.
-//  2. OpenReceiver takes one shared-memory segment in ShmDir holding all
-//     input buffers (64-byte aligned) from its pool (see below), renamed
-//     phased-<Name>-<room>-<generation>, binds its PULL status socket on
-//     ipc://<Dir>/r-<room>-<generation>.sock, and sends a Descriptor to the
-//     sender's endpoint; the receiver room is WaitingForInput.
+//  2. OpenReceiver takes one shared-memory segment in ShmDir from its pool
+//     (see below), renamed phased-<Name>-<room>-<generation>: a 64-byte
+//     control block (zeroed), then all input buffers, 64-byte aligned. It
+//     binds its PULL status socket on ipc://<Dir>/r-<room>-<generation>.sock
+//     and sends a Descriptor to the sender's endpoint; the receiver room is
+//     WaitingForInput.
 //  3. The sender validates the descriptor when it arrives (bounds, names,
-//     endpoint) and its room becomes WaitingForInput. Send waits for that,
-//     then the transfer worker checks every tensor against its buffer, maps
-//     the segment (kept mapped across rooms, see below), syncs
-//     Transferring, copies in 1 MiB chunks, checksumming each 64 KiB block
-//     right after copying it, and syncs Success with each tensor's XXH3-64 checksum
-//     (or Failed with a reason).
-//  4. Receive waits for the Success frame, verifies every tensor (spec,
-//     length, checksum) and returns views into the mapped segment with a
+//     endpoint, no buffer over the control block) and its room becomes
+//     WaitingForInput. Send waits for that, then the transfer worker checks
+//     every tensor against its buffer, maps the segment (kept mapped across
+//     rooms, see below), hands the Transferring frame to the socket owner
+//     and, without waiting for it, copies one checksum block (256 KiB) at a
+//     time: it hashes each block right after copying it and writes how far
+//     it got into the control block (waking the receiver with a futex if it
+//     sleeps there). Then it syncs Success with each tensor's checksum (or
+//     Failed with a reason).
+//  4. Receive, once the room is Transferring, verifies the blocks the
+//     control block says are copied while the sender copies the next ones
+//     (the two processes work on two cores at once), sleeping on the
+//     control block's futex in between; a room change (Success, a failure,
+//     Remove, the end of ctx) wakes it too. When the Success frame comes it
+//     checks every tensor's spec and length, hashes what is left, compares
+//     the checksums, and returns views into the mapped segment with a
 //     release func; the mapping stays valid until it is called, even across
-//     Remove.
+//     Remove. The receiver trusts nothing in the control block: progress is
+//     clamped to its buffers, and a block changed after it was verified
+//     fails the room with a checksum mismatch.
+//
+// A tensor's checksum (tensor.Checksum) is XXH3-64 over 256 KiB blocks,
+// each seeded with the previous block's result, so that both sides can
+// hash block by block.
 //
 // # Segment pool and mapping cache
 //
@@ -91,6 +106,30 @@
 // into that buffer with zmq_recv (zmqraw.go); bytes that would run past
 // the buffer fail the room, anything else wrong is dropped and counted.
 //
+// # The cuda backend
+//
+// A room opened with BackendCUDA is for a hop on one host between two
+// instances that hold their buffers on a GPU (Config.CUDA; the phase's
+// device = "cuda"). The receiver allocates its buffers in device memory
+// (one allocation per room, laid out as in a segment from offset 0) and its
+// descriptor carries the allocation's CUDA IPC handle instead of a segment
+// name. The sender opens the handle once per room (cuIpcOpenMemHandle,
+// which checks the size the descriptor claims against the allocation's),
+// and its worker issues one copy per tensor on its stream, from the
+// tensor's DevicePtr (device to device) or from its Data (host to device),
+// and hands the job to the completer, the goroutine that waits for the
+// copies in stream order and then syncs Success as the worker does for the
+// other backends; meanwhile the worker issues the next jobs, so that up to
+// 64 Sends have copies in flight. Receive checks the Success frame's
+// specs and lengths and returns tensors with DevicePtr set and no Data,
+// valid until their release func is called; CopyToHost brings one back to
+// the host. The bytes are not checksummed: that would take them to the
+// host, a round trip over PCIe per hop that costs more than the copy
+// itself. The sender closes its mapping when its room is removed, the
+// receiver frees its buffers with the last lease. Without -tags cuda,
+// Start with Config.CUDA fails with cuda.ErrNoCUDA, and a cuda room on a
+// Manager without Config.CUDA is refused with what to set.
+//
 // # Peers that vanish
 //
 // Each room's connected PUSH socket (receiver to sender's room socket,
@@ -116,7 +155,8 @@
 //
 // # Goroutines
 //
-// Start starts exactly two goroutines and Release stops both:
+// Start starts exactly two goroutines (three with Config.CUDA) and Release
+// stops them all:
 //
 //   - the socket owner, the only goroutine that touches a room socket
 //     (bind, connect, send, receive, close). It blocks, with no timeout, in
@@ -128,8 +168,12 @@
 //     Other goroutines post it commands on a channel and write the
 //     eventfd. A command that needs an answer carries a reply channel.
 //   - the transfer worker, the only goroutine that copies tensor bytes.
+//   - with Config.CUDA, the completer, which waits for the device copies
+//     the worker issued and finishes their Sends.
 //
-// There is no goroutine per room, no receive timeout and no sleep: Remove
+// There is no goroutine per room, no receive timeout and no sleep in them
+// (a Receive verifying a shm room sleeps on its control block in the
+// caller's goroutine, woken by the sender or by any change): Remove
 // wakes the owner with a command and the worker checks for removal between
 // chunks. A peer timer is a time.AfterFunc that posts a command to the
 // owner; the owner stops it when the room closes.

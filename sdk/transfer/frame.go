@@ -3,6 +3,7 @@ package transfer
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/phased/phased/sdk/transfer/cuda"
 	"slices"
 	"sort"
 	"strconv"
@@ -37,6 +38,7 @@ type descriptor struct {
 	segment        string
 	segmentSize    uint64
 	buffers        []buffer
+	handle         cuda.Handle // a cuda room's
 }
 
 // header is one phasedv1.TensorHeader of a status frame.
@@ -75,9 +77,13 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	}
 	name := pd.GetSegment()
 	switch {
-	case backend == BackendZMQ && name != "":
-		return nil, fmt.Errorf("descriptor: a zmq descriptor names segment %q; it must name none", name)
-	case backend == BackendZMQ:
+	case backend != BackendShm && name != "":
+		return nil, fmt.Errorf("descriptor: a %s descriptor names segment %q; it must name none", backend, name)
+	case backend != BackendCUDA && len(pd.GetCudaIpcHandle()) != 0:
+		return nil, fmt.Errorf("descriptor: a %s descriptor carries a CUDA IPC handle; only a cuda one may", backend)
+	case backend == BackendCUDA && len(pd.GetCudaIpcHandle()) != cuda.HandleSize:
+		return nil, fmt.Errorf("descriptor: the CUDA IPC handle is %d bytes, want %d", len(pd.GetCudaIpcHandle()), cuda.HandleSize)
+	case backend != BackendShm:
 	case len(name) > 255 || !segmentNameRE.MatchString(name):
 		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
 	default:
@@ -88,8 +94,8 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		}
 	}
 	size := pd.GetSegmentSize()
-	if size == 0 || size > maxSegmentSize {
-		return nil, fmt.Errorf("descriptor: segment size %d is out of range (1..%d)", size, uint64(maxSegmentSize))
+	if size < ctrlSize || size > maxSegmentSize {
+		return nil, fmt.Errorf("descriptor: segment size %d is out of range (%d..%d)", size, ctrlSize, uint64(maxSegmentSize))
 	}
 	pbs := pd.GetBuffers()
 	if len(pbs) > maxBuffers {
@@ -103,6 +109,7 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		segmentSize:    size,
 		buffers:        make([]buffer, len(pbs)),
 	}
+	copy(d.handle[:], pd.GetCudaIpcHandle())
 	for i, pb := range pbs {
 		b := buffer{
 			spec:   tensor.Spec{Name: pb.GetName(), DType: tensor.DType(pb.GetDtype()), Shape: append([]int64(nil), pb.GetShape()...)},
@@ -123,6 +130,9 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		if uint64(n) != b.length {
 			return nil, fmt.Errorf("descriptor: buffer %d %q: length %d, but %s is %d bytes", i, b.spec.Name, b.length, b.spec, n)
 		}
+		if backend == BackendShm && b.offset < ctrlSize {
+			return nil, fmt.Errorf("descriptor: buffer %d %q: offset %d is inside the segment's %d-byte control block", i, b.spec.Name, b.offset, ctrlSize)
+		}
 		if b.offset > size || b.length > size-b.offset {
 			return nil, fmt.Errorf("descriptor: buffer %d %q: offset %d + length %d is out of bounds of the %d-byte segment", i, b.spec.Name, b.offset, b.length, size)
 		}
@@ -142,8 +152,9 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 // selectTensors picks, for each of the receiver's buffers in order, the
 // sender's tensor of the same name, and checks that it fits. A sender may
 // hold more tensors than a receiver asks for (a decoder takes only the
-// latent that a transformer passes on with the context).
-func selectTensors(ts []tensor.Tensor, bufs []buffer) ([]tensor.Tensor, error) {
+// latent that a transformer passes on with the context). Tensors in device
+// memory are allowed only when device is set (a cuda room).
+func selectTensors(ts []tensor.Tensor, bufs []buffer, device bool) ([]tensor.Tensor, error) {
 	out := make([]tensor.Tensor, len(bufs))
 	for i, b := range bufs {
 		k := slices.IndexFunc(ts, func(t tensor.Tensor) bool { return t.Name == b.spec.Name })
@@ -158,7 +169,12 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer) ([]tensor.Tensor, error) {
 		if !t.Spec.Equal(b.spec) {
 			return nil, fmt.Errorf("send: tensor %d %s does not match the receiver's buffer %s", i, t.Spec, b.spec)
 		}
-		if uint64(len(t.Data)) != b.length {
+		switch {
+		case t.OnDevice() && !device:
+			return nil, fmt.Errorf("send: tensor %d %q is in device memory; only a cuda room moves it (this room is not)", i, t.Name)
+		case t.OnDevice():
+			// Its size is its spec's, which is the buffer's.
+		case uint64(len(t.Data)) != b.length:
 			return nil, fmt.Errorf("send: tensor %d %q has %d bytes, the receiver's buffer holds %d", i, t.Name, len(t.Data), b.length)
 		}
 		out[i] = t
@@ -166,8 +182,9 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer) ([]tensor.Tensor, error) {
 	return out, nil
 }
 
-func encodeDescriptor(backend Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer) ([]byte, error) {
+func encodeDescriptor(backend Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte) ([]byte, error) {
 	pd := &phasedv1.Descriptor{
+		CudaIpcHandle:  handle,
 		Backend:        string(backend),
 		Version:        wireVersion,
 		Room:           room,
@@ -225,6 +242,29 @@ func headersFromProto(pts []*phasedv1.TensorHeader) []header {
 // verifyTensors checks what a Success frame says against the room's
 // buffers and the bytes in the segment. Errors name the tensor.
 func verifyTensors(bufs []buffer, hs []header, data []byte) error {
+	var v verifier
+	return v.finish(bufs, hs, data)
+}
+
+// finish checks what a Success frame says against the room's buffers,
+// hashes what the verifier has not hashed yet, and compares the checksums.
+// Errors name the tensor.
+func (v *verifier) finish(bufs []buffer, hs []header, data []byte) error {
+	if err := checkHeaders(bufs, hs); err != nil {
+		return err
+	}
+	v.advance(bufs, data, totalBytes(bufs))
+	for i, b := range bufs {
+		if got := v.sums[i]; got != hs[i].sum {
+			return fmt.Errorf("verify: tensor %d %q: checksum mismatch: buffer has %016x, the sender reported %016x", i, b.spec.Name, got, hs[i].sum)
+		}
+	}
+	return nil
+}
+
+// checkHeaders checks the tensors of a Success frame against the room's
+// buffers: their number, specs and lengths.
+func checkHeaders(bufs []buffer, hs []header) error {
 	if len(hs) != len(bufs) {
 		return fmt.Errorf("verify: the sender reported %d tensors, %d expected", len(hs), len(bufs))
 	}
@@ -235,9 +275,6 @@ func verifyTensors(bufs []buffer, hs []header, data []byte) error {
 		}
 		if h.length != b.length {
 			return fmt.Errorf("verify: tensor %d %q: the sender wrote %d bytes, expected %d", i, b.spec.Name, h.length, b.length)
-		}
-		if got := tensor.Checksum(data[b.offset : b.offset+b.length]); got != h.sum {
-			return fmt.Errorf("verify: tensor %d %q: checksum mismatch: buffer has %016x, the sender reported %016x", i, b.spec.Name, got, h.sum)
 		}
 	}
 	return nil
@@ -262,6 +299,12 @@ const (
 	// (tcp), and the receiver's socket owner receives them straight into
 	// its buffer (across hosts).
 	BackendZMQ Backend = "zmq"
+	// BackendCUDA: the receiver's buffers are device memory that the
+	// sender opens through a CUDA IPC handle and copies into on a stream,
+	// from host or device tensors (one host; a build with -tags cuda).
+	// Specs and lengths are checked, the bytes are not checksummed (that
+	// would take them back to the host).
+	BackendCUDA Backend = "cuda"
 )
 
 // ParseBackend returns the backend named s; "" is BackendShm.
@@ -271,8 +314,10 @@ func ParseBackend(s string) (Backend, error) {
 		return BackendShm, nil
 	case BackendZMQ:
 		return BackendZMQ, nil
+	case BackendCUDA:
+		return BackendCUDA, nil
 	}
-	return "", fmt.Errorf("unknown transfer backend %q (known: shm, zmq)", s)
+	return "", fmt.Errorf("unknown transfer backend %q (known: shm, zmq, cuda)", s)
 }
 
 // A data message of the zmq backend is two parts: a dataHeader, then the

@@ -75,7 +75,7 @@ type fuzzLayout struct {
 
 func newFuzzLayout(tb testing.TB) fuzzLayout {
 	tb.Helper()
-	bufs, size, err := layout(fuzzSpecs)
+	bufs, size, err := layout(fuzzSpecs, ctrlSize)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 	l := newFuzzLayout(tb)
 	ep := "ipc:///run/phased/" + receiverSocketName(fuzzRoom, fuzzGen)
 	seg := segmentName(fuzzName, fuzzRoom, fuzzGen)
-	valid, err := encodeDescriptor(BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs)
+	valid, err := encodeDescriptor(BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -166,6 +166,13 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 		{"path-traversal", edit(func(pd *phasedv1.Descriptor) { pd.Segment = "phased-../../etc/passwd-7-42" })},
 		{"merged-twice", append(slices.Clone(valid), valid...)}, // buffers repeated: overlap
 		{"too-many-buffers", many},
+		{"cuda", edit(func(pd *phasedv1.Descriptor) {
+			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(BackendCUDA), "", bytes.Repeat([]byte{0xc7}, 64)
+		})},
+		{"cuda-short-handle", edit(func(pd *phasedv1.Descriptor) {
+			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(BackendCUDA), "", []byte{1, 2, 3}
+		})},
+		{"shm-with-handle", edit(func(pd *phasedv1.Descriptor) { pd.CudaIpcHandle = make([]byte, 64) })},
 	}
 }
 
@@ -262,7 +269,7 @@ func FuzzDescriptor(f *testing.F) {
 		checkDescriptor(t, &pd, d)
 
 		// Round trip: what the sender accepted encodes and parses the same.
-		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers)
+		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers, pd.GetCudaIpcHandle())
 		if err != nil {
 			t.Fatalf("encode the accepted descriptor: %v", err)
 		}
@@ -290,9 +297,16 @@ func checkDescriptor(t *testing.T, pd *phasedv1.Descriptor, d *descriptor) {
 	if d.generation != pd.GetGeneration() || d.statusEndpoint != pd.GetStatusEndpoint() || d.segment != pd.GetSegment() || d.segmentSize != pd.GetSegmentSize() {
 		t.Fatalf("descriptor %+v does not hold what the frame said:\n%v", d, pd)
 	}
-	if d.backend == BackendZMQ {
+	if d.backend == BackendCUDA {
+		if !bytes.Equal(d.handle[:], pd.GetCudaIpcHandle()) {
+			t.Fatalf("cuda descriptor with handle %x, the frame said %x", d.handle, pd.GetCudaIpcHandle())
+		}
+	} else if len(pd.GetCudaIpcHandle()) != 0 {
+		t.Fatalf("%s descriptor with a CUDA IPC handle accepted", d.backend)
+	}
+	if d.backend != BackendShm {
 		if d.segment != "" {
-			t.Fatalf("zmq descriptor with segment %q accepted", d.segment)
+			t.Fatalf("%s descriptor with segment %q accepted", d.backend, d.segment)
 		}
 	} else {
 		if strings.ContainsAny(d.segment, "/\x00") || filepath.Base(d.segment) != d.segment || d.segment == "." || d.segment == ".." {
@@ -302,8 +316,13 @@ func checkDescriptor(t *testing.T, pd *phasedv1.Descriptor, d *descriptor) {
 			t.Fatalf("segment %q lacks the suffix %q of its room", d.segment, suffix)
 		}
 	}
-	if d.segmentSize == 0 || d.segmentSize > maxSegmentSize {
+	if d.segmentSize < ctrlSize || d.segmentSize > maxSegmentSize {
 		t.Fatalf("segment size %d accepted", d.segmentSize)
+	}
+	for _, b := range d.buffers {
+		if d.backend == BackendShm && b.offset < ctrlSize {
+			t.Fatalf("buffer %q at offset %d, over the control block, accepted", b.spec.Name, b.offset)
+		}
 	}
 	if len(d.buffers) != len(pd.GetBuffers()) || len(d.buffers) > maxBuffers {
 		t.Fatalf("%d buffers from %d headers", len(d.buffers), len(pd.GetBuffers()))
@@ -367,17 +386,21 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 		if !strings.HasSuffix(name, fmt.Sprintf("-%d-%d", pd.GetRoom(), pd.GetGeneration())) {
 			return "segment of another room or generation"
 		}
-	case "zmq":
+	case "zmq", "cuda":
 		if name != "" {
-			return "a zmq descriptor names a segment"
+			return "a zmq or cuda descriptor names a segment"
 		}
 	default:
 		return "unknown backend"
 	}
+	if h := pd.GetCudaIpcHandle(); pd.GetBackend() == "cuda" && len(h) != 64 || pd.GetBackend() != "cuda" && len(h) != 0 {
+		return "CUDA IPC handle"
+	}
 	size := pd.GetSegmentSize()
-	if size == 0 || size > 1<<44 {
+	if size < 64 || size > 1<<44 {
 		return "segment size"
 	}
+	shm := pd.GetBackend() == "" || pd.GetBackend() == "shm"
 	if len(pd.GetBuffers()) > 4096 {
 		return "too many buffers"
 	}
@@ -398,6 +421,9 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 		}
 		if !n.IsUint64() || n.Uint64() != b.GetLength() {
 			return "buffer length differs from its spec"
+		}
+		if shm && b.GetOffset() < 64 {
+			return "buffer over the control block"
 		}
 		end := new(big.Int).Add(new(big.Int).SetUint64(b.GetOffset()), new(big.Int).SetUint64(b.GetLength()))
 		if end.Cmp(new(big.Int).SetUint64(size)) > 0 {

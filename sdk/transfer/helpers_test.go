@@ -35,15 +35,20 @@ func shortDir(t testing.TB) string {
 	return dir
 }
 
-// startManager starts a Manager; tweak, if set, runs before Start. It is
-// released when the test ends.
-func startManager(t testing.TB, dir, name string, tweak func(*Manager)) *Manager {
+// startManager starts a Manager; tweak, if set, runs before Start, and
+// configure, if given, on its Config before New. It is released when the
+// test ends.
+func startManager(t testing.TB, dir, name string, tweak func(*Manager), configure ...func(*Config)) *Manager {
 	t.Helper()
 	logger := hclog.NewNullLogger()
 	if testing.Verbose() {
 		logger = hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug})
 	}
-	m, err := New(Config{Dir: dir, Name: name, Logger: logger})
+	cfg := Config{Dir: dir, Name: name, Logger: logger}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,16 +87,24 @@ func newPair(t testing.TB, tweakSender func(*Manager)) *pair {
 	return p
 }
 
-// open opens both sides of a room, sender first.
+// open opens both sides of a shm room, sender first.
 func (p *pair) open(t testing.TB, room uint64, specs []tensor.Spec) {
 	t.Helper()
-	ep, err := p.snd.OpenSender(room)
+	p.openWith(t, BackendShm, room, specs)
+}
+
+// openWith opens both sides of a room of the backend, sender first, and
+// returns the sender's endpoint.
+func (p *pair) openWith(t testing.TB, backend Backend, room uint64, specs []tensor.Spec) string {
+	t.Helper()
+	ep, err := p.snd.OpenSenderWith(room, backend)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.rcv.OpenReceiver(room, ep, specs); err != nil {
+	if err := p.rcv.OpenReceiverWith(room, backend, ep, specs); err != nil {
 		t.Fatal(err)
 	}
+	return ep
 }
 
 // transfer sends ts over room and checks what the receiver gets.

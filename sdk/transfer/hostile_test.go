@@ -133,7 +133,9 @@ func TestHostileDescriptors(t *testing.T) {
 		{"slash in segment name", func(d *phasedv1.Descriptor) { d.Segment = "phased-x/../y" },
 			`bad segment name "phased-x/../y"`},
 		{"zero segment size", func(d *phasedv1.Descriptor) { d.SegmentSize = 0 },
-			"segment size 0 is out of range"},
+			"segment size 0 is out of range (64.."},
+		{"buffer over the control block", func(d *phasedv1.Descriptor) { d.Buffers[0].Offset = 32 },
+			`descriptor: buffer 0 "x": offset 32 is inside the segment's 64-byte control block`},
 		{"bad status endpoint", func(d *phasedv1.Descriptor) { d.StatusEndpoint = "inproc://phased-transfer-wake" },
 			`descriptor: status endpoint "inproc://phased-transfer-wake": want ipc://PATH or tcp://HOST:PORT`},
 		// Checked by the worker when Send runs:

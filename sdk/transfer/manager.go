@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	zmq "github.com/pebbe/zmq4"
@@ -71,6 +72,8 @@ type Manager struct {
 	// testHookChunk, when set before Start (tests only), runs in the worker
 	// after each copied chunk.
 	testHookChunk func(room uint64)
+	// sleepMax is maxSleep; tests raise it to catch a lost wake.
+	sleepMax time.Duration
 	// testMaxSockets, when set before Start (tests only), replaces the
 	// zmq context's socket limit.
 	testMaxSockets int
@@ -90,6 +93,11 @@ type Manager struct {
 	quit       chan struct{} // closed by Release to stop the worker
 	ownerDone  chan struct{}
 	workerDone chan struct{}
+	// The cuda backend's, with Config.CUDA: the GPU, and the completer
+	// goroutine that finishes the jobs whose copies the worker issued.
+	gpu           gpu
+	deviceJobs    chan *deviceJob
+	completerDone chan struct{}
 
 	wakeMu sync.Mutex
 	wakeFD int // the owner's wake-up eventfd; -1 before Start and after Release
@@ -113,6 +121,7 @@ type room struct {
 
 	// Sender.
 	desc    *descriptor // the validated descriptor, once it arrived
+	peer    gpuPeer     // a cuda room's receiver memory, once opened
 	sending bool        // a Send is waiting, running or done
 	busy    bool        // the worker holds the room
 
@@ -121,8 +130,12 @@ type room struct {
 	seg        *segment
 	bufs       []buffer
 	final      []header // the Success frame's tensors, once it arrived
-	verifying  bool
-	senderDone bool // a Success or Failed frame came: the sender writes no more
+	verifying  bool     // a Receive is hashing the buffers (it owns verify)
+	verify     verifier
+	hashed     uint64 // verify.pos, for tests
+	ctrl       *ctrl  // a shm room's control block, in seg
+	sleeping   bool   // the verifying Receive sleeps on ctrl: notify wakes it
+	senderDone bool   // a Success or Failed frame came: the sender writes no more
 }
 
 func newRoom(id uint64, role Role) *room {
@@ -133,6 +146,9 @@ func newRoom(id uint64, role Role) *room {
 func (r *room) notify() {
 	close(r.changed)
 	r.changed = make(chan struct{})
+	if r.sleeping { // the sleeper holds a reference: ctrl is mapped
+		r.ctrl.wake()
+	}
 }
 
 // New checks cfg and returns a Manager. It has no side effects: no socket,
@@ -149,6 +165,7 @@ func New(cfg Config) (*Manager, error) {
 		rooms:    make(map[uint64]*room),
 		ids:      usedIDs{set: make(map[uint64]struct{})},
 		wakeFD:   -1,
+		sleepMax: maxSleep,
 	}
 	// Generations start at a random point so that two runs sharing Dir or
 	// ShmDir never produce the same endpoint or segment name.
@@ -178,9 +195,21 @@ func (m *Manager) Start() (err error) {
 	if err := zctx.SetMaxSockets(m.maxSockets()); err != nil {
 		return errors.Join(fmt.Errorf("transfer: start: set the zmq socket limit to %d: %w", m.maxSockets(), err), zctx.Term())
 	}
+	var g gpu
+	if m.cfg.CUDA {
+		if g, err = openGPU(m.cfg.CUDADevice); err != nil {
+			return errors.Join(fmt.Errorf("transfer: start: cuda device %d: %w", m.cfg.CUDADevice, err), zctx.Term())
+		}
+	}
+	closeGPU := func() error {
+		if g == nil {
+			return nil
+		}
+		return g.Close()
+	}
 	wakeFD, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		return errors.Join(fmt.Errorf("transfer: start: eventfd: %w", err), zctx.Term())
+		return errors.Join(fmt.Errorf("transfer: start: eventfd: %w", err), closeGPU(), zctx.Term())
 	}
 	m.wakeMu.Lock()
 	m.wakeFD = wakeFD
@@ -188,7 +217,7 @@ func (m *Manager) Start() (err error) {
 	o, err := newOwner(m)
 	if err != nil {
 		m.closeWake()
-		return errors.Join(fmt.Errorf("transfer: start: %w", err), zctx.Term())
+		return errors.Join(fmt.Errorf("transfer: start: %w", err), closeGPU(), zctx.Term())
 	}
 	m.zctx = zctx
 	m.cmds = make(chan command, 64)
@@ -197,8 +226,16 @@ func (m *Manager) Start() (err error) {
 	m.quit = make(chan struct{})
 	m.ownerDone = make(chan struct{})
 	m.workerDone = make(chan struct{})
+	m.gpu = g
+	m.completerDone = make(chan struct{})
 	go o.run()
 	go m.work()
+	if g != nil {
+		m.deviceJobs = make(chan *deviceJob, maxDeviceJobs)
+		go m.complete()
+	} else {
+		close(m.completerDone)
+	}
 	m.state = stateStarted
 	m.log.Debug("transfer manager started", "name", m.cfg.Name, "dir", m.cfg.Dir, "shm_dir", m.cfg.ShmDir)
 	return nil
@@ -221,6 +258,11 @@ func (m *Manager) OpenSenderWith(id uint64, backend Backend) (string, error) {
 		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
 	case BackendZMQ:
 		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
+	case BackendCUDA:
+		if m.gpu == nil {
+			return "", fmt.Errorf("transfer: open sender room %d: %w", id, errNoGPU)
+		}
+		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
 	default:
 		return "", fmt.Errorf("transfer: open sender room %d: unknown backend %q", id, backend)
 	}
@@ -264,7 +306,11 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 	if err := checkSpecs(specs); err != nil {
 		return err
 	}
-	bufs, need, err := layout(specs)
+	base := uint64(0)
+	if backend == BackendShm {
+		base = ctrlSize
+	}
+	bufs, need, err := layout(specs, base)
 	if err != nil {
 		return err
 	}
@@ -288,6 +334,9 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 	case BackendZMQ:
 		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
 		seg, err = privateSegment(max(need, 1))
+	case BackendCUDA:
+		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
+		seg, err = m.deviceSegment(need)
 	default:
 		return fmt.Errorf("unknown backend %q", backend)
 	}
@@ -297,13 +346,22 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 	// The descriptor names the status socket's endpoint, known once it is
 	// bound (a tcp port).
 	frame := func(statusEndpoint string) ([]byte, error) {
-		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs)
+		var handle []byte
+		if seg.dev != nil {
+			h := seg.dev.Handle()
+			handle = h[:]
+		}
+		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs, handle)
 		if err != nil {
 			return nil, fmt.Errorf("encode descriptor: %w", err)
 		}
 		return b, nil
 	}
 	r.seg = seg
+	if backend == BackendShm {
+		r.ctrl = ctrlOf(seg.data)
+		r.ctrl.reset() // a pooled segment holds the last room's progress
+	}
 	if err := m.addRoom(r); err != nil {
 		return errors.Join(err, m.retire(seg, false))
 	}
@@ -493,6 +551,10 @@ func (m *Manager) Send(ctx context.Context, id uint64, tensors []tensor.Tensor) 
 // call it exactly once when done (later calls do nothing). A verification
 // failure fails the room with a reason naming the tensor. Receive may be
 // called again after success; each call returns its own release func.
+//
+// A Receive waiting on a shm room while the sender copies hashes the
+// blocks the sender has finished, so that little is left to verify when
+// Success comes.
 func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func(), error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -507,8 +569,8 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 		if r.status == Success {
 			return m.leaseLocked(r)
 		}
-		if r.final != nil && !r.verifying {
-			m.verifyLocked(r)
+		if !r.verifying && (r.final != nil || r.ctrl != nil && r.status == Transferring && ctx.Err() == nil) {
+			m.verifyLocked(ctx, r)
 			continue
 		}
 		if err := m.waitLocked(ctx, r); err != nil {
@@ -517,27 +579,69 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 	}
 }
 
-// verifyLocked checks the received tensors, with m.mu released during the
-// checksums, and moves the room to Success or Failed.
-func (m *Manager) verifyLocked(r *room) {
+// maxSleep bounds one sleep on a room's control block (Manager.sleepMax).
+// Every change wakes the sleeper at once; this only limits what a sender
+// that tampers with the control block can make it miss.
+const maxSleep = 100 * time.Millisecond
+
+// verifyLocked hashes the room's buffers, with m.mu released meanwhile:
+// while the sender copies, the blocks it reports done, sleeping on the
+// control block in between; once the Success frame is there, the rest, and
+// then it moves the room to Success or Failed. It returns early when the
+// room fails or is removed or ctx ends.
+func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	data, ok := r.seg.acquire()
 	if !ok {
 		return // the room is being removed
 	}
 	r.verifying = true
-	bufs, final := r.bufs, r.final
+	stop := context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		r.notify()
+		m.mu.Unlock()
+	})
+	bufs, total := r.bufs, totalBytes(r.bufs)
+	var err error
+	for r.final == nil && r.ctrl != nil && r.status == Transferring && !r.removing && ctx.Err() == nil {
+		seen := r.ctrl.seq.Load()
+		if limit := min(r.ctrl.progress.Load(), total); limit > r.verify.pos {
+			m.mu.Unlock()
+			r.verify.advance(bufs, data, limit)
+			m.mu.Lock()
+			r.hashed = r.verify.pos
+			continue
+		}
+		r.sleeping = true
+		m.mu.Unlock()
+		r.ctrl.sleep(seen, m.sleepMax)
+		m.mu.Lock()
+		r.sleeping = false
+	}
+	finished := false
+	if final := r.final; final != nil && r.status == Transferring && !r.removing {
+		m.mu.Unlock()
+		if r.seg.dev != nil {
+			err = checkHeaders(bufs, final)
+		} else {
+			err = r.verify.finish(bufs, final, data)
+		}
+		finished = true
+		m.mu.Lock()
+		r.hashed = r.verify.pos
+	}
 	m.mu.Unlock()
-	err := verifyTensors(bufs, final, data)
+	stop()
 	if rerr := r.seg.release(); rerr != nil {
 		m.log.Error("release segment", "room", r.id, "error", rerr)
 	}
 	m.mu.Lock()
 	r.verifying = false
-	if err != nil {
+	switch {
+	case !finished: // woken by a change, not by Success: the caller looks again
+		r.notify()
+	case err != nil:
 		m.setStatusLocked(r, Failed, err.Error())
-		return
-	}
-	if !m.setStatusLocked(r, Success, "") {
+	case !m.setStatusLocked(r, Success, ""):
 		r.notify() // removed meanwhile: wake the other waiters
 	}
 }
@@ -551,6 +655,10 @@ func (m *Manager) leaseLocked(r *room) ([]tensor.Tensor, func(), error) {
 	ts := make([]tensor.Tensor, len(r.bufs))
 	for i, b := range r.bufs {
 		end := b.offset + b.length
+		if r.seg.dev != nil {
+			ts[i] = tensor.Tensor{Spec: cloneSpec(b.spec), DevicePtr: r.seg.dev.Ptr() + uintptr(b.offset)}
+			continue
+		}
 		ts[i] = tensor.Tensor{Spec: cloneSpec(b.spec), Data: data[b.offset:end:end]}
 	}
 	var once sync.Once
@@ -595,7 +703,7 @@ func (m *Manager) Remove(id uint64) error {
 	r.abort.Store(true)
 	m.setStatusLocked(r, Failed, "removed")
 	r.notify()
-	for r.busy { // bounded: the worker checks abort between 1 MiB chunks
+	for r.busy { // bounded: the worker checks abort between 256 KiB blocks
 		ch := r.changed
 		m.mu.Unlock()
 		<-ch
@@ -606,6 +714,11 @@ func (m *Manager) Remove(id uint64) error {
 	var errs []error
 	if err := m.call(func(o *owner) error { return o.closeRoom(id) }); err != nil && !errors.Is(err, errOwnerStopped) {
 		errs = append(errs, err) // a stopped owner has closed every socket
+	}
+	if r.peer != nil { // the worker let go of it (busy)
+		if err := r.peer.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the receiver's device memory: %w", err))
+		}
 	}
 	if r.seg != nil {
 		// The owner has closed the status socket, so senderDone is final.
@@ -671,6 +784,9 @@ func (m *Manager) Release(ctx context.Context) error {
 	if err := waitDone(ctx, m.workerDone, "transfer worker"); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	if err := waitDone(ctx, m.completerDone, "cuda completer"); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
 	if err := m.post(command{stop: true}); err != nil && !errors.Is(err, errOwnerStopped) {
 		errs = append(errs, err)
 	}
@@ -682,6 +798,11 @@ func (m *Manager) Release(ctx context.Context) error {
 	}
 	if err := m.zctx.Term(); err != nil {
 		errs = append(errs, fmt.Errorf("transfer: release: terminate zmq context: %w", err))
+	}
+	if m.gpu != nil {
+		if err := m.gpu.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("transfer: release: cuda device: %w", err))
+		}
 	}
 	m.log.Debug("transfer manager released", "rooms_removed", len(ids), "dropped_frames", m.dropped.Load())
 	return errors.Join(errs...)

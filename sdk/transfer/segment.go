@@ -34,12 +34,13 @@ type buffer struct {
 	length uint64
 }
 
-// layout places one buffer per spec, consecutively, each offset aligned to
-// alignment, and returns the buffers and the bytes they need (at least one
-// alignment unit, so that it can be mapped).
-func layout(specs []tensor.Spec) ([]buffer, uint64, error) {
+// layout places one buffer per spec, consecutively from base (ctrlSize in
+// a shm segment, after its control block; 0 in a zmq room's memory), each
+// offset aligned to alignment, and returns the buffers and the bytes the
+// segment needs (at least one alignment unit, so that it can be mapped).
+func layout(specs []tensor.Spec, base uint64) ([]buffer, uint64, error) {
 	bufs := make([]buffer, len(specs))
-	var off uint64
+	off := base
 	for i, s := range specs {
 		n, err := s.NumBytes()
 		if err != nil {
@@ -92,7 +93,8 @@ type segment struct {
 	path string
 	size uint64
 	data []byte
-	heap bool // data is Go memory (a zmq room's): nothing to unmap
+	heap bool      // data is Go memory (a zmq room's): nothing to unmap
+	dev  gpuBuffer // device memory (a cuda room's) instead of data: freed, not unmapped
 
 	mu      sync.Mutex
 	refs    int
@@ -221,6 +223,14 @@ func (s *segment) unlink() error {
 }
 
 func (s *segment) unmap() error {
+	if s.dev != nil {
+		dev := s.dev
+		s.dev = nil
+		if err := dev.Free(); err != nil {
+			return fmt.Errorf("free device buffers: %w", err)
+		}
+		return nil
+	}
 	if s.data == nil {
 		return nil
 	}

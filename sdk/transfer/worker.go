@@ -9,8 +9,9 @@ import (
 	"github.com/phased/phased/sdk/tensor"
 )
 
-// chunkSize is how much the worker copies between two checks for removal.
-const chunkSize = 1 << 20
+// chunkSize is how much the worker copies between two checks for removal
+// and two reports of progress: one checksum block.
+const chunkSize = tensor.ChecksumBlock
 
 // zmqWindow is how many bytes of a zmq room the socket owner queues in one
 // command.
@@ -28,7 +29,8 @@ type job struct {
 }
 
 // work is the transfer worker goroutine: it runs one job at a time until
-// Release closes quit.
+// Release closes quit. A cuda job it only issues: the completer finishes
+// it while the worker goes on.
 func (m *Manager) work() {
 	defer close(m.workerDone)
 	defer func() {
@@ -42,7 +44,7 @@ func (m *Manager) work() {
 	for {
 		select {
 		case j := <-m.jobs:
-			j.done <- m.transfer(j)
+			m.transfer(j)
 		case <-m.quit:
 			return
 		}
@@ -50,23 +52,18 @@ func (m *Manager) work() {
 }
 
 // transfer runs one job while holding its room (busy), so that Remove waits
-// for it to let go.
-func (m *Manager) transfer(j *job) error {
+// for it to let go, and answers it on j.done, or hands it to the completer.
+func (m *Manager) transfer(j *job) {
 	r := j.r
 	m.mu.Lock()
 	if err := roomErrLocked(r); err != nil {
 		m.mu.Unlock()
-		return err
+		j.done <- err
+		return
 	}
 	r.busy = true
 	d := r.desc
 	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		r.busy = false
-		r.notify()
-		m.mu.Unlock()
-	}()
 
 	var hs []header
 	var err error
@@ -75,9 +72,33 @@ func (m *Manager) transfer(j *job) error {
 		err = fmt.Errorf("the receiver's descriptor is for the %s backend, the room is %s", d.backend, r.backend)
 	case r.backend == BackendZMQ:
 		hs, err = m.streamIn(j, d)
+	case r.backend == BackendCUDA:
+		var dj *deviceJob
+		if dj, err = m.issueDevice(j, d); err == nil {
+			select {
+			case m.deviceJobs <- dj:
+				return
+			case <-m.quit:
+				err = errors.Join(ErrReleased, dj.wait(m))
+			}
+		}
 	default:
 		hs, err = m.copyIn(j, d)
 	}
+	j.done <- m.finish(j, d, hs, err)
+}
+
+// finish ends a job whose bytes were written (err == nil) or not: it syncs
+// Success with the headers, or Failed with the reason, sets the room's
+// status, lets go of the room, and returns the Send's result.
+func (m *Manager) finish(j *job, d *descriptor, hs []header, err error) error {
+	r := j.r
+	defer func() {
+		m.mu.Lock()
+		r.busy = false
+		r.notify()
+		m.mu.Unlock()
+	}()
 	if err == nil {
 		var frame []byte
 		if frame, err = encodeStatus(r.id, d.generation, Success, "", hs); err == nil {
@@ -116,7 +137,7 @@ func (m *Manager) transfer(j *job) error {
 // segment, syncs Transferring, copies and returns the headers for Success.
 func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 	r := j.r
-	tensors, err := selectTensors(j.tensors, d.buffers)
+	tensors, err := selectTensors(j.tensors, d.buffers, false)
 	if err != nil {
 		return nil, err
 	}
@@ -131,13 +152,25 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 		}
 	}()
 
-	if err := m.syncTransferring(r, d); err != nil {
+	// The receiver learns the progress from the control block: the worker
+	// copies while the owner sends Transferring, and checks that it was
+	// sent before Success goes out on the same socket.
+	synced, err := m.postTransferring(r, d)
+	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if serr := m.await(synced); serr != nil && err == nil {
+			err = fmt.Errorf("sync Transferring: %w", serr)
+		}
+	}()
 	hs := make([]header, len(tensors))
+	c := ctrlOf(data)
+	var copied uint64 // bytes copied, over the buffers in order
 	for i, t := range tensors {
 		b := d.buffers[i]
-		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data)
+		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data, c, copied)
+		copied += b.length
 		if errors.Is(err, errFault) {
 			faulted = true
 		}
@@ -151,20 +184,50 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 
 // syncTransferring moves the room to Transferring and tells the receiver.
 func (m *Manager) syncTransferring(r *room, d *descriptor) error {
+	synced, err := m.postTransferring(r, d)
+	if err != nil {
+		return err
+	}
+	if err := m.await(synced); err != nil {
+		return fmt.Errorf("sync Transferring: %w", err)
+	}
+	return nil
+}
+
+// postTransferring moves the room to Transferring and hands the frame that
+// tells the receiver to the socket owner without waiting: the returned
+// channel gets the result of sending it.
+func (m *Manager) postTransferring(r *room, d *descriptor) (<-chan error, error) {
 	m.mu.Lock()
 	ok := !r.removing && m.setStatusLocked(r, Transferring, "")
 	m.mu.Unlock()
 	if !ok {
-		return errAborted
+		return nil, errAborted
 	}
 	frame, err := encodeStatus(r.id, d.generation, Transferring, "", nil)
 	if err != nil {
+		return nil, err
+	}
+	sent := make(chan error, 1)
+	if err := m.post(command{fn: func(o *owner) error { sent <- o.send(r.id, frame); return nil }}); err != nil {
+		return nil, fmt.Errorf("sync Transferring: %w", err)
+	}
+	return sent, nil
+}
+
+// await waits for the result of a command posted without a reply.
+func (m *Manager) await(result <-chan error) error {
+	select {
+	case err := <-result:
 		return err
+	case <-m.ownerDone:
+		select {
+		case err := <-result:
+			return err
+		default:
+			return errOwnerStopped
+		}
 	}
-	if err := m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
-		return fmt.Errorf("sync Transferring: %w", err)
-	}
-	return nil
 }
 
 // streamIn is copyIn for a zmq room: it checksums the tensors, syncs
@@ -173,7 +236,7 @@ func (m *Manager) syncTransferring(r *room, d *descriptor) error {
 // Success.
 func (m *Manager) streamIn(j *job, d *descriptor) ([]header, error) {
 	r := j.r
-	tensors, err := selectTensors(j.tensors, d.buffers)
+	tensors, err := selectTensors(j.tensors, d.buffers, false)
 	if err != nil {
 		return nil, err
 	}
@@ -223,11 +286,13 @@ func (m *Manager) streamIn(j *job, d *descriptor) ([]header, error) {
 // errFault marks a memory fault in the receiver's segment.
 var errFault = errors.New("memory fault writing the receiver's segment (was it truncated?)")
 
-// copyChunks copies src into dst (same length) in chunks, checking between
-// chunks whether the room is being removed or failed or the Send was
-// canceled, and returns the checksum of src, computed right
-// after each block is copied (while it is in the cache).
-func (m *Manager) copyChunks(j *job, dst, src []byte) (sum uint64, err error) {
+// copyChunks copies src into dst (same length) one checksum block at a
+// time: after each block it hashes the block (still in the cache) and
+// reports base plus the bytes copied so far in the control block c, so that
+// the receiver verifies it while the next one is copied. Between blocks it
+// checks whether the room is being removed or failed or the Send was
+// canceled. It returns the checksum of src.
+func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64) (sum uint64, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			if _, fault := p.(interface{ Addr() uintptr }); !fault {
@@ -236,6 +301,7 @@ func (m *Manager) copyChunks(j *job, dst, src []byte) (sum uint64, err error) {
 			err = fmt.Errorf("%w: %v", errFault, p)
 		}
 	}()
+	var chain tensor.Chain
 	for off := 0; off < len(src); off += chunkSize {
 		if j.r.abort.Load() {
 			return 0, errAborted
@@ -245,12 +311,14 @@ func (m *Manager) copyChunks(j *job, dst, src []byte) (sum uint64, err error) {
 		}
 		end := min(off+chunkSize, len(src))
 		copy(dst[off:end], src[off:end])
+		chain.Block(src[off:end])
+		c.publish(base + uint64(end))
 		if m.testHookChunk != nil {
 			m.testHookChunk(j.r.id)
 		}
 	}
-	// One pass of XXH3 over the whole source, just copied and mostly still
-	// in the cache: on this machine twice as fast as hashing block by block
-	// with the streaming hasher while copying.
-	return tensor.Checksum(src), nil
+	if len(src) == 0 {
+		c.publish(base)
+	}
+	return chain.Sum(), nil
 }

@@ -16,14 +16,7 @@ import (
 // sender's endpoint.
 func (p *pair) openZMQ(t testing.TB, room uint64, specs []tensor.Spec) string {
 	t.Helper()
-	ep, err := p.snd.OpenSenderWith(room, BackendZMQ)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.rcv.OpenReceiverWith(room, BackendZMQ, ep, specs); err != nil {
-		t.Fatal(err)
-	}
-	return ep
+	return p.openWith(t, BackendZMQ, room, specs)
 }
 
 func TestZMQTransferIntact(t *testing.T) {

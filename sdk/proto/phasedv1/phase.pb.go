@@ -80,6 +80,7 @@ type ConfigureRequest struct {
 	Backend       string                 `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`                                                                         // unused since rooms name their backend; kept for the wire
 	ZmqHost       string                 `protobuf:"bytes,5,opt,name=zmq_host,json=zmqHost,proto3" json:"zmq_host,omitempty"`                                                          // address zmq rooms bind to; "" is loopback
 	PeerTimeoutMs int64                  `protobuf:"varint,6,opt,name=peer_timeout_ms,json=peerTimeoutMs,proto3" json:"peer_timeout_ms,omitempty"`                                     // how long a room waits for a vanished peer; 0 is the default
+	Device        string                 `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`                                                                           // where the instance holds its buffers: "" or "cpu", or "cuda" (GPU 0 of those it sees)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +155,13 @@ func (x *ConfigureRequest) GetPeerTimeoutMs() int64 {
 		return x.PeerTimeoutMs
 	}
 	return 0
+}
+
+func (x *ConfigureRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 type ConfigureResponse struct {
@@ -872,14 +880,15 @@ var File_phasedv1_phase_proto protoreflect.FileDescriptor
 
 const file_phasedv1_phase_proto_rawDesc = "" +
 	"\n" +
-	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xa0\x02\n" +
+	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xb8\x02\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
 	"\x06params\x18\x03 \x03(\v2'.phased.v1.ConfigureRequest.ParamsEntryR\x06params\x12\x18\n" +
 	"\abackend\x18\x04 \x01(\tR\abackend\x12\x19\n" +
 	"\bzmq_host\x18\x05 \x01(\tR\azmqHost\x12&\n" +
-	"\x0fpeer_timeout_ms\x18\x06 \x01(\x03R\rpeerTimeoutMs\x1a9\n" +
+	"\x0fpeer_timeout_ms\x18\x06 \x01(\x03R\rpeerTimeoutMs\x12\x16\n" +
+	"\x06device\x18\a \x01(\tR\x06device\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +

@@ -123,8 +123,13 @@ type Descriptor struct {
 	Buffers        []*TensorHeader        `protobuf:"bytes,7,rep,name=buffers,proto3" json:"buffers,omitempty"`
 	// How the bytes travel: "" or "shm", into the segment; "zmq", as
 	// two-part messages (a 32-byte data header, then the bytes) on the
-	// receiver's status socket, into its private buffer (segment is empty).
-	Backend       string `protobuf:"bytes,8,opt,name=backend,proto3" json:"backend,omitempty"`
+	// receiver's status socket, into its private buffer (segment is empty);
+	// "cuda", into the receiver's device memory, opened through
+	// cuda_ipc_handle (segment is empty, segment_size is the allocation's).
+	Backend string `protobuf:"bytes,8,opt,name=backend,proto3" json:"backend,omitempty"`
+	// The CUDA IPC memory handle (64 bytes) of a cuda room's buffers; empty
+	// for every other backend.
+	CudaIpcHandle []byte `protobuf:"bytes,9,opt,name=cuda_ipc_handle,json=cudaIpcHandle,proto3" json:"cuda_ipc_handle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -213,6 +218,13 @@ func (x *Descriptor) GetBackend() string {
 		return x.Backend
 	}
 	return ""
+}
+
+func (x *Descriptor) GetCudaIpcHandle() []byte {
+	if x != nil {
+		return x.CudaIpcHandle
+	}
+	return nil
 }
 
 // StatusFrame goes sender -> receiver on the receiver's status socket.
@@ -311,7 +323,7 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x12\n" +
-	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\x8d\x02\n" +
+	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\xb5\x02\n" +
 	"\n" +
 	"Descriptor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
@@ -323,7 +335,8 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\asegment\x18\x05 \x01(\tR\asegment\x12!\n" +
 	"\fsegment_size\x18\x06 \x01(\x04R\vsegmentSize\x121\n" +
 	"\abuffers\x18\a \x03(\v2\x17.phased.v1.TensorHeaderR\abuffers\x12\x18\n" +
-	"\abackend\x18\b \x01(\tR\abackend\"\xd9\x01\n" +
+	"\abackend\x18\b \x01(\tR\abackend\x12&\n" +
+	"\x0fcuda_ipc_handle\x18\t \x01(\fR\rcudaIpcHandle\"\xd9\x01\n" +
 	"\vStatusFrame\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\x04R\x04room\x12\x1e\n" +

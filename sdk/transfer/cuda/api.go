@@ -13,6 +13,7 @@ type deviceAPI interface {
 	Alloc(size int64) (*Buffer, error)
 	Open(h Handle, size int64) (*PeerBuffer, error)
 	NewCopier() (*Copier, error)
+	ReadDevice(p []byte, src DevicePtr) error
 	Close() error
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"gorgonia.org/cu"
 )
@@ -158,6 +159,27 @@ func (d *Device) Open(h Handle, size int64) (*PeerBuffer, error) {
 	}
 	d.peers[h] = p
 	return p, nil
+}
+
+// ReadDevice copies len(p) bytes of this process's device memory at src (a
+// tensor a cuda room handed out, or any pointer of the primary context) to
+// p, synchronously (cuMemcpyDtoH). src is the caller's and is not checked.
+func (d *Device) ReadDevice(p []byte, src DevicePtr) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if src == 0 {
+		return fmt.Errorf("cuda: read device memory: the source pointer is nil")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("cuda: read device memory on %s: %w", d, ErrClosed)
+	}
+	if err := d.do(func() error { return cu.MemcpyDtoH(unsafe.Pointer(&p[0]), cu.DevicePtr(src), int64(len(p))) }); err != nil {
+		return fmt.Errorf("cuda: read %d bytes of device memory at %#x: cuMemcpyDtoH: %w", len(p), uintptr(src), err)
+	}
+	return nil
 }
 
 // NewCopier creates a Copier with its own non-blocking stream.

@@ -25,6 +25,9 @@ func (d *Device) Alloc(size int64) (*Buffer, error) { return nil, ErrNoCUDA }
 // Open returns ErrNoCUDA.
 func (d *Device) Open(h Handle, size int64) (*PeerBuffer, error) { return nil, ErrNoCUDA }
 
+// ReadDevice returns ErrNoCUDA.
+func (d *Device) ReadDevice(p []byte, src DevicePtr) error { return ErrNoCUDA }
+
 // NewCopier returns ErrNoCUDA.
 func (d *Device) NewCopier() (*Copier, error) { return nil, ErrNoCUDA }
 

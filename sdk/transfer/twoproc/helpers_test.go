@@ -24,8 +24,13 @@ func runDir(tb testing.TB) string {
 // startManager starts a Manager named name.PID in dir, released when the
 // test ends.
 func startManager(tb testing.TB, dir, name string) *transfer.Manager {
+	return startManagerWith(tb, transfer.Config{Dir: dir, Name: fmt.Sprintf("%s.%d", name, os.Getpid())})
+}
+
+// startManagerWith starts a Manager of cfg, released when the test ends.
+func startManagerWith(tb testing.TB, cfg transfer.Config) *transfer.Manager {
 	tb.Helper()
-	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("%s.%d", name, os.Getpid())})
+	m, err := transfer.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

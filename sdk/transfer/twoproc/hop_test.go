@@ -16,8 +16,12 @@ import (
 	"github.com/phased/phased/sdk/transfer"
 )
 
-// childEnv makes the test binary act as the receiving process.
-const childEnv = "PHASED_HOPBENCH_RECEIVER"
+// childEnv makes the test binary act as the receiving process; with
+// cudaEnv set too, its rooms use the cuda backend (GPU 0).
+const (
+	childEnv = "PHASED_HOPBENCH_RECEIVER"
+	cudaEnv  = "PHASED_HOPBENCH_CUDA"
+)
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(childEnv); dir != "" {
@@ -33,14 +37,18 @@ func TestMain(m *testing.M) {
 // receiver serves the parent, one command a line, one answer a line:
 //
 //	open ROOM ENDPOINT BYTES  open the receiving side        → open
-//	recv ROOM                 wait for the data, verify it   → ok CRC
+//	recv ROOM                 wait for the data, verify it   → ok CHECKSUM
 //	remove ROOM               remove the room                → removed
-//	hop ROOM ENDPOINT BYTES   open, recv and remove at once  → open, then ok CRC
+//	hop ROOM ENDPOINT BYTES   open, receive, remove at once  → open, then ok BYTES
 //	count                     open fds and goroutines        → FDS GOROUTINES
 //
 // Any error ends the process with a message on stderr.
 func receiver(dir string, in io.Reader, out io.Writer) error {
-	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid())})
+	backend := transfer.BackendShm
+	if os.Getenv(cudaEnv) != "" {
+		backend = transfer.BackendCUDA
+	}
+	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid()), CUDA: backend == transfer.BackendCUDA})
 	if err != nil {
 		return err
 	}
@@ -49,12 +57,24 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 	}
 	defer m.Release(context.Background())
 	ctx := context.Background()
-	recv := func(room uint64) error {
+	// recv answers with the checksum of what arrived, a hop (timed) with
+	// its length: Receive has verified the checksum already.
+	recv := func(room uint64, hop bool) error {
 		ts, done, err := m.Receive(ctx, room)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(out, "ok", tensor.Checksum(ts[0].Data))
+		n, _ := ts[0].NumBytes()
+		if hop {
+			fmt.Fprintln(out, "ok", n)
+		} else {
+			// A cuda room's tensor is on the device: bring it back.
+			b := make([]byte, n)
+			if err := m.CopyToHost(b, ts[0]); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "ok", tensor.Checksum(b))
+		}
 		done()
 		return nil
 	}
@@ -71,12 +91,12 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 		switch {
 		case (f[0] == "open" || f[0] == "hop") && len(f) == 4:
 			n, _ := strconv.ParseInt(f[3], 10, 64)
-			if err := m.OpenReceiver(room, f[2], []tensor.Spec{spec(n)}); err != nil {
+			if err := m.OpenReceiverWith(room, backend, f[2], []tensor.Spec{spec(n)}); err != nil {
 				return err
 			}
 			fmt.Fprintln(out, "open")
 			if f[0] == "hop" {
-				if err := recv(room); err != nil {
+				if err := recv(room, true); err != nil {
 					return err
 				}
 				if err := m.Remove(room); err != nil {
@@ -84,7 +104,7 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 				}
 			}
 		case f[0] == "recv" && len(f) == 2:
-			if err := recv(room); err != nil {
+			if err := recv(room, false); err != nil {
 				return err
 			}
 		case f[0] == "remove" && len(f) == 2:
@@ -113,10 +133,10 @@ type child struct {
 	out *bufio.Scanner
 }
 
-func startChild(b testing.TB, dir string) *child {
+func startChild(b testing.TB, dir string, env ...string) *child {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+dir)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+dir), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -148,10 +168,29 @@ func (c *child) expect(b testing.TB, want string) string {
 	return c.out.Text()
 }
 
+// waitReady waits until the sender side of a room has the receiver's
+// descriptor: the room is open, and a hop can start.
+func waitReady(b testing.TB, m *transfer.Manager, room uint64) {
+	b.Helper()
+	for {
+		st, reason, err := m.Status(room)
+		switch {
+		case err != nil:
+			b.Fatal(err)
+		case st == transfer.Failed:
+			b.Fatalf("room %d failed: %s", room, reason)
+		case st != transfer.Bootstrapping:
+			return
+		}
+		runtime.Gosched()
+	}
+}
+
 // BenchmarkHop2P measures one hop between two processes: the sender's
 // Send, the copy into the receiver's shared memory, the status sync, and
 // the receiver's verification, reported to the sender over a pipe. Room
-// open and remove are outside the timer. A plain copy of the same size,
+// open (until the sender has the descriptor) and remove are outside the
+// timer. A plain copy of the same size,
 // in the same run, is the baseline.
 func BenchmarkHop2P(b *testing.B) {
 	for _, size := range []int64{8 << 20, 64 << 20} {
@@ -172,31 +211,41 @@ func BenchmarkHop2P(b *testing.B) {
 		})
 		b.Run("shm-"+name, func(b *testing.B) {
 			dir := runDir(b)
-			m := startManager(b, dir, "hoptx")
-			c := startChild(b, dir)
-			ctx := context.Background()
-			b.SetBytes(size)
-			room := uint64(0)
-			for b.Loop() {
-				b.StopTimer()
-				room++
-				ep, err := m.OpenSender(room)
-				if err != nil {
-					b.Fatal(err)
-				}
-				fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
-				c.expect(b, "open")
-				b.StartTimer()
-				if err := m.Send(ctx, room, []tensor.Tensor{src}); err != nil {
-					b.Fatal(err)
-				}
-				c.expect(b, "ok")
-				b.StopTimer()
-				if err := m.Remove(room); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src)
 		})
+	}
+}
+
+// benchHops times hops of src from m to the receiving child c over rooms of
+// the backend: from Send to the child's answer that it has received and
+// verified them. Room open (until the sender has the descriptor) and
+// remove are outside the timer.
+func benchHops(b *testing.B, m *transfer.Manager, c *child, backend transfer.Backend, src tensor.Tensor) {
+	size, err := src.NumBytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	room := uint64(0)
+	for b.Loop() {
+		b.StopTimer()
+		room++
+		ep, err := m.OpenSenderWith(room, backend)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
+		c.expect(b, "open")
+		waitReady(b, m, room)
+		b.StartTimer()
+		if err := m.Send(context.Background(), room, []tensor.Tensor{src}); err != nil {
+			b.Fatal(err)
+		}
+		c.expect(b, "ok")
+		b.StopTimer()
+		if err := m.Remove(room); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }

@@ -1,7 +1,7 @@
 // Command benchratio reads `go test -bench` output on stdin and prints the
 // figures `make bench` reports: every benchmark in readable units, and the
 // ratio of each measured path to its baselines measured in the same run
-// (sub-benchmarks named copy-SIZE, copy+sum-SIZE and raw-SIZE are the
+// (sub-benchmarks named copy-SIZE, copy+sum-SIZE, raw-SIZE and d2d-SIZE are the
 // baselines of their siblings NAME-SIZE).
 package main
 
@@ -59,7 +59,7 @@ func human(ns float64) string {
 }
 
 // baselines are the sub-benchmark names that others are compared to.
-var baselines = map[string]bool{"copy": true, "copy+sum": true, "raw": true}
+var baselines = map[string]bool{"copy": true, "copy+sum": true, "raw": true, "d2d": true}
 
 func report(w io.Writer, results []result) {
 	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
@@ -86,7 +86,7 @@ func report(w io.Writer, results []result) {
 		if j < 0 || baselines[sub[:j]] {
 			continue
 		}
-		for _, b := range []string{"copy", "copy+sum", "raw"} {
+		for _, b := range []string{"copy", "copy+sum", "raw", "d2d"} {
 			base, ok := byName[group+"/"+b+sub[j:]]
 			if !ok || base.metrics["MB/s"] == 0 {
 				continue
