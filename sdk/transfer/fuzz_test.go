@@ -707,7 +707,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		seeds []fuzzSeed
 		files []string
 	}{
-		{"FuzzDescriptor", descriptorSeeds(t), []string{"valid", "truncated", "overlong-varint", "offset-wraps", "huge-shape", "overlap", "path-traversal"}},
+		{"FuzzDescriptor", descriptorSeeds(t), []string{"valid", "truncated", "overlong-varint", "offset-wraps", "huge-shape", "overlap", "path-traversal", "cuda"}},
 		{"FuzzStatusFrame", statusSeeds(t), []string{"success", "success-bad-crc", "success-huge-length", "success-huge-shape", "failed-bad-utf8", "wrong-generation", "unknown-status"}},
 		{"FuzzTensorHeader", tensorHeaderSeeds(t), []string{"valid", "unpacked-shape", "truncated", "negative-dim", "unknown-dtype", "overflow", "zero-after-overflow"}},
 		{"FuzzDataHeader", dataHeaderSeeds(), []string{"valid", "offset-max", "magic-only", "one-byte-long"}},
