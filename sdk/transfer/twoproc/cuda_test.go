@@ -9,6 +9,7 @@ package twoproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -105,32 +106,36 @@ func BenchmarkCUDAHop2P(b *testing.B) {
 			data[i] = byte(i * 7)
 		}
 		src := deviceTensor(b, dev, data)
+		dst, err := dev.Alloc(size)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cp, err := dev.NewCopier()
+		if err != nil {
+			b.Fatal(err)
+		}
+		d2d := func() {
+			tr, err := cp.Copy(dst, 0, cuda.DevicePtr(src.DevicePtr), size)
+			if err == nil {
+				err = tr.Wait()
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
 		b.Run("d2d-"+name, func(b *testing.B) {
-			dst, err := dev.Alloc(size)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer dst.Free()
-			cp, err := dev.NewCopier()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cp.Close()
 			b.SetBytes(size)
 			for b.Loop() {
-				tr, err := cp.Copy(dst, 0, cuda.DevicePtr(src.DevicePtr), size)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := tr.Wait(); err != nil {
-					b.Fatal(err)
-				}
+				d2d()
 			}
 		})
 		b.Run("cuda-"+name, func(b *testing.B) {
 			dir := runDir(b)
 			m := startManagerWith(b, transfer.Config{Dir: dir, Name: fmt.Sprintf("cudabench.%d", os.Getpid()), CUDA: true})
-			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), transfer.BackendCUDA, src)
+			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), transfer.BackendCUDA, src, "d2d", d2d)
 		})
+		if err := errors.Join(cp.Close(), dst.Free()); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

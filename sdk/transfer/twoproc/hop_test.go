@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
@@ -211,7 +212,10 @@ func BenchmarkHop2P(b *testing.B) {
 		})
 		b.Run("shm-"+name, func(b *testing.B) {
 			dir := runDir(b)
-			benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src)
+			dst := make([]byte, size)
+			copy(dst, src.Data)
+			baseline := func() { copy(dst, src.Data) }
+			benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src, "copy", baseline)
 		})
 	}
 }
@@ -219,13 +223,18 @@ func BenchmarkHop2P(b *testing.B) {
 // benchHops times hops of src from m to the receiving child c over rooms of
 // the backend: from Send to the child's answer that it has received and
 // verified them. Room open (until the sender has the descriptor) and
-// remove are outside the timer.
-func benchHops(b *testing.B, m *transfer.Manager, c *child, backend transfer.Backend, src tensor.Tensor) {
+// remove are outside the timer. Before each hop, with the timer stopped,
+// it times baseline too, and reports the ratio of the two totals as
+// "x-NAME": measured alternately, both see the same load on a shared
+// machine, which a baseline run as a sibling benchmark, seconds apart,
+// does not.
+func benchHops(b *testing.B, m *transfer.Manager, c *child, backend transfer.Backend, src tensor.Tensor, name string, baseline func()) {
 	size, err := src.NumBytes()
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(size)
+	var hops, base time.Duration
 	room := uint64(0)
 	for b.Loop() {
 		b.StopTimer()
@@ -237,15 +246,21 @@ func benchHops(b *testing.B, m *transfer.Manager, c *child, backend transfer.Bac
 		fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
 		c.expect(b, "open")
 		waitReady(b, m, room)
+		t := time.Now()
+		baseline()
+		base += time.Since(t)
 		b.StartTimer()
+		t = time.Now()
 		if err := m.Send(context.Background(), room, []tensor.Tensor{src}); err != nil {
 			b.Fatal(err)
 		}
 		c.expect(b, "ok")
+		hops += time.Since(t)
 		b.StopTimer()
 		if err := m.Remove(room); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
 	}
+	b.ReportMetric(base.Seconds()/hops.Seconds(), "x-"+name)
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -97,6 +98,25 @@ func report(w io.Writer, results []result) {
 	}
 	if n == 0 {
 		fmt.Fprintln(w, "  (no baseline pairs in the input)")
+	}
+	// x-NAME metrics: ratios a benchmark measured itself, alternating
+	// with its baseline iteration by iteration.
+	first := true
+	for _, r := range results {
+		units := make([]string, 0, len(r.metrics))
+		for unit := range r.metrics {
+			if strings.HasPrefix(unit, "x-") {
+				units = append(units, unit)
+			}
+		}
+		sort.Strings(units)
+		for _, unit := range units {
+			if first {
+				fmt.Fprintln(w, "\nratios measured alternately with the baseline, iteration by iteration (higher is better)")
+				first = false
+			}
+			fmt.Fprintf(w, "  %-36s %.3f × %s\n", r.name, r.metrics[unit], unit[2:])
+		}
 	}
 }
 

@@ -12,7 +12,7 @@ BenchmarkHop/shm-8MiB-2     	      24	  47545271 ns/op	 176.43 MB/s
 BenchmarkZMQHop/raw-8MiB-2         	     300	   7240669 ns/op	1158.54 MB/s
 BenchmarkZMQHop/zmq-8MiB-2         	     280	   7176842 ns/op	1168.84 MB/s
 BenchmarkCUDAHop2P/d2d-8MiB-2      	    9000	    100000 ns/op	83886.08 MB/s
-BenchmarkCUDAHop2P/cuda-8MiB-2     	    3000	    200000 ns/op	41943.04 MB/s
+BenchmarkCUDAHop2P/cuda-8MiB-2     	    3000	    200000 ns/op	41943.04 MB/s	         0.4500 x-d2d
 BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs
 BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s
 PASS
@@ -29,6 +29,8 @@ PASS
 	for _, want := range []string{
 		"Hop/shm-8MiB                         0.005 × copy      (176 vs 35138 MB/s)",
 		"CUDAHop2P/cuda-8MiB                  0.500 × d2d",
+		"ratios measured alternately with the baseline, iteration by iteration",
+		"CUDAHop2P/cuda-8MiB                  0.450 × d2d",
 		"ZMQHop/zmq-8MiB                      1.009 × raw       (1169 vs 1159 MB/s)",
 		"Request/steps-0                          19.69 ms/op  p50-µs 18662.0  p99-µs 34986.0",
 		"req/s 70.8",
