@@ -3,6 +3,7 @@ package twoproc
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +44,8 @@ func TestMain(m *testing.M) {
 //	remove ROOM               remove the room                → removed
 //	hop ROOM ENDPOINT BYTES   open, receive, remove at once  → open, then ok BYTES
 //	count                     open fds and goroutines        → FDS GOROUTINES
+//	stream ROOM ENDPOINT BYTES  open; then, while the next commands run,
+//	                          receive and remove                → done ROOM
 //
 // Any error ends the process with a message on stderr.
 func receiver(dir string, in io.Reader, out io.Writer) error {
@@ -58,6 +62,9 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 	}
 	defer m.Release(context.Background())
 	ctx := context.Background()
+	out = &lockedWriter{w: out} // stream rooms answer from their goroutines
+	var streams sync.WaitGroup
+	defer streams.Wait()
 	// recv answers with the checksum of what arrived, a hop (timed) with
 	// its length: Receive has verified the checksum already.
 	recv := func(room uint64, hop bool) error {
@@ -113,6 +120,28 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 				return err
 			}
 			fmt.Fprintln(out, "removed")
+		case f[0] == "stream" && len(f) == 4:
+			n, _ := strconv.ParseInt(f[3], 10, 64)
+			if err := m.OpenReceiverWith(room, backend, f[2], []tensor.Spec{spec(n)}); err != nil {
+				return err
+			}
+			streams.Add(1)
+			go func() {
+				defer streams.Done()
+				_, done, err := m.Receive(ctx, room)
+				if errors.Is(err, transfer.ErrRemoved) {
+					return // by a remove command
+				}
+				if err == nil {
+					done()
+					err = m.Remove(room)
+				}
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "receiver: stream:", err)
+					os.Exit(1)
+				}
+				fmt.Fprintln(out, "done", room)
+			}()
 		case f[0] == "count":
 			fds, _ := os.ReadDir("/proc/self/fd")
 			fmt.Fprintln(out, len(fds), runtime.NumGoroutine())
@@ -121,6 +150,18 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 		}
 	}
 	return sc.Err()
+}
+
+// lockedWriter serializes the receiver's answers.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func spec(n int64) tensor.Spec {
@@ -184,6 +225,107 @@ func waitReady(b testing.TB, m *transfer.Manager, room uint64) {
 			return
 		}
 		runtime.Gosched()
+	}
+}
+
+// BenchmarkStream2P measures the shm backend's throughput between two
+// processes in steady state: hops of one tensor each, back to back, with
+// up to streamWindow rooms opened ahead or still being verified, so that
+// one room's status sync and verification overlap the next room's copy.
+// Everything is inside the timer (after a warm-up): open, Send, the
+// receiver's Receive and both Removes. A plain copy of the same size, in the same run, is the
+// baseline.
+func BenchmarkStream2P(b *testing.B) {
+	const streamWindow = 4
+	for _, size := range []int64{8 << 20, 64 << 20} {
+		name := fmt.Sprintf("%dMiB", size>>20)
+		src, err := tensor.New(spec(size))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range src.Data {
+			src.Data[i] = byte(i * 7)
+		}
+		b.Run("copy-"+name, func(b *testing.B) {
+			dst := make([]byte, size)
+			b.SetBytes(size)
+			for b.Loop() {
+				copy(dst, src.Data)
+			}
+		})
+		b.Run("shm-"+name, func(b *testing.B) {
+			dir := runDir(b)
+			m := startManager(b, dir, "streamtx")
+			c := startChild(b, dir)
+			finished := make(chan uint64, streamWindow*2)
+			go func() {
+				defer close(finished)
+				for c.out.Scan() {
+					if c.out.Text() == "removed" {
+						continue
+					}
+					id, ok := strings.CutPrefix(c.out.Text(), "done ")
+					room, err := strconv.ParseUint(id, 10, 64)
+					if !ok || err != nil {
+						b.Errorf("receiver said %q", c.out.Text())
+						return
+					}
+					finished <- room
+				}
+			}()
+			open := func(room uint64) {
+				ep, err := m.OpenSender(room)
+				if err != nil {
+					b.Fatal(err)
+				}
+				fmt.Fprintf(c.in, "stream %d %s %d\n", room, ep, size)
+			}
+			var sent, done uint64
+			retire := func() {
+				room, ok := <-finished
+				if !ok {
+					b.Fatal("the receiver stopped")
+				}
+				if err := m.Remove(room); err != nil {
+					b.Fatal(err)
+				}
+				done++
+			}
+			hop := func() {
+				sent++
+				if err := m.Send(context.Background(), sent, []tensor.Tensor{src}); err != nil {
+					b.Fatal(err)
+				}
+				open(sent + streamWindow)
+				for sent-done >= streamWindow {
+					retire()
+				}
+			}
+			b.SetBytes(size)
+			for room := uint64(1); room <= streamWindow; room++ {
+				open(room)
+			}
+			// Warm up before b.Loop starts the timer: the receiver's
+			// pool and the sender's mapping cache fill with the segments
+			// the stream goes round (a fresh segment costs a page fault
+			// per 4 KiB on both sides).
+			for range 3 * streamWindow {
+				hop()
+			}
+			for b.Loop() {
+				hop()
+			}
+			for done < sent {
+				retire()
+			}
+			b.StopTimer()
+			for room := sent + 1; room <= sent+streamWindow; room++ {
+				fmt.Fprintf(c.in, "remove %d\n", room)
+				if err := m.Remove(room); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
