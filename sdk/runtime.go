@@ -155,6 +155,11 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		}
 		defer done()
 		in = ts
+		if dp, ok := r.phase.(DevicePhase); !ok || !dp.TakesDeviceTensors() {
+			if in, err = hostCopies(ts, mgr.CopyToHost); err != nil {
+				return nil, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
+			}
+		}
 	}
 	out, err := r.runPhase(ctx, spec.Request, in)
 	if err != nil {
@@ -170,6 +175,30 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
 	return nil, nil
+}
+
+// hostCopies returns ts with every tensor in device memory replaced by a
+// copy in host memory, made by toHost; host tensors are passed through.
+func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) error) ([]tensor.Tensor, error) {
+	out := ts
+	for i, t := range ts {
+		if !t.OnDevice() {
+			continue
+		}
+		n, err := t.NumBytes()
+		if err != nil {
+			return nil, err
+		}
+		h := tensor.Tensor{Spec: t.Spec, Data: make([]byte, n)}
+		if err := toHost(h.Data, t); err != nil {
+			return nil, err
+		}
+		if &out[0] == &ts[0] {
+			out = append([]tensor.Tensor(nil), ts...)
+		}
+		out[i] = h
+	}
+	return out, nil
 }
 
 // runPhase calls the phase's Run; a panic in it fails this request with

@@ -106,6 +106,17 @@ type Closer interface {
 	Close(ctx context.Context) error
 }
 
+// DevicePhase is implemented by phases that work on tensors in GPU memory.
+// On an instance whose device is "cuda", a hop from another GPU instance
+// arrives in device memory: a DevicePhase gets those inputs as they are
+// (DevicePtr set, no Data); any other phase gets host copies, so that a CPU
+// phase runs unchanged in a GPU pipeline.
+type DevicePhase interface {
+	Phase
+	// TakesDeviceTensors returns true.
+	TakesDeviceTensors() bool
+}
+
 // Candidate is one instance a policy may choose for a phase, with its load.
 type Candidate struct {
 	ID            string // instance id, e.g. "transformer-1"
