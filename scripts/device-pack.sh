@@ -26,8 +26,9 @@ bins=()
 for pkg in $PKGS; do
   name=$(basename "$pkg")
   echo "device-pack: $pkg -> $DIR/$name.test, $DIR/$name-race.test"
-  "$GO" test -c -tags cuda -o "$DIR/$name.test" "$pkg"
-  "$GO" test -c -race -tags cuda -o "$DIR/$name-race.test" "$pkg"
+  # Without symbol tables (-s -w): a device run carries 64 MiB at most.
+  "$GO" test -c -tags cuda -ldflags='-s -w' -o "$DIR/$name.test" "$pkg"
+  "$GO" test -c -race -tags cuda -ldflags='-s -w' -o "$DIR/$name-race.test" "$pkg"
   bins+=("$DIR/$name.test" "$DIR/$name-race.test")
 done
 "$GO" build -o "$DIR/benchratio" ./supervisor/internal/benchratio
@@ -36,7 +37,9 @@ cp scripts/device-check.sh "$DIR/"
 # Shared libraries: what the binaries load, plus libzmq.so.5 and what it
 # loads (the transfer manager's tests need it), minus glibc and the driver.
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libresolv\.so|libutil\.so|libcuda\.so|libnvidia)'
-zmq=$(ldconfig -p | awk '/libzmq\.so\.5 .*x86-64/ { print $NF; exit }')
+# (awk reads all of ldconfig's output: exiting early would end ldconfig
+# with SIGPIPE, which pipefail turns into a failure.)
+zmq=$(ldconfig -p | awk '/libzmq\.so\.5 .*x86-64/ && !p { p = $NF } END { print p }')
 if [ -z "$zmq" ]; then
   echo "device-pack: libzmq.so.5 is not installed here; run make deps first" >&2
   exit 1
