@@ -32,7 +32,7 @@ deps: ## install what the build needs (libzmq from Debian) if missing
 
 build: deps ## build bin/supervisor and the plugins in bin/plugins
 	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
-	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/roundrobin/cmd/phased-policy-roundrobin
+	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/...
 
 run: build ## set up, build, and run the demo on the embedded default config
 	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
@@ -75,7 +75,7 @@ cuda-deps: ## fetch cuda.h and libcuda.so.1 from Debian non-free into .cache/cud
 
 cuda: deps cuda-deps ## build with -tags cuda into bin/cuda (those binaries run only where there is a GPU)
 	$(CUDA_ENV) $(GO) vet -tags cuda ./...
-	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/roundrobin/cmd/phased-policy-roundrobin
+	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/...
 	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/cuda.test ./sdk/transfer/cuda
 	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/twoproc.test ./sdk/transfer/twoproc
 

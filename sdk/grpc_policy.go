@@ -20,7 +20,7 @@ func (p *policyClient) Info(ctx context.Context) (Info, error) {
 }
 
 func (p *policyClient) Schedule(ctx context.Context, req ScheduleRequest) (Decision, error) {
-	preq := &phasedv1.ScheduleRequest{RequestId: req.RequestID}
+	preq := &phasedv1.ScheduleRequest{RequestId: req.RequestID, Key: req.Key}
 	for _, ph := range req.Phases {
 		pc := &phasedv1.PhaseCandidates{Phase: ph.Phase}
 		for _, c := range ph.Candidates {
@@ -58,7 +58,7 @@ func (s *policyServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phas
 }
 
 func (s *policyServer) Schedule(ctx context.Context, req *phasedv1.ScheduleRequest) (*phasedv1.ScheduleResponse, error) {
-	sreq := ScheduleRequest{RequestID: req.GetRequestId()}
+	sreq := ScheduleRequest{RequestID: req.GetRequestId(), Key: req.GetKey()}
 	for _, ph := range req.GetPhases() {
 		pc := PhaseCandidates{Phase: ph.GetPhase()}
 		for _, c := range ph.GetCandidates() {

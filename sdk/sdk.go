@@ -12,6 +12,8 @@ package sdk
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -134,11 +136,56 @@ type PhaseCandidates struct {
 	Candidates []Candidate
 }
 
+// PolicyInfo returns the Info of a policy plugin named name at version,
+// speaking this SDK's policy API.
+func PolicyInfo(name, version string) Info {
+	return Info{Name: name, Kind: KindPolicy, Version: version, APIVersions: []int{PolicyAPIVersion}}
+}
+
+// Ready returns the candidates that may be chosen, in index order.
+func (pc PhaseCandidates) Ready() []Candidate {
+	var out []Candidate
+	for _, c := range pc.Candidates {
+		if c.Ready {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ErrNoReady is returned by a policy for a phase without a ready candidate.
+var ErrNoReady = errors.New("no ready instance")
+
+// EachPhase builds a policy's Decision: it calls choose once per phase of
+// req, in order, with the phase's ready candidates in index order, and
+// records the candidate it returns. A phase without a ready candidate fails
+// with an error wrapping ErrNoReady (choose is not called); errors name the
+// policy and the phase. Most policies are one EachPhase call.
+func EachPhase(policy string, req ScheduleRequest, choose func(phase string, ready []Candidate) (Candidate, error)) (Decision, error) {
+	d := Decision{Choices: make(map[string]string, len(req.Phases))}
+	for _, ph := range req.Phases {
+		ready := ph.Ready()
+		if len(ready) == 0 {
+			return Decision{}, fmt.Errorf("%s: phase %q: %w among %d candidates", policy, ph.Phase, ErrNoReady, len(ph.Candidates))
+		}
+		c, err := choose(ph.Phase, ready)
+		if err != nil {
+			return Decision{}, fmt.Errorf("%s: phase %q: %w", policy, ph.Phase, err)
+		}
+		d.Choices[ph.Phase] = c.ID
+	}
+	return d, nil
+}
+
 // ScheduleRequest is a snapshot of the candidates of every phase a policy
 // serves, for one request.
 type ScheduleRequest struct {
 	RequestID string
 	Phases    []PhaseCandidates
+	// Key is what requests that belong together share (a LoRA, a model
+	// variant), for policies that keep them on one instance; "" when the
+	// submitter gave none.
+	Key string
 }
 
 // Decision maps each phase of the ScheduleRequest to the chosen candidate id.

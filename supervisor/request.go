@@ -31,7 +31,13 @@ type Submission struct {
 	Prompt string `json:"prompt"`
 	Seed   int64  `json:"seed"`
 	Steps  int    `json:"steps"`
+	// Key is what requests that belong together share (a LoRA, a model
+	// variant): the affinity policy keeps one key on one instance.
+	Key string `json:"key,omitempty"`
 }
+
+// MaxKeyLen bounds a submission's key.
+const MaxKeyLen = 256
 
 // Validate checks a submission from a user: a prompt and at least one step.
 func (s Submission) Validate() error {
@@ -42,6 +48,8 @@ func (s Submission) Validate() error {
 		return fmt.Errorf("%w: prompt is %d bytes; at most 65536 are accepted", ErrBadInput, len(s.Prompt))
 	case s.Steps <= 0 || s.Steps > 10000:
 		return fmt.Errorf("%w: steps must be between 1 and 10000, got %d", ErrBadInput, s.Steps)
+	case len(s.Key) > MaxKeyLen:
+		return fmt.Errorf("%w: key is %d bytes; at most %d are accepted", ErrBadInput, len(s.Key), MaxKeyLen)
 	}
 	return nil
 }
@@ -62,6 +70,7 @@ type RequestInfo struct {
 	Prompt    string            `json:"prompt"`
 	Seed      int64             `json:"seed"`
 	Steps     int               `json:"steps"`
+	Key       string            `json:"key,omitempty"`
 	Instances map[string]string `json:"instances,omitempty"` // phase -> instance
 	Rooms     []uint64          `json:"rooms,omitempty"`     // one per hop, upstream first
 	Backends  []string          `json:"backends,omitempty"`  // each hop's transfer backend
@@ -138,7 +147,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	r := &request{
 		sub: sub, id: id, ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), changed: make(chan struct{}),
-		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Submitted: time.Now()},
+		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Key: sub.Key, Submitted: time.Now()},
 	}
 	r.info.Events = []Event{{Time: r.info.Submitted, What: "accepted"}}
 	s.requests[id] = r
@@ -295,8 +304,14 @@ func (s *Supervisor) process(r *request) {
 // every phase; it returns the last phase's artifact.
 func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
 	ctx := r.ctx
-	chosen, err := s.schedule(ctx, r.id)
+	// One decision at a time, and its load counted before the next: a
+	// policy that looks at the load (least loaded, p2c) would otherwise
+	// see the same load for requests scheduled together and send them all
+	// to one instance.
+	s.schedMu.Lock()
+	chosen, err := s.schedule(ctx, r.id, r.sub.Key)
 	if err != nil {
+		s.schedMu.Unlock()
 		return nil, err
 	}
 	names := make(map[string]string, len(chosen))
@@ -304,6 +319,8 @@ func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
 		names[s.phases[i].cfg.Name] = in.id
 		in.inflight.Add(1)
 	}
+	rooms := s.reserveRooms(r, chosen)
+	s.schedMu.Unlock()
 	r.mu.Lock()
 	r.instances = chosen
 	r.info.State, r.info.Instances = StateRunning, names
@@ -311,24 +328,21 @@ func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
 	r.event(Event{What: "scheduled"})
 
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
-	rooms, err := s.openRooms(ctx, r, req, chosen)
-	if err != nil {
+	if err := s.openRooms(ctx, req, chosen, rooms); err != nil {
 		return nil, err
 	}
 	r.event(Event{What: "rooms open"})
 	return s.runPhases(ctx, r, req, chosen, rooms)
 }
 
-// openRooms opens one room per hop in two rounds: every sender side at
-// once, then every receiver side at once with its sender's endpoint. So
-// the sender side of each hop exists before its receiver connects, in two
-// round trips whatever the pipeline's length. Every side is recorded, in
-// removal order (per hop: sender, then receiver; hops upstream first),
-// before it is asked for: a cancelled open may still complete in the
-// plugin, and removeRooms must remove it either way.
-func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request, chosen []*instance) ([]uint64, error) {
+// reserveRooms takes one room id per hop and records every side of every
+// hop, in removal order (per hop: sender, then receiver; hops upstream
+// first), counting it in its instance's open rooms at once, so that the
+// next scheduling decision sees it.
+func (s *Supervisor) reserveRooms(r *request, chosen []*instance) []uint64 {
 	rooms := make([]uint64, len(chosen)-1)
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for i := range rooms {
 		rooms[i] = s.nextRoom.Add(1)
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
@@ -337,7 +351,16 @@ func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request,
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
 	}
-	r.mu.Unlock()
+	return rooms
+}
+
+// openRooms opens one room per hop in two rounds: every sender side at
+// once, then every receiver side at once with its sender's endpoint. So
+// the sender side of each hop exists before its receiver connects, in two
+// round trips whatever the pipeline's length. reserveRooms has recorded
+// every side: a cancelled open may still complete in the plugin, and
+// removeRooms must remove it either way.
+func (s *Supervisor) openRooms(ctx context.Context, req sdk.Request, chosen []*instance, rooms []uint64) error {
 	endpoints := make([]string, len(rooms))
 	round := func(role transfer.Role) error {
 		errs := make([]error, len(rooms))
@@ -363,12 +386,9 @@ func (s *Supervisor) openRooms(ctx context.Context, r *request, req sdk.Request,
 		return errors.Join(errs...)
 	}
 	if err := round(transfer.Sender); err != nil {
-		return nil, err
+		return err
 	}
-	if err := round(transfer.Receiver); err != nil {
-		return nil, err
-	}
-	return rooms, nil
+	return round(transfer.Receiver)
 }
 
 // runPhases runs every phase of the request at once; each waits for its
@@ -394,7 +414,9 @@ func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request,
 			start := time.Now()
 			art, err := in.ctl.Run(ctx, spec)
 			if err == nil {
-				r.event(Event{What: "phase done", Phase: in.phase, Instance: in.id, Detail: time.Since(start).Round(time.Microsecond).String()})
+				took := time.Since(start)
+				in.observe(took)
+				r.event(Event{What: "phase done", Phase: in.phase, Instance: in.id, Detail: took.Round(time.Microsecond).String()})
 			}
 			results <- result{i, art, err}
 		}()
@@ -447,10 +469,10 @@ const removeTimeout = 10 * time.Second
 
 // schedule asks each distinct policy, once, for the instances of its
 // phases, and returns one instance per phase in pipeline order.
-func (s *Supervisor) schedule(ctx context.Context, id string) ([]*instance, error) {
+func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance, error) {
 	chosen := make([]*instance, len(s.phases))
 	for _, name := range s.cfg.Policies() {
-		req := sdk.ScheduleRequest{RequestID: id}
+		req := sdk.ScheduleRequest{RequestID: id, Key: key}
 		for _, ph := range s.phases {
 			if ph.cfg.Policy == name {
 				req.Phases = append(req.Phases, ph.candidates())
@@ -481,11 +503,13 @@ func (ph *phase) candidates() sdk.PhaseCandidates {
 	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
 	for _, in := range ph.instances {
 		pc.Candidates = append(pc.Candidates, sdk.Candidate{
-			ID:        in.id,
-			Index:     in.index,
-			Ready:     in.currentState() == stateReady,
-			OpenRooms: int(in.rooms.Load()),
-			Inflight:  int(in.inflight.Load()),
+			ID:            in.id,
+			Index:         in.index,
+			Ready:         in.currentState() == stateReady,
+			OpenRooms:     int(in.rooms.Load()),
+			Inflight:      int(in.inflight.Load()),
+			LatencyEWMAms: in.latencyMs(),
+			Labels:        ph.cfg.InstanceLabels(in.index),
 		})
 	}
 	return pc

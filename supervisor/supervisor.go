@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,6 +58,7 @@ type Supervisor struct {
 	nextReq  atomic.Uint64
 	slots    chan struct{} // one per request dispatched at once (MaxInflight)
 
+	schedMu  sync.Mutex // one scheduling decision at a time (see dispatch)
 	mu       sync.Mutex
 	requests map[string]*request
 	order    []string // request ids in submission order
@@ -84,9 +86,33 @@ type instance struct {
 	ctl   sdk.PhaseControl
 
 	inflight atomic.Int64
-	rooms    atomic.Int64 // rooms the supervisor opened and has not removed
-	state    atomic.Value // string
+	rooms    atomic.Int64  // rooms the supervisor opened and has not removed
+	state    atomic.Value  // string
+	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
 }
+
+// latencyAlpha is the weight of the newest Run in an instance's latency
+// EWMA: about the last ten requests count.
+const latencyAlpha = 0.2
+
+// observe folds one Run's latency into the instance's EWMA.
+func (in *instance) observe(d time.Duration) {
+	ms := float64(d) / float64(time.Millisecond)
+	for {
+		old := in.latency.Load()
+		v := ms
+		if old != 0 {
+			v = latencyAlpha*ms + (1-latencyAlpha)*math.Float64frombits(old)
+		}
+		if in.latency.CompareAndSwap(old, math.Float64bits(v)) {
+			return
+		}
+	}
+}
+
+// latencyMs returns the instance's Run latency EWMA in ms, 0 before its
+// first request.
+func (in *instance) latencyMs() float64 { return math.Float64frombits(in.latency.Load()) }
 
 // Instance states shown in status.
 const (

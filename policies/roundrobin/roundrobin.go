@@ -5,8 +5,6 @@ package roundrobin
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 
 	"github.com/phased/phased/sdk"
@@ -19,7 +17,7 @@ const Name = "roundrobin"
 const Version = "0.1.0"
 
 // ErrNoReady is returned when a phase has no ready candidate.
-var ErrNoReady = errors.New("no ready instance")
+var ErrNoReady = sdk.ErrNoReady
 
 // Policy is the round-robin policy. Its only state is, per phase, the index
 // after the last instance it chose; membership always comes from the
@@ -27,7 +25,7 @@ var ErrNoReady = errors.New("no ready instance")
 // The zero value is not usable: call New.
 type Policy struct {
 	mu   sync.Mutex
-	next map[string]int // phase -> index to start the next search from
+	next map[string]int // phase -> candidate index to start the next search from
 }
 
 // New returns a round-robin policy.
@@ -35,7 +33,7 @@ func New() *Policy { return &Policy{next: make(map[string]int)} }
 
 // Info describes the policy.
 func (p *Policy) Info(context.Context) (sdk.Info, error) {
-	return sdk.Info{Name: Name, Kind: sdk.KindPolicy, Version: Version, APIVersions: []int{sdk.PolicyAPIVersion}}, nil
+	return sdk.PolicyInfo(Name, Version), nil
 }
 
 // Schedule picks, for every phase, the first ready candidate at or after the
@@ -44,32 +42,20 @@ func (p *Policy) Info(context.Context) (sdk.Info, error) {
 func (p *Policy) Schedule(_ context.Context, req sdk.ScheduleRequest) (sdk.Decision, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	choices := make(map[string]string, len(req.Phases))
-	for _, ph := range req.Phases {
-		c, ok := p.pick(ph)
-		if !ok {
-			return sdk.Decision{}, fmt.Errorf("%s: phase %q: %w among %d candidates", Name, ph.Phase, ErrNoReady, len(ph.Candidates))
+	return sdk.EachPhase(Name, req, func(phase string, ready []sdk.Candidate) (sdk.Candidate, error) {
+		// The first ready candidate whose index is at or after the
+		// cursor, else the first one (wrapping around).
+		cursor := p.next[phase]
+		c := ready[0]
+		for _, r := range ready {
+			if r.Index >= cursor {
+				c = r
+				break
+			}
 		}
-		choices[ph.Phase] = c.ID
-	}
-	return sdk.Decision{Choices: choices}, nil
-}
-
-// pick chooses within one phase; the caller holds p.mu.
-func (p *Policy) pick(ph sdk.PhaseCandidates) (sdk.Candidate, bool) {
-	n := len(ph.Candidates)
-	if n == 0 {
-		return sdk.Candidate{}, false
-	}
-	start := p.next[ph.Phase] % n
-	for i := range n {
-		c := ph.Candidates[(start+i)%n]
-		if c.Ready {
-			p.next[ph.Phase] = (start + i + 1) % n
-			return c, true
-		}
-	}
-	return sdk.Candidate{}, false
+		p.next[phase] = c.Index + 1
+		return c, nil
+	})
 }
 
 var _ sdk.Policy = (*Policy)(nil)

@@ -23,7 +23,7 @@ const usage = `usage: supervisor VERB [flags]
 
 Verbs:
   start   [--config FILE]                 run a supervisor in the foreground
-  submit  --prompt TEXT [--seed N] [--steps N] [--wait] [--json]
+  submit  --prompt TEXT [--seed N] [--steps N] [--key KEY] [--wait] [--json]
                                           submit a request; print its id
   status  [--json]                        phases, instances, requests
   remove  REQUEST_ID                      ordered remove of a request's rooms

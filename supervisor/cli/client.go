@@ -16,6 +16,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	prompt := f.String("prompt", "", "the prompt `TEXT` (required)")
 	seed := f.Int64("seed", 0, "random seed `N`")
 	steps := f.Int("steps", supervisor.DefaultSteps, "refinement steps `N`")
+	key := f.String("key", "", "affinity `KEY` (e.g. a LoRA): requests with one key stay on one instance under the affinity policy")
 	wait := f.Bool("wait", false, "wait for the request to end, showing progress")
 	asJSON := f.Bool("json", false, "with --wait: print one JSON object")
 	pos, err := f.parse(args)
@@ -26,7 +27,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	c := supervisor.NewClient(f.socket)
-	id, err := c.Submit(ctx, supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps})
+	id, err := c.Submit(ctx, supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps, Key: *key})
 	if err != nil {
 		return err
 	}

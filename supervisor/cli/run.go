@@ -28,6 +28,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	count := f.Int("count", 1, "number of requests `N`; request i uses seed+i")
 	seed := f.Int64("seed", 0, "random seed `N` of the first request")
 	steps := f.Int("steps", supervisor.DefaultSteps, "refinement steps `N`")
+	key := f.String("key", "", "affinity `KEY` of every request (see submit)")
 	out := f.String("out", "", "artifact `DIR` (overrides the config's artifact_dir)")
 	asJSON := f.Bool("json", false, "print one JSON object per request")
 	f.socket = ""
@@ -38,7 +39,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := noArgs(pos); err != nil {
 		return err
 	}
-	sub := supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps}
+	sub := supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps, Key: *key}
 	if err := sub.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

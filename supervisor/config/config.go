@@ -7,9 +7,11 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,7 +93,30 @@ type Phase struct {
 	// Address is what the phase's zmq rooms bind to (tcp://ADDRESS:*):
 	// this host's address on the network between hosts. "" is loopback.
 	Address string
+	// Labels are given to the policy with every instance of the phase.
+	Labels map[string]string
+	// Weights, if set, holds one weight per instance (1 to 1000), given to
+	// the policy as the label "weight" (the weighted policy uses it).
+	Weights []int
 }
+
+// InstanceLabels returns the labels the policy sees for instance index of
+// the phase: the phase's labels, and "weight" when weights are set. It
+// returns a new map each time (nil when there is none).
+func (p Phase) InstanceLabels(index int) map[string]string {
+	if len(p.Labels) == 0 && len(p.Weights) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(p.Labels)+1)
+	maps.Copy(m, p.Labels)
+	if index < len(p.Weights) {
+		m[WeightLabel] = strconv.Itoa(p.Weights[index])
+	}
+	return m
+}
+
+// WeightLabel is the label that carries an instance's weight.
+const WeightLabel = "weight"
 
 // HopBackend returns the transfer backend of the hop from phase from to
 // phase to.
@@ -187,6 +212,8 @@ type phaseBlock struct {
 	Host         *string           `hcl:"host,optional"`
 	Address      *string           `hcl:"address,optional"`
 	Device       *string           `hcl:"device,optional"`
+	Labels       map[string]string `hcl:"labels,optional"`
+	Weights      []int             `hcl:"weights,optional"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
 
@@ -271,6 +298,19 @@ func (f *file) build(filename string) (*Config, error) {
 			Host:         deref(pb.Host, ""),
 			Address:      deref(pb.Address, ""),
 			Device:       deref(pb.Device, "cpu"),
+			Labels:       pb.Labels,
+			Weights:      pb.Weights,
+		}
+		if _, ok := ph.Labels[WeightLabel]; ok {
+			errs = append(errs, fmt.Errorf("%s: phase %q: labels: %q is reserved: give weights = [...] instead", at, pb.Name, WeightLabel))
+		}
+		if len(ph.Weights) > 0 && len(ph.Weights) != derefInt(pb.Instances, 1) {
+			errs = append(errs, fmt.Errorf("%s: phase %q: weights has %d values for %d instances; give one per instance", at, pb.Name, len(ph.Weights), derefInt(pb.Instances, 1)))
+		}
+		for i, w := range ph.Weights {
+			if w < 1 || w > 1000 {
+				errs = append(errs, fmt.Errorf("%s: phase %q: weights[%d] is %d; each weight must be between 1 and 1000", at, pb.Name, i, w))
+			}
 		}
 		if ph.Address != "" {
 			if err := transfer.CheckHost(ph.Address); err != nil {

@@ -131,6 +131,9 @@ func TestParseErrors(t *testing.T) {
 		{"missing label", "a.hcl", "phase {\n  plugin = \"t\"\n}\n", []string{"a.hcl:1:", "Missing name for phase"}},
 		{"no phases", "a.hcl", "backend = \"shm\"\n", []string{"a.hcl: no phase blocks"}},
 		{"zero instances", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = 0\n}\n", []string{`a.hcl:1:1: phase "t": instances must be between 1 and 64, got 0`}},
+		{"weights per instance", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = 2\n  weights = [3]\n}\n", []string{`a.hcl:1:1: phase "t": weights has 1 values for 2 instances; give one per instance`}},
+		{"weight out of range", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  weights = [0]\n}\n", []string{`phase "t": weights[0] is 0; each weight must be between 1 and 1000`}},
+		{"reserved label", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  labels = { weight = \"2\" }\n}\n", []string{`phase "t": labels: "weight" is reserved: give weights = [...] instead`}},
 		{"duplicate phase", "a.hcl", "phase \"t\" { plugin = \"t\" }\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:2:1: phase "t" is defined twice; first at a.hcl:1:1`}},
 		{"bad plugin name", "a.hcl", "phase \"t\" { plugin = \"../evil\" }\n", []string{`phase "t": plugin "../evil" is not a valid name`}},
 		{"bad backend", "a.hcl", "backend = \"rdma\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: backend "rdma" is not supported; expected one of: auto, shm, zmq, cuda`}},
@@ -195,5 +198,23 @@ func TestExamples(t *testing.T) {
 		if len(c.Phases) < 2 {
 			t.Errorf("%s: %d phases", f, len(c.Phases))
 		}
+	}
+}
+
+func TestInstanceLabels(t *testing.T) {
+	c, err := Parse([]byte("phase \"t\" {\n  plugin = \"t\"\n  instances = 2\n  labels = { zone = \"a\" }\n  weights = [5, 1]\n}\nphase \"u\" { plugin = \"u\" }\n"), "a.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Phases[0].InstanceLabels(1)
+	if len(got) != 2 || got["zone"] != "a" || got["weight"] != "1" {
+		t.Fatalf("labels of t[1]: %v", got)
+	}
+	got["zone"] = "changed"
+	if c.Phases[0].InstanceLabels(0)["zone"] != "a" || c.Phases[0].InstanceLabels(0)["weight"] != "5" {
+		t.Fatal("InstanceLabels shares its map, or weight of t[0]")
+	}
+	if c.Phases[1].InstanceLabels(0) != nil {
+		t.Fatal("a phase without labels or weights has labels")
 	}
 }

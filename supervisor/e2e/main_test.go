@@ -47,7 +47,7 @@ func run(m *testing.M) (int, error) {
 	builds := [][]string{
 		{"-o", binDir + "/", "./supervisor/cmd/supervisor"},
 		{"-o", pluginDir + "/", "./plugins/encoder/cmd/phased-phase-encoder", "./plugins/transformer/cmd/phased-phase-transformer",
-			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/roundrobin/cmd/phased-policy-roundrobin"},
+			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/..."},
 		{"-o", filepath.Join(dir, "badplugin"), "./supervisor/e2e/testdata/badplugin"},
 	}
 	for _, b := range builds {

@@ -168,9 +168,13 @@ func (x *PhaseCandidates) GetCandidates() []*Candidate {
 }
 
 type ScheduleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Phases        []*PhaseCandidates     `protobuf:"bytes,2,rep,name=phases,proto3" json:"phases,omitempty"` // the phases this policy serves
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Phases    []*PhaseCandidates     `protobuf:"bytes,2,rep,name=phases,proto3" json:"phases,omitempty"` // the phases this policy serves
+	// What requests that belong together share (a LoRA, a model variant),
+	// for policies that keep them on one instance; "" when the submitter gave
+	// none.
+	Key           string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -217,6 +221,13 @@ func (x *ScheduleRequest) GetPhases() []*PhaseCandidates {
 		return x.Phases
 	}
 	return nil
+}
+
+func (x *ScheduleRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
 }
 
 type ScheduleResponse struct {
@@ -284,11 +295,12 @@ const file_phasedv1_policy_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x124\n" +
 	"\n" +
 	"candidates\x18\x02 \x03(\v2\x14.phased.v1.CandidateR\n" +
-	"candidates\"d\n" +
+	"candidates\"v\n" +
 	"\x0fScheduleRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x122\n" +
-	"\x06phases\x18\x02 \x03(\v2\x1a.phased.v1.PhaseCandidatesR\x06phases\"\x92\x01\n" +
+	"\x06phases\x18\x02 \x03(\v2\x1a.phased.v1.PhaseCandidatesR\x06phases\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\"\x92\x01\n" +
 	"\x10ScheduleResponse\x12B\n" +
 	"\achoices\x18\x01 \x03(\v2(.phased.v1.ScheduleResponse.ChoicesEntryR\achoices\x1a:\n" +
 	"\fChoicesEntry\x12\x10\n" +
