@@ -3,11 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/phased/phased/policies/leastloaded"
+	"github.com/phased/phased/policies/roundrobin"
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/policytest"
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
 )
@@ -98,4 +103,59 @@ func BenchmarkThroughput(b *testing.B) {
 		wg.Wait()
 		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "req/s")
 	})
+}
+
+// BenchmarkSchedule measures one scheduling decision for a request of
+// three phases (1, 4 and 1 instances) through the roundrobin and
+// leastloaded plugin processes (gRPC over a unix socket, AutoMTLS, as the
+// supervisor calls them), and, alternately, the same policy called in this
+// process. It reports the plugin's p50 and p99, the in-process p50
+// (inproc-p50-µs), and x-inproc: in-process time over plugin time.
+func BenchmarkSchedule(b *testing.B) {
+	req := sdk.ScheduleRequest{RequestID: "r000001", Phases: []sdk.PhaseCandidates{
+		{Phase: "encoder", Candidates: []sdk.Candidate{{ID: "encoder-0", Ready: true}}},
+		{Phase: "transformer"},
+		{Phase: "decoder", Candidates: []sdk.Candidate{{ID: "decoder-0", Ready: true}}},
+	}}
+	for i := range 4 {
+		req.Phases[1].Candidates = append(req.Phases[1].Candidates, sdk.Candidate{
+			ID: fmt.Sprintf("transformer-%d", i), Index: i, Ready: true, OpenRooms: i % 3, LatencyEWMAms: float64(20 + i),
+			Labels: map[string]string{"zone": "a"},
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		inproc sdk.Policy
+	}{
+		{"roundrobin", roundrobin.New()},
+		{"leastloaded", leastloaded.New()},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			plugin := policytest.StartBinary(b, filepath.Join(pluginDir, "phased-policy-"+tc.name))
+			ctx := context.Background()
+			var lat, in []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if _, err := plugin.Schedule(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+				b.StopTimer()
+				start = time.Now()
+				if _, err := tc.inproc.Schedule(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				in = append(in, time.Since(start))
+				b.StartTimer()
+			}
+			reportLatency(b, lat)
+			slices.Sort(in)
+			b.ReportMetric(float64(in[len(in)/2].Nanoseconds())/1000, "inproc-p50-µs")
+			var sumIn, sumLat time.Duration
+			for i := range lat {
+				sumIn, sumLat = sumIn+in[i], sumLat+lat[i]
+			}
+			b.ReportMetric(sumIn.Seconds()/sumLat.Seconds(), "x-inproc")
+		})
+	}
 }

@@ -68,7 +68,7 @@ func report(w io.Writer, results []result) {
 	for _, r := range results {
 		byName[r.name] = r
 		var extra []string
-		for _, unit := range []string{"MB/s", "req/s", "p50-µs", "p99-µs"} {
+		for _, unit := range []string{"MB/s", "req/s", "p50-µs", "p99-µs", "spread-max/mean"} {
 			if v, ok := r.metrics[unit]; ok {
 				extra = append(extra, fmt.Sprintf("%s %.1f", unit, v))
 			}
