@@ -48,7 +48,7 @@ fuzz: ## fuzz each transfer decoder for FUZZTIME inputs (default 2000000x)
 	@set -e; for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1000x $(FUZZ_PKG); done
 
 bench: build ## run the benchmarks and print the side-by-side ratios
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./supervisor/... | tee bench.txt
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./policies/... ./supervisor/... | tee bench.txt
 	@$(GO) run ./supervisor/internal/benchratio < bench.txt
 
 proto: ## regenerate the protobuf code with the pinned generators
