@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/phased/phased/supervisor/config"
 	"net"
 	"net/http"
 	"os"
@@ -113,6 +114,9 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("DELETE /v1/requests/{id}", a.remove)
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/release", a.release)
+	mux.HandleFunc("GET /v1/policies", a.policies)
+	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
+	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return a
 }
@@ -193,6 +197,44 @@ func (a *API) remove(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
+// PolicyChoice is the body of a policy or shadow change: the policy's name
+// ("" removes a shadow).
+type PolicyChoice struct {
+	Policy string `json:"policy"`
+}
+
+func (a *API) policies(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.sup.Policies())
+}
+
+func (a *API) setPolicy(w http.ResponseWriter, r *http.Request) {
+	a.changePolicy(w, r, false)
+}
+
+func (a *API) setShadow(w http.ResponseWriter, r *http.Request) {
+	a.changePolicy(w, r, true)
+}
+
+func (a *API) changePolicy(w http.ResponseWriter, r *http.Request, shadow bool) {
+	var c PolicyChoice
+	if !a.decode(w, r, &c) {
+		return
+	}
+	if c.Policy == "" && !shadow || c.Policy != "" && !config.ValidName(c.Policy) {
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: policy %q is not a valid name", ErrBadInput, c.Policy))
+		return
+	}
+	set := a.sup.SetPolicy
+	if shadow {
+		set = a.sup.SetShadow
+	}
+	if err := set(r.Context(), r.PathValue("phase"), c.Policy); err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.sup.Policies())
+}
+
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.sup.Status(r.Context(), os.Getpid()))
 }
@@ -235,7 +277,7 @@ func (a *API) fail(w http.ResponseWriter, code int, err error) {
 
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, ErrBadInput):
+	case errors.Is(err, ErrBadInput), errors.Is(err, ErrPluginNotFound):
 		return http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound

@@ -93,6 +93,27 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return out, err
 }
 
+// Policies returns each phase's policies and the policy processes.
+func (c *Client) Policies(ctx context.Context) (PolicyList, error) {
+	var out PolicyList
+	err := c.do(ctx, http.MethodGet, "/v1/policies", nil, &out)
+	return out, err
+}
+
+// SetPolicy makes policy the live policy of phase (make before break).
+func (c *Client) SetPolicy(ctx context.Context, phase, policy string) (PolicyList, error) {
+	var out PolicyList
+	err := c.do(ctx, http.MethodPut, "/v1/phases/"+url.PathEscape(phase)+"/policy", PolicyChoice{Policy: policy}, &out)
+	return out, err
+}
+
+// SetShadow makes policy the shadow of phase; "" removes it.
+func (c *Client) SetShadow(ctx context.Context, phase, policy string) (PolicyList, error) {
+	var out PolicyList
+	err := c.do(ctx, http.MethodPut, "/v1/phases/"+url.PathEscape(phase)+"/shadow", PolicyChoice{Policy: policy}, &out)
+	return out, err
+}
+
 // Release asks for an ordered release and returns when it is done.
 func (c *Client) Release(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/release", nil, nil)

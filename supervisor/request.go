@@ -467,38 +467,6 @@ func (s *Supervisor) removeRooms(r *request) {
 // removeTimeout bounds one RemoveRoom call.
 const removeTimeout = 10 * time.Second
 
-// schedule asks each distinct policy, once, for the instances of its
-// phases, and returns one instance per phase in pipeline order.
-func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance, error) {
-	chosen := make([]*instance, len(s.phases))
-	for _, name := range s.cfg.Policies() {
-		req := sdk.ScheduleRequest{RequestID: id, Key: key}
-		for _, ph := range s.phases {
-			if ph.cfg.Policy == name {
-				req.Phases = append(req.Phases, ph.candidates())
-			}
-		}
-		d, err := s.policies[name].impl.Schedule(ctx, req)
-		if err != nil {
-			return nil, fmt.Errorf("schedule with policy %s: %w", name, err)
-		}
-		for i, ph := range s.phases {
-			if ph.cfg.Policy != name {
-				continue
-			}
-			in := ph.instance(d.Choices[ph.cfg.Name])
-			if in == nil {
-				return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", name, d.Choices[ph.cfg.Name], ph.cfg.Name)
-			}
-			if st := in.currentState(); st != stateReady {
-				return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", name, in.id, ph.cfg.Name, st)
-			}
-			chosen[i] = in
-		}
-	}
-	return chosen, nil
-}
-
 func (ph *phase) candidates() sdk.PhaseCandidates {
 	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
 	for _, in := range ph.instances {

@@ -11,7 +11,7 @@ type Status struct {
 	RunDir   string        `json:"run_dir"`
 	Closing  bool          `json:"closing"`
 	Phases   []PhaseStatus `json:"phases"`
-	Policies []string      `json:"policies"`
+	Policies PolicyList    `json:"policies"`
 	Requests []RequestInfo `json:"requests"`
 }
 
@@ -38,9 +38,9 @@ type InstanceStatus struct {
 // Status asks every instance for its rooms and returns the whole picture.
 // Requests are listed without their events.
 func (s *Supervisor) Status(ctx context.Context, pid int) Status {
-	st := Status{PID: pid, RunDir: s.runDir, Policies: s.cfg.Policies()}
+	st := Status{PID: pid, RunDir: s.runDir, Policies: s.Policies()}
 	for _, ph := range s.phases {
-		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.cfg.Policy}
+		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name}
 		for _, in := range ph.instances {
 			is := InstanceStatus{ID: in.id, PID: in.proc.pid, State: in.currentState(), Inflight: int(in.inflight.Load())}
 			if is.State == stateReady {

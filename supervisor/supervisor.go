@@ -22,6 +22,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
@@ -49,7 +50,17 @@ type Supervisor struct {
 	runDir     string // ipc sockets of all instances
 	ownsRunDir bool   // created by Start, removed at release
 	phases     []*phase
-	policies   map[string]*policy
+	catalog    Catalog
+
+	// Policies: the running policy processes by name (policyMu), the
+	// built-in round robin that stands in for a failed one, and the
+	// background work (restarters, shadow calls) that bgCancel stops.
+	policyMu sync.Mutex
+	policies map[string]*policy
+	fallback *roundrobin.Policy
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 
 	ctx    context.Context // cancelled at the end of release's grace
 	cancel context.CancelFunc
@@ -75,6 +86,9 @@ type Supervisor struct {
 type phase struct {
 	cfg       config.Phase
 	instances []*instance
+	live      atomic.Pointer[policy] // the policy that schedules it
+	shadowOf  atomic.Pointer[policy] // asked beside live, never used; nil: none
+	stats     policyStats
 }
 
 // instance is one running phase plugin process.
@@ -129,13 +143,6 @@ func (in *instance) currentState() string {
 	return s
 }
 
-// policy is one running policy plugin process.
-type policy struct {
-	name string
-	proc *process
-	impl sdk.Policy
-}
-
 // New returns a supervisor for cfg. It starts nothing.
 func New(cfg *config.Config, opts Options) *Supervisor {
 	if opts.Logger == nil {
@@ -159,6 +166,8 @@ func New(cfg *config.Config, opts Options) *Supervisor {
 // stopped and the errors joined.
 func (s *Supervisor) Start(ctx context.Context) (err error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	s.fallback = roundrobin.New()
 	s.slots = make(chan struct{}, max(s.cfg.MaxInflight, 1))
 	if err := s.makeRunDir(); err != nil {
 		return err
@@ -173,6 +182,7 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 		pluginDir = DefaultPluginDir()
 	}
 	cat := Catalog{Dir: pluginDir}
+	s.catalog = cat
 	// Find every binary first, so that a typo fails before anything starts.
 	paths := map[string]string{}
 	for _, name := range s.cfg.Policies() {
@@ -190,17 +200,17 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 		paths["phase/"+ph.Plugin] = p
 	}
 	for _, name := range s.cfg.Policies() {
-		proc, err := s.start(ctx, processConfig{
-			Name: name, Path: paths["policy/"+name], Kind: sdk.KindPolicy,
-			APIVersion: sdk.PolicyAPIVersion, StartTimeout: config.DefaultStartTimeout,
-		})
+		p, err := s.startPolicy(ctx, name)
 		if err != nil {
 			return err
 		}
-		s.policies[name] = &policy{name: name, proc: proc, impl: proc.raw.(sdk.Policy)}
+		s.policyMu.Lock()
+		s.policies[name] = p
+		s.policyMu.Unlock()
 	}
 	for _, pcfg := range s.cfg.Phases {
 		ph := &phase{cfg: pcfg}
+		ph.live.Store(s.policies[pcfg.Policy])
 		s.phases = append(s.phases, ph)
 		for i := range pcfg.Instances {
 			in, err := s.startInstance(ctx, pcfg, i, paths["phase/"+pcfg.Plugin])
@@ -340,11 +350,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 			}
 		}
 	}
-	for _, name := range s.cfg.Policies() {
-		if p := s.policies[name]; p != nil {
-			p.proc.kill()
-		}
-	}
+	s.stopPolicies()
 	if s.ownsRunDir && s.runDir != "" {
 		if err := os.RemoveAll(s.runDir); err != nil {
 			errs = append(errs, err)

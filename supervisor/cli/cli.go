@@ -1,5 +1,5 @@
 // Package cli is the supervisor's command line: `start` runs a supervisor in
-// the foreground; `submit`, `status`, `remove` and `release` talk to a
+// the foreground; `submit`, `status`, `remove`, `policy` and `release` talk to a
 // running one over its control socket; `run` does start, submit, wait and
 // release in one go.
 package cli
@@ -27,6 +27,8 @@ Verbs:
                                           submit a request; print its id
   status  [--json]                        phases, instances, requests
   remove  REQUEST_ID                      ordered remove of a request's rooms
+  policy  list | set PHASE NAME | shadow PHASE NAME | shadow --off PHASE
+                                          show or change the phases' policies, live
   release                                 ordered release; the supervisor exits
   run     [--config FILE] --prompt TEXT [--count N] [--out DIR] [--json]
                                           start, submit N requests, wait, release
@@ -49,6 +51,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"remove":  remove,
 		"release": release,
 		"run":     run,
+		"policy":  policy,
 	}
 	fn, ok := verbs[args[0]]
 	if !ok {

@@ -140,7 +140,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *asJSON {
 		return printJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "supervisor pid %d, run dir %s, policies %s\n\n", st.PID, st.RunDir, strings.Join(st.Policies, ", "))
+	fmt.Fprintf(stdout, "supervisor pid %d, run dir %s\n\n", st.PID, st.RunDir)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PHASE\tINSTANCE\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT")
 	for _, ph := range st.Phases {
@@ -153,6 +153,8 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 	tw.Flush()
+	fmt.Fprintln(stdout)
+	printPolicies(stdout, st.Policies)
 	counts := map[string]int{}
 	for _, r := range st.Requests {
 		counts[r.State]++

@@ -35,7 +35,9 @@ const (
 	DefaultArtifactDir  = "out"
 	DefaultGrace        = 30 * time.Second
 	DefaultStartTimeout = 30 * time.Second
-	DefaultMaxInflight  = 64
+	// DefaultPolicyTimeout bounds one Schedule call to a policy plugin.
+	DefaultPolicyTimeout = time.Second
+	DefaultMaxInflight   = 64
 )
 
 // BackendAuto chooses each hop's transfer backend from where its two
@@ -69,6 +71,10 @@ type Config struct {
 	// PeerTimeout is how long a room waits for a peer whose connection
 	// broke before it fails; 0 is the transfer manager's default (10s).
 	PeerTimeout time.Duration
+	// PolicyTimeout bounds one Schedule call to a policy plugin; past it,
+	// the request is scheduled by the built-in round robin and the plugin
+	// is restarted.
+	PolicyTimeout time.Duration
 	// MaxInflight bounds the requests dispatched at once (each holds a
 	// room, and so receive buffers, on every hop); the others wait queued.
 	MaxInflight int
@@ -162,6 +168,9 @@ func (c *Config) Policies() []string {
 // ErrInvalid is wrapped by every error about a config's content.
 var ErrInvalid = errors.New("invalid config")
 
+// ValidName reports whether s may name a phase, plugin or policy.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
 // Default returns the embedded default configuration.
 func Default() *Config {
 	c, err := Parse(defaultHCL, DefaultName)
@@ -185,16 +194,17 @@ func Load(path string) (*Config, error) {
 
 // file, releaseBlock and phaseBlock mirror the config's syntax.
 type file struct {
-	PluginDir   *string           `hcl:"plugin_dir,optional"`
-	RunDir      *string           `hcl:"run_dir,optional"`
-	ArtifactDir *string           `hcl:"artifact_dir,optional"`
-	Backend     *string           `hcl:"backend,optional"`
-	Policy      *string           `hcl:"policy,optional"`
-	Params      map[string]string `hcl:"params,optional"`
-	PeerTimeout *string           `hcl:"peer_timeout,optional"`
-	MaxInflight *int              `hcl:"max_inflight,optional"`
-	Release     *releaseBlock     `hcl:"release,block"`
-	Phases      []phaseBlock      `hcl:"phase,block"`
+	PluginDir     *string           `hcl:"plugin_dir,optional"`
+	RunDir        *string           `hcl:"run_dir,optional"`
+	ArtifactDir   *string           `hcl:"artifact_dir,optional"`
+	Backend       *string           `hcl:"backend,optional"`
+	Policy        *string           `hcl:"policy,optional"`
+	Params        map[string]string `hcl:"params,optional"`
+	PeerTimeout   *string           `hcl:"peer_timeout,optional"`
+	PolicyTimeout *string           `hcl:"policy_timeout,optional"`
+	MaxInflight   *int              `hcl:"max_inflight,optional"`
+	Release       *releaseBlock     `hcl:"release,block"`
+	Phases        []phaseBlock      `hcl:"phase,block"`
 }
 
 type releaseBlock struct {
@@ -274,6 +284,14 @@ func (f *file) build(filename string) (*Config, error) {
 			errs = append(errs, fmt.Errorf("%s: release: grace: %w", where(f.Release.DefRange), err))
 		}
 		c.Grace = d
+	}
+	c.PolicyTimeout = DefaultPolicyTimeout
+	if f.PolicyTimeout != nil {
+		d, err := parseDuration(*f.PolicyTimeout)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: policy_timeout: %w", filename, err))
+		}
+		c.PolicyTimeout = d
 	}
 	if f.PeerTimeout != nil {
 		d, err := parseDuration(*f.PeerTimeout)

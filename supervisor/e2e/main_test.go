@@ -49,6 +49,7 @@ func run(m *testing.M) (int, error) {
 		{"-o", pluginDir + "/", "./plugins/encoder/cmd/phased-phase-encoder", "./plugins/transformer/cmd/phased-phase-transformer",
 			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/..."},
 		{"-o", filepath.Join(dir, "badplugin"), "./supervisor/e2e/testdata/badplugin"},
+		{"-o", filepath.Join(pluginDir, "phased-policy-faulty"), "./supervisor/e2e/testdata/faultypolicy"},
 	}
 	for _, b := range builds {
 		cmd := exec.Command("go", append(args, b...)...)

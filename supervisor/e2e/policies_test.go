@@ -2,10 +2,16 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/phased/phased/sdk/policytest"
 	"github.com/phased/phased/supervisor"
@@ -95,4 +101,214 @@ func TestPolicyBinariesConform(t *testing.T) {
 	for _, bin := range bins {
 		t.Run(filepath.Base(bin), func(t *testing.T) { policytest.RunBinary(t, bin) })
 	}
+}
+
+// load submits requests, at most four in flight, until stop is closed,
+// and returns every request's final info.
+func load(t *testing.T, p *proc, stop <-chan struct{}) <-chan []supervisor.RequestInfo {
+	out := make(chan []supervisor.RequestInfo, 1)
+	go func() {
+		var (
+			mu    sync.Mutex
+			infos []supervisor.RequestInfo
+			wg    sync.WaitGroup
+		)
+		slots := make(chan struct{}, 4)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				wg.Wait()
+				out <- infos
+				return
+			case slots <- struct{}{}:
+			}
+			wg.Add(1)
+			go func() {
+				defer func() { <-slots; wg.Done() }()
+				ctx := context.Background()
+				info := supervisor.RequestInfo{ID: fmt.Sprintf("submission %d", i), State: "not submitted"}
+				id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: fmt.Sprintf("load %d", i), Seed: int64(i), Steps: 1})
+				if err == nil {
+					info, err = p.client.Watch(ctx, id, nil)
+				}
+				if err != nil {
+					info.Reason = err.Error()
+				}
+				mu.Lock()
+				infos = append(infos, info)
+				mu.Unlock()
+			}()
+		}
+	}()
+	return out
+}
+
+// policyList runs `supervisor policy list --json`.
+func policyList(t *testing.T, socket string) supervisor.PolicyList {
+	t.Helper()
+	out, errOut, code := cli(t, socket, "policy", "list", "--json")
+	var l supervisor.PolicyList
+	if code != 0 || json.Unmarshal([]byte(out), &l) != nil {
+		t.Fatalf("policy list: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	return l
+}
+
+func phasePolicy(l supervisor.PolicyList, phase string) supervisor.PhasePolicy {
+	for _, p := range l.Phases {
+		if p.Phase == phase {
+			return p
+		}
+	}
+	return supervisor.PhasePolicy{}
+}
+
+func policyProc(l supervisor.PolicyList, name string) (supervisor.PolicyProc, bool) {
+	for _, p := range l.Running {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return supervisor.PolicyProc{}, false
+}
+
+// TestPolicySwapUnderLoad swaps the transformer's policy twice while
+// requests keep coming: no request fails, each swap shows in `policy list`,
+// and a policy process that no phase uses any more is stopped.
+func TestPolicySwapUnderLoad(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	stop := make(chan struct{})
+	results := load(t, p, stop)
+	waitDone := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for phasePolicy(policyList(t, p.socket), "transformer").Decisions < int64(n) {
+			if time.Now().After(deadline) {
+				t.Fatalf("fewer than %d requests scheduled in 60s", n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitDone(5)
+	out, errOut, code := cli(t, p.socket, "policy", "set", "transformer", "leastloaded")
+	if code != 0 || !regexp.MustCompile(`(?m)^transformer\s+leastloaded\s`).MatchString(out) {
+		t.Fatalf("policy set leastloaded: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	ll, ok := policyProc(policyList(t, p.socket), "leastloaded")
+	if !ok || ll.PID == 0 || ll.State != "running" {
+		t.Fatalf("leastloaded process: %+v (%t)", ll, ok)
+	}
+	waitDone(15)
+	if _, errOut, code := cli(t, p.socket, "policy", "set", "transformer", "p2c"); code != 0 {
+		t.Fatalf("policy set p2c: exit %d: %s", code, errOut)
+	}
+	waitDone(25)
+	close(stop)
+	infos := <-results
+	for _, info := range infos {
+		if info.State != supervisor.StateDone {
+			t.Fatalf("request %s: %s (%s) during the swaps", info.ID, info.State, info.Reason)
+		}
+	}
+	l := policyList(t, p.socket)
+	if pp := phasePolicy(l, "transformer"); pp.Policy != "p2c" || pp.Fallbacks != 0 {
+		t.Fatalf("transformer after the swaps: %+v", pp)
+	}
+	if _, ok := policyProc(l, "leastloaded"); ok {
+		t.Fatalf("leastloaded still runs with no phase using it: %+v", l.Running)
+	}
+	if !eventually(10*time.Second, func() bool { return !alive(ll.PID) }) {
+		t.Fatalf("the leastloaded process %d is still alive", ll.PID)
+	}
+	t.Logf("%d requests, none failed, across two swaps", len(infos))
+	p.release(t)
+}
+
+// TestPolicyFailures: a policy that crashes, or hangs past policy_timeout,
+// costs no request: the built-in round robin schedules it, the failure is
+// counted, and the plugin is restarted. A shadow policy's agreement is
+// counted. Bad names are refused with what exists.
+func TestPolicyFailures(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(pipeline, `policy    = "roundrobin"`, `policy    = "faulty"`, 1) + "policy_timeout = \"500ms\"\n"
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	first, _ := policyProc(policyList(t, p.socket), "faulty")
+	for i, key := range []string{"", "crash", "", "hang", ""} {
+		infos := p.submitAll(t, 1, func(int) supervisor.Submission {
+			return supervisor.Submission{Prompt: "f", Seed: int64(i), Steps: 1, Key: key}
+		})
+		if infos[0].Instances["transformer"] == "" {
+			t.Fatalf("request %d (key %q): no transformer", i, key)
+		}
+		if key == "" {
+			continue
+		}
+		// The plugin is restarted; wait for it before the next request.
+		want := map[string]int{"crash": 1, "hang": 2}[key]
+		if !eventually(30*time.Second, func() bool {
+			pr, _ := policyProc(policyList(t, p.socket), "faulty")
+			return pr.State == "running" && pr.Restarts == want
+		}) {
+			t.Fatalf("after %q: faulty not restarted: %+v", key, policyList(t, p.socket).Running)
+		}
+	}
+	l := policyList(t, p.socket)
+	pr, _ := policyProc(l, "faulty")
+	if pp := phasePolicy(l, "transformer"); pp.Fallbacks != 2 || pp.Decisions != 5 {
+		t.Fatalf("transformer: %+v, want 5 decisions, 2 by the fallback", pp)
+	}
+	if pr.PID == first.PID || !strings.Contains(pr.LastError, "did not answer within 500ms (policy_timeout)") {
+		t.Fatalf("faulty after two restarts: %+v (first pid %d)", pr, first.PID)
+	}
+	if alive(first.PID) {
+		t.Fatalf("the crashed policy process %d is alive", first.PID)
+	}
+
+	// Shadow: counted, not used.
+	if _, errOut, code := cli(t, p.socket, "policy", "shadow", "transformer", "roundrobin"); code != 0 {
+		t.Fatalf("policy shadow: %s", errOut)
+	}
+	p.submitAll(t, 6, func(i int) supervisor.Submission { return supervisor.Submission{Prompt: "s", Seed: int64(i), Steps: 1} })
+	if !eventually(10*time.Second, func() bool { return phasePolicy(policyList(t, p.socket), "transformer").ShadowCalls == 6 }) {
+		t.Fatalf("shadow calls: %+v", phasePolicy(policyList(t, p.socket), "transformer"))
+	}
+	pp := phasePolicy(policyList(t, p.socket), "transformer")
+	if pp.Shadow != "roundrobin" || pp.ShadowAgree > 6 || pp.Decisions != 11 {
+		t.Fatalf("with a shadow: %+v", pp)
+	}
+	out, _, code := cli(t, p.socket, "policy", "shadow", "--off", "transformer")
+	if code != 0 || !regexp.MustCompile(`(?m)^transformer\s+faulty\s+11\s+2\s+-\s+-\s*$`).MatchString(out) {
+		t.Fatalf("policy shadow --off: exit %d, %q", code, out)
+	}
+
+	// Bad names.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"set", "transformer", "nosuch"}, `policy plugin "nosuch": ` + filepath.Join(pluginDir, "phased-policy-nosuch") + " does not exist; plugins in "},
+		{[]string{"set", "upscaler", "roundrobin"}, `no such phase "upscaler"; the phases are: encoder, transformer, decoder`},
+		{[]string{"set", "transformer", "../x"}, `policy "../x" is not a valid name`},
+		{[]string{"set", "transformer"}, "want `policy list`"},
+	} {
+		_, errOut, code := cli(t, p.socket, append([]string{"policy"}, tc.args...)...)
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("policy %v: exit %d, stderr %q, want %q", tc.args, code, errOut, tc.want)
+		}
+	}
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Policy != "faulty" {
+		t.Fatalf("a refused change changed the policy: %+v", pp)
+	}
+	p.release(t)
+}
+
+// eventually polls cond every 50 ms for up to d.
+func eventually(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
