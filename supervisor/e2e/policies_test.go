@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -311,4 +312,40 @@ func eventually(d time.Duration, cond func() bool) bool {
 		}
 	}
 	return cond()
+}
+
+// TestThirdPartyPolicy builds the policy in examples/policies, a Go module
+// of its own that imports only phased's SDK, the way its author would
+// (outside phased's module), drops the binary into the plugin directory of
+// a running supervisor, and selects it with `policy set`: no rebuild and
+// no restart of phased.
+func TestThirdPartyPolicy(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(pluginDir, "phased-policy-fastest")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/phased-policy-fastest")
+	build.Dir = filepath.Join(strings.TrimSpace(string(root)), "examples", "policies")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the third-party policy: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { os.Remove(bin) })
+	out, errOut, code := cli(t, p.socket, "policy", "set", "transformer", "fastest")
+	if code != 0 || !regexp.MustCompile(`(?m)^transformer\s+fastest\s`).MatchString(out) || !strings.Contains(out, "fastest") {
+		t.Fatalf("policy set transformer fastest: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	infos := p.submitAll(t, 6, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: fmt.Sprintf("third %d", i), Seed: int64(i), Steps: 1}
+	})
+	got, err := os.ReadFile(infos[0].Artifact)
+	if err != nil || !bytes.Equal(got, reference(t, "third 0", 0, 1)) {
+		t.Fatalf("artifact under the third-party policy differs from the reference (%v)", err)
+	}
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Policy != "fastest" || pp.Fallbacks != 0 {
+		t.Fatalf("transformer: %+v", pp)
+	}
+	p.release(t)
 }
