@@ -39,6 +39,7 @@ run: build ## set up, build, and run the demo on the embedded default config
 
 test: build ## run every test with -race (unit, gRPC in memory, end to end), then fuzz each decoder briefly
 	$(GO) test -race -count=1 -timeout 14m ./...
+	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) -s fuzz-short
 
 fuzz-short: ## fuzz each transfer decoder for 20,000 inputs (part of make test)
