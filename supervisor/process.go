@@ -46,8 +46,11 @@ type processConfig struct {
 func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	cmd := exec.Command(pc.Path)
 	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel)
-	// The child dies with the supervisor, even on SIGKILL.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// The child dies with the supervisor, even on SIGKILL; it leads a
+	// process group of its own, so that kill takes its own children too
+	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor
+	// only, which releases the pipeline in order).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	stderr := newTail(20)
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
@@ -111,8 +114,15 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 func (p *process) exited() bool { return p.client.Exited() }
 
 // kill stops the process: graceful close, bounded wait, then SIGKILL
-// (go-plugin's Kill). Safe to call twice.
-func (p *process) kill() { p.client.Kill() }
+// (go-plugin's Kill); then SIGKILL to its process group, for the children
+// the plugin started itself. Safe to call twice.
+func (p *process) kill() {
+	p.client.Kill()
+	if p.pid > 0 {
+		// ESRCH: the group is gone already.
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	}
+}
 
 // tail keeps the last lines written to it; go-plugin writes the plugin's
 // raw stderr here.

@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// TestProcessGroup: a plugin's own children die with it at release, since
+// the supervisor kills each plugin as a process group.
+func TestProcessGroup(t *testing.T) {
+	dir := shortDir(t)
+	pidfile := filepath.Join(dir, "grandchild.pid")
+	cfg := strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
+		`phase "encoder" {
+  plugin = "forker"
+  params = { pidfile = "`+pidfile+`" }
+}`, 1)
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := strconv.Atoi(string(b))
+	if err != nil || !running(gc) {
+		t.Fatalf("the plugin's child %q is not running (%v)", b, err)
+	}
+	t.Cleanup(func() {
+		if running(gc) {
+			_ = syscall.Kill(gc, syscall.SIGKILL)
+		}
+	})
+	p.release(t)
+	if !eventually(2*time.Second, func() bool { return !running(gc) }) {
+		t.Fatalf("the plugin's own child %d outlived the release", gc)
+	}
+}
+
+// running reports whether pid is a process that has not exited: a zombie
+// (killed, not yet reaped by whoever adopted it) has.
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
+}
+
+// TestLoopbackOnly: with the defaults, nothing the supervisor or its
+// plugins run listens on anything but loopback, zmq hops included (their
+// rooms bind tcp while they are open). The test reads each process's
+// socket inodes and the listening TCP sockets of /proc/net/tcp and tcp6.
+func TestLoopbackOnly(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, `
+phase "encoder"     {
+  plugin = "encoder"
+  host   = "a"
+}
+phase "transformer" {
+  plugin = "transformer"
+  host   = "b"
+}
+phase "decoder"     { plugin = "decoder" }
+`))
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := []int{st.PID}
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			pids = append(pids, in.PID)
+		}
+	}
+	for _, pr := range st.Policies.Running {
+		pids = append(pids, pr.PID)
+	}
+	done := make(chan []supervisor.RequestInfo, 1)
+	go func() {
+		done <- p.submitAll(t, 8, func(i int) supervisor.Submission {
+			return supervisor.Submission{Prompt: "loopback", Seed: int64(i), Steps: 50}
+		})
+	}()
+	seen := map[string]bool{}
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		case <-time.After(2 * time.Millisecond):
+		}
+		for _, addr := range listening(t, pids) {
+			seen[addr] = true
+		}
+	}
+	if len(seen) == 0 {
+		t.Fatal("no listening TCP socket seen while zmq rooms were open: the check sees nothing")
+	}
+	for addr := range seen {
+		if !strings.HasPrefix(addr, "127.0.0.1:") && !strings.HasPrefix(addr, "[::1]:") {
+			t.Errorf("a phased process listens on %s, not loopback", addr)
+		}
+	}
+	t.Logf("%d listening addresses seen, all loopback", len(seen))
+	p.release(t)
+}
+
+// listening returns the local addresses of the listening TCP sockets that
+// the processes pids hold.
+func listening(t *testing.T, pids []int) []string {
+	t.Helper()
+	inodes := map[string]bool{}
+	for _, pid := range pids {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if ino, ok := strings.CutPrefix(link, "socket:["); ok && err == nil {
+				inodes[strings.TrimSuffix(ino, "]")] = true
+			}
+		}
+	}
+	var out []string
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			out = append(out, hexAddr(t, f[1]))
+		}
+	}
+	return out
+}
+
+// hexAddr decodes /proc/net/tcp's HEXIP:HEXPORT (the IP in host byte
+// order, 32-bit words).
+func hexAddr(t *testing.T, s string) string {
+	ipHex, portHex, _ := strings.Cut(s, ":")
+	port, err := strconv.ParseUint(portHex, 16, 16)
+	raw, err2 := hex.DecodeString(ipHex)
+	if err != nil || err2 != nil {
+		t.Fatalf("bad address %q in /proc/net/tcp", s)
+	}
+	for i := 0; i+4 <= len(raw); i += 4 { // each word is little-endian
+		raw[i], raw[i+1], raw[i+2], raw[i+3] = raw[i+3], raw[i+2], raw[i+1], raw[i]
+	}
+	return net.JoinHostPort(net.IP(raw).String(), strconv.Itoa(int(port)))
+}

@@ -1,0 +1,36 @@
+// Command forker is a test-only phase plugin: the encoder, except that when
+// it is configured it starts a child process of its own (sleep 300) and
+// writes the child's pid to the file its "pidfile" param names. The
+// supervisor must kill that child with the plugin, as one process group.
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+
+	"github.com/phased/phased/plugins/encoder"
+	"github.com/phased/phased/sdk"
+)
+
+type forker struct {
+	*encoder.Phase
+}
+
+func (f forker) Configure(ctx context.Context, cfg sdk.Config) error {
+	child := exec.Command("sleep", "300")
+	if err := child.Start(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfg.Params["pidfile"], fmt.Appendf(nil, "%d", child.Process.Pid), 0o600); err != nil {
+		return err
+	}
+	params := maps.Clone(cfg.Params)
+	delete(params, "pidfile")
+	cfg.Params = params
+	return f.Phase.Configure(ctx, cfg)
+}
+
+func main() { sdk.ServePhase(forker{encoder.New()}) }
