@@ -230,19 +230,27 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 // makeRunDir creates the run directory; it stays short, since unix socket
 // paths are limited to 107 bytes.
 func (s *Supervisor) makeRunDir() error {
+	// What a supervisor that died left is removed first (its run
+	// directory may be ours: a configured run_dir).
+	if err := s.sweepStale(); err != nil {
+		s.logger.Warn("cleaning up after a supervisor that did not release", "error", err)
+	}
 	if s.cfg.RunDir != "" {
 		if err := os.MkdirAll(s.cfg.RunDir, 0o700); err != nil {
 			return fmt.Errorf("run_dir: %w", err)
 		}
 		s.runDir = s.cfg.RunDir
-		return nil
+	} else {
+		dir, err := os.MkdirTemp("/tmp", "phased-")
+		if err != nil {
+			return fmt.Errorf("run dir: %w", err)
+		}
+		s.runDir, s.ownsRunDir = dir, true
 	}
-	dir, err := os.MkdirTemp("/tmp", "phased-")
-	if err != nil {
+	if err := os.MkdirAll(filepath.Join(s.runDir, "plugin"), 0o700); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	s.runDir, s.ownsRunDir = dir, true
-	return os.MkdirAll(filepath.Join(dir, "plugin"), 0o700)
+	return writePIDFile(s.runDir, s.ownsRunDir)
 }
 
 func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, error) {
@@ -351,8 +359,13 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 		}
 	}
 	s.stopPolicies()
-	if s.ownsRunDir && s.runDir != "" {
+	switch {
+	case s.ownsRunDir && s.runDir != "":
 		if err := os.RemoveAll(s.runDir); err != nil {
+			errs = append(errs, err)
+		}
+	case s.runDir != "":
+		if err := removeRunContents(s.runDir); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -163,3 +163,69 @@ func hexAddr(t *testing.T, s string) string {
 	}
 	return net.JoinHostPort(net.IP(raw).String(), strconv.Itoa(int(port)))
 }
+
+// TestStaleCleanup: after kill -9 of the supervisor, its plugins are gone
+// within 2 seconds (parent-death signal), and the next start removes what
+// they left: the old run directory with its socket files, and the
+// instances' shared-memory segments.
+func TestStaleCleanup(t *testing.T) {
+	dir := shortDir(t)
+	cfg := writeConfig(t, dir, pipeline)
+	p := startSupervisor(t, dir, cfg)
+	p.submitAll(t, 2, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "stale", Seed: int64(i), Steps: 1}
+	})
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			pids = append(pids, in.PID)
+		}
+	}
+	for _, pr := range st.Policies.Running {
+		pids = append(pids, pr.PID)
+	}
+	segs := func() []string {
+		var out []string
+		for _, ph := range st.Phases {
+			for _, in := range ph.Instances {
+				m, _ := filepath.Glob(fmt.Sprintf("/dev/shm/phased-%s.%d-*", in.ID, in.PID))
+				out = append(out, m...)
+			}
+		}
+		return out
+	}
+	if len(segs()) == 0 {
+		t.Fatal("no pooled segment after two requests: nothing to clean up")
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.waitExit(10 * time.Second); err == nil {
+		t.Fatal("the killed supervisor exited 0")
+	}
+	if !eventually(2*time.Second, func() bool {
+		for _, pid := range pids {
+			if running(pid) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("plugin processes %v outlived the supervisor's kill -9 by 2s", pids)
+	}
+	if _, err := os.Stat(st.RunDir); err != nil || len(segs()) == 0 {
+		t.Fatalf("kill -9 left no run directory (%v) or no segments: nothing for the next start to do", err)
+	}
+	p2 := startSupervisor(t, dir, cfg)
+	if _, err := os.Stat(st.RunDir); !os.IsNotExist(err) {
+		t.Errorf("the old run directory %s is still there (%v)", st.RunDir, err)
+	}
+	if left := segs(); len(left) != 0 {
+		t.Errorf("segments of the killed run are still there: %v", left)
+	}
+	p2.release(t)
+}

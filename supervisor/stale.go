@@ -1,0 +1,186 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// pidFile, in a run directory, holds the pid of the supervisor using it, so
+// that the next start can tell a run directory left by a supervisor that
+// died (kill -9, a crash, a power cut) from one in use; a second line,
+// createdMark, says that the supervisor created the directory (rather than
+// being given it as run_dir), so that all of it may go.
+const (
+	pidFile     = "supervisor.pid"
+	createdMark = "created"
+)
+
+// runDirPattern is what the run directories the supervisor creates look
+// like: /tmp/phased-XXXXXXXX.
+const runDirPattern = "/tmp/phased-*"
+
+// sweepStale removes what supervisors of this user that died without
+// releasing left behind: their run directories (with every socket file in
+// them) and the shared-memory segments of their plugin processes. It keeps
+// anything whose process is alive, and anything not marked as phased's.
+// It logs what it removed and returns the errors it met, which do not stop
+// the start.
+func (s *Supervisor) sweepStale() error {
+	var errs []error
+	dirs, _ := filepath.Glob(runDirPattern)
+	for _, dir := range dirs {
+		pid, created, ok := stalePID(dir)
+		if !ok || !created {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove the stale run directory %s: %w", dir, err))
+			continue
+		}
+		s.logger.Warn("removed the run directory of a supervisor that did not release", "dir", dir, "pid", pid)
+	}
+	// A configured run_dir is the user's: only what a supervisor puts
+	// there goes.
+	if dir := s.cfg.RunDir; dir != "" {
+		if pid, _, ok := stalePID(dir); ok {
+			if err := removeRunContents(dir); err != nil {
+				errs = append(errs, err)
+			} else {
+				s.logger.Warn("removed the sockets a supervisor that did not release left in run_dir", "dir", dir, "pid", pid)
+			}
+		}
+	}
+	n, err := sweepDeadSegments(transfer.DefaultShmDir)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if n > 0 {
+		s.logger.Warn("removed shared-memory segments of plugin processes that died", "count", n, "dir", transfer.DefaultShmDir)
+	}
+	return errors.Join(errs...)
+}
+
+// instanceDirRE is what an instance's directory in a run directory looks
+// like: PHASE-INDEX.
+var instanceDirRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}-[0-9]+$`)
+
+// removeRunContents removes from a run directory what a supervisor puts
+// there: its pid file, go-plugin's socket directory and the instances'
+// socket directories.
+func removeRunContents(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if n := e.Name(); n == pidFile || e.IsDir() && (n == "plugin" || instanceDirRE.MatchString(n)) {
+			errs = append(errs, os.RemoveAll(filepath.Join(dir, n)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stalePID reports whether dir is a run directory of this user whose
+// supervisor is dead, that supervisor's pid, and whether it created the
+// directory.
+func stalePID(dir string) (pid int, created, ok bool) {
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() || !ownedByMe(fi) {
+		return 0, false, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, pidFile))
+	if err != nil {
+		return 0, false, false
+	}
+	first, rest, _ := strings.Cut(string(b), "\n")
+	pid, err = strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 || pid == os.Getpid() || processAlive(pid) {
+		return 0, false, false
+	}
+	return pid, strings.TrimSpace(rest) == createdMark, true
+}
+
+// writePIDFile marks dir as the run directory of this process.
+func writePIDFile(dir string, created bool) error {
+	content := strconv.Itoa(os.Getpid()) + "\n"
+	if created {
+		content += createdMark + "\n"
+	}
+	return os.WriteFile(filepath.Join(dir, pidFile), []byte(content), 0o600)
+}
+
+// sweepDeadSegments removes the segments in shmDir that a plugin process
+// of this user left when it died: their names are
+// phased-INSTANCE.PID-..., and PID no longer runs.
+func sweepDeadSegments(shmDir string) (int, error) {
+	entries, err := os.ReadDir(shmDir)
+	if err != nil {
+		return 0, fmt.Errorf("sweep %s: %w", shmDir, err)
+	}
+	n := 0
+	var errs []error
+	for _, e := range entries {
+		pid, ok := segmentPID(e.Name())
+		if !ok || processAlive(pid) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || !ownedByMe(fi) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(shmDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// segmentPID returns the pid in a segment name phased-INSTANCE.PID-REST
+// (sdk.TransferName; an instance id holds no '.').
+func segmentPID(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, "phased-")
+	if !ok {
+		return 0, false
+	}
+	_, after, ok := strings.Cut(rest, ".")
+	if !ok {
+		return 0, false
+	}
+	digits, _, ok := strings.Cut(after, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	return pid, err == nil && pid > 0
+}
+
+// processAlive reports whether pid runs: it exists and is not a zombie
+// (a process that exited and that whoever adopted it has not reaped yet).
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	rest := strings.TrimSpace(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return !strings.HasPrefix(rest, "Z")
+}
+
+func ownedByMe(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Getuid()
+}

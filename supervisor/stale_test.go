@@ -1,0 +1,104 @@
+package supervisor
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/phased/phased/supervisor/config"
+)
+
+// deadPID returns the pid of a process that has exited.
+func deadPID(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
+
+func TestSegmentPID(t *testing.T) {
+	for name, want := range map[string]int{
+		"phased-transformer-1.4242-17-99":  4242,
+		"phased-encoder-0.7-free-3":        7,
+		"phased-t123-4-1-56":               0, // no '.': not a plugin's
+		"other-transformer-1.4242-17-99":   0,
+		"phased-transformer-1.x-17":        0,
+		"phased-transformer-1.4242":        0,
+		"phased-decoder-0.0-1-1":           0,
+		"phased-hoprx.31337-free-12345678": 31337,
+	} {
+		got, ok := segmentPID(name)
+		if want == 0 && ok || want != 0 && (!ok || got != want) {
+			t.Errorf("segmentPID(%q) = %d, %t; want %d", name, got, ok, want)
+		}
+	}
+}
+
+// The sweep removes the run directories and segments of dead processes,
+// and keeps those of live ones, what is not phased's, and what is in a
+// configured run_dir but not a supervisor's.
+func TestSweepStale(t *testing.T) {
+	dead, live := deadPID(t), os.Getppid()
+	mkRun := func(pid int, created bool) string {
+		dir, err := os.MkdirTemp("/tmp", "phased-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.MkdirAll(filepath.Join(dir, "transformer-0"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		content := strconv.Itoa(pid) + "\n"
+		if created {
+			content += createdMark + "\n"
+		}
+		if err := os.WriteFile(filepath.Join(dir, pidFile), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	staleDir, liveDir := mkRun(dead, true), mkRun(live, true)
+	configured := mkRun(dead, false) // a run_dir under /tmp/phased-* too
+	userFile := filepath.Join(configured, "notes.txt")
+	if err := os.WriteFile(userFile, []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := config.Default()
+	cfg.RunDir = configured
+	s := New(cfg, Options{})
+	if err := s.sweepStale(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(staleDir); !os.IsNotExist(err) {
+		t.Errorf("the run directory of dead pid %d is still there (%v)", dead, err)
+	}
+	if _, err := os.Stat(filepath.Join(liveDir, pidFile)); err != nil {
+		t.Errorf("the run directory of live pid %d was touched: %v", live, err)
+	}
+	if _, err := os.Stat(filepath.Join(configured, "transformer-0")); !os.IsNotExist(err) {
+		t.Errorf("the configured run_dir keeps an instance directory of a dead supervisor (%v)", err)
+	}
+	if b, err := os.ReadFile(userFile); err != nil || string(b) != "mine" {
+		t.Errorf("a file of the user's in run_dir was removed: %v", err)
+	}
+
+	shm := t.TempDir()
+	for _, n := range []string{"phased-encoder-0." + strconv.Itoa(dead) + "-1-2", "phased-encoder-0." + strconv.Itoa(live) + "-1-2", "unrelated." + strconv.Itoa(dead) + "-1"} {
+		if err := os.WriteFile(filepath.Join(shm, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := sweepDeadSegments(shm)
+	if err != nil || n != 1 {
+		t.Fatalf("sweepDeadSegments = %d, %v; want 1", n, err)
+	}
+	left, _ := os.ReadDir(shm)
+	if len(left) != 2 {
+		t.Fatalf("left: %v", left)
+	}
+}
