@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/phased/phased/supervisor/config"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/phased/phased/sdk/transfer"
+	"github.com/phased/phased/supervisor/config"
 )
 
 // MaxBodyBytes bounds a control API request body; larger ones get 413.

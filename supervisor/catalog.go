@@ -1,12 +1,16 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/phased/phased/sdk"
 )
@@ -58,4 +62,69 @@ func (c Catalog) describe() string {
 	}
 	sort.Strings(found)
 	return fmt.Sprintf("plugins in %s: %s", c.Dir, strings.Join(found, ", "))
+}
+
+// PluginInfo describes one plugin binary of a plugin directory, as
+// `supervisor plugins` lists it.
+type PluginInfo struct {
+	Binary      string `json:"binary"` // phased-KIND-NAME
+	Kind        string `json:"kind"`
+	Name        string `json:"name"`
+	Path        string `json:"path"`
+	SHA256      string `json:"sha256"`
+	Version     string `json:"version,omitempty"`
+	APIVersions []int  `json:"api_versions,omitempty"`
+	Pin         string `json:"pin,omitempty"`   // the pinned SHA-256, if any
+	Error       string `json:"error,omitempty"` // why it could not be asked
+}
+
+// Inspect hashes every phased plugin binary in the catalog's directory and
+// starts each one briefly to ask its Info (version, API versions). pins,
+// if given, are reported beside the hashes. Binaries that fail to start
+// are listed with the error.
+func (c Catalog) Inspect(ctx context.Context, pins map[string]string) ([]PluginInfo, error) {
+	entries, err := os.ReadDir(c.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("plugin directory: %w", err)
+	}
+	sockets, err := os.MkdirTemp("", "phased-inspect-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sockets)
+	var out []PluginInfo
+	for _, e := range entries {
+		for _, kind := range []sdk.Kind{sdk.KindPhase, sdk.KindPolicy} {
+			name, ok := strings.CutPrefix(e.Name(), BinaryName(kind, ""))
+			if !ok || name == "" {
+				continue
+			}
+			path, err := c.Find(kind, name)
+			if err != nil {
+				continue
+			}
+			pi := PluginInfo{Binary: e.Name(), Kind: string(kind), Name: name, Path: path, Pin: pins[e.Name()]}
+			if pi.SHA256, err = FileSHA256(path); err != nil {
+				pi.Error = err.Error()
+				out = append(out, pi)
+				continue
+			}
+			api := sdk.PhaseAPIVersion
+			if kind == sdk.KindPolicy {
+				api = sdk.PolicyAPIVersion
+			}
+			proc, err := startProcess(ctx, processConfig{
+				Name: name, Path: path, Kind: kind, APIVersion: api, Logger: hclog.NewNullLogger(),
+				SocketDir: sockets, StartTimeout: 10 * time.Second, LogLevel: "error",
+			})
+			if err != nil {
+				pi.Error = err.Error()
+			} else {
+				pi.Version, pi.APIVersions = proc.info.Version, proc.info.APIVersions
+				proc.kill()
+			}
+			out = append(out, pi)
+		}
+	}
+	return out, nil
 }

@@ -3,8 +3,11 @@ package supervisor
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -26,6 +29,7 @@ type process struct {
 	stderr *tail
 	pid    int
 	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
+	info   sdk.Info
 }
 
 // processConfig says how to start one plugin process.
@@ -38,12 +42,54 @@ type processConfig struct {
 	SocketDir    string // where go-plugin puts its unix sockets
 	StartTimeout time.Duration
 	LogLevel     string
+	// Pin, if set, is the SHA-256 (hex) the binary must have; PinnedAt
+	// says where it was pinned, for the error.
+	Pin, PinnedAt string
+}
+
+// FileSHA256 returns the SHA-256 of a file, in hex.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// ErrPinMismatch is wrapped when a plugin binary's hash is not its pin.
+var ErrPinMismatch = errors.New("plugin binary does not match its pin")
+
+// checkPin compares a binary with its pin and returns the go-plugin check
+// that repeats the comparison when the binary is started.
+func checkPin(pc processConfig) (*plugin.SecureConfig, error) {
+	if pc.Pin == "" {
+		return nil, nil
+	}
+	got, err := FileSHA256(pc.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%s plugin %s: hash %s: %w", pc.Kind, pc.Name, pc.Path, err)
+	}
+	if got != pc.Pin {
+		return nil, fmt.Errorf("%w: %s plugin %s: %s has SHA-256 %s, but %s pins %s; install the pinned build, or run `supervisor plugins lock` to pin this one",
+			ErrPinMismatch, pc.Kind, pc.Name, pc.Path, got, pc.PinnedAt, pc.Pin)
+	}
+	sum, _ := hex.DecodeString(pc.Pin)
+	return &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}, nil
 }
 
 // startProcess starts a plugin, dispenses its service and checks its Info.
 // On any error the process is killed and the error carries the plugin's last
 // stderr lines.
 func startProcess(ctx context.Context, pc processConfig) (*process, error) {
+	secure, err := checkPin(pc)
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(pc.Path)
 	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel)
 	// The child dies with the supervisor, even on SIGKILL; it leads a
@@ -62,6 +108,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		Stderr:           stderr,
 		StartTimeout:     pc.StartTimeout,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
+		SecureConfig:     secure,
 	})
 	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr}
 	fail := func(err error) (*process, error) {
@@ -106,6 +153,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	if !info.Speaks(pc.APIVersion) {
 		return fail(fmt.Errorf("it speaks %s API versions %v; this supervisor speaks version %d", pc.Kind, info.APIVersions, pc.APIVersion))
 	}
+	p.info = info
 	pc.Logger.Debug("plugin started", "path", pc.Path, "pid", p.pid, "version", info.Version)
 	return p, nil
 }

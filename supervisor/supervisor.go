@@ -257,6 +257,8 @@ func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, err
 	pc.Logger = s.logger.Named(pc.Name)
 	pc.SocketDir = filepath.Join(s.runDir, "plugin")
 	pc.LogLevel = s.opts.LogLevel
+	binary := filepath.Base(pc.Path)
+	pc.Pin, pc.PinnedAt = s.cfg.Pins[binary], s.cfg.PinnedAt(binary)
 	if err := os.MkdirAll(pc.SocketDir, 0o700); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ package p2c
 
 import (
 	"context"
+
 	"github.com/phased/phased/policies/internal/rng"
 	"github.com/phased/phased/sdk"
 )

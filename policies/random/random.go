@@ -4,6 +4,7 @@ package random
 
 import (
 	"context"
+
 	"github.com/phased/phased/policies/internal/rng"
 	"github.com/phased/phased/sdk"
 )

@@ -1,11 +1,11 @@
 package tensor
 
 import (
-	"github.com/zeebo/xxh3"
-
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/zeebo/xxh3"
 )
 
 func TestNumBytes(t *testing.T) {

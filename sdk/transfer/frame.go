@@ -3,7 +3,6 @@ package transfer
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/phased/phased/sdk/transfer/cuda"
 	"slices"
 	"sort"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer/cuda"
 )
 
 // wireVersion is the version every frame carries; a frame with another

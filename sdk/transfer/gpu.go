@@ -3,8 +3,8 @@ package transfer
 import (
 	"errors"
 	"fmt"
-	"github.com/phased/phased/sdk/tensor"
 
+	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer/cuda"
 )
 

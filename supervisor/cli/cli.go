@@ -29,6 +29,8 @@ Verbs:
   remove  REQUEST_ID                      ordered remove of a request's rooms
   policy  list | set PHASE NAME | shadow PHASE NAME | shadow --off PHASE
                                           show or change the phases' policies, live
+  plugins [lock] [--config FILE] [--plugin-dir DIR] [--json]
+                                          list plugins: version, SHA-256, pin; lock: pin them all
   release                                 ordered release; the supervisor exits
   run     [--config FILE] --prompt TEXT [--count N] [--out DIR] [--json]
                                           start, submit N requests, wait, release
@@ -52,6 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"release": release,
 		"run":     run,
 		"policy":  policy,
+		"plugins": plugins,
 	}
 	fn, ok := verbs[args[0]]
 	if !ok {

@@ -22,12 +22,14 @@ type startFlags struct {
 	config    string
 	pluginDir string
 	logLevel  string
+	lock      string
 }
 
 func (s *startFlags) register(f *flags, logLevel string) {
 	f.StringVar(&s.config, "config", "", "config `FILE` (HCL, or JSON if it ends in .json); default: the embedded default")
 	f.StringVar(&s.pluginDir, "plugin-dir", "", "plugin `DIR` (overrides the config's plugin_dir; default: plugins/ beside this binary)")
 	f.StringVar(&s.logLevel, "log-level", logLevel, "log `LEVEL`: trace, debug, info, warn, error")
+	f.StringVar(&s.lock, "lock", "", "plugin pins `FILE` (default: "+config.LockFile+" beside the config, or here for the default config; read if it exists)")
 }
 
 func (s *startFlags) load() (*config.Config, error) {
@@ -43,7 +45,18 @@ func (s *startFlags) load() (*config.Config, error) {
 	if s.pluginDir != "" {
 		cfg.PluginDir = s.pluginDir
 	}
+	if err := cfg.ApplyLock(s.lockPath()); err != nil {
+		return nil, err
+	}
 	return cfg, nil
+}
+
+// lockPath is where the pins are read from and written to.
+func (s *startFlags) lockPath() string {
+	if s.lock != "" {
+		return s.lock
+	}
+	return config.LockPath(s.config)
 }
 
 // running is a supervisor started in this process with its control API.

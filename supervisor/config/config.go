@@ -81,6 +81,11 @@ type Config struct {
 	// Phases is the pipeline, in order: the first phase receives requests,
 	// the last one produces the artifact.
 	Phases []Phase
+	// Pins maps plugin binary names (phased-phase-encoder) to the SHA-256
+	// their binary must have, from pin blocks in the config and the lock
+	// file (ApplyLock).
+	Pins     map[string]string
+	pinnedAt map[string]string // binary -> FILE:LINE of its pin
 }
 
 // Phase is one phase of the pipeline.
@@ -205,6 +210,7 @@ type file struct {
 	MaxInflight   *int              `hcl:"max_inflight,optional"`
 	Release       *releaseBlock     `hcl:"release,block"`
 	Phases        []phaseBlock      `hcl:"phase,block"`
+	Pins          []pinBlock        `hcl:"pin,block"`
 }
 
 type releaseBlock struct {
@@ -300,6 +306,8 @@ func (f *file) build(filename string) (*Config, error) {
 		}
 		c.PeerTimeout = d
 	}
+	c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
+	errs = append(errs, addPins(c.Pins, c.pinnedAt, f.Pins)...)
 	if len(f.Phases) == 0 {
 		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
 	}

@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -228,4 +230,76 @@ func TestStaleCleanup(t *testing.T) {
 		t.Errorf("segments of the killed run are still there: %v", left)
 	}
 	p2.release(t)
+}
+
+// TestPins: `supervisor plugins lock` pins every plugin binary by SHA-256
+// beside the config; start checks the pins, and refuses a binary that
+// changed with both hashes and where it was pinned; `supervisor plugins`
+// shows the mismatch.
+func TestPins(t *testing.T) {
+	dir := shortDir(t)
+	plugins := filepath.Join(dir, "plugins")
+	if err := os.MkdirAll(plugins, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"phased-phase-encoder", "phased-phase-transformer", "phased-phase-decoder", "phased-policy-roundrobin"} {
+		b, err := os.ReadFile(filepath.Join(pluginDir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(plugins, n), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, dir, pipeline)
+	src, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(src), pluginDir, plugins, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := cli(t, "", "plugins", "lock", "--config", cfg)
+	lockFile := filepath.Join(filepath.Dir(cfg), "phased.lock.hcl")
+	if code != 0 || !strings.Contains(out, "pinned 4 plugins of "+plugins+" in "+lockFile) {
+		t.Fatalf("plugins lock: exit %d, %q, %q", code, out, errOut)
+	}
+	out, errOut, code = cli(t, "", "plugins", "--config", cfg, "--json")
+	var infos []supervisor.PluginInfo
+	if code != 0 || json.Unmarshal([]byte(out), &infos) != nil || len(infos) != 4 {
+		t.Fatalf("plugins --json: exit %d, %q, %q", code, out, errOut)
+	}
+	old := map[string]string{}
+	for _, pi := range infos {
+		if pi.Pin != pi.SHA256 || pi.Version == "" || len(pi.APIVersions) != 1 {
+			t.Fatalf("plugin %+v: want pinned to its hash, with a version", pi)
+		}
+		old[pi.Name] = pi.SHA256
+	}
+	p := startSupervisor(t, dir, cfg)
+	p.release(t)
+
+	// The encoder binary changes under the pin.
+	enc := filepath.Join(plugins, "phased-phase-encoder")
+	f, err := os.OpenFile(enc, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("tampered")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	now, err := supervisor.FileSHA256(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := startFails(t, dir, "--config", cfg)
+	want := fmt.Sprintf("%s has SHA-256 %s, but %s:", enc, now, lockFile)
+	if !strings.Contains(msg, want) || !strings.Contains(msg, "pins "+old["encoder"]) {
+		t.Fatalf("start with a changed binary:\n%s\nwant %q and the pinned hash %s", msg, want, old["encoder"])
+	}
+	out, _, _ = cli(t, "", "plugins", "--config", cfg)
+	if !regexp.MustCompile(`(?m)^phase\s+encoder\s.*MISMATCH \(pinned ` + old["encoder"][:12]).MatchString(out) {
+		t.Fatalf("plugins does not show the mismatch:\n%s", out)
+	}
 }
