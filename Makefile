@@ -15,8 +15,10 @@ CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLA
 # can fail with a spurious "context deadline exceeded" on Go 1.26
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME     ?= 2000000x
-FUZZ_PKG     := ./sdk/transfer
-FUZZ_TARGETS := FuzzDescriptor FuzzStatusFrame FuzzTensorHeader FuzzDataHeader
+# Fuzz targets as PACKAGE:TARGET: every decoder of bytes from the network,
+# the control API's JSON and the config decoder.
+FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/transfer:FuzzTensorHeader \
+	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
@@ -42,11 +44,11 @@ test: build ## run every test with -race (unit, gRPC in memory, end to end), the
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) -s fuzz-short
 
-fuzz-short: ## fuzz each transfer decoder for 20,000 inputs (part of make test)
-	@set -e; for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime 20000x -fuzzminimizetime 100x $(FUZZ_PKG); done
+fuzz-short: ## run each fuzz target (transfer decoders, control API, config) for 20,000 inputs (part of make test)
+	@set -e; for pt in $(FUZZ); do $(GO) test -run '^$$' -fuzz "^$${pt#*:}\$$" -fuzztime 20000x -fuzzminimizetime 100x $${pt%%:*}; done
 
-fuzz: ## fuzz each transfer decoder for FUZZTIME inputs (default 2000000x)
-	@set -e; for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1000x $(FUZZ_PKG); done
+fuzz: ## run each fuzz target for FUZZTIME inputs (default 2000000x)
+	@set -e; for pt in $(FUZZ); do $(GO) test -run '^$$' -fuzz "^$${pt#*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1000x $${pt%%:*}; done
 
 bench: build ## run the benchmarks and print the side-by-side ratios
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./sdk/... ./policies/... ./supervisor/... | tee bench.txt

@@ -262,7 +262,7 @@ func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 			a.fail(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", MaxBodyBytes))
 			return false
 		}
-		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: body is not a valid JSON submission: %v", ErrBadInput, err))
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: body is not valid JSON for %s %s: %v", ErrBadInput, r.Method, r.URL.Path, err))
 		return false
 	}
 	return true

@@ -66,7 +66,7 @@ func TestAPIErrors(t *testing.T) {
 		{"empty prompt", "POST", "/v1/requests", `{"prompt": ""}`, 400, "prompt must not be empty"},
 		{"zero steps", "POST", "/v1/requests", `{"prompt": "x", "steps": 0}`, 400, "steps must be between 1 and 10000, got 0"},
 		{"unknown field", "POST", "/v1/requests", `{"prompt": "x", "stepz": 3}`, 400, `unknown field "stepz"`},
-		{"not json", "POST", "/v1/requests", `prompt=x`, 400, "body is not a valid JSON submission"},
+		{"not json", "POST", "/v1/requests", `prompt=x`, 400, "body is not valid JSON for POST /v1/requests"},
 		{"too large", "POST", "/v1/requests", `{"prompt": "` + strings.Repeat("a", MaxBodyBytes) + `"}`, 413, "request body is larger than 1048576 bytes"},
 		{"not started", "POST", "/v1/requests", `{"prompt": "x"}`, 503, "takes no new requests"},
 		{"unknown request", "GET", "/v1/requests/r000042", "", 404, `no such request: "r000042"`},

@@ -173,6 +173,9 @@ func (c *Config) Policies() []string {
 // ErrInvalid is wrapped by every error about a config's content.
 var ErrInvalid = errors.New("invalid config")
 
+// DefaultHCL returns the source of the embedded default config.
+func DefaultHCL() string { return string(defaultHCL) }
+
 // ValidName reports whether s may name a phase, plugin or policy.
 func ValidName(s string) bool { return namePattern.MatchString(s) }
 
