@@ -233,109 +233,104 @@ func waitReady(b testing.TB, m *transfer.Manager, room uint64) {
 // up to streamWindow rooms opened ahead or still being verified, so that
 // one room's status sync and verification overlap the next room's copy.
 // Everything is inside the timer (after a warm-up): open, Send, the
-// receiver's Receive and both Removes. A plain copy of the same size, in the same run, is the
-// baseline.
+// receiver's Receive and both Removes. A plain copy of the same size, in
+// the same run, is the baseline.
 func BenchmarkStream2P(b *testing.B) {
 	const streamWindow = 4
-	for _, size := range []int64{8 << 20, 64 << 20} {
-		name := fmt.Sprintf("%dMiB", size>>20)
-		src, err := tensor.New(spec(size))
-		if err != nil {
-			b.Fatal(err)
+	bySize(b, func(b *testing.B, size int64, src tensor.Tensor) {
+		dir := runDir(b)
+		m := startManager(b, dir, "streamtx")
+		c := startChild(b, dir)
+		finished := make(chan uint64, streamWindow*2)
+		go func() {
+			defer close(finished)
+			for c.out.Scan() {
+				if c.out.Text() == "removed" {
+					continue
+				}
+				id, ok := strings.CutPrefix(c.out.Text(), "done ")
+				room, err := strconv.ParseUint(id, 10, 64)
+				if !ok || err != nil {
+					b.Errorf("receiver said %q", c.out.Text())
+					return
+				}
+				finished <- room
+			}
+		}()
+		open := func(room uint64) {
+			ep, err := m.OpenSender(room)
+			if err != nil {
+				b.Fatal(err)
+			}
+			fmt.Fprintf(c.in, "stream %d %s %d\n", room, ep, size)
 		}
-		for i := range src.Data {
-			src.Data[i] = byte(i * 7)
+		var sent, done uint64
+		retire := func() {
+			room, ok := <-finished
+			if !ok {
+				b.Fatal("the receiver stopped")
+			}
+			if err := m.Remove(room); err != nil {
+				b.Fatal(err)
+			}
+			done++
 		}
-		b.Run("copy-"+name, func(b *testing.B) {
-			dst := make([]byte, size)
-			b.SetBytes(size)
-			for b.Loop() {
-				copy(dst, src.Data)
+		hop := func() {
+			sent++
+			if err := m.Send(context.Background(), sent, []tensor.Tensor{src}); err != nil {
+				b.Fatal(err)
 			}
-		})
-		b.Run("shm-"+name, func(b *testing.B) {
-			dir := runDir(b)
-			m := startManager(b, dir, "streamtx")
-			c := startChild(b, dir)
-			finished := make(chan uint64, streamWindow*2)
-			go func() {
-				defer close(finished)
-				for c.out.Scan() {
-					if c.out.Text() == "removed" {
-						continue
-					}
-					id, ok := strings.CutPrefix(c.out.Text(), "done ")
-					room, err := strconv.ParseUint(id, 10, 64)
-					if !ok || err != nil {
-						b.Errorf("receiver said %q", c.out.Text())
-						return
-					}
-					finished <- room
-				}
-			}()
-			open := func(room uint64) {
-				ep, err := m.OpenSender(room)
-				if err != nil {
-					b.Fatal(err)
-				}
-				fmt.Fprintf(c.in, "stream %d %s %d\n", room, ep, size)
-			}
-			var sent, done uint64
-			retire := func() {
-				room, ok := <-finished
-				if !ok {
-					b.Fatal("the receiver stopped")
-				}
-				if err := m.Remove(room); err != nil {
-					b.Fatal(err)
-				}
-				done++
-			}
-			hop := func() {
-				sent++
-				if err := m.Send(context.Background(), sent, []tensor.Tensor{src}); err != nil {
-					b.Fatal(err)
-				}
-				open(sent + streamWindow)
-				for sent-done >= streamWindow {
-					retire()
-				}
-			}
-			b.SetBytes(size)
-			for room := uint64(1); room <= streamWindow; room++ {
-				open(room)
-			}
-			// Warm up before b.Loop starts the timer: the receiver's
-			// pool and the sender's mapping cache fill with the segments
-			// the stream goes round (a fresh segment costs a page fault
-			// per 4 KiB on both sides).
-			for range 3 * streamWindow {
-				hop()
-			}
-			for b.Loop() {
-				hop()
-			}
-			for done < sent {
+			open(sent + streamWindow)
+			for sent-done >= streamWindow {
 				retire()
 			}
-			b.StopTimer()
-			for room := sent + 1; room <= sent+streamWindow; room++ {
-				fmt.Fprintf(c.in, "remove %d\n", room)
-				if err := m.Remove(room); err != nil {
-					b.Fatal(err)
-				}
+		}
+		b.SetBytes(size)
+		for room := uint64(1); room <= streamWindow; room++ {
+			open(room)
+		}
+		// Warm up before b.Loop starts the timer: the receiver's
+		// pool and the sender's mapping cache fill with the segments
+		// the stream goes round (a fresh segment costs a page fault
+		// per 4 KiB on both sides).
+		for range 3 * streamWindow {
+			hop()
+		}
+		for b.Loop() {
+			hop()
+		}
+		for done < sent {
+			retire()
+		}
+		b.StopTimer()
+		for room := sent + 1; room <= sent+streamWindow; room++ {
+			fmt.Fprintf(c.in, "remove %d\n", room)
+			if err := m.Remove(room); err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkHop2P measures one hop between two processes: the sender's
 // Send, the copy into the receiver's shared memory, the status sync, and
 // the receiver's verification, reported to the sender over a pipe. Room
 // open (until the sender has the descriptor) and remove are outside the
-// timer. A plain copy of the same size,
-// in the same run, is the baseline.
+// timer. A plain copy of the same size, in the same run, is the baseline,
+// and each hop is also timed against a copy made just before it (x-copy).
 func BenchmarkHop2P(b *testing.B) {
+	bySize(b, func(b *testing.B, size int64, src tensor.Tensor) {
+		dir := runDir(b)
+		dst := make([]byte, size)
+		copy(dst, src.Data)
+		baseline := func() { copy(dst, src.Data) }
+		benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src, "copy", baseline)
+	})
+}
+
+// bySize runs, for tensors of 8 MiB and 64 MiB, a plain copy of the tensor
+// as sub-benchmark copy-SIZE, the baseline, and shm as shm-SIZE.
+func bySize(b *testing.B, shm func(b *testing.B, size int64, src tensor.Tensor)) {
 	for _, size := range []int64{8 << 20, 64 << 20} {
 		name := fmt.Sprintf("%dMiB", size>>20)
 		src, err := tensor.New(spec(size))
@@ -352,13 +347,7 @@ func BenchmarkHop2P(b *testing.B) {
 				copy(dst, src.Data)
 			}
 		})
-		b.Run("shm-"+name, func(b *testing.B) {
-			dir := runDir(b)
-			dst := make([]byte, size)
-			copy(dst, src.Data)
-			baseline := func() { copy(dst, src.Data) }
-			benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src, "copy", baseline)
-		})
+		b.Run("shm-"+name, func(b *testing.B) { shm(b, size, src) })
 	}
 }
 
