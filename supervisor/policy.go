@@ -112,11 +112,12 @@ func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance,
 		for _, i := range g.phases {
 			req.Phases = append(req.Phases, s.phases[i].candidates())
 		}
-		d, err := s.callPolicy(ctx, g.p, req)
+		d, callErr := s.callPolicy(ctx, g.p, req)
 		for _, i := range g.phases {
 			ph := s.phases[i]
 			ph.stats.decisions.Add(1)
 			var in *instance
+			err := callErr
 			if err == nil {
 				in, err = ph.chosen(g.p.name, d.Choices[ph.cfg.Name])
 			}
@@ -129,7 +130,6 @@ func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance,
 				if in, err = s.fallbackPick(ctx, ph); err != nil {
 					return nil, err
 				}
-				err = nil // the next phase of the group is judged on its own choice
 			}
 			chosen[i] = in
 		}
