@@ -149,15 +149,21 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 	defer cancel()
 	d, err := impl.Schedule(cctx, req)
 	if err != nil && ctx.Err() == nil {
-		hung := errors.Is(cctx.Err(), context.DeadlineExceeded)
+		// Past the deadline: hung. The plugin's gRPC server may give up
+		// on the deadline it was sent a moment before this side does, and
+		// reset the stream: that comes back as Canceled or
+		// DeadlineExceeded, with this side's deadline not quite passed.
+		var re *sdk.RemoteError
+		remote := errors.As(err, &re)
+		hung := errors.Is(cctx.Err(), context.DeadlineExceeded) ||
+			remote && (re.Code == codes.DeadlineExceeded || re.Code == codes.Canceled)
 		if hung {
 			err = fmt.Errorf("policy %s did not answer within %v (policy_timeout): %w", p.name, s.cfg.PolicyTimeout, err)
 		}
 		// A broken connection (the process died; go-plugin may not have
 		// reaped it yet) or an exited process: a crash.
-		var re *sdk.RemoteError
 		p.mu.Lock()
-		crashed := p.proc != nil && p.proc.exited() || errors.As(err, &re) && re.Code == codes.Unavailable
+		crashed := p.proc != nil && p.proc.exited() || remote && re.Code == codes.Unavailable
 		p.mu.Unlock()
 		if hung || crashed {
 			s.restartPolicy(p, impl, err)
