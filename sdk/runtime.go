@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -180,7 +181,10 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 // hostCopies returns ts with every tensor in device memory replaced by a
 // copy in host memory, made by toHost; host tensors are passed through.
 func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) error) ([]tensor.Tensor, error) {
-	out := ts
+	if !slices.ContainsFunc(ts, tensor.Tensor.OnDevice) {
+		return ts, nil
+	}
+	out := slices.Clone(ts)
 	for i, t := range ts {
 		if !t.OnDevice() {
 			continue
@@ -189,14 +193,10 @@ func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) err
 		if err != nil {
 			return nil, err
 		}
-		h := tensor.Tensor{Spec: t.Spec, Data: make([]byte, n)}
-		if err := toHost(h.Data, t); err != nil {
+		out[i] = tensor.Tensor{Spec: t.Spec, Data: make([]byte, n)}
+		if err := toHost(out[i].Data, t); err != nil {
 			return nil, err
 		}
-		if &out[0] == &ts[0] {
-			out = append([]tensor.Tensor(nil), ts...)
-		}
-		out[i] = h
 	}
 	return out, nil
 }

@@ -115,13 +115,10 @@ func (m *Manager) CopyToHost(dst []byte, t tensor.Tensor) error {
 		copy(dst, t.Data)
 		return nil
 	}
-	m.mu.Lock()
-	g := m.gpu
-	m.mu.Unlock()
-	if g == nil {
+	if m.gpu == nil { // set by Start, read-only afterwards
 		return fmt.Errorf("transfer: copy to host: tensor %q: %w", t.Name, errNoGPU)
 	}
-	if err := g.ToHost(dst, t.DevicePtr); err != nil {
+	if err := m.gpu.ToHost(dst, t.DevicePtr); err != nil {
 		return fmt.Errorf("transfer: copy to host: tensor %q: %w", t.Name, err)
 	}
 	return nil
