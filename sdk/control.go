@@ -11,12 +11,21 @@ import (
 // client that PhasePlugin dispenses implements it; on the plugin side the
 // SDK's phase runtime serves it around the author's Phase.
 //
-// Lifecycle: Info → Configure (once) → OpenRoom / Run / RemoveRoom / Status,
-// concurrently, any number of times → Release (idempotent).
+// Lifecycle: Info → Configure (once) → Ready → OpenRoom / Run / RemoveRoom
+// / Status, concurrently, any number of times → Release (idempotent).
+// Progress may be open at any time before Release.
 type PhaseControl interface {
 	Info(ctx context.Context) (Info, error)
-	// Configure starts the instance's transfer manager.
+	// Configure starts the instance's transfer manager and, for a phase
+	// that implements Loader, its loading, without waiting for it.
 	Configure(ctx context.Context, cfg InstanceConfig) error
+	// Ready blocks until the instance can take requests, or ctx ends. It
+	// returns nil once the phase's loading has finished (at once for a
+	// phase without Loader, and for a plugin built before Ready existed),
+	// the loading's error (prefixed "loading: ") every time it is called
+	// after the loading failed, and an error wrapping ErrInvalid before
+	// Configure. Until then OpenRoom and Run are refused.
+	Ready(ctx context.Context) error
 	// OpenRoom opens one side of a hop and, for the sender, returns the
 	// endpoint its room socket is bound to.
 	OpenRoom(ctx context.Context, spec RoomSpec) (endpoint string, err error)
@@ -27,8 +36,17 @@ type PhaseControl interface {
 	// buffers or sockets. Removing an unknown room succeeds.
 	RemoveRoom(ctx context.Context, room uint64) error
 	Status(ctx context.Context) (InstanceStatus, error)
-	// Release removes every room and stops the transfer manager.
+	// Release cancels the phase's loading if it still runs, removes every
+	// room, stops the transfer manager and ends every Progress call.
 	Release(ctx context.Context) error
+	// Progress calls fn, from one goroutine, with the latest event of
+	// every Run in progress and then with every new event of the
+	// instance's Run calls, until ctx ends or the instance is released
+	// (it then returns nil) or the connection breaks (an error). A plugin
+	// built before Progress existed makes it return an error wrapping
+	// ErrNoProgress. A slow fn never slows a Run down: events it is too
+	// slow for are dropped, the oldest first.
+	Progress(ctx context.Context, fn func(Progress)) error
 }
 
 // InstanceConfig configures one phase instance.
@@ -82,4 +100,7 @@ type RunSpec struct {
 type InstanceStatus struct {
 	Rooms         []transfer.RoomInfo
 	DroppedFrames uint64
+	// DroppedProgress counts the progress events that Progress streams
+	// too slow to read them dropped, all streams together.
+	DroppedProgress uint64
 }

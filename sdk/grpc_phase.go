@@ -2,7 +2,13 @@ package sdk
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/transfer"
@@ -30,6 +36,16 @@ func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
 		Device:        cfg.Device,
 	})
+	return rpcError(err)
+}
+
+// Ready treats a plugin that does not know the Ready RPC (built with an
+// older SDK, gRPC Unimplemented) as ready: it had nothing to load.
+func (p *phaseClient) Ready(ctx context.Context) error {
+	_, err := p.c.Ready(ctx, &phasedv1.ReadyRequest{})
+	if status.Code(err) == codes.Unimplemented {
+		return nil
+	}
 	return rpcError(err)
 }
 
@@ -76,7 +92,7 @@ func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
 	if err != nil {
 		return InstanceStatus{}, rpcError(err)
 	}
-	st := InstanceStatus{DroppedFrames: resp.GetDroppedFrames()}
+	st := InstanceStatus{DroppedFrames: resp.GetDroppedFrames(), DroppedProgress: resp.GetDroppedProgress()}
 	for _, r := range resp.GetRooms() {
 		st.Rooms = append(st.Rooms, transfer.RoomInfo{
 			Room:   r.GetRoom(),
@@ -90,6 +106,26 @@ func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
 
 func (p *phaseClient) Release(ctx context.Context) error {
 	_, err := p.c.Release(ctx, &phasedv1.ReleaseRequest{})
+	return rpcError(err)
+}
+
+func (p *phaseClient) Progress(ctx context.Context, fn func(Progress)) error {
+	// Cancelling on return frees the stream on every path.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := p.c.Progress(ctx, &phasedv1.ProgressRequest{})
+	for err == nil {
+		var ev *phasedv1.ProgressEvent
+		if ev, err = stream.Recv(); err == nil {
+			fn(progressFromProto(ev))
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF) || ctx.Err() != nil:
+		return nil
+	case status.Code(err) == codes.Unimplemented:
+		return fmt.Errorf("%w: %w", ErrNoProgress, rpcError(err))
+	}
 	return rpcError(err)
 }
 
@@ -120,6 +156,13 @@ func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequ
 		return nil, statusError(err)
 	}
 	return &phasedv1.ConfigureResponse{}, nil
+}
+
+func (s *phaseServer) Ready(ctx context.Context, _ *phasedv1.ReadyRequest) (*phasedv1.ReadyResponse, error) {
+	if err := s.rt.Ready(ctx); err != nil {
+		return nil, statusError(err)
+	}
+	return &phasedv1.ReadyResponse{}, nil
 }
 
 func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomRequest) (*phasedv1.OpenRoomResponse, error) {
@@ -164,7 +207,7 @@ func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*p
 	if err != nil {
 		return nil, statusError(err)
 	}
-	resp := &phasedv1.StatusResponse{DroppedFrames: st.DroppedFrames}
+	resp := &phasedv1.StatusResponse{DroppedFrames: st.DroppedFrames, DroppedProgress: st.DroppedProgress}
 	for _, r := range st.Rooms {
 		resp.Rooms = append(resp.Rooms, &phasedv1.RoomState{
 			Room:   r.Room,
@@ -181,6 +224,51 @@ func (s *phaseServer) Release(ctx context.Context, _ *phasedv1.ReleaseRequest) (
 		return nil, statusError(err)
 	}
 	return &phasedv1.ReleaseResponse{}, nil
+}
+
+// Progress sends the runtime's events until the client ends the call, a
+// send fails, or the instance is released, which ends the stream with OK.
+func (s *phaseServer) Progress(_ *phasedv1.ProgressRequest, stream phasedv1.Phase_ProgressServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	var sendErr error
+	err := s.rt.Progress(ctx, func(p Progress) {
+		if sendErr != nil {
+			return
+		}
+		if sendErr = stream.Send(progressToProto(p)); sendErr != nil {
+			cancel()
+		}
+	})
+	if err == nil {
+		err = sendErr
+	}
+	if err != nil {
+		return statusError(err)
+	}
+	return nil
+}
+
+var stagesToProto = map[string]phasedv1.ProgressStage{
+	StageWaiting:   phasedv1.ProgressStage_PROGRESS_STAGE_WAITING,
+	StageComputing: phasedv1.ProgressStage_PROGRESS_STAGE_COMPUTING,
+	StageSending:   phasedv1.ProgressStage_PROGRESS_STAGE_SENDING,
+	StageFinished:  phasedv1.ProgressStage_PROGRESS_STAGE_FINISHED,
+}
+
+func progressToProto(p Progress) *phasedv1.ProgressEvent {
+	return &phasedv1.ProgressEvent{Request: p.Request, Stage: stagesToProto[p.Stage], Done: int64(p.Done), Total: int64(p.Total)}
+}
+
+// progressFromProto gives an unknown stage (from a newer plugin) as "".
+func progressFromProto(e *phasedv1.ProgressEvent) Progress {
+	p := Progress{Request: e.GetRequest(), Done: int(e.GetDone()), Total: int(e.GetTotal())}
+	for s, v := range stagesToProto {
+		if v == e.GetStage() {
+			p.Stage = s
+		}
+	}
+	return p
 }
 
 func requestToProto(r Request) *phasedv1.Request {

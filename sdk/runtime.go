@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -17,12 +18,14 @@ import (
 )
 
 // phaseRuntime serves PhaseControl around an author's Phase inside a phase
-// plugin process. It owns the process's transfer manager and maps rooms to
-// the Run calls that use them, so that removing a room also stops the
-// computation that waits on it.
+// plugin process. It owns the process's transfer manager, the goroutine
+// that runs the phase's Load, and the hub of its Progress streams, and maps
+// rooms to the Run calls that use them, so that removing a room also stops
+// the computation that waits on it.
 type phaseRuntime struct {
-	phase  Phase
-	logger hclog.Logger
+	phase    Phase
+	logger   hclog.Logger
+	progress progressHub
 
 	mu       sync.Mutex
 	mgr      *transfer.Manager // nil until Configure
@@ -30,6 +33,12 @@ type phaseRuntime struct {
 	released bool
 	runs     map[uint64]context.CancelFunc // room -> cancel of the Run using it
 	active   sync.WaitGroup                // Runs in progress; Release waits for them
+	// loaded is made by Configure and closed when the phase's Load has
+	// returned (at once without Loader); loadErr is its error, set
+	// before loaded is closed and read only after.
+	loaded     chan struct{}
+	loadErr    error
+	cancelLoad context.CancelFunc // nil without Loader
 }
 
 func newPhaseRuntime(p Phase, logger hclog.Logger) *phaseRuntime {
@@ -87,7 +96,90 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 		}
 	}
 	r.mgr, r.instance = mgr, cfg.Instance
+	r.loaded = make(chan struct{})
 	logger.Info("configured", "run_dir", cfg.RunDir)
+	l, ok := r.phase.(Loader)
+	if !ok {
+		close(r.loaded)
+		return nil
+	}
+	// The load outlives this call: it ends when Load returns, which
+	// Release hastens by cancelling lctx and waits for.
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancelLoad = cancel
+	go r.load(lctx, l, logger)
+	return nil
+}
+
+// load runs the phase's Load and records its outcome for Ready. A panic in
+// Load fails the load, not the process.
+func (r *phaseRuntime) load(ctx context.Context, l Loader, logger hclog.Logger) {
+	defer close(r.loaded)
+	start := time.Now()
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				logger.Error("Load panicked", "panic", p, "stack", string(debug.Stack()))
+				err = fmt.Errorf("the phase panicked: %v", p)
+			}
+		}()
+		return l.Load(ctx)
+	}()
+	r.loadErr = err
+	if err == nil {
+		logger.Info("loaded", "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// Ready returns once the phase's Load has returned: nil, or its error.
+func (r *phaseRuntime) Ready(ctx context.Context) error {
+	r.mu.Lock()
+	loaded, released := r.loaded, r.released
+	r.mu.Unlock()
+	if loaded == nil {
+		if released {
+			return transfer.ErrReleased
+		}
+		return fmt.Errorf("%w: instance is not configured", ErrInvalid)
+	}
+	select {
+	case <-loaded:
+	default: // still loading: wait, unless ctx has ended
+		select {
+		case <-loaded:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r.mu.Lock()
+	released = r.released
+	r.mu.Unlock()
+	switch {
+	case released:
+		return transfer.ErrReleased
+	case r.loadErr != nil:
+		return fmt.Errorf("loading: %w", r.loadErr)
+	}
+	return nil
+}
+
+// readyLocked returns an error, with r.mu held, until the instance can
+// take requests.
+func (r *phaseRuntime) readyLocked() error {
+	if r.released {
+		return transfer.ErrReleased
+	}
+	if r.mgr == nil {
+		return fmt.Errorf("%w: instance is not configured", ErrInvalid)
+	}
+	select {
+	case <-r.loaded:
+	default:
+		return fmt.Errorf("instance %s is still loading; call Ready first", r.instance)
+	}
+	if r.loadErr != nil {
+		return fmt.Errorf("instance %s failed to load: %w", r.instance, r.loadErr)
+	}
 	return nil
 }
 
@@ -114,7 +206,9 @@ func (r *phaseRuntime) managerLocked() (*transfer.Manager, error) {
 }
 
 func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, error) {
-	mgr, err := r.manager()
+	r.mu.Lock()
+	mgr, err := r.mgr, r.readyLocked()
+	r.mu.Unlock()
 	if err != nil {
 		return "", err
 	}
@@ -147,6 +241,9 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		return nil, err
 	}
 	defer r.untrack(rooms)
+	rep := &runReporter{hub: &r.progress, request: spec.Request.ID}
+	rep.publish(StageWaiting, 0, 0)
+	defer rep.publish(StageFinished, 0, 0)
 
 	var in []tensor.Tensor
 	if spec.InRoom != 0 {
@@ -162,7 +259,9 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 			}
 		}
 	}
-	out, err := r.runPhase(ctx, spec.Request, in)
+	rep.startComputing()
+	out, err := r.runPhase(rep.context(ctx), spec.Request, in)
+	rep.stopComputing(err == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +271,7 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		}
 		return out.Artifact, nil
 	}
+	rep.publish(StageSending, 0, 0)
 	if err := mgr.Send(ctx, spec.OutRoom, out.Tensors); err != nil {
 		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
@@ -216,17 +316,14 @@ func (r *phaseRuntime) runPhase(ctx context.Context, req Request, in []tensor.Te
 
 // track registers a Run: cancel stops it when one of its rooms is removed
 // or the instance is released, and Release waits for it to return. It
-// fails before Configure and after Release.
+// fails before Configure, while the phase loads and after Release.
 func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.released {
-		return nil, transfer.ErrReleased
-	}
-	mgr, err := r.managerLocked()
-	if err != nil {
+	if err := r.readyLocked(); err != nil {
 		return nil, err
 	}
+	mgr := r.mgr
 	for _, room := range rooms {
 		if room != 0 {
 			r.runs[room] = cancel
@@ -264,7 +361,22 @@ func (r *phaseRuntime) Status(context.Context) (InstanceStatus, error) {
 	if err != nil {
 		return InstanceStatus{}, err
 	}
-	return InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped()}, nil
+	return InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped(), DroppedProgress: r.progress.dropped.Load()}, nil
+}
+
+// Progress follows the instance's progress events until ctx ends or the
+// instance is released.
+func (r *phaseRuntime) Progress(ctx context.Context, fn func(Progress)) error {
+	sub, err := r.progress.subscribe()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		r.progress.unsubscribe(sub)
+		r.logger.Debug("progress stream ended", "dropped", sub.dropped.Load())
+	}()
+	sub.follow(ctx, fn)
+	return nil
 }
 
 func (r *phaseRuntime) Release(ctx context.Context) error {
@@ -274,12 +386,16 @@ func (r *phaseRuntime) Release(ctx context.Context) error {
 		return nil
 	}
 	r.released = true
-	mgr := r.mgr
+	mgr, loaded := r.mgr, r.loaded
 	for _, cancel := range r.runs {
 		cancel()
 	}
+	if r.cancelLoad != nil {
+		r.cancelLoad()
+	}
 	r.mu.Unlock()
-	// The phase's Close must not run under a Run still computing.
+	// The phase's Close must not run under a Run still computing or a
+	// Load still loading.
 	var errs []error
 	idle := make(chan struct{})
 	go func() { r.active.Wait(); close(idle) }()
@@ -288,6 +404,19 @@ func (r *phaseRuntime) Release(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("release: Run calls still in progress: %w", ctx.Err()))
 	}
+	if loaded != nil {
+		select {
+		case <-loaded:
+		default:
+			select {
+			case <-loaded:
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("release: the phase's Load has not returned: %w", ctx.Err()))
+			}
+		}
+	}
+	// After the Runs' last events: the streams deliver them, then end.
+	r.progress.close()
 	if mgr != nil {
 		errs = append(errs, mgr.Release(ctx))
 	}

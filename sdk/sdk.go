@@ -33,7 +33,11 @@ const (
 // versions it speaks in Info; the supervisor refuses a plugin that does not
 // speak its version.
 //
-// History: 1 — first version.
+// History: 1 — first version. Later additions that keep version 1, because
+// a peer without them still works: the Phase RPCs Ready and Progress
+// (PhaseControl.Ready, PhaseControl.Progress). A phase plugin built before
+// them answers gRPC Unimplemented, which the client side turns into "ready
+// right after Configure" (Ready returns nil) and ErrNoProgress.
 const (
 	PhaseAPIVersion  = 1
 	PolicyAPIVersion = 1
@@ -74,9 +78,12 @@ type Output struct {
 // Phase is what a phase plugin implements.
 //
 // Lifecycle: the value is built without side effects; Configure (if the
-// phase implements Configurer) is called once before any other call; Inputs
-// and Run are then called concurrently for many requests; Close (if the phase
-// implements Closer) is called once at release.
+// phase implements Configurer) is called once before any other call; Load
+// (if the phase implements Loader) then runs in the background, and no
+// request reaches the phase before it has returned nil; Inputs and Run are
+// then called concurrently for many requests; Close (if the phase
+// implements Closer) is called once at release, after Run and Load calls
+// have returned or Release's deadline has passed.
 type Phase interface {
 	// Info describes the plugin; Kind must be KindPhase.
 	Info(ctx context.Context) (Info, error)
@@ -101,6 +108,19 @@ type Config struct {
 // Configurer is implemented by phases that take parameters.
 type Configurer interface {
 	Configure(ctx context.Context, cfg Config) error
+}
+
+// Loader is implemented by phases that take long to get ready, typically to
+// load model weights. The runtime calls Load once, in a goroutine of its
+// own, right after a successful Configure, which returns to the supervisor
+// without waiting for it; the supervisor learns the outcome from
+// PhaseControl.Ready. Until Load has returned, the instance refuses
+// requests; when it fails, the instance stays unusable and Ready returns
+// its error. ctx is cancelled when the instance is released during the
+// load: Load should then return promptly. sdk.RunLocal calls neither
+// Configure nor Load.
+type Loader interface {
+	Load(ctx context.Context) error
 }
 
 // Closer is implemented by phases that hold resources to free at release.

@@ -14,8 +14,9 @@ import (
 )
 
 // Phase serves p over gRPC in memory, the way sdk.ServePhase serves it in
-// a plugin process, and returns the supervisor's side of it. The
-// connection closes when the test ends.
+// a plugin process, and returns the supervisor's side of it: every
+// PhaseControl call, Ready (for a Loader) and Progress (for
+// sdk.ReportProgress) included. The connection closes when the test ends.
 func Phase(t testing.TB, p sdk.Phase) sdk.PhaseControl {
 	t.Helper()
 	return dispense[sdk.PhaseControl](t, sdk.PluginPhase, &sdk.PhasePlugin{Impl: p})

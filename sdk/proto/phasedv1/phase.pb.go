@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ProgressStage is where one Run is.
+type ProgressStage int32
+
+const (
+	ProgressStage_PROGRESS_STAGE_UNSPECIFIED ProgressStage = 0
+	ProgressStage_PROGRESS_STAGE_WAITING     ProgressStage = 1 // Run waits for its inputs (at once without in_room)
+	ProgressStage_PROGRESS_STAGE_COMPUTING   ProgressStage = 2 // the phase computes; done of total units of work
+	ProgressStage_PROGRESS_STAGE_SENDING     ProgressStage = 3 // the outputs are with the transfer manager
+	ProgressStage_PROGRESS_STAGE_FINISHED    ProgressStage = 4 // Run returned, with or without an error
+)
+
+// Enum value maps for ProgressStage.
+var (
+	ProgressStage_name = map[int32]string{
+		0: "PROGRESS_STAGE_UNSPECIFIED",
+		1: "PROGRESS_STAGE_WAITING",
+		2: "PROGRESS_STAGE_COMPUTING",
+		3: "PROGRESS_STAGE_SENDING",
+		4: "PROGRESS_STAGE_FINISHED",
+	}
+	ProgressStage_value = map[string]int32{
+		"PROGRESS_STAGE_UNSPECIFIED": 0,
+		"PROGRESS_STAGE_WAITING":     1,
+		"PROGRESS_STAGE_COMPUTING":   2,
+		"PROGRESS_STAGE_SENDING":     3,
+		"PROGRESS_STAGE_FINISHED":    4,
+	}
+)
+
+func (x ProgressStage) Enum() *ProgressStage {
+	p := new(ProgressStage)
+	*p = x
+	return p
+}
+
+func (x ProgressStage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProgressStage) Descriptor() protoreflect.EnumDescriptor {
+	return file_phasedv1_phase_proto_enumTypes[0].Descriptor()
+}
+
+func (ProgressStage) Type() protoreflect.EnumType {
+	return &file_phasedv1_phase_proto_enumTypes[0]
+}
+
+func (x ProgressStage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProgressStage.Descriptor instead.
+func (ProgressStage) EnumDescriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{0}
+}
+
 type RoomRole int32
 
 const (
@@ -56,11 +112,11 @@ func (x RoomRole) String() string {
 }
 
 func (RoomRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_phasedv1_phase_proto_enumTypes[0].Descriptor()
+	return file_phasedv1_phase_proto_enumTypes[1].Descriptor()
 }
 
 func (RoomRole) Type() protoreflect.EnumType {
-	return &file_phasedv1_phase_proto_enumTypes[0]
+	return &file_phasedv1_phase_proto_enumTypes[1]
 }
 
 func (x RoomRole) Number() protoreflect.EnumNumber {
@@ -69,7 +125,183 @@ func (x RoomRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RoomRole.Descriptor instead.
 func (RoomRole) EnumDescriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
+}
+
+type ReadyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadyRequest) Reset() {
+	*x = ReadyRequest{}
+	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadyRequest) ProtoMessage() {}
+
+func (x *ReadyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadyRequest.ProtoReflect.Descriptor instead.
+func (*ReadyRequest) Descriptor() ([]byte, []int) {
 	return file_phasedv1_phase_proto_rawDescGZIP(), []int{0}
+}
+
+type ReadyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadyResponse) Reset() {
+	*x = ReadyResponse{}
+	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadyResponse) ProtoMessage() {}
+
+func (x *ReadyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadyResponse.ProtoReflect.Descriptor instead.
+func (*ReadyResponse) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
+}
+
+type ProgressRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProgressRequest) Reset() {
+	*x = ProgressRequest{}
+	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProgressRequest) ProtoMessage() {}
+
+func (x *ProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProgressRequest.ProtoReflect.Descriptor instead.
+func (*ProgressRequest) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{2}
+}
+
+type ProgressEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       string                 `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"` // the request id
+	Stage         ProgressStage          `protobuf:"varint,2,opt,name=stage,proto3,enum=phased.v1.ProgressStage" json:"stage,omitempty"`
+	Done          int64                  `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`   // COMPUTING only: units of work done
+	Total         int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"` // COMPUTING only: units of work in all
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProgressEvent) Reset() {
+	*x = ProgressEvent{}
+	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProgressEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProgressEvent) ProtoMessage() {}
+
+func (x *ProgressEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProgressEvent.ProtoReflect.Descriptor instead.
+func (*ProgressEvent) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ProgressEvent) GetRequest() string {
+	if x != nil {
+		return x.Request
+	}
+	return ""
+}
+
+func (x *ProgressEvent) GetStage() ProgressStage {
+	if x != nil {
+		return x.Stage
+	}
+	return ProgressStage_PROGRESS_STAGE_UNSPECIFIED
+}
+
+func (x *ProgressEvent) GetDone() int64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *ProgressEvent) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
 }
 
 type ConfigureRequest struct {
@@ -87,7 +319,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	mi := &file_phasedv1_phase_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -99,7 +331,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	mi := &file_phasedv1_phase_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -112,7 +344,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{0}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConfigureRequest) GetInstance() string {
@@ -172,7 +404,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	mi := &file_phasedv1_phase_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +416,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	mi := &file_phasedv1_phase_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +429,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{5}
 }
 
 type Request struct {
@@ -213,7 +445,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	mi := &file_phasedv1_phase_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +457,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	mi := &file_phasedv1_phase_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +470,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{2}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Request) GetId() string {
@@ -289,7 +521,7 @@ type OpenRoomRequest struct {
 
 func (x *OpenRoomRequest) Reset() {
 	*x = OpenRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	mi := &file_phasedv1_phase_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +533,7 @@ func (x *OpenRoomRequest) String() string {
 func (*OpenRoomRequest) ProtoMessage() {}
 
 func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	mi := &file_phasedv1_phase_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +546,7 @@ func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomRequest.ProtoReflect.Descriptor instead.
 func (*OpenRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{3}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OpenRoomRequest) GetRoom() uint64 {
@@ -361,7 +593,7 @@ type OpenRoomResponse struct {
 
 func (x *OpenRoomResponse) Reset() {
 	*x = OpenRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[4]
+	mi := &file_phasedv1_phase_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +605,7 @@ func (x *OpenRoomResponse) String() string {
 func (*OpenRoomResponse) ProtoMessage() {}
 
 func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[4]
+	mi := &file_phasedv1_phase_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +618,7 @@ func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomResponse.ProtoReflect.Descriptor instead.
 func (*OpenRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{4}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OpenRoomResponse) GetEndpoint() string {
@@ -407,7 +639,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[5]
+	mi := &file_phasedv1_phase_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +651,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[5]
+	mi := &file_phasedv1_phase_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +664,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{5}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RunRequest) GetRequest() *Request {
@@ -465,7 +697,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[6]
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +709,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[6]
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +722,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{6}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RunResponse) GetArtifact() *Artifact {
@@ -512,7 +744,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_phasedv1_phase_proto_msgTypes[7]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +756,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[7]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +769,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{7}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Artifact) GetPath() string {
@@ -577,7 +809,7 @@ type RemoveRoomRequest struct {
 
 func (x *RemoveRoomRequest) Reset() {
 	*x = RemoveRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[8]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +821,7 @@ func (x *RemoveRoomRequest) String() string {
 func (*RemoveRoomRequest) ProtoMessage() {}
 
 func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[8]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +834,7 @@ func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{8}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveRoomRequest) GetRoom() uint64 {
@@ -620,7 +852,7 @@ type RemoveRoomResponse struct {
 
 func (x *RemoveRoomResponse) Reset() {
 	*x = RemoveRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[9]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +864,7 @@ func (x *RemoveRoomResponse) String() string {
 func (*RemoveRoomResponse) ProtoMessage() {}
 
 func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[9]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +877,7 @@ func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomResponse.ProtoReflect.Descriptor instead.
 func (*RemoveRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{9}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
 }
 
 type StatusRequest struct {
@@ -656,7 +888,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +900,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,20 +913,21 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rooms         []*RoomState           `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
-	DroppedFrames uint64                 `protobuf:"varint,2,opt,name=dropped_frames,json=droppedFrames,proto3" json:"dropped_frames,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Rooms           []*RoomState           `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
+	DroppedFrames   uint64                 `protobuf:"varint,2,opt,name=dropped_frames,json=droppedFrames,proto3" json:"dropped_frames,omitempty"`
+	DroppedProgress uint64                 `protobuf:"varint,3,opt,name=dropped_progress,json=droppedProgress,proto3" json:"dropped_progress,omitempty"` // progress events dropped by streams too slow to read them
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +939,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +952,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetRooms() []*RoomState {
@@ -736,6 +969,13 @@ func (x *StatusResponse) GetDroppedFrames() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetDroppedProgress() uint64 {
+	if x != nil {
+		return x.DroppedProgress
+	}
+	return 0
+}
+
 type RoomState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Room          uint64                 `protobuf:"varint,1,opt,name=room,proto3" json:"room,omitempty"`
@@ -748,7 +988,7 @@ type RoomState struct {
 
 func (x *RoomState) Reset() {
 	*x = RoomState{}
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +1000,7 @@ func (x *RoomState) String() string {
 func (*RoomState) ProtoMessage() {}
 
 func (x *RoomState) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +1013,7 @@ func (x *RoomState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
 func (*RoomState) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RoomState) GetRoom() uint64 {
@@ -812,7 +1052,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1064,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1077,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{17}
 }
 
 type ReleaseResponse struct {
@@ -848,7 +1088,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +1100,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,14 +1113,22 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{18}
 }
 
 var File_phasedv1_phase_proto protoreflect.FileDescriptor
 
 const file_phasedv1_phase_proto_rawDesc = "" +
 	"\n" +
-	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\xb8\x02\n" +
+	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x0e\n" +
+	"\fReadyRequest\"\x0f\n" +
+	"\rReadyResponse\"\x11\n" +
+	"\x0fProgressRequest\"\x83\x01\n" +
+	"\rProgressEvent\x12\x18\n" +
+	"\arequest\x18\x01 \x01(\tR\arequest\x12.\n" +
+	"\x05stage\x18\x02 \x01(\x0e2\x18.phased.v1.ProgressStageR\x05stage\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\x03R\x04done\x12\x14\n" +
+	"\x05total\x18\x04 \x01(\x03R\x05total\"\xb8\x02\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
@@ -926,30 +1174,39 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x11RemoveRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\"\x14\n" +
 	"\x12RemoveRoomResponse\"\x0f\n" +
-	"\rStatusRequest\"c\n" +
+	"\rStatusRequest\"\x8e\x01\n" +
 	"\x0eStatusResponse\x12*\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x14.phased.v1.RoomStateR\x05rooms\x12%\n" +
-	"\x0edropped_frames\x18\x02 \x01(\x04R\rdroppedFrames\"\x93\x01\n" +
+	"\x0edropped_frames\x18\x02 \x01(\x04R\rdroppedFrames\x12)\n" +
+	"\x10dropped_progress\x18\x03 \x01(\x04R\x0fdroppedProgress\"\x93\x01\n" +
 	"\tRoomState\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x121\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x19.phased.v1.TransferStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x10\n" +
 	"\x0eReleaseRequest\"\x11\n" +
-	"\x0fReleaseResponse*S\n" +
+	"\x0fReleaseResponse*\xa2\x01\n" +
+	"\rProgressStage\x12\x1e\n" +
+	"\x1aPROGRESS_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16PROGRESS_STAGE_WAITING\x10\x01\x12\x1c\n" +
+	"\x18PROGRESS_STAGE_COMPUTING\x10\x02\x12\x1a\n" +
+	"\x16PROGRESS_STAGE_SENDING\x10\x03\x12\x1b\n" +
+	"\x17PROGRESS_STAGE_FINISHED\x10\x04*S\n" +
 	"\bRoomRole\x12\x19\n" +
 	"\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ROOM_ROLE_SENDER\x10\x01\x12\x16\n" +
-	"\x12ROOM_ROLE_RECEIVER\x10\x022\xcf\x03\n" +
+	"\x12ROOM_ROLE_RECEIVER\x10\x022\xcf\x04\n" +
 	"\x05Phase\x127\n" +
 	"\x04Info\x12\x16.phased.v1.InfoRequest\x1a\x17.phased.v1.InfoResponse\x12F\n" +
-	"\tConfigure\x12\x1b.phased.v1.ConfigureRequest\x1a\x1c.phased.v1.ConfigureResponse\x12C\n" +
+	"\tConfigure\x12\x1b.phased.v1.ConfigureRequest\x1a\x1c.phased.v1.ConfigureResponse\x12:\n" +
+	"\x05Ready\x12\x17.phased.v1.ReadyRequest\x1a\x18.phased.v1.ReadyResponse\x12C\n" +
 	"\bOpenRoom\x12\x1a.phased.v1.OpenRoomRequest\x1a\x1b.phased.v1.OpenRoomResponse\x124\n" +
 	"\x03Run\x12\x15.phased.v1.RunRequest\x1a\x16.phased.v1.RunResponse\x12I\n" +
 	"\n" +
 	"RemoveRoom\x12\x1c.phased.v1.RemoveRoomRequest\x1a\x1d.phased.v1.RemoveRoomResponse\x12=\n" +
 	"\x06Status\x12\x18.phased.v1.StatusRequest\x1a\x19.phased.v1.StatusResponse\x12@\n" +
-	"\aRelease\x12\x19.phased.v1.ReleaseRequest\x1a\x1a.phased.v1.ReleaseResponseB6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3"
+	"\aRelease\x12\x19.phased.v1.ReleaseRequest\x1a\x1a.phased.v1.ReleaseResponse\x12B\n" +
+	"\bProgress\x12\x1a.phased.v1.ProgressRequest\x1a\x18.phased.v1.ProgressEvent0\x01B6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3"
 
 var (
 	file_phasedv1_phase_proto_rawDescOnce sync.Once
@@ -963,58 +1220,68 @@ func file_phasedv1_phase_proto_rawDescGZIP() []byte {
 	return file_phasedv1_phase_proto_rawDescData
 }
 
-var file_phasedv1_phase_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_phasedv1_phase_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_phasedv1_phase_proto_goTypes = []any{
-	(RoomRole)(0),              // 0: phased.v1.RoomRole
-	(*ConfigureRequest)(nil),   // 1: phased.v1.ConfigureRequest
-	(*ConfigureResponse)(nil),  // 2: phased.v1.ConfigureResponse
-	(*Request)(nil),            // 3: phased.v1.Request
-	(*OpenRoomRequest)(nil),    // 4: phased.v1.OpenRoomRequest
-	(*OpenRoomResponse)(nil),   // 5: phased.v1.OpenRoomResponse
-	(*RunRequest)(nil),         // 6: phased.v1.RunRequest
-	(*RunResponse)(nil),        // 7: phased.v1.RunResponse
-	(*Artifact)(nil),           // 8: phased.v1.Artifact
-	(*RemoveRoomRequest)(nil),  // 9: phased.v1.RemoveRoomRequest
-	(*RemoveRoomResponse)(nil), // 10: phased.v1.RemoveRoomResponse
-	(*StatusRequest)(nil),      // 11: phased.v1.StatusRequest
-	(*StatusResponse)(nil),     // 12: phased.v1.StatusResponse
-	(*RoomState)(nil),          // 13: phased.v1.RoomState
-	(*ReleaseRequest)(nil),     // 14: phased.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),    // 15: phased.v1.ReleaseResponse
-	nil,                        // 16: phased.v1.ConfigureRequest.ParamsEntry
-	(TransferStatus)(0),        // 17: phased.v1.TransferStatus
-	(*InfoRequest)(nil),        // 18: phased.v1.InfoRequest
-	(*InfoResponse)(nil),       // 19: phased.v1.InfoResponse
+	(ProgressStage)(0),         // 0: phased.v1.ProgressStage
+	(RoomRole)(0),              // 1: phased.v1.RoomRole
+	(*ReadyRequest)(nil),       // 2: phased.v1.ReadyRequest
+	(*ReadyResponse)(nil),      // 3: phased.v1.ReadyResponse
+	(*ProgressRequest)(nil),    // 4: phased.v1.ProgressRequest
+	(*ProgressEvent)(nil),      // 5: phased.v1.ProgressEvent
+	(*ConfigureRequest)(nil),   // 6: phased.v1.ConfigureRequest
+	(*ConfigureResponse)(nil),  // 7: phased.v1.ConfigureResponse
+	(*Request)(nil),            // 8: phased.v1.Request
+	(*OpenRoomRequest)(nil),    // 9: phased.v1.OpenRoomRequest
+	(*OpenRoomResponse)(nil),   // 10: phased.v1.OpenRoomResponse
+	(*RunRequest)(nil),         // 11: phased.v1.RunRequest
+	(*RunResponse)(nil),        // 12: phased.v1.RunResponse
+	(*Artifact)(nil),           // 13: phased.v1.Artifact
+	(*RemoveRoomRequest)(nil),  // 14: phased.v1.RemoveRoomRequest
+	(*RemoveRoomResponse)(nil), // 15: phased.v1.RemoveRoomResponse
+	(*StatusRequest)(nil),      // 16: phased.v1.StatusRequest
+	(*StatusResponse)(nil),     // 17: phased.v1.StatusResponse
+	(*RoomState)(nil),          // 18: phased.v1.RoomState
+	(*ReleaseRequest)(nil),     // 19: phased.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),    // 20: phased.v1.ReleaseResponse
+	nil,                        // 21: phased.v1.ConfigureRequest.ParamsEntry
+	(TransferStatus)(0),        // 22: phased.v1.TransferStatus
+	(*InfoRequest)(nil),        // 23: phased.v1.InfoRequest
+	(*InfoResponse)(nil),       // 24: phased.v1.InfoResponse
 }
 var file_phasedv1_phase_proto_depIdxs = []int32{
-	16, // 0: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
-	0,  // 1: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
-	3,  // 2: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
-	3,  // 3: phased.v1.RunRequest.request:type_name -> phased.v1.Request
-	8,  // 4: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
-	13, // 5: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
-	0,  // 6: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
-	17, // 7: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
-	18, // 8: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
-	1,  // 9: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
-	4,  // 10: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
-	6,  // 11: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
-	9,  // 12: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
-	11, // 13: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
-	14, // 14: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
-	19, // 15: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
-	2,  // 16: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
-	5,  // 17: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
-	7,  // 18: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
-	10, // 19: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
-	12, // 20: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
-	15, // 21: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	0,  // 0: phased.v1.ProgressEvent.stage:type_name -> phased.v1.ProgressStage
+	21, // 1: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
+	1,  // 2: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
+	8,  // 3: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
+	8,  // 4: phased.v1.RunRequest.request:type_name -> phased.v1.Request
+	13, // 5: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
+	18, // 6: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
+	1,  // 7: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
+	22, // 8: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
+	23, // 9: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
+	6,  // 10: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
+	2,  // 11: phased.v1.Phase.Ready:input_type -> phased.v1.ReadyRequest
+	9,  // 12: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
+	11, // 13: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
+	14, // 14: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
+	16, // 15: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
+	19, // 16: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
+	4,  // 17: phased.v1.Phase.Progress:input_type -> phased.v1.ProgressRequest
+	24, // 18: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
+	7,  // 19: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
+	3,  // 20: phased.v1.Phase.Ready:output_type -> phased.v1.ReadyResponse
+	10, // 21: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
+	12, // 22: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
+	15, // 23: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
+	17, // 24: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
+	20, // 25: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
+	5,  // 26: phased.v1.Phase.Progress:output_type -> phased.v1.ProgressEvent
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_phasedv1_phase_proto_init() }
@@ -1023,14 +1290,14 @@ func file_phasedv1_phase_proto_init() {
 		return
 	}
 	file_phasedv1_common_proto_init()
-	file_phasedv1_phase_proto_msgTypes[5].OneofWrappers = []any{}
+	file_phasedv1_phase_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_phasedv1_phase_proto_rawDesc), len(file_phasedv1_phase_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   16,
+			NumEnums:      2,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

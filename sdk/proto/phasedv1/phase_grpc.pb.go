@@ -23,11 +23,13 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Phase_Info_FullMethodName       = "/phased.v1.Phase/Info"
 	Phase_Configure_FullMethodName  = "/phased.v1.Phase/Configure"
+	Phase_Ready_FullMethodName      = "/phased.v1.Phase/Ready"
 	Phase_OpenRoom_FullMethodName   = "/phased.v1.Phase/OpenRoom"
 	Phase_Run_FullMethodName        = "/phased.v1.Phase/Run"
 	Phase_RemoveRoom_FullMethodName = "/phased.v1.Phase/RemoveRoom"
 	Phase_Status_FullMethodName     = "/phased.v1.Phase/Status"
 	Phase_Release_FullMethodName    = "/phased.v1.Phase/Release"
+	Phase_Progress_FullMethodName   = "/phased.v1.Phase/Progress"
 )
 
 // PhaseClient is the client API for Phase service.
@@ -35,11 +37,26 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Phase is served by every phase plugin process. Lifecycle: Info, Configure
-// once, then any number of OpenRoom/Run/RemoveRoom/Status, then Release.
+// once, Ready, then any number of OpenRoom/Run/RemoveRoom/Status, then
+// Release. Progress may be open at any time before Release.
+//
+// Ready and Progress were added after the first release of API version 1
+// and are optional: a plugin built with an older SDK answers them with
+// UNIMPLEMENTED, which a client treats as "ready at once" and "reports no
+// progress".
 type PhaseClient interface {
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
-	// Configure starts the instance's transfer manager in run_dir.
+	// Configure starts the instance's transfer manager in run_dir, and the
+	// phase's loading (its model weights) in the background: it returns
+	// before the loading has finished.
 	Configure(ctx context.Context, in *ConfigureRequest, opts ...grpc.CallOption) (*ConfigureResponse, error)
+	// Ready returns once the instance can take requests: after Configure and
+	// after the phase's loading has finished. It fails with the loading's
+	// error, every time it is called, when the loading failed, and with
+	// INVALID_ARGUMENT before Configure. Until the instance is ready, OpenRoom
+	// and Run are refused. UNIMPLEMENTED (a plugin built before Ready
+	// existed) means ready right after Configure.
+	Ready(ctx context.Context, in *ReadyRequest, opts ...grpc.CallOption) (*ReadyResponse, error)
 	// OpenRoom opens one side of a hop. The sender side is opened first and
 	// reports the endpoint its room socket is bound to; the receiver side is
 	// given that endpoint, allocates its input buffers and sends its descriptor.
@@ -52,8 +69,18 @@ type PhaseClient interface {
 	// or sockets. Idempotent: removing an unknown room succeeds.
 	RemoveRoom(ctx context.Context, in *RemoveRoomRequest, opts ...grpc.CallOption) (*RemoveRoomResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
-	// Release removes every room and stops the transfer manager.
+	// Release cancels the phase's loading if it still runs, removes every
+	// room, stops the transfer manager and ends every Progress stream.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Progress streams the progress of this instance's Run calls, from the
+	// moment it is opened: first the latest event of every Run in progress,
+	// then every new event, until the client ends the call or the instance is
+	// released (the stream then ends with OK). Each Run goes through WAITING,
+	// COMPUTING (any number of times), SENDING (when it has an out_room) and
+	// FINISHED (whether it succeeded or failed). Events are a "latest value"
+	// signal: a client that reads too slowly loses the oldest ones, never
+	// slows a Run down. UNIMPLEMENTED: the plugin reports no progress.
+	Progress(ctx context.Context, in *ProgressRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProgressEvent], error)
 }
 
 type phaseClient struct {
@@ -78,6 +105,16 @@ func (c *phaseClient) Configure(ctx context.Context, in *ConfigureRequest, opts 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ConfigureResponse)
 	err := c.cc.Invoke(ctx, Phase_Configure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *phaseClient) Ready(ctx context.Context, in *ReadyRequest, opts ...grpc.CallOption) (*ReadyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadyResponse)
+	err := c.cc.Invoke(ctx, Phase_Ready_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -134,16 +171,50 @@ func (c *phaseClient) Release(ctx context.Context, in *ReleaseRequest, opts ...g
 	return out, nil
 }
 
+func (c *phaseClient) Progress(ctx context.Context, in *ProgressRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProgressEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Phase_ServiceDesc.Streams[0], Phase_Progress_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ProgressRequest, ProgressEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Phase_ProgressClient = grpc.ServerStreamingClient[ProgressEvent]
+
 // PhaseServer is the server API for Phase service.
 // All implementations must embed UnimplementedPhaseServer
 // for forward compatibility.
 //
 // Phase is served by every phase plugin process. Lifecycle: Info, Configure
-// once, then any number of OpenRoom/Run/RemoveRoom/Status, then Release.
+// once, Ready, then any number of OpenRoom/Run/RemoveRoom/Status, then
+// Release. Progress may be open at any time before Release.
+//
+// Ready and Progress were added after the first release of API version 1
+// and are optional: a plugin built with an older SDK answers them with
+// UNIMPLEMENTED, which a client treats as "ready at once" and "reports no
+// progress".
 type PhaseServer interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
-	// Configure starts the instance's transfer manager in run_dir.
+	// Configure starts the instance's transfer manager in run_dir, and the
+	// phase's loading (its model weights) in the background: it returns
+	// before the loading has finished.
 	Configure(context.Context, *ConfigureRequest) (*ConfigureResponse, error)
+	// Ready returns once the instance can take requests: after Configure and
+	// after the phase's loading has finished. It fails with the loading's
+	// error, every time it is called, when the loading failed, and with
+	// INVALID_ARGUMENT before Configure. Until the instance is ready, OpenRoom
+	// and Run are refused. UNIMPLEMENTED (a plugin built before Ready
+	// existed) means ready right after Configure.
+	Ready(context.Context, *ReadyRequest) (*ReadyResponse, error)
 	// OpenRoom opens one side of a hop. The sender side is opened first and
 	// reports the endpoint its room socket is bound to; the receiver side is
 	// given that endpoint, allocates its input buffers and sends its descriptor.
@@ -156,8 +227,18 @@ type PhaseServer interface {
 	// or sockets. Idempotent: removing an unknown room succeeds.
 	RemoveRoom(context.Context, *RemoveRoomRequest) (*RemoveRoomResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
-	// Release removes every room and stops the transfer manager.
+	// Release cancels the phase's loading if it still runs, removes every
+	// room, stops the transfer manager and ends every Progress stream.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Progress streams the progress of this instance's Run calls, from the
+	// moment it is opened: first the latest event of every Run in progress,
+	// then every new event, until the client ends the call or the instance is
+	// released (the stream then ends with OK). Each Run goes through WAITING,
+	// COMPUTING (any number of times), SENDING (when it has an out_room) and
+	// FINISHED (whether it succeeded or failed). Events are a "latest value"
+	// signal: a client that reads too slowly loses the oldest ones, never
+	// slows a Run down. UNIMPLEMENTED: the plugin reports no progress.
+	Progress(*ProgressRequest, grpc.ServerStreamingServer[ProgressEvent]) error
 	mustEmbedUnimplementedPhaseServer()
 }
 
@@ -174,6 +255,9 @@ func (UnimplementedPhaseServer) Info(context.Context, *InfoRequest) (*InfoRespon
 func (UnimplementedPhaseServer) Configure(context.Context, *ConfigureRequest) (*ConfigureResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
 }
+func (UnimplementedPhaseServer) Ready(context.Context, *ReadyRequest) (*ReadyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ready not implemented")
+}
 func (UnimplementedPhaseServer) OpenRoom(context.Context, *OpenRoomRequest) (*OpenRoomResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method OpenRoom not implemented")
 }
@@ -188,6 +272,9 @@ func (UnimplementedPhaseServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedPhaseServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedPhaseServer) Progress(*ProgressRequest, grpc.ServerStreamingServer[ProgressEvent]) error {
+	return status.Error(codes.Unimplemented, "method Progress not implemented")
 }
 func (UnimplementedPhaseServer) mustEmbedUnimplementedPhaseServer() {}
 func (UnimplementedPhaseServer) testEmbeddedByValue()               {}
@@ -242,6 +329,24 @@ func _Phase_Configure_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PhaseServer).Configure(ctx, req.(*ConfigureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Phase_Ready_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PhaseServer).Ready(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Phase_Ready_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PhaseServer).Ready(ctx, req.(*ReadyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -336,6 +441,17 @@ func _Phase_Release_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Phase_Progress_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ProgressRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PhaseServer).Progress(m, &grpc.GenericServerStream[ProgressRequest, ProgressEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Phase_ProgressServer = grpc.ServerStreamingServer[ProgressEvent]
+
 // Phase_ServiceDesc is the grpc.ServiceDesc for Phase service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -350,6 +466,10 @@ var Phase_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Configure",
 			Handler:    _Phase_Configure_Handler,
+		},
+		{
+			MethodName: "Ready",
+			Handler:    _Phase_Ready_Handler,
 		},
 		{
 			MethodName: "OpenRoom",
@@ -372,6 +492,12 @@ var Phase_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Phase_Release_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Progress",
+			Handler:       _Phase_Progress_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "phasedv1/phase.proto",
 }
