@@ -9,6 +9,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +185,100 @@ func TestConfigureErrors(t *testing.T) {
 	_, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
 	if err == nil || !strings.Contains(err.Error(), `room 1: unknown transfer backend "rdma" (known: shm, zmq, cuda)`) {
 		t.Errorf("OpenRoom with an unknown backend: %v", err)
+	}
+}
+
+// TestProgressOverGRPC: the supervisor's Progress stream on a transformer
+// sees a request go waiting, computing (0 of 1, then each denoising step),
+// sending and finished, in order, while the pipeline's artifact stays the
+// reference's, byte for byte.
+func TestProgressOverGRPC(t *testing.T) {
+	ctx := context.Background()
+	runDir := plugintest.RunDir(t)
+	params := map[string]string{"frames": "2", "height": "8", "width": "8"}
+	ctls := []sdk.PhaseControl{plugintest.Phase(t, encoder.New()), plugintest.Phase(t, transformer.New()), plugintest.Phase(t, decoder.New())}
+	for i, ctl := range ctls {
+		dir := filepath.Join(runDir, string(rune('a'+i)))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "p-" + string(rune('a'+i)), RunDir: dir, Params: params}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ctl.Ready(ctx); err != nil {
+			t.Fatalf("Ready of a phase without Loader: %v", err)
+		}
+		defer ctl.Release(ctx)
+	}
+	const steps = 3
+	req := sdk.Request{ID: "p1", Prompt: "progress", Seed: 5, Steps: steps, ArtifactDir: t.TempDir()}
+	for h, room := range []uint64{1, 2} {
+		ep, err := ctls[h].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctls[h+1].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	specs := []sdk.RunSpec{{Request: req, OutRoom: 1}, {Request: req, InRoom: 1, OutRoom: 2}, {Request: req, InRoom: 2}}
+	results := make([]chan error, 3)
+	var art *sdk.Artifact
+	run := func(k int) {
+		results[k] = make(chan error, 1)
+		go func() {
+			a, err := ctls[k].Run(ctx, specs[k])
+			if k == 2 {
+				art = a
+			}
+			results[k] <- err
+		}()
+	}
+
+	// The transformer waits for its inputs; the stream, opened now,
+	// starts with its waiting event, live or from the snapshot.
+	run(1)
+	pctx, stop := context.WithCancel(ctx)
+	events := make(chan sdk.Progress, 64)
+	streamErr := make(chan error, 1)
+	go func() { streamErr <- ctls[1].Progress(pctx, func(p sdk.Progress) { events <- p }) }()
+	var got []sdk.Progress
+	got = append(got, <-events)
+	run(0)
+	run(2)
+	for got[len(got)-1].Stage != sdk.StageFinished {
+		got = append(got, <-events)
+	}
+	stop()
+	if err := <-streamErr; err != nil {
+		t.Fatalf("Progress when its ctx ended: %v", err)
+	}
+	want := []sdk.Progress{{Request: "p1", Stage: sdk.StageWaiting}, {Request: "p1", Stage: sdk.StageComputing, Total: 1}}
+	for i := 1; i <= steps; i++ {
+		want = append(want, sdk.Progress{Request: "p1", Stage: sdk.StageComputing, Done: i, Total: steps})
+	}
+	want = append(want, sdk.Progress{Request: "p1", Stage: sdk.StageSending}, sdk.Progress{Request: "p1", Stage: sdk.StageFinished})
+	if !slices.Equal(got, want) {
+		t.Fatalf("events\n%v\nwant\n%v", got, want)
+	}
+	for k, res := range results {
+		if err := <-res; err != nil {
+			t.Fatalf("phase %d: %v", k, err)
+		}
+	}
+	mp, err := model.ParseParams(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(art.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := model.Reference(ctx, mp, req.Prompt, req.Seed, req.Steps)
+	if err != nil || !bytes.Equal(b, ref) {
+		t.Fatalf("artifact differs from the reference (%v)", err)
+	}
+	if st, err := ctls[1].Status(ctx); err != nil || st.DroppedProgress != 0 {
+		t.Fatalf("status %+v, %v: want no progress event dropped", st, err)
 	}
 }

@@ -128,6 +128,13 @@ func Encode(p Params, prompt string, seed int64) (ctx, latent []float32) {
 //
 // The noise keeps a weight of about 1/(steps+1), so the seed shows.
 func Denoise(ctx context.Context, p Params, cond, latent []float32, steps int) error {
+	return DenoiseEach(ctx, p, cond, latent, steps, nil)
+}
+
+// DenoiseEach is Denoise that calls step, when not nil, after each step
+// with the number of steps done (1 to steps) and steps. The latent is
+// the same as Denoise's, bit for bit.
+func DenoiseEach(ctx context.Context, p Params, cond, latent []float32, steps int, step func(done, total int)) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -164,6 +171,9 @@ func Denoise(ctx context.Context, p Params, cond, latent []float32, steps int) e
 			for j, x := range xs {
 				xs[j] = x + float32(a*(ts[j]-x)) + float32(k*min(max(x, -1), 1))
 			}
+		}
+		if step != nil {
+			step(i+1, steps)
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"image/color"
 	"image/gif"
 	"math/rand/v2"
@@ -452,5 +453,29 @@ func BenchmarkDecodeWan(b *testing.B) {
 		if _, err := Decode(p, latent); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDenoiseEach: the step callback sees 1..steps of steps, and the
+// latent is Denoise's, bit for bit.
+func TestDenoiseEach(t *testing.T) {
+	p := DefaultParams()
+	cond, noise := Encode(p, "each", 3)
+	want := slices.Clone(noise)
+	if err := Denoise(context.Background(), p, cond, want, 4); err != nil {
+		t.Fatal(err)
+	}
+	got := slices.Clone(noise)
+	var steps [][2]int
+	if err := DenoiseEach(context.Background(), p, cond, got, 4, func(done, total int) {
+		steps = append(steps, [2]int{done, total})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatal("DenoiseEach's latent differs from Denoise's")
+	}
+	if fmt.Sprint(steps) != "[[1 4] [2 4] [3 4] [4 4]]" {
+		t.Fatalf("steps reported %v, want 1..4 of 4", steps)
 	}
 }

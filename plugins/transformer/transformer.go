@@ -75,7 +75,8 @@ func (t *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 // Run denoises a copy of the input latent for req.Steps steps with
 // model.Denoise, conditioned on the input context, and returns the context
 // (passed on as it came, so that transformers can be chained) and the new
-// latent. It does not modify its inputs. It returns an error wrapping ctx.Err() soon after
+// latent. It reports each step done with sdk.ReportProgress. It does not
+// modify its inputs. It returns an error wrapping ctx.Err() soon after
 // ctx is done, and one wrapping model.ErrBadInput when the inputs do not
 // match the params.
 func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
@@ -89,7 +90,8 @@ func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
 	copy(out.Data, in[1].Data)
-	if err := model.Denoise(ctx, p, in[0].Float32s(), out.Float32s(), req.Steps); err != nil {
+	report := func(done, total int) { sdk.ReportProgress(ctx, done, total) }
+	if err := model.DenoiseEach(ctx, p, in[0].Float32s(), out.Float32s(), req.Steps, report); err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
 	set.log.Debug("denoised", "request", req.ID, "steps", req.Steps)
