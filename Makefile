@@ -22,7 +22,9 @@ FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/trans
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
-.PHONY: help deps build run test bench fuzz fuzz-short proto check clean cuda-deps cuda device-pack
+CHAOS_REQUESTS ?= 200
+
+.PHONY: help deps build run test bench chaos fuzz fuzz-short proto check clean cuda-deps cuda device-pack
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +45,11 @@ test: build ## run every test with -race (unit, gRPC in memory, end to end), the
 	$(GO) test -race -count=1 -timeout 14m ./...
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) -s fuzz-short
+
+chaos: deps ## the chaos test: CHAOS_REQUESTS (200) requests, an instance SIGKILLed every 0.5 s, the supervisor killed once; last line: the counts
+	@mkdir -p $(BIN); set -o pipefail; PHASED_CHAOS_REQUESTS=$(CHAOS_REQUESTS) $(GO) test -race -count=1 -timeout 14m -run '^TestChaos$$' -v ./supervisor/e2e/ \
+	  | tee $(BIN)/chaos.log | grep -E '^(--- |FAIL|ok|\s+chaos_test)' ; \
+	  grep -h '^chaos:' $(BIN)/chaos.log
 
 fuzz-short: ## run each fuzz target (transfer decoders, control API, config) for 20,000 inputs (part of make test)
 	@set -e; for pt in $(FUZZ); do $(GO) test -run '^$$' -fuzz "^$${pt#*:}\$$" -fuzztime 20000x -fuzzminimizetime 100x $${pt%%:*}; done

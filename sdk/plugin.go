@@ -102,9 +102,36 @@ func (p *PhasePlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 	return nil
 }
 
-// GRPCClient returns a PhaseControl talking to the plugin over conn.
-func (p *PhasePlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return &phaseClient{c: phasedv1.NewPhaseClient(conn)}, nil
+// GRPCClient returns a PhaseControl talking to the plugin over conn; it is
+// also an Exiter.
+func (p *PhasePlugin) GRPCClient(ctx context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
+	return &phaseConn{&phaseClient{c: phasedv1.NewPhaseClient(conn)}, exitNotice{ctx.Done()}}, nil
+}
+
+// Exiter is implemented by what the supervisor dispenses from a plugin
+// client: Exited is closed once the plugin process has exited and been
+// reaped. It is go-plugin's own exit notification (the context it hands
+// GRPCClient ends when its wait on the process returns), so a host learns
+// of a crash at once, without polling.
+type Exiter interface {
+	Exited() <-chan struct{}
+}
+
+type exitNotice struct{ done <-chan struct{} }
+
+func (e exitNotice) Exited() <-chan struct{} { return e.done }
+
+// phaseConn is the supervisor side of a phase plugin: its PhaseControl and
+// its exit notification.
+type phaseConn struct {
+	*phaseClient
+	exitNotice
+}
+
+// policyConn is the supervisor side of a policy plugin.
+type policyConn struct {
+	*policyClient
+	exitNotice
 }
 
 // PolicyPlugin is the go-plugin plugin for the Policy service. The plugin
@@ -121,11 +148,15 @@ func (p *PolicyPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 }
 
 // GRPCClient returns a Policy talking to the plugin over conn.
-func (p *PolicyPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return &policyClient{c: phasedv1.NewPolicyClient(conn)}, nil
+func (p *PolicyPlugin) GRPCClient(ctx context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
+	return &policyConn{&policyClient{c: phasedv1.NewPolicyClient(conn)}, exitNotice{ctx.Done()}}, nil
 }
 
 var (
 	_ plugin.GRPCPlugin = (*PhasePlugin)(nil)
 	_ plugin.GRPCPlugin = (*PolicyPlugin)(nil)
+	_ PhaseControl      = (*phaseConn)(nil)
+	_ Exiter            = (*phaseConn)(nil)
+	_ Policy            = (*policyConn)(nil)
+	_ Exiter            = (*policyConn)(nil)
 )

@@ -30,6 +30,10 @@ type process struct {
 	pid    int
 	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
 	info   sdk.Info
+	cmd    *exec.Cmd
+	// done is go-plugin's exit notification: closed once the process has
+	// exited and been reaped (cmd.ProcessState is then set).
+	done <-chan struct{}
 }
 
 // processConfig says how to start one plugin process.
@@ -110,7 +114,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
 		SecureConfig:     secure,
 	})
-	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr}
+	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr, cmd: cmd}
 	fail := func(err error) (*process, error) {
 		client.Kill()
 		msg := fmt.Sprintf("%s plugin %s (%s): %v", pc.Kind, pc.Name, pc.Path, err)
@@ -135,6 +139,11 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		return fail(fmt.Errorf("dispense %s: %w", dispense, err))
 	}
 	p.raw = raw
+	ex, ok := raw.(sdk.Exiter)
+	if !ok {
+		return fail(fmt.Errorf("the dispensed %s client has no exit notification", dispense))
+	}
+	p.done = ex.Exited()
 	var info sdk.Info
 	ictx, cancel := context.WithTimeout(ctx, pc.StartTimeout)
 	defer cancel()
@@ -159,7 +168,32 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 }
 
 // exited reports whether the process has exited.
-func (p *process) exited() bool { return p.client.Exited() }
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitStatus says how the process ended ("exit status 2", "signal:
+// killed"); only once done is closed.
+func (p *process) exitStatus() string {
+	if st := p.cmd.ProcessState; st != nil {
+		return st.String()
+	}
+	return "unknown exit status"
+}
+
+// killNow kills the process group at once (a hung plugin gets no graceful
+// close), then lets go-plugin clean up.
+func (p *process) killNow() {
+	if p.pid > 0 {
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	}
+	p.client.Kill()
+}
 
 // kill stops the process: graceful close, bounded wait, then SIGKILL
 // (go-plugin's Kill); then SIGKILL to its process group, for the children

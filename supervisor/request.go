@@ -77,9 +77,12 @@ type RequestInfo struct {
 	Artifact  string            `json:"artifact,omitempty"`
 	SHA256    string            `json:"sha256,omitempty"`
 	Reason    string            `json:"reason,omitempty"`
-	Submitted time.Time         `json:"submitted"`
-	Finished  *time.Time        `json:"finished,omitempty"`
-	Events    []Event           `json:"events,omitempty"`
+	// Attempts counts the dispatches: more than one when an instance the
+	// request used exited or hung and it was dispatched again.
+	Attempts  int        `json:"attempts,omitempty"`
+	Submitted time.Time  `json:"submitted"`
+	Finished  *time.Time `json:"finished,omitempty"`
+	Events    []Event    `json:"events,omitempty"`
 }
 
 // Terminal reports whether the request has ended.
@@ -94,18 +97,10 @@ type request struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when terminal
 
-	mu        sync.Mutex
-	info      RequestInfo
-	removed   bool
-	changed   chan struct{} // closed and replaced on every change
-	instances []*instance   // per phase, once scheduled
-	opened    []roomSide    // every room side asked to open, upstream first
-}
-
-// roomSide is one side of a hop's room on one instance.
-type roomSide struct {
-	in   *instance
-	room uint64
+	mu      sync.Mutex
+	info    RequestInfo
+	removed bool
+	changed chan struct{} // closed and replaced on every change
 }
 
 func (r *request) snapshot() RequestInfo {
@@ -150,6 +145,14 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Key: sub.Key, Submitted: time.Now()},
 	}
 	r.info.Events = []Event{{Time: r.info.Submitted, What: "accepted"}}
+	// On disk before it is acknowledged: a supervisor started after a
+	// crash finds it.
+	if s.journal != nil {
+		if err := s.journal.put(r.info); err != nil {
+			cancel()
+			return "", fmt.Errorf("request not accepted: %w", err)
+		}
+	}
 	s.requests[id] = r
 	s.order = append(s.order, id)
 	s.inflight.Add(1)
@@ -171,10 +174,12 @@ func (s *Supervisor) prune() {
 	}
 	kept := s.order[:0]
 	drop := len(s.order) - MaxRetained + 1
+	var forgotten []string
 	for _, id := range s.order {
 		if drop > 0 {
 			if r := s.requests[id]; r.snapshot().Terminal() {
 				delete(s.requests, id)
+				forgotten = append(forgotten, id)
 				drop--
 				continue
 			}
@@ -182,6 +187,11 @@ func (s *Supervisor) prune() {
 		kept = append(kept, id)
 	}
 	s.order = kept
+	if s.journal != nil {
+		if err := s.journal.forget(forgotten); err != nil {
+			s.logger.Warn("forget old requests in the journal", "error", err)
+		}
+	}
 }
 
 func (s *Supervisor) lookup(id string) (*request, error) {
@@ -260,7 +270,9 @@ func (s *Supervisor) Remove(ctx context.Context, id string) (RequestInfo, error)
 	return s.Wait(ctx, id)
 }
 
-// process runs one request through the pipeline and always ends it.
+// process runs one request through the pipeline and always ends it. An
+// attempt that fails because an instance it used exited or hung is
+// dispatched again, with new rooms, while the retry budget lasts.
 func (s *Supervisor) process(r *request) {
 	defer r.cancel()
 	var art *sdk.Artifact
@@ -269,8 +281,16 @@ func (s *Supervisor) process(r *request) {
 	// until the request's rooms are removed.
 	select {
 	case s.slots <- struct{}{}:
-		art, err = s.dispatch(r)
-		s.removeRooms(r)
+		for n := 0; ; n++ {
+			art, err = s.dispatch(r, n)
+			var ie *InstanceError
+			if err == nil || r.ctx.Err() != nil || n >= s.cfg.Retries || !errors.As(err, &ie) {
+				break
+			}
+			s.retried.Add(1)
+			r.event(Event{What: "retry", Detail: fmt.Sprintf("attempt %d of %d: %v", n+2, s.cfg.Retries+1, err)})
+			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "cause", err)
+		}
 		<-s.slots
 	case <-r.ctx.Done():
 		err = r.ctx.Err()
@@ -292,62 +312,135 @@ func (s *Supervisor) process(r *request) {
 	}
 	state, reason := r.info.State, r.info.Reason
 	r.mu.Unlock()
-	for _, in := range r.instances {
-		in.inflight.Add(-1)
-	}
+	s.ended(r)
 	r.event(Event{What: state, Detail: reason})
 	close(r.done)
 	s.logger.Info("request ended", "request", r.id, "state", state, "reason", reason, "took", now.Sub(r.info.Submitted))
 }
 
-// dispatch schedules the request, opens its rooms upstream first and runs
-// every phase; it returns the last phase's artifact.
-func (s *Supervisor) dispatch(r *request) (*sdk.Artifact, error) {
-	ctx := r.ctx
-	// One decision at a time, and its load counted before the next: a
-	// policy that looks at the load (least loaded, p2c) would otherwise
-	// see the same load for requests scheduled together and send them all
-	// to one instance.
-	s.schedMu.Lock()
-	chosen, err := s.schedule(ctx, r.id, r.sub.Key)
-	if err != nil {
-		s.schedMu.Unlock()
-		return nil, err
+// attempt is one dispatch of a request: the instance processes it was
+// given, its rooms, and its context, which the supervisor cancels with an
+// InstanceError when one of those processes exits or hangs.
+type attempt struct {
+	r      *request
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	lives  []*life    // per phase
+	opened []roomSide // every room side asked to open, upstream first
+}
+
+// roomSide is one side of a hop's room on one instance process.
+type roomSide struct {
+	l    *life
+	room uint64
+}
+
+// cause returns the InstanceError that ended the attempt, or err.
+func (a *attempt) cause(err error) error {
+	var ie *InstanceError
+	if c := context.Cause(a.ctx); errors.As(c, &ie) {
+		return ie
 	}
+	return err
+}
+
+// dispatch makes attempt n of the request: it schedules it, opens its rooms
+// upstream first, runs every phase and removes the rooms in order; it
+// returns the last phase's artifact.
+func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
+	a := &attempt{r: r}
+	a.ctx, a.cancel = context.WithCancelCause(r.ctx)
+	defer a.cancel(nil)
+	chosen, rooms, err := s.place(a)
+	if err != nil {
+		return nil, a.cause(err)
+	}
+	defer func() {
+		s.removeRooms(a)
+		for i, l := range a.lives {
+			l.drop(a)
+			chosen[i].inflight.Add(-1)
+		}
+	}()
 	names := make(map[string]string, len(chosen))
 	for i, in := range chosen {
 		names[s.phases[i].cfg.Name] = in.id
-		in.inflight.Add(1)
 	}
-	rooms := s.reserveRooms(r, chosen)
-	s.schedMu.Unlock()
 	r.mu.Lock()
-	r.instances = chosen
-	r.info.State, r.info.Instances = StateRunning, names
+	r.info.State, r.info.Instances, r.info.Attempts = StateRunning, names, n+1
 	r.mu.Unlock()
 	r.event(Event{What: "scheduled"})
+	for _, l := range a.lives {
+		if err := l.use(a); err != nil {
+			return nil, err
+		}
+	}
 
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
-	if err := s.openRooms(ctx, req, chosen, rooms); err != nil {
-		return nil, err
+	if err := s.openRooms(a, req, rooms); err != nil {
+		return nil, a.cause(err)
 	}
-	r.event(Event{What: "rooms open"})
-	return s.runPhases(ctx, r, req, chosen, rooms)
+	r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
+	art, err := s.runPhases(a, req, rooms)
+	return art, a.cause(err)
 }
 
-// reserveRooms takes one room id per hop and records every side of every
-// hop, in removal order (per hop: sender, then receiver; hops upstream
-// first), counting it in its instance's open rooms at once, so that the
-// next scheduling decision sees it.
-func (s *Supervisor) reserveRooms(r *request, chosen []*instance) []uint64 {
+// place chooses one instance per phase for the attempt, waiting while a
+// phase has no ready instance but one is coming back, and reserves the
+// rooms. One decision at a time, and its load counted before the next: a
+// policy that looks at the load (least loaded, p2c) would otherwise see
+// the same load for requests scheduled together and send them all to one
+// instance.
+func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
+	for {
+		changed := s.readyWatch()
+		waiting, err := s.unservable()
+		if err != nil {
+			return nil, nil, err
+		}
+		if !waiting {
+			s.schedMu.Lock()
+			chosen, err := s.schedule(a.ctx, a.r.id, a.r.sub.Key)
+			if err == nil {
+				a.lives = make([]*life, len(chosen))
+				for i, in := range chosen {
+					in.inflight.Add(1)
+					a.lives[i] = in.cur.Load()
+				}
+				rooms := s.reserveRooms(a, chosen)
+				s.schedMu.Unlock()
+				return chosen, rooms, nil
+			}
+			s.schedMu.Unlock()
+			// An instance may have gone away between the check and the
+			// decision: wait for it, unless nothing is coming back.
+			if w, _ := s.unservable(); !w {
+				return nil, nil, err
+			}
+		}
+		select {
+		case <-changed:
+		case <-a.ctx.Done():
+			return nil, nil, a.ctx.Err()
+		}
+	}
+}
+
+// reserveRooms takes one new room id per hop and records every side of
+// every hop, in removal order (per hop: sender, then receiver; hops
+// upstream first), counting it in its instance's open rooms at once, so
+// that the next scheduling decision sees it.
+func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	rooms := make([]uint64, len(chosen)-1)
+	r := a.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.info.Rooms, r.info.Backends = nil, nil
 	for i := range rooms {
 		rooms[i] = s.nextRoom.Add(1)
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
 		r.info.Backends = append(r.info.Backends, s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg))
-		r.opened = append(r.opened, roomSide{chosen[i], rooms[i]}, roomSide{chosen[i+1], rooms[i]})
+		a.opened = append(a.opened, roomSide{a.lives[i], rooms[i]}, roomSide{a.lives[i+1], rooms[i]})
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
 	}
@@ -360,23 +453,23 @@ func (s *Supervisor) reserveRooms(r *request, chosen []*instance) []uint64 {
 // round trips whatever the pipeline's length. reserveRooms has recorded
 // every side: a cancelled open may still complete in the plugin, and
 // removeRooms must remove it either way.
-func (s *Supervisor) openRooms(ctx context.Context, req sdk.Request, chosen []*instance, rooms []uint64) error {
+func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) error {
 	endpoints := make([]string, len(rooms))
 	round := func(role transfer.Role) error {
 		errs := make([]error, len(rooms))
 		var wg sync.WaitGroup
 		for i, room := range rooms {
 			backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
-			in, spec := chosen[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
+			l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
 			if role == transfer.Receiver {
-				in, spec.PeerEndpoint = chosen[i+1], endpoints[i]
+				l, spec.PeerEndpoint = a.lives[i+1], endpoints[i]
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ep, err := in.ctl.OpenRoom(ctx, spec)
+				ep, err := l.ctl.OpenRoom(a.ctx, spec)
 				if err != nil {
-					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", in.phase, in.id, room, role, err)
+					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
 				} else if role == transfer.Sender {
 					endpoints[i] = ep
 				}
@@ -391,18 +484,18 @@ func (s *Supervisor) openRooms(ctx context.Context, req sdk.Request, chosen []*i
 	return round(transfer.Receiver)
 }
 
-// runPhases runs every phase of the request at once; each waits for its
-// inputs. The first failure cancels the others and is the request's reason.
-func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request, chosen []*instance, rooms []uint64) (*sdk.Artifact, error) {
-	ctx, cancel := context.WithCancel(ctx)
+// runPhases runs every phase of the attempt at once; each waits for its
+// inputs. The first failure cancels the others and is the reason.
+func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
+	ctx, cancel := context.WithCancel(a.ctx)
 	defer cancel()
 	type result struct {
 		i   int
 		art *sdk.Artifact
 		err error
 	}
-	results := make(chan result, len(chosen))
-	for i, in := range chosen {
+	results := make(chan result, len(a.lives))
+	for i, l := range a.lives {
 		spec := sdk.RunSpec{Request: req}
 		if i > 0 {
 			spec.InRoom = rooms[i-1]
@@ -412,28 +505,33 @@ func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request,
 		}
 		go func() {
 			start := time.Now()
-			art, err := in.ctl.Run(ctx, spec)
+			art, err := l.ctl.Run(ctx, spec)
 			if err == nil {
 				took := time.Since(start)
-				in.observe(took)
-				r.event(Event{What: "phase done", Phase: in.phase, Instance: in.id, Detail: took.Round(time.Microsecond).String()})
+				l.in.observe(took)
+				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: took.Round(time.Microsecond).String()})
 			}
-			results <- result{i, art, err}
+			results <- result{i, art, l.explain(err)}
 		}()
 	}
 	var art *sdk.Artifact
 	var first error
-	for range chosen {
+	for range a.lives {
 		res := <-results
 		if res.err != nil {
-			if first == nil || (errors.Is(first, context.Canceled) && !errors.Is(res.err, context.Canceled)) {
-				in := chosen[res.i]
-				first = fmt.Errorf("phase %s (%s): %w", in.phase, in.id, res.err)
+			var ie *InstanceError
+			if first == nil || errors.As(res.err, &ie) || (errors.Is(first, context.Canceled) && !errors.Is(res.err, context.Canceled)) {
+				l := a.lives[res.i]
+				if errors.As(res.err, &ie) {
+					first = ie
+				} else {
+					first = fmt.Errorf("phase %s (%s): %w", l.in.phase, l.in.id, res.err)
+				}
 			}
 			cancel()
 			continue
 		}
-		if res.i == len(chosen)-1 {
+		if res.i == len(a.lives)-1 {
 			art = res.art
 		}
 	}
@@ -446,22 +544,22 @@ func (s *Supervisor) runPhases(ctx context.Context, r *request, req sdk.Request,
 	return art, nil
 }
 
-// removeRooms removes the request's rooms upstream → downstream: for each
+// removeRooms removes the attempt's rooms upstream → downstream: for each
 // hop the sender side first (the order they were opened in), so that no
-// sender writes into a freed buffer.
-func (s *Supervisor) removeRooms(r *request) {
-	r.mu.Lock()
-	opened := r.opened
-	r.opened = nil
-	r.mu.Unlock()
-	for _, side := range opened {
-		ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
-		if err := side.in.ctl.RemoveRoom(ctx, side.room); err != nil {
-			s.logger.Warn("remove room", "request", r.id, "room", side.room, "instance", side.in.id, "error", err)
+// sender writes into a freed buffer. A side on a process that has exited
+// went with it.
+func (s *Supervisor) removeRooms(a *attempt) {
+	for _, side := range a.opened {
+		if !side.l.proc.exited() {
+			ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+			if err := side.l.ctl.RemoveRoom(ctx, side.room); err != nil && !side.l.proc.exited() {
+				s.logger.Warn("remove room", "request", a.r.id, "room", side.room, "instance", side.l.in.id, "error", err)
+			}
+			cancel()
 		}
-		cancel()
-		side.in.rooms.Add(-1)
+		side.l.in.rooms.Add(-1)
 	}
+	a.opened = nil
 }
 
 // removeTimeout bounds one RemoveRoom call.

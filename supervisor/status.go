@@ -13,6 +13,11 @@ type Status struct {
 	Phases   []PhaseStatus `json:"phases"`
 	Policies PolicyList    `json:"policies"`
 	Requests []RequestInfo `json:"requests"`
+	// InstanceExits counts instance processes that exited unasked (or
+	// were killed as hung) since this supervisor started; Retried counts
+	// the dispatch attempts that followed.
+	InstanceExits int64 `json:"instance_exits"`
+	Retried       int64 `json:"retried"`
 }
 
 // PhaseStatus is one phase and its instances.
@@ -32,20 +37,25 @@ type InstanceStatus struct {
 	OpenRooms int    `json:"open_rooms"`
 	Inflight  int    `json:"inflight"`
 	Dropped   uint64 `json:"dropped_frames"`
-	Error     string `json:"error,omitempty"` // when the instance did not answer
+	Restarts  int    `json:"restarts"`            // since the supervisor started
+	LastExit  string `json:"last_exit,omitempty"` // how its last process ended
+	Error     string `json:"error,omitempty"`     // when the instance did not answer
 }
 
 // Status asks every instance for its rooms and returns the whole picture.
 // Requests are listed without their events.
 func (s *Supervisor) Status(ctx context.Context, pid int) Status {
-	st := Status{PID: pid, RunDir: s.runDir, Policies: s.Policies()}
+	st := Status{PID: pid, RunDir: s.runDir, Policies: s.Policies(), InstanceExits: s.crashes.Load(), Retried: s.retried.Load()}
 	for _, ph := range s.phases {
 		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name}
 		for _, in := range ph.instances {
-			is := InstanceStatus{ID: in.id, PID: in.proc.pid, State: in.currentState(), Inflight: int(in.inflight.Load())}
-			if is.State == stateReady {
+			is := InstanceStatus{ID: in.id, PID: in.pid(), State: in.currentState(), Inflight: int(in.inflight.Load())}
+			in.mu.Lock()
+			is.Restarts, is.LastExit = in.total, in.lastExit
+			in.mu.Unlock()
+			if l := in.cur.Load(); is.State == stateReady && l != nil {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				rs, err := in.ctl.Status(cctx)
+				rs, err := l.ctl.Status(cctx)
 				cancel()
 				if err != nil {
 					is.Error = err.Error()

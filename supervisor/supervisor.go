@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -39,6 +38,9 @@ var (
 type Options struct {
 	Logger   hclog.Logger
 	LogLevel string // passed to plugins; default "info"
+	// StateDir holds the request journal; "" keeps requests in memory
+	// only (nothing survives the supervisor).
+	StateDir string
 }
 
 // Supervisor runs one pipeline.
@@ -64,6 +66,17 @@ type Supervisor struct {
 
 	ctx    context.Context // cancelled at the end of release's grace
 	cancel context.CancelFunc
+
+	// readyCh is closed and replaced whenever an instance becomes ready
+	// or stops being ready (readyChanged), for requests waiting on one.
+	readyMu sync.Mutex
+	readyCh chan struct{}
+
+	// Counts for status and the chaos test.
+	crashes atomic.Int64 // instance processes that exited unasked
+	retried atomic.Int64 // dispatch attempts after the first
+
+	journal *journal // nil without a state directory
 
 	nextRoom atomic.Uint64
 	nextReq  atomic.Uint64
@@ -91,58 +104,6 @@ type phase struct {
 	stats     policyStats
 }
 
-// instance is one running phase plugin process.
-type instance struct {
-	id    string
-	index int
-	phase string
-	proc  *process
-	ctl   sdk.PhaseControl
-
-	inflight atomic.Int64
-	rooms    atomic.Int64  // rooms the supervisor opened and has not removed
-	state    atomic.Value  // string
-	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
-}
-
-// latencyAlpha is the weight of the newest Run in an instance's latency
-// EWMA: about the last ten requests count.
-const latencyAlpha = 0.2
-
-// observe folds one Run's latency into the instance's EWMA.
-func (in *instance) observe(d time.Duration) {
-	ms := float64(d) / float64(time.Millisecond)
-	for {
-		old := in.latency.Load()
-		v := ms
-		if old != 0 {
-			v = latencyAlpha*ms + (1-latencyAlpha)*math.Float64frombits(old)
-		}
-		if in.latency.CompareAndSwap(old, math.Float64bits(v)) {
-			return
-		}
-	}
-}
-
-// latencyMs returns the instance's Run latency EWMA in ms, 0 before its
-// first request.
-func (in *instance) latencyMs() float64 { return math.Float64frombits(in.latency.Load()) }
-
-// Instance states shown in status.
-const (
-	stateReady    = "ready"
-	stateReleased = "released"
-	stateExited   = "exited"
-)
-
-func (in *instance) currentState() string {
-	s, _ := in.state.Load().(string)
-	if s == stateReady && in.proc.exited() {
-		return stateExited
-	}
-	return s
-}
-
 // New returns a supervisor for cfg. It starts nothing.
 func New(cfg *config.Config, opts Options) *Supervisor {
 	if opts.Logger == nil {
@@ -158,6 +119,7 @@ func New(cfg *config.Config, opts Options) *Supervisor {
 		policies: make(map[string]*policy),
 		requests: make(map[string]*request),
 		released: make(chan struct{}),
+		readyCh:  make(chan struct{}),
 	}
 }
 
@@ -177,6 +139,12 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 			err = errors.Join(err, s.stopAll(context.Background()))
 		}
 	}()
+	// The journal first: a second supervisor on the same state directory
+	// fails before it starts any plugin.
+	recovered, err := s.openState()
+	if err != nil {
+		return err
+	}
 	pluginDir := s.cfg.PluginDir
 	if pluginDir == "" {
 		pluginDir = DefaultPluginDir()
@@ -222,6 +190,7 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 	}
 	s.mu.Lock()
 	s.started = true
+	s.recover(recovered)
 	s.mu.Unlock()
 	s.logger.Info("pipeline started", "phases", len(s.phases), "run_dir", s.runDir)
 	return nil
@@ -263,35 +232,6 @@ func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, err
 		return nil, err
 	}
 	return startProcess(ctx, pc)
-}
-
-func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int, path string) (*instance, error) {
-	id := fmt.Sprintf("%s-%d", pcfg.Name, i)
-	proc, err := s.start(ctx, processConfig{
-		Name: id, Path: path, Kind: sdk.KindPhase,
-		APIVersion: sdk.PhaseAPIVersion, StartTimeout: pcfg.StartTimeout,
-	})
-	if err != nil {
-		return nil, err
-	}
-	in := &instance{id: id, index: i, phase: pcfg.Name, proc: proc, ctl: proc.raw.(sdk.PhaseControl)}
-	dir := filepath.Join(s.runDir, id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		proc.kill()
-		return nil, err
-	}
-	cctx, cancel := context.WithTimeout(ctx, pcfg.StartTimeout)
-	defer cancel()
-	err = in.ctl.Configure(cctx, sdk.InstanceConfig{
-		Instance: id, RunDir: dir, Params: s.cfg.PhaseParams(pcfg),
-		ZMQHost: pcfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: pcfg.Device,
-	})
-	if err != nil {
-		proc.kill()
-		return nil, fmt.Errorf("instance %s: configure: %w", id, err)
-	}
-	in.state.Store(stateReady)
-	return in, nil
 }
 
 // DefaultPluginDir is the "plugins" directory beside the running binary.
@@ -340,20 +280,34 @@ func (s *Supervisor) Release(ctx context.Context) error {
 // removes the run directory. Used by Release and by a failed Start.
 func (s *Supervisor) stopAll(ctx context.Context) error {
 	var errs []error
+	// Instance watchers and restarters stop first: what exits from here
+	// on is released, not restarted.
 	for _, ph := range s.phases {
 		for _, in := range ph.instances {
-			if in.currentState() == stateReady {
+			in.setState(stateReleased)
+		}
+	}
+	if s.bgCancel != nil {
+		s.bgCancel()
+	}
+	s.bg.Wait()
+	for _, ph := range s.phases {
+		for _, in := range ph.instances {
+			l := in.cur.Load()
+			if l == nil {
+				continue
+			}
+			if !l.proc.exited() {
 				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := in.ctl.Release(rctx); err != nil {
+				if err := l.ctl.Release(rctx); err != nil {
 					errs = append(errs, fmt.Errorf("instance %s: release: %w", in.id, err))
 				}
 				cancel()
 			}
-			in.proc.kill()
-			in.state.Store(stateReleased)
+			l.proc.kill()
 			// An instance that died, or did not release in time, leaves
 			// its segments behind: sweep them.
-			if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, in.proc.pid)); err != nil {
+			if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
 				errs = append(errs, fmt.Errorf("instance %s: %w", in.id, err))
 			} else if n > 0 {
 				s.logger.Warn("removed shared-memory segments left by an instance", "instance", in.id, "count", n)
@@ -361,6 +315,11 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 		}
 	}
 	s.stopPolicies()
+	if s.journal != nil {
+		if err := s.journal.close(); err != nil {
+			errs = append(errs, fmt.Errorf("journal: %w", err))
+		}
+	}
 	switch {
 	case s.ownsRunDir && s.runDir != "":
 		if err := os.RemoveAll(s.runDir); err != nil {

@@ -24,6 +24,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var sf startFlags
 	// run prints its results; the logs say more with --log-level info.
 	sf.register(f, "warn")
+	f.StringVar(&sf.stateDir, "state-dir", "", "state `DIR` for a request journal (default: none, requests live in memory for this one run)")
 	prompt := f.String("prompt", "", "the prompt `TEXT` (required)")
 	count := f.Int("count", 1, "number of requests `N`; request i uses seed+i")
 	seed := f.Int64("seed", 0, "random seed `N` of the first request")
@@ -67,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	r, err := launch(ctx, cfg, socket, logger, sf.logLevel)
+	r, err := launch(ctx, cfg, socket, logger, &sf)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ type startFlags struct {
 	pluginDir string
 	logLevel  string
 	lock      string
+	stateDir  string
 }
 
 func (s *startFlags) register(f *flags, logLevel string) {
@@ -67,7 +68,7 @@ type running struct {
 }
 
 // launch listens on socket, starts the supervisor and serves its API.
-func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog.Logger, level string) (*running, error) {
+func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog.Logger, sf *startFlags) (*running, error) {
 	// Listen first: a second supervisor on the same socket fails before it
 	// starts any plugin.
 	ln, err := supervisor.Listen(socket)
@@ -75,7 +76,7 @@ func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog
 		return nil, err
 	}
 	sdk.RaiseFDLimit(logger)
-	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: level})
+	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: sf.logLevel, StateDir: sf.stateDir})
 	if err := sup.Start(ctx); err != nil {
 		ln.Close()
 		os.Remove(socket)
@@ -104,6 +105,7 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	f := newFlags("start", stderr)
 	var sf startFlags
 	sf.register(f, "info")
+	f.StringVar(&sf.stateDir, "state-dir", supervisor.DefaultStateDir(), "state `DIR`: the request journal, which a supervisor started after a crash finishes (env PHASED_STATE_DIR)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -121,7 +123,7 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	r, err := launch(ctx, cfg, f.socket, logger, sf.logLevel)
+	r, err := launch(ctx, cfg, f.socket, logger, &sf)
 	if err != nil {
 		return err
 	}

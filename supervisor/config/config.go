@@ -38,6 +38,28 @@ const (
 	// DefaultPolicyTimeout bounds one Schedule call to a policy plugin.
 	DefaultPolicyTimeout = time.Second
 	DefaultMaxInflight   = 64
+	// DefaultRetries is how many times a request is dispatched again after
+	// an instance it used died or hung.
+	DefaultRetries = 2
+	// DefaultReadyTimeout bounds an instance's readiness call (model
+	// loading) after its process started.
+	DefaultReadyTimeout = 5 * time.Minute
+	// DefaultHangTimeout is how long a computing instance may go without
+	// reporting progress (per step, for the transformer) before it is
+	// killed as hung.
+	DefaultHangTimeout = time.Minute
+)
+
+// Restart defaults, in the style of systemd's StartLimitBurst and
+// StartLimitIntervalSec (OTP's intensity and period): an instance that
+// exits is restarted after a backoff that doubles from RestartBackoff up to
+// RestartMaxBackoff; past RestartMax restarts within RestartWindow it is
+// left failed.
+const (
+	DefaultRestartMax        = 5
+	DefaultRestartWindow     = time.Minute
+	DefaultRestartBackoff    = 200 * time.Millisecond
+	DefaultRestartMaxBackoff = 10 * time.Second
 )
 
 // BackendAuto chooses each hop's transfer backend from where its two
@@ -78,6 +100,9 @@ type Config struct {
 	// MaxInflight bounds the requests dispatched at once (each holds a
 	// room, and so receive buffers, on every hop); the others wait queued.
 	MaxInflight int
+	// Retries is how many times a request is dispatched again, with new
+	// rooms, after an instance it used exited or hung.
+	Retries int
 	// Phases is the pipeline, in order: the first phase receives requests,
 	// the last one produces the artifact.
 	Phases []Phase
@@ -109,6 +134,29 @@ type Phase struct {
 	// Weights, if set, holds one weight per instance (1 to 1000), given to
 	// the policy as the label "weight" (the weighted policy uses it).
 	Weights []int
+	// ReadyTimeout bounds the readiness call after an instance's process
+	// started (its model loading).
+	ReadyTimeout time.Duration
+	// HangTimeout is how long an instance may compute without reporting
+	// progress before it is killed as hung.
+	HangTimeout time.Duration
+	// Restart says how an instance that exited is restarted.
+	Restart Restart
+}
+
+// Restart is a phase's restart rule: at most Max restarts within Window,
+// each after a backoff doubling from Backoff up to MaxBackoff; past Max the
+// instance is left failed.
+type Restart struct {
+	Max        int
+	Window     time.Duration
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+}
+
+// DefaultRestart is the restart rule of a phase that gives none.
+func DefaultRestart() Restart {
+	return Restart{Max: DefaultRestartMax, Window: DefaultRestartWindow, Backoff: DefaultRestartBackoff, MaxBackoff: DefaultRestartMaxBackoff}
 }
 
 // InstanceLabels returns the labels the policy sees for instance index of
@@ -211,6 +259,7 @@ type file struct {
 	PeerTimeout   *string           `hcl:"peer_timeout,optional"`
 	PolicyTimeout *string           `hcl:"policy_timeout,optional"`
 	MaxInflight   *int              `hcl:"max_inflight,optional"`
+	Retries       *int              `hcl:"retries,optional"`
 	Release       *releaseBlock     `hcl:"release,block"`
 	Phases        []phaseBlock      `hcl:"phase,block"`
 	Pins          []pinBlock        `hcl:"pin,block"`
@@ -233,7 +282,18 @@ type phaseBlock struct {
 	Device       *string           `hcl:"device,optional"`
 	Labels       map[string]string `hcl:"labels,optional"`
 	Weights      []int             `hcl:"weights,optional"`
+	ReadyTimeout *string           `hcl:"ready_timeout,optional"`
+	HangTimeout  *string           `hcl:"hang_timeout,optional"`
+	Restart      *restartBlock     `hcl:"restart,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
+}
+
+type restartBlock struct {
+	Max        *int      `hcl:"max,optional"`
+	Window     *string   `hcl:"window,optional"`
+	Backoff    *string   `hcl:"backoff,optional"`
+	MaxBackoff *string   `hcl:"max_backoff,optional"`
+	DefRange   hcl.Range `hcl:",def_range"`
 }
 
 // namePattern is what phase, plugin and policy names look like: they become
@@ -272,8 +332,12 @@ func (f *file) build(filename string) (*Config, error) {
 		Params:      f.Params,
 		Grace:       DefaultGrace,
 		MaxInflight: derefInt(f.MaxInflight, DefaultMaxInflight),
+		Retries:     derefInt(f.Retries, DefaultRetries),
 	}
 	var errs []error
+	if c.Retries < 0 || c.Retries > 10 {
+		errs = append(errs, fmt.Errorf("%s: retries must be between 0 and 10, got %d", filename, c.Retries))
+	}
 	if c.MaxInflight < 1 || c.MaxInflight > 100000 {
 		errs = append(errs, fmt.Errorf("%s: max_inflight must be between 1 and 100000, got %d", filename, c.MaxInflight))
 	}
@@ -329,6 +393,33 @@ func (f *file) build(filename string) (*Config, error) {
 			Device:       deref(pb.Device, "cpu"),
 			Labels:       pb.Labels,
 			Weights:      pb.Weights,
+			ReadyTimeout: DefaultReadyTimeout,
+			HangTimeout:  DefaultHangTimeout,
+			Restart:      DefaultRestart(),
+		}
+		duration := func(what string, v *string, into *time.Duration) {
+			if v == nil {
+				return
+			}
+			d, err := parseDuration(*v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: phase %q: %s: %w", at, pb.Name, what, err))
+			}
+			*into = d
+		}
+		duration("ready_timeout", pb.ReadyTimeout, &ph.ReadyTimeout)
+		duration("hang_timeout", pb.HangTimeout, &ph.HangTimeout)
+		if rb := pb.Restart; rb != nil {
+			ph.Restart.Max = derefInt(rb.Max, DefaultRestartMax)
+			duration("restart: window", rb.Window, &ph.Restart.Window)
+			duration("restart: backoff", rb.Backoff, &ph.Restart.Backoff)
+			duration("restart: max_backoff", rb.MaxBackoff, &ph.Restart.MaxBackoff)
+			if ph.Restart.Max < 0 || ph.Restart.Max > 10000 {
+				errs = append(errs, fmt.Errorf("%s: phase %q: restart: max must be between 0 and 10000, got %d", where(rb.DefRange), pb.Name, ph.Restart.Max))
+			}
+			if ph.Restart.MaxBackoff < ph.Restart.Backoff {
+				errs = append(errs, fmt.Errorf("%s: phase %q: restart: max_backoff (%s) is less than backoff (%s)", where(rb.DefRange), pb.Name, ph.Restart.MaxBackoff, ph.Restart.Backoff))
+			}
 		}
 		if _, ok := ph.Labels[WeightLabel]; ok {
 			errs = append(errs, fmt.Errorf("%s: phase %q: labels: %q is reserved: give weights = [...] instead", at, pb.Name, WeightLabel))

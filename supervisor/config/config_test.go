@@ -68,6 +68,42 @@ phase "decoder" {
 	}
 }
 
+func TestParseReliability(t *testing.T) {
+	src := `
+retries = 4
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin        = "transformer"
+  ready_timeout = "10m"
+  hang_timeout  = "30s"
+  restart {
+    max         = 3
+    window      = "2m"
+    backoff     = "1s"
+    max_backoff = "8s"
+  }
+}
+`
+	c, err := Parse([]byte(src), "r.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Retries != 4 {
+		t.Errorf("retries %d, want 4", c.Retries)
+	}
+	enc, tr := c.Phases[0], c.Phases[1]
+	if enc.ReadyTimeout != DefaultReadyTimeout || enc.HangTimeout != DefaultHangTimeout || enc.Restart != DefaultRestart() {
+		t.Errorf("encoder defaults: %+v", enc)
+	}
+	want := Restart{Max: 3, Window: 2 * time.Minute, Backoff: time.Second, MaxBackoff: 8 * time.Second}
+	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
+		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
+	}
+	if d := Default(); d.Retries != DefaultRetries || d.Phases[0].Restart != DefaultRestart() {
+		t.Errorf("default config: retries %d, restart %+v", d.Retries, d.Phases[0].Restart)
+	}
+}
+
 func TestHopBackend(t *testing.T) {
 	src := `
 phase "encoder" { plugin = "encoder" }
@@ -143,6 +179,12 @@ func TestParseErrors(t *testing.T) {
 		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},
 		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},
+		{"bad retries", "a.hcl", "retries = 11\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: retries must be between 0 and 10, got 11`}},
+		{"bad hang timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  hang_timeout = \"never\"\n}\n", []string{`phase "t": hang_timeout: "never" is not a positive duration`}},
+		{"bad ready timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  ready_timeout = \"0s\"\n}\n", []string{`phase "t": ready_timeout: "0s" is not a positive duration`}},
+		{"bad restart max", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    max = -1\n  }\n}\n", []string{`a.hcl:3:3: phase "t": restart: max must be between 0 and 10000, got -1`}},
+		{"restart backoffs", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    backoff = \"2s\"\n    max_backoff = \"1s\"\n  }\n}\n", []string{`phase "t": restart: max_backoff (1s) is less than backoff (2s)`}},
+		{"restart typo", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    windw = \"1m\"\n  }\n}\n", []string{"a.hcl:4:5", `An argument named "windw" is not expected here`}},
 		{"json syntax", "c.json", `{"phase": {"t": {"plugin": 1,}}}`, []string{"c.json:1:"}},
 		{"json missing plugin", "c.json", `{"phase": {"t": {}}}`, []string{"c.json:1:", `The argument "plugin" is required`}},
 	}

@@ -13,7 +13,7 @@ import (
 func startFails(t *testing.T, dir string, args ...string) string {
 	t.Helper()
 	socket := filepath.Join(dir, "ctl", "phased.sock")
-	cmd := exec.Command(supervisorBin, append([]string{"start", "--socket", socket}, args...)...)
+	cmd := exec.Command(supervisorBin, append([]string{"start", "--socket", socket, "--state-dir", filepath.Join(dir, "state")}, args...)...)
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 1 {
@@ -114,7 +114,7 @@ func TestClientErrors(t *testing.T) {
 		}
 	}
 	// A second supervisor on the same socket refuses to start.
-	second := exec.Command(supervisorBin, "start", "--socket", p.socket, "--config", writeConfig(t, dir, pipeline))
+	second := exec.Command(supervisorBin, "start", "--socket", p.socket, "--state-dir", filepath.Join(dir, "state2"), "--config", writeConfig(t, dir, pipeline))
 	out, err := second.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "a supervisor is already running at "+p.socket) {
 		t.Errorf("second start on the same socket: %v, output %q", err, out)

@@ -78,7 +78,7 @@ func writeConfig(t *testing.T, dir, body string) string {
 func startSupervisor(t *testing.T, dir, cfg string) *proc {
 	t.Helper()
 	socket := filepath.Join(dir, "ctl", "phased.sock")
-	cmd := exec.Command(supervisorBin, "start", "--config", cfg, "--socket", socket, "--log-level", "debug")
+	cmd := exec.Command(supervisorBin, "start", "--config", cfg, "--socket", socket, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
 	p := &proc{t: t, cmd: cmd, socket: socket, client: supervisor.NewClient(socket), log: &syncBuffer{}, exited: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -51,6 +51,7 @@ func run(m *testing.M) (int, error) {
 		{"-o", filepath.Join(dir, "badplugin"), "./supervisor/e2e/testdata/badplugin"},
 		{"-o", filepath.Join(pluginDir, "phased-policy-faulty"), "./supervisor/e2e/testdata/faultypolicy"},
 		{"-o", filepath.Join(pluginDir, "phased-phase-forker"), "./supervisor/e2e/testdata/forker"},
+		{"-o", filepath.Join(pluginDir, "phased-phase-flaky"), "./supervisor/e2e/testdata/flaky"},
 	}
 	for _, b := range builds {
 		cmd := exec.Command("go", append(args, b...)...)

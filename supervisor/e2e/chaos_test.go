@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// ChaosEnv sets how many requests TestChaos sends (`make chaos`: 200); the
+// default is the short form CI runs.
+const ChaosEnv = "PHASED_CHAOS_REQUESTS"
+
+// chaosPipeline: two instances of each phase, restarted quickly and never
+// given up on. Every 0.5 s one of six instances dies, about ten times the
+// rate any real deployment would see, so requests get a larger retry
+// budget than the default 2.
+const chaosPipeline = `
+retries = 10
+phase "encoder" {
+  plugin    = "encoder"
+  instances = 2
+  restart {
+    max         = 10000
+    backoff     = "50ms"
+    max_backoff = "500ms"
+  }
+}
+phase "transformer" {
+  plugin    = "transformer"
+  instances = 2
+  restart {
+    max         = 10000
+    backoff     = "50ms"
+    max_backoff = "500ms"
+  }
+}
+phase "decoder" {
+  plugin    = "decoder"
+  instances = 2
+  restart {
+    max         = 10000
+    backoff     = "50ms"
+    max_backoff = "500ms"
+  }
+}
+`
+
+// TestChaos sends requests while a random phase instance is killed with
+// SIGKILL every 0.5 s, and kills and restarts the supervisor itself once,
+// halfway. Every request must end done with the reference artifact, and
+// nothing may be left behind: no process, socket file or shm segment. The
+// last line it prints is the counts.
+func TestChaos(t *testing.T) {
+	n := 40
+	if v := os.Getenv(ChaosEnv); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 2 {
+			t.Fatalf("%s=%q: want a number of requests, at least 2", ChaosEnv, v)
+		}
+	}
+	dir := shortDir(t)
+	cfgPath := writeConfig(t, dir, chaosPipeline)
+	p := startSupervisor(t, dir, cfgPath)
+	ctx := context.Background()
+	sub := func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: fmt.Sprintf("chaos %d", i), Seed: int64(i), Steps: 2 + i%3}
+	}
+	ids := make([]string, n)
+	for i := range n {
+		id, err := p.client.Submit(ctx, sub(i))
+		if err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+		ids[i] = id
+	}
+
+	var mu sync.Mutex
+	cur := p
+	pids := map[int]bool{} // every plugin pid seen
+	killed := 0
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the killer
+		defer wg.Done()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			mu.Lock()
+			c := cur.client
+			mu.Unlock()
+			st, err := c.Status(ctx)
+			if err != nil {
+				continue // the supervisor is being restarted
+			}
+			var ready []int
+			mu.Lock()
+			for _, ph := range st.Phases {
+				for _, in := range ph.Instances {
+					if in.PID > 0 {
+						pids[in.PID] = true
+					}
+					if in.State == "ready" && in.PID > 0 {
+						ready = append(ready, in.PID)
+					}
+				}
+			}
+			if len(ready) > 0 && syscall.Kill(ready[rand.IntN(len(ready))], syscall.SIGKILL) == nil {
+				killed++
+			}
+			mu.Unlock()
+		}
+	}()
+	stopKiller := sync.OnceFunc(func() {
+		close(stop)
+		wg.Wait()
+	})
+	defer stopKiller()
+
+	// Halfway, the supervisor itself dies and a new one takes over its
+	// state directory.
+	var restarted, retried int64
+	if !eventually(3*time.Minute, func() bool { return ended(ctx, p, ids) >= n/2 }) {
+		t.Fatalf("fewer than %d of %d requests ended within 3 minutes", n/2, n)
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted, retried = restarts(st), st.Retried
+	mu.Lock()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.waitExit(10 * time.Second)
+	old := make([]int, 0, len(pids))
+	for pid := range pids {
+		old = append(old, pid)
+	}
+	mu.Unlock()
+	if !eventually(2*time.Second, func() bool {
+		for _, pid := range old {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("plugins outlived the supervisor by more than 2s")
+	}
+	p2 := startSupervisor(t, dir, cfgPath)
+	mu.Lock()
+	cur = p2
+	mu.Unlock()
+
+	done, failed := 0, 0
+	for i, id := range ids {
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		info, err := p2.client.Watch(wctx, id, nil)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if info.State != supervisor.StateDone {
+			failed++
+			t.Errorf("%s: %s, reason %q", id, info.State, info.Reason)
+			continue
+		}
+		s := sub(i)
+		got, err := os.ReadFile(info.Artifact)
+		if err != nil || !bytes.Equal(got, reference(t, s.Prompt, s.Seed, s.Steps)) {
+			failed++
+			t.Errorf("%s: artifact %s differs from the reference (%v)", id, info.Artifact, err)
+			continue
+		}
+		done++
+	}
+	stopKiller()
+	st, err = p2.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted += restarts(st)
+	retried += st.Retried
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			pids[in.PID] = true
+		}
+	}
+	p2.release(t)
+	all := make([]int, 0, len(pids))
+	for pid := range pids {
+		if alive(pid) {
+			t.Errorf("plugin process %d outlived the release", pid)
+		}
+		all = append(all, pid)
+	}
+	if l := leftovers(t, dir, all); len(l) > 0 {
+		t.Errorf("left behind: %v", l)
+	}
+	if entries, _ := filepath.Glob(filepath.Join(dir, "ctl", "*")); len(entries) > 0 {
+		t.Errorf("control directory not empty: %v", entries)
+	}
+	fmt.Printf("chaos: requests %d, killed %d, restarted %d (+1 supervisor), retried %d, done %d, failed %d\n",
+		n, killed, restarted, retried, done, failed)
+}
+
+// ended counts the requests that have ended.
+func ended(ctx context.Context, p *proc, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if info, err := p.client.Request(ctx, id); err == nil && info.Terminal() {
+			n++
+		}
+	}
+	return n
+}
+
+// restarts sums the instance restarts in a status.
+func restarts(st supervisor.Status) int64 {
+	var n int64
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			n += int64(in.Restarts)
+		}
+	}
+	return n
+}

@@ -1,0 +1,343 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// flakyPipeline is the pipeline with the flaky transformer (testdata/flaky)
+// in two instances, restarted quickly.
+func flakyPipeline(t *testing.T, dir, restart string) string {
+	markers := filepath.Join(dir, "markers")
+	if err := os.MkdirAll(markers, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return `
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin    = "flaky"
+  instances = 2
+  params    = { marker_dir = "` + markers + `" }
+  ` + restart + `
+}
+phase "decoder" { plugin = "decoder" }
+`
+}
+
+// instanceStatus returns one instance's status.
+func instanceStatus(t *testing.T, p *proc, id string) supervisor.InstanceStatus {
+	t.Helper()
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if in.ID == id {
+				return in
+			}
+		}
+	}
+	t.Fatalf("no instance %s in status", id)
+	return supervisor.InstanceStatus{}
+}
+
+// watchDone waits for a request and fails the test unless it is done with
+// the reference artifact.
+func watchDone(t *testing.T, p *proc, id, prompt string, seed int64, steps int) supervisor.RequestInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	info, err := p.client.Watch(ctx, id, nil)
+	if err != nil {
+		t.Fatalf("%s: %v", id, err)
+	}
+	if info.State != supervisor.StateDone {
+		t.Fatalf("%s: state %s, reason %q; want done", id, info.State, info.Reason)
+	}
+	got, err := os.ReadFile(info.Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, reference(t, prompt, seed, steps)) {
+		t.Fatalf("%s: artifact %s differs from the reference", id, info.Artifact)
+	}
+	return info
+}
+
+// TestInstanceCrash: an instance that exits in the middle of a request is
+// seen at once; the request fails that attempt with a reason naming the
+// instance and its exit status, is dispatched again with new rooms, and
+// still produces the reference artifact; the instance is restarted.
+func TestInstanceCrash(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, flakyPipeline(t, dir, `restart { backoff = "50ms" }`)))
+	ctx := context.Background()
+	before, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "crash: waves", Seed: 7, Steps: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := watchDone(t, p, id, "crash: waves", 7, 3)
+	if info.Attempts != 2 {
+		t.Errorf("attempts = %d, want 2", info.Attempts)
+	}
+	full, err := p.client.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retry string
+	for _, e := range full.Events {
+		if e.What == "retry" {
+			retry = e.Detail
+		}
+	}
+	if !strings.Contains(retry, "attempt 2 of 3") || !strings.Contains(retry, "instance transformer-") || !strings.Contains(retry, "exited: exit status 3") {
+		t.Errorf("retry event %q; want the attempt, the instance and its exit status", retry)
+	}
+	// Each attempt opened rooms of its own.
+	var opened []string
+	for _, e := range full.Events {
+		if e.What == "rooms open" {
+			opened = append(opened, e.Detail)
+		}
+	}
+	if len(opened) != 2 || opened[0] == opened[1] || opened[1] != fmt.Sprint(full.Rooms) {
+		t.Errorf("rooms opened per attempt %q, rooms now %v; want two attempts with new room ids", opened, full.Rooms)
+	}
+	// The instance that crashed is restarted and ready again.
+	crashed := ""
+	for _, ph := range before.Phases {
+		for _, in := range ph.Instances {
+			if strings.Contains(retry, "instance "+in.ID+" (pid ") {
+				crashed = in.ID
+				if !eventually(10*time.Second, func() bool { return !alive(in.PID) }) {
+					t.Errorf("crashed instance %s (pid %d) still runs", in.ID, in.PID)
+				}
+				if l := leftovers(t, "/nonexistent", []int{in.PID}); len(l) > 0 {
+					t.Errorf("the crashed instance left %v", l)
+				}
+			}
+		}
+	}
+	if crashed == "" {
+		t.Fatalf("retry event %q names no instance of the pipeline", retry)
+	}
+	if !eventually(10*time.Second, func() bool { return instanceStatus(t, p, crashed).State == "ready" }) {
+		t.Fatalf("instance %s not ready again: %+v", crashed, instanceStatus(t, p, crashed))
+	}
+	is := instanceStatus(t, p, crashed)
+	if is.Restarts != 1 || !strings.Contains(is.LastExit, "exit status 3") {
+		t.Errorf("instance %s: restarts %d, last exit %q; want 1 and exit status 3", crashed, is.Restarts, is.LastExit)
+	}
+	// The restarted instance serves requests.
+	p.submitAll(t, 4, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "after", Seed: int64(i), Steps: 2}
+	})
+	p.release(t)
+}
+
+// TestInstanceGivesUp: past its restarts within the window an instance is
+// failed, shown so in status, and a phase with no instance left fails new
+// requests with a reason that says so.
+func TestInstanceGivesUp(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(flakyPipeline(t, dir, `restart {
+    max     = 1
+    window  = "1m"
+    backoff = "50ms"
+  }`), "instances = 2", "instances = 1", 1)
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	kill := func() {
+		t.Helper()
+		pid := instanceStatus(t, p, "transformer-0").PID
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if !eventually(5*time.Second, func() bool {
+			is := instanceStatus(t, p, "transformer-0")
+			return is.PID != pid || is.State == "failed"
+		}) {
+			t.Fatalf("transformer-0 (pid %d) not handled after kill -9", pid)
+		}
+	}
+	kill()
+	if !eventually(10*time.Second, func() bool { return instanceStatus(t, p, "transformer-0").State == "ready" }) {
+		t.Fatalf("not restarted: %+v", instanceStatus(t, p, "transformer-0"))
+	}
+	kill()
+	if !eventually(5*time.Second, func() bool { return instanceStatus(t, p, "transformer-0").State == "failed" }) {
+		t.Fatalf("not failed after a second kill within the window: %+v", instanceStatus(t, p, "transformer-0"))
+	}
+	is := instanceStatus(t, p, "transformer-0")
+	if is.Restarts != 1 || !strings.Contains(is.LastExit, "signal: killed") {
+		t.Errorf("restarts %d, last exit %q; want 1 and signal: killed", is.Restarts, is.LastExit)
+	}
+	out, _, code := cli(t, p.socket, "status")
+	if code != 0 || !regexpLine(out, `transformer\s+transformer-0\s+\d+\s+failed`) {
+		t.Errorf("status (exit %d) does not show transformer-0 failed:\n%s", code, out)
+	}
+	id, err := p.client.Submit(context.Background(), supervisor.Submission{Prompt: "x", Steps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.client.Watch(context.Background(), id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != supervisor.StateFailed || !strings.Contains(info.Reason, "phase transformer has no instance left: all 1 failed") {
+		t.Errorf("request with no transformer left: %s %q", info.State, info.Reason)
+	}
+	p.release(t)
+}
+
+// TestSupervisorRestart: after kill -9 of the supervisor its plugins are
+// gone within 2 s; a new supervisor on the same state directory answers for
+// every accepted request, finishes the one that was running, and the ended
+// one stays ended.
+func TestSupervisorRestart(t *testing.T) {
+	dir := shortDir(t)
+	cfgPath := writeConfig(t, dir, flakyPipeline(t, dir, ""))
+	p := startSupervisor(t, dir, cfgPath)
+	ctx := context.Background()
+	doneID, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "before", Seed: 1, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := watchDone(t, p, doneID, "before", 1, 2)
+	slowID, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "slow: across", Seed: 2, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(10*time.Second, func() bool {
+		info, err := p.client.Request(ctx, slowID)
+		return err == nil && info.State == supervisor.StateRunning
+	}) {
+		t.Fatal("the slow request is not running")
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			pids = append(pids, in.PID)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.waitExit(10 * time.Second)
+	if !eventually(2*time.Second, func() bool {
+		for _, pid := range pids {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("plugins %v outlived the supervisor by more than 2s", pids)
+	}
+
+	p2 := startSupervisor(t, dir, cfgPath)
+	// Status of both requests, through the CLI, with a state field.
+	out, errOut, code := cli(t, p2.socket, "status", "--json", doneID)
+	var got supervisor.RequestInfo
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.State != supervisor.StateDone || got.SHA256 != before.SHA256 {
+		t.Errorf("status --json %s after restart: exit %d, %s %s", doneID, code, out, errOut)
+	}
+	watchDone(t, p2, slowID, "slow: across", 2, 2)
+	// Request ids go on from the journal.
+	id, err := p2.client.Submit(ctx, supervisor.Submission{Prompt: "after", Steps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id <= slowID {
+		t.Errorf("new request id %s after %s: ids must not be reused", id, slowID)
+	}
+	watchDone(t, p2, id, "after", 0, 1)
+	p2.release(t)
+	if l := leftovers(t, dir, pids); len(l) > 0 {
+		t.Errorf("left behind after restart and release: %v", l)
+	}
+}
+
+// TestStateDirLocked: a second supervisor on a state directory in use is
+// refused, naming the directory, before it starts any plugin.
+func TestStateDirLocked(t *testing.T) {
+	dir := shortDir(t)
+	cfgPath := writeConfig(t, dir, pipeline)
+	p := startSupervisor(t, dir, cfgPath)
+	cmd := exec.Command(supervisorBin, "start", "--socket", filepath.Join(dir, "other.sock"), "--state-dir", filepath.Join(dir, "state"), "--config", cfgPath)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "state directory is in use by another supervisor") ||
+		!strings.Contains(string(out), filepath.Join(dir, "state", "journal.db")) {
+		t.Errorf("second start on the same state dir: %v, output %q", err, out)
+	}
+	p.release(t)
+}
+
+// regexpLine reports whether some line of out matches expr.
+func regexpLine(out, expr string) bool {
+	re := regexp.MustCompile(expr)
+	for _, line := range strings.Split(out, "\n") {
+		if re.MatchString(line) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHangKilled: an instance that computes and reports no progress within
+// the phase's hang_timeout is killed as a process group and handled as a
+// crash; the request is dispatched again and produces the reference.
+func TestHangKilled(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(flakyPipeline(t, dir, `restart { backoff = "50ms" }`), `plugin    = "flaky"`, `plugin    = "flaky"
+  hang_timeout = "1s"`, 1)
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	ctx := context.Background()
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "hang: still", Seed: 3, Steps: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := watchDone(t, p, id, "hang: still", 3, 4)
+	full, err := p.client.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retry string
+	for _, e := range full.Events {
+		if e.What == "retry" {
+			retry = e.Detail
+		}
+	}
+	want := "was killed as hung: no progress for 1s on request " + id + " (computing, 0 of 1 done)"
+	if info.Attempts != 2 || !strings.Contains(retry, want) {
+		t.Errorf("attempts %d, retry %q; want 2 and %q", info.Attempts, retry, want)
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.InstanceExits != 1 || st.Retried != 1 {
+		t.Errorf("status counts: instance exits %d, retried %d; want 1 and 1", st.InstanceExits, st.Retried)
+	}
+	p.release(t)
+}

@@ -1,0 +1,506 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/transfer"
+	"github.com/phased/phased/supervisor/config"
+)
+
+// Instance states shown in status.
+//
+//	starting → ready → (exited →) restarting → ready …
+//	                                         ↘ failed (gave up)
+//	any → released (at release)
+const (
+	stateStarting   = "starting"   // process started, not ready yet
+	stateReady      = "ready"      // takes requests
+	stateExited     = "exited"     // its process exited a moment ago
+	stateRestarting = "restarting" // waiting out its backoff, or starting again
+	stateFailed     = "failed"     // too many restarts within the window: given up
+	stateReleased   = "released"
+)
+
+// instance is one instance of a phase: a slot that a plugin process fills,
+// and fills again after that process exits (restart with backoff), until it
+// is released or given up.
+type instance struct {
+	id    string
+	index int
+	phase string
+	cfg   config.Phase
+	path  string // the plugin binary
+	dir   string // its ipc sockets, emptied at every restart
+
+	cur      atomic.Pointer[life] // the process filling the slot now
+	inflight atomic.Int64
+	rooms    atomic.Int64  // rooms the supervisor opened and has not removed
+	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
+
+	mu       sync.Mutex // guards state transitions and what follows
+	state    string
+	restarts []time.Time // restarts within the phase's window, oldest first
+	total    int         // restarts since the supervisor started
+	lastExit string      // how its last process ended
+}
+
+// life is one plugin process of an instance, from its start to its exit.
+type life struct {
+	in   *instance
+	proc *process
+	ctl  sdk.PhaseControl
+
+	mu       sync.Mutex
+	dead     *InstanceError        // set at exit
+	users    map[*attempt]struct{} // dispatch attempts that use it
+	hungWhy  string                // set when the supervisor kills it as hung
+	hungOnce sync.Once
+}
+
+// InstanceError is why a dispatch attempt failed when an instance it used
+// exited or was killed as hung; the request is dispatched again while its
+// retry budget lasts.
+type InstanceError struct {
+	Instance string
+	PID      int
+	Status   string // how the process ended: "signal: killed", "exit status 2"
+	Hung     string // why the supervisor killed it; "" when it died on its own
+}
+
+func (e *InstanceError) Error() string {
+	if e.Hung != "" {
+		return fmt.Sprintf("instance %s (pid %d) was killed as hung: %s", e.Instance, e.PID, e.Hung)
+	}
+	return fmt.Sprintf("instance %s (pid %d) exited: %s", e.Instance, e.PID, e.Status)
+}
+
+// latencyAlpha is the weight of the newest Run in an instance's latency
+// EWMA: about the last ten requests count.
+const latencyAlpha = 0.2
+
+// observe folds one Run's latency into the instance's EWMA.
+func (in *instance) observe(d time.Duration) {
+	ms := float64(d) / float64(time.Millisecond)
+	for {
+		old := in.latency.Load()
+		v := ms
+		if old != 0 {
+			v = latencyAlpha*ms + (1-latencyAlpha)*math.Float64frombits(old)
+		}
+		if in.latency.CompareAndSwap(old, math.Float64bits(v)) {
+			return
+		}
+	}
+}
+
+// latencyMs returns the instance's Run latency EWMA in ms, 0 before its
+// first request.
+func (in *instance) latencyMs() float64 { return math.Float64frombits(in.latency.Load()) }
+
+// currentState is the instance's state; a ready instance whose process
+// has exited is shown exited until the supervisor has handled the exit.
+func (in *instance) currentState() string {
+	in.mu.Lock()
+	st := in.state
+	in.mu.Unlock()
+	if st == stateReady {
+		if l := in.cur.Load(); l == nil || l.proc.exited() {
+			return stateExited
+		}
+	}
+	return st
+}
+
+func (in *instance) setState(st string) {
+	in.mu.Lock()
+	in.state = st
+	in.mu.Unlock()
+}
+
+// pid is the pid of the instance's current process, 0 when none.
+func (in *instance) pid() int {
+	if l := in.cur.Load(); l != nil {
+		return l.proc.pid
+	}
+	return 0
+}
+
+// use registers an attempt with the process; it fails if the process has
+// exited already.
+func (l *life) use(a *attempt) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead != nil {
+		return l.dead
+	}
+	l.users[a] = struct{}{}
+	return nil
+}
+
+func (l *life) drop(a *attempt) {
+	l.mu.Lock()
+	delete(l.users, a)
+	l.mu.Unlock()
+}
+
+// exitError is the process's InstanceError once it has exited, else nil.
+func (l *life) exitError() *InstanceError {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dead
+}
+
+// killHung kills the process as hung, once; the exit is then handled like
+// any other.
+func (l *life) killHung(why string) {
+	l.hungOnce.Do(func() {
+		l.mu.Lock()
+		l.hungWhy = why
+		l.mu.Unlock()
+		l.proc.killNow()
+	})
+}
+
+// exitTimeout bounds how long a failed call waits for its instance's exit
+// notification before it is judged an ordinary failure: a call on a dying
+// process often fails (connection closed) before go-plugin has reaped it.
+const exitTimeout = 2 * time.Second
+
+// explain turns the error of a call on l into the instance's exit when the
+// call failed because the process went away.
+func (l *life) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	if dead := l.exitError(); dead != nil {
+		return dead
+	}
+	var re *sdk.RemoteError
+	if !errors.As(err, &re) || !transportLost(re) {
+		return err
+	}
+	t := time.NewTimer(exitTimeout)
+	defer t.Stop()
+	select {
+	case <-l.proc.done:
+		// exited() is handled by the watcher; the error is the same.
+		return l.deadError()
+	case <-t.C:
+		return err
+	}
+}
+
+// deadError builds the InstanceError of an exited process.
+func (l *life) deadError() *InstanceError {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead == nil {
+		l.dead = &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: l.proc.exitStatus(), Hung: l.hungWhy}
+	}
+	return l.dead
+}
+
+// launch starts one process for the instance: handshake, Configure, then
+// the readiness call. The process is killed when any step fails.
+func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
+	proc, err := s.start(ctx, processConfig{
+		Name: in.id, Path: in.path, Kind: sdk.KindPhase,
+		APIVersion: sdk.PhaseAPIVersion, StartTimeout: in.cfg.StartTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l := &life{in: in, proc: proc, ctl: proc.raw.(sdk.PhaseControl), users: map[*attempt]struct{}{}}
+	// A process before this one may have left sockets behind.
+	if err := os.RemoveAll(in.dir); err != nil {
+		proc.kill()
+		return nil, err
+	}
+	if err := os.MkdirAll(in.dir, 0o700); err != nil {
+		proc.kill()
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, in.cfg.StartTimeout)
+	defer cancel()
+	err = l.ctl.Configure(cctx, sdk.InstanceConfig{
+		Instance: in.id, RunDir: in.dir, Params: s.cfg.PhaseParams(in.cfg),
+		ZMQHost: in.cfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: in.cfg.Device,
+	})
+	if err != nil {
+		proc.kill()
+		return nil, fmt.Errorf("instance %s: configure: %w", in.id, err)
+	}
+	if err := s.awaitReady(ctx, l); err != nil {
+		proc.kill()
+		return nil, err
+	}
+	return l, nil
+}
+
+// startInstance starts instance i of a phase and watches its process.
+func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int, path string) (*instance, error) {
+	id := fmt.Sprintf("%s-%d", pcfg.Name, i)
+	in := &instance{id: id, index: i, phase: pcfg.Name, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting}
+	l, err := s.launch(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	s.goLive(in, l)
+	return in, nil
+}
+
+// goLive makes l the instance's process, ready, and watches it. in.mu is
+// not held.
+func (s *Supervisor) goLive(in *instance, l *life) {
+	in.cur.Store(l)
+	in.setState(stateReady)
+	s.bg.Add(2)
+	go s.watch(in, l)
+	go s.follow(l)
+	s.readyChanged()
+}
+
+// watch waits for the process's exit notification and handles it; it
+// returns without handling when the supervisor releases.
+func (s *Supervisor) watch(in *instance, l *life) {
+	defer s.bg.Done()
+	select {
+	case <-l.proc.done:
+	case <-s.bgCtx.Done():
+		return
+	}
+	dead := l.deadError()
+	l.mu.Lock()
+	users := make([]*attempt, 0, len(l.users))
+	for a := range l.users {
+		users = append(users, a)
+	}
+	l.mu.Unlock()
+	s.logger.Error("phase instance exited", "instance", in.id, "pid", l.proc.pid, "status", dead.Status,
+		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())
+	// Its rooms are gone with it: every request using it fails this
+	// attempt, removes its other rooms in order, and is dispatched again.
+	for _, a := range users {
+		a.cancel(dead)
+	}
+	s.crashes.Add(1)
+	in.rooms.Store(0)
+	if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
+		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
+	} else if n > 0 {
+		s.logger.Info("removed shared-memory segments of an exited instance", "instance", in.id, "count", n)
+	}
+	l.proc.kill() // its process group, and go-plugin's state
+
+	in.mu.Lock()
+	if in.state == stateReleased {
+		in.mu.Unlock()
+		return
+	}
+	in.lastExit = dead.Error()
+	delay, ok := in.nextRestart(time.Now())
+	if !ok {
+		in.state = stateFailed
+		in.mu.Unlock()
+		s.logger.Error("phase instance failed: too many restarts; not restarting it",
+			"instance", in.id, "restarts", in.cfg.Restart.Max, "window", in.cfg.Restart.Window)
+		s.readyChanged()
+		return
+	}
+	in.state = stateRestarting
+	in.mu.Unlock()
+	s.readyChanged()
+	s.bg.Add(1)
+	go s.restart(in, delay)
+}
+
+// nextRestart applies the phase's restart rule at now: the backoff before
+// the next restart, or false when the instance has had its Max restarts
+// within Window. in.mu is held.
+func (in *instance) nextRestart(now time.Time) (time.Duration, bool) {
+	rule := in.cfg.Restart
+	kept := in.restarts[:0]
+	for _, t := range in.restarts {
+		if now.Sub(t) < rule.Window {
+			kept = append(kept, t)
+		}
+	}
+	in.restarts = kept
+	if len(kept) >= rule.Max {
+		return 0, false
+	}
+	in.restarts = append(in.restarts, now)
+	in.total++
+	delay := rule.Backoff
+	for range len(kept) {
+		delay *= 2
+		if delay >= rule.MaxBackoff {
+			return rule.MaxBackoff, true
+		}
+	}
+	return min(delay, rule.MaxBackoff), true
+}
+
+// restart starts the instance again after delay; a start that fails is
+// handled like an exit (the restart rule decides: again, or failed).
+func (s *Supervisor) restart(in *instance, delay time.Duration) {
+	defer s.bg.Done()
+	for {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.bgCtx.Done():
+			t.Stop()
+			return
+		}
+		l, err := s.launch(s.bgCtx, in)
+		if err == nil {
+			in.mu.Lock()
+			released := in.state == stateReleased || s.bgCtx.Err() != nil
+			in.mu.Unlock()
+			if released {
+				l.proc.kill()
+				return
+			}
+			s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "after", delay)
+			s.goLive(in, l)
+			return
+		}
+		in.mu.Lock()
+		in.lastExit = "restart failed: " + err.Error()
+		var ok bool
+		delay, ok = in.nextRestart(time.Now())
+		if !ok {
+			in.state = stateFailed
+		}
+		in.mu.Unlock()
+		s.logger.Error("restart phase instance", "instance", in.id, "error", err, "given_up", !ok)
+		if !ok {
+			s.readyChanged()
+			return
+		}
+	}
+}
+
+// readyChanged wakes whoever waits for an instance to become ready.
+func (s *Supervisor) readyChanged() {
+	s.readyMu.Lock()
+	close(s.readyCh)
+	s.readyCh = make(chan struct{})
+	s.readyMu.Unlock()
+}
+
+// readyWatch returns a channel closed at the next change of readiness.
+func (s *Supervisor) readyWatch() <-chan struct{} {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	return s.readyCh
+}
+
+// unservable returns an error when a phase has no ready instance and none
+// that may become ready (all failed or released), and whether some phase is
+// waiting for an instance to come back.
+func (s *Supervisor) unservable() (waiting bool, err error) {
+	for _, ph := range s.phases {
+		ready, recovering := false, false
+		var last string
+		for _, in := range ph.instances {
+			switch in.currentState() {
+			case stateReady:
+				ready = true
+			case stateStarting, stateExited, stateRestarting:
+				recovering = true
+			}
+			in.mu.Lock()
+			if in.lastExit != "" {
+				last = in.lastExit
+			}
+			in.mu.Unlock()
+		}
+		switch {
+		case ready:
+		case recovering:
+			waiting = true
+		default:
+			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`", ph.cfg.Name, len(ph.instances), last)
+		}
+	}
+	return waiting, nil
+}
+
+// transportLost reports whether a call failed because the connection to the
+// plugin went away (its process died), not because the plugin answered so.
+func transportLost(re *sdk.RemoteError) bool {
+	return re.Code == codes.Unavailable ||
+		(re.Code == codes.Canceled && strings.Contains(re.Msg, "client connection is closing"))
+}
+
+// awaitReady makes the readiness call, bounded by the phase's
+// ready_timeout: the handshake proved the process alive, this says it has
+// loaded what it needs and takes requests.
+func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
+	rctx, cancel := context.WithTimeout(ctx, l.in.cfg.ReadyTimeout)
+	defer cancel()
+	if err := l.ctl.Ready(rctx); err != nil {
+		if rctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("instance %s: not ready within ready_timeout %s: %w", l.in.id, l.in.cfg.ReadyTimeout, err)
+		}
+		return fmt.Errorf("instance %s: ready: %w", l.in.id, err)
+	}
+	return nil
+}
+
+// follow reads the process's progress stream while it lives and keeps a
+// hang watchdog per request it works on: computing or sending with no
+// report within the phase's hang_timeout kills the process, which is then
+// handled as a crash. Waiting for inputs does not count (that is the
+// upstream instance's time). Since the transformer reports every step, the
+// deadline scales with the request's work.
+func (s *Supervisor) follow(l *life) {
+	defer s.bg.Done()
+	timeout := l.in.cfg.HangTimeout
+	dogs := map[string]*time.Timer{}
+	defer func() {
+		for _, t := range dogs {
+			t.Stop()
+		}
+	}()
+	err := l.ctl.Progress(s.bgCtx, func(p sdk.Progress) {
+		if t := dogs[p.Request]; t != nil {
+			t.Stop()
+			delete(dogs, p.Request)
+		}
+		var what string
+		switch p.Stage {
+		case sdk.StageComputing:
+			what = fmt.Sprintf("computing, %d of %d done", p.Done, p.Total)
+		case sdk.StageSending:
+			what = "sending its outputs"
+		default: // waiting, finished
+			return
+		}
+		why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
+		dogs[p.Request] = time.AfterFunc(timeout, func() {
+			s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
+			l.killHung(why)
+		})
+	})
+	switch {
+	case errors.Is(err, sdk.ErrNoProgress):
+		s.logger.Warn("the phase plugin reports no progress: hang detection is off for it", "instance", l.in.id)
+	case err != nil && !l.proc.exited() && s.bgCtx.Err() == nil:
+		s.logger.Debug("progress stream ended", "instance", l.in.id, "error", err)
+	}
+}

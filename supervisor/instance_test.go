@@ -1,0 +1,58 @@
+package supervisor
+
+import (
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor/config"
+)
+
+// TestNextRestart: the backoff doubles per restart within the window, up
+// to the cap; past Max restarts within the window the instance is given
+// up; restarts older than the window no longer count.
+func TestNextRestart(t *testing.T) {
+	rule := config.Restart{Max: 4, Window: time.Minute, Backoff: 100 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}
+	in := &instance{cfg: config.Phase{Restart: rule}}
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		at    time.Duration // after t0
+		delay time.Duration
+		ok    bool
+	}{
+		{0, 100 * time.Millisecond, true},
+		{time.Second, 200 * time.Millisecond, true},
+		{2 * time.Second, 300 * time.Millisecond, true}, // 400ms, capped
+		{3 * time.Second, 300 * time.Millisecond, true},
+		{4 * time.Second, 0, false}, // a fifth within the minute: given up
+		{61 * time.Second, 300 * time.Millisecond, true}, // the first has left the window: four within it again
+		{200 * time.Second, 100 * time.Millisecond, true}, // all have left it
+	}
+	for i, st := range steps {
+		delay, ok := in.nextRestart(t0.Add(st.at))
+		if delay != st.delay || ok != st.ok {
+			t.Errorf("restart %d at +%s: (%s, %v), want (%s, %v)", i, st.at, delay, ok, st.delay, st.ok)
+		}
+	}
+	if in.total != 6 {
+		t.Errorf("total restarts %d, want 6", in.total)
+	}
+	none := &instance{cfg: config.Phase{Restart: config.Restart{Max: 0, Window: time.Minute, Backoff: time.Second, MaxBackoff: time.Second}}}
+	if _, ok := none.nextRestart(t0); ok {
+		t.Error("max = 0 restarted an instance")
+	}
+}
+
+func TestInstanceErrorText(t *testing.T) {
+	tests := []struct {
+		err  InstanceError
+		want string
+	}{
+		{InstanceError{Instance: "transformer-1", PID: 42, Status: "signal: killed"}, "instance transformer-1 (pid 42) exited: signal: killed"},
+		{InstanceError{Instance: "decoder-0", PID: 7, Status: "signal: killed", Hung: "no progress for 1s"}, "instance decoder-0 (pid 7) was killed as hung: no progress for 1s"},
+	}
+	for _, tt := range tests {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("got %q, want %q", got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,250 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// JournalFile is the name of the request journal in the state directory.
+const JournalFile = "journal.db"
+
+// The journal's buckets and meta keys.
+var (
+	bucketRequests = []byte("requests") // request id → RequestInfo (JSON, no events)
+	bucketMeta     = []byte("meta")
+	keyEpoch       = []byte("epoch")        // uint64: supervisor starts on this state dir
+	keyNextRequest = []byte("next_request") // uint64: the last request number given
+)
+
+// journal is the supervisor's durable record of accepted requests: an
+// embedded bbolt database in the state directory. A request is written
+// (and fsynced) before Submit returns, and again when it ends, so that a
+// supervisor started after a crash finishes or fails every request the
+// crashed one accepted. bbolt locks the file: two supervisors cannot share
+// a state directory.
+type journal struct {
+	db   *bolt.DB
+	path string
+}
+
+// ErrStateDirInUse is returned when another supervisor holds the journal.
+var ErrStateDirInUse = errors.New("the state directory is in use by another supervisor")
+
+// openJournal opens (or creates) the journal in dir, created 0700, and
+// counts one more supervisor start (the epoch).
+func openJournal(dir string) (*journal, uint64, error) {
+	if err := privateDir(dir); err != nil {
+		return nil, 0, fmt.Errorf("state dir: %w", err)
+	}
+	path := filepath.Join(dir, JournalFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, 0, fmt.Errorf("%w: %s is locked; stop that supervisor, or give this one another --state-dir", ErrStateDirInUse, path)
+		}
+		return nil, 0, fmt.Errorf("journal %s: %w; move it aside to start with an empty journal", path, err)
+	}
+	var epoch uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketRequests); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		epoch = getUint(meta, keyEpoch) + 1
+		return meta.Put(keyEpoch, putUint(epoch))
+	})
+	if err != nil {
+		db.Close()
+		return nil, 0, fmt.Errorf("journal %s: %w", path, err)
+	}
+	return &journal{db: db, path: path}, epoch, nil
+}
+
+// load returns every journaled request, oldest first, and the last request
+// number given.
+func (j *journal) load() ([]RequestInfo, uint64, error) {
+	var infos []RequestInfo
+	var last uint64
+	err := j.db.View(func(tx *bolt.Tx) error {
+		last = getUint(tx.Bucket(bucketMeta), keyNextRequest)
+		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
+			var info RequestInfo
+			if err := json.Unmarshal(v, &info); err != nil {
+				return fmt.Errorf("request %q: %w", k, err)
+			}
+			infos = append(infos, info)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("journal %s: %w", j.path, err)
+	}
+	sort.Slice(infos, func(a, b int) bool { return requestNumber(infos[a].ID) < requestNumber(infos[b].ID) })
+	return infos, last, nil
+}
+
+// put writes a request (without its events) and returns once it is on
+// disk.
+func (j *journal) put(info RequestInfo) error {
+	info.Events = nil
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	err = j.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if n := requestNumber(info.ID); n > getUint(meta, keyNextRequest) {
+			if err := meta.Put(keyNextRequest, putUint(n)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketRequests).Put([]byte(info.ID), b)
+	})
+	if err != nil {
+		return fmt.Errorf("journal %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// forget deletes requests the supervisor no longer remembers.
+func (j *journal) forget(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return j.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRequests)
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (j *journal) close() error { return j.db.Close() }
+
+// requestNumber is the number in a request id ("r000042" → 42), 0 when it
+// has none.
+func requestNumber(id string) uint64 {
+	n, err := strconv.ParseUint(strings.TrimPrefix(id, "r"), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+func getUint(b *bolt.Bucket, k []byte) uint64 {
+	v := b.Get(k)
+	if len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func putUint(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+// DefaultStateDir is where `supervisor start` keeps its journal unless
+// --state-dir says: $PHASED_STATE_DIR, else $XDG_STATE_HOME/phased, else
+// ~/.local/state/phased.
+func DefaultStateDir() string {
+	if d := os.Getenv("PHASED_STATE_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "phased")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), fmt.Sprintf("phased-state-%d", os.Getuid()))
+	}
+	return filepath.Join(home, ".local", "state", "phased")
+}
+
+// ReasonRecoveryFailed is the reason of a journaled request that a new
+// supervisor could not dispatch again.
+const ReasonRecoveryFailed = "the supervisor restarted while the request ran, and could not dispatch it again"
+
+// openState opens the journal of Options.StateDir, if one is set, and
+// takes from it the room epoch and the request numbering; it returns the
+// journaled requests to recover once the pipeline runs.
+func (s *Supervisor) openState() ([]RequestInfo, error) {
+	if s.opts.StateDir == "" {
+		return nil, nil
+	}
+	j, epoch, err := openJournal(s.opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	infos, last, err := j.load()
+	if err != nil {
+		j.close()
+		return nil, err
+	}
+	s.journal = j
+	// Room ids are unique across supervisor starts on one state
+	// directory: each start takes its own block of 2^32 ids.
+	s.nextRoom.Store(epoch << 32)
+	for _, info := range infos {
+		last = max(last, requestNumber(info.ID))
+	}
+	s.nextReq.Store(last)
+	return infos, nil
+}
+
+// recover takes the journaled requests back: ended ones are remembered
+// for status, the others are dispatched again. s.mu is held.
+func (s *Supervisor) recover(infos []RequestInfo) {
+	n := 0
+	for _, info := range infos {
+		ctx, cancel := context.WithCancel(s.ctx)
+		r := &request{
+			sub: Submission{Prompt: info.Prompt, Seed: info.Seed, Steps: info.Steps, Key: info.Key},
+			id:  info.ID, ctx: ctx, cancel: cancel,
+			done: make(chan struct{}), changed: make(chan struct{}), info: info,
+		}
+		s.requests[info.ID] = r
+		s.order = append(s.order, info.ID)
+		if info.Terminal() {
+			cancel()
+			close(r.done)
+			continue
+		}
+		n++
+		r.info.State, r.info.Instances, r.info.Rooms, r.info.Backends = StateQueued, nil, nil, nil
+		r.info.Events = []Event{{Time: time.Now(), What: "recovered", Detail: "the supervisor restarted before the request ended; it is dispatched again"}}
+		s.inflight.Add(1)
+		go func() {
+			defer s.inflight.Done()
+			s.process(r)
+		}()
+	}
+	if n > 0 {
+		s.logger.Info("recovered requests from the journal", "dispatched_again", n, "ended", len(infos)-n, "journal", s.journal.path)
+	}
+}
+
+// ended journals a request's end.
+func (s *Supervisor) ended(r *request) {
+	if s.journal == nil {
+		return
+	}
+	if err := s.journal.put(r.snapshot()); err != nil {
+		s.logger.Error("journal the end of a request", "request", r.id, "error", err)
+	}
+}
