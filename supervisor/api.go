@@ -24,7 +24,8 @@ const MaxBodyBytes = 1 << 20
 // DefaultSteps is the number of steps of a submission that names none.
 const DefaultSteps = 20
 
-// API serves the control API, HTTP+JSON, on a unix socket:
+// API serves the control API, HTTP+JSON, on a unix socket and, when
+// AddTCP says so, on a TCP listener that requires a bearer token:
 //
 //	POST   /v1/requests               submit {prompt, seed, steps} → {id}
 //	GET    /v1/requests/{id}          one request
@@ -38,6 +39,8 @@ type API struct {
 	srv    *http.Server
 	ln     net.Listener
 	path   string
+	tcp    *http.Server // nil unless AddTCP
+	tcpLn  net.Listener
 }
 
 // ErrorBody is the JSON body of every error response.
@@ -117,25 +120,79 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("GET /v1/policies", a.policies)
 	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
 	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	a.srv = newServer(mux)
 	return a
 }
 
-// Serve serves until Shutdown; it returns nil after a Shutdown.
+// newServer is the http.Server of one listener: the same header timeout
+// on the unix socket and on TCP (bodies are bounded by decode).
+func newServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+}
+
+// AddTCP makes the API also serve on ln (from ListenTCP), to callers that
+// send "Authorization: Bearer " + token; others get 401. token is what
+// ReadTokenFile returned: at least MinTokenBytes. Call it before Serve.
+func (a *API) AddTCP(ln net.Listener, token string) error {
+	if len(token) < MinTokenBytes {
+		return fmt.Errorf("control API on %s: the token is %d bytes; it must be at least %d", ln.Addr(), len(token), MinTokenBytes)
+	}
+	a.tcpLn = ln
+	a.tcp = newServer(requireToken(token, a.srv.Handler, a.logger))
+	return nil
+}
+
+// Serve serves until Shutdown, on the unix socket and the TCP listener if
+// there is one; it returns nil after a Shutdown. When one listener fails,
+// the other is closed too and Serve returns the error.
 func (a *API) Serve() error {
-	err := a.srv.Serve(a.ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	type server struct {
+		srv *http.Server
+		ln  net.Listener
+	}
+	servers := []server{{a.srv, a.ln}}
+	if a.tcp != nil {
+		servers = append(servers, server{a.tcp, a.tcpLn})
+	}
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() {
+			err := s.srv.Serve(s.ln)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			} else {
+				for _, o := range servers {
+					o.srv.Close()
+				}
+			}
+			errs <- err
+		}()
+	}
+	var err error
+	for range servers {
+		err = errors.Join(err, <-errs)
 	}
 	return err
 }
 
-// Shutdown stops the server, waiting for open calls up to ctx, and removes
-// the socket file.
+// Shutdown stops the servers, waiting for open calls up to ctx and then
+// closing the connections still open, and removes the socket file.
 func (a *API) Shutdown(ctx context.Context) error {
-	err := a.srv.Shutdown(ctx)
+	err := shutdown(ctx, a.srv)
+	if a.tcp != nil {
+		err = errors.Join(err, shutdown(ctx, a.tcp))
+	}
 	if rerr := os.Remove(a.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+// shutdown is graceful up to ctx, then forceful.
+func shutdown(ctx context.Context, srv *http.Server) error {
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		err = errors.Join(err, srv.Close())
 	}
 	return err
 }

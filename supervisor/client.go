@@ -12,25 +12,39 @@ import (
 	"net/http"
 	"net/url"
 	"syscall"
+	"time"
 )
 
 // ErrNoSupervisor is wrapped when nothing answers on the control socket.
 var ErrNoSupervisor = errors.New("no supervisor")
 
-// Client talks to a supervisor's control API over its unix socket.
+// Client talks to a supervisor's control API over its unix socket, or
+// over TCP with a bearer token.
 type Client struct {
-	Socket string
+	Socket string // the unix socket; "" for a TCP client
+	Addr   string // HOST:PORT of a TCP client; "" for a unix one
+	token  string
+	base   string // the URL calls are made under
 	http   *http.Client
 }
 
 // NewClient returns a client for the supervisor at socket.
 func NewClient(socket string) *Client {
-	return &Client{Socket: socket, http: &http.Client{Transport: &http.Transport{
+	return &Client{Socket: socket, base: "http://phased", http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}}}
+}
+
+// NewTCPClient returns a client for the supervisor whose control API
+// listens on addr (HOST:PORT, from `supervisor start --listen`); every call
+// carries token as a bearer token. It speaks plain HTTP: reach a supervisor
+// on another host through an SSH tunnel.
+func NewTCPClient(addr, token string) *Client {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	return &Client{Addr: addr, token: token, base: "http://" + addr, http: &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}}
 }
 
 // Submit submits a request and returns its id.
@@ -154,17 +168,29 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://phased"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		switch {
+		case c.Addr == "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)):
 			return nil, fmt.Errorf("%w at %s (start one with `supervisor start`)", ErrNoSupervisor, c.Socket)
+		case c.Addr != "" && errors.Is(err, syscall.ECONNREFUSED):
+			return nil, fmt.Errorf("%w at %s (start one with `supervisor start --listen %s --token-file FILE`)", ErrNoSupervisor, c.Addr, c.Addr)
+		case c.Addr != "":
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return nil, fmt.Errorf("supervisor at %s: %w", c.Addr, err)
 		}
 		return nil, err
 	}
@@ -174,6 +200,9 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			eb.Error = fmt.Sprintf("supervisor at %s refused the call: %s", c.Addr, eb.Error)
 		}
 		return nil, &APIError{Code: resp.StatusCode, Msg: eb.Error}
 	}

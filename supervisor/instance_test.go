@@ -23,8 +23,8 @@ func TestNextRestart(t *testing.T) {
 		{time.Second, 200 * time.Millisecond, true},
 		{2 * time.Second, 300 * time.Millisecond, true}, // 400ms, capped
 		{3 * time.Second, 300 * time.Millisecond, true},
-		{4 * time.Second, 0, false}, // a fifth within the minute: given up
-		{61 * time.Second, 300 * time.Millisecond, true}, // the first has left the window: four within it again
+		{4 * time.Second, 0, false},                       // a fifth within the minute: given up
+		{61 * time.Second, 300 * time.Millisecond, true},  // the first has left the window: four within it again
 		{200 * time.Second, 100 * time.Millisecond, true}, // all have left it
 	}
 	for i, st := range steps {

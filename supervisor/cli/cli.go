@@ -11,18 +11,29 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/phased/phased/supervisor"
 )
 
 // SocketEnv names the environment variable that sets the control socket.
 const SocketEnv = "PHASED_SOCKET"
 
+// AddrEnv names the environment variable that sets the TCP address of the
+// control API, and TokenEnv the one that holds its bearer token.
+const (
+	AddrEnv  = "PHASED_ADDR"
+	TokenEnv = "PHASED_TOKEN"
+)
+
 const usage = `usage: supervisor VERB [flags]
 
 Verbs:
-  start   [--config FILE]                 run a supervisor in the foreground
+  start   [--config FILE] [--listen HOST:PORT --token-file FILE]
+                                          run a supervisor in the foreground
   submit  --prompt TEXT [--seed N] [--steps N] [--key KEY] [--wait] [--json]
                                           submit a request; print its id
   status  [--json]                        phases, instances, requests
@@ -36,6 +47,9 @@ Verbs:
                                           start, submit N requests, wait, release
 
 Every verb takes --socket PATH (default $PHASED_SOCKET, else %s).
+submit, status, remove, policy and release take --addr HOST:PORT (default
+$PHASED_ADDR) to reach a supervisor started with --listen instead, with the
+token in $PHASED_TOKEN or --token-file FILE.
 Run 'supervisor VERB --help' for a verb's flags.
 `
 
@@ -93,10 +107,13 @@ func DefaultSocket() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("phased-%d", os.Getuid()), "phased.sock")
 }
 
-// flags is a verb's flag set with the --socket flag every verb has.
+// flags is a verb's flag set with the --socket flag every verb has, and
+// --addr and --token-file for the verbs that newClientFlags makes.
 type flags struct {
 	*flag.FlagSet
-	socket string
+	socket    string
+	addr      string
+	tokenFile string
 }
 
 func newFlags(verb string, stderr io.Writer) *flags {
@@ -108,6 +125,36 @@ func newFlags(verb string, stderr io.Writer) *flags {
 	}
 	f.StringVar(&f.socket, "socket", def, "control socket `PATH` (env "+SocketEnv+")")
 	return f
+}
+
+// newClientFlags is newFlags with --addr and --token-file, for the verbs
+// that talk to a running supervisor.
+func newClientFlags(verb string, stderr io.Writer) *flags {
+	f := newFlags(verb, stderr)
+	f.StringVar(&f.addr, "addr", os.Getenv(AddrEnv), "reach the supervisor's control API on TCP at `HOST:PORT` (see start --listen) instead of the socket (env "+AddrEnv+")")
+	f.StringVar(&f.tokenFile, "token-file", "", "with --addr: `FILE` holding the bearer token (default: env "+TokenEnv+")")
+	return f
+}
+
+// client returns the client the flags ask for: TCP when --addr is set,
+// else the unix socket.
+func (f *flags) client() (*supervisor.Client, error) {
+	if f.addr == "" {
+		return supervisor.NewClient(f.socket), nil
+	}
+	if _, _, err := net.SplitHostPort(f.addr); err != nil {
+		return nil, fmt.Errorf("%w: --addr %q is not HOST:PORT (e.g. 127.0.0.1:7070): %v", errUsage, f.addr, err)
+	}
+	var token string
+	if f.tokenFile != "" {
+		var err error
+		if token, err = supervisor.ReadTokenFile(f.tokenFile); err != nil {
+			return nil, err
+		}
+	} else if token = strings.TrimSpace(os.Getenv(TokenEnv)); token == "" {
+		return nil, fmt.Errorf("%w: --addr %s needs the supervisor's bearer token: set $%s or give --token-file FILE", errUsage, f.addr, TokenEnv)
+	}
+	return supervisor.NewTCPClient(f.addr, token), nil
 }
 
 // parse parses flags and positional arguments in any order and returns the

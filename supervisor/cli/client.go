@@ -12,7 +12,7 @@ import (
 )
 
 func submit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", stderr)
+	f := newClientFlags("submit", stderr)
 	prompt := f.String("prompt", "", "the prompt `TEXT` (required)")
 	seed := f.Int64("seed", 0, "random seed `N`")
 	steps := f.Int("steps", supervisor.DefaultSteps, "refinement steps `N`")
@@ -26,7 +26,10 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := noArgs(pos); err != nil {
 		return err
 	}
-	c := supervisor.NewClient(f.socket)
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
 	id, err := c.Submit(ctx, supervisor.Submission{Prompt: *prompt, Seed: *seed, Steps: *steps, Key: *key})
 	if err != nil {
 		return err
@@ -112,13 +115,16 @@ func result(info supervisor.RequestInfo) Result {
 }
 
 func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("status", stderr)
+	f := newClientFlags("status", stderr)
 	asJSON := f.Bool("json", false, "print JSON")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
-	c := supervisor.NewClient(f.socket)
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
 	if len(pos) == 1 {
 		info, err := c.Request(ctx, pos[0])
 		if err != nil {
@@ -177,7 +183,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func remove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("remove", stderr)
+	f := newClientFlags("remove", stderr)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -185,7 +191,11 @@ func remove(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(pos) != 1 {
 		return fmt.Errorf("%w: want exactly one REQUEST_ID", errUsage)
 	}
-	info, err := supervisor.NewClient(f.socket).Remove(ctx, pos[0])
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	info, err := c.Remove(ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -198,7 +208,7 @@ func remove(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func release(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("release", stderr)
+	f := newClientFlags("release", stderr)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -206,7 +216,11 @@ func release(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := noArgs(pos); err != nil {
 		return err
 	}
-	if err := supervisor.NewClient(f.socket).Release(ctx); err != nil {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	if err := c.Release(ctx); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "released")

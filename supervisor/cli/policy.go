@@ -12,14 +12,17 @@ import (
 
 // policy is `supervisor policy list|set|shadow`.
 func policy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("policy", stderr)
+	f := newClientFlags("policy", stderr)
 	off := f.Bool("off", false, "with shadow: remove the phase's shadow policy")
 	asJSON := f.Bool("json", false, "print the result as JSON")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
-	c := supervisor.NewClient(f.socket)
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
 	var l supervisor.PolicyList
 	switch {
 	case len(pos) == 1 && pos[0] == "list":

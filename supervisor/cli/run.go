@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/phased/phased/supervisor"
+	"github.com/phased/phased/supervisor/config"
 )
 
 // run starts a supervisor in this process on a private socket, submits
@@ -54,6 +55,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *out != "" {
 		cfg.ArtifactDir = *out
 	}
+	// run serves its private socket only, whatever the config's control
+	// block says.
+	cfg.Control = config.Control{}
 	socket := f.socket
 	if socket == "" {
 		dir, err := os.MkdirTemp("/tmp", "phased-run-")

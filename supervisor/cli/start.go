@@ -75,14 +75,30 @@ func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog
 	if err != nil {
 		return nil, err
 	}
-	sdk.RaiseFDLimit(logger)
-	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: sf.logLevel, StateDir: sf.stateDir})
-	if err := sup.Start(ctx); err != nil {
+	tcp, token, err := listenTCP(cfg.Control, logger)
+	if err != nil {
 		ln.Close()
 		os.Remove(socket)
 		return nil, err
 	}
-	r := &running{sup: sup, api: supervisor.NewAPI(sup, ln, socket, logger.Named("api")), served: make(chan error, 1)}
+	sdk.RaiseFDLimit(logger)
+	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: sf.logLevel, StateDir: sf.stateDir})
+	api := supervisor.NewAPI(sup, ln, socket, logger.Named("api"))
+	if tcp != nil {
+		err = api.AddTCP(tcp, token)
+	}
+	if err == nil {
+		err = sup.Start(ctx)
+	}
+	if err != nil {
+		ln.Close()
+		os.Remove(socket)
+		if tcp != nil {
+			tcp.Close()
+		}
+		return nil, err
+	}
+	r := &running{sup: sup, api: api, served: make(chan error, 1)}
 	go func() { r.served <- r.api.Serve() }()
 	logger.Info("control socket ready", "socket", socket)
 	return r, nil
@@ -106,6 +122,12 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var sf startFlags
 	sf.register(f, "info")
 	f.StringVar(&sf.stateDir, "state-dir", supervisor.DefaultStateDir(), "state `DIR`: the request journal, which a supervisor started after a crash finishes (env PHASED_STATE_DIR)")
+	var cf controlFlags
+	cf.register(f)
+	f.Usage = func() {
+		fmt.Fprint(f.Output(), startHelp)
+		f.PrintDefaults()
+	}
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -117,6 +139,7 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cf.apply(cfg)
 	logger := newLogger(sf.logLevel, stderr)
 	// Signals are caught from here on: one that comes while the plugins
 	// start releases them as soon as they are up.

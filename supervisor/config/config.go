@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"regexp"
 	"slices"
@@ -111,6 +112,19 @@ type Config struct {
 	// file (ApplyLock).
 	Pins     map[string]string
 	pinnedAt map[string]string // binary -> FILE:LINE of its pin
+	// Control is where the control API listens besides its unix socket.
+	Control Control
+}
+
+// Control is the control block: an optional TCP listener for the control
+// API. Off (Listen "") by default; `supervisor start --listen` and
+// `--token-file` override it.
+type Control struct {
+	// Listen is HOST:PORT for the control API on TCP; "" is none.
+	Listen string
+	// TokenFile holds the bearer token TCP callers must send; required
+	// with Listen, readable by its owner only.
+	TokenFile string
 }
 
 // Phase is one phase of the pipeline.
@@ -261,6 +275,7 @@ type file struct {
 	MaxInflight   *int              `hcl:"max_inflight,optional"`
 	Retries       *int              `hcl:"retries,optional"`
 	Release       *releaseBlock     `hcl:"release,block"`
+	Control       *controlBlock     `hcl:"control,block"`
 	Phases        []phaseBlock      `hcl:"phase,block"`
 	Pins          []pinBlock        `hcl:"pin,block"`
 }
@@ -268,6 +283,12 @@ type file struct {
 type releaseBlock struct {
 	Grace    *string   `hcl:"grace,optional"`
 	DefRange hcl.Range `hcl:",def_range"`
+}
+
+type controlBlock struct {
+	Listen    *string   `hcl:"listen,optional"`
+	TokenFile *string   `hcl:"token_file,optional"`
+	DefRange  hcl.Range `hcl:",def_range"`
 }
 
 type phaseBlock struct {
@@ -373,6 +394,14 @@ func (f *file) build(filename string) (*Config, error) {
 		}
 		c.PeerTimeout = d
 	}
+	if cb := f.Control; cb != nil {
+		c.Control = Control{Listen: deref(cb.Listen, ""), TokenFile: deref(cb.TokenFile, "")}
+		if c.Control.Listen != "" {
+			if _, port, err := net.SplitHostPort(c.Control.Listen); err != nil || !validPort(port) {
+				errs = append(errs, fmt.Errorf("%s: control: listen %q is not HOST:PORT; expected e.g. \"127.0.0.1:7070\"", where(cb.DefRange), c.Control.Listen))
+			}
+		}
+	}
 	c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
 	errs = append(errs, addPins(c.Pins, c.pinnedAt, f.Pins)...)
 	if len(f.Phases) == 0 {
@@ -465,6 +494,11 @@ func (f *file) build(filename string) (*Config, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
 	return c, nil
+}
+
+func validPort(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 func parseDuration(s string) (time.Duration, error) {

@@ -144,6 +144,24 @@ phase "remote"  {
 	}
 }
 
+func TestControl(t *testing.T) {
+	if c := Default(); c.Control != (Control{}) {
+		t.Fatalf("default control %+v; want TCP off", c.Control)
+	}
+	src := "control {\n  listen     = \"127.0.0.1:7070\"\n  token_file = \"/etc/phased/token\"\n}\nphase \"t\" { plugin = \"t\" }\n"
+	c, err := Parse([]byte(src), "a.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Control{Listen: "127.0.0.1:7070", TokenFile: "/etc/phased/token"}); c.Control != want {
+		t.Fatalf("control %+v, want %+v", c.Control, want)
+	}
+	c, err = Parse([]byte(`{"control": {"listen": "[::1]:0"}, "phase": {"t": {"plugin": "t"}}}`), "c.json")
+	if err != nil || c.Control != (Control{Listen: "[::1]:0"}) {
+		t.Fatalf("json control %+v, %v", c.Control, err)
+	}
+}
+
 func TestParseJSON(t *testing.T) {
 	src := `{"phase": {"encoder": {"plugin": "encoder"}, "decoder": {"plugin": "decoder", "instances": 3}}}`
 	c, err := Parse([]byte(src), "c.json")
@@ -185,6 +203,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad restart max", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    max = -1\n  }\n}\n", []string{`a.hcl:3:3: phase "t": restart: max must be between 0 and 10000, got -1`}},
 		{"restart backoffs", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    backoff = \"2s\"\n    max_backoff = \"1s\"\n  }\n}\n", []string{`phase "t": restart: max_backoff (1s) is less than backoff (2s)`}},
 		{"restart typo", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    windw = \"1m\"\n  }\n}\n", []string{"a.hcl:4:5", `An argument named "windw" is not expected here`}},
+		{"control listen without port", "a.hcl", "control {\n  listen = \"127.0.0.1\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: control: listen "127.0.0.1" is not HOST:PORT; expected e.g. "127.0.0.1:7070"`}},
+		{"control listen bad port", "a.hcl", "control {\n  listen = \"localhost:http\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: control: listen "localhost:http" is not HOST:PORT`}},
+		{"control unknown attribute", "a.hcl", "control {\n  token = \"x\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{"a.hcl:2:3", `An argument named "token" is not expected here`}},
 		{"json syntax", "c.json", `{"phase": {"t": {"plugin": 1,}}}`, []string{"c.json:1:"}},
 		{"json missing plugin", "c.json", `{"phase": {"t": {}}}`, []string{"c.json:1:", `The argument "plugin" is required`}},
 	}
