@@ -53,6 +53,7 @@ type instance struct {
 	state    string
 	restarts []time.Time // restarts within the phase's window, oldest first
 	total    int         // restarts since the supervisor started
+	failures int         // starts that failed in a row
 	lastExit string      // how its last process ended
 }
 
@@ -296,7 +297,6 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		a.cancel(dead)
 	}
 	s.crashes.Add(1)
-	in.rooms.Store(0)
 	if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
 		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
 	} else if n > 0 {
@@ -374,14 +374,22 @@ func (s *Supervisor) restart(in *instance, delay time.Duration) {
 				l.proc.kill()
 				return
 			}
+			in.mu.Lock()
+			in.failures = 0
+			in.mu.Unlock()
 			s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "after", delay)
 			s.goLive(in, l)
 			return
 		}
 		in.mu.Lock()
 		in.lastExit = "restart failed: " + err.Error()
+		in.failures++
 		var ok bool
 		delay, ok = in.nextRestart(time.Now())
+		// Starts that fail slowly (a model that loads for minutes, then
+		// crashes) may never reach Max within the window: Max failed
+		// starts in a row give up too.
+		ok = ok && in.failures < in.cfg.Restart.Max
 		if !ok {
 			in.state = stateFailed
 		}
@@ -477,7 +485,7 @@ func (s *Supervisor) follow(l *life) {
 			t.Stop()
 		}
 	}()
-	err := l.ctl.Progress(s.bgCtx, func(p sdk.Progress) {
+	on := func(p sdk.Progress) {
 		if t := dogs[p.Request]; t != nil {
 			t.Stop()
 			delete(dogs, p.Request)
@@ -493,14 +501,31 @@ func (s *Supervisor) follow(l *life) {
 		}
 		why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
 		dogs[p.Request] = time.AfterFunc(timeout, func() {
+			if s.bgCtx.Err() != nil {
+				return // released meanwhile
+			}
 			s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
 			l.killHung(why)
 		})
-	})
-	switch {
-	case errors.Is(err, sdk.ErrNoProgress):
-		s.logger.Warn("the phase plugin reports no progress: hang detection is off for it", "instance", l.in.id)
-	case err != nil && !l.proc.exited() && s.bgCtx.Err() == nil:
-		s.logger.Debug("progress stream ended", "instance", l.in.id, "error", err)
+	}
+	// A stream that breaks while the process lives is opened again (its
+	// first events are the latest of every request in flight).
+	for {
+		err := l.ctl.Progress(s.bgCtx, on)
+		if errors.Is(err, sdk.ErrNoProgress) {
+			s.logger.Warn("the phase plugin reports no progress: hang detection is off for it", "instance", l.in.id)
+			return
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-l.proc.done:
+			t.Stop()
+			return
+		case <-s.bgCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			s.logger.Debug("progress stream ended; opening it again", "instance", l.in.id, "error", err)
+		}
 	}
 }

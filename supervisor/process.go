@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 
 	"github.com/phased/phased/sdk"
 )
@@ -130,6 +131,9 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	if rc := client.ReattachConfig(); rc != nil {
 		p.pid = rc.Pid
 	}
+	if p.pid > 0 {
+		p.watchGroup()
+	}
 	dispense := sdk.PluginPhase
 	if pc.Kind == sdk.KindPolicy {
 		dispense = sdk.PluginPolicy
@@ -197,14 +201,62 @@ func (p *process) killNow() {
 
 // kill stops the process: graceful close, bounded wait, then SIGKILL
 // (go-plugin's Kill); then SIGKILL to its process group, for the children
-// the plugin started itself. Safe to call twice.
+// the plugin started itself. go-plugin's Kill waits for the plugin's
+// output pipes to close, which a child of the plugin that inherited them
+// may keep open: past killWait the group is killed first, which closes
+// them. Safe to call twice.
 func (p *process) kill() {
-	p.client.Kill()
+	killed := make(chan struct{})
+	go func() {
+		p.client.Kill()
+		close(killed)
+	}()
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-killed:
+	case <-t.C:
+	}
 	if p.pid > 0 {
 		// ESRCH: the group is gone already.
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
+	<-killed
 }
+
+// watchGroup kills the process group as soon as its leader, the plugin,
+// exits. Children the plugin started may have inherited its stdout and
+// stderr, and go-plugin reaps the plugin (and so sends its exit
+// notification) only once those pipes close: killing the group closes
+// them, so a crash is seen at once even then, and the plugin's children
+// die with it. A pidfd becomes readable when the process exits, so the
+// goroutine ends with the process.
+func (p *process) watchGroup() {
+	fd, err := unix.PidfdOpen(p.pid, 0)
+	if err != nil {
+		return // kernels before 5.3: the children die at kill
+	}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			_, err := unix.Poll(fds, -1)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				return
+			case fds[0].Revents&unix.POLLIN != 0:
+				_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+			}
+			return
+		}
+	}()
+}
+
+// killWait bounds go-plugin's graceful Kill before the process group is
+// killed.
+const killWait = 5 * time.Second
 
 // tail keeps the last lines written to it; go-plugin writes the plugin's
 // raw stderr here.

@@ -85,6 +85,17 @@ type RequestInfo struct {
 	Events    []Event    `json:"events,omitempty"`
 }
 
+// finished reports whether the request has ended and its end is journaled
+// (done is closed after both).
+func (r *request) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Terminal reports whether the request has ended.
 func (r RequestInfo) Terminal() bool { return r.State == StateDone || r.State == StateFailed }
 
@@ -177,7 +188,7 @@ func (s *Supervisor) prune() {
 	var forgotten []string
 	for _, id := range s.order {
 		if drop > 0 {
-			if r := s.requests[id]; r.snapshot().Terminal() {
+			if r := s.requests[id]; r.finished() {
 				delete(s.requests, id)
 				forgotten = append(forgotten, id)
 				drop--
@@ -262,10 +273,21 @@ func (s *Supervisor) Remove(ctx context.Context, id string) (RequestInfo, error)
 		return RequestInfo{}, err
 	}
 	r.mu.Lock()
-	if !r.info.Terminal() {
+	removing := !r.info.Terminal() && !r.removed
+	if removing {
 		r.removed = true
 	}
 	r.mu.Unlock()
+	if removing && s.journal != nil {
+		// Journaled as removed at once: a supervisor that dies while
+		// the rooms are being removed must not run it again.
+		info := r.snapshot()
+		now := time.Now()
+		info.State, info.Reason, info.Finished = StateFailed, ReasonRemoved, &now
+		if err := s.journal.put(info); err != nil {
+			s.logger.Error("journal a removal", "request", id, "error", err)
+		}
+	}
 	r.cancel()
 	return s.Wait(ctx, id)
 }
@@ -337,6 +359,9 @@ type roomSide struct {
 
 // cause returns the InstanceError that ended the attempt, or err.
 func (a *attempt) cause(err error) error {
+	if err == nil {
+		return nil
+	}
 	var ie *InstanceError
 	if c := context.Cause(a.ctx); errors.As(c, &ie) {
 		return ie
@@ -467,7 +492,12 @@ func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) erro
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ep, err := l.ctl.OpenRoom(a.ctx, spec)
+				octx, cancel := context.WithTimeout(a.ctx, l.in.cfg.HangTimeout)
+				ep, err := l.ctl.OpenRoom(octx, spec)
+				if err != nil && octx.Err() == context.DeadlineExceeded && a.ctx.Err() == nil {
+					l.killHung(fmt.Sprintf("opening room %d took longer than hang_timeout %s", room, l.in.cfg.HangTimeout))
+				}
+				cancel()
 				if err != nil {
 					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
 				} else if role == transfer.Sender {
@@ -507,6 +537,9 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			start := time.Now()
 			art, err := l.ctl.Run(ctx, spec)
 			if err == nil {
+				// Its part is done and its outputs are in the next
+				// phase's buffers: its death no longer fails the attempt.
+				l.drop(a)
 				took := time.Since(start)
 				l.in.observe(took)
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: took.Round(time.Microsecond).String()})

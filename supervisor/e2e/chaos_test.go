@@ -23,9 +23,11 @@ const ChaosEnv = "PHASED_CHAOS_REQUESTS"
 // chaosPipeline: two instances of each phase, restarted quickly and never
 // given up on. Every 0.5 s one of six instances dies, about ten times the
 // rate any real deployment would see, so requests get a larger retry
-// budget than the default 2.
+// budget than the default 2, and at most 8 are dispatched at once (a kill
+// fails every attempt that still needs the instance).
 const chaosPipeline = `
-retries = 10
+retries      = 10
+max_inflight = 8
 phase "encoder" {
   plugin    = "encoder"
   instances = 2
@@ -61,6 +63,13 @@ phase "decoder" {
 // nothing may be left behind: no process, socket file or shm segment. The
 // last line it prints is the counts.
 func TestChaos(t *testing.T) {
+	if raceEnabled {
+		// Six race-instrumented plugins restarted every 0.5 s starve a
+		// 2-core machine: attempts then outlast the kill interval. The
+		// race detector covers this code in the other tests; make test
+		// runs this one again without it.
+		t.Skip("the chaos test runs without -race (make test and make chaos run it so)")
+	}
 	n := 40
 	if v := os.Getenv(ChaosEnv); v != "" {
 		var err error
@@ -73,7 +82,9 @@ func TestChaos(t *testing.T) {
 	p := startSupervisor(t, dir, cfgPath)
 	ctx := context.Background()
 	sub := func(i int) supervisor.Submission {
-		return supervisor.Submission{Prompt: fmt.Sprintf("chaos %d", i), Seed: int64(i), Steps: 2 + i%3}
+		// Hundreds of steps: a request computes for some 10-20 ms, so
+		// that some kills land on requests in flight.
+		return supervisor.Submission{Prompt: fmt.Sprintf("chaos %d", i), Seed: int64(i), Steps: 300 + 100*(i%3)}
 	}
 	ids := make([]string, n)
 	for i := range n {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -339,5 +340,80 @@ func TestHangKilled(t *testing.T) {
 	if st.InstanceExits != 1 || st.Retried != 1 {
 		t.Errorf("status counts: instance exits %d, retried %d; want 1 and 1", st.InstanceExits, st.Retried)
 	}
+	p.release(t)
+}
+
+// TestReadiness: an instance takes requests only once its readiness call
+// says it has loaded; a load slower than ready_timeout, or one that fails,
+// refuses the start with the instance and the reason.
+func TestReadiness(t *testing.T) {
+	dir := shortDir(t)
+	withParams := func(params, extra string) string {
+		return strings.Replace(strings.Replace(flakyPipeline(t, dir, extra), "instances = 2", "instances = 1", 1),
+			`params    = { marker_dir = "`, `params    = { `+params+`, marker_dir = "`, 1)
+	}
+	out := startFails(t, dir, "--config", writeConfig(t, dir, withParams(`load = "10s"`, `ready_timeout = "1s"`)))
+	for _, want := range []string{"instance transformer-0: not ready within ready_timeout 1s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("slow load: output does not say %q:\n%s", want, out)
+		}
+	}
+	out = startFails(t, dir, "--config", writeConfig(t, dir, withParams(`load_error = "weights file /models/wan.safetensors is truncated"`, "")))
+	for _, want := range []string{"instance transformer-0: ready:", "loading: weights file /models/wan.safetensors is truncated"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("failed load: output does not say %q:\n%s", want, out)
+		}
+	}
+	// A load within the timeout: the first request finds it ready.
+	p := startSupervisor(t, dir, writeConfig(t, dir, withParams(`load = "1s"`, `ready_timeout = "30s"`)))
+	if is := instanceStatus(t, p, "transformer-0"); is.State != "ready" {
+		t.Errorf("after start: transformer-0 is %s, want ready", is.State)
+	}
+	id, err := p.client.Submit(context.Background(), supervisor.Submission{Prompt: "loaded", Seed: 1, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchDone(t, p, id, "loaded", 1, 2)
+	p.release(t)
+}
+
+// TestCrashChildHoldsPipes: a plugin whose own child holds its stderr is
+// killed; the group is killed with it, so the crash is seen (go-plugin
+// reaps a plugin only once its pipes close) and the instance restarts.
+func TestCrashChildHoldsPipes(t *testing.T) {
+	dir := shortDir(t)
+	pidfile := filepath.Join(dir, "grandchild.pid")
+	cfg := strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
+		`phase "encoder" {
+  plugin  = "forker"
+  params  = { pidfile = "`+pidfile+`", inherit = "true" }
+  restart {
+    backoff = "50ms"
+  }
+}`, 1)
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := strconv.Atoi(string(b))
+	if err != nil || !alive(gc) {
+		t.Fatalf("the plugin's child %q is not running (%v)", b, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
+	pid := instanceStatus(t, p, "encoder-0").PID
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(2*time.Second, func() bool { return !alive(gc) }) {
+		t.Errorf("the plugin's child %d outlived it by 2s", gc)
+	}
+	if !eventually(10*time.Second, func() bool {
+		is := instanceStatus(t, p, "encoder-0")
+		return is.State == "ready" && is.PID != pid
+	}) {
+		t.Fatalf("encoder-0 not restarted after kill -9: %+v", instanceStatus(t, p, "encoder-0"))
+	}
+	p.submitAll(t, 2, func(i int) supervisor.Submission { return supervisor.Submission{Prompt: "p", Seed: int64(i), Steps: 1} })
 	p.release(t)
 }

@@ -8,12 +8,15 @@
 //	slow:   Run takes 2 s (honouring cancellation), every time
 //
 // Everything else, and every retry, is the transformer's, so that retried
-// requests still produce the reference artifact.
+// requests still produce the reference artifact. Its Load (the readiness
+// stage) takes as long as the "load" param says ("0s" by default) and
+// fails when "load_error" is set.
 package main
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -27,15 +30,41 @@ import (
 
 type flaky struct {
 	*transformer.Phase
-	markers string
+	markers   string
+	load      time.Duration
+	loadError string
 }
 
 func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
-	f.markers = cfg.Params["marker_dir"]
+	f.markers, f.loadError = cfg.Params["marker_dir"], cfg.Params["load_error"]
+	if v := cfg.Params["load"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		f.load = d
+	}
 	params := maps.Clone(cfg.Params)
-	delete(params, "marker_dir")
+	for _, k := range []string{"marker_dir", "load", "load_error"} {
+		delete(params, k)
+	}
 	cfg.Params = params
 	return f.Phase.Configure(ctx, cfg)
+}
+
+// Load stands for loading a model: it takes the "load" param's time.
+func (f *flaky) Load(ctx context.Context) error {
+	t := time.NewTimer(f.load)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if f.loadError != "" {
+		return errors.New(f.loadError)
+	}
+	return nil
 }
 
 // first reports whether this is the first time what happens to req.
@@ -67,3 +96,5 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 }
 
 func main() { sdk.ServePhase(&flaky{Phase: transformer.New()}) }
+
+var _ sdk.Loader = (*flaky)(nil)

@@ -2,6 +2,8 @@
 // it is configured it starts a child process of its own (sleep 300) and
 // writes the child's pid to the file its "pidfile" param names. The
 // supervisor must kill that child with the plugin, as one process group.
+// With the param inherit = "true" the child holds the plugin's stderr, as
+// a worker process that logs would.
 package main
 
 import (
@@ -21,6 +23,12 @@ type forker struct {
 
 func (f forker) Configure(ctx context.Context, cfg sdk.Config) error {
 	child := exec.Command("sleep", "300")
+	if cfg.Params["inherit"] == "true" {
+		// File descriptor 2 itself, as a child that inherits its
+		// parent's descriptors gets it (go-plugin's Serve points
+		// os.Stderr at a pipe of its own).
+		child.Stderr = os.NewFile(2, "stderr")
+	}
 	if err := child.Start(); err != nil {
 		return err
 	}
@@ -29,6 +37,7 @@ func (f forker) Configure(ctx context.Context, cfg sdk.Config) error {
 	}
 	params := maps.Clone(cfg.Params)
 	delete(params, "pidfile")
+	delete(params, "inherit")
 	cfg.Params = params
 	return f.Phase.Configure(ctx, cfg)
 }
