@@ -192,11 +192,17 @@ func (l *life) explain(err error) error {
 	if !errors.As(err, &re) || !transportLost(re) {
 		return err
 	}
+	return l.awaitExit(err)
+}
+
+// awaitExit waits up to exitTimeout for the process to exit and returns
+// its InstanceError, or err if it still runs.
+func (l *life) awaitExit(err error) error {
 	t := time.NewTimer(exitTimeout)
 	defer t.Stop()
 	select {
 	case <-l.proc.done:
-		// exited() is handled by the watcher; the error is the same.
+		// The watcher handles the exit; the error is the same.
 		return l.deadError()
 	case <-t.C:
 		return err
@@ -448,6 +454,17 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 	return waiting, nil
 }
 
+// timedOut reports whether a call made with ctx (whose parent is not done)
+// failed at ctx's deadline. The plugin's gRPC server may give up on the
+// deadline it was sent a moment before this side does, and reset the
+// stream: that comes back as Canceled or DeadlineExceeded, with this
+// side's deadline not quite passed.
+func timedOut(ctx context.Context, err error) bool {
+	var re *sdk.RemoteError
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) ||
+		errors.As(err, &re) && (re.Code == codes.DeadlineExceeded || re.Code == codes.Canceled)
+}
+
 // transportLost reports whether a call failed because the connection to the
 // plugin went away (its process died), not because the plugin answered so.
 func transportLost(re *sdk.RemoteError) bool {
@@ -462,7 +479,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
 	rctx, cancel := context.WithTimeout(ctx, l.in.cfg.ReadyTimeout)
 	defer cancel()
 	if err := l.ctl.Ready(rctx); err != nil {
-		if rctx.Err() != nil && ctx.Err() == nil {
+		if ctx.Err() == nil && timedOut(rctx, err) {
 			return fmt.Errorf("instance %s: not ready within ready_timeout %s: %w", l.in.id, l.in.cfg.ReadyTimeout, err)
 		}
 		return fmt.Errorf("instance %s: ready: %w", l.in.id, err)

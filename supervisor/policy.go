@@ -149,14 +149,10 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 	defer cancel()
 	d, err := impl.Schedule(cctx, req)
 	if err != nil && ctx.Err() == nil {
-		// Past the deadline: hung. The plugin's gRPC server may give up
-		// on the deadline it was sent a moment before this side does, and
-		// reset the stream: that comes back as Canceled or
-		// DeadlineExceeded, with this side's deadline not quite passed.
+		// Past the deadline: hung.
 		var re *sdk.RemoteError
 		remote := errors.As(err, &re)
-		hung := errors.Is(cctx.Err(), context.DeadlineExceeded) ||
-			remote && (re.Code == codes.DeadlineExceeded || re.Code == codes.Canceled)
+		hung := timedOut(cctx, err)
 		if hung {
 			err = fmt.Errorf("policy %s did not answer within %v (policy_timeout): %w", p.name, s.cfg.PolicyTimeout, err)
 		}

@@ -494,8 +494,9 @@ func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) erro
 				defer wg.Done()
 				octx, cancel := context.WithTimeout(a.ctx, l.in.cfg.HangTimeout)
 				ep, err := l.ctl.OpenRoom(octx, spec)
-				if err != nil && octx.Err() == context.DeadlineExceeded && a.ctx.Err() == nil {
+				if err != nil && a.ctx.Err() == nil && timedOut(octx, err) {
 					l.killHung(fmt.Sprintf("opening room %d took longer than hang_timeout %s", room, l.in.cfg.HangTimeout))
+					err = l.awaitExit(err)
 				}
 				cancel()
 				if err != nil {

@@ -17,6 +17,7 @@ var (
 	binDir        string // holds supervisor and plugins/
 	supervisorBin string
 	pluginDir     string
+	moduleRoot    string // the repository, where go build runs
 )
 
 func TestMain(m *testing.M) {
@@ -40,6 +41,7 @@ func run(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("go list -m: %w", err)
 	}
+	moduleRoot = strings.TrimSpace(string(root))
 	args := []string{"build"}
 	if raceEnabled {
 		args = append(args, "-race")
@@ -55,7 +57,7 @@ func run(m *testing.M) (int, error) {
 	}
 	for _, b := range builds {
 		cmd := exec.Command("go", append(args, b...)...)
-		cmd.Dir = strings.TrimSpace(string(root))
+		cmd.Dir = moduleRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("go build %v: %v\n%s", b, err, out)
 		}
