@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -90,6 +91,24 @@ func TestRequestNumber(t *testing.T) {
 	for id, want := range map[string]uint64{"r000042": 42, "r1": 1, "x": 0, "": 0, "r-1": 0} {
 		if got := requestNumber(id); got != want {
 			t.Errorf("requestNumber(%q) = %d, want %d", id, got, want)
+		}
+	}
+}
+
+// BenchmarkJournalPut is what journaling adds to every submit (and again
+// to every end): one bbolt transaction, fsynced.
+func BenchmarkJournalPut(b *testing.B) {
+	j, _, err := openJournal(filepath.Join(b.TempDir(), "state"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.close()
+	info := RequestInfo{State: StateQueued, Prompt: "a red fox running through fresh snow", Seed: 7, Steps: 20, Submitted: time.Now()}
+	b.ResetTimer()
+	for i := range b.N {
+		info.ID = fmt.Sprintf("r%06d", i+1)
+		if err := j.put(info); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -148,14 +148,17 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, "supervisor pid %d, run dir %s\n\n", st.PID, st.RunDir)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PHASE\tINSTANCE\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT")
+	fmt.Fprintln(tw, "PHASE\tINSTANCE\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT\tRESTARTS")
 	for _, ph := range st.Phases {
 		for _, in := range ph.Instances {
 			state := in.State
-			if in.Error != "" {
+			switch {
+			case in.Error != "":
 				state += " (" + in.Error + ")"
+			case in.State == "failed" && in.LastExit != "":
+				state += " (last: " + in.LastExit + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", ph.Name, in.ID, in.PID, state, in.OpenRooms, in.Inflight)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\n", ph.Name, in.ID, in.PID, state, in.OpenRooms, in.Inflight, in.Restarts)
 		}
 	}
 	tw.Flush()
@@ -165,8 +168,9 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for _, r := range st.Requests {
 		counts[r.State]++
 	}
-	fmt.Fprintf(stdout, "\nrequests: %d (queued %d, running %d, done %d, failed %d)\n", len(st.Requests),
-		counts[supervisor.StateQueued], counts[supervisor.StateRunning], counts[supervisor.StateDone], counts[supervisor.StateFailed])
+	fmt.Fprintf(stdout, "\nrequests: %d (queued %d, running %d, done %d, failed %d); instance exits %d, retried attempts %d\n", len(st.Requests),
+		counts[supervisor.StateQueued], counts[supervisor.StateRunning], counts[supervisor.StateDone], counts[supervisor.StateFailed],
+		st.InstanceExits, st.Retried)
 	if len(st.Requests) > 0 {
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSTATE\tRESULT")
