@@ -143,12 +143,12 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		return "", fmt.Errorf("%w: a prompt and steps >= 0 are required", ErrBadInput)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closing || !s.started {
+		s.mu.Unlock()
 		return "", ErrReleasing
 	}
-	s.prune()
 	id := fmt.Sprintf("r%06d", s.nextReq.Add(1))
+	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(s.ctx)
 	r := &request{
 		sub: sub, id: id, ctx: ctx, cancel: cancel,
@@ -157,13 +157,29 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	}
 	r.info.Events = []Event{{Time: r.info.Submitted, What: "accepted"}}
 	// On disk before it is acknowledged: a supervisor started after a
-	// crash finds it.
+	// crash finds it. The write (an fsync) is made outside s.mu, so that
+	// status and watchers do not wait for the disk.
 	if s.journal != nil {
 		if err := s.journal.put(r.info); err != nil {
 			cancel()
 			return "", fmt.Errorf("request not accepted: %w", err)
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		// Release began meanwhile: not accepted, and so journaled.
+		cancel()
+		if s.journal != nil {
+			now := time.Now()
+			r.info.State, r.info.Reason, r.info.Finished = StateFailed, ReasonReleased, &now
+			if err := s.journal.put(r.info); err != nil {
+				s.logger.Error("journal a request refused at release", "request", id, "error", err)
+			}
+		}
+		return "", ErrReleasing
+	}
+	s.prune()
 	s.requests[id] = r
 	s.order = append(s.order, id)
 	s.inflight.Add(1)
