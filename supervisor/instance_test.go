@@ -1,9 +1,14 @@
 package supervisor
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -53,6 +58,30 @@ func TestInstanceErrorText(t *testing.T) {
 	for _, tt := range tests {
 		if got := tt.err.Error(); got != tt.want {
 			t.Errorf("got %q, want %q", got, tt.want)
+		}
+	}
+}
+
+func TestTimedOut(t *testing.T) {
+	expired, cancel := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	live, cancel2 := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel2()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"deadline passed here", expired, errors.New("x"), true},
+		{"server reset at the deadline", live, &sdk.RemoteError{Code: codes.Canceled, Msg: "stream terminated by RST_STREAM with error code: CANCEL"}, true},
+		{"server deadline exceeded", live, &sdk.RemoteError{Code: codes.DeadlineExceeded}, true},
+		{"plugin error", live, &sdk.RemoteError{Code: codes.Unknown, Msg: "loading: no weights"}, false},
+		{"local error", live, errors.New("x"), false},
+	}
+	for _, tt := range tests {
+		if got := timedOut(tt.ctx, tt.err); got != tt.want {
+			t.Errorf("%s: timedOut = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

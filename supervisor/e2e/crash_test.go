@@ -164,12 +164,13 @@ func TestInstanceGivesUp(t *testing.T) {
     backoff = "50ms"
   }`), "instances = 2", "instances = 1", 1)
 	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
-	kill := func() {
+	kill := func(during func()) {
 		t.Helper()
 		pid := instanceStatus(t, p, "transformer-0").PID
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		during()
 		if !eventually(5*time.Second, func() bool {
 			is := instanceStatus(t, p, "transformer-0")
 			return is.PID != pid || is.State == "failed"
@@ -177,11 +178,20 @@ func TestInstanceGivesUp(t *testing.T) {
 			t.Fatalf("transformer-0 (pid %d) not handled after kill -9", pid)
 		}
 	}
-	kill()
+	// A request submitted while the only transformer dies waits for its
+	// restart (or is dispatched again after it) and completes.
+	var during string
+	kill(func() {
+		var err error
+		if during, err = p.client.Submit(context.Background(), supervisor.Submission{Prompt: "during", Seed: 5, Steps: 2}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	watchDone(t, p, during, "during", 5, 2)
 	if !eventually(10*time.Second, func() bool { return instanceStatus(t, p, "transformer-0").State == "ready" }) {
 		t.Fatalf("not restarted: %+v", instanceStatus(t, p, "transformer-0"))
 	}
-	kill()
+	kill(func() {})
 	if !eventually(5*time.Second, func() bool { return instanceStatus(t, p, "transformer-0").State == "failed" }) {
 		t.Fatalf("not failed after a second kill within the window: %+v", instanceStatus(t, p, "transformer-0"))
 	}
