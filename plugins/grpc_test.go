@@ -253,11 +253,15 @@ func TestProgressOverGRPC(t *testing.T) {
 	if err := <-streamErr; err != nil {
 		t.Fatalf("Progress when its ctx ended: %v", err)
 	}
-	want := []sdk.Progress{{Request: "p1", Stage: sdk.StageWaiting}, {Request: "p1", Stage: sdk.StageComputing, Total: 1}}
-	for i := 1; i <= steps; i++ {
-		want = append(want, sdk.Progress{Request: "p1", Stage: sdk.StageComputing, Done: i, Total: steps})
+	// The transformer's Run: in room 1, out room 2.
+	ev := func(stage string, done, total int) sdk.Progress {
+		return sdk.Progress{Request: "p1", Stage: stage, Done: done, Total: total, InRoom: 1, OutRoom: 2}
 	}
-	want = append(want, sdk.Progress{Request: "p1", Stage: sdk.StageSending}, sdk.Progress{Request: "p1", Stage: sdk.StageFinished})
+	want := []sdk.Progress{ev(sdk.StageWaiting, 0, 0), ev(sdk.StageComputing, 0, 1)}
+	for i := 1; i <= steps; i++ {
+		want = append(want, ev(sdk.StageComputing, i, steps))
+	}
+	want = append(want, ev(sdk.StageSending, 0, 0), ev(sdk.StageFinished, 0, 0))
 	if !slices.Equal(got, want) {
 		t.Fatalf("events\n%v\nwant\n%v", got, want)
 	}

@@ -257,12 +257,12 @@ var stagesToProto = map[string]phasedv1.ProgressStage{
 }
 
 func progressToProto(p Progress) *phasedv1.ProgressEvent {
-	return &phasedv1.ProgressEvent{Request: p.Request, Stage: stagesToProto[p.Stage], Done: int64(p.Done), Total: int64(p.Total)}
+	return &phasedv1.ProgressEvent{Request: p.Request, Stage: stagesToProto[p.Stage], Done: int64(p.Done), Total: int64(p.Total), InRoom: p.InRoom, OutRoom: p.OutRoom}
 }
 
 // progressFromProto gives an unknown stage (from a newer plugin) as "".
 func progressFromProto(e *phasedv1.ProgressEvent) Progress {
-	p := Progress{Request: e.GetRequest(), Done: int(e.GetDone()), Total: int(e.GetTotal())}
+	p := Progress{Request: e.GetRequest(), Done: int(e.GetDone()), Total: int(e.GetTotal()), InRoom: e.GetInRoom(), OutRoom: e.GetOutRoom()}
 	for s, v := range stagesToProto {
 		if v == e.GetStage() {
 			p.Stage = s

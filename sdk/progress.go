@@ -21,6 +21,9 @@ type Progress struct {
 	// when a phase that never reports returns without an error. They are
 	// 0 in the other stages.
 	Done, Total int
+	// InRoom and OutRoom are the Run's rooms (0: none). A request
+	// dispatched again gets new rooms, so they tell its attempts apart.
+	InRoom, OutRoom uint64
 }
 
 // The stages of a Run, in the order the runtime reports them. Every Run
@@ -63,8 +66,9 @@ type reporterKey struct{}
 
 // runReporter publishes the events of one Run to the instance's hub.
 type runReporter struct {
-	hub     *progressHub
-	request string
+	hub             *progressHub
+	request         string
+	inRoom, outRoom uint64
 
 	mu        sync.Mutex
 	computing bool // the phase's Run is executing: ReportProgress counts
@@ -72,7 +76,7 @@ type runReporter struct {
 }
 
 func (r *runReporter) publish(stage string, done, total int) {
-	r.hub.publish(r, Progress{Request: r.request, Stage: stage, Done: done, Total: total})
+	r.hub.publish(r, Progress{Request: r.request, Stage: stage, Done: done, Total: total, InRoom: r.inRoom, OutRoom: r.outRoom})
 }
 
 // context returns ctx carrying r for ReportProgress.

@@ -241,7 +241,7 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		return nil, err
 	}
 	defer r.untrack(rooms)
-	rep := &runReporter{hub: &r.progress, request: spec.Request.ID}
+	rep := &runReporter{hub: &r.progress, request: spec.Request.ID, inRoom: spec.InRoom, outRoom: spec.OutRoom}
 	rep.publish(StageWaiting, 0, 0)
 	defer rep.publish(StageFinished, 0, 0)
 

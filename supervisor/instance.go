@@ -496,16 +496,23 @@ func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
 func (s *Supervisor) follow(l *life) {
 	defer s.bg.Done()
 	timeout := l.in.cfg.HangTimeout
-	dogs := map[string]*time.Timer{}
+	// One watchdog per Run: a request dispatched again has new rooms, so
+	// a late event of its old attempt does not touch the new one's.
+	type run struct {
+		request         string
+		inRoom, outRoom uint64
+	}
+	dogs := map[run]*time.Timer{}
 	defer func() {
 		for _, t := range dogs {
 			t.Stop()
 		}
 	}()
 	on := func(p sdk.Progress) {
-		if t := dogs[p.Request]; t != nil {
+		key := run{p.Request, p.InRoom, p.OutRoom}
+		if t := dogs[key]; t != nil {
 			t.Stop()
-			delete(dogs, p.Request)
+			delete(dogs, key)
 		}
 		var what string
 		switch p.Stage {
@@ -517,7 +524,7 @@ func (s *Supervisor) follow(l *life) {
 			return
 		}
 		why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
-		dogs[p.Request] = time.AfterFunc(timeout, func() {
+		dogs[key] = time.AfterFunc(timeout, func() {
 			if s.bgCtx.Err() != nil {
 				return // released meanwhile
 			}

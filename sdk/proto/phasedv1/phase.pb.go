@@ -240,8 +240,10 @@ type ProgressEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Request       string                 `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"` // the request id
 	Stage         ProgressStage          `protobuf:"varint,2,opt,name=stage,proto3,enum=phased.v1.ProgressStage" json:"stage,omitempty"`
-	Done          int64                  `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`   // COMPUTING only: units of work done
-	Total         int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"` // COMPUTING only: units of work in all
+	Done          int64                  `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`                      // COMPUTING only: units of work done
+	Total         int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`                    // COMPUTING only: units of work in all
+	InRoom        uint64                 `protobuf:"varint,5,opt,name=in_room,json=inRoom,proto3" json:"in_room,omitempty"`    // the Run's rooms (0: none), which tell the
+	OutRoom       uint64                 `protobuf:"varint,6,opt,name=out_room,json=outRoom,proto3" json:"out_room,omitempty"` // attempts of one request apart
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +302,20 @@ func (x *ProgressEvent) GetDone() int64 {
 func (x *ProgressEvent) GetTotal() int64 {
 	if x != nil {
 		return x.Total
+	}
+	return 0
+}
+
+func (x *ProgressEvent) GetInRoom() uint64 {
+	if x != nil {
+		return x.InRoom
+	}
+	return 0
+}
+
+func (x *ProgressEvent) GetOutRoom() uint64 {
+	if x != nil {
+		return x.OutRoom
 	}
 	return 0
 }
@@ -1123,12 +1139,14 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x0e\n" +
 	"\fReadyRequest\"\x0f\n" +
 	"\rReadyResponse\"\x11\n" +
-	"\x0fProgressRequest\"\x83\x01\n" +
+	"\x0fProgressRequest\"\xb7\x01\n" +
 	"\rProgressEvent\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\tR\arequest\x12.\n" +
 	"\x05stage\x18\x02 \x01(\x0e2\x18.phased.v1.ProgressStageR\x05stage\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\x03R\x04done\x12\x14\n" +
-	"\x05total\x18\x04 \x01(\x03R\x05total\"\xb8\x02\n" +
+	"\x05total\x18\x04 \x01(\x03R\x05total\x12\x17\n" +
+	"\ain_room\x18\x05 \x01(\x04R\x06inRoom\x12\x19\n" +
+	"\bout_room\x18\x06 \x01(\x04R\aoutRoom\"\xb8\x02\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
