@@ -68,6 +68,102 @@ type life struct {
 	users    map[*attempt]struct{} // dispatch attempts that use it
 	hungWhy  string                // set when the supervisor kills it as hung
 	hungOnce sync.Once
+
+	dogMu sync.Mutex
+	dogs  map[runKey]*time.Timer // hang watchdogs of the Runs computing or sending
+	ended map[runKey]uint8       // Runs that returned or finished, until both
+}
+
+// runKey names one Run of a request on an instance: a request dispatched
+// again has new rooms, so a late event of an old attempt does not touch
+// the new attempt's watchdog.
+type runKey struct {
+	request         string
+	inRoom, outRoom uint64
+}
+
+// How a Run has ended, as far as the supervisor knows: its call returned,
+// its finished event arrived. The entry goes when both have happened.
+const (
+	runReturned = 1 << iota
+	runFinished
+)
+
+// maxEnded bounds the Runs remembered in life.ended: a finished event that
+// a full progress stream dropped leaves its Run there.
+const maxEnded = 4096
+
+// markEnded records how (bit) a Run ended; l.dogMu is held.
+func (l *life) markEnded(key runKey, bit uint8) {
+	if l.ended == nil || len(l.ended) >= maxEnded {
+		l.ended = map[runKey]uint8{}
+	}
+	if l.ended[key]|bit == runReturned|runFinished {
+		delete(l.ended, key)
+		return
+	}
+	l.ended[key] |= bit
+}
+
+// progressed handles one progress event: it re-arms the Run's hang
+// watchdog while the Run computes or sends, and disarms it otherwise.
+func (l *life) progressed(s *Supervisor, p sdk.Progress) {
+	key := runKey{p.Request, p.InRoom, p.OutRoom}
+	l.dogMu.Lock()
+	defer l.dogMu.Unlock()
+	if t := l.dogs[key]; t != nil {
+		t.Stop()
+		delete(l.dogs, key)
+	}
+	if p.Stage == sdk.StageFinished {
+		l.markEnded(key, runFinished)
+		return
+	}
+	if l.ended[key]&runReturned != 0 {
+		return // the call returned: late events arm nothing
+	}
+	var what string
+	switch p.Stage {
+	case sdk.StageComputing:
+		what = fmt.Sprintf("computing, %d of %d done", p.Done, p.Total)
+	case sdk.StageSending:
+		what = "sending its outputs"
+	default: // waiting
+		return
+	}
+	timeout := l.in.cfg.HangTimeout
+	why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
+	if l.dogs == nil {
+		l.dogs = map[runKey]*time.Timer{}
+	}
+	l.dogs[key] = time.AfterFunc(timeout, func() {
+		if s.bgCtx.Err() != nil {
+			return // released meanwhile
+		}
+		s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
+		l.killHung(why)
+	})
+}
+
+// runReturned disarms the watchdog of a Run whose call returned, whatever
+// events of it are still on their way or were dropped.
+func (l *life) runReturned(key runKey) {
+	l.dogMu.Lock()
+	defer l.dogMu.Unlock()
+	if t := l.dogs[key]; t != nil {
+		t.Stop()
+		delete(l.dogs, key)
+	}
+	l.markEnded(key, runReturned)
+}
+
+func (l *life) stopWatchdogs() {
+	l.dogMu.Lock()
+	defer l.dogMu.Unlock()
+	for _, t := range l.dogs {
+		t.Stop()
+	}
+	l.dogs = nil
 }
 
 // InstanceError is why a dispatch attempt failed when an instance it used
@@ -495,43 +591,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
 // deadline scales with the request's work.
 func (s *Supervisor) follow(l *life) {
 	defer s.bg.Done()
-	timeout := l.in.cfg.HangTimeout
-	// One watchdog per Run: a request dispatched again has new rooms, so
-	// a late event of its old attempt does not touch the new one's.
-	type run struct {
-		request         string
-		inRoom, outRoom uint64
-	}
-	dogs := map[run]*time.Timer{}
-	defer func() {
-		for _, t := range dogs {
-			t.Stop()
-		}
-	}()
-	on := func(p sdk.Progress) {
-		key := run{p.Request, p.InRoom, p.OutRoom}
-		if t := dogs[key]; t != nil {
-			t.Stop()
-			delete(dogs, key)
-		}
-		var what string
-		switch p.Stage {
-		case sdk.StageComputing:
-			what = fmt.Sprintf("computing, %d of %d done", p.Done, p.Total)
-		case sdk.StageSending:
-			what = "sending its outputs"
-		default: // waiting, finished
-			return
-		}
-		why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
-		dogs[key] = time.AfterFunc(timeout, func() {
-			if s.bgCtx.Err() != nil {
-				return // released meanwhile
-			}
-			s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
-			l.killHung(why)
-		})
-	}
+	defer l.stopWatchdogs()
+	on := func(p sdk.Progress) { l.progressed(s, p) }
 	// A stream that breaks while the process lives is opened again (its
 	// first events are the latest of every request in flight).
 	for {

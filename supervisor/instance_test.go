@@ -85,3 +85,52 @@ func TestTimedOut(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchdogs: a Run's hang watchdog is armed while it computes or
+// sends, disarmed when it waits, finishes or its call returns, and late
+// events of a Run that returned (its finished event dropped, or on its
+// way) arm nothing; another attempt's Run is apart.
+func TestWatchdogs(t *testing.T) {
+	s := New(config.Default(), Options{})
+	s.bgCtx = context.Background()
+	l := &life{in: &instance{id: "t-0", cfg: config.Phase{HangTimeout: time.Hour}}}
+	ev := func(stage string, in, out uint64) sdk.Progress {
+		return sdk.Progress{Request: "r1", Stage: stage, Total: 1, InRoom: in, OutRoom: out}
+	}
+	armed := func(in, out uint64) bool {
+		l.dogMu.Lock()
+		defer l.dogMu.Unlock()
+		return l.dogs[runKey{"r1", in, out}] != nil
+	}
+	defer l.stopWatchdogs()
+
+	// Attempt 1: rooms 1 → 2, finished event before the call returns.
+	l.progressed(s, ev(sdk.StageWaiting, 1, 2))
+	if armed(1, 2) {
+		t.Error("armed while waiting for inputs")
+	}
+	l.progressed(s, ev(sdk.StageComputing, 1, 2))
+	if !armed(1, 2) {
+		t.Error("not armed while computing")
+	}
+	// Attempt 2 of the same request, rooms 3 → 4, is apart.
+	l.progressed(s, ev(sdk.StageComputing, 3, 4))
+	l.progressed(s, ev(sdk.StageFinished, 1, 2))
+	if armed(1, 2) || !armed(3, 4) {
+		t.Errorf("after attempt 1 finished: attempt 1 armed %v, attempt 2 armed %v; want false, true", armed(1, 2), armed(3, 4))
+	}
+	l.runReturned(runKey{"r1", 1, 2})
+	// Attempt 2: the call returns first, its late events arm nothing.
+	l.runReturned(runKey{"r1", 3, 4})
+	l.progressed(s, ev(sdk.StageSending, 3, 4))
+	if armed(3, 4) {
+		t.Error("a late event of a Run that returned armed a watchdog")
+	}
+	l.progressed(s, ev(sdk.StageFinished, 3, 4))
+	l.dogMu.Lock()
+	left := len(l.ended)
+	l.dogMu.Unlock()
+	if left != 0 {
+		t.Errorf("%d Runs remembered after both ended and finished", left)
+	}
+}

@@ -553,6 +553,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		go func() {
 			start := time.Now()
 			art, err := l.ctl.Run(ctx, spec)
+			l.runReturned(runKey{req.ID, spec.InRoom, spec.OutRoom})
 			if err == nil {
 				// Its part is done and its outputs are in the next
 				// phase's buffers: its death no longer fails the attempt.
