@@ -393,17 +393,19 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	l.mu.Unlock()
 	s.logger.Error("phase instance exited", "instance", in.id, "pid", l.proc.pid, "status", dead.Status,
 		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())
+	// Its segments first (peers that mapped one keep their mapping until
+	// they remove the room): nothing of it outlives what it served.
+	if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
+		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
+	} else if n > 0 {
+		s.logger.Info("removed shared-memory segments of an exited instance", "instance", in.id, "count", n)
+	}
 	// Its rooms are gone with it: every request using it fails this
 	// attempt, removes its other rooms in order, and is dispatched again.
 	for _, a := range users {
 		a.cancel(dead)
 	}
 	s.crashes.Add(1)
-	if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
-		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
-	} else if n > 0 {
-		s.logger.Info("removed shared-memory segments of an exited instance", "instance", in.id, "count", n)
-	}
 	l.proc.kill() // its process group, and go-plugin's state
 
 	in.mu.Lock()
