@@ -70,8 +70,8 @@ type life struct {
 	hungOnce sync.Once
 
 	dogMu sync.Mutex
-	dogs  map[runKey]*time.Timer // hang watchdogs of the Runs computing or sending
-	ended map[runKey]uint8       // Runs that returned or finished, until both
+	dogs  map[runKey]*watchdog // hang watchdogs of the Runs computing or sending
+	ended map[runKey]uint8     // Runs that returned or finished, until both
 }
 
 // runKey names one Run of a request on an instance: a request dispatched
@@ -105,44 +105,69 @@ func (l *life) markEnded(key runKey, bit uint8) {
 	l.ended[key] |= bit
 }
 
+// watchdog is the hang timer of one Run and the last progress it reported.
+type watchdog struct {
+	t    *time.Timer
+	last sdk.Progress
+}
+
 // progressed handles one progress event: it re-arms the Run's hang
-// watchdog while the Run computes or sends, and disarms it otherwise.
+// watchdog while the Run computes or sends, and disarms it otherwise. It
+// runs for every step a phase reports, so it only resets a timer.
 func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 	key := runKey{p.Request, p.InRoom, p.OutRoom}
 	l.dogMu.Lock()
 	defer l.dogMu.Unlock()
-	if t := l.dogs[key]; t != nil {
-		t.Stop()
-		delete(l.dogs, key)
-	}
-	if p.Stage == sdk.StageFinished {
+	switch {
+	case p.Stage == sdk.StageFinished:
+		l.disarm(key)
 		l.markEnded(key, runFinished)
 		return
-	}
-	if l.ended[key]&runReturned != 0 {
-		return // the call returned: late events arm nothing
-	}
-	var what string
-	switch p.Stage {
-	case sdk.StageComputing:
-		what = fmt.Sprintf("computing, %d of %d done", p.Done, p.Total)
-	case sdk.StageSending:
-		what = "sending its outputs"
-	default: // waiting
+	case p.Stage != sdk.StageComputing && p.Stage != sdk.StageSending,
+		l.ended[key]&runReturned != 0: // the call returned: late events arm nothing
+		l.disarm(key)
 		return
 	}
-	timeout := l.in.cfg.HangTimeout
-	why := fmt.Sprintf("no progress for %s on request %s (%s)", timeout, p.Request, what)
-	if l.dogs == nil {
-		l.dogs = map[runKey]*time.Timer{}
-	}
-	l.dogs[key] = time.AfterFunc(timeout, func() {
-		if s.bgCtx.Err() != nil {
-			return // released meanwhile
+	d := l.dogs[key]
+	if d == nil {
+		d = &watchdog{t: time.AfterFunc(l.in.cfg.HangTimeout, func() { l.hung(s, key) })}
+		if l.dogs == nil {
+			l.dogs = map[runKey]*watchdog{}
 		}
-		s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
-		l.killHung(why)
-	})
+		l.dogs[key] = d
+	} else {
+		d.t.Reset(l.in.cfg.HangTimeout)
+	}
+	d.last = p
+}
+
+// hung kills the process when a Run's watchdog fires while still armed.
+func (l *life) hung(s *Supervisor, key runKey) {
+	l.dogMu.Lock()
+	d := l.dogs[key]
+	var last sdk.Progress
+	if d != nil {
+		last = d.last
+	}
+	l.dogMu.Unlock()
+	if d == nil || s.bgCtx.Err() != nil {
+		return // disarmed, or released meanwhile
+	}
+	what := "sending its outputs"
+	if last.Stage == sdk.StageComputing {
+		what = fmt.Sprintf("computing, %d of %d done", last.Done, last.Total)
+	}
+	why := fmt.Sprintf("no progress for %s on request %s (%s)", l.in.cfg.HangTimeout, key.request, what)
+	s.logger.Error("phase instance hung; killing it", "instance", l.in.id, "pid", l.proc.pid, "why", why)
+	l.killHung(why)
+}
+
+// disarm stops a Run's watchdog; l.dogMu is held.
+func (l *life) disarm(key runKey) {
+	if d := l.dogs[key]; d != nil {
+		d.t.Stop()
+		delete(l.dogs, key)
+	}
 }
 
 // runReturned disarms the watchdog of a Run whose call returned, whatever
@@ -150,20 +175,16 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 func (l *life) runReturned(key runKey) {
 	l.dogMu.Lock()
 	defer l.dogMu.Unlock()
-	if t := l.dogs[key]; t != nil {
-		t.Stop()
-		delete(l.dogs, key)
-	}
+	l.disarm(key)
 	l.markEnded(key, runReturned)
 }
 
 func (l *life) stopWatchdogs() {
 	l.dogMu.Lock()
 	defer l.dogMu.Unlock()
-	for _, t := range l.dogs {
-		t.Stop()
+	for key := range l.dogs {
+		l.disarm(key)
 	}
-	l.dogs = nil
 }
 
 // InstanceError is why a dispatch attempt failed when an instance it used
