@@ -107,8 +107,9 @@ func (l *life) markEnded(key runKey, bit uint8) {
 
 // watchdog is the hang timer of one Run and the last progress it reported.
 type watchdog struct {
-	t    *time.Timer
-	last sdk.Progress
+	t        *time.Timer
+	last     sdk.Progress
+	deadline time.Time // when it fires unless re-armed
 }
 
 // progressed handles one progress event: it re-arms the Run's hang
@@ -130,7 +131,8 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 	}
 	d := l.dogs[key]
 	if d == nil {
-		d = &watchdog{t: time.AfterFunc(l.in.cfg.HangTimeout, func() { l.hung(s, key) })}
+		d = &watchdog{}
+		d.t = time.AfterFunc(l.in.cfg.HangTimeout, func() { l.hung(s, key, d) })
 		if l.dogs == nil {
 			l.dogs = map[runKey]*watchdog{}
 		}
@@ -138,20 +140,18 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 	} else {
 		d.t.Reset(l.in.cfg.HangTimeout)
 	}
-	d.last = p
+	d.last, d.deadline = p, time.Now().Add(l.in.cfg.HangTimeout)
 }
 
-// hung kills the process when a Run's watchdog fires while still armed.
-func (l *life) hung(s *Supervisor, key runKey) {
+// hung kills the process when a Run's watchdog d fires while still armed
+// and past its deadline (progress may have re-armed it as it fired).
+func (l *life) hung(s *Supervisor, key runKey, d *watchdog) {
 	l.dogMu.Lock()
-	d := l.dogs[key]
-	var last sdk.Progress
-	if d != nil {
-		last = d.last
-	}
+	armed := l.dogs[key] == d && !time.Now().Before(d.deadline)
+	last := d.last
 	l.dogMu.Unlock()
-	if d == nil || s.bgCtx.Err() != nil {
-		return // disarmed, or released meanwhile
+	if !armed || s.bgCtx.Err() != nil {
+		return // disarmed or re-armed, or released meanwhile
 	}
 	what := "sending its outputs"
 	if last.Stage == sdk.StageComputing {
@@ -491,6 +491,12 @@ func (s *Supervisor) restart(in *instance, delay time.Duration) {
 			return
 		}
 		l, err := s.launch(s.bgCtx, in)
+		if s.bgCtx.Err() != nil {
+			if err == nil {
+				l.proc.kill()
+			}
+			return // released meanwhile
+		}
 		if err == nil {
 			in.mu.Lock()
 			released := in.state == stateReleased || s.bgCtx.Err() != nil
@@ -507,6 +513,10 @@ func (s *Supervisor) restart(in *instance, delay time.Duration) {
 			return
 		}
 		in.mu.Lock()
+		if in.state == stateReleased {
+			in.mu.Unlock()
+			return
+		}
 		in.lastExit = "restart failed: " + err.Error()
 		in.failures++
 		var ok bool
@@ -567,7 +577,7 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 		case recovering:
 			waiting = true
 		default:
-			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`", ph.cfg.Name, len(ph.instances), last)
+			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.instances), last)
 		}
 	}
 	return waiting, nil

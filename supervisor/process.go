@@ -193,7 +193,7 @@ func (p *process) exitStatus() string {
 // killNow kills the process group at once (a hung plugin gets no graceful
 // close), then lets go-plugin clean up.
 func (p *process) killNow() {
-	if p.pid > 0 {
+	if p.pid > 0 && !p.exited() {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
 	p.client.Kill()
@@ -206,6 +206,9 @@ func (p *process) killNow() {
 // may keep open: past killWait the group is killed first, which closes
 // them. Safe to call twice.
 func (p *process) kill() {
+	// A process that exited had its group killed then (watchGroup); its
+	// pid may belong to another process group by now.
+	group := p.pid > 0 && !p.exited()
 	killed := make(chan struct{})
 	go func() {
 		p.client.Kill()
@@ -217,7 +220,7 @@ func (p *process) kill() {
 	case <-killed:
 	case <-t.C:
 	}
-	if p.pid > 0 {
+	if group {
 		// ESRCH: the group is gone already.
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}

@@ -148,6 +148,9 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		return "", ErrReleasing
 	}
 	id := fmt.Sprintf("r%06d", s.nextReq.Add(1))
+	// Counted in flight from here: release waits for it (and keeps the
+	// journal open) until it is accepted or refused.
+	s.inflight.Add(1)
 	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(s.ctx)
 	r := &request{
@@ -162,6 +165,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	if s.journal != nil {
 		if err := s.journal.put(r.info); err != nil {
 			cancel()
+			s.inflight.Done()
 			return "", fmt.Errorf("request not accepted: %w", err)
 		}
 	}
@@ -169,6 +173,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	defer s.mu.Unlock()
 	if s.closing {
 		// Release began meanwhile: not accepted, and so journaled.
+		defer s.inflight.Done()
 		cancel()
 		if s.journal != nil {
 			now := time.Now()
@@ -182,7 +187,6 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	s.prune()
 	s.requests[id] = r
 	s.order = append(s.order, id)
-	s.inflight.Add(1)
 	go func() {
 		defer s.inflight.Done()
 		s.process(r)
@@ -338,11 +342,17 @@ func (s *Supervisor) process(r *request) {
 	r.mu.Lock()
 	now := time.Now()
 	r.info.Finished = &now
+	var ie *InstanceError
 	switch {
-	case err != nil && r.removed:
+	case r.removed:
+		// Removed, even if it finished meanwhile: as journaled at Remove.
 		r.info.State, r.info.Reason = StateFailed, ReasonRemoved
 	case err != nil && s.ctx.Err() != nil:
 		r.info.State, r.info.Reason = StateFailed, ReasonReleased
+	case errors.As(err, &ie):
+		r.info.State = StateFailed
+		r.info.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
+			r.info.Attempts, s.cfg.Retries, err)
 	case err != nil:
 		r.info.State, r.info.Reason = StateFailed, err.Error()
 	default:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -110,7 +111,7 @@ func TestChaos(t *testing.T) {
 
 	var mu sync.Mutex
 	cur := p
-	pids := map[int]bool{} // every plugin pid seen
+	pids := map[int]uint64{} // every plugin pid seen, with its start time
 	killed := 0
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -136,8 +137,8 @@ func TestChaos(t *testing.T) {
 			mu.Lock()
 			for _, ph := range st.Phases {
 				for _, in := range ph.Instances {
-					if in.PID > 0 {
-						pids[in.PID] = true
+					if _, seen := pids[in.PID]; in.PID > 0 && !seen {
+						pids[in.PID] = startTime(in.PID)
 					}
 					if in.State == "ready" && in.PID > 0 {
 						ready = append(ready, in.PID)
@@ -172,14 +173,11 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = p.waitExit(10 * time.Second)
-	old := make([]int, 0, len(pids))
-	for pid := range pids {
-		old = append(old, pid)
-	}
+	old := maps.Clone(pids)
 	mu.Unlock()
 	if !eventually(2*time.Second, func() bool {
-		for _, pid := range old {
-			if alive(pid) {
+		for pid, start := range old {
+			if same(pid, start) {
 				return false
 			}
 		}
@@ -223,13 +221,15 @@ func TestChaos(t *testing.T) {
 	retried += st.Retried
 	for _, ph := range st.Phases {
 		for _, in := range ph.Instances {
-			pids[in.PID] = true
+			if _, seen := pids[in.PID]; !seen {
+				pids[in.PID] = startTime(in.PID)
+			}
 		}
 	}
 	p2.release(t)
 	all := make([]int, 0, len(pids))
-	for pid := range pids {
-		if alive(pid) {
+	for pid, start := range pids {
+		if same(pid, start) {
 			t.Errorf("plugin process %d outlived the release", pid)
 		}
 		all = append(all, pid)
@@ -242,6 +242,12 @@ func TestChaos(t *testing.T) {
 	}
 	fmt.Printf("chaos: requests %d, killed %d, restarted %d (+1 supervisor), retried %d, done %d, failed %d\n",
 		n, killed, restarted, retried, done, failed)
+}
+
+// same reports whether the process seen as pid, started at start, still
+// runs (and not a later process given the same pid).
+func same(pid int, start uint64) bool {
+	return running(pid) && startTime(pid) == start
 }
 
 // ended counts the requests that have ended.

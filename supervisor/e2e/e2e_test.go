@@ -91,7 +91,7 @@ func TestConcurrentRequests(t *testing.T) {
 
 	p.release(t)
 	for _, pid := range pids {
-		if alive(pid) {
+		if running(pid) {
 			t.Errorf("plugin process %d still alive after release", pid)
 		}
 	}
@@ -246,7 +246,7 @@ func TestSignalReleases(t *testing.T) {
 	}
 	for _, ph := range st.Phases {
 		for _, in := range ph.Instances {
-			if alive(in.PID) {
+			if running(in.PID) {
 				t.Errorf("plugin %s (pid %d) alive after SIGTERM", in.ID, in.PID)
 			}
 		}

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -200,9 +199,33 @@ func cli(t *testing.T, socket string, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
-// alive reports whether a process with this pid exists.
-func alive(pid int) bool {
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+// running reports whether a process with this pid exists and is not a
+// zombie: an orphan waits as a zombie until pid 1 reaps it, which in some
+// containers never happens.
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil || pid <= 0 {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
+}
+
+// startTime is a process's start time (field 22 of /proc/PID/stat), which
+// tells it apart from a later process given the same pid; 0 when there is
+// no such process.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 20 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[19], 10, 64)
+	return n
 }
 
 // leftovers lists socket files under dir and shared-memory segments of the

@@ -219,7 +219,7 @@ func TestPolicySwapUnderLoad(t *testing.T) {
 	if _, ok := policyProc(l, "leastloaded"); ok {
 		t.Fatalf("leastloaded still runs with no phase using it: %+v", l.Running)
 	}
-	if !eventually(10*time.Second, func() bool { return !alive(ll.PID) }) {
+	if !eventually(10*time.Second, func() bool { return !running(ll.PID) }) {
 		t.Fatalf("the leastloaded process %d is still alive", ll.PID)
 	}
 	t.Logf("%d requests, none failed, across two swaps", len(infos))
@@ -262,7 +262,7 @@ func TestPolicyFailures(t *testing.T) {
 	if pr.PID == first.PID || !strings.Contains(pr.LastError, "did not answer within 500ms (policy_timeout)") {
 		t.Fatalf("faulty after two restarts: %+v (first pid %d)", pr, first.PID)
 	}
-	if alive(first.PID) {
+	if running(first.PID) {
 		t.Fatalf("the crashed policy process %d is alive", first.PID)
 	}
 

@@ -48,18 +48,6 @@ func TestProcessGroup(t *testing.T) {
 	}
 }
 
-// running reports whether pid is a process that has not exited: a zombie
-// (killed, not yet reaped by whoever adopted it) has.
-func running(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// pid (comm) STATE ...: comm may hold spaces and parentheses.
-	rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
-	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
-}
-
 // TestLoopbackOnly: with the defaults, nothing the supervisor or its
 // plugins run listens on anything but loopback, zmq hops included (their
 // rooms bind tcp while they are open). The test reads each process's
