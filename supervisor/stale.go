@@ -23,6 +23,45 @@ const (
 	createdMark = "created"
 )
 
+// groupsFile, in a run directory, lists the process group of every plugin
+// the supervisor started, one pid a line: the plugins die with the
+// supervisor (parent-death signal), but processes they started
+// themselves do not; the next start kills what is left of those groups.
+const groupsFile = "plugin-groups"
+
+// noteGroup appends a plugin's process group to the run directory's list.
+func noteGroup(runDir string, pid int) error {
+	f, err := os.OpenFile(filepath.Join(runDir, groupsFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(f, pid)
+	return errors.Join(err, f.Close())
+}
+
+// killStaleGroups kills what is left of the plugin process groups listed
+// in a dead supervisor's run directory, and returns how many groups had
+// processes left. A group whose leader runs is not touched: the plugin
+// died with its supervisor, so a live process with its pid is another
+// one that was given the pid since.
+func killStaleGroups(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, groupsFile))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Fields(string(b)) {
+		pgid, err := strconv.Atoi(line)
+		if err != nil || pgid <= 1 || processAlive(pgid) {
+			continue
+		}
+		if syscall.Kill(-pgid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n
+}
+
 // runDirPattern is what the run directories the supervisor creates look
 // like: /tmp/phased-XXXXXXXX.
 const runDirPattern = "/tmp/phased-*"
@@ -41,6 +80,9 @@ func (s *Supervisor) sweepStale() error {
 		if !ok || !created {
 			continue
 		}
+		if n := killStaleGroups(dir); n > 0 {
+			s.logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
+		}
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove the stale run directory %s: %w", dir, err))
 			continue
@@ -51,6 +93,9 @@ func (s *Supervisor) sweepStale() error {
 	// there goes.
 	if dir := s.cfg.RunDir; dir != "" {
 		if pid, _, ok := stalePID(dir); ok {
+			if n := killStaleGroups(dir); n > 0 {
+				s.logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
+			}
 			if err := removeRunContents(dir); err != nil {
 				errs = append(errs, err)
 			} else {
@@ -82,7 +127,7 @@ func removeRunContents(dir string) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if n := e.Name(); n == pidFile || e.IsDir() && (n == "plugin" || instanceDirRE.MatchString(n)) {
+		if n := e.Name(); n == pidFile || n == groupsFile || e.IsDir() && (n == "plugin" || instanceDirRE.MatchString(n)) {
 			errs = append(errs, os.RemoveAll(filepath.Join(dir, n)))
 		}
 	}

@@ -5,7 +5,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/phased/phased/supervisor/config"
 )
@@ -100,5 +103,48 @@ func TestSweepStale(t *testing.T) {
 	left, _ := os.ReadDir(shm)
 	if len(left) != 2 {
 		t.Fatalf("left: %v", left)
+	}
+}
+
+// TestKillStaleGroups: what is left of a dead plugin's process group (the
+// processes it started) is killed; a group whose leader runs is not.
+func TestKillStaleGroups(t *testing.T) {
+	dir := t.TempDir()
+	// A leader that starts a child and exits: the child stays in its group.
+	orphaned := exec.Command("sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!")
+	orphaned.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := orphaned.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("child pid %q: %v", out, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(child, syscall.SIGKILL) })
+	// A live leader.
+	live := exec.Command("sleep", "60")
+	live.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = live.Process.Kill(); _ = live.Wait() })
+	for _, pid := range []int{orphaned.Process.Pid, live.Process.Pid} {
+		if err := noteGroup(dir, pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := killStaleGroups(dir); n != 1 {
+		t.Errorf("killed %d groups, want 1", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for processAlive(child) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processAlive(child) {
+		t.Errorf("the orphaned child %d still runs", child)
+	}
+	if !processAlive(live.Process.Pid) {
+		t.Error("killed a group whose leader runs")
 	}
 }

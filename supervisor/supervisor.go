@@ -231,7 +231,13 @@ func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, err
 	if err := os.MkdirAll(pc.SocketDir, 0o700); err != nil {
 		return nil, err
 	}
-	return startProcess(ctx, pc)
+	p, err := startProcess(ctx, pc)
+	if err == nil && p.pid > 0 {
+		if err := noteGroup(s.runDir, p.pid); err != nil {
+			s.logger.Warn("note a plugin's process group in the run directory", "plugin", pc.Name, "error", err)
+		}
+	}
+	return p, err
 }
 
 // DefaultPluginDir is the "plugins" directory beside the running binary.

@@ -291,3 +291,43 @@ func TestPins(t *testing.T) {
 		t.Fatalf("plugins does not show the mismatch:\n%s", out)
 	}
 }
+
+// TestOrphansAfterSupervisorKill: after kill -9 of the supervisor its
+// plugins die within 2 s (parent-death signal); what a plugin started
+// itself is killed by the next start, which finds the dead supervisor's
+// run directory.
+func TestOrphansAfterSupervisorKill(t *testing.T) {
+	dir := shortDir(t)
+	pidfile := filepath.Join(dir, "grandchild.pid")
+	cfg := writeConfig(t, dir, strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
+		`phase "encoder" {
+  plugin = "forker"
+  params = { pidfile = "`+pidfile+`" }
+}`, 1))
+	p := startSupervisor(t, dir, cfg)
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := strconv.Atoi(string(b))
+	if err != nil || !running(gc) {
+		t.Fatalf("the plugin's child %q is not running (%v)", b, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
+	plugin := instanceStatus(t, p, "encoder-0").PID
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.waitExit(10 * time.Second)
+	if !eventually(2*time.Second, func() bool { return !running(plugin) }) {
+		t.Fatalf("plugin %d outlived its supervisor by 2s", plugin)
+	}
+	if err := os.Remove(pidfile); err != nil {
+		t.Fatal(err)
+	}
+	p2 := startSupervisor(t, dir, cfg)
+	if !eventually(2*time.Second, func() bool { return !running(gc) }) {
+		t.Errorf("the dead plugin's own child %d outlived the next start", gc)
+	}
+	p2.release(t)
+}
