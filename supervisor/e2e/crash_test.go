@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,16 +97,7 @@ func TestInstanceCrash(t *testing.T) {
 	if info.Attempts != 2 {
 		t.Errorf("attempts = %d, want 2", info.Attempts)
 	}
-	full, err := p.client.Request(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var retry string
-	for _, e := range full.Events {
-		if e.What == "retry" {
-			retry = e.Detail
-		}
-	}
+	full, retry := lastEvent(t, p, id, "retry")
 	if !strings.Contains(retry, "attempt 2 of 3") || !strings.Contains(retry, "instance transformer-") || !strings.Contains(retry, "exited: exit status 3") {
 		t.Errorf("retry event %q; want the attempt, the instance and its exit status", retry)
 	}
@@ -304,6 +294,23 @@ func TestStateDirLocked(t *testing.T) {
 	p.release(t)
 }
 
+// lastEvent returns a request with its events and the detail of its last
+// event named what ("" if none).
+func lastEvent(t *testing.T, p *proc, id, what string) (supervisor.RequestInfo, string) {
+	t.Helper()
+	info, err := p.client.Request(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var detail string
+	for _, e := range info.Events {
+		if e.What == what {
+			detail = e.Detail
+		}
+	}
+	return info, detail
+}
+
 // regexpLine reports whether some line of out matches expr.
 func regexpLine(out, expr string) bool {
 	re := regexp.MustCompile(expr)
@@ -329,16 +336,7 @@ func TestHangKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	info := watchDone(t, p, id, "hang: still", 3, 4)
-	full, err := p.client.Request(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var retry string
-	for _, e := range full.Events {
-		if e.What == "retry" {
-			retry = e.Detail
-		}
-	}
+	_, retry := lastEvent(t, p, id, "retry")
 	want := "was killed as hung: no progress for 3s on request " + id + " (computing, 0 of 1 done)"
 	if info.Attempts != 2 || !strings.Contains(retry, want) {
 		t.Errorf("attempts %d, retry %q; want 2 and %q", info.Attempts, retry, want)
@@ -392,25 +390,12 @@ func TestReadiness(t *testing.T) {
 // reaps a plugin only once its pipes close) and the instance restarts.
 func TestCrashChildHoldsPipes(t *testing.T) {
 	dir := shortDir(t)
-	pidfile := filepath.Join(dir, "grandchild.pid")
-	cfg := strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
-		`phase "encoder" {
-  plugin  = "forker"
-  params  = { pidfile = "`+pidfile+`", inherit = "true" }
-  restart {
+	cfg := strings.Replace(forkerPipeline(dir, `, inherit = "true"`), `  params = {`, `  restart {
     backoff = "50ms"
   }
-}`, 1)
+  params = {`, 1)
 	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
-	b, err := os.ReadFile(pidfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gc, err := strconv.Atoi(string(b))
-	if err != nil || !running(gc) {
-		t.Fatalf("the plugin's child %q is not running (%v)", b, err)
-	}
-	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
+	gc := grandchild(t, dir)
 	pid := instanceStatus(t, p, "encoder-0").PID
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

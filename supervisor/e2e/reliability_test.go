@@ -18,18 +18,22 @@ import (
 	"github.com/phased/phased/supervisor"
 )
 
-// TestProcessGroup: a plugin's own children die with it at release, since
-// the supervisor kills each plugin as a process group.
-func TestProcessGroup(t *testing.T) {
-	dir := shortDir(t)
-	pidfile := filepath.Join(dir, "grandchild.pid")
-	cfg := strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
+// forkerPipeline is the pipeline with the forker encoder
+// (testdata/forker), which writes its own child's pid to
+// DIR/grandchild.pid; extra goes into its phase block.
+func forkerPipeline(dir, extra string) string {
+	return strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
 		`phase "encoder" {
   plugin = "forker"
-  params = { pidfile = "`+pidfile+`" }
+  params = { pidfile = "`+filepath.Join(dir, "grandchild.pid")+`" `+extra+`}
 }`, 1)
-	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
-	b, err := os.ReadFile(pidfile)
+}
+
+// grandchild returns the pid of the forker's child, which must run; it is
+// killed at the end of the test if it still runs.
+func grandchild(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "grandchild.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +46,15 @@ func TestProcessGroup(t *testing.T) {
 			_ = syscall.Kill(gc, syscall.SIGKILL)
 		}
 	})
+	return gc
+}
+
+// TestProcessGroup: a plugin's own children die with it at release, since
+// the supervisor kills each plugin as a process group.
+func TestProcessGroup(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, forkerPipeline(dir, "")))
+	gc := grandchild(t, dir)
 	p.release(t)
 	if !eventually(2*time.Second, func() bool { return !running(gc) }) {
 		t.Fatalf("the plugin's own child %d outlived the release", gc)
@@ -298,22 +311,9 @@ func TestPins(t *testing.T) {
 // run directory.
 func TestOrphansAfterSupervisorKill(t *testing.T) {
 	dir := shortDir(t)
-	pidfile := filepath.Join(dir, "grandchild.pid")
-	cfg := writeConfig(t, dir, strings.Replace(pipeline, `phase "encoder"     { plugin = "encoder" }`,
-		`phase "encoder" {
-  plugin = "forker"
-  params = { pidfile = "`+pidfile+`" }
-}`, 1))
+	cfg := writeConfig(t, dir, forkerPipeline(dir, ""))
 	p := startSupervisor(t, dir, cfg)
-	b, err := os.ReadFile(pidfile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gc, err := strconv.Atoi(string(b))
-	if err != nil || !running(gc) {
-		t.Fatalf("the plugin's child %q is not running (%v)", b, err)
-	}
-	t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
+	gc := grandchild(t, dir)
 	plugin := instanceStatus(t, p, "encoder-0").PID
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -322,7 +322,7 @@ func TestOrphansAfterSupervisorKill(t *testing.T) {
 	if !eventually(2*time.Second, func() bool { return !running(plugin) }) {
 		t.Fatalf("plugin %d outlived its supervisor by 2s", plugin)
 	}
-	if err := os.Remove(pidfile); err != nil {
+	if err := os.Remove(filepath.Join(dir, "grandchild.pid")); err != nil {
 		t.Fatal(err)
 	}
 	p2 := startSupervisor(t, dir, cfg)
