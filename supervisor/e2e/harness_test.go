@@ -199,28 +199,30 @@ func cli(t *testing.T, socket string, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// stat returns the fields of /proc/PID/stat after the command name (which
+// may hold spaces and parentheses): the state first. nil when there is no
+// such process.
+func stat(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+}
+
 // running reports whether a process with this pid exists and is not a
 // zombie: an orphan waits as a zombie until pid 1 reaps it, which in some
 // containers never happens.
 func running(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil || pid <= 0 {
-		return false
-	}
-	// pid (comm) STATE ...: comm may hold spaces and parentheses.
-	rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
-	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
+	f := stat(pid)
+	return len(f) > 0 && f[0] != "Z"
 }
 
 // startTime is a process's start time (field 22 of /proc/PID/stat), which
 // tells it apart from a later process given the same pid; 0 when there is
 // no such process.
 func startTime(pid int) uint64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	f := stat(pid)
 	if len(f) < 20 {
 		return 0
 	}
