@@ -19,6 +19,9 @@ FUZZTIME     ?= 2000000x
 # the control API's JSON and the config decoder.
 FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/transfer:FuzzTensorHeader \
 	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig
+# What builds without cgo (no libzmq): the plugin contract and everything a
+# policy plugin links. make check proves it.
+NOCGO := ./sdk ./sdk/tensor ./sdk/plugintest ./sdk/policytest ./policies/...
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
@@ -70,9 +73,11 @@ proto: ## regenerate the protobuf code with the pinned generators
 	  --go-grpc_out=$(PROTO_OUT) --go-grpc_opt=paths=source_relative \
 	  sdk/proto/phasedv1/*.proto
 
-check: ## gofmt, go vet, and fail when generated code is stale
+check: ## gofmt, go vet, the contract and the policies built without cgo, and fail when generated code is stale
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
 	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) vet $(NOCGO)
+	cd examples/policies && CGO_ENABLED=0 $(GO) vet ./...
 	@command -v protoc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(MAKE) -s proto PROTO_OUT=$$tmp && \

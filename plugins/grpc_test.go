@@ -19,6 +19,7 @@ import (
 	"github.com/phased/phased/plugins/model"
 	"github.com/phased/phased/plugins/transformer"
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phasetest"
 	"github.com/phased/phased/sdk/plugintest"
 	"github.com/phased/phased/sdk/transfer"
 )
@@ -30,9 +31,9 @@ func TestPipelineOverGRPC(t *testing.T) {
 		name string
 		ctl  sdk.PhaseControl
 	}{
-		{encoder.Name, plugintest.Phase(t, encoder.New())},
-		{transformer.Name, plugintest.Phase(t, transformer.New())},
-		{decoder.Name, plugintest.Phase(t, decoder.New())},
+		{encoder.Name, phasetest.Start(t, encoder.New())},
+		{transformer.Name, phasetest.Start(t, transformer.New())},
+		{decoder.Name, phasetest.Start(t, decoder.New())},
 	}
 	params := map[string]string{"frames": "4", "height": "16", "width": "20"}
 	for _, ph := range phases {
@@ -65,14 +66,14 @@ func TestPipelineOverGRPC(t *testing.T) {
 		rooms := []uint64{nextRoom + 1, nextRoom + 2}
 		nextRoom += 2
 		for h, room := range rooms {
-			ep, err := phases[h].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+			ep, err := phases[h].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleSender, Request: req})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !strings.HasPrefix(ep, "ipc://"+runDir) {
 				t.Fatalf("sender endpoint %q is not an ipc endpoint in the run dir", ep)
 			}
-			if _, err := phases[h+1].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep}); err != nil {
+			if _, err := phases[h+1].ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleReceiver, Request: req, PeerEndpoint: ep}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -161,7 +162,7 @@ func hasRoom(st sdk.InstanceStatus, room uint64, s transfer.Status) bool {
 // a clear error through gRPC.
 func TestConfigureErrors(t *testing.T) {
 	ctx := context.Background()
-	ctl := plugintest.Phase(t, transformer.New())
+	ctl := phasetest.Start(t, transformer.New())
 	tests := []struct {
 		cfg  sdk.InstanceConfig
 		want string
@@ -175,14 +176,14 @@ func TestConfigureErrors(t *testing.T) {
 			t.Errorf("Configure(%+v): %v, want an error containing %q", tt.cfg, err, tt.want)
 		}
 	}
-	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender}); err == nil || !strings.Contains(err.Error(), "not configured") {
+	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleSender}); err == nil || !strings.Contains(err.Error(), "not configured") {
 		t.Errorf("OpenRoom before Configure: %v", err)
 	}
 	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "t-0", RunDir: plugintest.RunDir(t)}); err != nil {
 		t.Fatal(err)
 	}
 	defer ctl.Release(ctx)
-	_, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: "rdma"})
+	_, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleSender, Backend: "rdma"})
 	if err == nil || !strings.Contains(err.Error(), `room 1: unknown transfer backend "rdma" (known: shm, zmq, cuda)`) {
 		t.Errorf("OpenRoom with an unknown backend: %v", err)
 	}
@@ -196,7 +197,7 @@ func TestProgressOverGRPC(t *testing.T) {
 	ctx := context.Background()
 	runDir := plugintest.RunDir(t)
 	params := map[string]string{"frames": "2", "height": "8", "width": "8"}
-	ctls := []sdk.PhaseControl{plugintest.Phase(t, encoder.New()), plugintest.Phase(t, transformer.New()), plugintest.Phase(t, decoder.New())}
+	ctls := []sdk.PhaseControl{phasetest.Start(t, encoder.New()), phasetest.Start(t, transformer.New()), phasetest.Start(t, decoder.New())}
 	for i, ctl := range ctls {
 		dir := filepath.Join(runDir, string(rune('a'+i)))
 		if err := os.Mkdir(dir, 0o700); err != nil {
@@ -213,11 +214,11 @@ func TestProgressOverGRPC(t *testing.T) {
 	const steps = 3
 	req := sdk.Request{ID: "p1", Prompt: "progress", Seed: 5, Steps: steps, ArtifactDir: t.TempDir()}
 	for h, room := range []uint64{1, 2} {
-		ep, err := ctls[h].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Sender, Request: req})
+		ep, err := ctls[h].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleSender, Request: req})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ctls[h+1].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: transfer.Receiver, Request: req, PeerEndpoint: ep}); err != nil {
+		if _, err := ctls[h+1].OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleReceiver, Request: req, PeerEndpoint: ep}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,8 +3,6 @@ package sdk
 import (
 	"context"
 	"time"
-
-	"github.com/phased/phased/sdk/transfer"
 )
 
 // PhaseControl is how the supervisor drives one phase instance. The gRPC
@@ -75,18 +73,11 @@ const (
 // RoomSpec says which side of which hop to open. Room ids start at 1.
 type RoomSpec struct {
 	Room         uint64
-	Role         transfer.Role
+	Role         Role
 	Request      Request // the receiver derives its input specs from it
 	PeerEndpoint string  // receiver only: the sender's endpoint
-	Backend      string  // the hop's transfer backend; "" means BackendShm
+	Backend      Backend // the hop's transfer backend; "" means BackendShm
 }
-
-// Transfer backends a hop may use.
-const (
-	BackendShm  = "shm"  // shared memory, one host
-	BackendZMQ  = "zmq"  // bytes over the room's sockets, across hosts
-	BackendCUDA = "cuda" // device memory through CUDA IPC, one host
-)
 
 // RunSpec names a request and the rooms its inputs arrive on and its outputs
 // leave by; 0 means none (first or last phase).
@@ -98,7 +89,7 @@ type RunSpec struct {
 
 // InstanceStatus is what an instance reports about its rooms.
 type InstanceStatus struct {
-	Rooms         []transfer.RoomInfo
+	Rooms         []RoomInfo
 	DroppedFrames uint64
 	// DroppedProgress counts the progress events that Progress streams
 	// too slow to read them dropped, all streams together.

@@ -11,18 +11,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
-	"github.com/phased/phased/sdk/transfer"
 )
 
 // phaseClient is the supervisor side of the Phase service.
 type phaseClient struct {
+	caller
 	c phasedv1.PhaseClient
 }
 
 func (p *phaseClient) Info(ctx context.Context) (Info, error) {
 	resp, err := p.c.Info(ctx, &phasedv1.InfoRequest{})
 	if err != nil {
-		return Info{}, rpcError(err)
+		return Info{}, p.rpcError(ctx, err)
 	}
 	return infoFromProto(resp), nil
 }
@@ -36,7 +36,7 @@ func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
 		Device:        cfg.Device,
 	})
-	return rpcError(err)
+	return p.rpcError(ctx, err)
 }
 
 // Ready treats a plugin that does not know the Ready RPC (built with an
@@ -46,7 +46,7 @@ func (p *phaseClient) Ready(ctx context.Context) error {
 	if status.Code(err) == codes.Unimplemented {
 		return nil
 	}
-	return rpcError(err)
+	return p.rpcError(ctx, err)
 }
 
 func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, error) {
@@ -55,10 +55,10 @@ func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, erro
 		Role:         roleToProto(spec.Role),
 		Request:      requestToProto(spec.Request),
 		PeerEndpoint: spec.PeerEndpoint,
-		Backend:      spec.Backend,
+		Backend:      string(spec.Backend),
 	})
 	if err != nil {
-		return "", rpcError(err)
+		return "", p.rpcError(ctx, err)
 	}
 	return resp.GetEndpoint(), nil
 }
@@ -73,7 +73,7 @@ func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (*Artifact, error) 
 	}
 	resp, err := p.c.Run(ctx, req)
 	if err != nil {
-		return nil, rpcError(err)
+		return nil, p.rpcError(ctx, err)
 	}
 	a := resp.GetArtifact()
 	if a == nil {
@@ -84,20 +84,20 @@ func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (*Artifact, error) 
 
 func (p *phaseClient) RemoveRoom(ctx context.Context, room uint64) error {
 	_, err := p.c.RemoveRoom(ctx, &phasedv1.RemoveRoomRequest{Room: room})
-	return rpcError(err)
+	return p.rpcError(ctx, err)
 }
 
 func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
 	resp, err := p.c.Status(ctx, &phasedv1.StatusRequest{})
 	if err != nil {
-		return InstanceStatus{}, rpcError(err)
+		return InstanceStatus{}, p.rpcError(ctx, err)
 	}
 	st := InstanceStatus{DroppedFrames: resp.GetDroppedFrames(), DroppedProgress: resp.GetDroppedProgress()}
 	for _, r := range resp.GetRooms() {
-		st.Rooms = append(st.Rooms, transfer.RoomInfo{
+		st.Rooms = append(st.Rooms, RoomInfo{
 			Room:   r.GetRoom(),
 			Role:   roleFromProto(r.GetRole()),
-			Status: transfer.StatusFromProto(r.GetStatus()),
+			Status: RoomStatusFromProto(r.GetStatus()),
 			Reason: r.GetReason(),
 		})
 	}
@@ -106,7 +106,7 @@ func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
 
 func (p *phaseClient) Release(ctx context.Context) error {
 	_, err := p.c.Release(ctx, &phasedv1.ReleaseRequest{})
-	return rpcError(err)
+	return p.rpcError(ctx, err)
 }
 
 func (p *phaseClient) Progress(ctx context.Context, fn func(Progress)) error {
@@ -124,19 +124,19 @@ func (p *phaseClient) Progress(ctx context.Context, fn func(Progress)) error {
 	case errors.Is(err, io.EOF) || ctx.Err() != nil:
 		return nil
 	case status.Code(err) == codes.Unimplemented:
-		return fmt.Errorf("%w: %w", ErrNoProgress, rpcError(err))
+		return fmt.Errorf("%w: %w", ErrNoProgress, p.rpcError(ctx, err))
 	}
-	return rpcError(err)
+	return p.rpcError(ctx, err)
 }
 
 // phaseServer is the plugin side of the Phase service.
 type phaseServer struct {
 	phasedv1.UnimplementedPhaseServer
-	rt *phaseRuntime
+	impl PhaseControl
 }
 
 func (s *phaseServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phasedv1.InfoResponse, error) {
-	info, err := s.rt.Info(ctx)
+	info, err := s.impl.Info(ctx)
 	if err != nil {
 		return nil, statusError(err)
 	}
@@ -144,7 +144,7 @@ func (s *phaseServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phase
 }
 
 func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequest) (*phasedv1.ConfigureResponse, error) {
-	err := s.rt.Configure(ctx, InstanceConfig{
+	err := s.impl.Configure(ctx, InstanceConfig{
 		Instance:    req.GetInstance(),
 		RunDir:      req.GetRunDir(),
 		Params:      req.GetParams(),
@@ -159,19 +159,19 @@ func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequ
 }
 
 func (s *phaseServer) Ready(ctx context.Context, _ *phasedv1.ReadyRequest) (*phasedv1.ReadyResponse, error) {
-	if err := s.rt.Ready(ctx); err != nil {
+	if err := s.impl.Ready(ctx); err != nil {
 		return nil, statusError(err)
 	}
 	return &phasedv1.ReadyResponse{}, nil
 }
 
 func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomRequest) (*phasedv1.OpenRoomResponse, error) {
-	ep, err := s.rt.OpenRoom(ctx, RoomSpec{
+	ep, err := s.impl.OpenRoom(ctx, RoomSpec{
 		Room:         req.GetRoom(),
 		Role:         roleFromProto(req.GetRole()),
 		Request:      requestFromProto(req.GetRequest()),
 		PeerEndpoint: req.GetPeerEndpoint(),
-		Backend:      req.GetBackend(),
+		Backend:      Backend(req.GetBackend()),
 	})
 	if err != nil {
 		return nil, statusError(err)
@@ -180,7 +180,7 @@ func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomReques
 }
 
 func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phasedv1.RunResponse, error) {
-	a, err := s.rt.Run(ctx, RunSpec{
+	a, err := s.impl.Run(ctx, RunSpec{
 		Request: requestFromProto(req.GetRequest()),
 		InRoom:  req.GetInRoom(),
 		OutRoom: req.GetOutRoom(),
@@ -196,14 +196,14 @@ func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phase
 }
 
 func (s *phaseServer) RemoveRoom(ctx context.Context, req *phasedv1.RemoveRoomRequest) (*phasedv1.RemoveRoomResponse, error) {
-	if err := s.rt.RemoveRoom(ctx, req.GetRoom()); err != nil {
+	if err := s.impl.RemoveRoom(ctx, req.GetRoom()); err != nil {
 		return nil, statusError(err)
 	}
 	return &phasedv1.RemoveRoomResponse{}, nil
 }
 
 func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*phasedv1.StatusResponse, error) {
-	st, err := s.rt.Status(ctx)
+	st, err := s.impl.Status(ctx)
 	if err != nil {
 		return nil, statusError(err)
 	}
@@ -220,7 +220,7 @@ func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*p
 }
 
 func (s *phaseServer) Release(ctx context.Context, _ *phasedv1.ReleaseRequest) (*phasedv1.ReleaseResponse, error) {
-	if err := s.rt.Release(ctx); err != nil {
+	if err := s.impl.Release(ctx); err != nil {
 		return nil, statusError(err)
 	}
 	return &phasedv1.ReleaseResponse{}, nil
@@ -232,7 +232,7 @@ func (s *phaseServer) Progress(_ *phasedv1.ProgressRequest, stream phasedv1.Phas
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	var sendErr error
-	err := s.rt.Progress(ctx, func(p Progress) {
+	err := s.impl.Progress(ctx, func(p Progress) {
 		if sendErr != nil {
 			return
 		}
@@ -279,29 +279,28 @@ func requestFromProto(r *phasedv1.Request) Request {
 	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir()}
 }
 
-func roleToProto(r transfer.Role) phasedv1.RoomRole {
+func roleToProto(r Role) phasedv1.RoomRole {
 	switch r {
-	case transfer.Sender:
+	case RoleSender:
 		return phasedv1.RoomRole_ROOM_ROLE_SENDER
-	case transfer.Receiver:
+	case RoleReceiver:
 		return phasedv1.RoomRole_ROOM_ROLE_RECEIVER
 	}
 	return phasedv1.RoomRole_ROOM_ROLE_UNSPECIFIED
 }
 
 // roleFromProto returns 0, which is neither role, for an unspecified one.
-func roleFromProto(r phasedv1.RoomRole) transfer.Role {
+func roleFromProto(r phasedv1.RoomRole) Role {
 	switch r {
 	case phasedv1.RoomRole_ROOM_ROLE_SENDER:
-		return transfer.Sender
+		return RoleSender
 	case phasedv1.RoomRole_ROOM_ROLE_RECEIVER:
-		return transfer.Receiver
+		return RoleReceiver
 	}
 	return 0
 }
 
 var (
 	_ PhaseControl         = (*phaseClient)(nil)
-	_ PhaseControl         = (*phaseRuntime)(nil)
 	_ phasedv1.PhaseServer = (*phaseServer)(nil)
 )

@@ -8,13 +8,14 @@ import (
 
 // policyClient is the supervisor side of the Policy service.
 type policyClient struct {
+	caller
 	c phasedv1.PolicyClient
 }
 
 func (p *policyClient) Info(ctx context.Context) (Info, error) {
 	resp, err := p.c.Info(ctx, &phasedv1.InfoRequest{})
 	if err != nil {
-		return Info{}, rpcError(err)
+		return Info{}, p.rpcError(ctx, err)
 	}
 	return infoFromProto(resp), nil
 }
@@ -38,7 +39,7 @@ func (p *policyClient) Schedule(ctx context.Context, req ScheduleRequest) (Decis
 	}
 	resp, err := p.c.Schedule(ctx, preq)
 	if err != nil {
-		return Decision{}, rpcError(err)
+		return Decision{}, p.rpcError(ctx, err)
 	}
 	return Decision{Choices: resp.GetChoices()}, nil
 }

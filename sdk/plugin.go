@@ -47,21 +47,22 @@ func PluginMap() map[string]plugin.Plugin {
 	}
 }
 
-// ServePhase serves p as a phase plugin process: it speaks the go-plugin
-// handshake on stdout, logs JSON to stderr, and returns when the supervisor
-// stops the process. A phase plugin's main is one call:
-//
-//	func main() { sdk.ServePhase(encoder.New()) }
-func ServePhase(p Phase) {
-	logger := pluginLogger()
-	RaiseFDLimit(logger)
-	serve(logger, map[string]plugin.Plugin{PluginPhase: &PhasePlugin{Impl: p, Logger: logger}})
+// ServePhaseControl serves ctl as a phase plugin process: it speaks the
+// go-plugin handshake on stdout, logs JSON to stderr through logger (from
+// PluginLogger), and returns when the supervisor stops the process. Phase
+// authors call phase.Serve (package sdk/phase), which serves their Phase
+// through the Go phase runtime; this is the layer under it.
+func ServePhaseControl(ctl PhaseControl, logger hclog.Logger) {
+	serve(logger, map[string]plugin.Plugin{PluginPhase: &PhasePlugin{Impl: ctl}})
 }
 
-// ServePolicy serves p as a policy plugin process, like ServePhase.
+// ServePolicy serves p as a policy plugin process: it speaks the go-plugin
+// handshake on stdout, logs JSON to stderr, and returns when the
+// supervisor stops the process. A policy plugin's main is one call:
+//
+//	func main() { sdk.ServePolicy(roundrobin.New()) }
 func ServePolicy(p Policy) {
-	logger := pluginLogger()
-	serve(logger, map[string]plugin.Plugin{PluginPolicy: &PolicyPlugin{Impl: p}})
+	serve(PluginLogger(), map[string]plugin.Plugin{PluginPolicy: &PolicyPlugin{Impl: p}})
 }
 
 func serve(logger hclog.Logger, plugins map[string]plugin.Plugin) {
@@ -73,9 +74,11 @@ func serve(logger hclog.Logger, plugins map[string]plugin.Plugin) {
 	})
 }
 
-// pluginLogger logs JSON to stderr, which go-plugin on the supervisor side
-// parses and re-logs under the plugin's name.
-func pluginLogger() hclog.Logger {
+// PluginLogger returns the logger of a plugin process: JSON lines on
+// stderr, at the level the supervisor asks for (LogLevelEnv, default
+// info), which the supervisor parses and logs again under the plugin's
+// name (docs/protocol.md, "stderr").
+func PluginLogger() hclog.Logger {
 	level := hclog.LevelFromString(os.Getenv(LogLevelEnv))
 	if level == hclog.NoLevel {
 		level = hclog.Info
@@ -88,24 +91,24 @@ func pluginLogger() hclog.Logger {
 }
 
 // PhasePlugin is the go-plugin plugin for the Phase service. The plugin side
-// sets Impl (and optionally Logger); the supervisor side leaves both nil and
-// gets a PhaseControl from Dispense.
+// sets Impl, what serves the calls (the phase runtime of package
+// sdk/phase); the supervisor side leaves it nil and gets a PhaseControl
+// from Dispense.
 type PhasePlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	Impl   Phase
-	Logger hclog.Logger
+	Impl PhaseControl
 }
 
-// GRPCServer registers the phase runtime wrapping Impl.
+// GRPCServer registers Impl as the Phase service.
 func (p *PhasePlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	phasedv1.RegisterPhaseServer(s, &phaseServer{rt: newPhaseRuntime(p.Impl, p.Logger)})
+	phasedv1.RegisterPhaseServer(s, &phaseServer{impl: p.Impl})
 	return nil
 }
 
 // GRPCClient returns a PhaseControl talking to the plugin over conn; it is
 // also an Exiter.
 func (p *PhasePlugin) GRPCClient(ctx context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return &phaseConn{&phaseClient{c: phasedv1.NewPhaseClient(conn)}, exitNotice{ctx.Done()}}, nil
+	return &phaseConn{&phaseClient{caller{conn}, phasedv1.NewPhaseClient(conn)}, exitNotice{ctx.Done()}}, nil
 }
 
 // Exiter is implemented by what the supervisor dispenses from a plugin
@@ -149,7 +152,7 @@ func (p *PolicyPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 
 // GRPCClient returns a Policy talking to the plugin over conn.
 func (p *PolicyPlugin) GRPCClient(ctx context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return &policyConn{&policyClient{c: phasedv1.NewPolicyClient(conn)}, exitNotice{ctx.Done()}}, nil
+	return &policyConn{&policyClient{caller{conn}, phasedv1.NewPolicyClient(conn)}, exitNotice{ctx.Done()}}, nil
 }
 
 var (

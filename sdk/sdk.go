@@ -1,13 +1,20 @@
-// Package sdk is what a phased plugin author imports: the Phase and Policy
-// interfaces, the go-plugin handshake and plugin map shared by the supervisor
-// and its plugins, and ServePhase / ServePolicy, so that a plugin's main is a
-// single call.
+// Package sdk is the contract of phased plugins: the Phase and Policy
+// interfaces and their types, the go-plugin handshake and plugin map that
+// the supervisor and its plugins share, the gRPC shims that keep protobuf
+// out of both, and ServePolicy, so that a policy plugin's main is one call.
+// It links no cgo: a policy plugin builds with CGO_ENABLED=0.
 //
 // A phase author implements Phase (three methods, ctx first) and never sees
-// protobuf types, sockets or shared memory: the SDK's phase runtime owns the
-// transfer manager (package sdk/transfer), opens and removes rooms on the
-// supervisor's orders, waits for the inputs, calls Run, and moves the
-// outputs to the next phase.
+// protobuf types, sockets or shared memory: its main calls phase.Serve
+// (package sdk/phase, the phase runtime), which owns the transfer manager
+// (package sdk/transfer), opens and removes rooms on the supervisor's
+// orders, waits for the inputs, calls Run, and moves the outputs to the
+// next phase. docs/protocol.md specifies the same for other languages.
+//
+// Errors that cross the plugin boundary arrive as *RemoteError; callers
+// branch on the sentinels ErrPluginGone (the plugin process or its
+// connection is gone) and ErrTimedOut (the call hit its deadline), never
+// on gRPC codes or message text.
 package sdk
 
 import (

@@ -10,9 +10,7 @@ import (
 	"testing"
 
 	"github.com/phased/phased/sdk"
-	"github.com/phased/phased/sdk/plugintest"
 	"github.com/phased/phased/sdk/tensor"
-	"github.com/phased/phased/sdk/transfer"
 )
 
 // scale is a toy phase: the first one makes a tensor "x" of n float32s, the
@@ -108,85 +106,5 @@ func TestInfoSpeaks(t *testing.T) {
 		if info.Speaks(v) != want {
 			t.Errorf("Speaks(%d) = %v", v, !want)
 		}
-	}
-}
-
-// TestErrorsCrossGRPC: a phase's error reaches the supervisor side with its
-// text intact, and the runtime refuses calls out of order.
-func TestErrorsCrossGRPC(t *testing.T) {
-	ctl := plugintest.Phase(t, scale{first: true, n: 2, fail: errors.New("model weights missing at /w")})
-	ctx := context.Background()
-	if _, err := ctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err == nil || err.Error() != "invalid argument: instance is not configured" {
-		t.Fatalf("Run before Configure: %v", err)
-	}
-	dir := plugintest.RunDir(t)
-	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "scale-0", RunDir: dir}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "scale-0", RunDir: dir}); err == nil || !strings.Contains(err.Error(), "already configured") {
-		t.Fatalf("second Configure: %v", err)
-	}
-	_, err := ctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})
-	var re *sdk.RemoteError
-	if !errors.As(err, &re) || re.Msg != "model weights missing at /w" {
-		t.Fatalf("Run error %#v, want the phase's text as a RemoteError", err)
-	}
-	// A panicking phase fails the request, not the process.
-	pctl := plugintest.Phase(t, scale{first: true, n: 2, fail: errors.New("panic")})
-	if err := pctl.Configure(ctx, sdk.InstanceConfig{Instance: "p-0", RunDir: plugintest.RunDir(t)}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = pctl.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}})
-	if err == nil || err.Error() != "the phase panicked: index out of range [3] with length 3" {
-		t.Fatalf("Run of a panicking phase: %v", err)
-	}
-	if err := pctl.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 0}); err == nil || !strings.Contains(err.Error(), "room id 0 is reserved") {
-		t.Fatalf("OpenRoom(0): %v", err)
-	}
-	if err := ctl.RemoveRoom(ctx, 12345); err != nil {
-		t.Fatalf("RemoveRoom of an unknown room: %v", err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := ctl.Status(cctx); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Status with a cancelled context: %v", err)
-	}
-	if err := ctl.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctl.Release(ctx); err != nil {
-		t.Fatalf("second Release: %v", err)
-	}
-}
-
-// TestConfigureDevice: the device travels over gRPC; "cuda" in a build
-// without -tags cuda fails Configure with what to do, an unknown one with
-// the choices, and a cuda room on a cpu instance says why it cannot open.
-func TestConfigureDevice(t *testing.T) {
-	ctx := context.Background()
-	ctl := plugintest.Phase(t, scale{first: true, n: 2})
-	err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: "tpu"})
-	if err == nil || !strings.Contains(err.Error(), `device "tpu": want "cpu" or "cuda"`) {
-		t.Fatalf("Configure with device tpu: %v", err)
-	}
-	err = ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: sdk.DeviceCUDA})
-	if err == nil {
-		t.Skip("built with -tags cuda on a GPU host")
-	}
-	if !strings.Contains(err.Error(), "transfer: start: cuda device 0: cuda: phased was built without -tags cuda; rebuild with `make cuda`") {
-		t.Fatalf("Configure with device cuda: %v", err)
-	}
-	if err := ctl.Configure(ctx, sdk.InstanceConfig{Instance: "d-0", RunDir: plugintest.RunDir(t), Device: sdk.DeviceCPU}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: transfer.Sender, Backend: sdk.BackendCUDA})
-	if err == nil || !strings.Contains(err.Error(), "a cuda room needs a GPU") {
-		t.Fatalf("OpenRoom(cuda) on a cpu instance: %v", err)
-	}
-	if err := ctl.Release(ctx); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -4,32 +4,63 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
 )
 
-// RemoteError is an error returned by a plugin, carried over gRPC. Its
-// message is the plugin's error text without gRPC decoration; a cancelled
-// or timed-out call is also context.Canceled or context.DeadlineExceeded
-// for errors.Is.
+// RemoteError is an error returned by a call to a plugin, carried over
+// gRPC. Its message is the plugin's error text without gRPC decoration.
+// Branch on it with errors.Is, never on its text or code:
+//
+//   - ErrPluginGone: the plugin process or the connection to it went away;
+//   - ErrTimedOut: the call hit its deadline, here or in the plugin's
+//     server (which gives up at the deadline it was sent, a moment before
+//     this side does);
+//   - ErrInvalid: the plugin refused the call as malformed;
+//   - context.Canceled and context.DeadlineExceeded, as the call ended.
 type RemoteError struct {
-	Code codes.Code
+	Code codes.Code // the gRPC status code, for logs
 	Msg  string
+	// gone: the connection was shut down or unavailable when the call
+	// failed; cancelled: the caller cancelled the call's context.
+	gone, cancelled bool
 }
+
+// Errors a call to a plugin may wrap; see RemoteError.
+var (
+	ErrPluginGone = errors.New("the plugin process is gone")
+	ErrTimedOut   = errors.New("the plugin did not answer in time")
+)
 
 func (e *RemoteError) Error() string { return e.Msg }
 
-// Is makes a cancelled call match context.Canceled and a timed-out one
-// context.DeadlineExceeded, keeping the plugin's message.
+// Is matches the sentinels of RemoteError's comment.
 func (e *RemoteError) Is(target error) bool {
-	return (e.Code == codes.Canceled && target == context.Canceled) ||
-		(e.Code == codes.DeadlineExceeded && target == context.DeadlineExceeded)
+	switch target {
+	case ErrPluginGone:
+		return e.gone
+	case ErrTimedOut:
+		return !e.gone && !e.cancelled && (e.Code == codes.DeadlineExceeded || e.Code == codes.Canceled)
+	case ErrInvalid:
+		return e.Code == codes.InvalidArgument
+	case context.Canceled:
+		return e.Code == codes.Canceled
+	case context.DeadlineExceeded:
+		return e.Code == codes.DeadlineExceeded
+	}
+	return false
 }
 
-// rpcError turns a gRPC error into a RemoteError.
-func rpcError(err error) error {
+// caller is what the client sides of the services share: the connection,
+// which tells a plugin that went away from one that answered.
+type caller struct{ conn *grpc.ClientConn }
+
+// rpcError turns the error of a call made with ctx into a RemoteError.
+func (c caller) rpcError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -37,7 +68,14 @@ func rpcError(err error) error {
 	if !ok {
 		return err
 	}
-	return &RemoteError{Code: st.Code(), Msg: st.Message()}
+	return &RemoteError{
+		Code: st.Code(),
+		Msg:  st.Message(),
+		// A closed connection fails calls with Canceled ("client
+		// connection is closing"); its state says why.
+		gone:      st.Code() == codes.Unavailable || c.conn != nil && c.conn.GetState() == connectivity.Shutdown,
+		cancelled: errors.Is(ctx.Err(), context.Canceled),
+	}
 }
 
 // statusError turns a plugin-side error into a gRPC status.

@@ -7,12 +7,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc/codes"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/transfer"
@@ -305,8 +302,7 @@ func (l *life) explain(err error) error {
 	if dead := l.exitError(); dead != nil {
 		return dead
 	}
-	var re *sdk.RemoteError
-	if !errors.As(err, &re) || !transportLost(re) {
+	if !errors.Is(err, sdk.ErrPluginGone) {
 		return err
 	}
 	return l.awaitExit(err)
@@ -416,7 +412,7 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())
 	// Its segments first (peers that mapped one keep their mapping until
 	// they remove the room): nothing of it outlives what it served.
-	if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
+	if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
 		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
 	} else if n > 0 {
 		s.logger.Info("removed shared-memory segments of an exited instance", "instance", in.id, "count", n)
@@ -584,21 +580,11 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 }
 
 // timedOut reports whether a call made with ctx (whose parent is not done)
-// failed at ctx's deadline. The plugin's gRPC server may give up on the
-// deadline it was sent a moment before this side does, and reset the
-// stream: that comes back as Canceled or DeadlineExceeded, with this
-// side's deadline not quite passed.
+// failed at ctx's deadline: on this side, or in the plugin's gRPC server,
+// which gives up on the deadline it was sent a moment before this side
+// does (sdk.ErrTimedOut).
 func timedOut(ctx context.Context, err error) bool {
-	var re *sdk.RemoteError
-	return errors.Is(ctx.Err(), context.DeadlineExceeded) ||
-		errors.As(err, &re) && (re.Code == codes.DeadlineExceeded || re.Code == codes.Canceled)
-}
-
-// transportLost reports whether a call failed because the connection to the
-// plugin went away (its process died), not because the plugin answered so.
-func transportLost(re *sdk.RemoteError) bool {
-	return re.Code == codes.Unavailable ||
-		(re.Code == codes.Canceled && strings.Contains(re.Msg, "client connection is closing"))
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, sdk.ErrTimedOut)
 }
 
 // awaitReady makes the readiness call, bounded by the phase's

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
 	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor/config"
@@ -150,8 +148,6 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 	d, err := impl.Schedule(cctx, req)
 	if err != nil && ctx.Err() == nil {
 		// Past the deadline: hung.
-		var re *sdk.RemoteError
-		remote := errors.As(err, &re)
 		hung := timedOut(cctx, err)
 		if hung {
 			err = fmt.Errorf("policy %s did not answer within %v (policy_timeout): %w", p.name, s.cfg.PolicyTimeout, err)
@@ -159,7 +155,7 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 		// A broken connection (the process died; go-plugin may not have
 		// reaped it yet) or an exited process: a crash.
 		p.mu.Lock()
-		crashed := p.proc != nil && p.proc.exited() || remote && re.Code == codes.Unavailable
+		crashed := p.proc != nil && p.proc.exited() || errors.Is(err, sdk.ErrPluginGone)
 		p.mu.Unlock()
 		if hung || crashed {
 			s.restartPolicy(p, impl, err)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/phased/phased/sdk"
-	"github.com/phased/phased/sdk/transfer"
 )
 
 // Request states. A request ends done or failed, never silently dropped.
@@ -490,7 +489,7 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	for i := range rooms {
 		rooms[i] = s.nextRoom.Add(1)
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
-		r.info.Backends = append(r.info.Backends, s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg))
+		r.info.Backends = append(r.info.Backends, string(s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)))
 		a.opened = append(a.opened, roomSide{a.lives[i], rooms[i]}, roomSide{a.lives[i+1], rooms[i]})
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
@@ -506,13 +505,13 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 // removeRooms must remove it either way.
 func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) error {
 	endpoints := make([]string, len(rooms))
-	round := func(role transfer.Role) error {
+	round := func(role sdk.Role) error {
 		errs := make([]error, len(rooms))
 		var wg sync.WaitGroup
 		for i, room := range rooms {
 			backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
 			l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
-			if role == transfer.Receiver {
+			if role == sdk.RoleReceiver {
 				l, spec.PeerEndpoint = a.lives[i+1], endpoints[i]
 			}
 			wg.Add(1)
@@ -527,7 +526,7 @@ func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) erro
 				cancel()
 				if err != nil {
 					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
-				} else if role == transfer.Sender {
+				} else if role == sdk.RoleSender {
 					endpoints[i] = ep
 				}
 			}()
@@ -535,10 +534,10 @@ func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) erro
 		wg.Wait()
 		return errors.Join(errs...)
 	}
-	if err := round(transfer.Sender); err != nil {
+	if err := round(sdk.RoleSender); err != nil {
 		return err
 	}
-	return round(transfer.Receiver)
+	return round(sdk.RoleReceiver)
 }
 
 // runPhases runs every phase of the attempt at once; each waits for its

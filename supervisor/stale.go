@@ -191,23 +191,17 @@ func sweepDeadSegments(shmDir string) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// segmentPID returns the pid in a segment name phased-INSTANCE.PID-REST
-// (sdk.TransferName; an instance id holds no '.').
+// segmentPID returns the pid of the plugin process whose transfer manager
+// made a segment: its name is phased-INSTANCE.PID-ROOM-GEN or
+// phased-INSTANCE.PID-free-N (transfer.ProcessName, transfer.SegmentOwner),
+// and an instance id may hold '.' and '-' itself.
 func segmentPID(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, "phased-")
+	owner, ok := transfer.SegmentOwner(name)
 	if !ok {
 		return 0, false
 	}
-	_, after, ok := strings.Cut(rest, ".")
-	if !ok {
-		return 0, false
-	}
-	digits, _, ok := strings.Cut(after, "-")
-	if !ok {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(digits)
-	return pid, err == nil && pid > 0
+	_, pid, ok := transfer.SplitProcessName(owner)
+	return pid, ok
 }
 
 // processAlive reports whether pid runs: it exists and is not a zombie

@@ -33,6 +33,16 @@ func TestSegmentPID(t *testing.T) {
 		"phased-transformer-1.4242":        0,
 		"phased-decoder-0.0-1-1":           0,
 		"phased-hoprx.31337-free-12345678": 31337,
+		// Instance ids may hold '.' and '-' (the runtime allows
+		// [A-Za-z0-9_.-]): the pid is after the last '.'.
+		"phased-wan2.1-t2v-0.4242-17-99": 4242,
+		"phased-a.1-x.5-free-3":          5,
+		"phased-a.b.c.77-1-2":            77,
+		"phased-a.1-x-17":                0, // no generation
+		"phased-a.1-free-x":              0,
+		"phased-a.1-free-free":           0,
+		"phased-a.-1-2":                  0,
+		"phased-a.+7-1-2":                0,
 	} {
 		got, ok := segmentPID(name)
 		if want == 0 && ok || want != 0 && (!ok || got != want) {

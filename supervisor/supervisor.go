@@ -313,7 +313,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 			l.proc.kill()
 			// An instance that died, or did not release in time, leaves
 			// its segments behind: sweep them.
-			if n, err := transfer.SweepSegments("", sdk.TransferName(in.id, l.proc.pid)); err != nil {
+			if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
 				errs = append(errs, fmt.Errorf("instance %s: %w", in.id, err))
 			} else if n > 0 {
 				s.logger.Warn("removed shared-memory segments left by an instance", "instance", in.id, "count", n)

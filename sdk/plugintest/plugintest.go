@@ -1,7 +1,9 @@
 // Package plugintest runs phased plugins through the real gRPC layer in
 // memory (go-plugin's test connection), so that a plugin author tests a
-// Phase or a Policy exactly as the supervisor will call it, without
-// building a binary.
+// Policy exactly as the supervisor will call it, without building a
+// binary. Phases go through sdk/phasetest.Start, which adds the phase
+// runtime. Neither this package nor sdk imports the transfer manager, so
+// a policy's tests build without cgo.
 package plugintest
 
 import (
@@ -13,24 +15,18 @@ import (
 	"github.com/phased/phased/sdk"
 )
 
-// Phase serves p over gRPC in memory, the way sdk.ServePhase serves it in
-// a plugin process, and returns the supervisor's side of it: every
-// PhaseControl call, Ready (for a Loader) and Progress (for
-// sdk.ReportProgress) included. The connection closes when the test ends.
-func Phase(t testing.TB, p sdk.Phase) sdk.PhaseControl {
-	t.Helper()
-	return dispense[sdk.PhaseControl](t, sdk.PluginPhase, &sdk.PhasePlugin{Impl: p})
-}
-
 // Policy serves p over gRPC in memory, the way sdk.ServePolicy serves it in
 // a plugin process, and returns the supervisor's side of it. The
 // connection closes when the test ends.
 func Policy(t testing.TB, p sdk.Policy) sdk.Policy {
 	t.Helper()
-	return dispense[sdk.Policy](t, sdk.PluginPolicy, &sdk.PolicyPlugin{Impl: p})
+	return Dispense[sdk.Policy](t, sdk.PluginPolicy, &sdk.PolicyPlugin{Impl: p})
 }
 
-func dispense[T any](t testing.TB, name string, p plugin.Plugin) T {
+// Dispense serves the go-plugin plugin p under name over gRPC in memory
+// and returns what the supervisor's side dispenses from it, as a T. The
+// connection closes when the test ends.
+func Dispense[T any](t testing.TB, name string, p plugin.Plugin) T {
 	t.Helper()
 	client, _ := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{name: p})
 	// Closing the client also stops the in-memory server, through

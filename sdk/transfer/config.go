@@ -99,6 +99,60 @@ func receiverSocketName(room, gen uint64) string {
 	return "r-" + strconv.FormatUint(room, 10) + "-" + strconv.FormatUint(gen, 10) + ".sock"
 }
 
+// ProcessName is the Config.Name of the Manager of an instance's plugin
+// process: INSTANCE.PID. Segment names carry it, so that the supervisor
+// can tell whose a segment is and sweep those of a process that died.
+func ProcessName(instance string, pid int) string {
+	return instance + "." + strconv.Itoa(pid)
+}
+
+// SplitProcessName splits a ProcessName at its last '.' (an instance id
+// may hold dots itself).
+func SplitProcessName(name string) (instance string, pid int, ok bool) {
+	i := strings.LastIndexByte(name, '.')
+	if i <= 0 {
+		return "", 0, false
+	}
+	pid, err := strconv.Atoi(name[i+1:])
+	if err != nil || pid <= 0 || name[i+1] == '+' {
+		return "", 0, false
+	}
+	return name[:i], pid, true
+}
+
+// SegmentOwner returns the Config.Name of the Manager that made a segment,
+// from the segment's file name: phased-NAME-ROOM-GENERATION for a room's,
+// phased-NAME-free-N for an idle one in its pool. The name is read from
+// the right, since NAME may hold '-' itself.
+func SegmentOwner(segment string) (name string, ok bool) {
+	rest, ok := strings.CutPrefix(segment, "phased-")
+	if !ok {
+		return "", false
+	}
+	rest, last, ok := cutLast(rest)
+	if !ok || !isDigits(last) {
+		return "", false
+	}
+	rest, room, ok := cutLast(rest)
+	if !ok || room != "free" && !isDigits(room) {
+		return "", false
+	}
+	return rest, nameRE.MatchString(rest)
+}
+
+// cutLast cuts s at its last '-'.
+func cutLast(s string) (before, after string, ok bool) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+1:], true
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
 func segmentName(name string, room, gen uint64) string {
 	return "phased-" + name + "-" + strconv.FormatUint(room, 10) + "-" + strconv.FormatUint(gen, 10)
 }

@@ -86,3 +86,61 @@ func TestSweepSegments(t *testing.T) {
 		t.Fatal("a bad name was accepted")
 	}
 }
+
+// TestSegmentOwner: a segment name is read from the right, so instance
+// ids with '.' and '-' in them still give their owner, and a sweep of one
+// process never takes another's segments whose name merely starts alike.
+func TestSegmentOwner(t *testing.T) {
+	for seg, want := range map[string]string{
+		"phased-encoder-0.42-17-1":      "encoder-0.42",
+		"phased-wan2.1-t2v-0.42-17-1":   "wan2.1-t2v-0.42",
+		"phased-wan2.1-t2v-0.42-free-9": "wan2.1-t2v-0.42",
+		"phased-a.1-x.5-3-1":            "a.1-x.5",
+		"phased-a.1-x-17":               "", // x is neither a room nor "free"
+		"phased--1-2":                   "",
+		"phased-a-1":                    "",
+		"phased-a-free-":                "",
+		"phased-a-1-free":               "",
+		"other-a.1-1-2":                 "",
+		"phased-a/b.1-1-2":              "",
+	} {
+		got, ok := SegmentOwner(seg)
+		if !ok {
+			got = ""
+		}
+		if got != want {
+			t.Errorf("SegmentOwner(%q) = %q, %t; want %q", seg, got, ok, want)
+		}
+	}
+	dir := t.TempDir()
+	for _, n := range []string{"phased-a.1-3-1", "phased-a.1-free-2", "phased-a.1-x.5-3-1", "phased-a.1-x.5-free-4", "phased-a.10-1-1"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := SweepSegments(dir, "a.1")
+	if err != nil || n != 2 {
+		t.Fatalf("SweepSegments(a.1) = %d, %v; want 2", n, err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "phased-*"))
+	if len(left) != 3 {
+		t.Fatalf("left after the sweep: %q; want the segments of a.1-x.5 and a.10", left)
+	}
+	for name, want := range map[string][2]any{
+		"encoder-0.42":   {"encoder-0", 42},
+		"wan2.1-t2v-0.7": {"wan2.1-t2v-0", 7},
+		"encoder-0":      {"", 0},
+		"encoder-0.x":    {"", 0},
+		".5":             {"", 0},
+		"encoder-0.-5":   {"", 0},
+		"encoder-0.+5":   {"", 0},
+	} {
+		inst, pid, ok := SplitProcessName(name)
+		if inst != want[0] || pid != want[1] || ok != (want[1] != 0) {
+			t.Errorf("SplitProcessName(%q) = %q, %d, %t; want %v", name, inst, pid, ok, want)
+		}
+	}
+	if got := ProcessName("wan2.1-t2v-0", 7); got != "wan2.1-t2v-0.7" {
+		t.Errorf("ProcessName = %q", got)
+	}
+}

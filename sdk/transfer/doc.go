@@ -92,7 +92,7 @@
 //
 // # The zmq backend
 //
-// A room opened with OpenSenderWith/OpenReceiverWith(BackendZMQ) is for a
+// A room opened with OpenSenderWith/OpenReceiverWith(sdk.BackendZMQ) is for a
 // hop between hosts. Its sockets bind tcp://<ZMQHost>:* (loopback unless
 // Config.ZMQHost says) and report the bound endpoint. The receiver's
 // buffers are Go memory (64-byte aligned); its descriptor names no
@@ -108,7 +108,7 @@
 //
 // # The cuda backend
 //
-// A room opened with BackendCUDA is for a hop on one host between two
+// A room opened with sdk.BackendCUDA is for a hop on one host between two
 // instances that hold their buffers on a GPU (Config.CUDA; the phase's
 // device = "cuda"). The receiver allocates its buffers in device memory
 // (one allocation per room, laid out as in a segment from offset 0) and its

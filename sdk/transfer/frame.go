@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer/cuda"
@@ -32,7 +33,7 @@ const (
 // descriptor is a validated phasedv1.Descriptor: every buffer lies inside
 // the segment, buffers do not overlap, and each length matches its spec.
 type descriptor struct {
-	backend        Backend
+	backend        sdk.Backend
 	generation     uint64
 	statusEndpoint string
 	segment        string
@@ -71,19 +72,19 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	if err := checkEndpoint(pd.GetStatusEndpoint()); err != nil {
 		return nil, fmt.Errorf("descriptor: status %w", err)
 	}
-	backend, err := ParseBackend(pd.GetBackend())
+	backend, err := sdk.ParseBackend(pd.GetBackend())
 	if err != nil {
 		return nil, fmt.Errorf("descriptor: %w", err)
 	}
 	name := pd.GetSegment()
 	switch {
-	case backend != BackendShm && name != "":
+	case backend != sdk.BackendShm && name != "":
 		return nil, fmt.Errorf("descriptor: a %s descriptor names segment %q; it must name none", backend, name)
-	case backend != BackendCUDA && len(pd.GetCudaIpcHandle()) != 0:
+	case backend != sdk.BackendCUDA && len(pd.GetCudaIpcHandle()) != 0:
 		return nil, fmt.Errorf("descriptor: a %s descriptor carries a CUDA IPC handle; only a cuda one may", backend)
-	case backend == BackendCUDA && len(pd.GetCudaIpcHandle()) != cuda.HandleSize:
+	case backend == sdk.BackendCUDA && len(pd.GetCudaIpcHandle()) != cuda.HandleSize:
 		return nil, fmt.Errorf("descriptor: the CUDA IPC handle is %d bytes, want %d", len(pd.GetCudaIpcHandle()), cuda.HandleSize)
-	case backend != BackendShm:
+	case backend != sdk.BackendShm:
 	case len(name) > 255 || !segmentNameRE.MatchString(name):
 		return nil, fmt.Errorf("descriptor: bad segment name %q: want %s", name, segmentNameRE)
 	default:
@@ -130,7 +131,7 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		if uint64(n) != b.length {
 			return nil, fmt.Errorf("descriptor: buffer %d %q: length %d, but %s is %d bytes", i, b.spec.Name, b.length, b.spec, n)
 		}
-		if backend == BackendShm && b.offset < ctrlSize {
+		if backend == sdk.BackendShm && b.offset < ctrlSize {
 			return nil, fmt.Errorf("descriptor: buffer %d %q: offset %d is inside the segment's %d-byte control block", i, b.spec.Name, b.offset, ctrlSize)
 		}
 		if b.offset > size || b.length > size-b.offset {
@@ -182,7 +183,7 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer, device bool) ([]tensor.Ten
 	return out, nil
 }
 
-func encodeDescriptor(backend Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte) ([]byte, error) {
+func encodeDescriptor(backend sdk.Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte) ([]byte, error) {
 	pd := &phasedv1.Descriptor{
 		CudaIpcHandle:  handle,
 		Backend:        string(backend),
@@ -285,39 +286,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "") + "..."
-}
-
-// Backend is how a room's bytes travel from sender to receiver.
-type Backend string
-
-// The backends a room may use.
-const (
-	// BackendShm: the receiver's buffers are in a shared-memory segment
-	// that the sender maps and copies into (one host).
-	BackendShm Backend = "shm"
-	// BackendZMQ: the sender streams the bytes over the room's sockets
-	// (tcp), and the receiver's socket owner receives them straight into
-	// its buffer (across hosts).
-	BackendZMQ Backend = "zmq"
-	// BackendCUDA: the receiver's buffers are device memory that the
-	// sender opens through a CUDA IPC handle and copies into on a stream,
-	// from host or device tensors (one host; a build with -tags cuda).
-	// Specs and lengths are checked, the bytes are not checksummed (that
-	// would take them back to the host).
-	BackendCUDA Backend = "cuda"
-)
-
-// ParseBackend returns the backend named s; "" is BackendShm.
-func ParseBackend(s string) (Backend, error) {
-	switch Backend(s) {
-	case "", BackendShm:
-		return BackendShm, nil
-	case BackendZMQ:
-		return BackendZMQ, nil
-	case BackendCUDA:
-		return BackendCUDA, nil
-	}
-	return "", fmt.Errorf("unknown transfer backend %q (known: shm, zmq, cuda)", s)
 }
 
 // A data message of the zmq backend is two parts: a dataHeader, then the

@@ -42,6 +42,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
 )
@@ -128,7 +129,7 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 	l := newFuzzLayout(tb)
 	ep := "ipc:///run/phased/" + receiverSocketName(fuzzRoom, fuzzGen)
 	seg := segmentName(fuzzName, fuzzRoom, fuzzGen)
-	valid, err := encodeDescriptor(BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs, nil)
+	valid, err := encodeDescriptor(sdk.BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -167,10 +168,10 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 		{"merged-twice", append(slices.Clone(valid), valid...)}, // buffers repeated: overlap
 		{"too-many-buffers", many},
 		{"cuda", edit(func(pd *phasedv1.Descriptor) {
-			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(BackendCUDA), "", bytes.Repeat([]byte{0xc7}, 64)
+			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(sdk.BackendCUDA), "", bytes.Repeat([]byte{0xc7}, 64)
 		})},
 		{"cuda-short-handle", edit(func(pd *phasedv1.Descriptor) {
-			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(BackendCUDA), "", []byte{1, 2, 3}
+			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(sdk.BackendCUDA), "", []byte{1, 2, 3}
 		})},
 		{"shm-with-handle", edit(func(pd *phasedv1.Descriptor) { pd.CudaIpcHandle = make([]byte, 64) })},
 	}
@@ -297,14 +298,14 @@ func checkDescriptor(t *testing.T, pd *phasedv1.Descriptor, d *descriptor) {
 	if d.generation != pd.GetGeneration() || d.statusEndpoint != pd.GetStatusEndpoint() || d.segment != pd.GetSegment() || d.segmentSize != pd.GetSegmentSize() {
 		t.Fatalf("descriptor %+v does not hold what the frame said:\n%v", d, pd)
 	}
-	if d.backend == BackendCUDA {
+	if d.backend == sdk.BackendCUDA {
 		if !bytes.Equal(d.handle[:], pd.GetCudaIpcHandle()) {
 			t.Fatalf("cuda descriptor with handle %x, the frame said %x", d.handle, pd.GetCudaIpcHandle())
 		}
 	} else if len(pd.GetCudaIpcHandle()) != 0 {
 		t.Fatalf("%s descriptor with a CUDA IPC handle accepted", d.backend)
 	}
-	if d.backend != BackendShm {
+	if d.backend != sdk.BackendShm {
 		if d.segment != "" {
 			t.Fatalf("%s descriptor with segment %q accepted", d.backend, d.segment)
 		}
@@ -320,7 +321,7 @@ func checkDescriptor(t *testing.T, pd *phasedv1.Descriptor, d *descriptor) {
 		t.Fatalf("segment size %d accepted", d.segmentSize)
 	}
 	for _, b := range d.buffers {
-		if d.backend == BackendShm && b.offset < ctrlSize {
+		if d.backend == sdk.BackendShm && b.offset < ctrlSize {
 			t.Fatalf("buffer %q at offset %d, over the control block, accepted", b.spec.Name, b.offset)
 		}
 	}
@@ -525,7 +526,7 @@ func FuzzStatusFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var fr phasedv1.StatusFrame
 		decoded := proto.Unmarshal(b, &fr) == nil
-		st := StatusFromProto(fr.GetStatus())
+		st := sdk.RoomStatusFromProto(fr.GetStatus())
 		for _, start := range []Status{WaitingForInput, Transferring} {
 			r := newRoom(fuzzRoom, Receiver)
 			r.status, r.gen, r.bufs = start, fuzzGen, l.bufs

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer/cuda"
 )
@@ -214,7 +215,7 @@ func TestCUDARoundTrip(t *testing.T) {
 	dev := tensor.Tensor{Spec: want.Spec, DevicePtr: src.Ptr()}
 
 	const room = 1
-	p.openWith(t, BackendCUDA, room, []tensor.Spec{host.Spec, want.Spec, empty.Spec})
+	p.openWith(t, sdk.BackendCUDA, room, []tensor.Spec{host.Spec, want.Spec, empty.Spec})
 	err = p.hop(context.Background(), room, []tensor.Tensor{host, dev, empty}, func(got []tensor.Tensor) error {
 		for i, w := range []tensor.Tensor{host, want, empty} {
 			if got[i].Data != nil || !got[i].OnDevice() || !got[i].Spec.Equal(w.Spec) {
@@ -262,7 +263,7 @@ func TestCUDAManyInFlight(t *testing.T) {
 	const rooms = 8
 	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{4096}}, 7)
 	for room := uint64(1); room <= rooms; room++ {
-		p.openWith(t, BackendCUDA, room, []tensor.Spec{x.Spec})
+		p.openWith(t, sdk.BackendCUDA, room, []tensor.Spec{x.Spec})
 	}
 	for room := uint64(1); room <= rooms; room++ {
 		waitDescriptor(t, p.snd, room)
@@ -299,7 +300,7 @@ func waitDescriptor(t *testing.T, m *Manager, room uint64) {
 func TestCUDANeedsAGPU(t *testing.T) {
 	// No Config.CUDA: cuda rooms are refused with what to do.
 	p := newPair(t, nil)
-	_, err := p.snd.OpenSenderWith(1, BackendCUDA)
+	_, err := p.snd.OpenSenderWith(1, sdk.BackendCUDA)
 	if err == nil || !strings.Contains(err.Error(), "a cuda room needs a GPU: set Config.CUDA") {
 		t.Fatalf("OpenSenderWith(cuda) = %v", err)
 	}
@@ -307,7 +308,7 @@ func TestCUDANeedsAGPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = p.rcv.OpenReceiverWith(2, BackendCUDA, ep, []tensor.Spec{{Name: "x", DType: tensor.Uint8, Shape: []int64{4}}})
+	err = p.rcv.OpenReceiverWith(2, sdk.BackendCUDA, ep, []tensor.Spec{{Name: "x", DType: tensor.Uint8, Shape: []int64{4}}})
 	if err == nil || !strings.Contains(err.Error(), "a cuda room needs a GPU") {
 		t.Fatalf("OpenReceiverWith(cuda) = %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -90,12 +91,12 @@ func newPair(t testing.TB, tweakSender func(*Manager)) *pair {
 // open opens both sides of a shm room, sender first.
 func (p *pair) open(t testing.TB, room uint64, specs []tensor.Spec) {
 	t.Helper()
-	p.openWith(t, BackendShm, room, specs)
+	p.openWith(t, sdk.BackendShm, room, specs)
 }
 
 // openWith opens both sides of a room of the backend, sender first, and
 // returns the sender's endpoint.
-func (p *pair) openWith(t testing.TB, backend Backend, room uint64, specs []tensor.Spec) string {
+func (p *pair) openWith(t testing.TB, backend sdk.Backend, room uint64, specs []tensor.Spec) string {
 	t.Helper()
 	ep, err := p.snd.OpenSenderWith(room, backend)
 	if err != nil {

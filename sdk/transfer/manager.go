@@ -16,6 +16,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"golang.org/x/sys/unix"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -107,7 +108,7 @@ type Manager struct {
 type room struct {
 	id       uint64
 	role     Role
-	backend  Backend
+	backend  sdk.Backend
 	endpoint string // sender: its room socket; receiver: its status socket
 
 	abort atomic.Bool // set by Remove; the worker checks it between chunks
@@ -245,20 +246,20 @@ func (m *Manager) Start() (err error) {
 // returns its endpoint, to be given to the receiver. The room is
 // Bootstrapping until the receiver's descriptor arrives.
 func (m *Manager) OpenSender(id uint64) (string, error) {
-	return m.OpenSenderWith(id, BackendShm)
+	return m.OpenSenderWith(id, sdk.BackendShm)
 }
 
 // OpenSenderWith is OpenSender for a room of the given backend. A zmq
 // room's socket binds tcp://ZMQHost on a port the system picks.
-func (m *Manager) OpenSenderWith(id uint64, backend Backend) (string, error) {
+func (m *Manager) OpenSenderWith(id uint64, backend sdk.Backend) (string, error) {
 	r := newRoom(id, Sender)
 	r.backend = backend
 	switch backend {
-	case BackendShm:
+	case sdk.BackendShm:
 		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, senderSocketName(id))
-	case BackendZMQ:
+	case sdk.BackendZMQ:
 		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
-	case BackendCUDA:
+	case sdk.BackendCUDA:
 		if m.gpu == nil {
 			return "", fmt.Errorf("transfer: open sender room %d: %w", id, errNoGPU)
 		}
@@ -287,14 +288,14 @@ func (m *Manager) OpenSenderWith(id uint64, backend Backend) (string, error) {
 // and sends the descriptor to senderEndpoint (the sender side must be open
 // already). If it fails, the room is removed and its id stays used.
 func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.Spec) (err error) {
-	return m.OpenReceiverWith(id, BackendShm, senderEndpoint, specs)
+	return m.OpenReceiverWith(id, sdk.BackendShm, senderEndpoint, specs)
 }
 
 // OpenReceiverWith is OpenReceiver for a room of the given backend. A zmq
 // room's buffers are private memory that the socket owner receives the
 // data into, and its status socket binds tcp://ZMQHost on a port the
 // system picks.
-func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint string, specs []tensor.Spec) (err error) {
+func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoint string, specs []tensor.Spec) (err error) {
 	defer func() {
 		if err != nil && !isSentinel(err) {
 			err = fmt.Errorf("transfer: open receiver room %d: %w", id, fdErr(err))
@@ -307,7 +308,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 		return err
 	}
 	base := uint64(0)
-	if backend == BackendShm {
+	if backend == sdk.BackendShm {
 		base = ctrlSize
 	}
 	bufs, need, err := layout(specs, base)
@@ -327,14 +328,14 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 	var segName string
 	reused := false
 	switch backend {
-	case BackendShm:
+	case sdk.BackendShm:
 		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
 		segName = segmentName(m.cfg.Name, id, gen)
 		seg, reused, err = m.pool.get(segName, need)
-	case BackendZMQ:
+	case sdk.BackendZMQ:
 		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
 		seg, err = privateSegment(max(need, 1))
-	case BackendCUDA:
+	case sdk.BackendCUDA:
 		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
 		seg, err = m.deviceSegment(need)
 	default:
@@ -358,7 +359,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend Backend, senderEndpoint st
 		return b, nil
 	}
 	r.seg = seg
-	if backend == BackendShm {
+	if backend == sdk.BackendShm {
 		r.ctrl = ctrlOf(seg.data)
 		r.ctrl.reset() // a pooled segment holds the last room's progress
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 )
 
@@ -80,7 +81,7 @@ func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAG
 // roomSocks are the sockets of one room.
 type roomSocks struct {
 	role    Role
-	backend Backend
+	backend sdk.Backend
 	pull    *zmq.Socket // bound: sender's room socket, receiver's status socket
 	path    string      // pull's socket file
 	push    *zmq.Socket // connected: to the sender (receiver), to the status socket (sender); may be nil
@@ -313,7 +314,7 @@ func (o *owner) handleData(id uint64, s *zmq.Socket, head []byte) {
 		why = fmt.Sprintf("data for room %d", h.room)
 	case r == nil || r.removing:
 		why = "data for a room that is closing"
-	case r.backend != BackendZMQ:
+	case r.backend != sdk.BackendZMQ:
 		why = "data on a shm room"
 	case h.generation != r.gen:
 		why = fmt.Sprintf("data of generation %d, the room has %d", h.generation, r.gen)
@@ -418,7 +419,7 @@ func (o *owner) bind(r *room) (*zmq.Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.backend == BackendZMQ && r.role == Receiver {
+	if r.backend == sdk.BackendZMQ && r.role == Receiver {
 		if err := checkRaw(s); err != nil {
 			return nil, errors.Join(err, s.Close())
 		}
@@ -450,7 +451,7 @@ func (o *owner) connect(id uint64, rs *roomSocks, endpoint string) error {
 	if err != nil {
 		return err
 	}
-	if rs.backend == BackendZMQ && rs.role == Sender {
+	if rs.backend == sdk.BackendZMQ && rs.role == Sender {
 		if err := checkRaw(s); err != nil {
 			return errors.Join(err, s.Close())
 		}
@@ -749,7 +750,7 @@ func (o *owner) handleStatus(id uint64, b []byte) {
 		m.drop(id, fmt.Sprintf("status frame names room %d", f.GetRoom()))
 		return
 	}
-	st := StatusFromProto(f.GetStatus())
+	st := sdk.RoomStatusFromProto(f.GetStatus())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.rooms[id]

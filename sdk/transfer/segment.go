@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"unsafe"
 
@@ -566,11 +565,10 @@ func SweepSegments(shmDir, name string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("transfer: sweep: %w", err)
 	}
-	prefix := "phased-" + name + "-"
 	n := 0
 	var errs []error
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+		if owner, ok := SegmentOwner(e.Name()); ok && owner == name && e.Type().IsRegular() {
 			if err := os.Remove(filepath.Join(shmDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -70,9 +71,9 @@ func (m *Manager) transfer(j *job) {
 	switch {
 	case d.backend != r.backend:
 		err = fmt.Errorf("the receiver's descriptor is for the %s backend, the room is %s", d.backend, r.backend)
-	case r.backend == BackendZMQ:
+	case r.backend == sdk.BackendZMQ:
 		hs, err = m.streamIn(j, d)
-	case r.backend == BackendCUDA:
+	case r.backend == sdk.BackendCUDA:
 		var dj *deviceJob
 		if dj, err = m.issueDevice(j, d); err == nil {
 			select {

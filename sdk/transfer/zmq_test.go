@@ -9,6 +9,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -16,7 +17,7 @@ import (
 // sender's endpoint.
 func (p *pair) openZMQ(t testing.TB, room uint64, specs []tensor.Spec) string {
 	t.Helper()
-	return p.openWith(t, BackendZMQ, room, specs)
+	return p.openWith(t, sdk.BackendZMQ, room, specs)
 }
 
 func TestZMQTransferIntact(t *testing.T) {
@@ -128,7 +129,7 @@ func TestZMQHostileData(t *testing.T) {
 func TestZMQBackendMismatch(t *testing.T) {
 	p := newPair(t, nil)
 	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{16}}, 1)
-	ep, err := p.snd.OpenSenderWith(1, BackendZMQ)
+	ep, err := p.snd.OpenSenderWith(1, sdk.BackendZMQ)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/transfer"
 )
 
@@ -69,10 +70,10 @@ const (
 const BackendAuto = "auto"
 
 // Backends lists the transfer backends a config may name.
-var Backends = []string{BackendAuto, "shm", "zmq", "cuda"}
+var Backends = []string{BackendAuto, string(sdk.BackendShm), string(sdk.BackendZMQ), string(sdk.BackendCUDA)}
 
 // Devices lists where a phase may hold its buffers.
-var Devices = []string{"cpu", "cuda"}
+var Devices = []string{sdk.DeviceCPU, sdk.DeviceCUDA}
 
 // Config is the supervisor's configuration.
 type Config struct {
@@ -193,16 +194,16 @@ const WeightLabel = "weight"
 
 // HopBackend returns the transfer backend of the hop from phase from to
 // phase to.
-func (c *Config) HopBackend(from, to Phase) string {
+func (c *Config) HopBackend(from, to Phase) sdk.Backend {
 	switch {
 	case c.Backend != BackendAuto:
-		return c.Backend
+		return sdk.Backend(c.Backend)
 	case from.Host != to.Host:
-		return "zmq"
-	case from.Device == "cuda" && to.Device == "cuda":
-		return "cuda"
+		return sdk.BackendZMQ
+	case from.Device == sdk.DeviceCUDA && to.Device == sdk.DeviceCUDA:
+		return sdk.BackendCUDA
 	}
-	return "shm"
+	return sdk.BackendShm
 }
 
 // PhaseParams returns the params one phase is configured with: the
@@ -419,7 +420,7 @@ func (f *file) build(filename string) (*Config, error) {
 			StartTimeout: DefaultStartTimeout,
 			Host:         deref(pb.Host, ""),
 			Address:      deref(pb.Address, ""),
-			Device:       deref(pb.Device, "cpu"),
+			Device:       deref(pb.Device, sdk.DeviceCPU),
 			Labels:       pb.Labels,
 			Weights:      pb.Weights,
 			ReadyTimeout: DefaultReadyTimeout,

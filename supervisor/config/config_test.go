@@ -138,7 +138,7 @@ phase "remote"  {
 	}
 	for _, tt := range tests {
 		c.Backend = tt.backend
-		if got := c.HopBackend(ph[tt.from], ph[tt.to]); got != tt.want {
+		if got := c.HopBackend(ph[tt.from], ph[tt.to]); string(got) != tt.want {
 			t.Errorf("backend %s, hop %s → %s: %s, want %s", tt.backend, ph[tt.from].Name, ph[tt.to].Name, got, tt.want)
 		}
 	}

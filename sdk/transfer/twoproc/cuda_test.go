@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/sdk/transfer/cuda"
@@ -72,7 +73,7 @@ func TestCUDAHop2P(t *testing.T) {
 	}
 	want := strconv.FormatUint(tensor.Checksum(host.Data), 10)
 	for room, x := range map[uint64]tensor.Tensor{1: host, 2: deviceTensor(t, dev, host.Data)} {
-		ep, err := m.OpenSenderWith(room, transfer.BackendCUDA)
+		ep, err := m.OpenSenderWith(room, sdk.BackendCUDA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -132,7 +133,7 @@ func BenchmarkCUDAHop2P(b *testing.B) {
 		b.Run("cuda-"+name, func(b *testing.B) {
 			dir := runDir(b)
 			m := startManagerWith(b, transfer.Config{Dir: dir, Name: fmt.Sprintf("cudabench.%d", os.Getpid()), CUDA: true})
-			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), transfer.BackendCUDA, src, "d2d", d2d)
+			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), sdk.BackendCUDA, src, "d2d", d2d)
 		})
 		if err := errors.Join(cp.Close(), dst.Free()); err != nil {
 			b.Fatal(err)

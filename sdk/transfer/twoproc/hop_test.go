@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
 )
@@ -49,11 +50,11 @@ func TestMain(m *testing.M) {
 //
 // Any error ends the process with a message on stderr.
 func receiver(dir string, in io.Reader, out io.Writer) error {
-	backend := transfer.BackendShm
+	backend := sdk.BackendShm
 	if os.Getenv(cudaEnv) != "" {
-		backend = transfer.BackendCUDA
+		backend = sdk.BackendCUDA
 	}
-	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid()), CUDA: backend == transfer.BackendCUDA})
+	m, err := transfer.New(transfer.Config{Dir: dir, Name: fmt.Sprintf("hoprx.%d", os.Getpid()), CUDA: backend == sdk.BackendCUDA})
 	if err != nil {
 		return err
 	}
@@ -324,7 +325,7 @@ func BenchmarkHop2P(b *testing.B) {
 		dst := make([]byte, size)
 		copy(dst, src.Data)
 		baseline := func() { copy(dst, src.Data) }
-		benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), transfer.BackendShm, src, "copy", baseline)
+		benchHops(b, startManager(b, dir, "hoptx"), startChild(b, dir), sdk.BackendShm, src, "copy", baseline)
 	})
 }
 
@@ -359,7 +360,7 @@ func bySize(b *testing.B, shm func(b *testing.B, size int64, src tensor.Tensor))
 // "x-NAME": measured alternately, both see the same load on a shared
 // machine, which a baseline run as a sibling benchmark, seconds apart,
 // does not.
-func benchHops(b *testing.B, m *transfer.Manager, c *child, backend transfer.Backend, src tensor.Tensor, name string, baseline func()) {
+func benchHops(b *testing.B, m *transfer.Manager, c *child, backend sdk.Backend, src tensor.Tensor, name string, baseline func()) {
 	size, err := src.NumBytes()
 	if err != nil {
 		b.Fatal(err)

@@ -5,7 +5,7 @@ package main
 
 import (
 	"github.com/phased/phased/plugins/decoder"
-	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 )
 
-func main() { sdk.ServePhase(decoder.New()) }
+func main() { phase.Serve(decoder.New()) }

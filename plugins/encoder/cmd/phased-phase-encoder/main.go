@@ -5,7 +5,7 @@ package main
 
 import (
 	"github.com/phased/phased/plugins/encoder"
-	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 )
 
-func main() { sdk.ServePhase(encoder.New()) }
+func main() { phase.Serve(encoder.New()) }

@@ -5,7 +5,7 @@ package main
 
 import (
 	"github.com/phased/phased/plugins/transformer"
-	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 )
 
-func main() { sdk.ServePhase(transformer.New()) }
+func main() { phase.Serve(transformer.New()) }

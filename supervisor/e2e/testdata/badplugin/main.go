@@ -15,21 +15,22 @@ import (
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 	"github.com/phased/phased/sdk/tensor"
 )
 
-type phase struct {
+type bad struct {
 	kind sdk.Kind
 	api  int
 }
 
-func (p phase) Info(context.Context) (sdk.Info, error) {
+func (p bad) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{Name: "bad", Kind: p.kind, Version: "0.0.0", APIVersions: []int{p.api}}, nil
 }
 
-func (phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) { return nil, nil }
+func (bad) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) { return nil, nil }
 
-func (phase) Run(context.Context, sdk.Request, []tensor.Tensor) (sdk.Output, error) {
+func (bad) Run(context.Context, sdk.Request, []tensor.Tensor) (sdk.Output, error) {
 	return sdk.Output{}, nil
 }
 
@@ -37,15 +38,15 @@ func main() {
 	name := filepath.Base(os.Args[0])
 	switch {
 	case strings.HasSuffix(name, "-apiv2"):
-		sdk.ServePhase(phase{kind: sdk.KindPhase, api: 2})
+		phase.Serve(bad{kind: sdk.KindPhase, api: 2})
 	case strings.HasSuffix(name, "-policy"):
-		sdk.ServePhase(phase{kind: sdk.KindPolicy, api: sdk.PhaseAPIVersion})
+		phase.Serve(bad{kind: sdk.KindPolicy, api: sdk.PhaseAPIVersion})
 	case strings.HasSuffix(name, "-proto2"):
 		hs := sdk.Handshake
 		hs.ProtocolVersion = 2
 		plugin.Serve(&plugin.ServeConfig{
 			HandshakeConfig: hs,
-			Plugins:         map[string]plugin.Plugin{sdk.PluginPhase: &sdk.PhasePlugin{Impl: phase{kind: sdk.KindPhase, api: 1}}},
+			Plugins:         map[string]plugin.Plugin{sdk.PluginPhase: &sdk.PhasePlugin{Impl: phase.New(bad{kind: sdk.KindPhase, api: 1}, nil)}},
 			GRPCServer:      plugin.DefaultGRPCServer,
 		})
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/phased/phased/plugins/transformer"
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -95,6 +96,13 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	return f.Phase.Run(ctx, req, in)
 }
 
-func main() { sdk.ServePhase(&flaky{Phase: transformer.New()}) }
+// Info is the transformer's, under this plugin's own name.
+func (f *flaky) Info(ctx context.Context) (sdk.Info, error) {
+	info, err := f.Phase.Info(ctx)
+	info.Name = "flaky"
+	return info, err
+}
+
+func main() { phase.Serve(&flaky{Phase: transformer.New()}) }
 
 var _ sdk.Loader = (*flaky)(nil)

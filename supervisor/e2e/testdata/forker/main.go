@@ -15,6 +15,7 @@ import (
 
 	"github.com/phased/phased/plugins/encoder"
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/phase"
 )
 
 type forker struct {
@@ -42,4 +43,11 @@ func (f forker) Configure(ctx context.Context, cfg sdk.Config) error {
 	return f.Phase.Configure(ctx, cfg)
 }
 
-func main() { sdk.ServePhase(forker{encoder.New()}) }
+// Info is the encoder's, under this plugin's own name.
+func (f forker) Info(ctx context.Context) (sdk.Info, error) {
+	info, err := f.Phase.Info(ctx)
+	info.Name = "forker"
+	return info, err
+}
+
+func main() { phase.Serve(forker{encoder.New()}) }

@@ -1,4 +1,4 @@
-package sdk
+package phase
 
 import (
 	"context"
@@ -13,17 +13,18 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
 )
 
-// phaseRuntime serves PhaseControl around an author's Phase inside a phase
-// plugin process. It owns the process's transfer manager, the goroutine
+// Runtime serves sdk.PhaseControl around an author's sdk.Phase inside a
+// phase plugin process. It owns the process's transfer manager, the goroutine
 // that runs the phase's Load, and the hub of its Progress streams, and maps
 // rooms to the Run calls that use them, so that removing a room also stops
 // the computation that waits on it.
-type phaseRuntime struct {
-	phase    Phase
+type Runtime struct {
+	phase    sdk.Phase
 	logger   hclog.Logger
 	progress progressHub
 
@@ -38,48 +39,50 @@ type phaseRuntime struct {
 	// before loaded is closed and read only after.
 	loaded     chan struct{}
 	loadErr    error
-	cancelLoad context.CancelFunc // nil without Loader
+	cancelLoad context.CancelFunc // nil without sdk.Loader
 }
 
-func newPhaseRuntime(p Phase, logger hclog.Logger) *phaseRuntime {
+// New returns the runtime of p, logging to logger (nil: no logs). It has no
+// side effects: Configure starts the transfer manager.
+func New(p sdk.Phase, logger hclog.Logger) *Runtime {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &phaseRuntime{phase: p, logger: logger, runs: make(map[uint64]context.CancelFunc)}
+	return &Runtime{phase: p, logger: logger, runs: make(map[uint64]context.CancelFunc)}
 }
 
 // instanceName is what an instance id may look like: it becomes part of
 // shared-memory segment names.
 var instanceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,48}$`)
 
-func (r *phaseRuntime) Info(ctx context.Context) (Info, error) {
+func (r *Runtime) Info(ctx context.Context) (sdk.Info, error) {
 	return r.phase.Info(ctx)
 }
 
-func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error {
+func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
 	if !instanceName.MatchString(cfg.Instance) {
-		return fmt.Errorf("%w: instance id %q must match %s", ErrInvalid, cfg.Instance, instanceName)
+		return fmt.Errorf("%w: instance id %q must match %s", sdk.ErrInvalid, cfg.Instance, instanceName)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mgr != nil {
-		return fmt.Errorf("%w: instance %s is already configured", ErrInvalid, r.instance)
+		return fmt.Errorf("%w: instance %s is already configured", sdk.ErrInvalid, r.instance)
 	}
 	if r.released {
 		return transfer.ErrReleased
 	}
 	switch cfg.Device {
-	case "", DeviceCPU, DeviceCUDA:
+	case "", sdk.DeviceCPU, sdk.DeviceCUDA:
 	default:
-		return fmt.Errorf("%w: device %q: want %q or %q", ErrInvalid, cfg.Device, DeviceCPU, DeviceCUDA)
+		return fmt.Errorf("%w: device %q: want %q or %q", sdk.ErrInvalid, cfg.Device, sdk.DeviceCPU, sdk.DeviceCUDA)
 	}
 	logger := r.logger.Named(cfg.Instance)
 	mgr, err := transfer.New(transfer.Config{
 		Dir:         cfg.RunDir,
-		Name:        TransferName(cfg.Instance, os.Getpid()),
+		Name:        transfer.ProcessName(cfg.Instance, os.Getpid()),
 		ZMQHost:     cfg.ZMQHost,
 		PeerTimeout: cfg.PeerTimeout,
-		CUDA:        cfg.Device == DeviceCUDA,
+		CUDA:        cfg.Device == sdk.DeviceCUDA,
 		Logger:      logger.Named("transfer"),
 	})
 	if err != nil {
@@ -90,15 +93,15 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 	}
 	// The author's Configure runs once, after everything that can fail
 	// before it.
-	if c, ok := r.phase.(Configurer); ok {
-		if err := c.Configure(ctx, Config{Instance: cfg.Instance, Params: cfg.Params, Logger: logger}); err != nil {
+	if c, ok := r.phase.(sdk.Configurer); ok {
+		if err := c.Configure(ctx, sdk.Config{Instance: cfg.Instance, Params: cfg.Params, Logger: logger}); err != nil {
 			return errors.Join(err, mgr.Release(ctx))
 		}
 	}
 	r.mgr, r.instance = mgr, cfg.Instance
 	r.loaded = make(chan struct{})
 	logger.Info("configured", "run_dir", cfg.RunDir)
-	l, ok := r.phase.(Loader)
+	l, ok := r.phase.(sdk.Loader)
 	if !ok {
 		close(r.loaded)
 		return nil
@@ -113,7 +116,7 @@ func (r *phaseRuntime) Configure(ctx context.Context, cfg InstanceConfig) error 
 
 // load runs the phase's Load and records its outcome for Ready. A panic in
 // Load fails the load, not the process.
-func (r *phaseRuntime) load(ctx context.Context, l Loader, logger hclog.Logger) {
+func (r *Runtime) load(ctx context.Context, l sdk.Loader, logger hclog.Logger) {
 	defer close(r.loaded)
 	start := time.Now()
 	err := func() (err error) {
@@ -132,7 +135,7 @@ func (r *phaseRuntime) load(ctx context.Context, l Loader, logger hclog.Logger) 
 }
 
 // Ready returns once the phase's Load has returned: nil, or its error.
-func (r *phaseRuntime) Ready(ctx context.Context) error {
+func (r *Runtime) Ready(ctx context.Context) error {
 	r.mu.Lock()
 	loaded, released := r.loaded, r.released
 	r.mu.Unlock()
@@ -140,7 +143,7 @@ func (r *phaseRuntime) Ready(ctx context.Context) error {
 		if released {
 			return transfer.ErrReleased
 		}
-		return fmt.Errorf("%w: instance is not configured", ErrInvalid)
+		return fmt.Errorf("%w: instance is not configured", sdk.ErrInvalid)
 	}
 	select {
 	case <-loaded:
@@ -165,12 +168,12 @@ func (r *phaseRuntime) Ready(ctx context.Context) error {
 
 // readyLocked returns an error, with r.mu held, until the instance can
 // take requests.
-func (r *phaseRuntime) readyLocked() error {
+func (r *Runtime) readyLocked() error {
 	if r.released {
 		return transfer.ErrReleased
 	}
 	if r.mgr == nil {
-		return fmt.Errorf("%w: instance is not configured", ErrInvalid)
+		return fmt.Errorf("%w: instance is not configured", sdk.ErrInvalid)
 	}
 	select {
 	case <-r.loaded:
@@ -183,29 +186,22 @@ func (r *phaseRuntime) readyLocked() error {
 	return nil
 }
 
-// TransferName is the name an instance's transfer manager uses for its
-// shared-memory segments: the instance id and the plugin's pid, so that a
-// supervisor can sweep the segments of an instance that died.
-func TransferName(instance string, pid int) string {
-	return fmt.Sprintf("%s.%d", instance, pid)
-}
-
 // manager returns the transfer manager, or an error before Configure.
-func (r *phaseRuntime) manager() (*transfer.Manager, error) {
+func (r *Runtime) manager() (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.managerLocked()
 }
 
 // managerLocked is manager with r.mu held.
-func (r *phaseRuntime) managerLocked() (*transfer.Manager, error) {
+func (r *Runtime) managerLocked() (*transfer.Manager, error) {
 	if r.mgr == nil {
-		return nil, fmt.Errorf("%w: instance is not configured", ErrInvalid)
+		return nil, fmt.Errorf("%w: instance is not configured", sdk.ErrInvalid)
 	}
 	return r.mgr, nil
 }
 
-func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, error) {
+func (r *Runtime) OpenRoom(ctx context.Context, spec sdk.RoomSpec) (string, error) {
 	r.mu.Lock()
 	mgr, err := r.mgr, r.readyLocked()
 	r.mu.Unlock()
@@ -213,26 +209,26 @@ func (r *phaseRuntime) OpenRoom(ctx context.Context, spec RoomSpec) (string, err
 		return "", err
 	}
 	if spec.Room == 0 {
-		return "", fmt.Errorf("%w: room id 0 is reserved", ErrInvalid)
+		return "", fmt.Errorf("%w: room id 0 is reserved", sdk.ErrInvalid)
 	}
-	backend, err := transfer.ParseBackend(spec.Backend)
+	backend, err := sdk.ParseBackend(string(spec.Backend))
 	if err != nil {
-		return "", fmt.Errorf("%w: room %d: %v", ErrInvalid, spec.Room, err)
+		return "", fmt.Errorf("%w: room %d: %v", sdk.ErrInvalid, spec.Room, err)
 	}
 	switch spec.Role {
-	case transfer.Sender:
+	case sdk.RoleSender:
 		return mgr.OpenSenderWith(spec.Room, backend)
-	case transfer.Receiver:
+	case sdk.RoleReceiver:
 		specs, err := r.phase.Inputs(ctx, spec.Request)
 		if err != nil {
 			return "", fmt.Errorf("room %d: inputs of request %s: %w", spec.Room, spec.Request.ID, err)
 		}
 		return "", mgr.OpenReceiverWith(spec.Room, backend, spec.PeerEndpoint, specs)
 	}
-	return "", fmt.Errorf("%w: room %d: unknown role %v", ErrInvalid, spec.Room, spec.Role)
+	return "", fmt.Errorf("%w: room %d: unknown role %v", sdk.ErrInvalid, spec.Room, spec.Role)
 }
 
-func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error) {
+func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (*sdk.Artifact, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rooms := []uint64{spec.InRoom, spec.OutRoom}
@@ -242,8 +238,8 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 	}
 	defer r.untrack(rooms)
 	rep := &runReporter{hub: &r.progress, request: spec.Request.ID, inRoom: spec.InRoom, outRoom: spec.OutRoom}
-	rep.publish(StageWaiting, 0, 0)
-	defer rep.publish(StageFinished, 0, 0)
+	rep.publish(sdk.StageWaiting, 0, 0)
+	defer rep.publish(sdk.StageFinished, 0, 0)
 
 	var in []tensor.Tensor
 	if spec.InRoom != 0 {
@@ -253,7 +249,7 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		}
 		defer done()
 		in = ts
-		if dp, ok := r.phase.(DevicePhase); !ok || !dp.TakesDeviceTensors() {
+		if dp, ok := r.phase.(sdk.DevicePhase); !ok || !dp.TakesDeviceTensors() {
 			if in, err = hostCopies(ts, mgr.CopyToHost); err != nil {
 				return nil, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
 			}
@@ -271,7 +267,7 @@ func (r *phaseRuntime) Run(ctx context.Context, spec RunSpec) (*Artifact, error)
 		}
 		return out.Artifact, nil
 	}
-	rep.publish(StageSending, 0, 0)
+	rep.publish(sdk.StageSending, 0, 0)
 	if err := mgr.Send(ctx, spec.OutRoom, out.Tensors); err != nil {
 		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
@@ -304,7 +300,7 @@ func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) err
 // runPhase calls the phase's Run; a panic in it fails this request with
 // the panic's value instead of taking the process and every other request
 // down with it.
-func (r *phaseRuntime) runPhase(ctx context.Context, req Request, in []tensor.Tensor) (out Output, err error) {
+func (r *Runtime) runPhase(ctx context.Context, req sdk.Request, in []tensor.Tensor) (out sdk.Output, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.logger.Error("phase panicked", "request", req.ID, "panic", p, "stack", string(debug.Stack()))
@@ -317,7 +313,7 @@ func (r *phaseRuntime) runPhase(ctx context.Context, req Request, in []tensor.Te
 // track registers a Run: cancel stops it when one of its rooms is removed
 // or the instance is released, and Release waits for it to return. It
 // fails before Configure, while the phase loads and after Release.
-func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transfer.Manager, error) {
+func (r *Runtime) track(rooms []uint64, cancel context.CancelFunc) (*transfer.Manager, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.readyLocked(); err != nil {
@@ -333,7 +329,7 @@ func (r *phaseRuntime) track(rooms []uint64, cancel context.CancelFunc) (*transf
 	return mgr, nil
 }
 
-func (r *phaseRuntime) untrack(rooms []uint64) {
+func (r *Runtime) untrack(rooms []uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, room := range rooms {
@@ -342,7 +338,7 @@ func (r *phaseRuntime) untrack(rooms []uint64) {
 	r.active.Done()
 }
 
-func (r *phaseRuntime) RemoveRoom(_ context.Context, room uint64) error {
+func (r *Runtime) RemoveRoom(_ context.Context, room uint64) error {
 	mgr, err := r.manager()
 	if err != nil {
 		return err
@@ -356,17 +352,17 @@ func (r *phaseRuntime) RemoveRoom(_ context.Context, room uint64) error {
 	return mgr.Remove(room)
 }
 
-func (r *phaseRuntime) Status(context.Context) (InstanceStatus, error) {
+func (r *Runtime) Status(context.Context) (sdk.InstanceStatus, error) {
 	mgr, err := r.manager()
 	if err != nil {
-		return InstanceStatus{}, err
+		return sdk.InstanceStatus{}, err
 	}
-	return InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped(), DroppedProgress: r.progress.dropped.Load()}, nil
+	return sdk.InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped(), DroppedProgress: r.progress.dropped.Load()}, nil
 }
 
 // Progress follows the instance's progress events until ctx ends or the
 // instance is released.
-func (r *phaseRuntime) Progress(ctx context.Context, fn func(Progress)) error {
+func (r *Runtime) Progress(ctx context.Context, fn func(sdk.Progress)) error {
 	sub, err := r.progress.subscribe()
 	if err != nil {
 		return err
@@ -379,7 +375,7 @@ func (r *phaseRuntime) Progress(ctx context.Context, fn func(Progress)) error {
 	return nil
 }
 
-func (r *phaseRuntime) Release(ctx context.Context) error {
+func (r *Runtime) Release(ctx context.Context) error {
 	r.mu.Lock()
 	if r.released {
 		r.mu.Unlock()
@@ -420,7 +416,7 @@ func (r *phaseRuntime) Release(ctx context.Context) error {
 	if mgr != nil {
 		errs = append(errs, mgr.Release(ctx))
 	}
-	if c, ok := r.phase.(Closer); ok {
+	if c, ok := r.phase.(sdk.Closer); ok {
 		errs = append(errs, c.Close(ctx))
 	}
 	return errors.Join(errs...)

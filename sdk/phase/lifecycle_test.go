@@ -1,4 +1,4 @@
-package sdk
+package phase
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
 )
@@ -19,26 +20,26 @@ import (
 // calls hook (if set) and writes no file; the prompt "fail" fails it.
 type stepper struct {
 	steps int
-	hook  func(context.Context, Request)
+	hook  func(context.Context, sdk.Request)
 }
 
-func (stepper) Info(context.Context) (Info, error) {
-	return Info{Name: "stepper", Kind: KindPhase, APIVersions: []int{PhaseAPIVersion}}, nil
+func (stepper) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "stepper", Kind: sdk.KindPhase, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
 }
 
-func (stepper) Inputs(context.Context, Request) ([]tensor.Spec, error) { return nil, nil }
+func (stepper) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) { return nil, nil }
 
-func (s stepper) Run(ctx context.Context, req Request, _ []tensor.Tensor) (Output, error) {
+func (s stepper) Run(ctx context.Context, req sdk.Request, _ []tensor.Tensor) (sdk.Output, error) {
 	if s.hook != nil {
 		s.hook(ctx, req)
 	}
 	for i := range s.steps {
-		ReportProgress(ctx, i+1, s.steps)
+		sdk.ReportProgress(ctx, i+1, s.steps)
 	}
 	if req.Prompt == "fail" {
-		return Output{}, errors.New("boom")
+		return sdk.Output{}, errors.New("boom")
 	}
-	return Output{Artifact: &Artifact{Path: req.ID}}, nil
+	return sdk.Output{Artifact: &sdk.Artifact{Path: req.ID}}, nil
 }
 
 // loader is a stepper whose Load waits for the test.
@@ -69,21 +70,21 @@ func (l *loader) Load(ctx context.Context) error {
 }
 
 var (
-	_ Phase  = stepper{}
-	_ Loader = (*loader)(nil)
+	_ sdk.Phase  = stepper{}
+	_ sdk.Loader = (*loader)(nil)
 )
 
 // configured returns a runtime around p, configured in a fresh run
 // directory and released when the test ends.
-func configured(t *testing.T, p Phase) *phaseRuntime {
+func configured(t *testing.T, p sdk.Phase) *Runtime {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "phased-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	r := newPhaseRuntime(p, nil)
-	if err := r.Configure(context.Background(), InstanceConfig{Instance: "l-0", RunDir: dir}); err != nil {
+	r := New(p, nil)
+	if err := r.Configure(context.Background(), sdk.InstanceConfig{Instance: "l-0", RunDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Release(context.Background()) })
@@ -108,10 +109,10 @@ func TestReadyWaitsForLoad(t *testing.T) {
 		t.Fatalf("Ready while loading, ctx cancelled: %v", err)
 	}
 	const loading = "instance l-0 is still loading; call Ready first"
-	if _, err := r.OpenRoom(ctx, RoomSpec{Room: 1, Role: transfer.Sender}); err == nil || err.Error() != loading {
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleSender}); err == nil || err.Error() != loading {
 		t.Fatalf("OpenRoom while loading: %v", err)
 	}
-	if _, err := r.Run(ctx, RunSpec{Request: Request{ID: "r"}}); err == nil || err.Error() != loading {
+	if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err == nil || err.Error() != loading {
 		t.Fatalf("Run while loading: %v", err)
 	}
 	if _, err := r.Status(ctx); err != nil {
@@ -126,10 +127,10 @@ func TestReadyWaitsForLoad(t *testing.T) {
 	if err := r.Ready(ctx); err != nil {
 		t.Fatalf("second Ready: %v", err)
 	}
-	if _, err := r.OpenRoom(ctx, RoomSpec{Room: 1, Role: transfer.Sender}); err != nil {
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleSender}); err != nil {
 		t.Fatalf("OpenRoom after Load: %v", err)
 	}
-	if a, err := r.Run(ctx, RunSpec{Request: Request{ID: "r"}}); err != nil || a.Path != "r" {
+	if a, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err != nil || a.Path != "r" {
 		t.Fatalf("Run after Load: %v, %v", a, err)
 	}
 }
@@ -137,8 +138,8 @@ func TestReadyWaitsForLoad(t *testing.T) {
 func TestReadyErrors(t *testing.T) {
 	ctx := context.Background()
 
-	r := newPhaseRuntime(newLoader(), nil)
-	if err := r.Ready(ctx); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "not configured") {
+	r := New(newLoader(), nil)
+	if err := r.Ready(ctx); !errors.Is(err, sdk.ErrInvalid) || !strings.Contains(err.Error(), "not configured") {
 		t.Fatalf("Ready before Configure: %v", err)
 	}
 	if err := r.Release(ctx); err != nil {
@@ -159,7 +160,7 @@ func TestReadyErrors(t *testing.T) {
 			t.Fatalf("Ready after a failed Load: %v", err)
 		}
 	}
-	if _, err := r.Run(ctx, RunSpec{Request: Request{ID: "r"}}); !errors.Is(err, weights) || err.Error() != "instance l-0 failed to load: weights missing at /w" {
+	if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); !errors.Is(err, weights) || err.Error() != "instance l-0 failed to load: weights missing at /w" {
 		t.Fatalf("Run after a failed Load: %v", err)
 	}
 
@@ -229,14 +230,14 @@ func TestProgressDropsOldest(t *testing.T) {
 	run := &runReporter{hub: &h, request: "r"}
 	const extra = 10
 	for i := range progressBuffer + extra {
-		run.publish(StageComputing, i, progressBuffer+extra)
+		run.publish(sdk.StageComputing, i, progressBuffer+extra)
 	}
 	if got := s.dropped.Load(); got != extra || h.dropped.Load() != extra {
 		t.Fatalf("dropped %d (hub %d), want %d", got, h.dropped.Load(), extra)
 	}
 	var got []int
 	h.close()
-	s.follow(context.Background(), func(p Progress) { got = append(got, p.Done) })
+	s.follow(context.Background(), func(p sdk.Progress) { got = append(got, p.Done) })
 	if len(got) != progressBuffer || got[0] != extra || got[len(got)-1] != progressBuffer+extra-1 {
 		t.Fatalf("kept %d events from %v to %v, want the newest %d", len(got), got[0], got[len(got)-1], progressBuffer)
 	}
@@ -252,19 +253,19 @@ func TestProgressSnapshot(t *testing.T) {
 	a := &runReporter{hub: &h, request: "a", inRoom: 3, outRoom: 4}
 	b := &runReporter{hub: &h, request: "b"}
 	c := &runReporter{hub: &h, request: "c"}
-	a.publish(StageWaiting, 0, 0)
-	b.publish(StageWaiting, 0, 0)
-	c.publish(StageWaiting, 0, 0)
-	a.publish(StageComputing, 2, 5)
-	c.publish(StageFinished, 0, 0)
+	a.publish(sdk.StageWaiting, 0, 0)
+	b.publish(sdk.StageWaiting, 0, 0)
+	c.publish(sdk.StageWaiting, 0, 0)
+	a.publish(sdk.StageComputing, 2, 5)
+	c.publish(sdk.StageFinished, 0, 0)
 	s, err := h.subscribe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.publish(StageSending, 0, 0)
+	b.publish(sdk.StageSending, 0, 0)
 	h.close()
 	var got []string
-	s.follow(context.Background(), func(p Progress) { got = append(got, fmt.Sprint(p)) })
+	s.follow(context.Background(), func(p sdk.Progress) { got = append(got, fmt.Sprint(p)) })
 	if want := "[{a computing 2 5 3 4} {b waiting 0 0 0 0} {b sending 0 0 0 0}]"; fmt.Sprint(got) != want {
 		t.Fatalf("events %v, want %s", got, want)
 	}
@@ -279,7 +280,7 @@ func TestRunProgress(t *testing.T) {
 	ctx := context.Background()
 	base := runtime.NumGoroutine()
 	entered, gate := make(chan context.Context, 1), make(chan struct{})
-	r := configured(t, stepper{steps: 2, hook: func(ctx context.Context, req Request) {
+	r := configured(t, stepper{steps: 2, hook: func(ctx context.Context, req sdk.Request) {
 		if req.ID == "ok" {
 			entered <- ctx
 			<-gate
@@ -287,7 +288,7 @@ func TestRunProgress(t *testing.T) {
 	}})
 	okDone := make(chan error, 1)
 	go func() {
-		_, err := r.Run(ctx, RunSpec{Request: Request{ID: "ok"}})
+		_, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "ok"}})
 		okDone <- err
 	}()
 	late := <-entered // "ok" is computing 0 of 1
@@ -299,7 +300,7 @@ func TestRunProgress(t *testing.T) {
 	first := make(chan struct{})
 	streamErr := make(chan error, 1)
 	go func() {
-		streamErr <- r.Progress(ctx, func(p Progress) {
+		streamErr <- r.Progress(ctx, func(p sdk.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
 			if events = append(events, fmt.Sprint(p)); len(events) == 1 {
@@ -312,8 +313,8 @@ func TestRunProgress(t *testing.T) {
 	if err := <-okDone; err != nil {
 		t.Fatal(err)
 	}
-	ReportProgress(late, 9, 9) // after Run returned: ignored
-	if _, err := r.Run(ctx, RunSpec{Request: Request{ID: "bad", Prompt: "fail"}}); err == nil || err.Error() != "boom" {
+	sdk.ReportProgress(late, 9, 9) // after Run returned: ignored
+	if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "bad", Prompt: "fail"}}); err == nil || err.Error() != "boom" {
 		t.Fatalf("Run of a failing phase: %v", err)
 	}
 	if err := r.Release(ctx); err != nil {
@@ -327,7 +328,7 @@ func TestRunProgress(t *testing.T) {
 	if fmt.Sprint(events) != want {
 		t.Fatalf("events\n%v\nwant\n%s", events, want)
 	}
-	if err := r.Progress(ctx, func(Progress) {}); !errors.Is(err, transfer.ErrReleased) {
+	if err := r.Progress(ctx, func(sdk.Progress) {}); !errors.Is(err, transfer.ErrReleased) {
 		t.Fatalf("Progress after Release: %v", err)
 	}
 	waitGoroutines(t, base)
@@ -335,12 +336,12 @@ func TestRunProgress(t *testing.T) {
 	// A phase that reports nothing shows 1 of 1 when it succeeds.
 	r = configured(t, stepper{})
 	sub, _ := r.progress.subscribe()
-	if _, err := r.Run(ctx, RunSpec{Request: Request{ID: "p"}}); err != nil {
+	if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "p"}}); err != nil {
 		t.Fatal(err)
 	}
 	r.progress.close()
 	var got []string
-	sub.follow(ctx, func(p Progress) { got = append(got, fmt.Sprint(p)) })
+	sub.follow(ctx, func(p sdk.Progress) { got = append(got, fmt.Sprint(p)) })
 	if want := "[{p waiting 0 0 0 0} {p computing 0 1 0 0} {p computing 1 1 0 0} {p finished 0 0 0 0}]"; fmt.Sprint(got) != want {
 		t.Fatalf("events %v, want %s", got, want)
 	}
@@ -355,7 +356,7 @@ func TestProgressStreamsEnd(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 3)
 	for range 3 {
-		wg.Go(func() { errs <- r.Progress(ctx, func(Progress) {}) })
+		wg.Go(func() { errs <- r.Progress(ctx, func(sdk.Progress) {}) })
 	}
 	cancel()
 	wg.Wait()
