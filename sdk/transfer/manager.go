@@ -81,10 +81,14 @@ type Manager struct {
 
 	mu       sync.Mutex
 	state    managerState
-	released chan struct{} // closed when Release has finished
-	rooms    map[uint64]*room
-	ids      usedIDs
-	pool     *pool // the receiver's idle segments
+	released chan struct{} // closed when Release's teardown has finished
+	// releaseErr is the teardown's outcome, set before released is
+	// closed; stopping names what it waits for (a string).
+	releaseErr error
+	stopping   atomic.Value
+	rooms      map[uint64]*room
+	ids        usedIDs
+	pool       *pool // the receiver's idle segments
 
 	// Set by Start; read-only afterwards.
 	zctx       *zmq.Context
@@ -744,37 +748,54 @@ func (m *Manager) Remove(id uint64) error {
 // Release refuses new rooms (ErrReleased), removes every room, stops the
 // transfer worker and the socket owner, and terminates the zmq context. It
 // leaves no socket file and no segment behind. Every step is bounded (the
-// worker aborts between chunks, the owner never blocks on the network);
-// ctx bounds the waits for the two goroutines, and if it ends first the
-// context is left open and the error says what did not stop. Release is
-// idempotent: later calls wait for the first to finish and return nil.
+// worker aborts between chunks, the owner never blocks on the network).
+//
+// The teardown runs to its end whatever ctx does: ctx only bounds how long
+// Release waits for it. When ctx ends first, Release returns an error
+// saying what had not stopped yet, and the teardown goes on in the
+// background; a later Release waits for it and returns its outcome.
+// Release is idempotent.
 func (m *Manager) Release(ctx context.Context) error {
 	m.mu.Lock()
 	switch m.state {
 	case stateNew:
 		m.state = stateReleased
 		close(m.released)
-		m.mu.Unlock()
-		return nil
-	case stateReleased:
-		m.mu.Unlock()
-		select {
-		case <-m.released:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("transfer: release: waiting for a concurrent Release: %w", ctx.Err())
+	case stateStarted:
+		m.state = stateReleased
+		ids := make([]uint64, 0, len(m.rooms))
+		for id := range m.rooms {
+			ids = append(ids, id)
 		}
-	}
-	m.state = stateReleased
-	ids := make([]uint64, 0, len(m.rooms))
-	for id := range m.rooms {
-		ids = append(ids, id)
+		slices.Sort(ids)
+		m.stopping.Store("the rooms")
+		// The teardown's goroutine ends with the teardown, which no
+		// step of can block for good; m.released tells its end.
+		go m.teardown(ids)
 	}
 	m.mu.Unlock()
-	defer close(m.released)
-	slices.Sort(ids)
+	select {
+	case <-m.released:
+		return m.releaseErr
+	default:
+	}
+	select {
+	case <-m.released:
+		return m.releaseErr
+	case <-ctx.Done():
+		return fmt.Errorf("transfer: release: %s did not stop in time; the release goes on in the background: %w", m.stopping.Load(), ctx.Err())
+	}
+}
 
+// teardown is Release's work: it removes the rooms, stops the goroutines
+// in order and frees what Start took, then records the outcome and closes
+// m.released.
+func (m *Manager) teardown(ids []uint64) {
 	var errs []error
+	defer func() {
+		m.releaseErr = errors.Join(errs...)
+		close(m.released)
+	}()
 	for _, id := range ids {
 		errs = append(errs, m.Remove(id))
 	}
@@ -782,18 +803,16 @@ func (m *Manager) Release(ctx context.Context) error {
 	if err := m.pool.close(); err != nil {
 		errs = append(errs, fmt.Errorf("transfer: release: segment pool: %w", err))
 	}
-	if err := waitDone(ctx, m.workerDone, "transfer worker"); err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	if err := waitDone(ctx, m.completerDone, "cuda completer"); err != nil {
-		return errors.Join(append(errs, err)...)
-	}
+	m.stopping.Store("the transfer worker")
+	<-m.workerDone
+	m.stopping.Store("the cuda completer")
+	<-m.completerDone
+	m.stopping.Store("the socket owner")
 	if err := m.post(command{stop: true}); err != nil && !errors.Is(err, errOwnerStopped) {
 		errs = append(errs, err)
 	}
-	if err := waitDone(ctx, m.ownerDone, "socket owner"); err != nil {
-		return errors.Join(append(errs, err)...)
-	}
+	<-m.ownerDone
+	m.stopping.Store("the zmq context")
 	if err := m.closeWake(); err != nil {
 		errs = append(errs, fmt.Errorf("transfer: release: close the wake-up eventfd: %w", err))
 	}
@@ -806,7 +825,6 @@ func (m *Manager) Release(ctx context.Context) error {
 		}
 	}
 	m.log.Debug("transfer manager released", "rooms_removed", len(ids), "dropped_frames", m.dropped.Load())
-	return errors.Join(errs...)
 }
 
 // closeWake closes the wake-up eventfd; later wake calls do nothing.
@@ -819,15 +837,6 @@ func (m *Manager) closeWake() error {
 	err := unix.Close(m.wakeFD)
 	m.wakeFD = -1
 	return err
-}
-
-func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("transfer: release: the %s did not stop: %w", what, ctx.Err())
-	}
 }
 
 // retire lets go of a room's segment: into the pool if recyclable and no

@@ -439,3 +439,41 @@ func TestRemoveBeforeOpen(t *testing.T) {
 	}
 	assertClean(t, p.dir, p.sn, p.rn)
 }
+
+// TestReleaseExpiredContext: a Release whose context has already ended
+// still tears everything down: the socket owner, its eventfd and the zmq
+// context do not outlive it, and a later Release waits for the teardown
+// and reports its outcome.
+func TestReleaseExpiredContext(t *testing.T) {
+	base, baseFDs := runtime.NumGoroutine(), openFDs(t)
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := shortDir(t)
+	for i := range 20 {
+		name := uniqueName()
+		m, err := New(Config{Dir: dir, Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.OpenSender(uint64(i + 1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Release(expired); err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("Release with an expired context: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = m.Release(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("second Release: %v", err)
+		}
+		assertClean(t, dir, name)
+	}
+	eventually(t, "goroutines to return to the baseline", func() bool { return runtime.NumGoroutine() <= base })
+	if n := openFDs(t); n > baseFDs {
+		t.Errorf("%d file descriptors open after the releases, %d before the managers", n, baseFDs)
+	}
+}
