@@ -16,9 +16,9 @@ CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLA
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME     ?= 2000000x
 # Fuzz targets as PACKAGE:TARGET: every decoder of bytes from the network,
-# the control API's JSON and the config decoder.
+# the control API's JSON, the config decoder, and what a plugin writes on stderr.
 FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/transfer:FuzzTensorHeader \
-	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig
+	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig ./supervisor:FuzzPluginStderr
 # What builds without cgo (no libzmq): the plugin contract and everything a
 # policy plugin links. make check proves it.
 NOCGO := ./sdk ./sdk/tensor ./sdk/plugintest ./sdk/policytest ./policies/...

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,8 +9,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -27,7 +24,7 @@ type process struct {
 	name   string // instance or policy id, for logs and errors
 	path   string
 	client *plugin.Client
-	stderr *tail
+	stderr *pluginLog // its stderr: logged, and the last lines kept
 	pid    int
 	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
 	info   sdk.Info
@@ -102,19 +99,8 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor
 	// only, which releases the pipeline in order).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	stderr := newTail(20)
-	client := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		Plugins:          sdk.PluginMap(),
-		Cmd:              cmd,
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
-		Logger:           pc.Logger,
-		Stderr:           stderr,
-		StartTimeout:     pc.StartTimeout,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
-		SecureConfig:     secure,
-	})
+	stderr := newPluginLog(pc.Logger)
+	client := plugin.NewClient(clientConfig(pc, cmd, secure, stderr))
 	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr, cmd: cmd}
 	fail := func(err error) (*process, error) {
 		client.Kill()
@@ -169,6 +155,24 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	p.info = info
 	pc.Logger.Debug("plugin started", "path", pc.Path, "pid", p.pid, "version", info.Version)
 	return p, nil
+}
+
+// clientConfig is how go-plugin starts and talks to a plugin: gRPC with
+// AutoMTLS, sockets in pc.SocketDir, the plugin's stderr read by stderr
+// alone (go-plugin's own parser of it is kept out, see quietStderr).
+func clientConfig(pc processConfig, cmd *exec.Cmd, secure *plugin.SecureConfig, stderr *pluginLog) *plugin.ClientConfig {
+	return &plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          sdk.PluginMap(),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           quietStderr{pc.Logger},
+		Stderr:           stderr,
+		StartTimeout:     pc.StartTimeout,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
+		SecureConfig:     secure,
+	}
 }
 
 // exited reports whether the process has exited.
@@ -260,50 +264,3 @@ func (p *process) watchGroup() {
 // killWait bounds go-plugin's graceful Kill before the process group is
 // killed.
 const killWait = 5 * time.Second
-
-// tail keeps the last lines written to it; go-plugin writes the plugin's
-// raw stderr here.
-type tail struct {
-	mu    sync.Mutex
-	max   int
-	lines []string
-	part  []byte
-}
-
-func newTail(max int) *tail { return &tail{max: max} }
-
-func (t *tail) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.part = append(t.part, b...)
-	for {
-		i := bytes.IndexByte(t.part, '\n')
-		if i < 0 {
-			break
-		}
-		t.add(string(t.part[:i]))
-		t.part = t.part[i+1:]
-	}
-	return len(b), nil
-}
-
-func (t *tail) add(line string) {
-	if strings.TrimSpace(line) == "" {
-		return
-	}
-	t.lines = append(t.lines, line)
-	if len(t.lines) > t.max {
-		t.lines = t.lines[len(t.lines)-t.max:]
-	}
-}
-
-// String returns the kept lines, including an unfinished last one.
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	lines := append([]string(nil), t.lines...)
-	if len(bytes.TrimSpace(t.part)) > 0 {
-		lines = append(lines, string(t.part))
-	}
-	return strings.Join(lines, "\n")
-}
