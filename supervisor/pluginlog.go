@@ -21,8 +21,8 @@ import (
 // asserts the types of "@message", "@level" and "@timestamp", so the line
 // {"@level":"info","@message":5} from a plugin panicked the supervisor.
 // Nothing a plugin writes can crash or stall this one: it parses with
-// encoding/json, checks every type, bounds a line to maxLogLine bytes and
-// keeps keepLines lines.
+// encoding/json, checks every type, cuts a line at maxLogLine bytes (each
+// piece logged as text at debug) and keeps keepLines lines.
 //
 // The rules, which docs/protocol.md states for plugin authors:
 //
@@ -72,7 +72,7 @@ func (w *pluginLog) Write(b []byte) (int, error) {
 		if len(chunk) > room {
 			// The line is too long: what fits is a line of its own.
 			w.part = append(w.part, chunk[:room]...)
-			w.flush()
+			w.flush(true)
 			b = b[room:]
 			continue
 		}
@@ -80,20 +80,25 @@ func (w *pluginLog) Write(b []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		w.flush()
+		w.flush(false)
 		b = b[i+1:]
 	}
 	return n, nil
 }
 
-// flush logs and keeps the line in w.part; w.mu is held.
-func (w *pluginLog) flush() {
+// flush logs and keeps the line in w.part, as text at debug if cut (a
+// piece of a line over maxLogLine bytes); w.mu is held.
+func (w *pluginLog) flush(cut bool) {
 	line := bytes.TrimSuffix(w.part, []byte("\r"))
 	w.part = w.part[:0]
 	if len(bytes.TrimSpace(line)) == 0 {
 		return
 	}
-	w.log(line)
+	if cut {
+		w.logger.Debug(printable(string(line)))
+	} else {
+		w.log(line)
+	}
 	w.lines = append(w.lines, printable(string(line)))
 	if len(w.lines) > keepLines {
 		w.lines = slices.Delete(w.lines, 0, len(w.lines)-keepLines)

@@ -93,7 +93,10 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		return nil, err
 	}
 	cmd := exec.Command(pc.Path)
-	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel)
+	// go-plugin passes its socket directory to a plugin only when it
+	// runs the plugin through a custom runner: name it here, so that the
+	// plugin's gRPC socket is in the run directory, which release removes.
+	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel, "PLUGIN_UNIX_SOCKET_DIR="+pc.SocketDir)
 	// The child dies with the supervisor, even on SIGKILL; it leads a
 	// process group of its own, so that kill takes its own children too
 	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor

@@ -122,7 +122,7 @@ type Descriptor struct {
 	SegmentSize    uint64                 `protobuf:"varint,6,opt,name=segment_size,json=segmentSize,proto3" json:"segment_size,omitempty"`
 	Buffers        []*TensorHeader        `protobuf:"bytes,7,rep,name=buffers,proto3" json:"buffers,omitempty"`
 	// How the bytes travel: "" or "shm", into the segment; "zmq", as
-	// two-part messages (a 32-byte data header, then the bytes) on the
+	// two-part messages (a 28-byte data header, then the bytes) on the
 	// receiver's status socket, into its private buffer (segment is empty);
 	// "cuda", into the receiver's device memory, opened through
 	// cuda_ipc_handle (segment is empty, segment_size is the allocation's).
