@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/oklog/run"
 
 	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
@@ -143,36 +144,28 @@ func (a *API) AddTCP(ln net.Listener, token string) error {
 }
 
 // Serve serves until Shutdown, on the unix socket and the TCP listener if
-// there is one; it returns nil after a Shutdown. When one listener fails,
-// the other is closed too and Serve returns the error.
+// there is one, each an actor of one oklog/run group; it returns nil after
+// a Shutdown. When one listener fails, the other server is closed too and
+// Serve returns the error.
 func (a *API) Serve() error {
-	type server struct {
-		srv *http.Server
-		ln  net.Listener
-	}
-	servers := []server{{a.srv, a.ln}}
-	if a.tcp != nil {
-		servers = append(servers, server{a.tcp, a.tcpLn})
-	}
-	errs := make(chan error, len(servers))
-	for _, s := range servers {
-		go func() {
-			err := s.srv.Serve(s.ln)
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			} else {
-				for _, o := range servers {
-					o.srv.Close()
-				}
+	var g run.Group
+	add := func(srv *http.Server, ln net.Listener) {
+		g.Add(func() error { return srv.Serve(ln) }, func(err error) {
+			// After Shutdown every server returns ErrServerClosed and
+			// finishes its calls; only a failure closes the others.
+			if !errors.Is(err, http.ErrServerClosed) {
+				srv.Close()
 			}
-			errs <- err
-		}()
+		})
 	}
-	var err error
-	for range servers {
-		err = errors.Join(err, <-errs)
+	add(a.srv, a.ln)
+	if a.tcp != nil {
+		add(a.tcp, a.tcpLn)
 	}
-	return err
+	if err := g.Run(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 // Shutdown stops the servers, waiting for open calls up to ctx and then

@@ -128,3 +128,22 @@ func (c Catalog) Inspect(ctx context.Context, pins map[string]string) ([]PluginI
 	}
 	return out, nil
 }
+
+// List returns the names of the plugins of a kind in the directory,
+// sorted.
+func (c Catalog) List(kind sdk.Kind) []string {
+	entries, err := os.ReadDir(c.Dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	prefix := BinaryName(kind, "")
+	for _, e := range entries {
+		if name, ok := strings.CutPrefix(e.Name(), prefix); ok && name != "" {
+			if _, err := c.Find(kind, name); err == nil {
+				out = append(out, name)
+			}
+		}
+	}
+	return out
+}

@@ -46,12 +46,11 @@ type instance struct {
 	rooms    atomic.Int64  // rooms the supervisor opened and has not removed
 	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
 
+	restart *restarter // the phase's restart rule, applied to this slot
+
 	mu       sync.Mutex // guards state transitions and what follows
 	state    string
-	restarts []time.Time // restarts within the phase's window, oldest first
-	total    int         // restarts since the supervisor started
-	failures int         // starts that failed in a row
-	lastExit string      // how its last process ended
+	lastExit string // how its last process ended
 }
 
 // life is one plugin process of an instance, from its start to its exit.
@@ -372,7 +371,7 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 // startInstance starts instance i of a phase and watches its process.
 func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int, path string) (*instance, error) {
 	id := fmt.Sprintf("%s-%d", pcfg.Name, i)
-	in := &instance{id: id, index: i, phase: pcfg.Name, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting}
+	in := &instance{id: id, index: i, phase: pcfg.Name, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(pcfg.Restart)}
 	l, err := s.launch(ctx, in)
 	if err != nil {
 		return nil, err
@@ -431,7 +430,7 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		return
 	}
 	in.lastExit = dead.Error()
-	delay, ok := in.nextRestart(time.Now())
+	delay, ok := in.restart.next(time.Now())
 	if !ok {
 		in.state = stateFailed
 		in.mu.Unlock()
@@ -444,147 +443,46 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	in.mu.Unlock()
 	s.readyChanged()
 	s.bg.Add(1)
-	go s.restart(in, delay)
+	go s.restartInstance(in, delay)
 }
 
-// nextRestart applies the phase's restart rule at now: the backoff before
-// the next restart, or false when the instance has had its Max restarts
-// within Window. in.mu is held.
-func (in *instance) nextRestart(now time.Time) (time.Duration, bool) {
-	rule := in.cfg.Restart
-	kept := in.restarts[:0]
-	for _, t := range in.restarts {
-		if now.Sub(t) < rule.Window {
-			kept = append(kept, t)
-		}
-	}
-	in.restarts = kept
-	if len(kept) >= rule.Max {
-		return 0, false
-	}
-	in.restarts = append(in.restarts, now)
-	in.total++
-	delay := rule.Backoff
-	for range len(kept) {
-		delay *= 2
-		if delay >= rule.MaxBackoff {
-			return rule.MaxBackoff, true
-		}
-	}
-	return min(delay, rule.MaxBackoff), true
-}
-
-// restart starts the instance again after delay; a start that fails is
-// handled like an exit (the restart rule decides: again, or failed).
-func (s *Supervisor) restart(in *instance, delay time.Duration) {
+// restartInstance starts the instance again after delay, by its restart
+// rule: a start that fails is handled like an exit (again, or failed).
+func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 	defer s.bg.Done()
-	for {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-s.bgCtx.Done():
-			t.Stop()
-			return
-		}
-		l, err := s.launch(s.bgCtx, in)
-		if s.bgCtx.Err() != nil {
-			if err == nil {
-				l.proc.kill()
-			}
-			return // released meanwhile
-		}
-		if err == nil {
-			in.mu.Lock()
-			released := in.state == stateReleased || s.bgCtx.Err() != nil
-			in.mu.Unlock()
-			if released {
-				l.proc.kill()
-				return
-			}
-			in.mu.Lock()
-			in.failures = 0
-			in.mu.Unlock()
-			s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "after", delay)
-			s.goLive(in, l)
-			return
+	start := func(ctx context.Context) error {
+		l, err := s.launch(ctx, in)
+		if err != nil {
+			return err
 		}
 		in.mu.Lock()
-		if in.state == stateReleased {
-			in.mu.Unlock()
-			return
-		}
-		in.lastExit = "restart failed: " + err.Error()
-		in.failures++
-		var ok bool
-		delay, ok = in.nextRestart(time.Now())
-		// Starts that fail slowly (a model that loads for minutes, then
-		// crashes) may never reach Max within the window: Max failed
-		// starts in a row give up too.
-		ok = ok && in.failures < in.cfg.Restart.Max
-		if !ok {
-			in.state = stateFailed
-		}
+		released := in.state == stateReleased || ctx.Err() != nil
 		in.mu.Unlock()
-		s.logger.Error("restart phase instance", "instance", in.id, "error", err, "given_up", !ok)
-		if !ok {
-			s.readyChanged()
-			return
+		if released {
+			l.proc.kill()
+			return nil // nothing to restart any more
 		}
+		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "after", delay)
+		s.goLive(in, l)
+		return nil
 	}
-}
-
-// readyChanged wakes whoever waits for an instance to become ready.
-func (s *Supervisor) readyChanged() {
-	s.readyMu.Lock()
-	close(s.readyCh)
-	s.readyCh = make(chan struct{})
-	s.readyMu.Unlock()
-}
-
-// readyWatch returns a channel closed at the next change of readiness.
-func (s *Supervisor) readyWatch() <-chan struct{} {
-	s.readyMu.Lock()
-	defer s.readyMu.Unlock()
-	return s.readyCh
-}
-
-// unservable returns an error when a phase has no ready instance and none
-// that may become ready (all failed or released), and whether some phase is
-// waiting for an instance to come back.
-func (s *Supervisor) unservable() (waiting bool, err error) {
-	for _, ph := range s.phases {
-		ready, recovering := false, false
-		var last string
-		for _, in := range ph.instances {
-			switch in.currentState() {
-			case stateReady:
-				ready = true
-			case stateStarting, stateExited, stateRestarting:
-				recovering = true
-			}
-			in.mu.Lock()
-			if in.lastExit != "" {
-				last = in.lastExit
-			}
-			in.mu.Unlock()
-		}
-		switch {
-		case ready:
-		case recovering:
-			waiting = true
-		default:
-			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.instances), last)
-		}
+	failed := func(err error) {
+		in.mu.Lock()
+		in.lastExit = "restart failed: " + err.Error()
+		in.mu.Unlock()
+		s.logger.Error("restart phase instance", "instance", in.id, "error", err)
 	}
-	return waiting, nil
-}
-
-// timedOut reports whether a call made with ctx (whose parent is not done)
-// failed at ctx's deadline: on this side, or in the plugin's gRPC server,
-// which gives up on the deadline it was sent a moment before this side
-// does (sdk.ErrTimedOut).
-func timedOut(ctx context.Context, err error) bool {
-	return errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, sdk.ErrTimedOut)
+	err := in.restart.run(s.bgCtx, delay, start, failed)
+	if !errors.Is(err, errGaveUp) {
+		return // restarted, or released
+	}
+	in.mu.Lock()
+	if in.state != stateReleased {
+		in.state = stateFailed
+	}
+	in.mu.Unlock()
+	s.logger.Error("phase instance failed; not restarting it", "instance", in.id, "why", err)
+	s.readyChanged()
 }
 
 // awaitReady makes the readiness call, bounded by the phase's

@@ -17,7 +17,7 @@ import (
 // up; restarts older than the window no longer count.
 func TestNextRestart(t *testing.T) {
 	rule := config.Restart{Max: 4, Window: time.Minute, Backoff: 100 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}
-	in := &instance{cfg: config.Phase{Restart: rule}}
+	in := newRestarter(rule)
 	t0 := time.Unix(1000, 0)
 	steps := []struct {
 		at    time.Duration // after t0
@@ -33,7 +33,7 @@ func TestNextRestart(t *testing.T) {
 		{200 * time.Second, 100 * time.Millisecond, true}, // all have left it
 	}
 	for i, st := range steps {
-		delay, ok := in.nextRestart(t0.Add(st.at))
+		delay, ok := in.next(t0.Add(st.at))
 		if delay != st.delay || ok != st.ok {
 			t.Errorf("restart %d at +%s: (%s, %v), want (%s, %v)", i, st.at, delay, ok, st.delay, st.ok)
 		}
@@ -41,8 +41,8 @@ func TestNextRestart(t *testing.T) {
 	if in.total != 6 {
 		t.Errorf("total restarts %d, want 6", in.total)
 	}
-	none := &instance{cfg: config.Phase{Restart: config.Restart{Max: 0, Window: time.Minute, Backoff: time.Second, MaxBackoff: time.Second}}}
-	if _, ok := none.nextRestart(t0); ok {
+	none := newRestarter(config.Restart{Max: 0, Window: time.Minute, Backoff: time.Second, MaxBackoff: time.Second})
+	if _, ok := none.next(t0); ok {
 		t.Error("max = 0 restarted an instance")
 	}
 }

@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor/config"
 )
@@ -20,29 +18,32 @@ import (
 const (
 	policyRunning    = "running"
 	policyRestarting = "restarting"
+	policyFailed     = "failed" // too many restarts: given up; the fallback schedules
 	policyStopped    = "stopped"
 )
 
 // policy is one policy plugin process, shared by the phases that use it,
 // live or as a shadow. When it crashes or hangs, the phases fall back to
-// the built-in round robin and a restarter starts it again with backoff.
+// the built-in round robin and it is restarted by the config's restart
+// rule, as instances are.
 type policy struct {
-	name string
-	path string
+	name    string
+	path    string
+	restart *restarter
 
-	mu       sync.Mutex
-	proc     *process // nil while restarting
-	impl     sdk.Policy
-	state    string
-	restarts int
-	lastErr  string
+	mu      sync.Mutex
+	proc    *process // nil while restarting
+	impl    sdk.Policy
+	state   string
+	lastErr string
 }
 
-// current returns the policy's client while its process runs.
-func (p *policy) current() (sdk.Policy, bool) {
+// current returns the policy's client while its process runs, and its
+// state.
+func (p *policy) current() (sdk.Policy, string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.impl, p.state == policyRunning
+	return p.impl, p.state
 }
 
 // policyStats counts what happened to one phase's scheduling decisions.
@@ -54,13 +55,6 @@ type policyStats struct {
 	shadowErrors atomic.Int64 // shadow calls that failed
 }
 
-// Restart backoff of a policy process: the first retry after
-// policyBackoffMin, doubling up to policyBackoffMax.
-const (
-	policyBackoffMin = 100 * time.Millisecond
-	policyBackoffMax = 30 * time.Second
-)
-
 // startPolicy starts the process of policy name from the catalog.
 func (s *Supervisor) startPolicy(ctx context.Context, name string) (*policy, error) {
 	path, err := s.catalog.Find(sdk.KindPolicy, name)
@@ -71,7 +65,7 @@ func (s *Supervisor) startPolicy(ctx context.Context, name string) (*policy, err
 	if err != nil {
 		return nil, err
 	}
-	return &policy{name: name, path: path, proc: proc, impl: proc.raw.(sdk.Policy), state: policyRunning}, nil
+	return &policy{name: name, path: path, restart: newRestarter(s.cfg.Restart), proc: proc, impl: proc.raw.(sdk.Policy), state: policyRunning}, nil
 }
 
 func (s *Supervisor) startPolicyProcess(ctx context.Context, name, path string) (*process, error) {
@@ -81,67 +75,12 @@ func (s *Supervisor) startPolicyProcess(ctx context.Context, name, path string) 
 	})
 }
 
-// schedule asks each distinct live policy, once, for the instances of its
-// phases, and returns one instance per phase in pipeline order. A policy
-// that fails (its process crashed or hung past the policy timeout, it
-// returned an error, or it chose an instance that is not a ready one of the
-// phase) is replaced for this request by the built-in round robin, so that
-// no request fails because of its policy; the failure is logged and
-// counted. Shadow policies are asked too, in the background. The caller
-// holds schedMu.
-func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance, error) {
-	chosen := make([]*instance, len(s.phases))
-	type group struct {
-		p      *policy
-		phases []int
-	}
-	var groups []*group
-	for i, ph := range s.phases {
-		p := ph.live.Load()
-		k := slices.IndexFunc(groups, func(g *group) bool { return g.p == p })
-		if k < 0 {
-			groups = append(groups, &group{p: p})
-			k = len(groups) - 1
-		}
-		groups[k].phases = append(groups[k].phases, i)
-	}
-	for _, g := range groups {
-		req := sdk.ScheduleRequest{RequestID: id, Key: key}
-		for _, i := range g.phases {
-			req.Phases = append(req.Phases, s.phases[i].candidates())
-		}
-		d, callErr := s.callPolicy(ctx, g.p, req)
-		for _, i := range g.phases {
-			ph := s.phases[i]
-			ph.stats.decisions.Add(1)
-			var in *instance
-			err := callErr
-			if err == nil {
-				in, err = ph.chosen(g.p.name, d.Choices[ph.cfg.Name])
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				ph.stats.fallbacks.Add(1)
-				s.logger.Warn("policy failed: the built-in round robin schedules this request", "phase", ph.cfg.Name, "policy", g.p.name, "request", id, "error", err)
-				if in, err = s.fallbackPick(ctx, ph); err != nil {
-					return nil, err
-				}
-			}
-			chosen[i] = in
-		}
-	}
-	s.shadow(id, key, chosen)
-	return chosen, nil
-}
-
 // callPolicy calls a policy's Schedule with the policy timeout. When the
 // process has exited, or does not answer in time, it is restarted.
 func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.ScheduleRequest) (sdk.Decision, error) {
-	impl, ok := p.current()
-	if !ok {
-		return sdk.Decision{}, fmt.Errorf("policy %s is %s", p.name, policyRestarting)
+	impl, state := p.current()
+	if state != policyRunning {
+		return sdk.Decision{}, fmt.Errorf("policy %s is %s", p.name, state)
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.PolicyTimeout)
 	defer cancel()
@@ -164,32 +103,10 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 	return d, err
 }
 
-// chosen returns the instance a policy chose for the phase, or an error if
-// it is not a ready instance of the phase.
-func (ph *phase) chosen(policy, id string) (*instance, error) {
-	in := ph.instance(id)
-	switch {
-	case in == nil:
-		return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", policy, id, ph.cfg.Name)
-	case in.currentState() != stateReady:
-		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", policy, in.id, ph.cfg.Name, in.currentState())
-	}
-	return in, nil
-}
-
-// fallbackPick schedules one phase with the built-in round robin.
-func (s *Supervisor) fallbackPick(ctx context.Context, ph *phase) (*instance, error) {
-	d, err := s.fallback.Schedule(ctx, sdk.ScheduleRequest{Phases: []sdk.PhaseCandidates{ph.candidates()}})
-	if err != nil {
-		return nil, fmt.Errorf("phase %s: %w", ph.cfg.Name, err)
-	}
-	return ph.chosen(roundrobin.Name, d.Choices[ph.cfg.Name])
-}
-
 // restartPolicy marks a policy as restarting (once: a second failure of
-// the same process does nothing) and starts a restarter: it kills the old
-// process, then starts a new one with exponential backoff until it runs or
-// the supervisor is released.
+// the same process does nothing), kills the old process and starts it
+// again by the config's restart rule; past the rule, it is left failed and
+// the built-in round robin schedules its phases.
 func (s *Supervisor) restartPolicy(p *policy, failed sdk.Policy, cause error) {
 	p.mu.Lock()
 	if p.impl != failed || p.state != policyRunning {
@@ -197,105 +114,85 @@ func (s *Supervisor) restartPolicy(p *policy, failed sdk.Policy, cause error) {
 		return
 	}
 	old := p.proc
+	delay, ok := p.restart.next(time.Now())
 	p.state, p.proc, p.lastErr = policyRestarting, nil, cause.Error()
+	if !ok {
+		p.state = policyFailed
+	}
 	p.mu.Unlock()
-	s.logger.Error("policy plugin failed; restarting it", "policy", p.name, "error", cause)
+	s.logger.Error("policy plugin failed", "policy", p.name, "error", cause, "restarting", ok)
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
 		if old != nil {
 			old.kill()
 		}
-		delay := policyBackoffMin
-		for {
-			select {
-			case <-time.After(delay):
-			case <-s.bgCtx.Done():
-				return
-			}
-			proc, err := s.startPolicyProcess(s.bgCtx, p.name, p.path)
-			if err == nil {
-				p.mu.Lock()
-				if s.bgCtx.Err() != nil || p.state != policyRestarting {
-					p.mu.Unlock()
-					proc.kill()
-					return
-				}
-				p.proc, p.impl, p.state = proc, proc.raw.(sdk.Policy), policyRunning
-				p.restarts++
-				p.mu.Unlock()
-				s.logger.Info("policy plugin restarted", "policy", p.name, "pid", proc.pid)
-				return
-			}
-			p.mu.Lock()
-			p.lastErr = err.Error()
-			p.mu.Unlock()
-			s.logger.Error("restart policy plugin", "policy", p.name, "error", err, "next_try_in", 2*delay)
-			delay = min(2*delay, policyBackoffMax)
+		if ok {
+			s.restartPolicyProcess(p, delay)
 		}
 	}()
 }
 
-// shadow asks every shadow policy, in the background, what it would have
-// chosen for its phases, and counts how often it agrees with chosen.
-func (s *Supervisor) shadow(id, key string, chosen []*instance) {
-	byPolicy := map[*policy][]int{}
-	for i, ph := range s.phases {
-		if p := ph.shadowOf.Load(); p != nil {
-			byPolicy[p] = append(byPolicy[p], i)
+// restartPolicyProcess starts a policy's process again after delay, by
+// the restart rule.
+func (s *Supervisor) restartPolicyProcess(p *policy, delay time.Duration) {
+	start := func(ctx context.Context) error {
+		proc, err := s.startPolicyProcess(ctx, p.name, p.path)
+		if err != nil {
+			return err
 		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if ctx.Err() != nil || p.state != policyRestarting {
+			proc.kill() // released or dropped meanwhile
+			return nil
+		}
+		p.proc, p.impl, p.state = proc, proc.raw.(sdk.Policy), policyRunning
+		s.logger.Info("policy plugin restarted", "policy", p.name, "pid", proc.pid)
+		return nil
 	}
-	for p, idx := range byPolicy {
-		req := sdk.ScheduleRequest{RequestID: id, Key: key}
-		for _, i := range idx {
-			req.Phases = append(req.Phases, s.phases[i].candidates())
+	failed := func(err error) {
+		p.mu.Lock()
+		p.lastErr = err.Error()
+		p.mu.Unlock()
+		s.logger.Error("restart policy plugin", "policy", p.name, "error", err)
+	}
+	if err := p.restart.run(s.bgCtx, delay, start, failed); errors.Is(err, errGaveUp) {
+		p.mu.Lock()
+		if p.state == policyRestarting {
+			p.state = policyFailed
 		}
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			d, err := s.callPolicy(s.bgCtx, p, req)
-			for _, i := range idx {
-				st := &s.phases[i].stats
-				if err != nil {
-					st.shadowErrors.Add(1)
-					continue
-				}
-				st.shadowCalls.Add(1)
-				if d.Choices[s.phases[i].cfg.Name] == chosen[i].id {
-					st.shadowAgree.Add(1)
-				}
-			}
-		}()
+		p.mu.Unlock()
+		s.logger.Error("policy plugin failed; not restarting it: the built-in round robin schedules its phases", "policy", p.name, "why", err)
 	}
 }
 
-// ErrUnknownPhase is returned for a phase name the pipeline does not have.
-var ErrUnknownPhase = errors.New("no such phase")
-
-func (s *Supervisor) phaseNamed(name string) (*phase, error) {
-	for _, ph := range s.phases {
-		if ph.cfg.Name == name {
-			return ph, nil
-		}
-	}
-	names := make([]string, len(s.phases))
-	for i, ph := range s.phases {
-		names[i] = ph.cfg.Name
-	}
-	return nil, fmt.Errorf("%w %q; the phases are: %s", ErrUnknownPhase, name, strings.Join(names, ", "))
-}
-
-// acquirePolicy returns the running policy name, starting its process if no
-// phase uses it yet; started says so. The caller holds policyMu.
+// acquirePolicy returns the policy name, starting its process if no phase
+// uses it yet; started says so. The caller holds changeMu; the start and
+// its handshake run without policyMu, so that status is not kept waiting.
 func (s *Supervisor) acquirePolicy(ctx context.Context, name string) (p *policy, started bool, err error) {
-	if p := s.policies[name]; p != nil {
+	s.policyMu.Lock()
+	p, stopped := s.policies[name], s.policiesStopped
+	s.policyMu.Unlock()
+	switch {
+	case stopped:
+		return nil, false, ErrReleasing
+	case p != nil:
 		return p, false, nil
 	}
-	p, err = s.startPolicy(ctx, name)
-	if err != nil {
+	if p, err = s.startPolicy(ctx, name); err != nil {
 		return nil, false, err
 	}
-	s.policies[name] = p
+	s.policyMu.Lock()
+	stopped = s.policiesStopped
+	if !stopped {
+		s.policies[name] = p
+	}
+	s.policyMu.Unlock()
+	if stopped { // released while it started
+		p.proc.kill()
+		return nil, false, ErrReleasing
+	}
 	return p, true, nil
 }
 
@@ -337,8 +234,8 @@ func (s *Supervisor) SetPolicy(ctx context.Context, phaseName, name string) erro
 	if err != nil {
 		return err
 	}
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
 	p, started, err := s.acquirePolicy(ctx, name)
 	if err != nil {
 		return fmt.Errorf("policy set %s %s: %w", phaseName, name, err)
@@ -348,6 +245,8 @@ func (s *Supervisor) SetPolicy(ctx context.Context, phaseName, name string) erro
 	if err == nil {
 		_, err = ph.chosen(name, d.Choices[ph.cfg.Name])
 	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	if err != nil {
 		if started {
 			s.dropIfUnused(p)
@@ -370,14 +269,16 @@ func (s *Supervisor) SetShadow(ctx context.Context, phaseName, name string) erro
 	if err != nil {
 		return err
 	}
-	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
 	var p *policy
 	if name != "" {
 		if p, _, err = s.acquirePolicy(ctx, name); err != nil {
 			return fmt.Errorf("policy shadow %s %s: %w", phaseName, name, err)
 		}
 	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	s.schedMu.Lock()
 	old := ph.shadowOf.Swap(p)
 	ph.stats.shadowCalls.Store(0)
@@ -452,7 +353,7 @@ func (s *Supervisor) Policies() PolicyList {
 	s.policyMu.Lock()
 	for _, p := range s.policies {
 		p.mu.Lock()
-		pr := PolicyProc{Name: p.name, State: p.state, Restarts: p.restarts, LastError: p.lastErr}
+		pr := PolicyProc{Name: p.name, State: p.state, Restarts: p.restart.counts(), LastError: p.lastErr}
 		if p.proc != nil {
 			pr.PID = p.proc.pid
 		}
@@ -474,6 +375,7 @@ func (s *Supervisor) stopPolicies() {
 	s.bg.Wait()
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
+	s.policiesStopped = true
 	for name, p := range s.policies {
 		p.mu.Lock()
 		proc := p.proc
@@ -484,23 +386,4 @@ func (s *Supervisor) stopPolicies() {
 		}
 		delete(s.policies, name)
 	}
-}
-
-// List returns the names of the plugins of a kind in the directory,
-// sorted.
-func (c Catalog) List(kind sdk.Kind) []string {
-	entries, err := os.ReadDir(c.Dir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	prefix := BinaryName(kind, "")
-	for _, e := range entries {
-		if name, ok := strings.CutPrefix(e.Name(), prefix); ok && name != "" {
-			if _, err := c.Find(kind, name); err == nil {
-				out = append(out, name)
-			}
-		}
-	}
-	return out
 }

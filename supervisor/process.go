@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -155,6 +157,10 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	if !info.Speaks(pc.APIVersion) {
 		return fail(fmt.Errorf("it speaks %s API versions %v; this supervisor speaks version %d", pc.Kind, info.APIVersions, pc.APIVersion))
 	}
+	if file := filepath.Base(pc.Path); info.Name != strings.TrimPrefix(file, BinaryName(pc.Kind, "")) {
+		return fail(fmt.Errorf("it says its name is %q, but its file %s names it %q; a plugin's Info name must be the NAME of its file %s",
+			info.Name, file, strings.TrimPrefix(file, BinaryName(pc.Kind, "")), BinaryName(pc.Kind, "NAME")))
+	}
 	p.info = info
 	pc.Logger.Debug("plugin started", "path", pc.Path, "pid", p.pid, "version", info.Version)
 	return p, nil
@@ -267,3 +273,11 @@ func (p *process) watchGroup() {
 // killWait bounds go-plugin's graceful Kill before the process group is
 // killed.
 const killWait = 5 * time.Second
+
+// timedOut reports whether a call made with ctx (whose parent is not done)
+// failed at ctx's deadline: on this side, or in the plugin's gRPC server,
+// which gives up on the deadline it was sent a moment before this side
+// does (sdk.ErrTimedOut).
+func timedOut(ctx context.Context, err error) bool {
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, sdk.ErrTimedOut)
+}

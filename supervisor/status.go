@@ -51,7 +51,7 @@ func (s *Supervisor) Status(ctx context.Context, pid int) Status {
 		for _, in := range ph.instances {
 			is := InstanceStatus{ID: in.id, PID: in.pid(), State: in.currentState(), Inflight: int(in.inflight.Load())}
 			in.mu.Lock()
-			is.Restarts, is.LastExit = in.total, in.lastExit
+			is.Restarts, is.LastExit = in.restart.counts(), in.lastExit
 			in.mu.Unlock()
 			if l := in.cur.Load(); is.State == stateReady && l != nil {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)

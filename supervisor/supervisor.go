@@ -54,15 +54,20 @@ type Supervisor struct {
 	phases     []*phase
 	catalog    Catalog
 
-	// Policies: the running policy processes by name (policyMu), the
+	// Policies: the running policy processes by name (policyMu, held for
+	// moments only, never across a process start or a call), the
 	// built-in round robin that stands in for a failed one, and the
 	// background work (restarters, shadow calls) that bgCancel stops.
-	policyMu sync.Mutex
-	policies map[string]*policy
-	fallback *roundrobin.Policy
-	bg       sync.WaitGroup
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
+	// changeMu serializes the changes a user asks for (policy set,
+	// shadow), each of which may start a process and make a trial call.
+	policyMu        sync.Mutex
+	policies        map[string]*policy
+	policiesStopped bool // release stopped them: no new one
+	changeMu        sync.Mutex
+	fallback        *roundrobin.Policy
+	bg              sync.WaitGroup
+	bgCtx           context.Context
+	bgCancel        context.CancelFunc
 
 	ctx    context.Context // cancelled at the end of release's grace
 	cancel context.CancelFunc
@@ -93,15 +98,6 @@ type Supervisor struct {
 	releaseOnce sync.Once
 	releaseErr  error
 	released    chan struct{}
-}
-
-// phase is one phase of the pipeline and its instances.
-type phase struct {
-	cfg       config.Phase
-	instances []*instance
-	live      atomic.Pointer[policy] // the policy that schedules it
-	shadowOf  atomic.Pointer[policy] // asked beside live, never used; nil: none
-	stats     policyStats
 }
 
 // New returns a supervisor for cfg. It starts nothing.

@@ -7,9 +7,17 @@
 package plugintest
 
 import (
+	"bytes"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/phased/phased/sdk"
@@ -41,6 +49,100 @@ func Dispense[T any](t testing.TB, name string, p plugin.Plugin) T {
 		t.Fatalf("plugintest: dispensed %T for %q", raw, name)
 	}
 	return v
+}
+
+// Process is a plugin binary started by Start.
+type Process struct {
+	Raw       any    // what it dispensed: an sdk.PhaseControl or an sdk.Policy
+	Pid       int    // its pid, which is also its process group's id
+	SocketDir string // where it put its gRPC socket (PLUGIN_UNIX_SOCKET_DIR)
+	// Stop stops it as the supervisor does: go-plugin's graceful
+	// shutdown, then a kill; it returns once the process has exited and
+	// been reaped. Safe to call twice; it also runs when the test ends.
+	Stop func()
+}
+
+// Start starts the plugin binary at path as the supervisor starts it
+// (go-plugin, its handshake, AutoMTLS, a unix socket in a directory of its
+// own, its own process group) and dispenses the service of kind. The
+// plugin's stderr is kept and shown if the test fails (never parsed: a
+// plugin's output cannot break the test).
+func Start(t testing.TB, path string, kind sdk.Kind) *Process {
+	t.Helper()
+	sockets := RunDir(t)
+	stderr := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() && stderr.Len() > 0 {
+			t.Logf("%s stderr:\n%s", filepath.Base(path), stderr.String())
+		}
+	})
+	cmd := exec.Command(path)
+	cmd.Env = append(os.Environ(), "PLUGIN_UNIX_SOCKET_DIR="+sockets)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          sdk.PluginMap(),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		// Off: go-plugin neither logs nor parses the plugin's stderr.
+		Logger:           hclog.New(&hclog.LoggerOptions{Name: "plugintest", Level: hclog.Off}),
+		Stderr:           stderr,
+		StartTimeout:     30 * time.Second,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: sockets},
+	})
+	t.Cleanup(client.Kill)
+	rpc, err := client.Client()
+	if err != nil {
+		t.Fatalf("plugintest: start %s: %v", path, err)
+	}
+	name := sdk.PluginPhase
+	if kind == sdk.KindPolicy {
+		name = sdk.PluginPolicy
+	}
+	raw, err := rpc.Dispense(name)
+	if err != nil {
+		t.Fatalf("plugintest: %s: dispense the %s service: %v", path, kind, err)
+	}
+	p := &Process{Raw: raw, SocketDir: sockets, Stop: client.Kill}
+	if rc := client.ReattachConfig(); rc != nil {
+		p.Pid = rc.Pid
+	}
+	return p
+}
+
+// NameOf returns NAME of a plugin binary's file name phased-KIND-NAME,
+// what its Info must answer; "" when the file is not so named.
+func NameOf(path string, kind sdk.Kind) string {
+	name, ok := strings.CutPrefix(filepath.Base(path), "phased-"+string(kind)+"-")
+	if !ok {
+		return ""
+	}
+	return name
+}
+
+// lockedBuffer is a bytes.Buffer for one writer and readers elsewhere.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // RunDir returns a new directory for an instance's sockets (an

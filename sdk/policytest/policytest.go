@@ -14,7 +14,8 @@
 // memory); RunBinary starts the binary as the supervisor does (go-plugin,
 // handshake, AutoMTLS). Both check what the supervisor relies on:
 //
-//   - Info names a policy (kind "policy") that speaks sdk.PolicyAPIVersion;
+//   - Info names a policy (kind "policy") that speaks sdk.PolicyAPIVersion,
+//     and for a binary, by the NAME of its file phased-policy-NAME;
 //   - every phase of a request gets a choice, and only a ready candidate of
 //     that phase, whatever the labels, loads and indexes say;
 //   - membership comes from each request only: candidates that appear,
@@ -30,15 +31,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-plugin"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/plugintest"
@@ -48,38 +45,22 @@ import (
 // in memory. Each check gets a fresh policy.
 func Run(t *testing.T, newPolicy func() sdk.Policy) {
 	t.Helper()
-	check(t, func(t *testing.T) sdk.Policy { return plugintest.Policy(t, newPolicy()) })
+	check(t, "", func(t *testing.T) sdk.Policy { return plugintest.Policy(t, newPolicy()) })
 }
 
 // RunBinary checks the policy plugin binary at path, started as the
-// supervisor starts it; each check starts its own process.
+// supervisor starts it; each check starts its own process. Its Info must
+// also name it as its file does (phased-policy-NAME).
 func RunBinary(t *testing.T, path string) {
 	t.Helper()
-	check(t, func(t *testing.T) sdk.Policy { return StartBinary(t, path) })
+	check(t, plugintest.NameOf(path, sdk.KindPolicy), func(t *testing.T) sdk.Policy { return StartBinary(t, path) })
 }
 
 // StartBinary starts the policy plugin binary at path as the supervisor
 // does and returns its client; the process is stopped when the test ends.
 func StartBinary(t testing.TB, path string) sdk.Policy {
 	t.Helper()
-	client := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		Plugins:          sdk.PluginMap(),
-		Cmd:              exec.Command(path),
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
-		Logger:           hclog.New(&hclog.LoggerOptions{Name: "policytest", Level: hclog.Warn}),
-		StartTimeout:     30 * time.Second,
-	})
-	t.Cleanup(client.Kill)
-	rpc, err := client.Client()
-	if err != nil {
-		t.Fatalf("policytest: start %s: %v", path, err)
-	}
-	raw, err := rpc.Dispense(sdk.PluginPolicy)
-	if err != nil {
-		t.Fatalf("policytest: %s: dispense the policy: %v", path, err)
-	}
+	raw := plugintest.Start(t, path, sdk.KindPolicy).Raw
 	p, ok := raw.(sdk.Policy)
 	if !ok {
 		t.Fatalf("policytest: %s: dispensed %T, not a policy", path, raw)
@@ -87,8 +68,9 @@ func StartBinary(t testing.TB, path string) sdk.Policy {
 	return p
 }
 
-func check(t *testing.T, start func(t *testing.T) sdk.Policy) {
-	t.Run("Info", func(t *testing.T) { checkInfo(t, start(t)) })
+// check runs every check; name, if set, is the name Info must answer.
+func check(t *testing.T, name string, start func(t *testing.T) sdk.Policy) {
+	t.Run("Info", func(t *testing.T) { checkInfo(t, start(t), name) })
 	t.Run("ChoosesReadyCandidates", func(t *testing.T) { checkReady(t, start(t)) })
 	t.Run("MembershipFromRequests", func(t *testing.T) { checkMembership(t, start(t)) })
 	t.Run("NoReadyCandidate", func(t *testing.T) { checkNoReady(t, start(t)) })
@@ -105,7 +87,7 @@ func schedule(t *testing.T, p sdk.Policy, req sdk.ScheduleRequest) (sdk.Decision
 	return p.Schedule(ctx, req)
 }
 
-func checkInfo(t *testing.T, p sdk.Policy) {
+func checkInfo(t *testing.T, p sdk.Policy, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	info, err := p.Info(ctx)
@@ -115,8 +97,11 @@ func checkInfo(t *testing.T, p sdk.Policy) {
 	if info.Kind != sdk.KindPolicy {
 		t.Errorf("Info: kind %q, want %q", info.Kind, sdk.KindPolicy)
 	}
-	if info.Name == "" {
+	switch {
+	case info.Name == "":
 		t.Error("Info: no name")
+	case name != "" && info.Name != name:
+		t.Errorf("Info: name %q, but the file names it %q (phased-policy-%s): the supervisor refuses it", info.Name, name, name)
 	}
 	if !info.Speaks(sdk.PolicyAPIVersion) {
 		t.Errorf("Info: API versions %v do not include %d", info.APIVersions, sdk.PolicyAPIVersion)

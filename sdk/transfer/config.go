@@ -71,6 +71,10 @@ type Config struct {
 	// cuda or on a host without that GPU.
 	CUDA       bool
 	CUDADevice int
+	// MaxSockets bounds the zmq sockets of the Manager (each room holds up
+	// to four); 0 means the process's file-descriptor limit. An open past
+	// it fails with ErrTooManyFiles.
+	MaxSockets int
 	// Logger receives the manager's logs as given (name it before passing
 	// it in); nil means no logs.
 	Logger hclog.Logger
@@ -202,6 +206,9 @@ func (c Config) normalize() (Config, error) {
 		c.PeerTimeout = DefaultPeerTimeout
 	case c.PeerTimeout < 0:
 		return c, fmt.Errorf("transfer: config: PeerTimeout %v is negative: use a positive duration, or 0 for the default %v", c.PeerTimeout, DefaultPeerTimeout)
+	}
+	if c.MaxSockets < 0 {
+		return c, fmt.Errorf("transfer: config: MaxSockets %d is negative: use 0 for the file-descriptor limit", c.MaxSockets)
 	}
 	if c.CUDADevice < 0 {
 		return c, fmt.Errorf("transfer: config: CUDADevice %d is negative: name a device ordinal, 0 for the first GPU", c.CUDADevice)

@@ -139,15 +139,23 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		}
 		d.buffers[i] = b
 	}
-	byOffset := append([]buffer(nil), d.buffers...)
+	if err := checkOverlap(d.buffers); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// checkOverlap fails when two buffers share a byte.
+func checkOverlap(bufs []buffer) error {
+	byOffset := append([]buffer(nil), bufs...)
 	sort.Slice(byOffset, func(i, j int) bool { return byOffset[i].offset < byOffset[j].offset })
 	for i := 1; i < len(byOffset); i++ {
 		prev, cur := byOffset[i-1], byOffset[i]
 		if prev.offset+prev.length > cur.offset {
-			return nil, fmt.Errorf("descriptor: buffers %q and %q overlap", prev.spec.Name, cur.spec.Name)
+			return fmt.Errorf("descriptor: buffers %q and %q overlap", prev.spec.Name, cur.spec.Name)
 		}
 	}
-	return d, nil
+	return nil
 }
 
 // selectTensors picks, for each of the receiver's buffers in order, the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,4 +219,23 @@ func wantStatus(t testing.TB, m *Manager, room uint64, want Status) {
 	if st != want {
 		t.Fatalf("room %d: status %s (%q), want %s", room, st, reason, want)
 	}
+}
+
+// chunkHooks holds, per Manager, what onChunk installed; afterChunk, set
+// once for the test binary, dispatches to it.
+var chunkHooks sync.Map // *Manager -> func(room uint64)
+
+func init() {
+	afterChunk = func(m *Manager, room uint64) {
+		if h, ok := chunkHooks.Load(m); ok {
+			h.(func(uint64))(room)
+		}
+	}
+}
+
+// onChunk makes m's transfer worker call hook after each chunk it copies,
+// until the test ends.
+func onChunk(t testing.TB, m *Manager, hook func(room uint64)) {
+	chunkHooks.Store(m, hook)
+	t.Cleanup(func() { chunkHooks.Delete(m) })
 }

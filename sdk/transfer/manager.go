@@ -70,15 +70,6 @@ type Manager struct {
 	nextGen atomic.Uint64
 	dropped atomic.Uint64
 
-	// testHookChunk, when set before Start (tests only), runs in the worker
-	// after each copied chunk.
-	testHookChunk func(room uint64)
-	// sleepMax is maxSleep; tests raise it to catch a lost wake.
-	sleepMax time.Duration
-	// testMaxSockets, when set before Start (tests only), replaces the
-	// zmq context's socket limit.
-	testMaxSockets int
-
 	mu       sync.Mutex
 	state    managerState
 	released chan struct{} // closed when Release's teardown has finished
@@ -137,7 +128,7 @@ type room struct {
 	final      []header // the Success frame's tensors, once it arrived
 	verifying  bool     // a Receive is hashing the buffers (it owns verify)
 	verify     verifier
-	hashed     uint64 // verify.pos, for tests
+	hashed     uint64 // verify.pos, published under m.mu
 	ctrl       *ctrl  // a shm room's control block, in seg
 	sleeping   bool   // the verifying Receive sleeps on ctrl: notify wakes it
 	senderDone bool   // a Success or Failed frame came: the sender writes no more
@@ -170,7 +161,6 @@ func New(cfg Config) (*Manager, error) {
 		rooms:    make(map[uint64]*room),
 		ids:      usedIDs{set: make(map[uint64]struct{})},
 		wakeFD:   -1,
-		sleepMax: maxSleep,
 	}
 	// Generations start at a random point so that two runs sharing Dir or
 	// ShmDir never produce the same endpoint or segment name.
@@ -584,10 +574,11 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 	}
 }
 
-// maxSleep bounds one sleep on a room's control block (Manager.sleepMax).
-// Every change wakes the sleeper at once; this only limits what a sender
-// that tampers with the control block can make it miss.
-const maxSleep = 100 * time.Millisecond
+// maxSleep bounds one sleep on a room's control block. Every change wakes
+// the sleeper at once; this only limits what a sender that tampers with
+// the control block can make it miss. (A variable: a test raises it to an
+// hour, so that a lost wake hangs.)
+var maxSleep = 100 * time.Millisecond
 
 // verifyLocked hashes the room's buffers, with m.mu released meanwhile:
 // while the sender copies, the blocks it reports done, sleeping on the
@@ -618,7 +609,7 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 		}
 		r.sleeping = true
 		m.mu.Unlock()
-		r.ctrl.sleep(seen, m.sleepMax)
+		r.ctrl.sleep(seen, maxSleep)
 		m.mu.Lock()
 		r.sleeping = false
 	}
@@ -850,12 +841,12 @@ func (m *Manager) retire(seg *segment, recyclable bool) error {
 	return err
 }
 
-// maxSockets is the zmq socket limit Start sets: the process's soft
-// file-descriptor limit (every socket needs at least one descriptor),
-// within libzmq's bounds.
+// maxSockets is the zmq socket limit Start sets: Config.MaxSockets, or
+// the process's soft file-descriptor limit (every socket needs at least
+// one descriptor), within libzmq's bounds.
 func (m *Manager) maxSockets() int {
-	if m.testMaxSockets > 0 {
-		return m.testMaxSockets
+	if m.cfg.MaxSockets > 0 {
+		return m.cfg.MaxSockets
 	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 1024 {

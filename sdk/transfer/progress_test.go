@@ -28,14 +28,14 @@ func pausedSender(t *testing.T, firstOnly bool) (*pair, chan struct{}, chan stru
 	copied, step := make(chan struct{}), make(chan struct{})
 	seen := map[uint64]bool{} // worker goroutine only
 	p := newPair(t, func(m *Manager) {
-		m.testHookChunk = func(room uint64) {
+		onChunk(t, m, func(room uint64) {
 			if firstOnly && seen[room] {
 				return
 			}
 			seen[room] = true
 			copied <- struct{}{}
 			<-step
-		}
+		})
 	})
 	return p, copied, step
 }
@@ -93,8 +93,10 @@ func TestReceiveVerifiesWhileSenderCopies(t *testing.T) {
 // the room is removed: woken by the change (the safety timeout is an hour
 // here, so a lost wake hangs the test).
 func TestReceiveSleepingWakes(t *testing.T) {
+	old := maxSleep
+	maxSleep = time.Hour
+	t.Cleanup(func() { maxSleep = old })
 	p, copied, step := pausedSender(t, true)
-	p.rcv.sleepMax = time.Hour
 	big := filled(t, tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{4 * chunkSize}}, 4)
 	for room, cause := range map[uint64]string{1: "cancel", 2: "remove"} {
 		p.open(t, room, []tensor.Spec{big.Spec})

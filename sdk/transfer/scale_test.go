@@ -136,10 +136,10 @@ func TestTooManyFiles(t *testing.T) {
 	dir := shortDir(t)
 	// The wake-up pair takes 2 sockets, a room with its peer connected 4
 	// (bound PULL, connected PUSH and the two ends of its monitor).
-	limit := func(n int) func(*Manager) { return func(m *Manager) { m.testMaxSockets = n } }
+	limit := func(n int) func(*Config) { return func(c *Config) { c.MaxSockets = n } }
 	p := &pair{dir: dir, sn: uniqueName(), rn: uniqueName()}
-	p.snd = startManager(t, dir, p.sn, limit(2+4+4))
-	p.rcv = startManager(t, dir, p.rn, limit(2+4+4))
+	p.snd = startManager(t, dir, p.sn, nil, limit(2+4+4))
+	p.rcv = startManager(t, dir, p.rn, nil, limit(2+4+4))
 	spec := tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{100}}
 	p.open(t, 1, []tensor.Spec{spec})
 	p.open(t, 2, []tensor.Spec{spec})
@@ -208,7 +208,7 @@ func TestPeerVanishes(t *testing.T) {
 		p := &pair{dir: dir, sn: uniqueName(), rn: uniqueName()}
 		p.snd = startManager(t, dir, p.sn, func(m *Manager) {
 			peerTimeout(m)
-			m.testHookChunk = func(uint64) { once.Do(func() { close(started); <-proceed }) }
+			onChunk(t, m, func(uint64) { once.Do(func() { close(started); <-proceed }) })
 		})
 		p.rcv = startManager(t, dir, p.rn, nil)
 		p.open(t, 1, []tensor.Spec{big})
@@ -235,7 +235,7 @@ func TestPeerVanishes(t *testing.T) {
 		var once sync.Once
 		p := &pair{dir: dir, sn: uniqueName(), rn: uniqueName()}
 		p.snd = startManager(t, dir, p.sn, func(m *Manager) {
-			m.testHookChunk = func(uint64) { once.Do(func() { close(started); <-proceed }) }
+			onChunk(t, m, func(uint64) { once.Do(func() { close(started); <-proceed }) })
 		})
 		p.rcv = startManager(t, dir, p.rn, peerTimeout)
 		p.open(t, 1, []tensor.Spec{big})

@@ -139,13 +139,13 @@ func TestRemoveDuringTransfer(t *testing.T) {
 	started, proceed := make(chan struct{}), make(chan struct{})
 	var chunks, once = 0, sync.Once{}
 	p := newPair(t, func(m *Manager) {
-		m.testHookChunk = func(uint64) {
+		onChunk(t, m, func(uint64) {
 			chunks++ // worker goroutine only
 			once.Do(func() {
 				close(started)
 				<-proceed
 			})
-		}
+		})
 	})
 	big := filled(t, tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{16 * chunkSize}}, 9)
 	p.open(t, room, []tensor.Spec{big.Spec})

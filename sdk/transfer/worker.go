@@ -14,6 +14,10 @@ import (
 // and two reports of progress: one checksum block.
 const chunkSize = tensor.ChecksumBlock
 
+// afterChunk, when set, is called by the transfer worker after each chunk
+// it copied: tests pause a transfer there. Nil in production.
+var afterChunk func(m *Manager, room uint64)
+
 // zmqWindow is how many bytes of a zmq room the socket owner queues in one
 // command.
 const zmqWindow = 16 << 20
@@ -314,8 +318,8 @@ func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64) (sum
 		copy(dst[off:end], src[off:end])
 		chain.Block(src[off:end])
 		c.publish(base + uint64(end))
-		if m.testHookChunk != nil {
-			m.testHookChunk(j.r.id)
+		if afterChunk != nil {
+			afterChunk(m, j.r.id)
 		}
 	}
 	if len(src) == 0 {

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/phased/phased/supervisor"
@@ -69,66 +67,76 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := newLogger(sf.logLevel, stderr)
 	began := time.Now()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	sigs, stop := notifySignals()
+	defer stop()
 	r, err := launch(ctx, cfg, socket, logger, &sf)
 	if err != nil {
 		return err
 	}
-	// A signal releases: requests in flight get the grace period, then
-	// fail, and everything is torn down as usual. This goroutine ends with
-	// the release, which r.stop below makes sure of.
-	go func() {
-		select {
-		case sig := <-sigs:
-			logger.Info("signal received; releasing", "signal", sig)
-			_ = r.sup.Release(context.Background())
-		case <-r.sup.Done():
-		}
-	}()
-	c := supervisor.NewClient(socket)
+	// The requests are one member of the group: when they are all done
+	// the supervisor is released; when it is released first (a signal),
+	// they end released and are waited for.
 	results := make([]Result, *count)
-	var wg sync.WaitGroup
-	for i := range *count {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := sub
-			s.Seed += int64(i)
-			results[i] = submitAndWait(ctx, c, s)
-		}()
-	}
-	wg.Wait()
-	stopErr := r.stop()
-	slices.SortFunc(results, func(a, b Result) int { return strings.Compare(a.ID, b.ID) })
-	failed := 0
-	for _, res := range results {
-		if res.State != supervisor.StateDone {
-			failed++
-		}
-		if *asJSON {
-			if err := printJSON(stdout, res); err != nil {
-				return err
-			}
-			continue
-		}
-		if res.State == supervisor.StateDone {
-			fmt.Fprintf(stdout, "%s  done    %.2fs  %s  sha256 %s\n", res.ID, res.Seconds, res.Artifact, res.SHA256)
-		} else {
-			fmt.Fprintf(stdout, "%s  %s  %s\n", res.ID, res.State, res.Reason)
-		}
+	stopErr := r.serve(sigs, submitAll(ctx, supervisor.NewClient(socket), sub, results))
+	failed, err := printResults(stdout, results, *asJSON)
+	if err != nil {
+		return err
 	}
 	if !*asJSON {
 		fmt.Fprintf(stdout, "%d of %d requests done in %.2fs (start, run, release)\n", *count-failed, *count, time.Since(began).Seconds())
 	}
 	if stopErr != nil {
-		return fmt.Errorf("release: %w", stopErr)
+		return stopErr
 	}
 	if failed > 0 {
 		return errSilent
 	}
 	return nil
+}
+
+// submitAll is the actor that submits len(results) requests at once
+// (request i with seed+i) and waits for them; its interrupt waits for
+// them too.
+func submitAll(ctx context.Context, c *supervisor.Client, sub supervisor.Submission, results []Result) actor {
+	done := make(chan struct{})
+	return actor{
+		execute: func() error {
+			defer close(done)
+			var wg sync.WaitGroup
+			for i := range results {
+				wg.Go(func() {
+					s := sub
+					s.Seed += int64(i)
+					results[i] = submitAndWait(ctx, c, s)
+				})
+			}
+			wg.Wait()
+			return nil
+		},
+		interrupt: func(error) { <-done },
+	}
+}
+
+// printResults prints one line (or JSON object) per request, in id order,
+// and returns how many did not end done.
+func printResults(stdout io.Writer, results []Result, asJSON bool) (failed int, err error) {
+	slices.SortFunc(results, func(a, b Result) int { return strings.Compare(a.ID, b.ID) })
+	for _, res := range results {
+		if res.State != supervisor.StateDone {
+			failed++
+		}
+		switch {
+		case asJSON:
+			if err := printJSON(stdout, res); err != nil {
+				return failed, err
+			}
+		case res.State == supervisor.StateDone:
+			fmt.Fprintf(stdout, "%s  done    %.2fs  %s  sha256 %s\n", res.ID, res.Seconds, res.Artifact, res.SHA256)
+		default:
+			fmt.Fprintf(stdout, "%s  %s  %s\n", res.ID, res.State, res.Reason)
+		}
+	}
+	return failed, nil
 }
 
 func submitAndWait(ctx context.Context, c *supervisor.Client, sub supervisor.Submission) Result {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	oklog "github.com/oklog/run"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor"
@@ -64,10 +64,11 @@ func (s *startFlags) lockPath() string {
 type running struct {
 	sup    *supervisor.Supervisor
 	api    *supervisor.API
-	served chan error
+	logger hclog.Logger
 }
 
-// launch listens on socket, starts the supervisor and serves its API.
+// launch listens on socket, starts the supervisor and returns it with its
+// API, which serve then runs.
 func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog.Logger, sf *startFlags) (*running, error) {
 	// Listen first: a second supervisor on the same socket fails before it
 	// starts any plugin.
@@ -98,19 +99,71 @@ func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog
 		}
 		return nil, err
 	}
-	r := &running{sup: sup, api: api, served: make(chan error, 1)}
-	go func() { r.served <- r.api.Serve() }()
 	logger.Info("control socket ready", "socket", socket)
-	return r, nil
+	return &running{sup: sup, api: api, logger: logger}, nil
 }
 
-// stop releases the supervisor (if nobody did yet) and stops the API.
-func (r *running) stop() error {
-	err := r.sup.Release(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err = errors.Join(err, r.api.Shutdown(ctx), <-r.served)
-	return err
+// actor is one member of an oklog/run group: execute runs until it is
+// done or interrupted; interrupt makes it return, and is safe to call after
+// it has.
+type actor struct {
+	execute   func() error
+	interrupt func(error)
+}
+
+// serve runs the supervisor, its control API, the signals in sigs and
+// work (run's requests, if any) as one oklog/run group, until the first of
+// them ends: the supervisor released (`supervisor release`), the API
+// failing, a signal, or the work done. Then every member is interrupted,
+// in this order: the supervisor is released (requests in flight get the
+// grace period, then fail, and the plugins stop in order), the work is
+// waited for, the API shuts down (it answers the calls it has, the release
+// call included). It returns the release's error, or the API's.
+func (r *running) serve(sigs <-chan os.Signal, work ...actor) error {
+	var g oklog.Group
+	var releaseErr error
+	g.Add(func() error {
+		<-r.sup.Done()
+		return nil
+	}, func(error) {
+		releaseErr = r.sup.Release(context.Background())
+	})
+	for _, w := range work {
+		g.Add(w.execute, w.interrupt)
+	}
+	g.Add(r.api.Serve, func(error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := r.api.Shutdown(ctx); err != nil {
+			r.logger.Warn("control API shutdown", "error", err)
+		}
+	})
+	quit := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case sig := <-sigs:
+			r.logger.Info("signal received; releasing", "signal", sig)
+		case <-quit:
+		}
+		return nil
+	}, func(error) { close(quit) })
+	apiErr := g.Run()
+	if apiErr != nil {
+		r.logger.Error("control API stopped; released", "error", apiErr)
+	}
+	if releaseErr != nil {
+		return fmt.Errorf("release: %w", releaseErr)
+	}
+	return apiErr
+}
+
+// notifySignals returns the channel of the signals that release a
+// supervisor, caught from now on (one that comes while the plugins start
+// releases them as soon as they are up), and its stop.
+func notifySignals() (<-chan os.Signal, func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	return sigs, func() { signal.Stop(sigs) }
 }
 
 func newLogger(level string, w io.Writer) hclog.Logger {
@@ -141,25 +194,11 @@ func start(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cf.apply(cfg)
 	logger := newLogger(sf.logLevel, stderr)
-	// Signals are caught from here on: one that comes while the plugins
-	// start releases them as soon as they are up.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	sigs, stop := notifySignals()
+	defer stop()
 	r, err := launch(ctx, cfg, f.socket, logger, &sf)
 	if err != nil {
 		return err
 	}
-	select {
-	case <-r.sup.Done():
-	case sig := <-sigs:
-		logger.Info("signal received; releasing", "signal", sig)
-	case err := <-r.served:
-		r.served <- err
-		logger.Error("control API stopped; releasing", "error", err)
-	}
-	if err := r.stop(); err != nil {
-		return fmt.Errorf("release: %w", err)
-	}
-	return nil
+	return r.serve(sigs)
 }

@@ -53,15 +53,17 @@ const (
 )
 
 // Restart defaults, in the style of systemd's StartLimitBurst and
-// StartLimitIntervalSec (OTP's intensity and period): an instance that
-// exits is restarted after a backoff that doubles from RestartBackoff up to
-// RestartMaxBackoff; past RestartMax restarts within RestartWindow it is
+// StartLimitIntervalSec (OTP's intensity and period): an instance or a
+// policy whose process exits is restarted after a backoff that doubles
+// from RestartBackoff up to RestartMaxBackoff, less a random part of up to
+// RestartJitter of it; past RestartMax restarts within RestartWindow it is
 // left failed.
 const (
 	DefaultRestartMax        = 5
 	DefaultRestartWindow     = time.Minute
 	DefaultRestartBackoff    = 200 * time.Millisecond
 	DefaultRestartMaxBackoff = 10 * time.Second
+	DefaultRestartJitter     = 0.2
 )
 
 // BackendAuto chooses each hop's transfer backend from where its two
@@ -115,6 +117,9 @@ type Config struct {
 	pinnedAt map[string]string // binary -> FILE:LINE of its pin
 	// Control is where the control API listens besides its unix socket.
 	Control Control
+	// Restart is the restart rule of the policy processes, and of the
+	// instances of every phase that gives none of its own.
+	Restart Restart
 }
 
 // Control is the control block: an optional TCP listener for the control
@@ -159,19 +164,21 @@ type Phase struct {
 	Restart Restart
 }
 
-// Restart is a phase's restart rule: at most Max restarts within Window,
-// each after a backoff doubling from Backoff up to MaxBackoff; past Max the
-// instance is left failed.
+// Restart is a restart rule: at most Max restarts within Window, each
+// after a backoff doubling from Backoff up to MaxBackoff, less a random
+// part of up to Jitter (0 to 1) of it; past Max the instance or policy is
+// left failed.
 type Restart struct {
 	Max        int
 	Window     time.Duration
 	Backoff    time.Duration
 	MaxBackoff time.Duration
+	Jitter     float64
 }
 
-// DefaultRestart is the restart rule of a phase that gives none.
+// DefaultRestart is the restart rule of a config that gives none.
 func DefaultRestart() Restart {
-	return Restart{Max: DefaultRestartMax, Window: DefaultRestartWindow, Backoff: DefaultRestartBackoff, MaxBackoff: DefaultRestartMaxBackoff}
+	return Restart{Max: DefaultRestartMax, Window: DefaultRestartWindow, Backoff: DefaultRestartBackoff, MaxBackoff: DefaultRestartMaxBackoff, Jitter: DefaultRestartJitter}
 }
 
 // InstanceLabels returns the labels the policy sees for instance index of
@@ -277,6 +284,7 @@ type file struct {
 	Retries       *int              `hcl:"retries,optional"`
 	Release       *releaseBlock     `hcl:"release,block"`
 	Control       *controlBlock     `hcl:"control,block"`
+	Restart       *restartBlock     `hcl:"restart,block"`
 	Phases        []phaseBlock      `hcl:"phase,block"`
 	Pins          []pinBlock        `hcl:"pin,block"`
 }
@@ -315,6 +323,7 @@ type restartBlock struct {
 	Window     *string   `hcl:"window,optional"`
 	Backoff    *string   `hcl:"backoff,optional"`
 	MaxBackoff *string   `hcl:"max_backoff,optional"`
+	Jitter     *float64  `hcl:"jitter,optional"`
 	DefRange   hcl.Range `hcl:",def_range"`
 }
 
@@ -346,15 +355,46 @@ func Parse(src []byte, filename string) (*Config, error) {
 }
 
 func (f *file) build(filename string) (*Config, error) {
+	c, errs := f.settings(filename)
+	policy := deref(f.Policy, DefaultPolicy)
+	if !namePattern.MatchString(policy) {
+		errs = append(errs, fmt.Errorf("%s: policy %q is not a valid name; expected %s", filename, policy, nameRule))
+	}
+	c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
+	errs = append(errs, addPins(c.Pins, c.pinnedAt, f.Pins)...)
+	if len(f.Phases) == 0 {
+		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
+	}
+	seen := map[string]hcl.Range{}
+	for _, pb := range f.Phases {
+		ph, perrs := pb.build(policy, c.Restart)
+		errs = append(errs, perrs...)
+		if first, dup := seen[pb.Name]; dup {
+			errs = append(errs, fmt.Errorf("%s: phase %q is defined twice; first at %s", where(pb.DefRange), pb.Name, where(first)))
+		}
+		seen[pb.Name] = pb.DefRange
+		c.Phases = append(c.Phases, ph)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return c, nil
+}
+
+// settings builds the config's top-level settings, all but the phases,
+// policy and pins.
+func (f *file) settings(filename string) (*Config, []error) {
 	c := &Config{
-		PluginDir:   deref(f.PluginDir, ""),
-		RunDir:      deref(f.RunDir, ""),
-		ArtifactDir: deref(f.ArtifactDir, DefaultArtifactDir),
-		Backend:     deref(f.Backend, DefaultBackend),
-		Params:      f.Params,
-		Grace:       DefaultGrace,
-		MaxInflight: derefInt(f.MaxInflight, DefaultMaxInflight),
-		Retries:     derefInt(f.Retries, DefaultRetries),
+		PluginDir:     deref(f.PluginDir, ""),
+		RunDir:        deref(f.RunDir, ""),
+		ArtifactDir:   deref(f.ArtifactDir, DefaultArtifactDir),
+		Backend:       deref(f.Backend, DefaultBackend),
+		Params:        f.Params,
+		Grace:         DefaultGrace,
+		PolicyTimeout: DefaultPolicyTimeout,
+		MaxInflight:   derefInt(f.MaxInflight, DefaultMaxInflight),
+		Retries:       derefInt(f.Retries, DefaultRetries),
+		Restart:       DefaultRestart(),
 	}
 	var errs []error
 	if c.Retries < 0 || c.Retries > 10 {
@@ -369,32 +409,20 @@ func (f *file) build(filename string) (*Config, error) {
 	if c.ArtifactDir == "" {
 		errs = append(errs, fmt.Errorf("%s: artifact_dir must not be empty", filename))
 	}
-	policy := deref(f.Policy, DefaultPolicy)
-	if !namePattern.MatchString(policy) {
-		errs = append(errs, fmt.Errorf("%s: policy %q is not a valid name; expected %s", filename, policy, nameRule))
-	}
-	if f.Release != nil && f.Release.Grace != nil {
-		d, err := parseDuration(*f.Release.Grace)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: release: grace: %w", where(f.Release.DefRange), err))
+	duration := func(at, what string, v *string, into *time.Duration) {
+		if v != nil {
+			d, err := parseDuration(*v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", at, what, err))
+			}
+			*into = d
 		}
-		c.Grace = d
 	}
-	c.PolicyTimeout = DefaultPolicyTimeout
-	if f.PolicyTimeout != nil {
-		d, err := parseDuration(*f.PolicyTimeout)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: policy_timeout: %w", filename, err))
-		}
-		c.PolicyTimeout = d
+	if f.Release != nil {
+		duration(where(f.Release.DefRange), "release: grace", f.Release.Grace, &c.Grace)
 	}
-	if f.PeerTimeout != nil {
-		d, err := parseDuration(*f.PeerTimeout)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: peer_timeout: %w", filename, err))
-		}
-		c.PeerTimeout = d
-	}
+	duration(filename, "policy_timeout", f.PolicyTimeout, &c.PolicyTimeout)
+	duration(filename, "peer_timeout", f.PeerTimeout, &c.PeerTimeout)
 	if cb := f.Control; cb != nil {
 		c.Control = Control{Listen: deref(cb.Listen, ""), TokenFile: deref(cb.TokenFile, "")}
 		if c.Control.Listen != "" {
@@ -403,98 +431,114 @@ func (f *file) build(filename string) (*Config, error) {
 			}
 		}
 	}
-	c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
-	errs = append(errs, addPins(c.Pins, c.pinnedAt, f.Pins)...)
-	if len(f.Phases) == 0 {
-		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
+	if f.Restart != nil {
+		errs = append(errs, f.Restart.apply(&c.Restart, "")...)
 	}
-	seen := map[string]hcl.Range{}
-	for _, pb := range f.Phases {
-		at := where(pb.DefRange)
-		ph := Phase{
-			Name:         pb.Name,
-			Plugin:       pb.Plugin,
-			Instances:    derefInt(pb.Instances, 1),
-			Policy:       deref(pb.Policy, policy),
-			Params:       pb.Params,
-			StartTimeout: DefaultStartTimeout,
-			Host:         deref(pb.Host, ""),
-			Address:      deref(pb.Address, ""),
-			Device:       deref(pb.Device, sdk.DeviceCPU),
-			Labels:       pb.Labels,
-			Weights:      pb.Weights,
-			ReadyTimeout: DefaultReadyTimeout,
-			HangTimeout:  DefaultHangTimeout,
-			Restart:      DefaultRestart(),
-		}
-		duration := func(what string, v *string, into *time.Duration) {
-			if v == nil {
-				return
-			}
-			d, err := parseDuration(*v)
+	return c, errs
+}
+
+// apply sets what the block says in rule (the rest stays as given) and
+// checks the result; in names the phase for errors ("" for the top level).
+func (rb *restartBlock) apply(rule *Restart, in string) []error {
+	var errs []error
+	at := where(rb.DefRange) + ": " + in + "restart"
+	rule.Max = derefInt(rb.Max, rule.Max)
+	for _, d := range []struct {
+		what string
+		v    *string
+		into *time.Duration
+	}{{"window", rb.Window, &rule.Window}, {"backoff", rb.Backoff, &rule.Backoff}, {"max_backoff", rb.MaxBackoff, &rule.MaxBackoff}} {
+		if d.v != nil {
+			v, err := parseDuration(*d.v)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: phase %q: %s: %w", at, pb.Name, what, err))
+				errs = append(errs, fmt.Errorf("%s: %s: %w", at, d.what, err))
 			}
-			*into = d
+			*d.into = v
 		}
-		duration("ready_timeout", pb.ReadyTimeout, &ph.ReadyTimeout)
-		duration("hang_timeout", pb.HangTimeout, &ph.HangTimeout)
-		if rb := pb.Restart; rb != nil {
-			ph.Restart.Max = derefInt(rb.Max, DefaultRestartMax)
-			duration("restart: window", rb.Window, &ph.Restart.Window)
-			duration("restart: backoff", rb.Backoff, &ph.Restart.Backoff)
-			duration("restart: max_backoff", rb.MaxBackoff, &ph.Restart.MaxBackoff)
-			if ph.Restart.Max < 0 || ph.Restart.Max > 10000 {
-				errs = append(errs, fmt.Errorf("%s: phase %q: restart: max must be between 0 and 10000, got %d", where(rb.DefRange), pb.Name, ph.Restart.Max))
-			}
-			if ph.Restart.MaxBackoff < ph.Restart.Backoff {
-				errs = append(errs, fmt.Errorf("%s: phase %q: restart: max_backoff (%s) is less than backoff (%s)", where(rb.DefRange), pb.Name, ph.Restart.MaxBackoff, ph.Restart.Backoff))
-			}
-		}
-		if _, ok := ph.Labels[WeightLabel]; ok {
-			errs = append(errs, fmt.Errorf("%s: phase %q: labels: %q is reserved: give weights = [...] instead", at, pb.Name, WeightLabel))
-		}
-		if len(ph.Weights) > 0 && len(ph.Weights) != derefInt(pb.Instances, 1) {
-			errs = append(errs, fmt.Errorf("%s: phase %q: weights has %d values for %d instances; give one per instance", at, pb.Name, len(ph.Weights), derefInt(pb.Instances, 1)))
-		}
-		for i, w := range ph.Weights {
-			if w < 1 || w > 1000 {
-				errs = append(errs, fmt.Errorf("%s: phase %q: weights[%d] is %d; each weight must be between 1 and 1000", at, pb.Name, i, w))
-			}
-		}
-		if ph.Address != "" {
-			if err := transfer.CheckHost(ph.Address); err != nil {
-				errs = append(errs, fmt.Errorf("%s: phase %q: address %q: %w", at, pb.Name, ph.Address, err))
-			}
-		}
-		if !slices.Contains(Devices, ph.Device) {
-			errs = append(errs, fmt.Errorf("%s: phase %q: device %q is not supported; expected one of: %s", at, pb.Name, ph.Device, strings.Join(Devices, ", ")))
-		}
-		if first, dup := seen[pb.Name]; dup {
-			errs = append(errs, fmt.Errorf("%s: phase %q is defined twice; first at %s", at, pb.Name, where(first)))
-		}
-		seen[pb.Name] = pb.DefRange
-		for _, n := range []struct{ what, v string }{{"phase name", ph.Name}, {"plugin", ph.Plugin}, {"policy", ph.Policy}} {
-			if !namePattern.MatchString(n.v) {
-				errs = append(errs, fmt.Errorf("%s: phase %q: %s %q is not a valid name; expected %s", at, pb.Name, n.what, n.v, nameRule))
-			}
-		}
-		if ph.Instances < 1 || ph.Instances > 64 {
-			errs = append(errs, fmt.Errorf("%s: phase %q: instances must be between 1 and 64, got %d", at, pb.Name, ph.Instances))
-		}
-		if pb.StartTimeout != nil {
-			d, err := parseDuration(*pb.StartTimeout)
+	}
+	if rb.Jitter != nil {
+		rule.Jitter = *rb.Jitter
+	}
+	if rule.Max < 0 || rule.Max > 10000 {
+		errs = append(errs, fmt.Errorf("%s: max must be between 0 and 10000, got %d", at, rule.Max))
+	}
+	if rule.MaxBackoff < rule.Backoff {
+		errs = append(errs, fmt.Errorf("%s: max_backoff (%s) is less than backoff (%s)", at, rule.MaxBackoff, rule.Backoff))
+	}
+	if rule.Jitter < 0 || rule.Jitter > 1 {
+		errs = append(errs, fmt.Errorf("%s: jitter must be between 0 and 1 (a fraction of each backoff), got %g", at, rule.Jitter))
+	}
+	return errs
+}
+
+// build builds one phase block: policy is the config's default policy,
+// restart its restart rule.
+func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
+	at := where(pb.DefRange)
+	ph := Phase{
+		Name:         pb.Name,
+		Plugin:       pb.Plugin,
+		Instances:    derefInt(pb.Instances, 1),
+		Policy:       deref(pb.Policy, policy),
+		Params:       pb.Params,
+		StartTimeout: DefaultStartTimeout,
+		Host:         deref(pb.Host, ""),
+		Address:      deref(pb.Address, ""),
+		Device:       deref(pb.Device, sdk.DeviceCPU),
+		Labels:       pb.Labels,
+		Weights:      pb.Weights,
+		ReadyTimeout: DefaultReadyTimeout,
+		HangTimeout:  DefaultHangTimeout,
+		Restart:      restart,
+	}
+	var errs []error
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: phase %q: "+format, append([]any{at, pb.Name}, args...)...))
+	}
+	for _, d := range []struct {
+		what string
+		v    *string
+		into *time.Duration
+	}{{"ready_timeout", pb.ReadyTimeout, &ph.ReadyTimeout}, {"hang_timeout", pb.HangTimeout, &ph.HangTimeout}, {"start_timeout", pb.StartTimeout, &ph.StartTimeout}} {
+		if d.v != nil {
+			v, err := parseDuration(*d.v)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: phase %q: start_timeout: %w", at, pb.Name, err))
+				fail("%s: %w", d.what, err)
 			}
-			ph.StartTimeout = d
+			*d.into = v
 		}
-		c.Phases = append(c.Phases, ph)
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if pb.Restart != nil {
+		errs = append(errs, pb.Restart.apply(&ph.Restart, fmt.Sprintf("phase %q: ", pb.Name))...)
 	}
-	return c, nil
+	if _, ok := ph.Labels[WeightLabel]; ok {
+		fail("labels: %q is reserved: give weights = [...] instead", WeightLabel)
+	}
+	if len(ph.Weights) > 0 && len(ph.Weights) != ph.Instances {
+		fail("weights has %d values for %d instances; give one per instance", len(ph.Weights), ph.Instances)
+	}
+	for i, w := range ph.Weights {
+		if w < 1 || w > 1000 {
+			fail("weights[%d] is %d; each weight must be between 1 and 1000", i, w)
+		}
+	}
+	if ph.Address != "" {
+		if err := transfer.CheckHost(ph.Address); err != nil {
+			fail("address %q: %w", ph.Address, err)
+		}
+	}
+	if !slices.Contains(Devices, ph.Device) {
+		fail("device %q is not supported; expected one of: %s", ph.Device, strings.Join(Devices, ", "))
+	}
+	for _, n := range []struct{ what, v string }{{"phase name", ph.Name}, {"plugin", ph.Plugin}, {"policy", ph.Policy}} {
+		if !namePattern.MatchString(n.v) {
+			fail("%s %q is not a valid name; expected %s", n.what, n.v, nameRule)
+		}
+	}
+	if ph.Instances < 1 || ph.Instances > 64 {
+		fail("instances must be between 1 and 64, got %d", ph.Instances)
+	}
+	return ph, errs
 }
 
 func validPort(s string) bool {

@@ -95,7 +95,7 @@ phase "transformer" {
 	if enc.ReadyTimeout != DefaultReadyTimeout || enc.HangTimeout != DefaultHangTimeout || enc.Restart != DefaultRestart() {
 		t.Errorf("encoder defaults: %+v", enc)
 	}
-	want := Restart{Max: 3, Window: 2 * time.Minute, Backoff: time.Second, MaxBackoff: 8 * time.Second}
+	want := Restart{Max: 3, Window: 2 * time.Minute, Backoff: time.Second, MaxBackoff: 8 * time.Second, Jitter: DefaultRestartJitter}
 	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
 		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
 	}
@@ -279,5 +279,50 @@ func TestInstanceLabels(t *testing.T) {
 	}
 	if c.Phases[1].InstanceLabels(0) != nil {
 		t.Fatal("a phase without labels or weights has labels")
+	}
+}
+
+// TestRestartRules: the top-level restart block is the policies' rule and
+// the default of every phase; a phase's own block overrides what it names.
+func TestRestartRules(t *testing.T) {
+	src := `
+restart {
+  max    = 9
+  jitter = 0.5
+}
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin = "transformer"
+  restart {
+    backoff = "1s"
+  }
+}
+`
+	c, err := Parse([]byte(src), "r.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := Restart{Max: 9, Window: DefaultRestartWindow, Backoff: DefaultRestartBackoff, MaxBackoff: DefaultRestartMaxBackoff, Jitter: 0.5}
+	if c.Restart != top || c.Phases[0].Restart != top {
+		t.Errorf("top level %+v, encoder %+v; want %+v", c.Restart, c.Phases[0].Restart, top)
+	}
+	tr := top
+	tr.Backoff = time.Second
+	if c.Phases[1].Restart != tr {
+		t.Errorf("transformer %+v; want %+v", c.Phases[1].Restart, tr)
+	}
+	if d := Default(); d.Restart != DefaultRestart() {
+		t.Errorf("default config: restart %+v", d.Restart)
+	}
+	for src, want := range map[string]string{
+		"restart {\n  jitter = 1.5\n}\nphase \"t\" { plugin = \"t\" }\n":                              "j.hcl:1:1: restart: jitter must be between 0 and 1 (a fraction of each backoff), got 1.5",
+		"phase \"t\" {\n  plugin = \"t\"\n  restart {\n    jitter = -0.1\n  }\n}\n":                   `j.hcl:3:3: phase "t": restart: jitter must be between 0 and 1 (a fraction of each backoff), got -0.1`,
+		"restart {\n  window = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n":                         `j.hcl:1:1: restart: window: "soon" is not a positive duration`,
+		"restart {\n  backoff = \"20s\"\n  max_backoff = \"1s\"\n}\nphase \"t\" { plugin = \"t\" }\n": "j.hcl:1:1: restart: max_backoff (1s) is less than backoff (20s)",
+	} {
+		_, err := Parse([]byte(src), "j.hcl")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", src, err, want)
+		}
 	}
 }

@@ -27,7 +27,7 @@ func startFails(t *testing.T, dir string, args ...string) string {
 
 func TestStartErrors(t *testing.T) {
 	badDir := shortDir(t)
-	for _, name := range []string{"apiv2", "proto2", "policy"} {
+	for _, name := range []string{"apiv2", "proto2", "policy", "misnamed"} {
 		if err := os.Symlink(filepath.Join(binDir, "badplugin"), filepath.Join(badDir, "phased-phase-"+name)); err != nil {
 			t.Fatal(err)
 		}
@@ -61,6 +61,8 @@ func TestStartErrors(t *testing.T) {
 			[]string{"encoder-0", "Plugin version: 2", "Client versions: [1]"}},
 		{"wrong kind", "plugin_dir = \"" + badDir + "\"\nphase \"encoder\" { plugin = \"policy\" }\n",
 			[]string{"says it is a policy plugin"}},
+		{"name differs from the file's", "plugin_dir = \"" + badDir + "\"\nphase \"encoder\" { plugin = \"misnamed\" }\n",
+			[]string{"encoder-0", `it says its name is "bad", but its file phased-phase-misnamed names it "misnamed"`}},
 		{"plugin exits during start", "plugin_dir = \"" + badDir + "\"\nphase \"encoder\" { plugin = \"encoder\" }\nphase \"decoder\" { plugin = \"crash\" }\n",
 			[]string{"decoder-0", "last stderr lines", "loading weights from /models/wan2.1", "fatal: CUDA out of memory"}},
 	}

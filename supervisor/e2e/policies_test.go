@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/plugins/pluginstest"
+	"github.com/phased/phased/sdk/phasetest"
 	"github.com/phased/phased/sdk/policytest"
 	"github.com/phased/phased/supervisor"
 )
@@ -348,4 +350,60 @@ func TestThirdPartyPolicy(t *testing.T) {
 		t.Fatalf("transformer: %+v", pp)
 	}
 	p.release(t)
+}
+
+// TestStatusWhilePolicyStarts: `policy set` to a policy whose process is
+// slow to start keeps neither status nor policy list waiting; the set
+// completes once the process is up.
+func TestStatusWhilePolicyStarts(t *testing.T) {
+	dir := shortDir(t)
+	gate := filepath.Join(dir, "gate")
+	t.Setenv("PHASED_TEST_GATE", gate)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	set := make(chan error, 1)
+	go func() {
+		_, errOut, code := cli(t, p.socket, "policy", "set", "transformer", "gated")
+		if code != 0 {
+			set <- fmt.Errorf("exit %d: %s", code, errOut)
+			return
+		}
+		set <- nil
+	}()
+	if !eventually(30*time.Second, func() bool { _, err := os.Stat(gate + ".started"); return err == nil }) {
+		t.Fatal("the gated policy did not start")
+	}
+	// The policy's process is starting and waits for the gate: status and
+	// policy list answer meanwhile.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatalf("status while a policy starts: %v", err)
+	}
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Policy != "roundrobin" || len(st.Phases) != 3 {
+		t.Fatalf("while gated starts: transformer's policy %q, %d phases", pp.Policy, len(st.Phases))
+	}
+	select {
+	case err := <-set:
+		t.Fatalf("policy set returned before the policy was up: %v", err)
+	default:
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-set; err != nil {
+		t.Fatalf("policy set gated: %v", err)
+	}
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Policy != "gated" {
+		t.Fatalf("after the set: transformer's policy %q", pp.Policy)
+	}
+	p.submitAll(t, 2, func(i int) supervisor.Submission { return supervisor.Submission{Prompt: "g", Seed: int64(i), Steps: 1} })
+}
+
+// TestPhaseBinariesConform runs the phase conformance kit against every
+// built-in phase binary, started as the supervisor starts it.
+func TestPhaseBinariesConform(t *testing.T) {
+	for name, c := range pluginstest.Cases() {
+		t.Run(name, func(t *testing.T) { phasetest.RunBinary(t, filepath.Join(pluginDir, "phased-phase-"+name), c) })
+	}
 }

@@ -4,6 +4,7 @@
 //	phased-phase-apiv2    speaks phase API version 2 only
 //	phased-phase-proto2   speaks go-plugin protocol version 2
 //	phased-phase-policy   says it is a policy plugin
+//	phased-phase-misnamed says its name is "bad"
 package main
 
 import (
@@ -39,6 +40,8 @@ func main() {
 	switch {
 	case strings.HasSuffix(name, "-apiv2"):
 		phase.Serve(bad{kind: sdk.KindPhase, api: 2})
+	case strings.HasSuffix(name, "-misnamed"):
+		phase.Serve(bad{kind: sdk.KindPhase, api: sdk.PhaseAPIVersion})
 	case strings.HasSuffix(name, "-policy"):
 		phase.Serve(bad{kind: sdk.KindPolicy, api: sdk.PhaseAPIVersion})
 	case strings.HasSuffix(name, "-proto2"):

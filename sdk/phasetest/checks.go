@@ -1,0 +1,436 @@
+package phasetest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/plugintest"
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+func (k *kit) checkInfo(t *testing.T, in instance, name string) {
+	info, err := in.ctl.Info(k.call(t))
+	if err != nil {
+		t.Fatalf("Info: %v", err)
+	}
+	if info.Kind != sdk.KindPhase {
+		t.Errorf("Info: kind %q, want %q", info.Kind, sdk.KindPhase)
+	}
+	if !info.Speaks(sdk.PhaseAPIVersion) {
+		t.Errorf("Info: API versions %v do not include %d", info.APIVersions, sdk.PhaseAPIVersion)
+	}
+	switch {
+	case info.Name == "":
+		t.Error("Info: no name")
+	case name != "" && info.Name != name:
+		t.Errorf("Info: name %q, but the file names it %q (phased-phase-%s): the supervisor refuses it", info.Name, name, name)
+	}
+}
+
+// instanceID is the instance id the kit configures: what a supervisor
+// would give the first instance of a phase named after the plugin.
+const instanceID = "phasetest-0"
+
+// config is the InstanceConfig of an instance under test, with a run
+// directory of its own.
+func (k *kit) config(t *testing.T) sdk.InstanceConfig {
+	return sdk.InstanceConfig{Instance: instanceID, RunDir: plugintest.RunDir(t), Params: k.c.Params}
+}
+
+func (k *kit) checkConfigure(t *testing.T, in instance) {
+	ctx := k.call(t)
+	if err := in.ctl.Ready(ctx); !errors.Is(err, sdk.ErrInvalid) {
+		t.Errorf("Ready before Configure: %v; want an invalid-argument error", err)
+	}
+	bad := k.config(t)
+	bad.Instance = "../x"
+	if err := in.ctl.Configure(ctx, bad); !errors.Is(err, sdk.ErrInvalid) {
+		t.Errorf("Configure with instance id %q: %v; want an invalid-argument error", bad.Instance, err)
+	}
+	cfg := k.config(t)
+	if err := in.ctl.Configure(ctx, cfg); err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	t.Cleanup(func() { _ = in.ctl.Release(context.Background()) })
+	if err := in.ctl.Configure(ctx, cfg); !errors.Is(err, sdk.ErrInvalid) {
+		t.Errorf("second Configure: %v; want an invalid-argument error", err)
+	}
+	if err := in.ctl.Ready(ctx); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	if st, err := in.ctl.Status(ctx); err != nil || len(st.Rooms) != 0 {
+		t.Errorf("Status of a new instance: %+v, %v; want no rooms", st, err)
+	}
+}
+
+// configured configures in, waits until it is ready and releases it when
+// the test ends; it returns in with its run directory.
+func (k *kit) configured(t *testing.T, in instance) configuredInstance {
+	ctx := k.call(t)
+	cfg := k.config(t)
+	if err := in.ctl.Configure(ctx, cfg); err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	t.Cleanup(func() { _ = in.ctl.Release(context.Background()) })
+	if err := in.ctl.Ready(ctx); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	specs, err := k.inputs(t, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return configuredInstance{instance: in, runDir: cfg.RunDir, inputs: specs}
+}
+
+// configuredInstance is a ready instance, its run directory and the
+// inputs it declares for the case's request.
+type configuredInstance struct {
+	instance
+	runDir string
+	inputs []tensor.Spec
+}
+
+// inputs asks the phase, through a receiver room of a reference peer that
+// never sends, which inputs it declares: the specs are what its
+// descriptor names. A first phase declares none: its receiver room fails
+// or names no buffer.
+func (k *kit) inputs(t *testing.T, in instance) ([]tensor.Spec, error) {
+	f := newFakeSender(t)
+	ctx := k.call(t)
+	const room = 1 << 40
+	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleReceiver, Request: k.request(t), PeerEndpoint: f.endpoint}); err != nil {
+		return nil, nil // a first phase may refuse a receiver room
+	}
+	defer func() { _ = in.ctl.RemoveRoom(ctx, room) }()
+	d, err := f.descriptor(room)
+	if err != nil {
+		return nil, fmt.Errorf("the receiver room sent no descriptor: %w", err)
+	}
+	specs := make([]tensor.Spec, len(d.GetBuffers()))
+	for i, b := range d.GetBuffers() {
+		specs[i] = tensor.Spec{Name: b.GetName(), DType: tensor.DType(b.GetDtype()), Shape: b.GetShape()}
+	}
+	return specs, nil
+}
+
+// request is the case's request with an artifact directory of the test's.
+func (k *kit) request(t *testing.T) sdk.Request {
+	req := k.c.Request
+	req.ArtifactDir = t.TempDir()
+	return req
+}
+
+func (k *kit) checkRooms(t *testing.T, in configuredInstance) {
+	ctx := k.call(t)
+	req := k.request(t)
+	ep, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 7, Role: sdk.RoleSender, Request: req})
+	if err != nil {
+		t.Fatalf("OpenRoom(7, sender): %v", err)
+	}
+	if !strings.HasPrefix(ep, "ipc://"+in.runDir+"/") {
+		t.Errorf("sender endpoint %q: want an ipc endpoint in the run directory %s", ep, in.runDir)
+	}
+	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 7, Role: sdk.RoleSender, Request: req}); err == nil {
+		t.Error("OpenRoom(7) twice succeeded")
+	}
+	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 0, Role: sdk.RoleSender, Request: req}); !errors.Is(err, sdk.ErrInvalid) {
+		t.Errorf("OpenRoom(0): %v; want an invalid-argument error (room 0 is reserved)", err)
+	}
+	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 8, Request: req}); !errors.Is(err, sdk.ErrInvalid) {
+		t.Errorf("OpenRoom without a role: %v; want an invalid-argument error", err)
+	}
+	st, err := in.ctl.Status(ctx)
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	if len(st.Rooms) != 1 || st.Rooms[0].Room != 7 || st.Rooms[0].Role != sdk.RoleSender || st.Rooms[0].Status != sdk.StatusBootstrapping {
+		t.Errorf("Status with room 7 open as a sender: %+v; want it alone, Bootstrapping", st.Rooms)
+	}
+	for _, room := range []uint64{7, 7, 12345} {
+		if err := in.ctl.RemoveRoom(ctx, room); err != nil {
+			t.Errorf("RemoveRoom(%d): %v", room, err)
+		}
+	}
+	if st, err := in.ctl.Status(ctx); err != nil || len(st.Rooms) != 0 {
+		t.Errorf("Status after RemoveRoom: %+v, %v; want no rooms", st, err)
+	}
+	if socks := socketFiles(in.runDir); len(socks) != 0 {
+		t.Errorf("socket files left after RemoveRoom: %q", socks)
+	}
+}
+
+// checkTransfer runs the case's request through the phase over backend:
+// its inputs from a reference peer, its outputs to one (or its artifact),
+// while following its progress.
+func (k *kit) checkTransfer(t *testing.T, in configuredInstance, backend sdk.Backend) {
+	peer := newPeer(t)
+	req := k.request(t)
+	ctx := k.call(t)
+	events := k.follow(t, in)
+	spec := sdk.RunSpec{Request: req}
+	var sendErr error
+	var wg sync.WaitGroup
+	if len(in.inputs) > 0 {
+		spec.InRoom = 1
+		inputs := k.fill(t, in.inputs)
+		ep, err := peer.OpenSenderWith(spec.InRoom, backend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: spec.InRoom, Role: sdk.RoleReceiver, Request: req, PeerEndpoint: ep, Backend: backend}); err != nil {
+			t.Fatalf("OpenRoom(%d, receiver, %s): %v", spec.InRoom, backend, err)
+		}
+		wg.Go(func() { sendErr = peer.Send(ctx, spec.InRoom, inputs) })
+	}
+	if len(k.c.Next) > 0 {
+		spec.OutRoom = 2
+		ep, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: spec.OutRoom, Role: sdk.RoleSender, Request: req, Backend: backend})
+		if err != nil {
+			t.Fatalf("OpenRoom(%d, sender, %s): %v", spec.OutRoom, backend, err)
+		}
+		if err := peer.OpenReceiverWith(spec.OutRoom, backend, ep, k.c.Next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	art, err := in.ctl.Run(ctx, spec)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("Run(%+v): %v", spec, err)
+	}
+	if sendErr != nil {
+		t.Fatalf("the reference peer's Send: %v", sendErr)
+	}
+	k.checkOutputs(t, ctx, peer, spec.OutRoom, art)
+	for _, side := range []struct {
+		room uint64
+		rm   func(uint64) error
+	}{{spec.InRoom, peer.Remove}, {spec.InRoom, in.rm(ctx)}, {spec.OutRoom, in.rm(ctx)}, {spec.OutRoom, peer.Remove}} {
+		if side.room != 0 {
+			if err := side.rm(side.room); err != nil {
+				t.Errorf("remove room %d: %v", side.room, err)
+			}
+		}
+	}
+	events.check(t, req.ID, spec, k.c.Settle)
+}
+
+// rm removes a room of the instance.
+func (in configuredInstance) rm(ctx context.Context) func(uint64) error {
+	return func(room uint64) error { return in.ctl.RemoveRoom(ctx, room) }
+}
+
+// checkOutputs checks what the phase produced: the tensors the reference
+// peer received (their checksums verified by it), or the artifact.
+func (k *kit) checkOutputs(t *testing.T, ctx context.Context, peer *transfer.Manager, outRoom uint64, art *sdk.Artifact) {
+	if outRoom != 0 {
+		got, release, err := peer.Receive(ctx, outRoom)
+		if err != nil {
+			t.Fatalf("the reference peer's Receive of the outputs: %v", err)
+		}
+		defer release()
+		for i, s := range k.c.Next {
+			if !got[i].Spec.Equal(s) {
+				t.Errorf("output %d: %s, want %s", i, got[i].Spec, s)
+			}
+		}
+		return
+	}
+	if art == nil {
+		t.Fatal("Run of the last phase returned no artifact")
+	}
+	b, err := os.ReadFile(art.Path)
+	if err != nil {
+		t.Fatalf("artifact: %v", err)
+	}
+	sum := sha256.Sum256(b)
+	if got := hex.EncodeToString(sum[:]); got != art.SHA256 || int64(len(b)) != art.Size {
+		t.Errorf("artifact %s: %d bytes with SHA-256 %s; Run reported %d bytes, %s", art.Path, len(b), got, art.Size, art.SHA256)
+	}
+}
+
+// fill makes the inputs the reference peer sends.
+func (k *kit) fill(t *testing.T, specs []tensor.Spec) []tensor.Tensor {
+	if k.c.Fill != nil {
+		ts, err := k.c.Fill(specs)
+		if err != nil {
+			t.Fatalf("Fill: %v", err)
+		}
+		return ts
+	}
+	ts := make([]tensor.Tensor, len(specs))
+	for i, s := range specs {
+		x, err := tensor.New(s)
+		if err != nil {
+			t.Fatalf("input %s: %v", s, err)
+		}
+		if f := x.Float32s(); f != nil {
+			for j := range f {
+				f[j] = float32(j%17)/17 - 0.5
+			}
+		} else {
+			for j := range x.Data {
+				x.Data[j] = byte(j % 251)
+			}
+		}
+		ts[i] = x
+	}
+	return ts
+}
+
+// progressLog collects an instance's progress events.
+type progressLog struct {
+	mu     sync.Mutex
+	events []sdk.Progress
+	stop   func() error // ends the stream, once; its error
+}
+
+// follow opens the instance's progress stream until the test ends.
+func (k *kit) follow(t *testing.T, in configuredInstance) *progressLog {
+	l := &progressLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- in.ctl.Progress(ctx, func(p sdk.Progress) {
+			l.mu.Lock()
+			l.events = append(l.events, p)
+			l.mu.Unlock()
+		})
+	}()
+	var once sync.Once
+	var err error
+	l.stop = func() error {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = l.stop() })
+	return l
+}
+
+// check waits for the Run's finished event and checks the stages the
+// stream showed for it: waiting first, computing, sending when it has an
+// out room, finished last, every event with the Run's rooms.
+func (l *progressLog) check(t *testing.T, request string, spec sdk.RunSpec, settle time.Duration) {
+	var got []sdk.Progress
+	deadline := time.Now().Add(settle)
+	for {
+		l.mu.Lock()
+		got = nil
+		for _, p := range l.events {
+			if p.Request == request {
+				got = append(got, p)
+			}
+		}
+		l.mu.Unlock()
+		if len(got) > 0 && got[len(got)-1].Stage == sdk.StageFinished || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := l.stop(); err != nil {
+		t.Errorf("Progress: %v", err)
+	}
+	stages := make([]string, len(got))
+	for i, p := range got {
+		stages[i] = p.Stage
+		if p.InRoom != spec.InRoom || p.OutRoom != spec.OutRoom {
+			t.Errorf("progress event %+v: rooms %d, %d; want the Run's, %d and %d", p, p.InRoom, p.OutRoom, spec.InRoom, spec.OutRoom)
+		}
+	}
+	ok := len(got) >= 3 && stages[0] == sdk.StageWaiting && stages[len(stages)-1] == sdk.StageFinished &&
+		slices.Contains(stages, sdk.StageComputing) && slices.Contains(stages, sdk.StageSending) == (spec.OutRoom != 0)
+	if !ok {
+		t.Errorf("progress of the Run: %q; want waiting, computing..., sending (with an out room), finished", stages)
+	}
+}
+
+func (k *kit) checkRelease(t *testing.T, in configuredInstance) {
+	ctx := k.call(t)
+	// A room of each kind open at release: release removes them.
+	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 3, Role: sdk.RoleSender, Request: k.request(t)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.inputs) > 0 {
+		peer := newPeer(t)
+		ep, err := peer.OpenSender(4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: 4, Role: sdk.RoleReceiver, Request: k.request(t), PeerEndpoint: ep}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.ctl.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if err := in.ctl.Release(ctx); err != nil {
+		t.Errorf("second Release: %v", err)
+	}
+	if socks := socketFiles(in.runDir); len(socks) != 0 {
+		t.Errorf("socket files left in the run directory after Release: %q", socks)
+	}
+	if segs := segments(transfer.ProcessName(instanceID, in.pid)); len(segs) != 0 {
+		t.Errorf("shared-memory segments left after Release: %q", segs)
+	}
+	if in.stop == nil {
+		return
+	}
+	in.stop()
+	if err := processGroupGone(in.pid, k.c.Settle); err != nil {
+		t.Error(err)
+	}
+	if socks := socketFiles(in.sockets); len(socks) != 0 {
+		t.Errorf("socket files left by the stopped plugin: %q", socks)
+	}
+}
+
+// socketFiles lists the unix socket files under dir.
+func socketFiles(dir string) []string {
+	var out []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type()&os.ModeSocket != 0 {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+// segments lists the shared-memory segments of the transfer manager name.
+func segments(name string) []string {
+	entries, _ := os.ReadDir(transfer.DefaultShmDir)
+	var out []string
+	for _, e := range entries {
+		if owner, ok := transfer.SegmentOwner(e.Name()); ok && owner == name {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// processGroupGone waits until no process of the process group pgid is
+// left.
+func processGroupGone(pgid int, settle time.Duration) error {
+	if pgid <= 1 {
+		return fmt.Errorf("no pid for the plugin process")
+	}
+	if waitFor(settle, func() bool { return syscall.Kill(-pgid, 0) == syscall.ESRCH }) != nil {
+		return fmt.Errorf("processes of the plugin's process group %d are left after it was stopped", pgid)
+	}
+	return nil
+}

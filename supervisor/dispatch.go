@@ -1,0 +1,482 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/phased/phased/policies/roundrobin"
+	"github.com/phased/phased/sdk"
+)
+
+// process runs one request through the pipeline and always ends it. An
+// attempt that fails because an instance it used exited or hung is
+// dispatched again, with new rooms, while the retry budget lasts.
+func (s *Supervisor) process(r *request) {
+	defer r.cancel()
+	var art *sdk.Artifact
+	var err error
+	// Queued until one of MaxInflight slots is free; the slot is held
+	// until the request's rooms are removed.
+	select {
+	case s.slots <- struct{}{}:
+		for n := 0; ; n++ {
+			art, err = s.dispatch(r, n)
+			var ie *InstanceError
+			if err == nil || r.ctx.Err() != nil || n >= s.cfg.Retries || !errors.As(err, &ie) {
+				break
+			}
+			s.retried.Add(1)
+			r.event(Event{What: "retry", Detail: fmt.Sprintf("attempt %d of %d: %v", n+2, s.cfg.Retries+1, err)})
+			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "cause", err)
+		}
+		<-s.slots
+	case <-r.ctx.Done():
+		err = r.ctx.Err()
+	}
+	// Rooms were removed on every path, upstream first, before the
+	// request is reported as ended.
+	r.mu.Lock()
+	now := time.Now()
+	r.info.Finished = &now
+	var ie *InstanceError
+	switch {
+	case r.removed:
+		// Removed, even if it finished meanwhile: as journaled at Remove.
+		r.info.State, r.info.Reason = StateFailed, ReasonRemoved
+	case err != nil && s.ctx.Err() != nil:
+		r.info.State, r.info.Reason = StateFailed, ReasonReleased
+	case errors.As(err, &ie):
+		r.info.State = StateFailed
+		r.info.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
+			r.info.Attempts, s.cfg.Retries, err)
+	case err != nil:
+		r.info.State, r.info.Reason = StateFailed, err.Error()
+	default:
+		r.info.State, r.info.Artifact, r.info.SHA256 = StateDone, art.Path, art.SHA256
+	}
+	state, reason := r.info.State, r.info.Reason
+	r.mu.Unlock()
+	s.ended(r)
+	r.event(Event{What: state, Detail: reason})
+	close(r.done)
+	s.logger.Info("request ended", "request", r.id, "state", state, "reason", reason, "took", now.Sub(r.info.Submitted))
+}
+
+// attempt is one dispatch of a request: the instance processes it was
+// given, its rooms, and its context, which the supervisor cancels with an
+// InstanceError when one of those processes exits or hangs.
+type attempt struct {
+	r      *request
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	lives  []*life    // per phase
+	opened []roomSide // every room side asked to open, upstream first
+}
+
+// roomSide is one side of a hop's room on one instance process.
+type roomSide struct {
+	l    *life
+	room uint64
+}
+
+// cause returns the InstanceError that ended the attempt, or err.
+func (a *attempt) cause(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie *InstanceError
+	if c := context.Cause(a.ctx); errors.As(c, &ie) {
+		return ie
+	}
+	return err
+}
+
+// dispatch makes attempt n of the request: it schedules it, opens its rooms
+// upstream first, runs every phase and removes the rooms in order; it
+// returns the last phase's artifact.
+func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
+	a := &attempt{r: r}
+	a.ctx, a.cancel = context.WithCancelCause(r.ctx)
+	defer a.cancel(nil)
+	chosen, rooms, err := s.place(a)
+	if err != nil {
+		return nil, a.cause(err)
+	}
+	defer func() {
+		s.removeRooms(a)
+		for i, l := range a.lives {
+			l.drop(a)
+			chosen[i].inflight.Add(-1)
+		}
+	}()
+	names := make(map[string]string, len(chosen))
+	for i, in := range chosen {
+		names[s.phases[i].cfg.Name] = in.id
+	}
+	r.mu.Lock()
+	r.info.State, r.info.Instances, r.info.Attempts = StateRunning, names, n+1
+	r.mu.Unlock()
+	r.event(Event{What: "scheduled"})
+	for _, l := range a.lives {
+		if err := l.use(a); err != nil {
+			return nil, err
+		}
+	}
+
+	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
+	if err := s.openRooms(a, req, rooms); err != nil {
+		return nil, a.cause(err)
+	}
+	r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
+	art, err := s.runPhases(a, req, rooms)
+	return art, a.cause(err)
+}
+
+// place chooses one instance per phase for the attempt, waiting while a
+// phase has no ready instance but one is coming back, and reserves the
+// rooms. One decision at a time, and its load counted before the next: a
+// policy that looks at the load (least loaded, p2c) would otherwise see
+// the same load for requests scheduled together and send them all to one
+// instance.
+func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
+	for {
+		changed := s.readyWatch()
+		waiting, err := s.unservable()
+		if err != nil {
+			return nil, nil, err
+		}
+		if !waiting {
+			s.schedMu.Lock()
+			chosen, err := s.schedule(a.ctx, a.r.id, a.r.sub.Key)
+			if err == nil {
+				a.lives = make([]*life, len(chosen))
+				for i, in := range chosen {
+					in.inflight.Add(1)
+					a.lives[i] = in.cur.Load()
+				}
+				rooms := s.reserveRooms(a, chosen)
+				s.schedMu.Unlock()
+				return chosen, rooms, nil
+			}
+			s.schedMu.Unlock()
+			// An instance may have gone away between the check and the
+			// decision: wait for it, unless nothing is coming back.
+			if w, _ := s.unservable(); !w {
+				return nil, nil, err
+			}
+		}
+		select {
+		case <-changed:
+		case <-a.ctx.Done():
+			return nil, nil, a.ctx.Err()
+		}
+	}
+}
+
+// reserveRooms takes one new room id per hop and records every side of
+// every hop, in removal order (per hop: sender, then receiver; hops
+// upstream first), counting it in its instance's open rooms at once, so
+// that the next scheduling decision sees it.
+func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
+	rooms := make([]uint64, len(chosen)-1)
+	r := a.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.info.Rooms, r.info.Backends = nil, nil
+	for i := range rooms {
+		rooms[i] = s.nextRoom.Add(1)
+		r.info.Rooms = append(r.info.Rooms, rooms[i])
+		r.info.Backends = append(r.info.Backends, string(s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)))
+		a.opened = append(a.opened, roomSide{a.lives[i], rooms[i]}, roomSide{a.lives[i+1], rooms[i]})
+		chosen[i].rooms.Add(1)
+		chosen[i+1].rooms.Add(1)
+	}
+	return rooms
+}
+
+// openRooms opens one room per hop in two rounds: every sender side at
+// once, then every receiver side at once with its sender's endpoint. So
+// the sender side of each hop exists before its receiver connects, in two
+// round trips whatever the pipeline's length. reserveRooms has recorded
+// every side: a cancelled open may still complete in the plugin, and
+// removeRooms must remove it either way.
+func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) error {
+	endpoints := make([]string, len(rooms))
+	round := func(role sdk.Role) error {
+		errs := make([]error, len(rooms))
+		var wg sync.WaitGroup
+		for i, room := range rooms {
+			backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
+			l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
+			if role == sdk.RoleReceiver {
+				l, spec.PeerEndpoint = a.lives[i+1], endpoints[i]
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				octx, cancel := context.WithTimeout(a.ctx, l.in.cfg.HangTimeout)
+				ep, err := l.ctl.OpenRoom(octx, spec)
+				if err != nil && a.ctx.Err() == nil && timedOut(octx, err) {
+					l.killHung(fmt.Sprintf("opening room %d took longer than hang_timeout %s", room, l.in.cfg.HangTimeout))
+					err = l.awaitExit(err)
+				}
+				cancel()
+				if err != nil {
+					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
+				} else if role == sdk.RoleSender {
+					endpoints[i] = ep
+				}
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	if err := round(sdk.RoleSender); err != nil {
+		return err
+	}
+	return round(sdk.RoleReceiver)
+}
+
+// runPhases runs every phase of the attempt at once; each waits for its
+// inputs. The first failure cancels the others and is the reason.
+func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
+	ctx, cancel := context.WithCancel(a.ctx)
+	defer cancel()
+	type result struct {
+		i   int
+		art *sdk.Artifact
+		err error
+	}
+	results := make(chan result, len(a.lives))
+	for i, l := range a.lives {
+		spec := sdk.RunSpec{Request: req}
+		if i > 0 {
+			spec.InRoom = rooms[i-1]
+		}
+		if i < len(rooms) {
+			spec.OutRoom = rooms[i]
+		}
+		go func() {
+			start := time.Now()
+			art, err := l.ctl.Run(ctx, spec)
+			l.runReturned(runKey{req.ID, spec.InRoom, spec.OutRoom})
+			if err == nil {
+				// Its part is done and its outputs are in the next
+				// phase's buffers: its death no longer fails the attempt.
+				l.drop(a)
+				took := time.Since(start)
+				l.in.observe(took)
+				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: took.Round(time.Microsecond).String()})
+			}
+			results <- result{i, art, l.explain(err)}
+		}()
+	}
+	var art *sdk.Artifact
+	var first error
+	for range a.lives {
+		res := <-results
+		if res.err != nil {
+			var ie *InstanceError
+			if first == nil || errors.As(res.err, &ie) || (errors.Is(first, context.Canceled) && !errors.Is(res.err, context.Canceled)) {
+				l := a.lives[res.i]
+				if errors.As(res.err, &ie) {
+					first = ie
+				} else {
+					first = fmt.Errorf("phase %s (%s): %w", l.in.phase, l.in.id, res.err)
+				}
+			}
+			cancel()
+			continue
+		}
+		if res.i == len(a.lives)-1 {
+			art = res.art
+		}
+	}
+	if first != nil {
+		return nil, first
+	}
+	if art == nil {
+		return nil, errors.New("the last phase returned no artifact")
+	}
+	return art, nil
+}
+
+// removeRooms removes the attempt's rooms upstream → downstream: for each
+// hop the sender side first (the order they were opened in), so that no
+// sender writes into a freed buffer. A side on a process that has exited
+// went with it.
+func (s *Supervisor) removeRooms(a *attempt) {
+	for _, side := range a.opened {
+		if !side.l.proc.exited() {
+			ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+			if err := side.l.ctl.RemoveRoom(ctx, side.room); err != nil && !side.l.proc.exited() {
+				s.logger.Warn("remove room", "request", a.r.id, "room", side.room, "instance", side.l.in.id, "error", err)
+			}
+			cancel()
+		}
+		side.l.in.rooms.Add(-1)
+	}
+	a.opened = nil
+}
+
+// removeTimeout bounds one RemoveRoom call.
+const removeTimeout = 10 * time.Second
+
+func (s *Supervisor) artifactDir() string {
+	if filepath.IsAbs(s.cfg.ArtifactDir) {
+		return s.cfg.ArtifactDir
+	}
+	abs, err := filepath.Abs(s.cfg.ArtifactDir)
+	if err != nil {
+		return s.cfg.ArtifactDir
+	}
+	return abs
+}
+
+// schedule asks each distinct live policy, once, for the instances of its
+// phases, and returns one instance per phase in pipeline order. A policy
+// that fails (its process crashed or hung past the policy timeout, it
+// returned an error, or it chose an instance that is not a ready one of the
+// phase) is replaced for this request by the built-in round robin, so that
+// no request fails because of its policy; the failure is logged and
+// counted. Shadow policies are asked too, in the background. The caller
+// holds schedMu.
+func (s *Supervisor) schedule(ctx context.Context, id, key string) ([]*instance, error) {
+	chosen := make([]*instance, len(s.phases))
+	type group struct {
+		p      *policy
+		phases []int
+	}
+	var groups []*group
+	for i, ph := range s.phases {
+		p := ph.live.Load()
+		k := slices.IndexFunc(groups, func(g *group) bool { return g.p == p })
+		if k < 0 {
+			groups = append(groups, &group{p: p})
+			k = len(groups) - 1
+		}
+		groups[k].phases = append(groups[k].phases, i)
+	}
+	for _, g := range groups {
+		req := sdk.ScheduleRequest{RequestID: id, Key: key}
+		for _, i := range g.phases {
+			req.Phases = append(req.Phases, s.phases[i].candidates())
+		}
+		d, callErr := s.callPolicy(ctx, g.p, req)
+		for _, i := range g.phases {
+			ph := s.phases[i]
+			ph.stats.decisions.Add(1)
+			var in *instance
+			err := callErr
+			if err == nil {
+				in, err = ph.chosen(g.p.name, d.Choices[ph.cfg.Name])
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				ph.stats.fallbacks.Add(1)
+				s.logger.Warn("policy failed: the built-in round robin schedules this request", "phase", ph.cfg.Name, "policy", g.p.name, "request", id, "error", err)
+				if in, err = s.fallbackPick(ctx, ph); err != nil {
+					return nil, err
+				}
+			}
+			chosen[i] = in
+		}
+	}
+	s.shadow(id, key, chosen)
+	return chosen, nil
+}
+
+// fallbackPick schedules one phase with the built-in round robin.
+func (s *Supervisor) fallbackPick(ctx context.Context, ph *phase) (*instance, error) {
+	d, err := s.fallback.Schedule(ctx, sdk.ScheduleRequest{Phases: []sdk.PhaseCandidates{ph.candidates()}})
+	if err != nil {
+		return nil, fmt.Errorf("phase %s: %w", ph.cfg.Name, err)
+	}
+	return ph.chosen(roundrobin.Name, d.Choices[ph.cfg.Name])
+}
+
+// shadow asks every shadow policy, in the background, what it would have
+// chosen for its phases, and counts how often it agrees with chosen.
+func (s *Supervisor) shadow(id, key string, chosen []*instance) {
+	byPolicy := map[*policy][]int{}
+	for i, ph := range s.phases {
+		if p := ph.shadowOf.Load(); p != nil {
+			byPolicy[p] = append(byPolicy[p], i)
+		}
+	}
+	for p, idx := range byPolicy {
+		req := sdk.ScheduleRequest{RequestID: id, Key: key}
+		for _, i := range idx {
+			req.Phases = append(req.Phases, s.phases[i].candidates())
+		}
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			d, err := s.callPolicy(s.bgCtx, p, req)
+			for _, i := range idx {
+				st := &s.phases[i].stats
+				if err != nil {
+					st.shadowErrors.Add(1)
+					continue
+				}
+				st.shadowCalls.Add(1)
+				if d.Choices[s.phases[i].cfg.Name] == chosen[i].id {
+					st.shadowAgree.Add(1)
+				}
+			}
+		}()
+	}
+}
+
+// readyChanged wakes whoever waits for an instance to become ready.
+func (s *Supervisor) readyChanged() {
+	s.readyMu.Lock()
+	close(s.readyCh)
+	s.readyCh = make(chan struct{})
+	s.readyMu.Unlock()
+}
+
+// readyWatch returns a channel closed at the next change of readiness.
+func (s *Supervisor) readyWatch() <-chan struct{} {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	return s.readyCh
+}
+
+// unservable returns an error when a phase has no ready instance and none
+// that may become ready (all failed or released), and whether some phase is
+// waiting for an instance to come back.
+func (s *Supervisor) unservable() (waiting bool, err error) {
+	for _, ph := range s.phases {
+		ready, recovering := false, false
+		var last string
+		for _, in := range ph.instances {
+			switch in.currentState() {
+			case stateReady:
+				ready = true
+			case stateStarting, stateExited, stateRestarting:
+				recovering = true
+			}
+			in.mu.Lock()
+			if in.lastExit != "" {
+				last = in.lastExit
+			}
+			in.mu.Unlock()
+		}
+		switch {
+		case ready:
+		case recovering:
+			waiting = true
+		default:
+			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.instances), last)
+		}
+	}
+	return waiting, nil
+}

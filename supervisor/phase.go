@@ -1,0 +1,74 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/supervisor/config"
+)
+
+// phase is one phase of the pipeline and its instances.
+type phase struct {
+	cfg       config.Phase
+	instances []*instance
+	live      atomic.Pointer[policy] // the policy that schedules it
+	shadowOf  atomic.Pointer[policy] // asked beside live, never used; nil: none
+	stats     policyStats
+}
+
+func (ph *phase) candidates() sdk.PhaseCandidates {
+	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
+	for _, in := range ph.instances {
+		pc.Candidates = append(pc.Candidates, sdk.Candidate{
+			ID:            in.id,
+			Index:         in.index,
+			Ready:         in.currentState() == stateReady,
+			OpenRooms:     int(in.rooms.Load()),
+			Inflight:      int(in.inflight.Load()),
+			LatencyEWMAms: in.latencyMs(),
+			Labels:        ph.cfg.InstanceLabels(in.index),
+		})
+	}
+	return pc
+}
+
+func (ph *phase) instance(id string) *instance {
+	for _, in := range ph.instances {
+		if in.id == id {
+			return in
+		}
+	}
+	return nil
+}
+
+// chosen returns the instance a policy chose for the phase, or an error if
+// it is not a ready instance of the phase.
+func (ph *phase) chosen(policy, id string) (*instance, error) {
+	in := ph.instance(id)
+	switch {
+	case in == nil:
+		return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", policy, id, ph.cfg.Name)
+	case in.currentState() != stateReady:
+		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", policy, in.id, ph.cfg.Name, in.currentState())
+	}
+	return in, nil
+}
+
+// ErrUnknownPhase is returned for a phase name the pipeline does not have.
+var ErrUnknownPhase = errors.New("no such phase")
+
+func (s *Supervisor) phaseNamed(name string) (*phase, error) {
+	for _, ph := range s.phases {
+		if ph.cfg.Name == name {
+			return ph, nil
+		}
+	}
+	names := make([]string, len(s.phases))
+	for i, ph := range s.phases {
+		names[i] = ph.cfg.Name
+	}
+	return nil, fmt.Errorf("%w %q; the phases are: %s", ErrUnknownPhase, name, strings.Join(names, ", "))
+}
