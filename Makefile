@@ -44,9 +44,10 @@ build: deps ## build bin/supervisor and the plugins in bin/plugins
 run: build ## set up, build, and run the demo on the embedded default config
 	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
 
-test: build ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test), then fuzz each decoder briefly
+test: build ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test, the example modules), then fuzz each decoder briefly
 	$(GO) test -race -count=1 -timeout 14m ./...
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+	cd examples/phases && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) -s fuzz-short
 
 chaos: deps ## the chaos test: CHAOS_REQUESTS (200) requests, an instance SIGKILLed every 0.5 s, the supervisor killed once; last line: the counts

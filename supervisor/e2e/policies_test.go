@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image/gif"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/plugins/model"
 	"github.com/phased/phased/plugins/pluginstest"
 	"github.com/phased/phased/sdk/phasetest"
 	"github.com/phased/phased/sdk/policytest"
 	"github.com/phased/phased/supervisor"
+	phasedcli "github.com/phased/phased/supervisor/cli"
 )
 
 // TestPolicies runs the pipeline under each shipped policy, chosen in the
@@ -406,4 +409,83 @@ func TestPhaseBinariesConform(t *testing.T) {
 	for name, c := range pluginstest.Cases() {
 		t.Run(name, func(t *testing.T) { phasetest.RunBinary(t, filepath.Join(pluginDir, "phased-phase-"+name), c) })
 	}
+}
+
+// TestThirdPartyPhase: the phase of examples/phases, a Go module of its
+// own, built and dropped into the plugin directory, runs between the
+// transformer and the decoder from the example config. At strength 0 the
+// artifact is the reference, byte for byte (the extra hop moves the latent
+// unchanged); at 0.5 it is another GIF of as many frames.
+func TestThirdPartyPhase(t *testing.T) {
+	dir := shortDir(t)
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(pluginDir, "phased-phase-smooth")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/phased-phase-smooth")
+	build.Dir = filepath.Join(strings.TrimSpace(string(root)), "examples", "phases")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the third-party phase: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { os.Remove(bin) })
+	example, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(root)), "examples", "configs", "smooth.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string][]phasedcli.Result{}
+	for _, strength := range []string{"0", "0.5"} {
+		body := strings.Replace(string(example), `strength = "0.5"`, `strength = "`+strength+`"`, 1)
+		sub := filepath.Join(dir, "s"+strength) // its own artifact directory
+		if err := os.Mkdir(sub, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cfg := writeConfig(t, sub, body)
+		cmd := exec.Command(supervisorBin, "run", "--config", cfg, "--prompt", "smooth fox", "--seed", "4", "--steps", "3", "--count", "2", "--json")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("run with strength %s: %v\n%s", strength, err, out)
+		}
+		runs[strength] = decodeResults(t, out)
+	}
+	// Request i is seed 4+i, whichever id it got.
+	refs := [][]byte{reference(t, "smooth fox", 4, 3), reference(t, "smooth fox", 5, 3)}
+	isRef := func(b []byte) bool { return bytes.Equal(b, refs[0]) || bytes.Equal(b, refs[1]) }
+	var still [][]byte
+	for _, r := range runs["0"] {
+		b, err := os.ReadFile(r.Artifact)
+		if err != nil || !isRef(b) {
+			t.Fatalf("with strength 0, %s differs from the references (%v)", r.Artifact, err)
+		}
+		still = append(still, b)
+	}
+	if bytes.Equal(still[0], still[1]) {
+		t.Fatal("with strength 0, both requests made the same artifact")
+	}
+	for _, r := range runs["0.5"] {
+		b, _ := os.ReadFile(r.Artifact)
+		g, err := gif.DecodeAll(bytes.NewReader(b))
+		if err != nil || isRef(b) || len(g.Image) != model.DefaultParams().Frames {
+			t.Fatalf("with strength 0.5, %s: %d bytes, decoded %v, a reference: %t", r.Artifact, len(b), err, isRef(b))
+		}
+	}
+}
+
+// decodeResults reads the JSON lines of `supervisor run --json`; every
+// request must be done.
+func decodeResults(t *testing.T, out []byte) []phasedcli.Result {
+	t.Helper()
+	var rs []phasedcli.Result
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var r phasedcli.Result
+		if err := dec.Decode(&r); err != nil {
+			t.Fatalf("run output: %v\n%s", err, out)
+		}
+		if r.State != supervisor.StateDone {
+			t.Fatalf("request %s: %s (%s)", r.ID, r.State, r.Reason)
+		}
+		rs = append(rs, r)
+	}
+	return rs
 }
