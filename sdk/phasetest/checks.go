@@ -26,18 +26,7 @@ func (k *kit) checkInfo(t *testing.T, in instance, name string) {
 	if err != nil {
 		t.Fatalf("Info: %v", err)
 	}
-	if info.Kind != sdk.KindPhase {
-		t.Errorf("Info: kind %q, want %q", info.Kind, sdk.KindPhase)
-	}
-	if !info.Speaks(sdk.PhaseAPIVersion) {
-		t.Errorf("Info: API versions %v do not include %d", info.APIVersions, sdk.PhaseAPIVersion)
-	}
-	switch {
-	case info.Name == "":
-		t.Error("Info: no name")
-	case name != "" && info.Name != name:
-		t.Errorf("Info: name %q, but the file names it %q (phased-phase-%s): the supervisor refuses it", info.Name, name, name)
-	}
+	plugintest.CheckInfo(t, info, sdk.KindPhase, name)
 }
 
 // instanceID is the instance id the kit configures: what a supervisor

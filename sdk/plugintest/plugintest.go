@@ -121,6 +121,29 @@ func NameOf(path string, kind sdk.Kind) string {
 	return name
 }
 
+// CheckInfo checks what a plugin's Info answered, as the supervisor does:
+// its kind, its API version of that kind, and, when name is set (the
+// plugin is a binary), that it answers the NAME of its file.
+func CheckInfo(t testing.TB, info sdk.Info, kind sdk.Kind, name string) {
+	t.Helper()
+	api := sdk.PhaseAPIVersion
+	if kind == sdk.KindPolicy {
+		api = sdk.PolicyAPIVersion
+	}
+	if info.Kind != kind {
+		t.Errorf("Info: kind %q, want %q", info.Kind, kind)
+	}
+	if !info.Speaks(api) {
+		t.Errorf("Info: API versions %v do not include %d", info.APIVersions, api)
+	}
+	switch {
+	case info.Name == "":
+		t.Error("Info: no name")
+	case name != "" && info.Name != name:
+		t.Errorf("Info: name %q, but the file names it %q (phased-%s-%s): the supervisor refuses it", info.Name, name, kind, name)
+	}
+}
+
 // lockedBuffer is a bytes.Buffer for one writer and readers elsewhere.
 type lockedBuffer struct {
 	mu  sync.Mutex

@@ -94,18 +94,7 @@ func checkInfo(t *testing.T, p sdk.Policy, name string) {
 	if err != nil {
 		t.Fatalf("Info: %v", err)
 	}
-	if info.Kind != sdk.KindPolicy {
-		t.Errorf("Info: kind %q, want %q", info.Kind, sdk.KindPolicy)
-	}
-	switch {
-	case info.Name == "":
-		t.Error("Info: no name")
-	case name != "" && info.Name != name:
-		t.Errorf("Info: name %q, but the file names it %q (phased-policy-%s): the supervisor refuses it", info.Name, name, name)
-	}
-	if !info.Speaks(sdk.PolicyAPIVersion) {
-		t.Errorf("Info: API versions %v do not include %d", info.APIVersions, sdk.PolicyAPIVersion)
-	}
+	plugintest.CheckInfo(t, info, sdk.KindPolicy, name)
 }
 
 // phases builds a request: per phase, n candidates named PHASE-i; ready

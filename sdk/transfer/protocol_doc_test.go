@@ -4,13 +4,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/phased/phased/internal/doctest"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer/cuda"
@@ -21,63 +20,6 @@ import (
 // tables (an HTML comment <!-- marker --> before each) with this
 // package's, so that the doc cannot drift from the code.
 const protocolDoc = "../../docs/protocol.md"
-
-// protoRow is one row of a marked table: its cells, trimmed and without
-// backticks, and its line number in protocolDoc.
-type protoRow struct {
-	line  int
-	cells []string
-}
-
-func (r protoRow) at() string { return fmt.Sprintf("%s:%d", protocolDoc, r.line) }
-
-// protoDocLines returns protocolDoc's lines.
-func protoDocLines(t *testing.T) []string {
-	t.Helper()
-	b, err := os.ReadFile(protocolDoc)
-	if err != nil {
-		t.Fatalf("read the protocol doc: %v", err)
-	}
-	return strings.Split(string(b), "\n")
-}
-
-// protoMarker returns the index of the line after "<!-- marker -->",
-// blank lines skipped.
-func protoMarker(t *testing.T, lines []string, marker string) int {
-	t.Helper()
-	i := slices.Index(lines, "<!-- "+marker+" -->")
-	if i < 0 {
-		t.Fatalf("%s: no line <!-- %s -->", protocolDoc, marker)
-	}
-	for i++; i < len(lines) && strings.TrimSpace(lines[i]) == ""; i++ {
-	}
-	return i
-}
-
-// protoTable returns the rows (header and separator left out) of the
-// table marked "<!-- marker -->", each with at least minCells cells.
-func protoTable(t *testing.T, marker string, minCells int) []protoRow {
-	t.Helper()
-	lines := protoDocLines(t)
-	var rows []protoRow
-	for i := protoMarker(t, lines, marker); i < len(lines) && strings.HasPrefix(lines[i], "|"); i++ {
-		var cells []string
-		for _, c := range strings.Split(strings.Trim(strings.TrimSpace(lines[i]), "|"), "|") {
-			cells = append(cells, strings.Trim(strings.TrimSpace(c), "`"))
-		}
-		rows = append(rows, protoRow{line: i + 1, cells: cells})
-	}
-	if len(rows) < 3 {
-		t.Fatalf("%s: the table after <!-- %s --> has no rows", protocolDoc, marker)
-	}
-	rows = rows[2:]
-	for _, r := range rows {
-		if len(r.cells) < minCells {
-			t.Fatalf("%s: table %s: want at least %d cells, got %q", r.at(), marker, minCells, r.cells)
-		}
-	}
-	return rows
-}
 
 // docUint parses a number of the doc: decimal, or hexadecimal with 0x.
 func docUint(s string) (uint64, error) {
@@ -118,22 +60,22 @@ func TestProtocolDocConstants(t *testing.T) {
 		"default_pool_bytes":      strconv.Itoa(DefaultPoolBytes),
 	}
 	seen := map[string]bool{}
-	for _, r := range protoTable(t, "protocol-constants", 2) {
-		name, val := r.cells[0], r.cells[1]
+	for _, r := range doctest.Table(t, protocolDoc, "protocol-constants", 2) {
+		name, val := r.Cells[0], r.Cells[1]
 		code, ok := want[name]
 		switch {
 		case !ok:
-			t.Errorf("%s: the doc states %s = %s; the test knows no such constant (add it to TestProtocolDocConstants, or remove the row)", r.at(), name, val)
+			t.Errorf("%s: the doc states %s = %s; the test knows no such constant (add it to TestProtocolDocConstants, or remove the row)", r.At(), name, val)
 			continue
 		case seen[name]:
-			t.Errorf("%s: %s is listed twice", r.at(), name)
+			t.Errorf("%s: %s is listed twice", r.At(), name)
 		}
 		seen[name] = true
 		if n, err := docUint(val); err == nil {
 			val = strconv.FormatUint(n, 10)
 		}
 		if val != code {
-			t.Errorf("%s: the doc says %s = %s, the code has %s", r.at(), name, r.cells[1], code)
+			t.Errorf("%s: the doc says %s = %s, the code has %s", r.At(), name, r.Cells[1], code)
 		}
 	}
 	for name, code := range want {
@@ -155,15 +97,15 @@ func TestProtocolDocControlBlock(t *testing.T) {
 		"reserved": {unsafe.Sizeof(c), ctrlSize - unsafe.Sizeof(c)},
 	}
 	seen := map[string]bool{}
-	for _, r := range protoTable(t, "ctrl-block", 3) {
-		f, ok := fields[r.cells[2]]
+	for _, r := range doctest.Table(t, protocolDoc, "ctrl-block", 3) {
+		f, ok := fields[r.Cells[2]]
 		if !ok {
-			t.Errorf("%s: the control block has no field %q", r.at(), r.cells[2])
+			t.Errorf("%s: the control block has no field %q", r.At(), r.Cells[2])
 			continue
 		}
-		seen[r.cells[2]] = true
-		if got := fmt.Sprintf("%d %d", f[0], f[1]); r.cells[0]+" "+r.cells[1] != got {
-			t.Errorf("%s: %s: the doc says offset %s width %s, the code has offset %d width %d", r.at(), r.cells[2], r.cells[0], r.cells[1], f[0], f[1])
+		seen[r.Cells[2]] = true
+		if got := fmt.Sprintf("%d %d", f[0], f[1]); r.Cells[0]+" "+r.Cells[1] != got {
+			t.Errorf("%s: %s: the doc says offset %s width %s, the code has offset %d width %d", r.At(), r.Cells[2], r.Cells[0], r.Cells[1], f[0], f[1])
 		}
 	}
 	for name := range fields {
@@ -179,27 +121,27 @@ func TestProtocolDocControlBlock(t *testing.T) {
 func TestProtocolDocStatuses(t *testing.T) {
 	seen := map[Status]bool{}
 	byName := map[string]Status{}
-	for _, r := range protoTable(t, "status-table", 3) {
-		n, err := strconv.Atoi(r.cells[0])
+	for _, r := range doctest.Table(t, protocolDoc, "status-table", 3) {
+		n, err := strconv.Atoi(r.Cells[0])
 		if err != nil {
-			t.Errorf("%s: status number %q: %v", r.at(), r.cells[0], err)
+			t.Errorf("%s: status number %q: %v", r.At(), r.Cells[0], err)
 			continue
 		}
 		s := Status(n)
 		seen[s] = true
-		byName[r.cells[1]] = s
+		byName[r.Cells[1]] = s
 		if !s.Valid() {
-			t.Errorf("%s: status %d is not a valid status in the code", r.at(), n)
+			t.Errorf("%s: status %d is not a valid status in the code", r.At(), n)
 			continue
 		}
-		if r.cells[1] != s.String() {
-			t.Errorf("%s: status %d: the doc names it %s, the code %s", r.at(), n, r.cells[1], s)
+		if r.Cells[1] != s.String() {
+			t.Errorf("%s: status %d: the doc names it %s, the code %s", r.At(), n, r.Cells[1], s)
 		}
-		if wire := phasedv1.TransferStatus_name[int32(n)]; r.cells[2] != wire {
-			t.Errorf("%s: status %d: the doc's wire name is %s, the proto's %s", r.at(), n, r.cells[2], wire)
+		if wire := phasedv1.TransferStatus_name[int32(n)]; r.Cells[2] != wire {
+			t.Errorf("%s: status %d: the doc's wire name is %s, the proto's %s", r.At(), n, r.Cells[2], wire)
 		}
 		if s.Proto() != phasedv1.TransferStatus(n) {
-			t.Errorf("%s: status %s has wire value %d, not %d", r.at(), s, s.Proto(), n)
+			t.Errorf("%s: status %s has wire value %d, not %d", r.At(), s, s.Proto(), n)
 		}
 	}
 	for n, wire := range phasedv1.TransferStatus_name {
@@ -209,16 +151,16 @@ func TestProtocolDocStatuses(t *testing.T) {
 	}
 
 	legal := map[[2]Status]bool{}
-	for _, r := range protoTable(t, "transitions", 2) {
-		from, ok1 := byName[r.cells[0]]
-		to, ok2 := byName[r.cells[1]]
+	for _, r := range doctest.Table(t, protocolDoc, "transitions", 2) {
+		from, ok1 := byName[r.Cells[0]]
+		to, ok2 := byName[r.Cells[1]]
 		if !ok1 || !ok2 {
-			t.Errorf("%s: transition %s -> %s names a status not in the status table", r.at(), r.cells[0], r.cells[1])
+			t.Errorf("%s: transition %s -> %s names a status not in the status table", r.At(), r.Cells[0], r.Cells[1])
 			continue
 		}
 		legal[[2]Status{from, to}] = true
 		if !from.CanTransitionTo(to) {
-			t.Errorf("%s: the doc lists %s -> %s as legal; the code refuses it", r.at(), from, to)
+			t.Errorf("%s: the doc lists %s -> %s as legal; the code refuses it", r.At(), from, to)
 		}
 	}
 	for from := Failed; from <= Success; from++ {
@@ -241,15 +183,15 @@ func TestProtocolDocEnums(t *testing.T) {
 		{"enum phased.v1.ProgressStage", phasedv1.ProgressStage_name},
 	} {
 		seen := map[int32]bool{}
-		for _, r := range protoTable(t, e.marker, 2) {
-			n, err := strconv.ParseInt(r.cells[0], 10, 32)
+		for _, r := range doctest.Table(t, protocolDoc, e.marker, 2) {
+			n, err := strconv.ParseInt(r.Cells[0], 10, 32)
 			if err != nil {
-				t.Errorf("%s: number %q: %v", r.at(), r.cells[0], err)
+				t.Errorf("%s: number %q: %v", r.At(), r.Cells[0], err)
 				continue
 			}
 			seen[int32(n)] = true
-			if wire, ok := e.names[int32(n)]; !ok || wire != r.cells[1] {
-				t.Errorf("%s: %s %d: the doc says %s, the proto %q", r.at(), e.marker, n, r.cells[1], wire)
+			if wire, ok := e.names[int32(n)]; !ok || wire != r.Cells[1] {
+				t.Errorf("%s: %s %d: the doc says %s, the proto %q", r.At(), e.marker, n, r.Cells[1], wire)
 			}
 		}
 		for n, wire := range e.names {
@@ -274,22 +216,22 @@ func TestProtocolDocNames(t *testing.T) {
 		"free segment":    newPool("", manager, 0, 0, func() uint64 { return 9 }).freeName(),
 	}
 	seen := map[string]bool{}
-	for _, r := range protoTable(t, "names", 3) {
-		code, ok := want[r.cells[0]]
+	for _, r := range doctest.Table(t, protocolDoc, "names", 3) {
+		code, ok := want[r.Cells[0]]
 		if !ok {
-			t.Errorf("%s: the test knows no name %q", r.at(), r.cells[0])
+			t.Errorf("%s: the test knows no name %q", r.At(), r.Cells[0])
 			continue
 		}
-		seen[r.cells[0]] = true
-		if r.cells[2] != code {
-			t.Errorf("%s: %s: the doc's example is %s, the code makes %s", r.at(), r.cells[0], r.cells[2], code)
+		seen[r.Cells[0]] = true
+		if r.Cells[2] != code {
+			t.Errorf("%s: %s: the doc's example is %s, the code makes %s", r.At(), r.Cells[0], r.Cells[2], code)
 		}
-		if strings.Contains(r.cells[0], "segment") {
-			if owner, ok := SegmentOwner(r.cells[2]); !ok || owner != manager {
-				t.Errorf("%s: the owner of segment %s is %q (%v), want %s", r.at(), r.cells[2], owner, ok, manager)
+		if strings.Contains(r.Cells[0], "segment") {
+			if owner, ok := SegmentOwner(r.Cells[2]); !ok || owner != manager {
+				t.Errorf("%s: the owner of segment %s is %q (%v), want %s", r.At(), r.Cells[2], owner, ok, manager)
 			}
 			if inst, pid, ok := SplitProcessName(manager); !ok || inst != "transformer-0" || pid != 4242 {
-				t.Errorf("%s: %s splits into %q, %d (%v)", r.at(), manager, inst, pid, ok)
+				t.Errorf("%s: %s splits into %q, %d (%v)", r.At(), manager, inst, pid, ok)
 			}
 		}
 	}
@@ -307,15 +249,15 @@ func TestProtocolDocDataHeader(t *testing.T) {
 	b := h.encode()
 	values := map[string]uint64{"magic": dataMagic, "room": h.room, "generation": h.generation, "offset": h.offset}
 	end := 0
-	for _, r := range protoTable(t, "data-header", 3) {
-		off, err1 := strconv.Atoi(r.cells[0])
-		width, err2 := strconv.Atoi(r.cells[1])
-		v, ok := values[r.cells[2]]
+	for _, r := range doctest.Table(t, protocolDoc, "data-header", 3) {
+		off, err1 := strconv.Atoi(r.Cells[0])
+		width, err2 := strconv.Atoi(r.Cells[1])
+		v, ok := values[r.Cells[2]]
 		if err1 != nil || err2 != nil || !ok || (width != 4 && width != 8) || off+width > len(b) {
-			t.Errorf("%s: bad row %q", r.at(), r.cells)
+			t.Errorf("%s: bad row %q", r.At(), r.Cells)
 			continue
 		}
-		delete(values, r.cells[2])
+		delete(values, r.Cells[2])
 		var got uint64
 		if width == 4 {
 			got = uint64(binary.LittleEndian.Uint32(b[off:]))
@@ -323,7 +265,7 @@ func TestProtocolDocDataHeader(t *testing.T) {
 			got = binary.LittleEndian.Uint64(b[off:])
 		}
 		if got != v {
-			t.Errorf("%s: %s is not at offset %d width %d of the encoded header % x", r.at(), r.cells[2], off, width, b)
+			t.Errorf("%s: %s is not at offset %d width %d of the encoded header % x", r.At(), r.Cells[2], off, width, b)
 		}
 		end = max(end, off+width)
 	}
@@ -334,8 +276,8 @@ func TestProtocolDocDataHeader(t *testing.T) {
 		t.Errorf("%s: the data header table covers %d bytes, the header is %d", protocolDoc, end, dataHeaderSize)
 	}
 
-	lines := protoDocLines(t)
-	i := protoMarker(t, lines, "data-header-example")
+	lines := doctest.Lines(t, protocolDoc)
+	i := doctest.After(t, protocolDoc, lines, "data-header-example")
 	if i+2 >= len(lines) || !strings.HasPrefix(lines[i], "```") {
 		t.Fatalf("%s:%d: want a code block holding the example header", protocolDoc, i+1)
 	}
@@ -366,20 +308,20 @@ func TestProtocolDocLayout(t *testing.T) {
 		want[b.spec.Name] = fmt.Sprintf("%s %v %d %d", b.spec.DType, b.spec.Shape, b.offset, b.length)
 	}
 	seen := map[string]bool{}
-	for _, r := range protoTable(t, "layout-example", 5) {
-		code, ok := want[r.cells[0]]
+	for _, r := range doctest.Table(t, protocolDoc, "layout-example", 5) {
+		code, ok := want[r.Cells[0]]
 		if !ok {
-			t.Errorf("%s: the layout example has no row %q", r.at(), r.cells[0])
+			t.Errorf("%s: the layout example has no row %q", r.At(), r.Cells[0])
 			continue
 		}
-		seen[r.cells[0]] = true
-		got := r.cells[4]
-		if r.cells[1] != "" {
-			shape := strings.ReplaceAll(strings.Trim(r.cells[2], "[]"), ",", "")
-			got = fmt.Sprintf("%s [%s] %s %s", r.cells[1], shape, r.cells[3], r.cells[4])
+		seen[r.Cells[0]] = true
+		got := r.Cells[4]
+		if r.Cells[1] != "" {
+			shape := strings.ReplaceAll(strings.Trim(r.Cells[2], "[]"), ",", "")
+			got = fmt.Sprintf("%s [%s] %s %s", r.Cells[1], shape, r.Cells[3], r.Cells[4])
 		}
 		if got != code {
-			t.Errorf("%s: %s: the doc says %q, the code lays out %q", r.at(), r.cells[0], got, code)
+			t.Errorf("%s: %s: the doc says %q, the code lays out %q", r.At(), r.Cells[0], got, code)
 		}
 	}
 	for name := range want {
