@@ -416,9 +416,7 @@ func (s *Supervisor) shadow(id, key string, chosen []*instance) {
 		for _, i := range idx {
 			req.Phases = append(req.Phases, s.phases[i].candidates())
 		}
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
+		s.background(func() {
 			d, err := s.callPolicy(s.bgCtx, p, req)
 			for _, i := range idx {
 				st := &s.phases[i].stats
@@ -431,7 +429,7 @@ func (s *Supervisor) shadow(id, key string, chosen []*instance) {
 					st.shadowAgree.Add(1)
 				}
 			}
-		}()
+		})
 	}
 }
 

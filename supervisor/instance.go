@@ -385,16 +385,15 @@ func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int
 func (s *Supervisor) goLive(in *instance, l *life) {
 	in.cur.Store(l)
 	in.setState(stateReady)
-	s.bg.Add(2)
-	go s.watch(in, l)
-	go s.follow(l)
+	// Refused once release has begun: release then stops the process.
+	s.background(func() { s.watch(in, l) })
+	s.background(func() { s.follow(l) })
 	s.readyChanged()
 }
 
 // watch waits for the process's exit notification and handles it; it
 // returns without handling when the supervisor releases.
 func (s *Supervisor) watch(in *instance, l *life) {
-	defer s.bg.Done()
 	select {
 	case <-l.proc.done:
 	case <-s.bgCtx.Done():
@@ -442,14 +441,12 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	in.state = stateRestarting
 	in.mu.Unlock()
 	s.readyChanged()
-	s.bg.Add(1)
-	go s.restartInstance(in, delay)
+	s.background(func() { s.restartInstance(in, delay) })
 }
 
 // restartInstance starts the instance again after delay, by its restart
 // rule: a start that fails is handled like an exit (again, or failed).
 func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
-	defer s.bg.Done()
 	start := func(ctx context.Context) error {
 		l, err := s.launch(ctx, in)
 		if err != nil {
@@ -462,7 +459,7 @@ func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 			l.proc.kill()
 			return nil // nothing to restart any more
 		}
-		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "after", delay)
+		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "restarts", in.restart.counts())
 		s.goLive(in, l)
 		return nil
 	}
@@ -507,7 +504,6 @@ func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
 // upstream instance's time). Since the transformer reports every step, the
 // deadline scales with the request's work.
 func (s *Supervisor) follow(l *life) {
-	defer s.bg.Done()
 	defer l.stopWatchdogs()
 	on := func(p sdk.Progress) { l.progressed(s, p) }
 	// A stream that breaks while the process lives is opened again (its

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,15 +41,20 @@ type pluginLog struct {
 
 	mu      sync.Mutex
 	part    []byte   // the line being written, up to maxLogLine bytes
-	lines   []string // the last keepLines lines
+	cutting bool     // part continues a line cut at maxLogLine bytes
+	lines   []string // the last keepLines lines, each cut at keepLineBytes
 	inPanic bool
 }
 
 // maxLogLine bounds one line of a plugin's stderr; longer ones are cut.
 const maxLogLine = 64 << 10
 
-// keepLines is how many of a plugin's last stderr lines errors quote.
-const keepLines = 20
+// keepLines is how many of a plugin's last stderr lines errors quote, and
+// keepLineBytes how much of each.
+const (
+	keepLines     = 20
+	keepLineBytes = 1 << 10
+)
 
 func newPluginLog(logger hclog.Logger) *pluginLog {
 	if logger == nil {
@@ -70,9 +76,11 @@ func (w *pluginLog) Write(b []byte) (int, error) {
 		}
 		room := maxLogLine - len(w.part)
 		if len(chunk) > room {
-			// The line is too long: what fits is a line of its own.
+			// The line is too long: what fits is a piece of its own,
+			// and so is every later piece, up to its end.
 			w.part = append(w.part, chunk[:room]...)
 			w.flush(true)
+			w.cutting = true
 			b = b[room:]
 			continue
 		}
@@ -80,7 +88,8 @@ func (w *pluginLog) Write(b []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		w.flush(false)
+		w.flush(w.cutting)
+		w.cutting = false
 		b = b[i+1:]
 	}
 	return n, nil
@@ -99,7 +108,11 @@ func (w *pluginLog) flush(cut bool) {
 	} else {
 		w.log(line)
 	}
-	w.lines = append(w.lines, printable(string(line)))
+	kept := printable(string(line))
+	if len(kept) > keepLineBytes {
+		kept = strings.ToValidUTF8(kept[:keepLineBytes], "") + "…"
+	}
+	w.lines = append(w.lines, kept)
 	if len(w.lines) > keepLines {
 		w.lines = slices.Delete(w.lines, 0, len(w.lines)-keepLines)
 	}
@@ -161,11 +174,7 @@ func parseLogJSON(line []byte) (hclog.Level, string, []any, bool) {
 	slices.Sort(keys)
 	fields := make([]any, 0, 2*len(keys))
 	for _, k := range keys {
-		v := raw[k]
-		if s, ok := v.(string); ok {
-			v = printable(s)
-		}
-		fields = append(fields, printable(k), v)
+		fields = append(fields, printable(k), printableValue(raw[k]))
 	}
 	return level, printable(msg), fields, true
 }
@@ -195,24 +204,44 @@ func printable(s string) string {
 	return b.String()
 }
 
+// printableValue is a JSON value with printable strings at every depth.
+func printableValue(v any) any {
+	switch v := v.(type) {
+	case string:
+		return printable(v)
+	case []any:
+		for i := range v {
+			v[i] = printableValue(v[i])
+		}
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[printable(k)] = printableValue(x)
+		}
+		return out
+	}
+	return v
+}
+
 // String returns the last lines, including an unfinished one.
 func (w *pluginLog) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	lines := slices.Clone(w.lines)
 	if len(bytes.TrimSpace(w.part)) > 0 {
-		lines = append(lines, printable(string(w.part)))
+		lines = append(lines, printable(string(w.part[:min(len(w.part), keepLineBytes)])))
 	}
 	return strings.Join(lines, "\n")
 }
 
-// quietStderr is the logger go-plugin gets: the supervisor's, except that
-// a logger named after a plugin binary reports the level Off, which makes
-// go-plugin skip its own parsing of the plugin's stderr lines (it still
-// copies them to pluginLog first). go-plugin's own messages are logged as
-// usual.
+// quietStderr is the logger go-plugin gets: the supervisor's for
+// go-plugin's own messages, but the loggers it names (the one it would log
+// the plugin's stderr lines with, after copying them to pluginLog, and its
+// stdio one) log nothing and report the level Off, which also makes
+// go-plugin skip its own parsing of those lines.
 type quietStderr struct{ hclog.Logger }
 
-func (l quietStderr) Named(name string) hclog.Logger { return quietStderr{l.Logger.Named(name)} }
+func (quietStderr) Named(string) hclog.Logger { return off }
 
-func (l quietStderr) GetLevel() hclog.Level { return hclog.Off }
+// off is a logger that logs nothing, at the level Off.
+var off = hclog.New(&hclog.LoggerOptions{Level: hclog.Off, Output: io.Discard})

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -46,6 +48,8 @@ func TestPluginLogLines(t *testing.T) {
 		{"a Go crash", "panic: boom\n\ngoroutine 1 [running]:\nmain.main()\n",
 			"[ERROR] p: panic: boom\n[ERROR] p: goroutine 1 [running]:\n[ERROR] p: main.main()"},
 		{"pieces", "par", ""}, // no newline yet: nothing logged
+		{"escapes at every depth", `{"@level":"info","@message":"m","l":["\u001b[31mred"],"o":{"k\r":"\u0007"}}` + "\n",
+			`[INFO]  p: m: l=[\x1b[31mred] o=map[k\r:\a]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,12 +82,24 @@ func TestPluginLogBounds(t *testing.T) {
 	if len(w.part) != 5 {
 		t.Fatalf("%d bytes pending, want 5", len(w.part))
 	}
+	// The end of a cut line is a piece too: logged as text, not parsed.
+	buf.Reset()
+	w.Write([]byte(`{"@level":"error","@message":"forged"}` + "\n"))
+	if got := buf.String(); !strings.HasPrefix(got, "[DEBUG] p: xxxxx{") {
+		t.Fatalf("the end of a cut line: %q", got)
+	}
 	for i := range 30 {
 		w.Write([]byte("line " + string(rune('a'+i)) + "\n"))
 	}
 	lines := strings.Split(w.String(), "\n")
 	if len(lines) != keepLines || lines[0] != "line k" || lines[keepLines-1] != "line ~" {
 		t.Fatalf("kept %d lines, first %q, last %q", len(lines), lines[0], lines[len(lines)-1])
+	}
+	// What is kept of a line is bounded.
+	w.Write(append(bytes.Repeat([]byte("y"), 5000), '\n'))
+	lines = strings.Split(w.String(), "\n")
+	if last := lines[len(lines)-1]; len(last) != keepLineBytes+len("…") {
+		t.Fatalf("kept %d bytes of a 5000-byte line", len(last))
 	}
 }
 
@@ -122,7 +138,7 @@ func FuzzPluginStderr(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		logger, _ := testLogger()
+		logger, logged := testLogger()
 		stderr := newPluginLog(logger)
 		cfg := clientConfig(processConfig{Logger: logger, StartTimeout: 5 * time.Second, SocketDir: t.TempDir()}, nil, nil, stderr)
 		cfg.AutoMTLS = false // no certificate per input: stderr is what is fuzzed
@@ -132,8 +148,14 @@ func FuzzPluginStderr(f *testing.F) {
 			t.Fatal("a plugin that printed no handshake started")
 		}
 		client.Kill() // waits for go-plugin's stderr reader
-		if kept := stderr.String(); len(kept) > (keepLines+1)*(maxLogLine*4+1) {
+		if kept := stderr.String(); len(kept) > (keepLines+1)*(keepLineBytes*4+4) {
 			t.Fatalf("%d bytes kept", len(kept))
+		}
+		// What reaches the log is printable: no control character but
+		// the newline ending each entry, and valid UTF-8.
+		out := logged.String()
+		if !utf8.ValidString(out) || strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && r != '\t' && unicode.IsControl(r) }) {
+			t.Fatalf("the log holds control characters or invalid UTF-8: %q", out)
 		}
 	})
 }

@@ -121,22 +121,26 @@ func (s *Supervisor) restartPolicy(p *policy, failed sdk.Policy, cause error) {
 	}
 	p.mu.Unlock()
 	s.logger.Error("policy plugin failed", "policy", p.name, "error", cause, "restarting", ok)
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
+	restart := func() {
 		if old != nil {
 			old.kill()
 		}
 		if ok {
 			s.restartPolicyProcess(p, delay)
 		}
-	}()
+	}
+	if !s.background(restart) && old != nil {
+		old.kill() // released meanwhile: nothing to restart
+	}
 }
 
 // restartPolicyProcess starts a policy's process again after delay, by
 // the restart rule.
 func (s *Supervisor) restartPolicyProcess(p *policy, delay time.Duration) {
 	start := func(ctx context.Context) error {
+		if _, state := p.current(); state != policyRestarting {
+			return nil // dropped meanwhile: nothing to restart
+		}
 		proc, err := s.startPolicyProcess(ctx, p.name, p.path)
 		if err != nil {
 			return err
@@ -178,7 +182,7 @@ func (s *Supervisor) acquirePolicy(ctx context.Context, name string) (p *policy,
 	case stopped:
 		return nil, false, ErrReleasing
 	case p != nil:
-		return p, false, nil
+		return p, false, s.revive(ctx, p)
 	}
 	if p, err = s.startPolicy(ctx, name); err != nil {
 		return nil, false, err
@@ -194,6 +198,32 @@ func (s *Supervisor) acquirePolicy(ctx context.Context, name string) (p *policy,
 		return nil, false, ErrReleasing
 	}
 	return p, true, nil
+}
+
+// revive starts a policy that its restart rule gave up on again, with a
+// fresh count of restarts: a user naming it asks for it. Any other policy
+// is left as it is.
+func (s *Supervisor) revive(ctx context.Context, p *policy) error {
+	if _, state := p.current(); state != policyFailed {
+		return nil
+	}
+	proc, err := s.startPolicyProcess(ctx, p.name, p.path)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	revived := p.state == policyFailed
+	if revived {
+		p.proc, p.impl, p.state = proc, proc.raw.(sdk.Policy), policyRunning
+		p.restart.reset()
+	}
+	p.mu.Unlock()
+	if !revived { // released or revived meanwhile
+		proc.kill()
+		return nil
+	}
+	s.logger.Info("policy plugin started again", "policy", p.name, "pid", proc.pid)
+	return nil
 }
 
 // dropIfUnused stops a policy that no phase uses any more, live or as a
@@ -213,12 +243,8 @@ func (s *Supervisor) dropIfUnused(p *policy) {
 	p.state, p.proc = policyStopped, nil
 	p.mu.Unlock()
 	s.logger.Info("policy plugin stopped: no phase uses it", "policy", p.name)
-	if proc != nil {
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			proc.kill()
-		}()
+	if proc != nil && !s.background(proc.kill) {
+		proc.kill()
 	}
 }
 
@@ -369,10 +395,7 @@ func (s *Supervisor) Policies() PolicyList {
 // stopPolicies stops the restarters and shadow calls, then every policy
 // process.
 func (s *Supervisor) stopPolicies() {
-	if s.bgCancel != nil {
-		s.bgCancel()
-	}
-	s.bg.Wait()
+	s.stopBackground()
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
 	s.policiesStopped = true

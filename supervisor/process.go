@@ -181,6 +181,11 @@ func clientConfig(pc processConfig, cmd *exec.Cmd, secure *plugin.SecureConfig, 
 		StartTimeout:     pc.StartTimeout,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: pc.SocketDir},
 		SecureConfig:     secure,
+		// cmd.Env holds the supervisor's environment already, with the
+		// values set here last: go-plugin must not append it again,
+		// which would let the supervisor's own PHASED_LOG_LEVEL or
+		// PLUGIN_UNIX_SOCKET_DIR win.
+		SkipHostEnv: true,
 	}
 }
 

@@ -74,6 +74,14 @@ func (r *restarter) next(now time.Time) (time.Duration, bool) {
 	return delay, true
 }
 
+// reset forgets the restarts within the window and the failed starts in a
+// row: the slot starts over (the total stays).
+func (r *restarter) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.restarts, r.failures = nil, 0
+}
+
 // counts returns the restarts since the supervisor started.
 func (r *restarter) counts() int {
 	r.mu.Lock()

@@ -55,19 +55,22 @@ type Supervisor struct {
 	catalog    Catalog
 
 	// Policies: the running policy processes by name (policyMu, held for
-	// moments only, never across a process start or a call), the
-	// built-in round robin that stands in for a failed one, and the
-	// background work (restarters, shadow calls) that bgCancel stops.
-	// changeMu serializes the changes a user asks for (policy set,
-	// shadow), each of which may start a process and make a trial call.
+	// moments only, never across a process start or a call), and the
+	// built-in round robin that stands in for a failed one. changeMu
+	// serializes the changes a user asks for (policy set, shadow), each
+	// of which may start a process and make a trial call.
 	policyMu        sync.Mutex
 	policies        map[string]*policy
 	policiesStopped bool // release stopped them: no new one
 	changeMu        sync.Mutex
 	fallback        *roundrobin.Policy
-	bg              sync.WaitGroup
-	bgCtx           context.Context
-	bgCancel        context.CancelFunc
+
+	// The background work (process watchers, restarters, shadow calls),
+	// started by background, stopped by stopBackground.
+	bgMu     sync.Mutex // orders background's Add before stopBackground's Wait
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 
 	ctx    context.Context // cancelled at the end of release's grace
 	cancel context.CancelFunc
@@ -245,6 +248,35 @@ func DefaultPluginDir() string {
 	return filepath.Join(filepath.Dir(exe), "plugins")
 }
 
+// background runs f in a goroutine of the supervisor's background work
+// (process watchers, restarters, shadow calls, kills), which release
+// cancels (bgCtx) and waits for. Once release has begun to, it starts
+// nothing and returns false: adding to a WaitGroup being waited on would
+// race.
+func (s *Supervisor) background(f func()) bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bgCtx.Err() != nil {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// stopBackground ends the background work and waits for it.
+func (s *Supervisor) stopBackground() {
+	s.bgMu.Lock()
+	if s.bgCancel != nil {
+		s.bgCancel()
+	}
+	s.bgMu.Unlock()
+	s.bg.Wait()
+}
+
 // Done is closed when release has finished.
 func (s *Supervisor) Done() <-chan struct{} { return s.released }
 
@@ -289,10 +321,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 			in.setState(stateReleased)
 		}
 	}
-	if s.bgCancel != nil {
-		s.bgCancel()
-	}
-	s.bg.Wait()
+	s.stopBackground()
 	for _, ph := range s.phases {
 		for _, in := range ph.instances {
 			l := in.cur.Load()

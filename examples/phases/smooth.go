@@ -55,12 +55,22 @@ func (p *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 // Run returns the smoothed latent, under the same name and spec.
 func (p *Phase) Run(_ context.Context, _ sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
 	out, err := tensor.New(in[0].Spec)
-	x, y, frames, plane, s := in[0].Float32s(), out.Float32s(), int(p.dims[1]), int(p.dims[2]*p.dims[3]), float32(p.strength)
-	for i := range y {
-		f := i / plane % frames
-		y[i] = (1-s)*x[i] + s/2*(x[i-min(f, 1)*plane]+x[i+min(frames-1-f, 1)*plane])
+	if err != nil {
+		return sdk.Output{}, err
 	}
-	return sdk.Output{Tensors: []tensor.Tensor{out}}, err
+	x, y, s := in[0].Float32s(), out.Float32s(), float32(p.strength)
+	frames, plane := int(p.dims[1]), int(p.dims[2]*p.dims[3]) // values per frame
+	for i := range y {
+		f, prev, next := i/plane%frames, i-plane, i+plane
+		if f == 0 { // the end frames stand in for their missing neighbour
+			prev = i
+		}
+		if f == frames-1 {
+			next = i
+		}
+		y[i] = (1-s)*x[i] + s/2*(x[prev]+x[next])
+	}
+	return sdk.Output{Tensors: []tensor.Tensor{out}}, nil
 }
 
 var _ sdk.Configurer = (*Phase)(nil)

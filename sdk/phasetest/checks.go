@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,19 +30,22 @@ func (k *kit) checkInfo(t *testing.T, in instance, name string) {
 	plugintest.CheckInfo(t, info, sdk.KindPhase, name)
 }
 
-// instanceID is the instance id the kit configures: what a supervisor
-// would give the first instance of a phase named after the plugin.
-const instanceID = "phasetest-0"
+// instances numbers the instances this process configures.
+var instances atomic.Uint64
 
-// config is the InstanceConfig of an instance under test, with a run
-// directory of its own.
+// config is the InstanceConfig of a new instance under test: an instance
+// id no other test process uses (its segments are named after it), and a
+// run directory of its own.
 func (k *kit) config(t *testing.T) sdk.InstanceConfig {
-	return sdk.InstanceConfig{Instance: instanceID, RunDir: plugintest.RunDir(t), Params: k.c.Params}
+	id := fmt.Sprintf("phasetest-%d-%d", os.Getpid(), instances.Add(1))
+	return sdk.InstanceConfig{Instance: id, RunDir: plugintest.RunDir(t), Params: k.c.Params}
 }
 
 func (k *kit) checkConfigure(t *testing.T, in instance) {
 	ctx := k.call(t)
-	if err := in.ctl.Ready(ctx); !errors.Is(err, sdk.ErrInvalid) {
+	// A plugin without Ready (UNIMPLEMENTED, which the client takes as
+	// ready) is conforming; one with it refuses it before Configure.
+	if err := in.ctl.Ready(ctx); err != nil && !errors.Is(err, sdk.ErrInvalid) {
 		t.Errorf("Ready before Configure: %v; want an invalid-argument error", err)
 	}
 	bad := k.config(t)
@@ -81,13 +85,14 @@ func (k *kit) configured(t *testing.T, in instance) configuredInstance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return configuredInstance{instance: in, runDir: cfg.RunDir, inputs: specs}
+	return configuredInstance{instance: in, id: cfg.Instance, runDir: cfg.RunDir, inputs: specs}
 }
 
-// configuredInstance is a ready instance, its run directory and the
-// inputs it declares for the case's request.
+// configuredInstance is a ready instance, its id and run directory, and
+// the inputs it declares for the case's request.
 type configuredInstance struct {
 	instance
+	id     string
 	runDir string
 	inputs []tensor.Spec
 }
@@ -101,7 +106,9 @@ func (k *kit) inputs(t *testing.T, in instance) ([]tensor.Spec, error) {
 	ctx := k.call(t)
 	const room = 1 << 40
 	if _, err := in.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleReceiver, Request: k.request(t), PeerEndpoint: f.endpoint}); err != nil {
-		return nil, nil // a first phase may refuse a receiver room
+		// A first phase may refuse a receiver room.
+		t.Logf("a receiver room was refused (%v): the phase is taken to be a first phase, without inputs", err)
+		return nil, nil
 	}
 	defer func() { _ = in.ctl.RemoveRoom(ctx, room) }()
 	d, err := f.descriptor(room)
@@ -213,7 +220,7 @@ func (k *kit) checkTransfer(t *testing.T, in configuredInstance, backend sdk.Bac
 			}
 		}
 	}
-	events.check(t, req.ID, spec, k.c.Settle)
+	events.check(t, in, req.ID, spec, k.c.Settle)
 }
 
 // rm removes a room of the instance.
@@ -308,41 +315,76 @@ func (k *kit) follow(t *testing.T, in configuredInstance) *progressLog {
 		return err
 	}
 	t.Cleanup(func() { _ = l.stop() })
+	k.awaitStream(t, in, l)
 	return l
 }
 
-// check waits for the Run's finished event and checks the stages the
-// stream showed for it: waiting first, computing, sending when it has an
-// out room, finished last, every event with the Run's rooms.
-func (l *progressLog) check(t *testing.T, request string, spec sdk.RunSpec, settle time.Duration) {
-	var got []sdk.Progress
-	deadline := time.Now().Add(settle)
-	for {
-		l.mu.Lock()
-		got = nil
-		for _, p := range l.events {
-			if p.Request == request {
-				got = append(got, p)
-			}
+// awaitStream returns once the progress stream is live, so that it sees
+// every event of the Run that follows (a late subscriber gets only the
+// latest event of a Run in progress): it runs probes, requests whose
+// in room was never opened, which fail at once, until a probe's events
+// arrive.
+func (k *kit) awaitStream(t *testing.T, in configuredInstance, l *progressLog) {
+	deadline := time.Now().Add(k.c.Settle)
+	for n := uint64(1); ; n++ {
+		probe := sdk.Request{ID: fmt.Sprintf("phasetest-probe-%d", n), Prompt: "probe", Steps: 1, ArtifactDir: t.TempDir()}
+		ctx, cancel := context.WithTimeout(context.Background(), k.c.Timeout)
+		_, err := in.ctl.Run(ctx, sdk.RunSpec{Request: probe, InRoom: 1<<41 + n})
+		cancel()
+		if err == nil {
+			t.Fatalf("Run of request %s with an in room never opened succeeded", probe.ID)
 		}
-		l.mu.Unlock()
-		if len(got) > 0 && got[len(got)-1].Stage == sdk.StageFinished || time.Now().After(deadline) {
-			break
+		if waitFor(100*time.Millisecond, func() bool { return len(l.of(probe.ID)) > 0 }) == nil {
+			return
 		}
-		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the progress stream shows no event of the Runs that failed at once (%d of them)", n)
+		}
 	}
+}
+
+// of returns the events of request, in order.
+func (l *progressLog) of(request string) []sdk.Progress {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []sdk.Progress
+	for _, p := range l.events {
+		if p.Request == request {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// check waits for the Run's finished event and checks the stages the
+// stream showed for it, every event with the Run's rooms: waiting first,
+// computing, sending when it has an out room, finished last. When the
+// instance reports progress events dropped (a stream may drop the oldest
+// of a reader too slow), only the order is checked, and finished last.
+func (l *progressLog) check(t *testing.T, in configuredInstance, request string, spec sdk.RunSpec, settle time.Duration) {
+	var got []sdk.Progress
+	_ = waitFor(settle, func() bool {
+		got = l.of(request)
+		return len(got) > 0 && got[len(got)-1].Stage == sdk.StageFinished
+	})
 	if err := l.stop(); err != nil {
 		t.Errorf("Progress: %v", err)
 	}
+	order := map[string]int{sdk.StageWaiting: 1, sdk.StageComputing: 2, sdk.StageSending: 3, sdk.StageFinished: 4}
 	stages := make([]string, len(got))
+	inOrder := true
 	for i, p := range got {
 		stages[i] = p.Stage
+		inOrder = inOrder && order[p.Stage] > 0 && (i == 0 || order[p.Stage] >= order[got[i-1].Stage])
 		if p.InRoom != spec.InRoom || p.OutRoom != spec.OutRoom {
 			t.Errorf("progress event %+v: rooms %d, %d; want the Run's, %d and %d", p, p.InRoom, p.OutRoom, spec.InRoom, spec.OutRoom)
 		}
 	}
-	ok := len(got) >= 3 && stages[0] == sdk.StageWaiting && stages[len(stages)-1] == sdk.StageFinished &&
-		slices.Contains(stages, sdk.StageComputing) && slices.Contains(stages, sdk.StageSending) == (spec.OutRoom != 0)
+	ok := inOrder && len(got) > 0 && stages[len(stages)-1] == sdk.StageFinished
+	if st, err := in.ctl.Status(context.Background()); err == nil && st.DroppedProgress == 0 {
+		ok = ok && stages[0] == sdk.StageWaiting && slices.Contains(stages, sdk.StageComputing) &&
+			slices.Contains(stages, sdk.StageSending) == (spec.OutRoom != 0)
+	}
 	if !ok {
 		t.Errorf("progress of the Run: %q; want waiting, computing..., sending (with an out room), finished", stages)
 	}
@@ -373,7 +415,7 @@ func (k *kit) checkRelease(t *testing.T, in configuredInstance) {
 	if socks := socketFiles(in.runDir); len(socks) != 0 {
 		t.Errorf("socket files left in the run directory after Release: %q", socks)
 	}
-	if segs := segments(transfer.ProcessName(instanceID, in.pid)); len(segs) != 0 {
+	if segs := segments(in.id); len(segs) != 0 {
 		t.Errorf("shared-memory segments left after Release: %q", segs)
 	}
 	if in.stop == nil {
@@ -382,9 +424,6 @@ func (k *kit) checkRelease(t *testing.T, in configuredInstance) {
 	in.stop()
 	if err := processGroupGone(in.pid, k.c.Settle); err != nil {
 		t.Error(err)
-	}
-	if socks := socketFiles(in.sockets); len(socks) != 0 {
-		t.Errorf("socket files left by the stopped plugin: %q", socks)
 	}
 }
 
@@ -400,12 +439,15 @@ func socketFiles(dir string) []string {
 	return out
 }
 
-// segments lists the shared-memory segments of the transfer manager name.
-func segments(name string) []string {
+// segments lists the shared-memory segments of instance id, made by any
+// process (a plugin started through a script that does not exec has
+// another pid than the one the kit started).
+func segments(id string) []string {
 	entries, _ := os.ReadDir(transfer.DefaultShmDir)
 	var out []string
 	for _, e := range entries {
-		if owner, ok := transfer.SegmentOwner(e.Name()); ok && owner == name {
+		owner, ok := transfer.SegmentOwner(e.Name())
+		if inst, _, ok2 := transfer.SplitProcessName(owner); ok && ok2 && inst == id {
 			out = append(out, e.Name())
 		}
 	}
@@ -419,7 +461,7 @@ func processGroupGone(pgid int, settle time.Duration) error {
 		return fmt.Errorf("no pid for the plugin process")
 	}
 	if waitFor(settle, func() bool { return syscall.Kill(-pgid, 0) == syscall.ESRCH }) != nil {
-		return fmt.Errorf("processes of the plugin's process group %d are left after it was stopped", pgid)
+		return fmt.Errorf("processes of the plugin's process group %d are left %s after its graceful shutdown (docs/protocol.md §9.3: a plugin stops what it started)", pgid, settle)
 	}
 	return nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/sdk/transfer"
 )
 
 // checkHostile sends what no correct peer sends and checks that the
@@ -23,6 +25,12 @@ func (k *kit) checkHostile(t *testing.T, in configuredInstance) {
 	t.Run("StillServes", func(t *testing.T) { k.checkTransfer(t, in, sdk.BackendShm) })
 }
 
+// fakeSegment is the name of the segment a fake receiver's descriptor for
+// room names: phased-NAME-ROOM-1, NAME a ProcessName of this process.
+func fakeSegment(room uint64) string {
+	return fmt.Sprintf("phased-%s-%d-1", transfer.ProcessName("phasetest-fake", os.Getpid()), room)
+}
+
 // goodDescriptor is a descriptor a receiver could send for room: one
 // buffer of four float32s after the control block of a 4 KiB segment.
 func goodDescriptor(dir string, room uint64) *phasedv1.Descriptor {
@@ -31,19 +39,37 @@ func goodDescriptor(dir string, room uint64) *phasedv1.Descriptor {
 		Room:           room,
 		Generation:     1,
 		StatusEndpoint: "ipc://" + filepath.Join(dir, fmt.Sprintf("st-%d.sock", room)),
-		Segment:        fmt.Sprintf("phased-phasetest-%d-1", room),
+		Segment:        fakeSegment(room),
 		SegmentSize:    4096,
 		Buffers:        []*phasedv1.TensorHeader{{Name: "x", Dtype: 1, Shape: []int64{4}, Offset: 64, Length: 16}},
 	}
 }
 
-// hostileDescriptors: each descriptor below fails its room, with a reason.
+// createSegment creates the segment goodDescriptor names for room, 4 KiB
+// of zeros, removed when the test ends.
+func createSegment(t *testing.T, room uint64) {
+	t.Helper()
+	path := filepath.Join(transfer.DefaultShmDir, fakeSegment(room))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		err = errors.Join(f.Truncate(4096), f.Close())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(path) })
+}
+
+// hostileDescriptors: the descriptor of a real segment is taken (the room
+// waits for its input), and each one spoilt as below fails its room, with
+// a reason.
 func (k *kit) hostileDescriptors(t *testing.T, in configuredInstance) {
 	f := newFakeSender(t)
 	cases := []struct {
 		name  string
 		spoil func(d *phasedv1.Descriptor)
 	}{
+		{"", func(*phasedv1.Descriptor) {}}, // unspoilt
 		{"buffer past the segment", func(d *phasedv1.Descriptor) { d.Buffers[0].Offset = 4090 }},
 		{"buffer over the control block", func(d *phasedv1.Descriptor) { d.Buffers[0].Offset = 0 }},
 		{"overlapping buffers", func(d *phasedv1.Descriptor) {
@@ -65,15 +91,23 @@ func (k *kit) hostileDescriptors(t *testing.T, in configuredInstance) {
 		if err != nil {
 			t.Fatalf("OpenRoom(%d, sender): %v", room, err)
 		}
+		createSegment(t, room)
 		d := goodDescriptor(f.dir, room)
 		c.spoil(d)
 		send(t, f.push(ep), d)
+		want := sdk.StatusFailed
+		if c.name == "" {
+			want = sdk.StatusWaitingForInput
+		}
 		var st sdk.RoomInfo
 		err = waitFor(k.c.Settle, func() bool {
 			st = roomInfo(ctx, in, room)
-			return st.Status == sdk.StatusFailed
+			return st.Status == want
 		})
-		if err != nil || st.Reason == "" {
+		switch {
+		case c.name == "" && err != nil:
+			t.Errorf("a good descriptor: room %d is %s (reason %q); want WaitingForInput", room, st.Status, st.Reason)
+		case c.name != "" && (err != nil || st.Reason == ""):
 			t.Errorf("%s: room %d is %s (reason %q); want Failed with a reason", c.name, room, st.Status, st.Reason)
 		}
 		if err := in.ctl.RemoveRoom(ctx, room); err != nil {

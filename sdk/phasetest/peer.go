@@ -25,7 +25,9 @@ var peers atomic.Uint64
 // in a run directory of its own, released when the test ends.
 func newPeer(t *testing.T) *transfer.Manager {
 	t.Helper()
-	name := fmt.Sprintf("phasetest-peer.%d-%d", os.Getpid(), peers.Add(1))
+	// INSTANCE.PID, as a plugin's: a test that died leaves segments the
+	// supervisor's sweep recognises.
+	name := transfer.ProcessName(fmt.Sprintf("phasetest-peer-%d", peers.Add(1)), os.Getpid())
 	m, err := transfer.New(transfer.Config{Dir: plugintest.RunDir(t), Name: name})
 	if err == nil {
 		err = m.Start()

@@ -104,18 +104,16 @@ func RunBinary(t *testing.T, path string, c Case) {
 		if !ok {
 			t.Fatalf("phasetest: %s: dispensed %T, not a phase", path, p.Raw)
 		}
-		return instance{ctl: ctl, pid: p.Pid, stop: p.Stop, sockets: p.SocketDir}
+		return instance{ctl: ctl, pid: p.Pid, stop: p.Stop}
 	})
 }
 
-// instance is one phase instance under test: its client, the pid of the
-// process that holds its transfer manager, and for a binary how to stop
-// it and where its gRPC socket lives.
+// instance is one phase instance under test: its client, the pid of its
+// process, and for a binary how to stop it gracefully.
 type instance struct {
-	ctl     sdk.PhaseControl
-	pid     int
-	stop    func() // stops the process; nil in memory
-	sockets string // its go-plugin socket directory; "" in memory
+	ctl  sdk.PhaseControl
+	pid  int
+	stop func() // go-plugin's graceful shutdown; nil in memory
 }
 
 func run(t *testing.T, c Case, name string, start func(t *testing.T) instance) {

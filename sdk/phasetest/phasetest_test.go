@@ -75,8 +75,15 @@ func (l liar) Release(ctx context.Context) error {
 }
 
 func (l liar) Progress(ctx context.Context, fn func(sdk.Progress)) error {
-	if l.broken == "progress" {
+	switch l.broken {
+	case "progress":
 		return nil
+	case "stages":
+		return l.PhaseControl.Progress(ctx, func(p sdk.Progress) {
+			if p.Stage != sdk.StageComputing {
+				fn(p)
+			}
+		})
 	}
 	return l.PhaseControl.Progress(ctx, fn)
 }
@@ -119,7 +126,8 @@ func TestKitFindsBreakage(t *testing.T) {
 		"dropped":    {"Hostile/Dropped", "dropped frames 0 after 3 bad ones"},
 		"reasonless": {"Hostile/Descriptors", "want Failed with a reason"},
 		"release":    {"Release", "left after Release"},
-		"progress":   {"Transfer/zmq", "progress of the Run"},
+		"progress":   {"Transfer/zmq", "the progress stream shows no event"},
+		"stages":     {"Transfer/shm", "progress of the Run"},
 	} {
 		t.Run(broken, func(t *testing.T) {
 			want := tc.want

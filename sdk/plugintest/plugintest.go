@@ -90,6 +90,7 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 		Stderr:           stderr,
 		StartTimeout:     30 * time.Second,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: sockets},
+		SkipHostEnv:      true, // cmd.Env holds it, ours last
 	})
 	t.Cleanup(client.Kill)
 	rpc, err := client.Client()

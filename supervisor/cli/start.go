@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -118,25 +119,31 @@ type actor struct {
 // in this order: the supervisor is released (requests in flight get the
 // grace period, then fail, and the plugins stop in order), the work is
 // waited for, the API shuts down (it answers the calls it has, the release
-// call included). It returns the release's error, or the API's.
+// call included). It returns the errors of the release, of the API and of
+// its shutdown.
 func (r *running) serve(sigs <-chan os.Signal, work ...actor) error {
 	var g oklog.Group
-	var releaseErr error
+	var releaseErr, apiErr, shutdownErr error
 	g.Add(func() error {
 		<-r.sup.Done()
 		return nil
 	}, func(error) {
-		releaseErr = r.sup.Release(context.Background())
+		if releaseErr = r.sup.Release(context.Background()); releaseErr != nil {
+			releaseErr = fmt.Errorf("release: %w", releaseErr)
+		}
 	})
 	for _, w := range work {
 		g.Add(w.execute, w.interrupt)
 	}
-	g.Add(r.api.Serve, func(error) {
+	g.Add(func() error {
+		if apiErr = r.api.Serve(); apiErr != nil {
+			r.logger.Error("control API failed; releasing", "error", apiErr)
+		}
+		return apiErr
+	}, func(error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := r.api.Shutdown(ctx); err != nil {
-			r.logger.Warn("control API shutdown", "error", err)
-		}
+		shutdownErr = r.api.Shutdown(ctx)
 	})
 	quit := make(chan struct{})
 	g.Add(func() error {
@@ -147,14 +154,8 @@ func (r *running) serve(sigs <-chan os.Signal, work ...actor) error {
 		}
 		return nil
 	}, func(error) { close(quit) })
-	apiErr := g.Run()
-	if apiErr != nil {
-		r.logger.Error("control API stopped; released", "error", apiErr)
-	}
-	if releaseErr != nil {
-		return fmt.Errorf("release: %w", releaseErr)
-	}
-	return apiErr
+	_ = g.Run() // each member's error is kept above
+	return errors.Join(releaseErr, apiErr, shutdownErr)
 }
 
 // notifySignals returns the channel of the signals that release a

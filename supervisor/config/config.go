@@ -459,13 +459,15 @@ func (rb *restartBlock) apply(rule *Restart, in string) []error {
 	if rb.Jitter != nil {
 		rule.Jitter = *rb.Jitter
 	}
-	if rule.Max < 0 || rule.Max > 10000 {
+	// Only what this block sets is checked here: a phase's block is
+	// merged into the top-level rule, checked on its own.
+	if rb.Max != nil && (rule.Max < 0 || rule.Max > 10000) {
 		errs = append(errs, fmt.Errorf("%s: max must be between 0 and 10000, got %d", at, rule.Max))
 	}
-	if rule.MaxBackoff < rule.Backoff {
+	if (rb.Backoff != nil || rb.MaxBackoff != nil) && rule.MaxBackoff < rule.Backoff {
 		errs = append(errs, fmt.Errorf("%s: max_backoff (%s) is less than backoff (%s)", at, rule.MaxBackoff, rule.Backoff))
 	}
-	if rule.Jitter < 0 || rule.Jitter > 1 {
+	if rb.Jitter != nil && (rule.Jitter < 0 || rule.Jitter > 1) {
 		errs = append(errs, fmt.Errorf("%s: jitter must be between 0 and 1 (a fraction of each backoff), got %g", at, rule.Jitter))
 	}
 	return errs

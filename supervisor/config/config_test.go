@@ -314,6 +314,12 @@ phase "transformer" {
 	if d := Default(); d.Restart != DefaultRestart() {
 		t.Errorf("default config: restart %+v", d.Restart)
 	}
+	// A bad top-level rule is reported once, where it is, not again at a
+	// phase that sets other fields of its own.
+	_, err = Parse([]byte("restart {\n  jitter = 1.5\n}\nphase \"t\" {\n  plugin = \"t\"\n  restart {\n    max = 3\n  }\n}\n"), "once.hcl")
+	if err == nil || strings.Count(err.Error(), "jitter") != 1 || !strings.Contains(err.Error(), "once.hcl:1:1: restart: jitter") {
+		t.Errorf("a bad top-level jitter and a phase's block: %v", err)
+	}
 	for src, want := range map[string]string{
 		"restart {\n  jitter = 1.5\n}\nphase \"t\" { plugin = \"t\" }\n":                              "j.hcl:1:1: restart: jitter must be between 0 and 1 (a fraction of each backoff), got 1.5",
 		"phase \"t\" {\n  plugin = \"t\"\n  restart {\n    jitter = -0.1\n  }\n}\n":                   `j.hcl:3:3: phase "t": restart: jitter must be between 0 and 1 (a fraction of each backoff), got -0.1`,

@@ -489,3 +489,51 @@ func decodeResults(t *testing.T, out []byte) []phasedcli.Result {
 	}
 	return rs
 }
+
+// TestPolicyGivenUp: a policy restarts by the config's restart rule, as
+// instances do; past it, it is left failed and the built-in round robin
+// schedules its phases, costing no request; `policy set` to it starts it
+// again.
+func TestPolicyGivenUp(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(pipeline, `policy    = "roundrobin"`, `policy    = "faulty"`, 1) +
+		"restart {\n  max     = 1\n  backoff = \"10ms\"\n}\n"
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	state := func() PolicyProcState {
+		pr, _ := policyProc(policyList(t, p.socket), "faulty")
+		return PolicyProcState{pr.State, pr.Restarts}
+	}
+	for i, want := range []PolicyProcState{{"running", 1}, {"failed", 1}} {
+		p.submitAll(t, 1, func(int) supervisor.Submission {
+			return supervisor.Submission{Prompt: "g", Seed: int64(i), Steps: 1, Key: "crash"}
+		})
+		if !eventually(30*time.Second, func() bool { return state() == want }) {
+			t.Fatalf("after crash %d: faulty %+v, want %+v", i+1, state(), want)
+		}
+	}
+	infos := p.submitAll(t, 2, func(i int) supervisor.Submission { return supervisor.Submission{Prompt: "f", Seed: int64(i), Steps: 1} })
+	for _, info := range infos {
+		if info.State != supervisor.StateDone {
+			t.Fatalf("with the policy failed: %s %s (%s)", info.ID, info.State, info.Reason)
+		}
+	}
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Fallbacks != 4 {
+		t.Fatalf("transformer with its policy failed: %+v, want 4 fallbacks (2 crashes, 2 requests)", pp)
+	}
+	if _, errOut, code := cli(t, p.socket, "policy", "set", "transformer", "faulty"); code != 0 {
+		t.Fatalf("policy set transformer faulty: %s", errOut)
+	}
+	if got := state(); got.State != "running" {
+		t.Fatalf("after policy set: faulty %+v, want running", got)
+	}
+	p.submitAll(t, 1, func(int) supervisor.Submission { return supervisor.Submission{Prompt: "h", Steps: 1} })
+	if pp := phasePolicy(policyList(t, p.socket), "transformer"); pp.Fallbacks != 4 {
+		t.Fatalf("transformer after the policy came back: %+v, want no new fallback", pp)
+	}
+}
+
+// PolicyProcState is what TestPolicyGivenUp follows of a policy process.
+type PolicyProcState struct {
+	State    string
+	Restarts int
+}
