@@ -79,9 +79,12 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// privateDir creates dir 0700, or checks that an existing one belongs to
-// this user and is closed to others: whoever can write there could put
-// their own socket in place of the supervisor's.
+// privateDir creates dir 0700, or checks that an existing one is this
+// user's and closed to everyone else, as tmux and ssh-agent check their
+// socket directories: whoever may write there can rename the supervisor's
+// socket away and put their own in its place, and a sticky bit does not
+// stop the directory's owner. A directory of another user, or with any
+// group or other permission bit, is refused, sticky or not.
 func privateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -94,12 +97,12 @@ func privateDir(dir string) error {
 	switch {
 	case !fi.IsDir():
 		return fmt.Errorf("%s is not a directory", dir)
-	case fi.Mode()&os.ModeSticky != 0:
-		// Like /tmp: others may write, but not replace our files.
-	case ok && int(st.Uid) != os.Getuid():
-		return fmt.Errorf("directory %s belongs to uid %d, not to this user (%d); pick another --socket", dir, st.Uid, os.Getuid())
+	case !ok || int(st.Uid) != os.Getuid():
+		return fmt.Errorf("directory %s belongs to uid %d, not to this user (%d): another user could replace what phased puts there; use a directory of your own", dir, st.Uid, os.Getuid())
 	case fi.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("directory %s is writable by other users (mode %v); chmod go-w it or pick another --socket", dir, fi.Mode().Perm())
+		return fmt.Errorf("directory %s is writable by other users (mode %v): it must be private to you (0700); chmod 700 it, or use another directory", dir, fi.Mode().Perm())
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("directory %s is open to other users (mode %v): it must be private to you (0700); chmod 700 it, or use another directory", dir, fi.Mode().Perm())
 	}
 	return nil
 }

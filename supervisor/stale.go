@@ -31,7 +31,7 @@ const groupsFile = "plugin-groups"
 
 // noteGroup appends a plugin's process group to the run directory's list.
 func noteGroup(runDir string, pid int) error {
-	f, err := os.OpenFile(filepath.Join(runDir, groupsFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(filepath.Join(runDir, groupsFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -154,13 +154,25 @@ func stalePID(dir string) (pid int, created, ok bool) {
 	return pid, strings.TrimSpace(rest) == createdMark, true
 }
 
-// writePIDFile marks dir as the run directory of this process.
+// writePIDFile marks dir as the run directory of this process. The file
+// is created, never opened through a link or over an existing one: a
+// pid file left there is a live supervisor's (a dead one's was swept).
 func writePIDFile(dir string, created bool) error {
 	content := strconv.Itoa(os.Getpid()) + "\n"
 	if created {
 		content += createdMark + "\n"
 	}
-	return os.WriteFile(filepath.Join(dir, pidFile), []byte(content), 0o600)
+	path := filepath.Join(dir, pidFile)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		b, _ := os.ReadFile(path)
+		return fmt.Errorf("%s is in use: %s holds pid %s of a supervisor that runs; give each supervisor its own run_dir", dir, pidFile, strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(content)
+	return errors.Join(err, f.Close())
 }
 
 // sweepDeadSegments removes the segments in shmDir that a plugin process

@@ -198,15 +198,19 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 // makeRunDir creates the run directory; it stays short, since unix socket
 // paths are limited to 107 bytes.
 func (s *Supervisor) makeRunDir() error {
+	// A configured run_dir must be private before anything in it is
+	// touched: another user who may write there could plant symlinks.
+	if s.cfg.RunDir != "" {
+		if err := privateDir(s.cfg.RunDir); err != nil {
+			return fmt.Errorf("run_dir: %w", err)
+		}
+	}
 	// What a supervisor that died left is removed first (its run
 	// directory may be ours: a configured run_dir).
 	if err := s.sweepStale(); err != nil {
 		s.logger.Warn("cleaning up after a supervisor that did not release", "error", err)
 	}
 	if s.cfg.RunDir != "" {
-		if err := os.MkdirAll(s.cfg.RunDir, 0o700); err != nil {
-			return fmt.Errorf("run_dir: %w", err)
-		}
 		s.runDir = s.cfg.RunDir
 	} else {
 		dir, err := os.MkdirTemp("/tmp", "phased-")
@@ -215,10 +219,13 @@ func (s *Supervisor) makeRunDir() error {
 		}
 		s.runDir, s.ownsRunDir = dir, true
 	}
-	if err := os.MkdirAll(filepath.Join(s.runDir, "plugin"), 0o700); err != nil {
+	if err := writePIDFile(s.runDir, s.ownsRunDir); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	return writePIDFile(s.runDir, s.ownsRunDir)
+	if err := os.Mkdir(filepath.Join(s.runDir, "plugin"), 0o700); err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+	return nil
 }
 
 func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, error) {

@@ -1,0 +1,140 @@
+package supervisor
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/phased/phased/supervisor/config"
+)
+
+// otherUID is the second local user of the cross-user tests: a uid no
+// account holds, which root runs commands as (no account is needed to own
+// files and run processes).
+const otherUID = 54321
+
+// asOtherUser runs a shell command as otherUID; the test is skipped when
+// not run as root, which alone can act as another user.
+func asOtherUser(t *testing.T, script string) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skipf("needs root, to act as a second local user (uid %d)", otherUID)
+	}
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherUID}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("as uid %d: %s: %v\n%s", otherUID, script, err, out)
+	}
+}
+
+// sharedDir returns a directory like /tmp: everyone may create entries,
+// only their owner may rename or remove them.
+func sharedDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pshared-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestSocketDirOfAnotherUser: another user who made the socket's
+// directory first (as /tmp/phased-UID, sticky and open) could rename the
+// socket away and bind a server of theirs in its place; the supervisor
+// refuses such a directory, and one open to others, sticky or not.
+func TestSocketDirOfAnotherUser(t *testing.T) {
+	base := sharedDir(t)
+	dir := filepath.Join(base, "phased-0")
+	asOtherUser(t, "mkdir -m 1777 "+dir)
+	sock := filepath.Join(dir, "phased.sock")
+	if ln, err := Listen(sock); err == nil {
+		ln.Close()
+		t.Fatalf("Listen in %s, made by uid %d with mode 1777, succeeded", dir, otherUID)
+	} else if !strings.Contains(err.Error(), "belongs to uid 54321, not to this user") {
+		t.Fatalf("Listen in another user's directory: %v", err)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("a socket file was made in another user's directory: %v", err)
+	}
+	// Ours, but sticky and open to others: refused too.
+	mine := filepath.Join(base, "mine")
+	if err := os.Mkdir(mine, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for mode, want := range map[os.FileMode]string{
+		0o1777: "is writable by other users",
+		0o0750: "is open to other users (mode -rwxr-x---)",
+	} {
+		if err := syscall.Chmod(mine, uint32(mode)); err != nil { // os.Chmod drops the sticky bit of a raw mode
+			t.Fatal(err)
+		}
+		if ln, err := Listen(filepath.Join(mine, "phased.sock")); err == nil {
+			ln.Close()
+			t.Fatalf("Listen in a directory of mode %04o succeeded", mode)
+		} else if !strings.Contains(err.Error(), want) {
+			t.Fatalf("Listen in a directory of mode %04o: %v, want %q", mode, err, want)
+		}
+	}
+}
+
+// TestRunDirOfAnotherUser: a run_dir that another user made and planted a
+// symlink in is refused before anything is written there; the file the
+// link points to is untouched.
+func TestRunDirOfAnotherUser(t *testing.T) {
+	base := sharedDir(t)
+	victim := filepath.Join(base, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := filepath.Join(base, "shared-run")
+	asOtherUser(t, "mkdir -m 0777 "+run+" && ln -s "+victim+" "+filepath.Join(run, pidFile))
+	cfg := config.Default()
+	cfg.RunDir, cfg.PluginDir = run, t.TempDir()
+	err := New(cfg, Options{}).Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "run_dir: directory "+run+" belongs to uid 54321") {
+		t.Fatalf("Start with another user's run_dir: %v", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("the file behind the planted link now holds %q", b)
+	}
+}
+
+// TestRunDirOpen: a run_dir of this user that others may write to is
+// refused; a private one works, and a pid file in it is never written
+// through a link.
+func TestRunDirOpen(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	if err := os.Mkdir(run, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(run, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.RunDir, cfg.PluginDir = run, t.TempDir()
+	err := New(cfg, Options{}).Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "run_dir: directory "+run+" is writable by other users") {
+		t.Fatalf("Start with an open run_dir: %v", err)
+	}
+	if err := os.Chmod(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "target")
+	if err := os.Symlink(target, filepath.Join(run, pidFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writePIDFile(run, false); err == nil {
+		t.Fatal("the pid file was written over a link")
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Fatalf("the link's target was made: %v", err)
+	}
+}
