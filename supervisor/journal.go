@@ -187,6 +187,12 @@ func (s *Supervisor) openState() ([]RequestInfo, error) {
 	if s.opts.StateDir == "" {
 		return nil, nil
 	}
+	if err := privateDir(s.opts.StateDir); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if _, err := CheckJournal(s.opts.StateDir); err != nil {
+		return nil, err
+	}
 	j, epoch, err := openJournal(s.opts.StateDir)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phased/phased/supervisor/config"
 )
 
 func TestJournal(t *testing.T) {
@@ -110,5 +113,119 @@ func BenchmarkJournalPut(b *testing.B) {
 		if err := j.put(info); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// journalWith writes a journal of n done requests in a new state
+// directory and returns the directory.
+func journalWith(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "state")
+	j, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		now := time.Unix(1700000000, 0).UTC()
+		info := RequestInfo{ID: fmt.Sprintf("r%06d", i+1), State: StateDone, Prompt: strings.Repeat("p", 3000), Steps: 1, Submitted: now, Finished: &now}
+		if err := j.put(info); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestDamagedJournal: a truncated journal (which made bbolt fault on its
+// memory map, SIGBUS, killing the process), one with 4 KiB of noise inside
+// (a bbolt panic) and an empty one (which bbolt would silently start
+// afresh, numbering requests from 1 again) are refused at start with an
+// error that says what to do, and start leaves nothing behind.
+func TestDamagedJournal(t *testing.T) {
+	damage := map[string]func(path string) error{
+		"truncated": func(path string) error {
+			fi, err := os.Stat(path)
+			if err != nil {
+				return err
+			}
+			return os.Truncate(path, fi.Size()/2)
+		},
+		"noise": func(path string) error {
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			noise := make([]byte, 4096)
+			for i := range noise {
+				noise[i] = byte(i*7919 + 13)
+			}
+			_, err = f.WriteAt(noise, 4*4096)
+			return errors.Join(err, f.Close())
+		},
+		"empty": func(path string) error { return os.Truncate(path, 0) },
+		// Its pages beyond the first four are gone: reading them through
+		// bbolt's memory map raises SIGBUS.
+		"cut": func(path string) error { return os.Truncate(path, 4*4096) },
+	}
+	for name, spoil := range damage {
+		t.Run(name, func(t *testing.T) {
+			dir := journalWith(t, 40)
+			if err := spoil(filepath.Join(dir, JournalFile)); err != nil {
+				t.Fatal(err)
+			}
+			cfg := config.Default()
+			cfg.RunDir, cfg.PluginDir = filepath.Join(t.TempDir(), "run"), t.TempDir()
+			err := New(cfg, Options{StateDir: dir}).Start(context.Background())
+			for _, want := range []string{"the request journal is damaged: " + filepath.Join(dir, JournalFile), "supervisor journal repair --state-dir " + dir} {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("Start on a %s journal: %v; want %q", name, err, want)
+				}
+			}
+			if left, _ := os.ReadDir(cfg.RunDir); len(left) != 0 {
+				t.Errorf("the failed start left %d entries in its run_dir", len(left))
+			}
+		})
+	}
+}
+
+// TestRepairJournal: repair keeps what reads, sets the damaged file aside,
+// and numbering goes on after the highest id kept.
+func TestRepairJournal(t *testing.T) {
+	dir := journalWith(t, 40)
+	path := filepath.Join(dir, JournalFile)
+	if n, err := CheckJournal(dir); err != nil || n != 40 {
+		t.Fatalf("CheckJournal of a sound journal: %d, %v", n, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), 6*4096); err != nil { // a zeroed page
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := CheckJournal(dir); !errors.Is(err, ErrJournalDamaged) {
+		t.Fatalf("CheckJournal after a page was zeroed: %v", err)
+	}
+	kept, aside, err := RepairJournal(dir)
+	if err != nil || kept == 0 || kept > 40 || !strings.HasPrefix(aside, path+".damaged-") {
+		t.Fatalf("RepairJournal: kept %d, aside %q, %v", kept, aside, err)
+	}
+	if _, err := os.Stat(aside); err != nil {
+		t.Fatalf("the damaged file: %v", err)
+	}
+	if n, err := CheckJournal(dir); err != nil || n != kept {
+		t.Fatalf("CheckJournal after repair: %d, %v; want %d", n, err, kept)
+	}
+	j, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	infos, last, err := j.load()
+	if err != nil || len(infos) != kept || last < uint64(kept) || last != requestNumber(infos[len(infos)-1].ID) {
+		t.Fatalf("the repaired journal: %d requests, last number %d, %v", len(infos), last, err)
 	}
 }

@@ -43,6 +43,8 @@ Verbs:
   plugins [lock] [--config FILE] [--plugin-dir DIR] [--json]
                                           list plugins: version, SHA-256, pin; lock: pin them all
   release                                 ordered release; the supervisor exits
+  journal check | repair [--state-dir DIR]
+                                          check the request journal; keep what reads of a damaged one
   run     [--config FILE] --prompt TEXT [--count N] [--out DIR] [--json]
                                           start, submit N requests, wait, release
 
@@ -69,6 +71,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"run":     run,
 		"policy":  policy,
 		"plugins": plugins,
+		"journal": journal,
 	}
 	fn, ok := verbs[args[0]]
 	if !ok {

@@ -216,3 +216,34 @@ func TestStartListen(t *testing.T) {
 		t.Errorf("start -h: exit %d, %q, %q", code, out, errOut)
 	}
 }
+
+// TestJournalVerb: `journal check` says a sound journal is sound and a
+// damaged one is not, with what to do; `journal repair` sets the damaged
+// one aside and keeps what reads.
+func TestJournalVerb(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if out, errOut, code := runMain(t, nil, "journal", "check", "--state-dir", dir); code != 0 || !strings.Contains(out, "sound, 0 requests") {
+		t.Fatalf("check of no journal: exit %d, %q, %q", code, out, errOut)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, supervisor.JournalFile)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runMain(t, nil, "journal", "check", "--state-dir", dir)
+	if code != 1 || !strings.Contains(errOut, "the request journal is damaged: "+path+": the file is empty") {
+		t.Fatalf("check of an empty journal: exit %d, %q", code, errOut)
+	}
+	out, errOut, code := runMain(t, nil, "journal", "repair", "--state-dir", dir)
+	if code != 0 || !strings.Contains(out, "kept 0 requests; the damaged file is "+path+".damaged-") {
+		t.Fatalf("repair: exit %d, %q, %q", code, out, errOut)
+	}
+	if out, _, code := runMain(t, nil, "journal", "check", "--state-dir", dir); code != 0 || !strings.Contains(out, "sound") {
+		t.Fatalf("check after repair: exit %d, %q", code, out)
+	}
+	if _, errOut, code := runMain(t, nil, "journal", "fix"); code != 2 || !strings.Contains(errOut, "want `journal check` or `journal repair`") {
+		t.Fatalf("journal fix: exit %d, %q", code, errOut)
+	}
+}
