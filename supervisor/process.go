@@ -108,7 +108,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	client := plugin.NewClient(clientConfig(pc, cmd, secure, stderr))
 	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr, cmd: cmd}
 	fail := func(err error) (*process, error) {
-		client.Kill()
+		p.abort()
 		msg := fmt.Sprintf("%s plugin %s (%s): %v", pc.Kind, pc.Name, pc.Path, err)
 		if lines := stderr.String(); lines != "" {
 			msg += "; last stderr lines:\n" + lines
@@ -186,6 +186,29 @@ func clientConfig(pc processConfig, cmd *exec.Cmd, secure *plugin.SecureConfig, 
 		// which would let the supervisor's own PHASED_LOG_LEVEL or
 		// PLUGIN_UNIX_SOCKET_DIR win.
 		SkipHostEnv: true,
+	}
+}
+
+// abort ends a plugin whose start failed: its whole process group first
+// (a child of the plugin holding its output pipes would keep go-plugin's
+// Kill waiting, and would outlive it), then go-plugin's state, bounded.
+// The group's id cannot be another's while any member lives: the kernel
+// keeps the number of a process group in use until its last member is
+// gone.
+func (p *process) abort() {
+	if p.cmd.Process != nil {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	killed := make(chan struct{})
+	go func() {
+		p.client.Kill()
+		close(killed)
+	}()
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-killed:
+	case <-t.C:
 	}
 }
 

@@ -5,10 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -137,4 +140,67 @@ func TestRunDirOpen(t *testing.T) {
 	if _, err := os.Lstat(target); !os.IsNotExist(err) {
 		t.Fatalf("the link's target was made: %v", err)
 	}
+}
+
+// TestFailedStartKillsGroup: a plugin whose start fails — it prints a
+// line that is no handshake, prints nothing, or prints garbage — is ended
+// with its whole process group within a bound: a child that holds its
+// output pipes (which kept start waiting for good) or that detached
+// itself does not survive it.
+func TestFailedStartKillsGroup(t *testing.T) {
+	for name, body := range map[string]string{
+		"a line, then waits":     "echo hello\nsleep 300 &\necho $! > PIDFILE\nwait\n",
+		"nothing, then waits":    "sleep 300 &\necho $! > PIDFILE\nwait\n",
+		"garbage and a detached": "sleep 300 >/dev/null 2>&1 </dev/null &\necho $! > PIDFILE\necho '1|1|garbage'\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			pidFile := filepath.Join(dir, "child.pid")
+			bin := filepath.Join(dir, "phased-phase-bad")
+			script := "#!/bin/sh\n" + strings.ReplaceAll(body, "PIDFILE", pidFile)
+			if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			sockets, err := os.MkdirTemp("/tmp", "pfail-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(sockets)
+			ended := make(chan error, 1)
+			go func() {
+				_, err := startProcess(context.Background(), processConfig{
+					Name: "bad-0", Path: bin, Kind: "phase", APIVersion: 1, SocketDir: sockets,
+					StartTimeout: 2 * time.Second, Logger: hclog.NewNullLogger(), LogLevel: "info",
+				})
+				ended <- err
+			}()
+			select {
+			case err := <-ended:
+				if err == nil {
+					t.Fatal("the start succeeded")
+				}
+			case <-time.After(time.Minute): // a hang, not a timing: the bound is seconds
+				t.Fatal("the failed start did not return")
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if !eventuallyTrue(func() bool { return !processAlive(child) }) {
+				syscall.Kill(child, syscall.SIGKILL)
+				t.Fatalf("the plugin's child %d outlived the failed start", child)
+			}
+		})
+	}
+}
+
+// eventuallyTrue polls cond for up to five seconds.
+func eventuallyTrue(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
