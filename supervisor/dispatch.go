@@ -253,22 +253,32 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		err error
 	}
 	results := make(chan result, len(a.lives))
-	for i, l := range a.lives {
-		spec := sdk.RunSpec{Request: req}
+	// The Run of phase i has rooms i-1 (in) and i (out), 0 for none.
+	key := func(i int) runKey {
+		k := runKey{request: req.ID}
 		if i > 0 {
-			spec.InRoom = rooms[i-1]
+			k.inRoom = rooms[i-1]
 		}
 		if i < len(rooms) {
-			spec.OutRoom = rooms[i]
+			k.outRoom = rooms[i]
 		}
+		return k
+	}
+	for i, l := range a.lives {
+		k := key(i)
+		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
 		go func() {
 			start := time.Now()
 			art, err := l.ctl.Run(ctx, spec)
-			l.runReturned(runKey{req.ID, spec.InRoom, spec.OutRoom})
+			l.runReturned(k)
 			if err == nil {
 				// Its part is done and its outputs are in the next
-				// phase's buffers: its death no longer fails the attempt.
+				// phase's buffers: its death no longer fails the
+				// attempt, and the next phase is watched from now on.
 				l.drop(a)
+				if i+1 < len(a.lives) {
+					a.lives[i+1].delivered(s, key(i+1))
+				}
 				took := time.Since(start)
 				l.in.observe(took)
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: took.Round(time.Microsecond).String()})

@@ -103,14 +103,17 @@ func (l *life) markEnded(key runKey, bit uint8) {
 
 // watchdog is the hang timer of one Run and the last progress it reported.
 type watchdog struct {
-	t        *time.Timer
-	last     sdk.Progress
-	deadline time.Time // when it fires unless re-armed
+	t         *time.Timer
+	last      sdk.Progress
+	deadline  time.Time // when it fires unless re-armed
+	delivered bool      // armed because the Run's inputs arrived
 }
 
 // progressed handles one progress event: it re-arms the Run's hang
-// watchdog while the Run computes or sends, and disarms it otherwise. It
-// runs for every step a phase reports, so it only resets a timer.
+// watchdog while the Run computes or sends, and disarms it otherwise
+// (waiting for inputs is the upstream's time), unless the Run's inputs
+// have been delivered (see delivered). It runs for every step a phase
+// reports, so it only resets a timer.
 func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 	key := runKey{p.Request, p.InRoom, p.OutRoom}
 	l.dogMu.Lock()
@@ -120,11 +123,23 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 		l.disarm(key)
 		l.markEnded(key, runFinished)
 		return
-	case p.Stage != sdk.StageComputing && p.Stage != sdk.StageSending,
-		l.ended[key]&runReturned != 0: // the call returned: late events arm nothing
+	case l.ended[key]&runReturned != 0: // the call returned: late events arm nothing
 		l.disarm(key)
 		return
+	case p.Stage != sdk.StageComputing && p.Stage != sdk.StageSending:
+		// A late "waiting" of a Run whose inputs arrived leaves its
+		// watchdog armed.
+		if d := l.dogs[key]; d == nil || !d.delivered {
+			l.disarm(key)
+		}
+		return
 	}
+	l.arm(s, key, p)
+}
+
+// arm starts or resets the hang watchdog of a Run, whose last progress
+// is p; l.dogMu is held.
+func (l *life) arm(s *Supervisor, key runKey, p sdk.Progress) *watchdog {
 	d := l.dogs[key]
 	if d == nil {
 		d = &watchdog{}
@@ -137,6 +152,23 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 		d.t.Reset(l.in.cfg.HangTimeout)
 	}
 	d.last, d.deadline = p, time.Now().Add(l.in.cfg.HangTimeout)
+	return d
+}
+
+// delivered arms the hang watchdog of a Run whose upstream has delivered
+// its inputs (its Run returned: the bytes are in this Run's buffers): from
+// now on it verifies and computes, and must report progress within
+// hang_timeout, so that a receiver that froze (SIGSTOP, a stuck driver)
+// is killed and the request dispatched again. Nothing changes for a Run
+// that has returned or finished, or that reports progress already.
+func (l *life) delivered(s *Supervisor, key runKey) {
+	l.dogMu.Lock()
+	defer l.dogMu.Unlock()
+	if l.ended[key] != 0 || l.dogs[key] != nil {
+		return
+	}
+	d := l.arm(s, key, sdk.Progress{Request: key.request, Stage: sdk.StageWaiting, InRoom: key.inRoom, OutRoom: key.outRoom})
+	d.delivered = true
 }
 
 // hung kills the process when a Run's watchdog d fires while still armed
@@ -150,7 +182,10 @@ func (l *life) hung(s *Supervisor, key runKey, d *watchdog) {
 		return // disarmed or re-armed, or released meanwhile
 	}
 	what := "sending its outputs"
-	if last.Stage == sdk.StageComputing {
+	switch last.Stage {
+	case sdk.StageWaiting:
+		what = "its inputs were delivered"
+	case sdk.StageComputing:
 		what = fmt.Sprintf("computing, %d of %d done", last.Done, last.Total)
 	}
 	why := fmt.Sprintf("no progress for %s on request %s (%s)", l.in.cfg.HangTimeout, key.request, what)

@@ -133,4 +133,27 @@ func TestWatchdogs(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d Runs remembered after both ended and finished", left)
 	}
+
+	// Attempt 3, rooms 5 → 6: its upstream delivered its inputs, so it
+	// is watched while it still says "waiting" (a late event), until it
+	// finishes.
+	l.progressed(s, ev(sdk.StageWaiting, 5, 6))
+	l.delivered(s, runKey{"r1", 5, 6})
+	l.progressed(s, ev(sdk.StageWaiting, 5, 6))
+	if !armed(5, 6) {
+		t.Error("a Run whose inputs were delivered is not watched")
+	}
+	l.progressed(s, ev(sdk.StageComputing, 5, 6))
+	l.progressed(s, ev(sdk.StageFinished, 5, 6))
+	if armed(5, 6) {
+		t.Error("watched after it finished")
+	}
+	// Delivered after the Run finished or returned: nothing to watch.
+	l.delivered(s, runKey{"r1", 5, 6})
+	l.runReturned(runKey{"r1", 7, 8})
+	l.delivered(s, runKey{"r1", 7, 8})
+	if armed(5, 6) || armed(7, 8) {
+		t.Error("delivered armed the watchdog of a Run that had ended")
+	}
 }
+

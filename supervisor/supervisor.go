@@ -317,6 +317,10 @@ func (s *Supervisor) Release(ctx context.Context) error {
 	return s.releaseErr
 }
 
+// releaseTimeout bounds an instance's Release call at release; past it
+// the instance is killed.
+const releaseTimeout = 10 * time.Second
+
 // stopAll releases the phases upstream → downstream, stops the policies and
 // removes the run directory. Used by Release and by a failed Start.
 func (s *Supervisor) stopAll(ctx context.Context) error {
@@ -336,8 +340,15 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 				continue
 			}
 			if !l.proc.exited() {
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := l.ctl.Release(rctx); err != nil {
+				rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+				err := l.ctl.Release(rctx)
+				switch {
+				case err != nil && (timedOut(rctx, err) || errors.Is(err, sdk.ErrPluginGone)):
+					// It does not answer (stopped, stuck, gone): its
+					// process group is killed below, which is its
+					// release.
+					s.logger.Warn("instance did not release; killing it", "instance", in.id, "pid", l.proc.pid, "within", releaseTimeout, "error", err)
+				case err != nil:
 					errs = append(errs, fmt.Errorf("instance %s: release: %w", in.id, err))
 				}
 				cancel()

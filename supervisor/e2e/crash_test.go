@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -411,4 +412,63 @@ func TestCrashChildHoldsPipes(t *testing.T) {
 	}
 	p.submitAll(t, 2, func(i int) supervisor.Submission { return supervisor.Submission{Prompt: "p", Seed: int64(i), Steps: 1} })
 	p.release(t)
+}
+
+// TestFrozenReceiver: a decoder stopped (SIGSTOP) after its rooms opened
+// is watched once the transformer has delivered its inputs: it reports no
+// progress within its hang_timeout, is killed as hung, and the request is
+// dispatched again and ends with the reference artifact.
+func TestFrozenReceiver(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(strings.Replace(flakyPipeline(t, dir, `restart { backoff = "50ms" }`), "instances = 2", "instances = 1", 1),
+		`phase "decoder" { plugin = "decoder" }`, `phase "decoder" {
+  plugin       = "decoder"
+  hang_timeout = "2s"
+  restart { backoff = "50ms" }
+}`, 1)
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	ctx := context.Background()
+	decoder := instanceStatus(t, p, "decoder-0").PID
+	// "slow:" makes the transformer take 2 s: time to stop the decoder
+	// after the rooms are open, before the inputs come.
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "slow: frozen", Seed: 5, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(30*time.Second, func() bool { _, d := lastEvent(t, p, id, "rooms open"); return d != "" }) {
+		t.Fatal("the rooms did not open")
+	}
+	if err := syscall.Kill(decoder, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(decoder, syscall.SIGKILL)
+	info := watchDone(t, p, id, "slow: frozen", 5, 2)
+	_, retry := lastEvent(t, p, id, "retry")
+	want := "instance decoder-0 (pid " + strconv.Itoa(decoder) + ") was killed as hung: no progress for 2s on request " + id + " (its inputs were delivered)"
+	if info.Attempts != 2 || !strings.Contains(retry, want) {
+		t.Fatalf("attempts %d, retry %q; want 2 and %q", info.Attempts, retry, want)
+	}
+	if running(decoder) {
+		t.Fatalf("the frozen decoder %d still runs", decoder)
+	}
+	p.release(t)
+}
+
+// TestReleaseFrozen: release completes within its bound and exits 0 when
+// an instance does not answer (it is stopped): that instance is killed.
+func TestReleaseFrozen(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	decoder := instanceStatus(t, p, "decoder-0").PID
+	if err := syscall.Kill(decoder, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(decoder, syscall.SIGKILL)
+	p.release(t)
+	if !eventually(10*time.Second, func() bool { return !running(decoder) }) {
+		t.Fatalf("the stopped decoder %d outlived release", decoder)
+	}
+	if !strings.Contains(p.log.String(), "instance did not release; killing it") {
+		t.Fatalf("release did not say it killed the stopped instance:\n%s", p.log.String())
+	}
 }
