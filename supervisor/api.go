@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -42,6 +43,28 @@ type API struct {
 	path   string
 	tcp    *http.Server // nil unless AddTCP
 	tcpLn  net.Listener
+	limits limits
+}
+
+// limits bound what clients may hold of the API, so that no client can
+// exhaust the supervisor's file descriptors or memory: a TCP listener
+// takes at most conns connections, perClient from one address (the
+// others are closed at once; the unix socket, whose callers are this
+// user, is not limited); every connection has its timeouts.
+type limits struct {
+	conns, perClient int
+	// readHeader bounds reading a request's header (shorter on TCP, where
+	// a connection that never authenticates costs a descriptor); read
+	// the whole request, body included (a body sent a byte at a time);
+	// write the answer, except for the calls that wait (see waits);
+	// idle a connection between requests.
+	readHeader, tcpReadHeader, read, write, idle time.Duration
+}
+
+var defaultLimits = limits{
+	conns: 128, perClient: 16,
+	readHeader: 10 * time.Second, tcpReadHeader: 5 * time.Second,
+	read: 30 * time.Second, write: 30 * time.Second, idle: 2 * time.Minute,
 }
 
 // ErrorBody is the JSON body of every error response.
@@ -113,7 +136,7 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	a := &API{sup: sup, logger: logger, ln: ln, path: path}
+	a := &API{sup: sup, logger: logger, ln: ln, path: path, limits: defaultLimits}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/requests", a.submit)
 	mux.HandleFunc("GET /v1/requests/{id}", a.get)
@@ -124,14 +147,22 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("GET /v1/policies", a.policies)
 	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
 	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
-	a.srv = newServer(mux)
+	a.srv = a.newServer(mux, a.limits.readHeader)
 	return a
 }
 
-// newServer is the http.Server of one listener: the same header timeout
-// on the unix socket and on TCP (bodies are bounded by decode).
-func newServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+// newServer is the http.Server of one listener, with the API's timeouts.
+func (a *API) newServer(h http.Handler, readHeader time.Duration) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: readHeader, ReadTimeout: a.limits.read, WriteTimeout: a.limits.write, IdleTimeout: a.limits.idle}
+}
+
+// waits lifts the write timeout of a call that waits for the supervisor
+// (a request's end, a release, a policy's start): its answer may come
+// long after the call.
+func waits(w http.ResponseWriter) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
 }
 
 // AddTCP makes the API also serve on ln (from ListenTCP), to callers that
@@ -141,8 +172,8 @@ func (a *API) AddTCP(ln net.Listener, token string) error {
 	if len(token) < MinTokenBytes {
 		return fmt.Errorf("control API on %s: the token is %d bytes; it must be at least %d", ln.Addr(), len(token), MinTokenBytes)
 	}
-	a.tcpLn = ln
-	a.tcp = newServer(requireToken(token, a.srv.Handler, a.logger))
+	a.tcpLn = newLimitListener(ln, a.limits.conns, a.limits.perClient, a.logger)
+	a.tcp = a.newServer(requireToken(token, a.srv.Handler, a.logger), a.limits.tcpReadHeader)
 	return nil
 }
 
@@ -225,6 +256,7 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, statusOf(err), err)
 		return
 	}
+	waits(w)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
@@ -242,6 +274,7 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) remove(w http.ResponseWriter, r *http.Request) {
+	waits(w)
 	info, err := a.sup.Remove(r.Context(), r.PathValue("id"))
 	if err != nil {
 		a.fail(w, statusOf(err), err)
@@ -277,6 +310,7 @@ func (a *API) changePolicy(w http.ResponseWriter, r *http.Request, shadow bool) 
 		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: policy %q is not a valid name", ErrBadInput, c.Policy))
 		return
 	}
+	waits(w)
 	set := a.sup.SetPolicy
 	if shadow {
 		set = a.sup.SetShadow
@@ -295,6 +329,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 func (a *API) release(w http.ResponseWriter, r *http.Request) {
 	// Release is not tied to the caller's connection: once asked, it runs
 	// to the end.
+	waits(w)
 	err := a.sup.Release(context.Background())
 	if err != nil {
 		a.fail(w, http.StatusInternalServerError, fmt.Errorf("release: %w", err))
@@ -316,6 +351,10 @@ func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 			return false
 		}
 		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: body is not valid JSON for %s %s: %v", ErrBadInput, r.Method, r.URL.Path, err))
+		return false
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: body of %s %s holds more than one JSON value; send one", ErrBadInput, r.Method, r.URL.Path))
 		return false
 	}
 	return true

@@ -98,11 +98,12 @@ func Loopback(a net.Addr) bool {
 }
 
 // requireToken passes on the calls whose Authorization header carries
-// token as a bearer token and answers the others 401. The comparison takes
-// the same time whatever the token sent: both sides are hashed first, so
-// not even the length leaks.
+// token as a bearer token and answers the others 401, logged at most once
+// every rateLogEvery. The comparison takes the same time whatever the
+// token sent: both sides are hashed first, so not even the length leaks.
 func requireToken(token string, next http.Handler, logger hclog.Logger) http.Handler {
 	want := sha256.Sum256([]byte(token))
+	refused := newRateLog(logger, "control API calls refused")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, cred, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		got := sha256.Sum256([]byte(strings.TrimSpace(cred)))
@@ -114,7 +115,7 @@ func requireToken(token string, next http.Handler, logger hclog.Logger) http.Han
 		if !strings.EqualFold(scheme, "Bearer") {
 			msg = "the control API on TCP needs a bearer token: send Authorization: Bearer TOKEN, with the token of the supervisor's --token-file"
 		}
-		logger.Warn("control API call refused", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", msg)
+		refused.log("remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", msg)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="phased"`)
 		writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: msg})
 	})

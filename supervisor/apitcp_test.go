@@ -5,14 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -41,7 +46,7 @@ type tcpAPI struct {
 	served chan error
 }
 
-func newTCPTestAPI(t *testing.T) *tcpAPI {
+func newTCPTestAPI(t *testing.T, tweaks ...func(*API)) *tcpAPI {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "papi-")
 	if err != nil {
@@ -64,6 +69,9 @@ func newTCPTestAPI(t *testing.T) *tcpAPI {
 		t.Fatalf("listening on %v, not loopback", tcp.Addr())
 	}
 	api := NewAPI(New(config.Default(), Options{}), ln, socket, nil)
+	for _, tweak := range tweaks {
+		tweak(api)
+	}
 	if err := api.AddTCP(tcp, token); err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +330,127 @@ func TestLoopback(t *testing.T) {
 			t.Errorf("Loopback(%v) = %v, want %v", tt.addr, got, tt.want)
 		}
 	}
+}
+
+// TestTCPConnectionLimits: idle TCP connections past the per-client and
+// the total limits are closed at once, a closed one gives its place back,
+// and the unix socket answers throughout.
+func TestTCPConnectionLimits(t *testing.T) {
+	a := newTCPTestAPI(t, func(api *API) { api.limits.conns, api.limits.perClient = 4, 2 })
+	dial := func(from string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", a.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// closed reports whether the server closed c (a read ends at once),
+	// or keeps it open (the read times out).
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	a1, a2 := dial("127.0.0.1"), dial("127.0.0.1")
+	if a3 := dial("127.0.0.1"); !closed(a3) {
+		t.Error("a third connection from one client was kept open; the limit is 2")
+	}
+	b1, b2 := dial("127.0.0.2"), dial("127.0.0.2")
+	if c1 := dial("127.0.0.3"); !closed(c1) {
+		t.Error("a fifth connection was kept open; the limit is 4")
+	}
+	for _, c := range []net.Conn{a1, a2, b1, b2} {
+		if closed(c) {
+			t.Error("a connection within the limits was closed")
+		}
+	}
+	if code, _ := a.unixBody(t, "GET", "/v1/status"); code != 200 {
+		t.Errorf("the unix socket answers %d with TCP full", code)
+	}
+	a1.Close()
+	time.Sleep(100 * time.Millisecond) // the server sees the close
+	if c := dial("127.0.0.1"); closed(c) {
+		t.Error("the place of a closed connection was not given back")
+	}
+}
+
+// TestSlowBody: a body sent a byte at a time is cut off after the read
+// timeout; the connection does not stay held.
+func TestSlowBody(t *testing.T) {
+	a := newTCPTestAPI(t, func(api *API) {
+		api.limits.read = 300 * time.Millisecond
+		api.srv.ReadTimeout = api.limits.read
+	})
+	for name, dial := range map[string]func() (net.Conn, error){
+		"tcp":  func() (net.Conn, error) { return net.Dial("tcp", a.addr) },
+		"unix": func() (net.Conn, error) { return net.Dial("unix", a.api.path) },
+	} {
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST /v1/requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 100\r\n\r\n{", testToken)
+		cut := false
+		for range 100 { // 100 bytes at 50 ms: 5 s, against a 300 ms timeout
+			time.Sleep(50 * time.Millisecond)
+			if _, err := c.Write([]byte(" ")); err != nil {
+				cut = true
+				break
+			}
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(make([]byte, 512)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				cut = true
+				break
+			}
+		}
+		if !cut {
+			t.Errorf("%s: a body sent a byte at a time was read to its end", name)
+		}
+	}
+}
+
+// TestTrailingJSON: a body with a second JSON value after the first is
+// refused, not half taken.
+func TestTrailingJSON(t *testing.T) {
+	a := newTCPTestAPI(t)
+	code, _, body := a.call(t, "POST", "/v1/requests", "Bearer "+testToken, `{"prompt":"a"} {"prompt":"b"}`)
+	if code != 400 || !strings.Contains(string(body), "holds more than one JSON value") {
+		t.Fatalf("two JSON values: %d %s", code, body)
+	}
+}
+
+// TestRefusedCallsLogOnce: a flood of refused calls writes one log line,
+// which counts them, not one line each.
+func TestRefusedCallsLogOnce(t *testing.T) {
+	var buf syncBuf
+	logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Warn})
+	h := requireToken(testToken, http.NotFoundHandler(), logger)
+	for range 50 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/v1/status", nil))
+	}
+	if n := strings.Count(buf.String(), "control API calls refused"); n != 1 {
+		t.Fatalf("%d log lines for 50 refused calls, want 1:\n%s", n, buf.String())
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for a logger and a reader.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
