@@ -156,4 +156,3 @@ func TestWatchdogs(t *testing.T) {
 		t.Error("delivered armed the watchdog of a Run that had ended")
 	}
 }
-
