@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -33,7 +34,7 @@ const DefaultSteps = 20
 //	GET    /v1/requests/{id}          one request
 //	GET    /v1/requests/{id}/events   NDJSON snapshots until the request ends
 //	DELETE /v1/requests/{id}          ordered remove → the final request
-//	GET    /v1/status                 phases, instances, requests
+//	GET    /v1/status[?limit=N&after=ID]  phases, instances, a page of requests
 //	POST   /v1/release                ordered release; the server then stops
 type API struct {
 	sup    *Supervisor
@@ -323,7 +324,20 @@ func (a *API) changePolicy(w http.ResponseWriter, r *http.Request, shadow bool) 
 }
 
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.sup.Status(r.Context(), os.Getpid()))
+	page := Page{After: r.URL.Query().Get("after")}
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxPageLimit {
+			a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: limit %q: want a number from 1 to %d", ErrBadInput, v, MaxPageLimit))
+			return
+		}
+		page.Limit = n
+	}
+	if page.After != "" && requestNumber(page.After) == 0 {
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: after %q is not a request id", ErrBadInput, page.After))
+		return
+	}
+	writeJSON(w, http.StatusOK, a.sup.Status(r.Context(), os.Getpid(), page))
 }
 
 func (a *API) release(w http.ResponseWriter, r *http.Request) {

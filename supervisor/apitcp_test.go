@@ -454,3 +454,21 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestStatusQuery: status takes a page's limit and cursor, and refuses
+// others with what it takes.
+func TestStatusQuery(t *testing.T) {
+	a := newTCPTestAPI(t)
+	for query, want := range map[string]string{
+		"?limit=0":          `limit \"0\": want a number from 1 to 1000`,
+		"?limit=5000":       `limit \"5000\": want a number from 1 to 1000`,
+		"?after=everything": `after \"everything\" is not a request id`,
+	} {
+		if code, body := a.unixBody(t, "GET", "/v1/status"+query); code != 400 || !strings.Contains(string(body), want) {
+			t.Errorf("%s: %d %s; want 400 and %q", query, code, body, want)
+		}
+	}
+	if code, body := a.unixBody(t, "GET", "/v1/status?limit=5&after=r000007"); code != 200 || !strings.Contains(string(body), `"total":0`) {
+		t.Errorf("a page: %d %s", code, body)
+	}
+}

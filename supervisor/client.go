@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -102,8 +103,25 @@ func (c *Client) Remove(ctx context.Context, id string) (RequestInfo, error) {
 
 // Status returns the supervisor's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
+	return c.StatusPage(ctx, Page{})
+}
+
+// StatusPage returns the supervisor's status with the page of requests
+// page selects.
+func (c *Client) StatusPage(ctx context.Context, page Page) (Status, error) {
+	q := url.Values{}
+	if page.Limit > 0 {
+		q.Set("limit", strconv.Itoa(page.Limit))
+	}
+	if page.After != "" {
+		q.Set("after", page.After)
+	}
+	path := "/v1/status"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var out Status
-	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	err := c.do(ctx, http.MethodGet, path, nil, &out)
 	return out, err
 }
 

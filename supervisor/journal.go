@@ -224,8 +224,7 @@ func (s *Supervisor) recover(infos []RequestInfo) {
 			id:  info.ID, ctx: ctx, cancel: cancel,
 			done: make(chan struct{}), changed: make(chan struct{}), info: info,
 		}
-		s.requests[info.ID] = r
-		s.order = append(s.order, info.ID)
+		s.remember(r)
 		if info.Terminal() {
 			cancel()
 			close(r.done)

@@ -62,7 +62,7 @@ type Event struct {
 type RequestInfo struct {
 	ID        string            `json:"id"`
 	State     string            `json:"state"`
-	Prompt    string            `json:"prompt"`
+	Prompt    string            `json:"prompt,omitempty"` // left out of lists
 	Seed      int64             `json:"seed"`
 	Steps     int               `json:"steps"`
 	Key       string            `json:"key,omitempty"`
@@ -179,9 +179,8 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		}
 		return "", ErrReleasing
 	}
-	s.prune()
-	s.requests[id] = r
-	s.order = append(s.order, id)
+	s.prune(retainedSize(sub))
+	s.remember(r)
 	go func() {
 		defer s.inflight.Done()
 		s.process(r)
@@ -189,26 +188,42 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	return id, nil
 }
 
-// MaxRetained is how many requests the supervisor remembers; past it, the
-// oldest ended ones are forgotten.
-const MaxRetained = 10000
+// What the supervisor remembers of past requests is bounded: past
+// MaxRetained requests, or MaxRetainedBytes of them (their prompts most of
+// all: up to 64 KiB each), the oldest ended ones are forgotten.
+const (
+	MaxRetained      = 10000
+	MaxRetainedBytes = 64 << 20
+)
 
-// prune forgets the oldest ended requests beyond MaxRetained; s.mu is held.
-func (s *Supervisor) prune() {
-	if len(s.order) < MaxRetained {
+// retainedSize is what a request counts against MaxRetainedBytes: its
+// prompt and key, and a bound on the rest (result, events).
+func retainedSize(sub Submission) int64 { return int64(len(sub.Prompt)+len(sub.Key)) + 2<<10 }
+
+// remember adds r to the requests the supervisor knows; s.mu is held.
+func (s *Supervisor) remember(r *request) {
+	s.requests[r.id] = r
+	s.order = append(s.order, r.id)
+	s.retained += retainedSize(r.sub)
+}
+
+// prune forgets the oldest ended requests until one more of size bytes
+// fits within MaxRetained and MaxRetainedBytes; s.mu is held.
+func (s *Supervisor) prune(size int64) {
+	n := len(s.order)
+	over := func() bool { return n >= MaxRetained || s.retained+size > MaxRetainedBytes }
+	if !over() {
 		return
 	}
 	kept := s.order[:0]
-	drop := len(s.order) - MaxRetained + 1
 	var forgotten []string
 	for _, id := range s.order {
-		if drop > 0 {
-			if r := s.requests[id]; r.finished() {
-				delete(s.requests, id)
-				forgotten = append(forgotten, id)
-				drop--
-				continue
-			}
+		if r := s.requests[id]; over() && r.finished() {
+			delete(s.requests, id)
+			s.retained -= retainedSize(r.sub)
+			n--
+			forgotten = append(forgotten, id)
+			continue
 		}
 		kept = append(kept, id)
 	}

@@ -149,7 +149,7 @@ func TestRunDirOpen(t *testing.T) {
 // itself does not survive it.
 func TestFailedStartKillsGroup(t *testing.T) {
 	for name, body := range map[string]string{
-		"a line, then waits":     "echo hello\nsleep 300 &\necho $! > PIDFILE\nwait\n",
+		"a line, then waits":     "sleep 300 &\necho $! > PIDFILE\necho hello\nwait\n",
 		"nothing, then waits":    "sleep 300 &\necho $! > PIDFILE\nwait\n",
 		"garbage and a detached": "sleep 300 >/dev/null 2>&1 </dev/null &\necho $! > PIDFILE\necho '1|1|garbage'\n",
 	} {

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"sort"
 	"time"
 )
 
@@ -12,7 +13,15 @@ type Status struct {
 	Closing  bool          `json:"closing"`
 	Phases   []PhaseStatus `json:"phases"`
 	Policies PolicyList    `json:"policies"`
-	Requests []RequestInfo `json:"requests"`
+	// Requests is one page of the requests the supervisor remembers, in
+	// submission order, without their prompts and events (a request's
+	// own view has them); Next is the cursor of the next page ("" after
+	// the last), Total how many it remembers and Counts how many of
+	// them are in each state.
+	Requests []RequestInfo  `json:"requests"`
+	Next     string         `json:"next,omitempty"`
+	Total    int            `json:"total"`
+	Counts   map[string]int `json:"counts"`
 	// InstanceExits counts instance processes that exited unasked (or
 	// were killed as hung) since this supervisor started; Retried counts
 	// the dispatch attempts that followed.
@@ -42,9 +51,23 @@ type InstanceStatus struct {
 	Error     string `json:"error,omitempty"`     // when the instance did not answer
 }
 
-// Status asks every instance for its rooms and returns the whole picture.
-// Requests are listed without their events.
-func (s *Supervisor) Status(ctx context.Context, pid int) Status {
+// Page selects the requests a Status lists: up to Limit (1 to
+// MaxPageLimit; 0 is DefaultPageLimit) after the request After ("" is
+// from the first).
+type Page struct {
+	Limit int
+	After string
+}
+
+// The bounds of a Page.
+const (
+	DefaultPageLimit = 100
+	MaxPageLimit     = 1000
+)
+
+// Status asks every instance for its rooms and returns the whole picture,
+// with one page of the requests.
+func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 	st := Status{PID: pid, RunDir: s.runDir, Policies: s.Policies(), InstanceExits: s.crashes.Load(), Retried: s.retried.Load()}
 	for _, ph := range s.phases {
 		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name}
@@ -69,14 +92,43 @@ func (s *Supervisor) Status(ctx context.Context, pid int) Status {
 	}
 	s.mu.Lock()
 	st.Closing = s.closing
-	ids := append([]string(nil), s.order...)
+	ids := s.pageLocked(page, &st)
 	s.mu.Unlock()
 	for _, id := range ids {
 		if r, err := s.lookup(id); err == nil {
 			info := r.snapshot()
-			info.Events = nil
+			info.Events, info.Prompt = nil, ""
 			st.Requests = append(st.Requests, info)
 		}
 	}
 	return st
+}
+
+// pageLocked returns the ids of page and fills in st's Next, Total and
+// Counts; s.mu is held.
+func (s *Supervisor) pageLocked(page Page, st *Status) []string {
+	limit := page.Limit
+	if limit <= 0 {
+		limit = DefaultPageLimit
+	}
+	limit = min(limit, MaxPageLimit)
+	st.Total, st.Counts = len(s.order), map[string]int{}
+	for _, id := range s.order {
+		r := s.requests[id]
+		r.mu.Lock()
+		st.Counts[r.info.State]++
+		r.mu.Unlock()
+	}
+	from := 0
+	if page.After != "" {
+		// Ids grow with submission order: the page starts at the first
+		// id after the cursor, whether that request is still known.
+		n := requestNumber(page.After)
+		from = sort.Search(len(s.order), func(i int) bool { return requestNumber(s.order[i]) > n })
+	}
+	to := min(from+limit, len(s.order))
+	if to < len(s.order) {
+		st.Next = s.order[to-1]
+	}
+	return append([]string(nil), s.order[from:to]...)
 }

@@ -94,6 +94,7 @@ type Supervisor struct {
 	mu       sync.Mutex
 	requests map[string]*request
 	order    []string // request ids in submission order
+	retained int64    // their retainedSize, summed
 	closing  bool     // intake stopped
 	started  bool     // Start succeeded
 	inflight sync.WaitGroup

@@ -117,6 +117,8 @@ func result(info supervisor.RequestInfo) Result {
 func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newClientFlags("status", stderr)
 	asJSON := f.Bool("json", false, "print JSON")
+	limit := f.Int("limit", supervisor.DefaultPageLimit, fmt.Sprintf("list at most `N` requests (1 to %d)", supervisor.MaxPageLimit))
+	after := f.String("after", "", "list the requests after request `ID` (the next page)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -139,7 +141,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := noArgs(pos); err != nil {
 		return err
 	}
-	st, err := c.Status(ctx)
+	st, err := c.StatusPage(ctx, supervisor.Page{Limit: *limit, After: *after})
 	if err != nil {
 		return err
 	}
@@ -164,11 +166,8 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	tw.Flush()
 	fmt.Fprintln(stdout)
 	printPolicies(stdout, st.Policies)
-	counts := map[string]int{}
-	for _, r := range st.Requests {
-		counts[r.State]++
-	}
-	fmt.Fprintf(stdout, "\nrequests: %d (queued %d, running %d, done %d, failed %d); instance exits %d, retried attempts %d\n", len(st.Requests),
+	counts := st.Counts
+	fmt.Fprintf(stdout, "\nrequests: %d (queued %d, running %d, done %d, failed %d); instance exits %d, retried attempts %d\n", st.Total,
 		counts[supervisor.StateQueued], counts[supervisor.StateRunning], counts[supervisor.StateDone], counts[supervisor.StateFailed],
 		st.InstanceExits, st.Retried)
 	if len(st.Requests) > 0 {
@@ -182,6 +181,9 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.ID, r.State, res)
 		}
 		tw.Flush()
+	}
+	if st.Next != "" {
+		fmt.Fprintf(stdout, "more: supervisor status --after %s\n", st.Next)
 	}
 	return nil
 }
