@@ -389,6 +389,8 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrReleasing):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrStateFull):
+		return http.StatusInsufficientStorage
 	}
 	return http.StatusInternalServerError
 }

@@ -39,32 +39,36 @@ func (s *Supervisor) process(r *request) {
 		err = r.ctx.Err()
 	}
 	// Rooms were removed on every path, upstream first, before the
-	// request is reported as ended.
+	// request is reported as ended, and its end is journaled before that
+	// too: a request reported done is never run again after a restart.
 	r.mu.Lock()
+	end := r.info
 	now := time.Now()
-	r.info.Finished = &now
+	end.Finished = &now
 	var ie *InstanceError
 	switch {
 	case r.removed:
 		// Removed, even if it finished meanwhile: as journaled at Remove.
-		r.info.State, r.info.Reason = StateFailed, ReasonRemoved
+		end.State, end.Reason = StateFailed, ReasonRemoved
 	case err != nil && s.ctx.Err() != nil:
-		r.info.State, r.info.Reason = StateFailed, ReasonReleased
+		end.State, end.Reason = StateFailed, ReasonReleased
 	case errors.As(err, &ie):
-		r.info.State = StateFailed
-		r.info.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
-			r.info.Attempts, s.cfg.Retries, err)
+		end.State = StateFailed
+		end.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
+			end.Attempts, s.cfg.Retries, err)
 	case err != nil:
-		r.info.State, r.info.Reason = StateFailed, err.Error()
+		end.State, end.Reason = StateFailed, err.Error()
 	default:
-		r.info.State, r.info.Artifact, r.info.SHA256 = StateDone, art.Path, art.SHA256
+		end.State, end.Artifact, end.SHA256 = StateDone, art.Path, art.SHA256
 	}
-	state, reason := r.info.State, r.info.Reason
 	r.mu.Unlock()
-	s.ended(r)
-	r.event(Event{What: state, Detail: reason})
+	s.ended(r, end)
+	r.mu.Lock()
+	r.info.Finished, r.info.State, r.info.Reason, r.info.Artifact, r.info.SHA256 = end.Finished, end.State, end.Reason, end.Artifact, end.SHA256
+	r.mu.Unlock()
+	r.event(Event{What: end.State, Detail: end.Reason})
 	close(r.done)
-	s.logger.Info("request ended", "request", r.id, "state", state, "reason", reason, "took", now.Sub(r.info.Submitted))
+	s.logger.Info("request ended", "request", r.id, "state", end.State, "reason", end.Reason, "took", now.Sub(end.Submitted))
 }
 
 // attempt is one dispatch of a request: the instance processes it was

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -115,11 +116,18 @@ func (j *journal) put(info RequestInfo) error {
 		}
 		return tx.Bucket(bucketRequests).Put([]byte(info.ID), b)
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%w: journal %s: %w", ErrStateFull, j.path, err)
+	case err != nil:
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
 	return nil
 }
+
+// ErrStateFull is wrapped by the journal's errors when its file system is
+// full: free space there (or give another --state-dir).
+var ErrStateFull = errors.New("the state directory is full")
 
 // forget deletes requests the supervisor no longer remembers.
 func (j *journal) forget(ids []string) error {
@@ -244,12 +252,36 @@ func (s *Supervisor) recover(infos []RequestInfo) {
 	}
 }
 
-// ended journals a request's end.
-func (s *Supervisor) ended(r *request) {
+// ended journals a request's end, before it is reported: while the state
+// directory is full (or the journal fails otherwise) it tries again, with
+// a backoff up to endRetryMax, and says so in the request's events, until
+// it succeeds or the supervisor releases (then the request ends
+// unjournaled, and a supervisor started on the same state directory
+// dispatches it again).
+func (s *Supervisor) ended(r *request, end RequestInfo) {
 	if s.journal == nil {
 		return
 	}
-	if err := s.journal.put(r.snapshot()); err != nil {
-		s.logger.Error("journal the end of a request", "request", r.id, "error", err)
+	for delay := endRetryMin; ; delay = min(2*delay, endRetryMax) {
+		err := s.journal.put(end)
+		if err == nil {
+			return
+		}
+		s.logger.Error("journal the end of a request; trying again: it is reported ended once journaled", "request", r.id, "error", err, "in", delay)
+		r.event(Event{What: "journal", Detail: fmt.Sprintf("its end is not journaled yet: %v; trying again in %s", err, delay)})
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			s.logger.Error("a request ends unjournaled: a supervisor started on this state directory will dispatch it again", "request", r.id)
+			return
+		}
 	}
 }
+
+// The backoff of ended.
+const (
+	endRetryMin = 100 * time.Millisecond
+	endRetryMax = 10 * time.Second
+)

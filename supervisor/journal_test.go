@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -227,5 +228,76 @@ func TestRepairJournal(t *testing.T) {
 	infos, last, err := j.load()
 	if err != nil || len(infos) != kept || last < uint64(kept) || last != requestNumber(infos[len(infos)-1].ID) {
 		t.Fatalf("the repaired journal: %d requests, last number %d, %v", len(infos), last, err)
+	}
+}
+
+// TestStateDirFull: on a full file system (a small tmpfs, so root only) a
+// journal write fails with ErrStateFull, which the API answers 507; the
+// end of a request is journaled before it is reported, trying again until
+// there is room.
+func TestStateDirFull(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to mount a small tmpfs")
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	j, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	// Fill the file system.
+	filler := filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = f.Write(make([]byte, 4096))
+	}
+	f.Close()
+	big := RequestInfo{ID: "r000001", State: StateQueued, Prompt: strings.Repeat("p", 64<<10), Steps: 1}
+	err = j.put(big)
+	if !errors.Is(err, ErrStateFull) || statusOf(fmt.Errorf("request not accepted: %w", err)) != 507 {
+		t.Fatalf("put on a full state dir: %v (status %d); want ErrStateFull, 507", err, statusOf(err))
+	}
+
+	s := New(config.Default(), Options{})
+	s.journal = j
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
+	r := &request{id: "r000002", changed: make(chan struct{})}
+	end := RequestInfo{ID: "r000002", State: StateDone, Prompt: strings.Repeat("q", 64<<10), Artifact: "/out/r000002.gif"}
+	journaled := make(chan struct{})
+	go func() {
+		s.ended(r, end)
+		close(journaled)
+	}()
+	// It says why it waits, and waits.
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(fmt.Sprint(r.snapshot().Events), "its end is not journaled yet") {
+		if time.Now().After(deadline) {
+			t.Fatal("no event says the end waits for the journal")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-journaled:
+		t.Fatal("ended returned while the state dir is full")
+	default:
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	<-journaled
+	infos, _, err := j.load()
+	if err != nil || len(infos) != 1 || infos[0].ID != "r000002" || infos[0].State != StateDone {
+		t.Fatalf("journal after the room came back: %+v, %v", infos, err)
 	}
 }

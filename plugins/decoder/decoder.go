@@ -11,6 +11,7 @@ package decoder
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -90,7 +92,7 @@ func (d *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 
 // Run decodes the input latent with model.Decode and writes the GIF
 // atomically to <req.ArtifactDir>/<req.ID>.gif (a temporary file in the
-// same directory, synced, then renamed; mode 0644; the directory is
+// same directory, synced, then renamed; mode 0666 less the umask; the directory is
 // created 0755 if needed). It returns the artifact with its absolute path,
 // SHA-256 and size. req.ID must be 1 to MaxIDLen bytes of [A-Za-z0-9_.-]
 // (else ErrBadID) and req.ArtifactDir must be set (else ErrNoArtifactDir).
@@ -149,7 +151,7 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("artifact directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	f, err := createTemp(dir, "."+name+".tmp-")
 	if err != nil {
 		return "", fmt.Errorf("artifact: %w", err)
 	}
@@ -160,9 +162,6 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 		}
 	}()
 	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -180,6 +179,23 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 		return "", fmt.Errorf("artifact: %w", err)
 	}
 	return path, syncDir(dir)
+}
+
+// createTemp creates a new file prefix+random in dir, with mode 0666 less
+// the process's umask, as cp and every tool that writes files for a user
+// do (os.CreateTemp makes 0600).
+func createTemp(dir, prefix string) (*os.File, error) {
+	for range 100 {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(dir, prefix+hex.EncodeToString(b[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o666)
+		if !errors.Is(err, os.ErrExist) {
+			return f, err
+		}
+	}
+	return nil, fmt.Errorf("no free temporary name in %s", dir)
 }
 
 // syncDir makes a rename in dir durable.

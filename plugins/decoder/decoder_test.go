@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/phased/phased/plugins/decoder"
@@ -211,5 +212,24 @@ func TestRunUnwritableDir(t *testing.T) {
 	_, err := decoder.New().Run(context.Background(), sdk.Request{ID: "r", ArtifactDir: filepath.Join(file, "sub")}, []tensor.Tensor{lt})
 	if err == nil || !strings.HasPrefix(err.Error(), "decoder: artifact directory: ") {
 		t.Fatalf("err = %v, want decoder: artifact directory: ...", err)
+	}
+}
+
+// TestArtifactFollowsUmask: the artifact's mode is 0666 less the umask,
+// as cp makes files: 0640 under umask 027, 0644 under 022.
+func TestArtifactFollowsUmask(t *testing.T) {
+	for umask, want := range map[int]os.FileMode{0o027: 0o640, 0o022: 0o644, 0o077: 0o600} {
+		old := syscall.Umask(umask)
+		art, err := newPhases(t, nil).run(context.Background(), sdk.Request{ID: "u1", Prompt: "p", Seed: 1, Steps: 1, ArtifactDir: t.TempDir()})
+		syscall.Umask(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := art.Path
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != want {
+			t.Errorf("umask %03o: mode %v (%v), want %v", umask, fi.Mode().Perm(), err, want)
+		}
+		assertNoTemp(t, filepath.Dir(path))
 	}
 }
