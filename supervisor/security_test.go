@@ -1,12 +1,15 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,22 +18,55 @@ import (
 	"github.com/phased/phased/supervisor/config"
 )
 
-// otherUID is the second local user of the cross-user tests: a uid no
-// account holds, which root runs commands as (no account is needed to own
-// files and run processes).
-const otherUID = 54321
+// otherUser is the second local user of the cross-user tests, made once
+// (useradd) by the first test that needs it and removed (userdel) when the
+// tests end; with no useradd, an unused uid stands in for it (no account
+// is needed to own files and run processes).
+var otherUser struct {
+	once sync.Once
+	uid  int
+	name string
+}
 
-// asOtherUser runs a shell command as otherUID; the test is skipped when
-// not run as root, which alone can act as another user.
-func asOtherUser(t *testing.T, script string) {
+// otherUID returns the second user's uid; the test is skipped when not
+// run as root, which alone can act as another user.
+func otherUID(t *testing.T) int {
 	t.Helper()
 	if os.Getuid() != 0 {
-		t.Skipf("needs root, to act as a second local user (uid %d)", otherUID)
+		t.Skip("needs root, to act as a second local user")
 	}
+	otherUser.once.Do(func() {
+		otherUser.uid = 54321
+		name := fmt.Sprintf("phasedt%d", os.Getpid()%100000)
+		if out, err := exec.Command("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+			t.Logf("no second account (useradd: %v %s); uid %d stands in for it", err, bytes.TrimSpace(out), otherUser.uid)
+			return
+		}
+		out, err := exec.Command("id", "-u", name).Output()
+		if uid, perr := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && perr == nil {
+			otherUser.uid, otherUser.name = uid, name
+		}
+	})
+	return otherUser.uid
+}
+
+// TestMain removes the second user the tests made.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if otherUser.name != "" {
+		_ = exec.Command("userdel", otherUser.name).Run()
+	}
+	os.Exit(code)
+}
+
+// asOtherUser runs a shell command as the second user.
+func asOtherUser(t *testing.T, script string) {
+	t.Helper()
+	uid := otherUID(t)
 	cmd := exec.Command("/bin/sh", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherUID}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("as uid %d: %s: %v\n%s", otherUID, script, err, out)
+		t.Fatalf("as uid %d: %s: %v\n%s", uid, script, err, out)
 	}
 }
 
@@ -60,8 +96,8 @@ func TestSocketDirOfAnotherUser(t *testing.T) {
 	sock := filepath.Join(dir, "phased.sock")
 	if ln, err := Listen(sock); err == nil {
 		ln.Close()
-		t.Fatalf("Listen in %s, made by uid %d with mode 1777, succeeded", dir, otherUID)
-	} else if !strings.Contains(err.Error(), "belongs to uid 54321, not to this user") {
+		t.Fatalf("Listen in %s, made by uid %d with mode 1777, succeeded", dir, otherUID(t))
+	} else if !strings.Contains(err.Error(), fmt.Sprintf("belongs to uid %d, not to this user", otherUID(t))) {
 		t.Fatalf("Listen in another user's directory: %v", err)
 	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
@@ -102,7 +138,7 @@ func TestRunDirOfAnotherUser(t *testing.T) {
 	cfg := config.Default()
 	cfg.RunDir, cfg.PluginDir = run, t.TempDir()
 	err := New(cfg, Options{}).Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "run_dir: directory "+run+" belongs to uid 54321") {
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("run_dir: directory %s belongs to uid %d", run, otherUID(t))) {
 		t.Fatalf("Start with another user's run_dir: %v", err)
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
