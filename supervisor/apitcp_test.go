@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -426,7 +425,7 @@ func TestTrailingJSON(t *testing.T) {
 // TestRefusedCallsLogOnce: a flood of refused calls writes one log line,
 // which counts them, not one line each.
 func TestRefusedCallsLogOnce(t *testing.T) {
-	var buf syncBuf
+	var buf bytes.Buffer // requireToken logs in the caller's goroutine
 	logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Warn})
 	h := requireToken(testToken, http.NotFoundHandler(), logger)
 	for range 50 {
@@ -435,24 +434,6 @@ func TestRefusedCallsLogOnce(t *testing.T) {
 	if n := strings.Count(buf.String(), "control API calls refused"); n != 1 {
 		t.Fatalf("%d log lines for 50 refused calls, want 1:\n%s", n, buf.String())
 	}
-}
-
-// syncBuf is a bytes.Buffer safe for a logger and a reader.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestStatusQuery: status takes a page's limit and cursor, and refuses

@@ -199,17 +199,25 @@ func (p *process) abort() {
 	if p.cmd.Process != nil {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
+	p.clientKill(killWait)
+}
+
+// clientKill runs go-plugin's Kill (graceful, then SIGKILL to the plugin
+// alone) and waits for it up to d; it returns the channel closed when Kill
+// has returned.
+func (p *process) clientKill(d time.Duration) <-chan struct{} {
 	killed := make(chan struct{})
 	go func() {
 		p.client.Kill()
 		close(killed)
 	}()
-	t := time.NewTimer(killWait)
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-killed:
 	case <-t.C:
 	}
+	return killed
 }
 
 // exited reports whether the process has exited.
@@ -250,17 +258,7 @@ func (p *process) kill() {
 	// A process that exited had its group killed then (watchGroup); its
 	// pid may belong to another process group by now.
 	group := p.pid > 0 && !p.exited()
-	killed := make(chan struct{})
-	go func() {
-		p.client.Kill()
-		close(killed)
-	}()
-	t := time.NewTimer(killWait)
-	defer t.Stop()
-	select {
-	case <-killed:
-	case <-t.C:
-	}
+	killed := p.clientKill(killWait)
 	if group {
 		// ESRCH: the group is gone already.
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)

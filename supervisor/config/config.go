@@ -409,20 +409,11 @@ func (f *file) settings(filename string) (*Config, []error) {
 	if c.ArtifactDir == "" {
 		errs = append(errs, fmt.Errorf("%s: artifact_dir must not be empty", filename))
 	}
-	duration := func(at, what string, v *string, into *time.Duration) {
-		if v != nil {
-			d, err := parseDuration(*v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %s: %w", at, what, err))
-			}
-			*into = d
-		}
-	}
 	if f.Release != nil {
-		duration(where(f.Release.DefRange), "release: grace", f.Release.Grace, &c.Grace)
+		errs = setDuration(errs, where(f.Release.DefRange), "release: grace", f.Release.Grace, &c.Grace)
 	}
-	duration(filename, "policy_timeout", f.PolicyTimeout, &c.PolicyTimeout)
-	duration(filename, "peer_timeout", f.PeerTimeout, &c.PeerTimeout)
+	errs = setDuration(errs, filename, "policy_timeout", f.PolicyTimeout, &c.PolicyTimeout)
+	errs = setDuration(errs, filename, "peer_timeout", f.PeerTimeout, &c.PeerTimeout)
 	if cb := f.Control; cb != nil {
 		c.Control = Control{Listen: deref(cb.Listen, ""), TokenFile: deref(cb.TokenFile, "")}
 		if c.Control.Listen != "" {
@@ -443,19 +434,9 @@ func (rb *restartBlock) apply(rule *Restart, in string) []error {
 	var errs []error
 	at := where(rb.DefRange) + ": " + in + "restart"
 	rule.Max = derefInt(rb.Max, rule.Max)
-	for _, d := range []struct {
-		what string
-		v    *string
-		into *time.Duration
-	}{{"window", rb.Window, &rule.Window}, {"backoff", rb.Backoff, &rule.Backoff}, {"max_backoff", rb.MaxBackoff, &rule.MaxBackoff}} {
-		if d.v != nil {
-			v, err := parseDuration(*d.v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %s: %w", at, d.what, err))
-			}
-			*d.into = v
-		}
-	}
+	errs = setDuration(errs, at, "window", rb.Window, &rule.Window)
+	errs = setDuration(errs, at, "backoff", rb.Backoff, &rule.Backoff)
+	errs = setDuration(errs, at, "max_backoff", rb.MaxBackoff, &rule.MaxBackoff)
 	if rb.Jitter != nil {
 		rule.Jitter = *rb.Jitter
 	}
@@ -497,19 +478,10 @@ func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
 	fail := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: phase %q: "+format, append([]any{at, pb.Name}, args...)...))
 	}
-	for _, d := range []struct {
-		what string
-		v    *string
-		into *time.Duration
-	}{{"ready_timeout", pb.ReadyTimeout, &ph.ReadyTimeout}, {"hang_timeout", pb.HangTimeout, &ph.HangTimeout}, {"start_timeout", pb.StartTimeout, &ph.StartTimeout}} {
-		if d.v != nil {
-			v, err := parseDuration(*d.v)
-			if err != nil {
-				fail("%s: %w", d.what, err)
-			}
-			*d.into = v
-		}
-	}
+	in := fmt.Sprintf("%s: phase %q", at, pb.Name)
+	errs = setDuration(errs, in, "ready_timeout", pb.ReadyTimeout, &ph.ReadyTimeout)
+	errs = setDuration(errs, in, "hang_timeout", pb.HangTimeout, &ph.HangTimeout)
+	errs = setDuration(errs, in, "start_timeout", pb.StartTimeout, &ph.StartTimeout)
 	if pb.Restart != nil {
 		errs = append(errs, pb.Restart.apply(&ph.Restart, fmt.Sprintf("phase %q: ", pb.Name))...)
 	}
@@ -546,6 +518,20 @@ func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
 func validPort(s string) bool {
 	n, err := strconv.Atoi(s)
 	return err == nil && n >= 0 && n <= 65535
+}
+
+// setDuration parses v into *into when v is set, appending to errs an
+// error that names at and what when it is not a positive duration.
+func setDuration(errs []error, at, what string, v *string, into *time.Duration) []error {
+	if v == nil {
+		return errs
+	}
+	d, err := parseDuration(*v)
+	*into = d
+	if err != nil {
+		errs = append(errs, fmt.Errorf("%s: %s: %w", at, what, err))
+	}
+	return errs
 }
 
 func parseDuration(s string) (time.Duration, error) {
