@@ -8,6 +8,7 @@ PLUGINS := $(BIN)/plugins
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOC_VERSION := 3.21.12
 PROTO_OUT ?= sdk/proto
+PY_PROTO_OUT ?= sdk/python/phased/_proto
 CUDA_CACHE ?= .cache/cuda
 DEVICE_DIR ?= .cache/device
 CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLAGS="-L$(abspath $(CUDA_CACHE))/root/usr/lib/x86_64-linux-gnu"
@@ -22,6 +23,13 @@ FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/trans
 # What builds without cgo (no libzmq): the plugin contract and everything a
 # policy plugin links. make check proves it.
 NOCGO := ./sdk ./sdk/tensor ./sdk/plugintest ./sdk/policytest ./policies/...
+# The Python SDK and the Python phases run on Debian's interpreter and
+# packages (no pip): PYTHON must be that interpreter, not a pyenv or venv one.
+PYTHON  ?= /usr/bin/python3
+PY_DEBS := python3-grpcio python3-protobuf python3-zmq python3-numpy python3-xxhash python3-cryptography python3-pytest python3-pyflakes python3-torch python3-pil
+PY_MODS := grpc, google.protobuf, zmq, numpy, xxhash, cryptography, pytest, pyflakes, torch, PIL
+PY_PHASES := $(wildcard examples/toy-python/phased-phase-* examples/t2v-tiny/phased-phase-*)
+PYTEST  := PYTHONPATH=$(CURDIR)/sdk/python $(PYTHON) -m pytest -q -p no:cacheprovider
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
@@ -32,19 +40,22 @@ CHAOS_REQUESTS ?= 200
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-deps: ## install what the build needs (libzmq from Debian) if missing
-	@pkg-config --exists libzmq 2>/dev/null || { \
-	  echo "installing libzmq3-dev (apt-get)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config >/dev/null; }
+deps: ## install what the build needs (libzmq, and Python's packages for the Python SDK, from Debian) if missing
+	@pkg-config --exists libzmq 2>/dev/null && $(PYTHON) -c "import $(PY_MODS)" 2>/dev/null || { \
+	  echo "installing libzmq3-dev and $(PY_DEBS) (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config $(PY_DEBS) >/dev/null; }
 
-build: deps ## build bin/supervisor and the plugins in bin/plugins
+build: deps ## build bin/supervisor and the plugins in bin/plugins (the Python phases of examples/ linked in)
 	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
 	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/...
+	@# The Python phases run from the tree: link them in beside the Go ones.
+	@for f in $(PY_PHASES); do ln -sfn $(CURDIR)/$$f $(PLUGINS)/; done
 
 run: build ## set up, build, and run the demo on the embedded default config
 	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
 
-test: build ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test, the example modules), then fuzz each decoder briefly
+test: build ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test, the example modules), the Python SDK's and models' tests, then fuzz each decoder briefly
+	$(PYTEST) sdk/python/tests examples/toy-python examples/t2v-tiny
 	$(GO) test -race -count=1 -timeout 14m ./...
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	cd examples/phases && $(GO) vet ./... && $(GO) test -race -count=1 ./...
@@ -73,17 +84,24 @@ proto: ## regenerate the protobuf code with the pinned generators
 	  --go_out=$(PROTO_OUT) --go_opt=paths=source_relative \
 	  --go-grpc_out=$(PROTO_OUT) --go-grpc_opt=paths=source_relative \
 	  sdk/proto/phasedv1/*.proto
+	@mkdir -p $(PY_PROTO_OUT)/phasedv1
+	protoc -I sdk/proto --python_out=$(PY_PROTO_OUT) sdk/proto/phasedv1/*.proto
+	@# protoc names the package by its path under -I; the SDK vendors it as phased._proto.
+	sed -i 's/^from phasedv1 import /from phased._proto.phasedv1 import /' $(PY_PROTO_OUT)/phasedv1/*_pb2.py
 
-check: ## gofmt, go vet, the contract and the policies built without cgo, and fail when generated code is stale
+check: deps ## gofmt, go vet, pyflakes, the contract and the policies built without cgo, and fail when generated code is stale
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
+	$(PYTHON) -m pyflakes $$(git ls-files '*.py' | grep -v '/_proto/') $$(git ls-files 'examples/*/phased-phase-*' | xargs -r grep -l '^#!.*python')
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet $(NOCGO)
 	cd examples/policies && CGO_ENABLED=0 $(GO) vet ./...
 	@command -v protoc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	$(MAKE) -s proto PROTO_OUT=$$tmp && \
+	$(MAKE) -s proto PROTO_OUT=$$tmp PY_PROTO_OUT=$$tmp/py && \
 	for f in $$tmp/phasedv1/*.go; do cmp -s $$f sdk/proto/phasedv1/$$(basename $$f) || { echo "generated code is stale: sdk/proto/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
+	for f in $$tmp/py/phasedv1/*.py; do cmp -s $$f $(PY_PROTO_OUT)/phasedv1/$$(basename $$f) || { echo "generated code is stale: $(PY_PROTO_OUT)/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
 	[ $$(ls $$tmp/phasedv1/*.go | wc -l) = $$(ls sdk/proto/phasedv1/*.go | wc -l) ] || { echo "sdk/proto/phasedv1 holds generated files that no .proto produces"; exit 1; }; \
+	[ $$(ls $$tmp/py/phasedv1/*_pb2.py | wc -l) = $$(ls $(PY_PROTO_OUT)/phasedv1/*_pb2.py | wc -l) ] || { echo "$(PY_PROTO_OUT)/phasedv1 holds generated files that no .proto produces"; exit 1; }; \
 	echo "check: ok"
 
 cuda-deps: ## fetch cuda.h and libcuda.so.1 from Debian non-free into .cache/cuda

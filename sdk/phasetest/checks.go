@@ -422,6 +422,9 @@ func (k *kit) checkRelease(t *testing.T, in configuredInstance) {
 		return
 	}
 	in.stop()
+	if in.killed != nil && in.killed() {
+		t.Error("the plugin did not exit within 2 s of the controller's Shutdown and was killed: serve plugin.GRPCController, and on Shutdown stop serving and exit 0 (docs/protocol.md 9.3)")
+	}
 	if err := processGroupGone(in.pid, k.c.Settle); err != nil {
 		t.Error(err)
 	}

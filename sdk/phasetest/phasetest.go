@@ -37,7 +37,8 @@
 //     counted; a Success whose checksum does not match fails the
 //     receiving room and its Run; the instance then still serves;
 //   - Release: no socket file and no shared-memory segment of the instance
-//     is left, and for a binary no process of its process group.
+//     is left, and a binary exits by itself on the controller's Shutdown
+//     (go-plugin does not have to kill it) leaving no process of its group.
 package phasetest
 
 import (
@@ -104,16 +105,17 @@ func RunBinary(t *testing.T, path string, c Case) {
 		if !ok {
 			t.Fatalf("phasetest: %s: dispensed %T, not a phase", path, p.Raw)
 		}
-		return instance{ctl: ctl, pid: p.Pid, stop: p.Stop}
+		return instance{ctl: ctl, pid: p.Pid, stop: p.Stop, killed: p.Killed}
 	})
 }
 
 // instance is one phase instance under test: its client, the pid of its
 // process, and for a binary how to stop it gracefully.
 type instance struct {
-	ctl  sdk.PhaseControl
-	pid  int
-	stop func() // go-plugin's graceful shutdown; nil in memory
+	ctl    sdk.PhaseControl
+	pid    int
+	stop   func()      // go-plugin's graceful shutdown; nil in memory
+	killed func() bool // after stop: whether it had to be killed
 }
 
 func run(t *testing.T, c Case, name string, start func(t *testing.T) instance) {

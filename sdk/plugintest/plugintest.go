@@ -60,6 +60,9 @@ type Process struct {
 	// shutdown, then a kill; it returns once the process has exited and
 	// been reaped. Safe to call twice; it also runs when the test ends.
 	Stop func()
+	// Killed reports, after Stop, whether the plugin had to be killed:
+	// it had not exited 2 s after the controller's Shutdown.
+	Killed func() bool
 }
 
 // Start starts the plugin binary at path as the supervisor starts it
@@ -70,7 +73,7 @@ type Process struct {
 func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 	t.Helper()
 	sockets := RunDir(t)
-	stderr := &lockedBuffer{}
+	stderr, warnings := &lockedBuffer{}, &lockedBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() && stderr.Len() > 0 {
 			t.Logf("%s stderr:\n%s", filepath.Base(path), stderr.String())
@@ -85,8 +88,10 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
-		// Off: go-plugin neither logs nor parses the plugin's stderr.
-		Logger:           hclog.New(&hclog.LoggerOptions{Name: "plugintest", Level: hclog.Off}),
+		// Only go-plugin's own warnings, among them the one that says it
+		// killed a plugin that did not exit after Shutdown; the plugin's
+		// stderr, logged at levels it chooses, goes to stderr above.
+		Logger:           hclog.New(&hclog.LoggerOptions{Name: "plugintest", Level: hclog.Warn, Output: warnings}),
 		Stderr:           stderr,
 		StartTimeout:     30 * time.Second,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: sockets},
@@ -105,12 +110,18 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 	if err != nil {
 		t.Fatalf("plugintest: %s: dispense the %s service: %v", path, kind, err)
 	}
-	p := &Process{Raw: raw, SocketDir: sockets, Stop: client.Kill}
+	p := &Process{Raw: raw, SocketDir: sockets, Stop: client.Kill, Killed: func() bool {
+		return strings.Contains(warnings.String(), killedWarning)
+	}}
 	if rc := client.ReattachConfig(); rc != nil {
 		p.Pid = rc.Pid
 	}
 	return p
 }
+
+// killedWarning is what go-plugin logs when a plugin has not exited 2 s
+// after the controller's Shutdown, before it kills the plugin.
+const killedWarning = "plugin failed to exit gracefully"
 
 // NameOf returns NAME of a plugin binary's file name phased-KIND-NAME,
 // what its Info must answer; "" when the file is not so named.

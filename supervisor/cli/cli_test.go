@@ -40,6 +40,8 @@ func TestMainUsage(t *testing.T) {
 		{[]string{"release", "now"}, 2, "", `unexpected argument "now"`},
 		{[]string{"submit", "--steps", "many"}, 2, "", `invalid value "many" for flag -steps`},
 		{[]string{"run", "--prompt", ""}, 2, "", "prompt must not be empty"},
+		{[]string{"run"}, 2, "", "prompt must not be empty"},
+		{[]string{"run", "--prompt", "a fox", "--prompt", ""}, 2, "", "prompt must not be empty"},
 		{[]string{"run", "--prompt", "x", "--count", "0"}, 2, "", "--count must be at least 1"},
 		{[]string{"start", "--config", "/nonexistent/phased.hcl"}, 1, "", "/nonexistent/phased.hcl: no such file or directory"},
 	}

@@ -104,6 +104,7 @@ type Result struct {
 	SHA256   string  `json:"sha256,omitempty"`
 	Reason   string  `json:"reason,omitempty"`
 	Seconds  float64 `json:"seconds,omitempty"`
+	Prompt   string  `json:"prompt,omitempty"` // set by run only
 }
 
 func result(info supervisor.RequestInfo) Result {

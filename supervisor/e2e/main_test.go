@@ -66,5 +66,8 @@ func run(m *testing.M) (int, error) {
 	if err := os.Symlink(filepath.Join(pluginDir, "phased-policy-faulty"), filepath.Join(pluginDir, "phased-policy-gated")); err != nil {
 		return 0, err
 	}
+	if err := linkPythonPhases(pluginDir); err != nil {
+		return 0, err
+	}
 	return m.Run(), nil
 }

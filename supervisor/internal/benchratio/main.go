@@ -1,8 +1,9 @@
 // Command benchratio reads `go test -bench` output on stdin and prints the
 // figures `make bench` reports: every benchmark in readable units, and the
 // ratio of each measured path to its baselines measured in the same run
-// (sub-benchmarks named copy-SIZE, copy+sum-SIZE, raw-SIZE and d2d-SIZE are the
-// baselines of their siblings NAME-SIZE).
+// (sub-benchmarks named copy-SIZE, copy+sum-SIZE, raw-SIZE, d2d-SIZE and
+// go-SIZE, the Go↔Go hop beside the Python ones, are the baselines of their
+// siblings NAME-SIZE).
 package main
 
 import (
@@ -60,7 +61,7 @@ func human(ns float64) string {
 }
 
 // baselines are the sub-benchmark names that others are compared to.
-var baselines = map[string]bool{"copy": true, "copy+sum": true, "raw": true, "d2d": true}
+var baselines = map[string]bool{"copy": true, "copy+sum": true, "raw": true, "d2d": true, "go": true}
 
 func report(w io.Writer, results []result) {
 	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
@@ -87,7 +88,7 @@ func report(w io.Writer, results []result) {
 		if j < 0 || baselines[sub[:j]] {
 			continue
 		}
-		for _, b := range []string{"copy", "copy+sum", "raw", "d2d"} {
+		for _, b := range []string{"copy", "copy+sum", "raw", "d2d", "go"} {
 			base, ok := byName[group+"/"+b+sub[j:]]
 			if !ok || base.metrics["MB/s"] == 0 {
 				continue

@@ -1,0 +1,190 @@
+package python_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+// BenchmarkPythonHop measures one shm hop (open both sides, send, receive
+// and verify every checksum, remove both sides) with a Python transfer
+// manager on one or both sides, next to the Go↔Go hop of the same size in
+// the same run, the baseline `make bench` divides by:
+//
+//   - go-SIZE: Go sender → Go receiver, in this process;
+//   - py2py-SIZE: Python → Python, two managers in one Python process;
+//   - go2py-SIZE: Go sender here → Python receiver in its own process;
+//   - py2go-SIZE: Python sender → Go receiver here.
+//
+// The Python side (bench/hoppeer.py) is driven one line per hop over a
+// pipe; that round trip (tens of µs) is counted in its hops.
+func BenchmarkPythonHop(b *testing.B) {
+	dir := runDir(b)
+	goSide := goManager(b, dir, "gobench")
+	peer := startPeer(b, dir)
+	room := uint64(0)
+	for _, size := range []int{8 << 20, 64 << 20} {
+		spec := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{int64(size)}}
+		src := pattern(b, spec)
+		suffix := fmt.Sprintf("-%dMiB", size>>20)
+		b.Run("go"+suffix, func(b *testing.B) {
+			rcv := goManager(b, dir, "gorcv")
+			hop := func() {
+				room++
+				ep, err := goSide.OpenSenderWith(room, sdk.BackendShm)
+				check(b, err)
+				check(b, rcv.OpenReceiverWith(room, sdk.BackendShm, ep, []tensor.Spec{spec}))
+				sent := make(chan error, 1)
+				go func() { sent <- goSide.Send(context.Background(), room, []tensor.Tensor{src}) }()
+				_, done, err := rcv.Receive(context.Background(), room)
+				check(b, err)
+				done()
+				check(b, <-sent)
+				check(b, goSide.Remove(room))
+				check(b, rcv.Remove(room))
+			}
+			hop() // warms the pool and the mapping cache, as the Python hops are
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				hop()
+			}
+		})
+		b.Run("py2py"+suffix, func(b *testing.B) {
+			hop := func() {
+				room++
+				peer.expect(b, fmt.Sprintf("py2py %d %d", size, room), "ok")
+			}
+			hop()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				hop()
+			}
+		})
+		b.Run("go2py"+suffix, func(b *testing.B) {
+			hop := func() {
+				room++
+				ep, err := goSide.OpenSenderWith(room, sdk.BackendShm)
+				check(b, err)
+				peer.expect(b, fmt.Sprintf("recv %d %d %s", size, room, ep), "open")
+				check(b, goSide.Send(context.Background(), room, []tensor.Tensor{src}))
+				peer.expect(b, "", "ok")
+				check(b, goSide.Remove(room))
+			}
+			hop()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				hop()
+			}
+		})
+		b.Run("py2go"+suffix, func(b *testing.B) {
+			rcv := goManager(b, dir, "gorcv2")
+			hop := func() {
+				room++
+				ep := strings.TrimPrefix(peer.expect(b, fmt.Sprintf("send %d %d", size, room), "ep "), "ep ")
+				check(b, rcv.OpenReceiverWith(room, sdk.BackendShm, ep, []tensor.Spec{spec}))
+				got, done, err := rcv.Receive(context.Background(), room)
+				check(b, err)
+				if len(got) != 1 || got[0].Data[size-1] != src.Data[size-1] {
+					b.Fatal("py2go: the received bytes differ from the pattern")
+				}
+				done()
+				peer.expect(b, "", "ok")
+				check(b, rcv.Remove(room))
+			}
+			hop()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				hop()
+			}
+		})
+	}
+}
+
+func check(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// pattern is the tensor bench/hoppeer.py sends: byte i is i*7 + i>>9.
+func pattern(b *testing.B, s tensor.Spec) tensor.Tensor {
+	x, err := tensor.New(s)
+	check(b, err)
+	for i := range x.Data {
+		x.Data[i] = byte(i*7 + i>>9)
+	}
+	return x
+}
+
+// runDir is a short directory for room sockets, removed at the end.
+func runDir(b *testing.B) string {
+	dir, err := os.MkdirTemp("/tmp", "pyb-")
+	check(b, err)
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// goManager starts a Go transfer manager named NAME.PID in dir, released
+// at the end.
+func goManager(b *testing.B, dir, name string) *transfer.Manager {
+	m, err := transfer.New(transfer.Config{Dir: dir, Name: transfer.ProcessName(name, os.Getpid())})
+	check(b, err)
+	check(b, m.Start())
+	b.Cleanup(func() { _ = m.Release(context.Background()) })
+	return m
+}
+
+// peer is bench/hoppeer.py, running.
+type peer struct {
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startPeer(b *testing.B, dir string) *peer {
+	_, file, _, _ := runtimeCaller()
+	cmd := exec.Command("/usr/bin/python3", filepath.Join(filepath.Dir(file), "bench", "hoppeer.py"), dir)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	check(b, err)
+	out, err := cmd.StdoutPipe()
+	check(b, err)
+	check(b, cmd.Start())
+	p := &peer{in: in, out: bufio.NewScanner(out)}
+	b.Cleanup(func() {
+		fmt.Fprintln(in, "quit")
+		in.Close()
+		_ = cmd.Wait()
+	})
+	p.expect(b, "", "ready")
+	return p
+}
+
+// expect sends line (if any) and returns the answer, which must start
+// with want.
+func (p *peer) expect(b *testing.B, line, want string) string {
+	b.Helper()
+	if line != "" {
+		if _, err := fmt.Fprintln(p.in, line); err != nil {
+			b.Fatalf("hoppeer: %v", err)
+		}
+	}
+	if !p.out.Scan() {
+		b.Fatalf("hoppeer ended (%v) while %q waited for %q", p.out.Err(), line, want)
+	}
+	got := p.out.Text()
+	if !strings.HasPrefix(got, want) {
+		b.Fatalf("hoppeer answered %q to %q; want %q", got, line, want)
+	}
+	return got
+}

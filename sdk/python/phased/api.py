@@ -1,0 +1,163 @@
+"""What a phase author writes against: Phase, Request, Spec, Artifact,
+Config, Context, write_artifact. Nothing here touches sockets, shared
+memory or protobuf; phased.runtime does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from .tensor import Spec
+
+ARTIFACT_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+class InvalidArgument(ValueError):
+    """A malformed call: answered with gRPC INVALID_ARGUMENT."""
+
+
+class Cancelled(Exception):
+    """The Run was cancelled: its room was removed, the instance released,
+    or the supervisor gave up on the call."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request as a phase sees it."""
+
+    id: str
+    prompt: str = ""
+    seed: int = 0
+    steps: int = 0
+    artifact_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What the last phase of a pipeline produces: a file."""
+
+    path: str
+    sha256: str
+    size: int
+    media_type: str
+
+
+@dataclass
+class Config:
+    """What the supervisor's config says about this instance."""
+
+    instance: str
+    params: Dict[str, str]
+    log: logging.Logger
+
+
+class Context:
+    """Given to load and run: cancellation, progress and the logger."""
+
+    def __init__(self, log: logging.Logger, cancel: Optional[threading.Event] = None,
+                 report: Optional[Callable[[int, int], None]] = None):
+        self.log = log
+        self._cancel = cancel or threading.Event()
+        self._report = report
+
+    def cancelled(self) -> bool:
+        """True once the work should stop: return or raise promptly."""
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise Cancelled if the work should stop."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled")
+
+    def progress(self, done: int, total: int) -> None:
+        """Report done of total units of work (e.g. denoising steps). The
+        supervisor's hang watchdog needs one report per hang_timeout."""
+        if self._report is not None:
+            self._report(int(done), int(total))
+
+
+class Phase:
+    """A phase: subclass it, set name, and implement inputs and run.
+
+    Lifecycle: configure (once), load (in the background; no request
+    arrives before it has returned), then inputs and run, concurrently
+    for many requests, then close at release.
+    """
+
+    #: NAME of the executable phased-phase-NAME; Info reports it.
+    name: str = ""
+    #: the phase's own version, shown by `supervisor plugins`.
+    version: str = "0.0.0"
+    #: how inputs arrive: "numpy" arrays or "torch" tensors, both viewing
+    #: the received bytes without a copy.
+    arrays: str = "numpy"
+
+    def configure(self, config: Config) -> None:
+        """Check and keep the params; raise ValueError to refuse them."""
+
+    def load(self, ctx: Context) -> None:
+        """Load what takes long (model weights). Runs in a thread of its
+        own after configure; the instance is Ready once it returns."""
+
+    def inputs(self, request: Request, params: Dict[str, str]) -> List[Spec]:
+        """The tensors this phase receives for request, in order; none for
+        the first phase of a pipeline."""
+        return []
+
+    def run(self, ctx: Context, request: Request, inputs):
+        """Compute: inputs maps each declared input's name to its tensor.
+        Return a dict of output tensors by name (numpy arrays or CPU torch
+        tensors), or, from the last phase, an Artifact."""
+        raise NotImplementedError(f"phase {self.name or type(self).__name__} does not implement run")
+
+    def close(self) -> None:
+        """Free what the phase holds, at release."""
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for
+    a moment, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def write_artifact(request: Request, data: bytes, ext: str, media_type: str) -> Artifact:
+    """Write data to <artifact_dir>/<id><ext> as the built-in decoder does:
+    a temporary file in the same directory, fsync, rename; mode 0666 less
+    the umask, as cp makes files."""
+    if not ARTIFACT_ID.fullmatch(request.id or ""):
+        raise ValueError(f"request id {request.id!r}: want 1 to 200 bytes of [A-Za-z0-9_.-]")
+    if not request.artifact_dir:
+        raise ValueError(f"request {request.id}: no artifact_dir")
+    if ext and not re.fullmatch(r"\.[A-Za-z0-9]{1,16}", ext):
+        raise ValueError(f"artifact extension {ext!r}: want a dot and 1 to 16 letters or digits")
+    os.makedirs(request.artifact_dir, mode=0o755, exist_ok=True)
+    path = os.path.abspath(os.path.join(request.artifact_dir, request.id + ext))
+    fd, tmp = tempfile.mkstemp(prefix="." + request.id + ".", dir=request.artifact_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return Artifact(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), media_type=media_type)

@@ -1,0 +1,440 @@
+"""The phase runtime: serves phased.v1.Phase around an author's Phase
+(docs/protocol.md section 2). It owns the transfer manager, the thread that
+runs the phase's load, and the hub of the Progress streams, and maps rooms
+to the Run calls that use them, so that removing a room also stops the
+computation waiting on it. The Go twin is sdk/phase/runtime.go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+import traceback
+from typing import Dict, List, Optional
+
+import grpc
+
+from . import progress as prog
+from .api import Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request
+from .tensor import Spec, SpecError, as_array
+from ._proto.phasedv1 import common_pb2, phase_pb2
+
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,48}")
+MAX_SOCKET_PATH = 107
+LONGEST_SOCKET = "/r-18446744073709551615-18446744073709551615.sock"
+BACKENDS = ("shm", "zmq", "cuda")
+RELEASED = "transfer: manager released"
+SENDER, RECEIVER = 1, 2
+
+
+class Released(Exception):
+    pass
+
+
+def request_of(msg) -> Request:
+    return Request(id=msg.id, prompt=msg.prompt, seed=msg.seed, steps=msg.steps, artifact_dir=msg.artifact_dir)
+
+
+def reason(exc: BaseException) -> str:
+    """What an author's exception becomes in the request's failure reason."""
+    text = str(exc)
+    if isinstance(exc, KeyError) and exc.args:
+        text = f"KeyError: {exc.args[0]!r}"
+    return text or type(exc).__name__
+
+
+class Runtime:
+    """The Phase service of one instance; every method may be called from
+    any gRPC thread."""
+
+    def __init__(self, phase: Phase, logger: logging.Logger, manager_factory=None):
+        if not phase.name:
+            raise ValueError(f"{type(phase).__name__}.name is empty: set it to NAME of phased-phase-NAME")
+        if phase.arrays not in ("numpy", "torch"):
+            raise ValueError(f"{type(phase).__name__}.arrays = {phase.arrays!r}: want 'numpy' or 'torch'")
+        self.phase = phase
+        self.log = logger
+        self.hub = prog.Hub()
+        self._manager_factory = manager_factory
+        self._lock = threading.Lock()
+        self._mgr = None
+        self._instance = ""
+        self._params: Dict[str, str] = {}
+        self._released = False
+        self._runs: Dict[int, threading.Event] = {}  # room -> cancel of the Run using it
+        self._active = 0
+        self._idle = threading.Condition(self._lock)
+        self._loaded: Optional[threading.Event] = None
+        self._load_error: Optional[str] = None
+        self._cancel_load = threading.Event()
+
+    # Info, Configure, Ready -------------------------------------------------
+
+    def info(self) -> common_pb2.InfoResponse:
+        return common_pb2.InfoResponse(name=self.phase.name, kind="phase", version=self.phase.version,
+                                       api_versions=[1])
+
+    def configure(self, instance: str, run_dir: str, params: Dict[str, str], zmq_host: str,
+                  peer_timeout_ms: int, device: str) -> None:
+        if not INSTANCE_ID.fullmatch(instance):
+            raise InvalidArgument(f"instance id {instance!r} must match ^[A-Za-z0-9_.-]{{1,48}}$")
+        with self._lock:
+            if self._mgr is not None:
+                raise InvalidArgument(f"instance {self._instance} is already configured")
+            if self._released:
+                raise Released(RELEASED)
+            if device not in ("", "cpu"):
+                if device == "cuda":
+                    raise InvalidArgument('device "cuda": the Python SDK holds its buffers in host memory only; '
+                                          'give this phase device = "cpu"')
+                raise InvalidArgument(f'device {device!r}: want "cpu" or "cuda"')
+            if peer_timeout_ms < 0:
+                raise InvalidArgument(f"peer_timeout_ms {peer_timeout_ms} is negative")
+            if len(run_dir) + len(LONGEST_SOCKET) > MAX_SOCKET_PATH:
+                raise InvalidArgument(f"run dir {run_dir!r} is too long for socket paths "
+                                      f"(at most {MAX_SOCKET_PATH - len(LONGEST_SOCKET)} bytes)")
+            log = self.log.getChild(instance)
+            mgr = self._new_manager(f"{instance}.{os.getpid()}", run_dir, zmq_host or "127.0.0.1",
+                                    (peer_timeout_ms or 10000) / 1000.0, log.getChild("transfer"))
+            mgr.start()
+            try:
+                self.phase.configure(Config(instance=instance, params=dict(params), log=log))
+            except BaseException:
+                mgr.close()
+                raise
+            self._mgr, self._instance, self._params = mgr, instance, dict(params)
+            self._loaded = threading.Event()
+            log.info("configured", extra={"run_dir": run_dir})
+            if type(self.phase).load is Phase.load:
+                self._loaded.set()
+                return
+            threading.Thread(target=self._load, args=(log,), name="phased-load", daemon=True).start()
+
+    def _new_manager(self, name, run_dir, zmq_host, peer_timeout, logger):
+        if self._manager_factory is not None:
+            return self._manager_factory(name=name, run_dir=run_dir, zmq_host=zmq_host,
+                                         peer_timeout=peer_timeout, logger=logger)
+        from .transfer import Manager
+        return Manager(name=name, run_dir=run_dir, zmq_host=zmq_host, peer_timeout=peer_timeout, logger=logger)
+
+    def _load(self, log: logging.Logger) -> None:
+        start = time.monotonic()
+        try:
+            self.phase.load(Context(log, self._cancel_load))
+            log.info("loaded", extra={"took": f"{time.monotonic() - start:.3f}s"})
+        except BaseException as e:  # noqa: BLE001 - a failed load fails Ready, not the process
+            log.error("load failed", extra={"error": reason(e), "traceback": traceback.format_exc()})
+            self._load_error = reason(e)
+        finally:
+            self._loaded.set()
+
+    def ready(self, alive) -> None:
+        with self._lock:
+            loaded, released = self._loaded, self._released
+        if loaded is None:
+            if released:
+                raise Released(RELEASED)
+            raise InvalidArgument("instance is not configured")
+        while not loaded.wait(0.2):
+            if not alive():
+                raise Cancelled("the call ended while the phase was loading")
+        with self._lock:
+            if self._released:
+                raise Released(RELEASED)
+        if self._load_error is not None:
+            raise RuntimeError(f"loading: {self._load_error}")
+
+    def _ready_locked(self):
+        if self._released:
+            raise Released(RELEASED)
+        if self._mgr is None:
+            raise InvalidArgument("instance is not configured")
+        if not self._loaded.is_set():
+            raise RuntimeError(f"instance {self._instance} is still loading; call Ready first")
+        if self._load_error is not None:
+            raise RuntimeError(f"instance {self._instance} failed to load: {self._load_error}")
+        return self._mgr
+
+    # Rooms ------------------------------------------------------------------
+
+    def open_room(self, room: int, role: int, request: Request, peer_endpoint: str, backend: str) -> str:
+        with self._lock:
+            mgr = self._ready_locked()
+            params = self._params
+        if room == 0:
+            raise InvalidArgument("room id 0 is reserved")
+        backend = backend or "shm"
+        if backend not in BACKENDS:
+            raise InvalidArgument(f'room {room}: unknown transfer backend "{backend}" (known: shm, zmq, cuda)')
+        if role == SENDER:
+            return mgr.open_sender(room, backend)
+        if role == RECEIVER:
+            try:
+                specs = self._specs(request, params)
+            except Exception as e:  # noqa: BLE001 - the author's error is the reason
+                raise RuntimeError(f"room {room}: inputs of request {request.id}: {reason(e)}") from e
+            mgr.open_receiver(room, backend, specs, peer_endpoint)
+            return ""
+        raise InvalidArgument(f"room {room}: unknown role {role}")
+
+    def _specs(self, request: Request, params) -> List[Spec]:
+        specs = list(self.phase.inputs(request, params) or [])
+        for s in specs:
+            if not isinstance(s, Spec):
+                raise TypeError(f"inputs returned {s!r}, not a phased.Spec")
+            s.check()
+        return specs
+
+    def remove_room(self, room: int) -> None:
+        with self._lock:
+            if self._mgr is None:
+                raise InvalidArgument("instance is not configured")
+            mgr, cancel = self._mgr, self._runs.get(room)
+        if cancel is not None:
+            cancel.set()
+        mgr.remove(room)
+
+    def status(self):
+        with self._lock:
+            if self._mgr is None:
+                raise InvalidArgument("instance is not configured")
+            mgr = self._mgr
+        states, dropped = mgr.status()
+        return states, dropped, self.hub.dropped
+
+    # Run --------------------------------------------------------------------
+
+    def run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event) -> Optional[Artifact]:
+        rooms = [r for r in (in_room, out_room) if r]
+        with self._lock:
+            mgr = self._ready_locked()
+            for r in rooms:
+                self._runs[r] = cancel
+            self._active += 1
+        rep = prog.Reporter(self.hub, request.id, in_room, out_room)
+        rep.publish(prog.WAITING)
+        try:
+            return self._run(mgr, rep, request, in_room, out_room, cancel)
+        finally:
+            rep.publish(prog.FINISHED)
+            with self._lock:
+                for r in rooms:
+                    if self._runs.get(r) is cancel:
+                        del self._runs[r]
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _run(self, mgr, rep, request, in_room, out_room, cancel) -> Optional[Artifact]:
+        inputs: Dict[str, object] = {}
+        if in_room:
+            specs = self._specs(request, self._params)
+            try:
+                arrays = mgr.receive(in_room, cancel)
+            except Exception as e:  # noqa: BLE001
+                raise RuntimeError(f"receive room {in_room}: {reason(e)}") from e
+            inputs = {s.name: a for s, a in zip(specs, arrays)}
+            if self.phase.arrays == "torch":
+                import torch
+                inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        log = self.log.getChild(self._instance) if self._instance else self.log
+        ctx = Context(log, cancel, rep.report)
+        rep.start_computing()
+        ok = False
+        try:
+            out = self.phase.run(ctx, request, inputs)
+            ok = True
+        except Cancelled:
+            raise
+        except Exception as e:  # noqa: BLE001 - the author's error fails this request only
+            log.error("run failed", extra={"request": request.id, "error": reason(e),
+                                           "traceback": traceback.format_exc()})
+            raise RuntimeError(reason(e)) from None
+        finally:
+            rep.stop_computing(ok)
+            del inputs
+        if not out_room:
+            if not isinstance(out, Artifact):
+                raise RuntimeError("the last phase of the pipeline returned no artifact")
+            return out
+        if isinstance(out, Artifact):
+            raise RuntimeError(f"send room {out_room}: the phase returned an artifact, but a next phase "
+                               "waits for tensors")
+        outputs = self._outputs(out)
+        rep.publish(prog.SENDING)
+        try:
+            mgr.send(out_room, outputs, cancel)
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError(f"send room {out_room}: {reason(e)}") from e
+        return None
+
+    @staticmethod
+    def _outputs(out) -> Dict[str, object]:
+        if out is None:
+            return {}
+        if not isinstance(out, dict):
+            raise RuntimeError(f"the phase returned {type(out).__name__}; want a dict of tensors by name")
+        try:
+            return {str(k): as_array(v) for k, v in out.items()}
+        except (TypeError, ValueError, SpecError) as e:
+            raise RuntimeError(f"the phase's outputs: {e}") from e
+
+    # Release ----------------------------------------------------------------
+
+    def release(self, deadline: float) -> List[str]:
+        """Cancel every Run and the load, wait for them until deadline
+        (time.monotonic()), end the streams, close the manager and the
+        phase. Returns the errors met on the way."""
+        with self._lock:
+            if self._released:
+                return []
+            self._released = True
+            mgr, loaded = self._mgr, self._loaded
+            for cancel in self._runs.values():
+                cancel.set()
+            self._cancel_load.set()
+            errors = []
+            while self._active and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, min(0.2, deadline - time.monotonic())))
+            if self._active:
+                errors.append("release: Run calls still in progress: context deadline exceeded")
+        if loaded is not None and not loaded.wait(max(0.0, deadline - time.monotonic())):
+            errors.append("release: the phase's Load has not returned: context deadline exceeded")
+        self.hub.close()
+        if mgr is not None:
+            try:
+                mgr.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(reason(e))
+        try:
+            self.phase.close()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"close: {reason(e)}")
+        return errors
+
+
+# The gRPC service -------------------------------------------------------------
+
+def _code(exc: BaseException):
+    if isinstance(exc, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.UNKNOWN
+
+
+class Service:
+    """phased.v1.Phase over a Runtime: protobuf in, protobuf out, errors as
+    the status codes of docs/protocol.md 2.3."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def _call(self, context, fn):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - every error becomes a status
+            if not isinstance(e, (InvalidArgument, Released, Cancelled, RuntimeError)):
+                self.rt.log.debug("call failed", extra={"error": reason(e)})
+            context.abort(_code(e), reason(e))
+
+    def Info(self, request, context):
+        return self.rt.info()
+
+    def Configure(self, request, context):
+        def do():
+            self.rt.configure(request.instance, request.run_dir, dict(request.params), request.zmq_host,
+                              request.peer_timeout_ms, request.device)
+            return phase_pb2.ConfigureResponse()
+        return self._call(context, do)
+
+    def Ready(self, request, context):
+        def do():
+            self.rt.ready(context.is_active)
+            return phase_pb2.ReadyResponse()
+        return self._call(context, do)
+
+    def OpenRoom(self, request, context):
+        def do():
+            ep = self.rt.open_room(request.room, request.role, request_of(request.request),
+                                   request.peer_endpoint, request.backend)
+            return phase_pb2.OpenRoomResponse(endpoint=ep)
+        return self._call(context, do)
+
+    def Run(self, request, context):
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+
+        def do():
+            in_room = request.in_room if request.HasField("in_room") else 0
+            out_room = request.out_room if request.HasField("out_room") else 0
+            art = self.rt.run(request_of(request.request), in_room, out_room, cancel)
+            if art is None:
+                return phase_pb2.RunResponse()
+            return phase_pb2.RunResponse(artifact=phase_pb2.Artifact(
+                path=art.path, sha256=art.sha256, size=art.size, media_type=art.media_type))
+        return self._call(context, do)
+
+    def RemoveRoom(self, request, context):
+        def do():
+            self.rt.remove_room(request.room)
+            return phase_pb2.RemoveRoomResponse()
+        return self._call(context, do)
+
+    def Status(self, request, context):
+        def do():
+            states, dropped, dropped_progress = self.rt.status()
+            return phase_pb2.StatusResponse(
+                rooms=[phase_pb2.RoomState(room=s.room, role=s.role, status=s.status, reason=s.reason)
+                       for s in states],
+                dropped_frames=dropped, dropped_progress=dropped_progress)
+        return self._call(context, do)
+
+    def Release(self, request, context):
+        def do():
+            remaining = context.time_remaining()
+            budget = 10.0 if remaining is None else max(0.0, remaining - 0.2)
+            errors = self.rt.release(time.monotonic() + budget)
+            if errors:
+                raise RuntimeError("\n".join(errors))
+            return phase_pb2.ReleaseResponse()
+        return self._call(context, do)
+
+    def Progress(self, request, context):
+        try:
+            stream = self.rt.hub.subscribe()
+        except prog.Released as e:
+            context.abort(grpc.StatusCode.UNKNOWN, str(e))
+        try:
+            while True:
+                ev = stream.next(context.is_active)
+                if ev is None:
+                    return
+                yield phase_pb2.ProgressEvent(request=ev.request, stage=ev.stage, done=ev.done, total=ev.total,
+                                              in_room=ev.in_room, out_room=ev.out_room)
+        finally:
+            stream.close()
+
+
+def handler(service: Service):
+    """The generic gRPC handler of phased.v1.Phase."""
+    P = phase_pb2
+    C = common_pb2
+
+    def unary(fn, req, resp):
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
+                                                   response_serializer=resp.SerializeToString)
+
+    return grpc.method_handlers_generic_handler("phased.v1.Phase", {
+        "Info": unary(service.Info, C.InfoRequest, C.InfoResponse),
+        "Configure": unary(service.Configure, P.ConfigureRequest, P.ConfigureResponse),
+        "Ready": unary(service.Ready, P.ReadyRequest, P.ReadyResponse),
+        "OpenRoom": unary(service.OpenRoom, P.OpenRoomRequest, P.OpenRoomResponse),
+        "Run": unary(service.Run, P.RunRequest, P.RunResponse),
+        "RemoveRoom": unary(service.RemoveRoom, P.RemoveRoomRequest, P.RemoveRoomResponse),
+        "Status": unary(service.Status, P.StatusRequest, P.StatusResponse),
+        "Release": unary(service.Release, P.ReleaseRequest, P.ReleaseResponse),
+        "Progress": grpc.unary_stream_rpc_method_handler(
+            service.Progress, request_deserializer=P.ProgressRequest.FromString,
+            response_serializer=P.ProgressEvent.SerializeToString),
+    })

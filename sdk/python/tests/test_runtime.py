@@ -1,0 +1,472 @@
+"""The phase runtime, the progress hub, logs, artifacts and the plugin
+process's handshake. The transfer manager is replaced by a recording fake
+here (its own tests are test_transfer_*.py); the Go conformance kit
+(sdk/python/conformance_test.go) runs the real thing end to end."""
+
+import base64
+import io
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from cryptography import x509
+
+import phased
+from phased import log as plog
+from phased import plugin, progress
+from phased.runtime import Runtime, Service, reason
+from phased._proto.phasedv1 import phase_pb2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SDK = os.path.dirname(HERE)
+
+
+class FakeManager:
+    """Records what the runtime asks of a transfer manager."""
+
+    def __init__(self, **kw):
+        self.kw = kw
+        self.calls = []
+        self.received = {}
+        self.sent = {}
+        self.closed = False
+        self.block = threading.Event()
+
+    def start(self):
+        self.calls.append("start")
+
+    def open_sender(self, room, backend):
+        self.calls.append(("sender", room, backend))
+        return f"ipc:///run/s-{room}.sock"
+
+    def open_receiver(self, room, backend, specs, peer):
+        self.calls.append(("receiver", room, backend, [str(s) for s in specs], peer))
+
+    def receive(self, room, cancel):
+        if room in self.received:
+            return self.received[room]
+        while not cancel.wait(0.01):
+            pass
+        raise RuntimeError(f"room {room} was removed")
+
+    def send(self, room, outputs, cancel):
+        self.sent[room] = outputs
+
+    def remove(self, room):
+        self.calls.append(("remove", room))
+
+    def status(self):
+        return [], 7
+
+    def close(self):
+        self.closed = True
+
+
+class Scale(phased.Phase):
+    name = "scale"
+    version = "1.2.3"
+
+    def __init__(self, loading=None, fail=None):
+        self.loading = loading
+        self.fail = fail
+        self.closed = False
+        self.params = None
+
+    def configure(self, config):
+        if "bad" in config.params:
+            raise ValueError(f'scale: params: bad = "{config.params["bad"]}": not a param')
+        self.params = config.params
+
+    def inputs(self, request, params):
+        return [phased.Spec("x", "float32", [2, 3])]
+
+    def run(self, ctx, request, inputs):
+        if self.fail:
+            raise self.fail
+        for i in range(3):
+            ctx.progress(i + 1, 3)
+        if request.artifact_dir:
+            return phased.write_artifact(request, inputs["x"].tobytes(), ".bin", "application/octet-stream")
+        return {"x": inputs["x"] * 2}
+
+    def close(self):
+        self.closed = True
+
+
+class Loading(Scale):
+    def load(self, ctx):
+        while not self.loading.wait(0.01):
+            if ctx.cancelled():
+                return
+        if self.fail:
+            raise self.fail
+
+
+def runtime(phase, tmp_path):
+    managers = []
+
+    def factory(**kw):
+        managers.append(FakeManager(**kw))
+        return managers[-1]
+
+    rt = Runtime(phase, logging.getLogger("test"), manager_factory=factory)
+    return rt, managers
+
+
+def configure(rt, tmp_path, instance="scale-0", **kw):
+    rt.configure(instance, str(tmp_path), kw.get("params", {}), kw.get("zmq_host", ""),
+                 kw.get("peer_timeout_ms", 0), kw.get("device", ""))
+
+
+def test_configure_checks(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    with pytest.raises(phased.InvalidArgument, match="instance id 'a/b' must match"):
+        configure(rt, tmp_path, instance="a/b")
+    with pytest.raises(phased.InvalidArgument, match='device "cuda": the Python SDK holds'):
+        configure(rt, tmp_path, device="cuda")
+    with pytest.raises(phased.InvalidArgument, match="device 'tpu'"):
+        configure(rt, tmp_path, device="tpu")
+    with pytest.raises(phased.InvalidArgument, match="peer_timeout_ms -1 is negative"):
+        configure(rt, tmp_path, peer_timeout_ms=-1)
+    with pytest.raises(phased.InvalidArgument, match="too long for socket paths"):
+        rt.configure("scale-0", "/" + "d" * 60, {}, "", 0, "")
+    assert managers == []
+    with pytest.raises(ValueError, match='scale: params: bad = "1": not a param'):
+        configure(rt, tmp_path, params={"bad": "1"})
+    assert managers[-1].closed, "a refused Configure must stop the manager it started"
+    configure(rt, tmp_path, params={"k": "v"}, zmq_host="10.0.0.1", peer_timeout_ms=2500)
+    m = managers[-1]
+    assert m.kw["name"] == f"scale-0.{os.getpid()}"
+    assert m.kw["zmq_host"] == "10.0.0.1" and m.kw["peer_timeout"] == 2.5
+    with pytest.raises(phased.InvalidArgument, match="instance scale-0 is already configured"):
+        configure(rt, tmp_path)
+    assert rt.info().name == "scale" and list(rt.info().api_versions) == [1]
+
+
+def test_defaults(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    configure(rt, tmp_path)
+    assert managers[0].kw["zmq_host"] == "127.0.0.1" and managers[0].kw["peer_timeout"] == 10.0
+
+
+def test_ready_and_loading(tmp_path):
+    gate = threading.Event()
+    rt, _ = runtime(Loading(loading=gate), tmp_path)
+    with pytest.raises(phased.InvalidArgument, match="not configured"):
+        rt.ready(lambda: True)
+    configure(rt, tmp_path)
+    with pytest.raises(RuntimeError, match="instance scale-0 is still loading; call Ready first"):
+        rt.open_room(1, 1, phased.Request("r"), "", "")
+    gate.set()
+    rt.ready(lambda: True)
+    assert rt.open_room(1, 1, phased.Request("r"), "", "") == "ipc:///run/s-1.sock"
+
+
+def test_load_failure(tmp_path):
+    gate = threading.Event()
+    gate.set()
+    rt, _ = runtime(Loading(loading=gate, fail=OSError("no weights at /w.pt")), tmp_path)
+    configure(rt, tmp_path)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=r"^loading: no weights at /w.pt$"):
+            rt.ready(lambda: True)
+    with pytest.raises(RuntimeError, match="failed to load: no weights"):
+        rt.run(phased.Request("r"), 0, 1, threading.Event())
+
+
+def test_release_cancels_loading(tmp_path):
+    rt, managers = runtime(Loading(loading=threading.Event()), tmp_path)
+    configure(rt, tmp_path)
+    assert rt.release(time.monotonic() + 5) == []
+    assert managers[0].closed and rt.phase.closed
+    with pytest.raises(Exception, match="transfer: manager released"):
+        rt.ready(lambda: True)
+
+
+def test_open_room_errors(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    configure(rt, tmp_path)
+    with pytest.raises(phased.InvalidArgument, match="room id 0 is reserved"):
+        rt.open_room(0, 1, phased.Request("r"), "", "")
+    with pytest.raises(phased.InvalidArgument, match='room 3: unknown transfer backend "tcp"'):
+        rt.open_room(3, 1, phased.Request("r"), "", "tcp")
+    with pytest.raises(phased.InvalidArgument, match="room 3: unknown role 7"):
+        rt.open_room(3, 7, phased.Request("r"), "", "")
+    rt.open_room(4, 2, phased.Request("r"), "ipc:///x", "")
+    assert managers[0].calls[-1] == ("receiver", 4, "shm", ["x float32 [2, 3]"], "ipc:///x")
+
+    class BadInputs(Scale):
+        def inputs(self, request, params):
+            raise KeyError("latent")
+
+    rt2, _ = runtime(BadInputs(), tmp_path)
+    configure(rt2, tmp_path)
+    with pytest.raises(RuntimeError, match=r"room 5: inputs of request r9: KeyError: 'latent'"):
+        rt2.open_room(5, 2, phased.Request("r9"), "ipc:///x", "")
+
+
+def events(hub):
+    s = hub.subscribe()
+    out = []
+    while True:
+        ev = s.next(lambda: True, poll=0.01)
+        if ev is None:
+            return out
+        out.append((ev.stage, ev.done, ev.total, ev.in_room, ev.out_room))
+
+
+def test_run_middle_phase(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    configure(rt, tmp_path)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    managers[0].received[5] = [x]
+    stream = rt.hub.subscribe()
+    assert rt.run(phased.Request("r1"), 5, 6, threading.Event()) is None
+    np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
+    rt.hub.close()
+    got = []
+    while (ev := stream.next(lambda: True, poll=0.01)) is not None:
+        got.append((ev.request, ev.stage, ev.done, ev.total, ev.in_room, ev.out_room))
+    W, C, S, F = progress.WAITING, progress.COMPUTING, progress.SENDING, progress.FINISHED
+    assert got == [("r1", W, 0, 0, 5, 6), ("r1", C, 0, 1, 5, 6), ("r1", C, 1, 3, 5, 6), ("r1", C, 2, 3, 5, 6),
+                   ("r1", C, 3, 3, 5, 6), ("r1", S, 0, 0, 5, 6), ("r1", F, 0, 0, 5, 6)]
+
+
+def test_run_last_phase_artifact(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    configure(rt, tmp_path)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    managers[0].received[5] = [x]
+    art = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
+    with open(art.path, "rb") as f:
+        assert f.read() == x.tobytes()
+    assert art.size == 24 and art.path == str(tmp_path / "out" / "r2.bin")
+
+
+def test_run_errors(tmp_path):
+    rt, managers = runtime(Scale(fail=ValueError("the prompt is empty")), tmp_path)
+    configure(rt, tmp_path)
+    managers[0].received[5] = [np.zeros((2, 3), np.float32)]
+    with pytest.raises(RuntimeError, match=r"^the prompt is empty$"):
+        rt.run(phased.Request("r"), 5, 6, threading.Event())
+    rt2, managers2 = runtime(Scale(), tmp_path)
+    configure(rt2, tmp_path)
+    managers2[0].received[5] = [np.zeros((2, 3), np.float32)]
+    with pytest.raises(RuntimeError, match="the last phase of the pipeline returned no artifact"):
+        rt2.run(phased.Request("r"), 5, 0, threading.Event())
+    # A receive that fails names its room; the Run still ends FINISHED.
+    stream = rt2.hub.subscribe()
+    cancel = threading.Event()
+    threading.Timer(0.05, rt2.remove_room, args=(8,)).start()
+    with pytest.raises(RuntimeError, match=r"^receive room 8: room 8 was removed$"):
+        rt2.run(phased.Request("r3"), 8, 9, cancel)
+    assert ("remove", 8) in managers2[0].calls
+    stages = [stream.next(lambda: True, 0.01).stage for _ in range(2)]
+    assert stages == [progress.WAITING, progress.FINISHED]
+
+
+def test_release_cancels_runs(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    configure(rt, tmp_path)
+    errors = []
+
+    def waiting():
+        try:
+            rt.run(phased.Request("r"), 11, 12, threading.Event())
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    th = threading.Thread(target=waiting)
+    th.start()
+    time.sleep(0.1)
+    assert rt.release(time.monotonic() + 5) == []
+    th.join(5)
+    assert errors == ["receive room 11: room 11 was removed"]
+    assert managers[0].closed and rt.phase.closed
+    with pytest.raises(Exception, match="transfer: manager released"):
+        rt.run(phased.Request("r"), 0, 1, threading.Event())
+    with pytest.raises(progress.Released):
+        rt.hub.subscribe()
+    assert rt.release(time.monotonic() + 1) == []  # idempotent
+
+
+def test_progress_hub_drops_oldest():
+    hub = progress.Hub()
+    s = hub.subscribe()
+    rep = progress.Reporter(hub, "r", 1, 2)
+    rep.start_computing()
+    for i in range(100):
+        rep.report(i, 100)
+    assert s.dropped == 101 - progress.BUFFER and hub.dropped == s.dropped
+    first = s.next(lambda: True)
+    assert (first.stage, first.done) == (progress.COMPUTING, 100 - progress.BUFFER)
+    # A stream opened now starts with the latest event of each Run in
+    # progress, oldest Run first.
+    other = progress.Reporter(hub, "q", 0, 3)
+    other.publish(progress.WAITING)
+    late = hub.subscribe()
+    assert [late.next(lambda: True).request for _ in range(2)] == ["r", "q"]
+    rep.publish(progress.FINISHED)
+    hub.close()
+    assert late.next(lambda: True).stage == progress.FINISHED
+    assert late.next(lambda: True) is None
+
+
+def test_reports_outside_compute_are_ignored():
+    hub = progress.Hub()
+    s = hub.subscribe()
+    rep = progress.Reporter(hub, "r", 0, 0)
+    rep.report(1, 2)
+    rep.start_computing()
+    rep.stop_computing(True)
+    hub.close()
+    got = []
+    while (ev := s.next(lambda: True)) is not None:
+        got.append((ev.stage, ev.done, ev.total))
+    assert got == [(progress.COMPUTING, 0, 1), (progress.COMPUTING, 1, 1)]
+
+
+def test_json_logs():
+    buf = io.StringIO()
+    logger = plog.plugin_logger("t-json", stream=buf, environ={"PHASED_LOG_LEVEL": "warn"})
+    logger.info("not shown")
+    logger.getChild("transformer-0").warning("slow step", extra={"step": 3, "path": "/x"})
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["@level"] == "warn" and rec["@message"] == "slow step"
+    assert rec["@module"] == "t-json.transformer-0" and rec["step"] == 3 and rec["path"] == "/x"
+    # six fractional digits and an offset, as go-plugin hosts read it
+    assert len(rec["@timestamp"]) == len("2026-11-30T12:00:00.123456+00:00")
+    assert plog.level_from_env({"PHASED_LOG_LEVEL": "bogus"}) == logging.INFO
+    assert plog.level_from_env({"PHASED_LOG_LEVEL": "TRACE"}) == plog.TRACE
+
+
+def test_write_artifact(tmp_path):
+    old = os.umask(0o077)
+    try:
+        art = phased.write_artifact(phased.Request("a.b-c_1", artifact_dir=str(tmp_path / "o")), b"GIF89a;",
+                                    ".gif", "image/gif")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(art.path).st_mode) == 0o600  # 0666 less the umask
+    import hashlib
+    assert art.sha256 == hashlib.sha256(b"GIF89a;").hexdigest() and art.size == 7
+    assert os.listdir(tmp_path / "o") == ["a.b-c_1.gif"]
+    for bad in ("", "../x", "a/b", "x" * 201):
+        with pytest.raises(ValueError, match="want 1 to 200 bytes"):
+            phased.write_artifact(phased.Request(bad, artifact_dir=str(tmp_path)), b"", ".gif", "image/gif")
+    with pytest.raises(ValueError, match="no artifact_dir"):
+        phased.write_artifact(phased.Request("r"), b"", ".gif", "image/gif")
+    with pytest.raises(ValueError, match="artifact extension '/../x'"):
+        phased.write_artifact(phased.Request("r", artifact_dir=str(tmp_path)), b"", "/../x", "x")
+
+
+def test_reason_texts():
+    assert reason(ValueError("bad")) == "bad"
+    assert reason(KeyError("x")) == "KeyError: 'x'"
+    assert reason(RuntimeError()) == "RuntimeError"
+
+
+def test_run_local(tmp_path):
+    class First(phased.Phase):
+        name = "first"
+
+        def run(self, ctx, request, inputs):
+            return {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "unused": np.zeros(1, np.uint8)}
+
+    class Double(Scale):
+        def run(self, ctx, request, inputs):
+            ctx.progress(1, 1)
+            return {"x": inputs["x"] * 2}
+
+    reports = []
+    phases = [First(), Double(), Scale()]
+    phased.local.configure_local(phases)
+    art = phased.run_local(phases, phased.Request("r", artifact_dir=str(tmp_path)),
+                           progress=lambda *a: reports.append(a))
+    with open(art.path, "rb") as f:
+        assert np.frombuffer(f.read(), np.float32).tolist() == [0, 2, 4, 6, 8, 10]
+    assert reports == [("scale", 1, 1), ("scale", 1, 3), ("scale", 2, 3), ("scale", 3, 3)]
+    with pytest.raises(RuntimeError, match="returned no artifact"):
+        phased.run_local(phases[:2], phased.Request("r"))
+
+    class Wrong(First):
+        def run(self, ctx, request, inputs):
+            return {"x": np.zeros((3, 2), np.float32)}
+
+    with pytest.raises(RuntimeError, match=r"phase scale: tensor 'x' is float32 \[3, 2\]; want x float32 \[2, 3\]"):
+        phased.run_local([Wrong(), Scale()], phased.Request("r"))
+
+
+def test_handshake_refusals():
+    env = dict(os.environ)
+    env.pop(plugin.MAGIC_COOKIE_KEY, None)
+    code = "import phased\nclass P(phased.Phase):\n    name='p'\nphased.serve(P())\n"
+    r = subprocess.run([sys.executable, "-c", code], cwd=SDK, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "This binary is a phased plugin" in r.stderr and r.stdout == ""
+    env[plugin.MAGIC_COOKIE_KEY] = plugin.MAGIC_COOKIE_VALUE
+    env["PLUGIN_PROTOCOL_VERSIONS"] = "2,3"
+    r = subprocess.run([sys.executable, "-c", code], cwd=SDK, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "offered protocol versions ['2', '3']" in r.stderr and r.stdout == ""
+
+
+def test_server_handshake_line(tmp_path):
+    server = plugin.Server([])
+    line = server.start({"PLUGIN_UNIX_SOCKET_DIR": str(tmp_path), "PLUGIN_CLIENT_CERT": _client_cert()})
+    try:
+        core, app, network, path, proto, cert = line.split("|")
+        assert (core, app, network, proto) == ("1", "1", "unix", "grpc")
+        assert path.startswith(str(tmp_path)) and stat.S_ISSOCK(os.stat(path).st_mode)
+        assert "=" not in cert
+        der = base64.b64decode(cert + "=" * (-len(cert) % 4))
+        c = x509.load_der_x509_certificate(der)
+        sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    finally:
+        server.shutdown()
+        server.wait()
+    assert os.listdir(tmp_path) == [], "the socket and its directory must be gone after shutdown"
+
+
+def _client_cert() -> str:
+    _, pem, _ = plugin.make_certificate()
+    return pem.decode()
+
+
+def test_service_maps_errors(tmp_path):
+    rt, managers = runtime(Scale(), tmp_path)
+    svc = Service(rt)
+
+    class Ctx:
+        def abort(self, code, details):
+            raise AssertionError((code, details))
+
+    with pytest.raises(AssertionError) as e:
+        svc.OpenRoom(phase_pb2.OpenRoomRequest(room=1, role=1), Ctx())
+    import grpc
+    assert e.value.args[0] == (grpc.StatusCode.INVALID_ARGUMENT, "instance is not configured")
+    configure(rt, tmp_path)
+    with pytest.raises(AssertionError) as e:
+        svc.Run(phase_pb2.RunRequest(request=phase_pb2.Request(id="r"), in_room=4), _RunCtx(rt, 4))
+    assert e.value.args[0] == (grpc.StatusCode.UNKNOWN, "receive room 4: room 4 was removed")
+
+
+class _RunCtx:
+    """A gRPC context whose call is cancelled at once."""
+
+    def __init__(self, rt, room):
+        self.rt, self.room = rt, room
+
+    def add_callback(self, fn):
+        threading.Timer(0.05, fn).start()
+
+    def abort(self, code, details):
+        raise AssertionError((code, details))

@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/supervisor"
+)
+
+// Python phases (examples/toy-python, on the SDK in sdk/python) run
+// through the real supervisor: the ports of the built-in phases, alone or
+// between the Go ones.
+
+// python is the interpreter the Python phases name on their #! line.
+const python = "/usr/bin/python3"
+
+// pythonPhases are the executables of examples/toy-python, linked into
+// the test's plugin directory by TestMain.
+var pythonPhases = []string{"pyencoder", "pytransformer", "pydecoder"}
+
+// linkPythonPhases links the Python phases into dir.
+func linkPythonPhases(dir string) error {
+	for _, name := range pythonPhases {
+		src := filepath.Join(moduleRoot, "examples", "toy-python", "phased-phase-"+name)
+		if err := os.Symlink(src, filepath.Join(dir, "phased-phase-"+name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// needPython fails the test, saying what to install, when the Debian
+// packages the Python SDK needs are missing (make deps installs them).
+func needPython(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command(python, "-c", "import grpc, google.protobuf, zmq, numpy, xxhash, cryptography").CombinedOutput()
+	if err != nil {
+		t.Fatalf("the Python SDK needs %s with Debian's python3-grpcio python3-protobuf python3-zmq python3-numpy python3-xxhash python3-cryptography (make deps installs them): %v\n%s", python, err, out)
+	}
+}
+
+// TestPythonTransformerBetweenGo: the Python port of the transformer
+// between the Go encoder and decoder, over shm and over zmq, gives the
+// built-in pipeline's artifacts byte for byte.
+func TestPythonTransformerBetweenGo(t *testing.T) {
+	needPython(t)
+	for _, backend := range []string{"shm", "zmq"} {
+		t.Run(backend, func(t *testing.T) {
+			hosts := [3]string{"", "", ""}
+			if backend == "zmq" {
+				hosts = [3]string{`host = "a"`, `host = "b"`, `host = "c"`}
+			}
+			dir := shortDir(t)
+			p := startSupervisor(t, dir, writeConfig(t, dir, fmt.Sprintf(`
+phase "encoder" {
+  plugin = "encoder"
+  %s
+}
+phase "transformer" {
+  plugin    = "pytransformer"
+  instances = 2
+  %s
+}
+phase "decoder" {
+  plugin = "decoder"
+  %s
+}
+`, hosts[0], hosts[1], hosts[2])))
+			infos := p.submitAll(t, 6, func(i int) supervisor.Submission {
+				return supervisor.Submission{Prompt: fmt.Sprintf("python %d", i), Seed: int64(i) - 3, Steps: i + 1}
+			})
+			for i, info := range infos {
+				if info.Backends[0] != backend || info.Backends[1] != backend {
+					t.Fatalf("%s: backends %v, want %s", info.ID, info.Backends, backend)
+				}
+				got, err := os.ReadFile(info.Artifact)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := reference(t, fmt.Sprintf("python %d", i), int64(i)-3, i+1); !bytes.Equal(got, want) {
+					t.Fatalf("%s: artifact (%d bytes) differs from the all-Go reference (%d bytes)", info.ID, len(got), len(want))
+				}
+			}
+			p.release(t)
+		})
+	}
+}
+
+// pythonPipeline is the all-Python pipeline, its transformer in two
+// instances.
+const pythonPipeline = `
+phase "encoder" { plugin = "pyencoder" }
+phase "transformer" {
+  plugin    = "pytransformer"
+  instances = 2
+}
+phase "decoder" { plugin = "pydecoder" }
+`
+
+// TestPythonPipeline: three Python phases serve concurrent requests; a
+// request removed while its transformer computes ends failed (removed)
+// with no room left open; release leaves no process, socket file or
+// segment.
+func TestPythonPipeline(t *testing.T) {
+	needPython(t)
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "params = { height = 64, width = 64 }\n"+pythonPipeline))
+	ctx := context.Background()
+	infos := p.submitAll(t, 4, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "all python", Seed: int64(i), Steps: 2}
+	})
+	for _, info := range infos {
+		got, err := os.ReadFile(info.Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(got, []byte("GIF89a")) || !bytes.HasSuffix(got, []byte{0x3b}) {
+			t.Fatalf("%s: %s is not a whole GIF (%d bytes)", info.ID, info.Artifact, len(got))
+		}
+	}
+
+	// Remove a request while the Python transformer computes.
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "long", Seed: 1, Steps: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComputing(t, p, id)
+	out, errOut, code := cli(t, p.socket, "remove", id)
+	if code != 0 || strings.TrimSpace(out) != id+" failed (removed)" {
+		t.Fatalf("remove: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if in.OpenRooms != 0 || in.State != "ready" {
+				t.Errorf("instance %s: state %s, %d open rooms after remove", in.ID, in.State, in.OpenRooms)
+			}
+			pids = append(pids, in.PID)
+		}
+	}
+	p.submitAll(t, 1, func(int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "after remove", Seed: 9, Steps: 1}
+	})
+
+	p.release(t)
+	for _, pid := range pids {
+		if running(pid) {
+			t.Errorf("Python phase process %d still alive after release", pid)
+		}
+	}
+	if left := leftovers(t, st.RunDir, pids); len(left) > 0 {
+		t.Errorf("left behind after release: %v", left)
+	}
+	if _, err := os.Stat(st.RunDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s still exists after release (%v)", st.RunDir, err)
+	}
+}
+
+// waitComputing waits until the encoder of request id has handed its
+// tensors on: the transformer is computing.
+func waitComputing(t *testing.T, p *proc, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	handed := false
+	last, err := p.client.Watch(ctx, id, func(info supervisor.RequestInfo) {
+		for _, e := range info.Events {
+			if e.What == "phase done" && e.Phase == "encoder" {
+				handed = true
+				cancel()
+			}
+		}
+	})
+	if !handed {
+		t.Fatalf("the encoder of %s never finished: %+v (%v)", id, last, err)
+	}
+}
+
+// TestPythonPhaseKilled: a Python transformer killed with SIGKILL in the
+// middle of a request is handled like a Go one: the request is dispatched
+// again and ends with the reference artifact, and the instance is
+// restarted.
+func TestPythonPhaseKilled(t *testing.T) {
+	needPython(t)
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, `
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin    = "pytransformer"
+  instances = 2
+  restart { backoff = "50ms" }
+}
+phase "decoder" { plugin = "decoder" }
+`))
+	ctx := context.Background()
+	// Long enough (seconds in numpy) that the kill lands while it computes.
+	const steps = 10000
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "killed", Seed: 4, Steps: steps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComputing(t, p, id)
+	info, err := p.client.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := instanceStatus(t, p, info.Instances["transformer"])
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill %s (pid %d): %v", victim.ID, victim.PID, err)
+	}
+	done := watchDone(t, p, id, "killed", 4, steps)
+	if done.Attempts != 2 {
+		t.Errorf("attempts = %d, want 2", done.Attempts)
+	}
+	_, retry := lastEvent(t, p, id, "retry")
+	if !strings.Contains(retry, "instance "+victim.ID) || !strings.Contains(retry, "signal: killed") {
+		t.Errorf("retry event %q; want instance %s killed", retry, victim.ID)
+	}
+	if !eventually(20*time.Second, func() bool { return instanceStatus(t, p, victim.ID).State == "ready" }) {
+		t.Fatalf("instance %s not ready again: %+v", victim.ID, instanceStatus(t, p, victim.ID))
+	}
+	if l := leftovers(t, "/nonexistent", []int{victim.PID}); len(l) > 0 {
+		t.Errorf("the killed instance left %v", l)
+	}
+	p.release(t)
+}
