@@ -145,9 +145,17 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 	return d, nil
 }
 
-// checkOverlap fails when two buffers share a byte.
+// checkOverlap fails when two buffers share a byte. Empty buffers share
+// none, wherever they lie (a receiver's layout gives one the offset of the
+// buffer after it), so they are left out: the answer must not depend on
+// how a sort orders equal offsets.
 func checkOverlap(bufs []buffer) error {
-	byOffset := append([]buffer(nil), bufs...)
+	byOffset := make([]buffer, 0, len(bufs))
+	for _, b := range bufs {
+		if b.length > 0 {
+			byOffset = append(byOffset, b)
+		}
+	}
 	sort.Slice(byOffset, func(i, j int) bool { return byOffset[i].offset < byOffset[j].offset })
 	for i := 1; i < len(byOffset); i++ {
 		prev, cur := byOffset[i-1], byOffset[i]

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -387,4 +389,38 @@ func TestHostileStatusFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertClean(t, dir, rn)
+}
+
+// TestEmptyBuffersOverlapNothing: an empty input takes no bytes, so the
+// receiver's layout may give it the offset of the next buffer; a
+// descriptor laid out so, with enough buffers that the sort of the
+// overlap check is not stable, is accepted whatever the order, and a
+// real overlap among them is still refused.
+func TestEmptyBuffersOverlapNothing(t *testing.T) {
+	var specs []tensor.Spec
+	for i := range 40 {
+		shape := []int64{int64(16 * (i % 3))} // every third one is empty
+		specs = append(specs, tensor.Spec{Name: fmt.Sprintf("t%02d", i), DType: tensor.Float32, Shape: shape})
+	}
+	bufs, _, err := layout(specs, ctrlSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range bufs {
+		if b.length == 0 && i+1 < len(bufs) && bufs[i+1].offset != b.offset {
+			t.Fatalf("buffer %d: the layout should give an empty buffer the next one's offset", i)
+		}
+	}
+	for range 20 {
+		shuffled := slices.Clone(bufs)
+		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		if err := checkOverlap(shuffled); err != nil {
+			t.Fatalf("a valid layout refused: %v", err)
+		}
+	}
+	bad := slices.Clone(bufs)
+	bad[4].offset = bad[5].offset - 4 // t04 (64 bytes) now runs into t05
+	if err := checkOverlap(bad); err == nil || !strings.Contains(err.Error(), `buffers "t04" and "t05" overlap`) {
+		t.Fatalf("overlap: %v", err)
+	}
 }

@@ -11,7 +11,7 @@ import logging
 from typing import Dict, Optional, Sequence
 
 from .api import Artifact, Config, Context, Phase, Request
-from .tensor import as_array, dtype_number
+from .tensor import as_array, dtype_number, to_torch
 
 
 def configure_local(phases: Sequence[Phase], params: Optional[Dict[str, str]] = None,
@@ -41,10 +41,7 @@ def run_local(phases: Sequence[Phase], request: Request, params: Optional[Dict[s
             if dtype_number(arr.dtype) != s.dtype or tuple(arr.shape) != s.shape:
                 raise RuntimeError(f"phase {p.name}: tensor {s.name!r} is {arr.dtype} {list(arr.shape)}; "
                                    f"want {s}")
-            inputs[s.name] = arr
-        if p.arrays == "torch":
-            import torch
-            inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+            inputs[s.name] = to_torch(arr, s.dtype) if p.arrays == "torch" else arr
         report = (lambda d, t, n=p.name: progress(n, d, t)) if progress else None
         out = p.run(Context(log, report=report), request, inputs)
         if i == len(phases) - 1:

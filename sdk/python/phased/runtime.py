@@ -19,7 +19,7 @@ import grpc
 
 from . import progress as prog
 from .api import Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request
-from .tensor import Spec, SpecError, as_array
+from .tensor import Spec, SpecError, as_array, to_torch
 from ._proto.phasedv1 import common_pb2, phase_pb2
 
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,48}")
@@ -235,10 +235,9 @@ class Runtime:
                 arrays = mgr.receive(in_room, cancel)
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(f"receive room {in_room}: {reason(e)}") from e
-            inputs = {s.name: a for s, a in zip(specs, arrays)}
             if self.phase.arrays == "torch":
-                import torch
-                inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+                arrays = [to_torch(a, s.dtype) for s, a in zip(specs, arrays)]
+            inputs = {s.name: a for s, a in zip(specs, arrays)}
         log = self.log.getChild(self._instance) if self._instance else self.log
         ctx = Context(log, cancel, rep.report)
         rep.start_computing()

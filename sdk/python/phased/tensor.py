@@ -148,4 +148,14 @@ def as_array(value) -> np.ndarray:
         arr = t.contiguous().numpy()
     else:
         arr = np.asarray(value)
-    return np.ascontiguousarray(arr)
+    # ascontiguousarray makes a 0-d array 1-d: keep the shape.
+    return np.ascontiguousarray(arr).reshape(arr.shape)
+
+
+def to_torch(arr: np.ndarray, dtype: int):
+    """A torch tensor viewing arr (no copy); bfloat16 bytes (a uint16
+    array) become a torch.bfloat16 tensor."""
+    import torch
+    if dtype == BFLOAT16:
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)

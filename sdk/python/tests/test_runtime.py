@@ -470,3 +470,26 @@ class _RunCtx:
 
     def abort(self, code, details):
         raise AssertionError((code, details))
+
+
+def test_torch_inputs_view_without_copy():
+    torch = pytest.importorskip("torch")
+    from phased.tensor import to_torch, as_array, BFLOAT16, FLOAT32
+
+    raw = np.array([16320, 49168, 16448], dtype="<u2")  # 1.5, -2.25, 3.0 as bfloat16
+    t = to_torch(raw, BFLOAT16)
+    assert t.dtype == torch.bfloat16 and t.tolist() == [1.5, -2.25, 3.0]
+    raw[0] = 16256  # 1.0: the tensor views the buffer
+    assert t[0].item() == 1.0
+    assert as_array(t * 2).tolist() == [16384, 49296, 16576]  # and back, as bytes
+    x = np.arange(4, dtype=np.float32)
+    assert to_torch(x, FLOAT32).data_ptr() == x.ctypes.data
+
+
+def test_as_array_keeps_shapes():
+    from phased.tensor import as_array
+
+    assert as_array(np.int64(7)).shape == ()
+    strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
+    got = as_array(strided)
+    assert got.shape == (3, 2) and got.flags["C_CONTIGUOUS"] and got.tolist() == strided.tolist()
