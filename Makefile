@@ -29,16 +29,16 @@ PYTHON  ?= /usr/bin/python3
 PY_DEBS := python3-grpcio python3-protobuf python3-zmq python3-numpy python3-xxhash python3-cryptography python3-pytest python3-pyflakes python3-torch python3-pil
 PY_MODS := grpc, google.protobuf, zmq, numpy, xxhash, cryptography, pytest, pyflakes, torch, PIL
 PY_PHASES := $(wildcard examples/toy-python/phased-phase-* examples/t2v-tiny/phased-phase-*)
-PYTEST  := PYTHONPATH=$(CURDIR)/sdk/python $(PYTHON) -m pytest -q -p no:cacheprovider
+PYTEST  := PYTHONPATH=$(CURDIR)/sdk/python $(PYTHON) -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR)
 PROMPT  ?= a red fox running through fresh snow
 COUNT   ?= 4
 
 CHAOS_REQUESTS ?= 200
 
-.PHONY: help deps build run test bench chaos fuzz fuzz-short proto check clean cuda-deps cuda device-pack
+.PHONY: help deps build run test bench train-t2v run-t2v chaos fuzz fuzz-short proto check clean cuda-deps cuda device-pack
 
 help: ## show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 deps: ## install what the build needs (libzmq, and Python's packages for the Python SDK, from Debian) if missing
 	@pkg-config --exists libzmq 2>/dev/null && $(PYTHON) -c "import $(PY_MODS)" 2>/dev/null || { \
@@ -60,6 +60,15 @@ test: build ## run every test with -race (unit, gRPC in memory, end to end, the 
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	cd examples/phases && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	$(MAKE) -s fuzz-short
+
+train-t2v: deps ## train examples/t2v-tiny's model again (seeded; under 30 min on 2 cores) into examples/t2v-tiny/t2v-tiny.pt
+	cd examples/t2v-tiny && $(PYTHON) -m t2v.train --out t2v-tiny.pt
+	sha256sum examples/t2v-tiny/t2v-tiny.pt
+
+T2V_PROMPTS ?= --prompt "a red circle moving left" --prompt "a blue square moving up" --prompt "a yellow triangle moving right"
+
+run-t2v: build ## run three prompts through the supervisor with the tiny text-to-video model (three Python phases) and print each GIF's path
+	$(BIN)/supervisor run --config examples/configs/t2v-tiny.hcl $(T2V_PROMPTS) --out out/t2v
 
 chaos: deps ## the chaos test: CHAOS_REQUESTS (200) requests, an instance SIGKILLed every 0.5 s, the supervisor killed once; last line: the counts
 	@mkdir -p $(BIN); set -o pipefail; PHASED_CHAOS_REQUESTS=$(CHAOS_REQUESTS) $(GO) test -race -count=1 -timeout 14m -run '^TestChaos$$' -v ./supervisor/e2e/ \

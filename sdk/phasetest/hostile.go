@@ -25,10 +25,12 @@ func (k *kit) checkHostile(t *testing.T, in configuredInstance) {
 	t.Run("StillServes", func(t *testing.T) { k.checkTransfer(t, in, sdk.BackendShm) })
 }
 
-// fakeSegment is the name of the segment a fake receiver's descriptor for
-// room names: phased-NAME-ROOM-1, NAME a ProcessName of this process.
-func fakeSegment(room uint64) string {
-	return fmt.Sprintf("phased-%s-%d-1", transfer.ProcessName("phasetest-fake", os.Getpid()), room)
+// fakeSegment is the name of the segment a fake receiver in dir names in
+// its descriptor for room: phased-NAME-ROOM-1, NAME a ProcessName of this
+// process made unique by dir, so that kits running in parallel in one test
+// process (t.Parallel) never name the same segment.
+func fakeSegment(dir string, room uint64) string {
+	return fmt.Sprintf("phased-%s-%d-1", transfer.ProcessName("phasetest-"+filepath.Base(dir), os.Getpid()), room)
 }
 
 // goodDescriptor is a descriptor a receiver could send for room: one
@@ -39,17 +41,17 @@ func goodDescriptor(dir string, room uint64) *phasedv1.Descriptor {
 		Room:           room,
 		Generation:     1,
 		StatusEndpoint: "ipc://" + filepath.Join(dir, fmt.Sprintf("st-%d.sock", room)),
-		Segment:        fakeSegment(room),
+		Segment:        fakeSegment(dir, room),
 		SegmentSize:    4096,
 		Buffers:        []*phasedv1.TensorHeader{{Name: "x", Dtype: 1, Shape: []int64{4}, Offset: 64, Length: 16}},
 	}
 }
 
-// createSegment creates the segment goodDescriptor names for room, 4 KiB
+// createSegment creates the segment goodDescriptor(dir, room) names, 4 KiB
 // of zeros, removed when the test ends.
-func createSegment(t *testing.T, room uint64) {
+func createSegment(t *testing.T, dir string, room uint64) {
 	t.Helper()
-	path := filepath.Join(transfer.DefaultShmDir, fakeSegment(room))
+	path := filepath.Join(transfer.DefaultShmDir, fakeSegment(dir, room))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err == nil {
 		err = errors.Join(f.Truncate(4096), f.Close())
@@ -91,7 +93,7 @@ func (k *kit) hostileDescriptors(t *testing.T, in configuredInstance) {
 		if err != nil {
 			t.Fatalf("OpenRoom(%d, sender): %v", room, err)
 		}
-		createSegment(t, room)
+		createSegment(t, f.dir, room)
 		d := goodDescriptor(f.dir, room)
 		c.spoil(d)
 		send(t, f.push(ep), d)

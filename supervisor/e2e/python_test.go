@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,16 +24,21 @@ import (
 // python is the interpreter the Python phases name on their #! line.
 const python = "/usr/bin/python3"
 
-// pythonPhases are the executables of examples/toy-python, linked into
-// the test's plugin directory by TestMain.
-var pythonPhases = []string{"pyencoder", "pytransformer", "pydecoder"}
+// pythonPhases are the Python phases of examples/ (directory, then
+// names), linked into the test's plugin directory by TestMain.
+var pythonPhases = map[string][]string{
+	"toy-python": {"pyencoder", "pytransformer", "pydecoder"},
+	"t2v-tiny":   {"t2v-encoder", "t2v-transformer", "t2v-decoder"},
+}
 
 // linkPythonPhases links the Python phases into dir.
 func linkPythonPhases(dir string) error {
-	for _, name := range pythonPhases {
-		src := filepath.Join(moduleRoot, "examples", "toy-python", "phased-phase-"+name)
-		if err := os.Symlink(src, filepath.Join(dir, "phased-phase-"+name)); err != nil {
-			return err
+	for example, names := range pythonPhases {
+		for _, name := range names {
+			src := filepath.Join(moduleRoot, "examples", example, "phased-phase-"+name)
+			if err := os.Symlink(src, filepath.Join(dir, "phased-phase-"+name)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -235,4 +242,75 @@ phase "decoder" { plugin = "decoder" }
 		t.Errorf("the killed instance left %v", l)
 	}
 	p.release(t)
+}
+
+// t2vPipeline is examples/t2v-tiny's model in three phases, one torch
+// thread each, so that its arithmetic is the same in every process.
+const t2vPipeline = `
+params = { threads = "1" }
+phase "encoder"     { plugin = "t2v-encoder" }
+phase "transformer" { plugin = "t2v-transformer" }
+phase "decoder"     { plugin = "t2v-decoder" }
+`
+
+// TestT2VThroughSupervisor: the tiny text-to-video model, run by
+// `supervisor run` with two prompts, gives for each the GIF its three
+// phases give called in one process (examples/t2v-tiny/local.py), byte for
+// byte.
+func TestT2VThroughSupervisor(t *testing.T) {
+	needPython(t)
+	dir := shortDir(t)
+	cfg := writeConfig(t, dir, t2vPipeline)
+	prompts := []string{"a red circle moving left", "a blue square moving up"}
+	const seed, steps = 11, 6
+	cmd := exec.Command(supervisorBin, "run", "--config", cfg, "--prompt", prompts[0], "--prompt", prompts[1],
+		"--seed", fmt.Sprint(seed), "--steps", fmt.Sprint(steps), "--json", "--out", filepath.Join(dir, "out"))
+	cmd.Env = append(os.Environ(), "PHASED_SOCKET="+filepath.Join(dir, "run.sock"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("supervisor run: %v\n%s\n%s", err, out, stderrOf(err))
+	}
+	var results []struct{ ID, State, Artifact, Reason, Prompt string }
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var r struct{ ID, State, Artifact, Reason, Prompt string }
+		if err := dec.Decode(&r); err != nil {
+			t.Fatalf("supervisor run --json: %v\n%s", err, out)
+		}
+		results = append(results, r)
+	}
+	if len(results) != len(prompts) {
+		t.Fatalf("%d results, want %d:\n%s", len(results), len(prompts), out)
+	}
+	local := filepath.Join(dir, "local")
+	for _, r := range results {
+		if r.State != supervisor.StateDone {
+			t.Fatalf("%s (%q): %s, %s", r.ID, r.Prompt, r.State, r.Reason)
+		}
+		got, err := os.ReadFile(r.Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := exec.Command(python, filepath.Join(moduleRoot, "examples", "t2v-tiny", "local.py"), "--param", "threads=1",
+			local, r.ID, fmt.Sprint(seed), fmt.Sprint(steps), r.Prompt).Output()
+		if err != nil {
+			t.Fatalf("local.py: %v\n%s", err, stderrOf(err))
+		}
+		want, err := os.ReadFile(strings.TrimSpace(string(ref)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(got, []byte("GIF89a")) || !bytes.Equal(got, want) {
+			t.Errorf("%s (%q): the supervisor's GIF (%d bytes) differs from the one the phases make in one process (%d bytes)", r.ID, r.Prompt, len(got), len(want))
+		}
+	}
+}
+
+// stderrOf is what a failed command wrote on stderr.
+func stderrOf(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(ee.Stderr)
+	}
+	return ""
 }

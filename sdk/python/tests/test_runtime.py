@@ -3,6 +3,7 @@ process's handshake. The transfer manager is replaced by a recording fake
 here (its own tests are test_transfer_*.py); the Go conformance kit
 (sdk/python/conformance_test.go) runs the real thing end to end."""
 
+import atexit
 import base64
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -120,8 +122,14 @@ def runtime(phase, tmp_path):
     return rt, managers
 
 
+# A run dir short enough for socket paths (pytest's tmp_path may not be);
+# the fake manager creates nothing in it.
+RUN_DIR = tempfile.mkdtemp(prefix="prt-", dir="/tmp")
+atexit.register(os.rmdir, RUN_DIR)
+
+
 def configure(rt, tmp_path, instance="scale-0", **kw):
-    rt.configure(instance, str(tmp_path), kw.get("params", {}), kw.get("zmq_host", ""),
+    rt.configure(instance, RUN_DIR, kw.get("params", {}), kw.get("zmq_host", ""),
                  kw.get("peer_timeout_ms", 0), kw.get("device", ""))
 
 
@@ -493,3 +501,32 @@ def test_as_array_keeps_shapes():
     strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     got = as_array(strided)
     assert got.shape == (3, 2) and got.flags["C_CONTIGUOUS"] and got.tolist() == strided.tolist()
+
+
+def test_signals(tmp_path):
+    """SIGINT is ignored (a Ctrl-C at the supervisor's terminal must not
+    stop a plugin); SIGTERM stops it like the controller's Shutdown: exit 0,
+    its socket gone, nothing on stdout but the handshake."""
+    import signal
+
+    env = dict(os.environ, PLUGIN_PROTOCOL_VERSIONS="1", PLUGIN_UNIX_SOCKET_DIR=str(tmp_path),
+               PLUGIN_CLIENT_CERT=_client_cert(), PYTHONPATH=SDK)
+    env[plugin.MAGIC_COOKIE_KEY] = plugin.MAGIC_COOKIE_VALUE
+    code = "import phased\nclass P(phased.Phase):\n    name='p'\nphased.serve(P())\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("1|1|unix|"), line
+        sock = line.split("|")[3]
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.5)
+        assert os.path.exists(sock)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stdout.read() == b""
+        assert not os.path.exists(sock) and os.listdir(tmp_path) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -15,13 +15,15 @@ BenchmarkCUDAHop2P/d2d-8MiB-2      	    9000	    100000 ns/op	83886.08 MB/s
 BenchmarkCUDAHop2P/cuda-8MiB-2     	    3000	    200000 ns/op	41943.04 MB/s	         0.4500 x-d2d
 BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs
 BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s
+BenchmarkPythonHop/go-8MiB-2         	      20	   3050021 ns/op	2750.34 MB/s
+BenchmarkPythonHop/py2py-8MiB-2      	      20	   4268038 ns/op	1965.45 MB/s
 PASS
 `
 	results, err := parse(strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 8 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
+	if len(results) != 10 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
 		t.Fatalf("parsed %+v", results)
 	}
 	var b strings.Builder
@@ -34,6 +36,7 @@ PASS
 		"ZMQHop/zmq-8MiB                      1.009 × raw       (1169 vs 1159 MB/s)",
 		"Request/steps-0                          19.69 ms/op  p50-µs 18662.0  p99-µs 34986.0",
 		"req/s 70.8",
+		"PythonHop/py2py-8MiB                 0.715 × go        (1965 vs 2750 MB/s)",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
