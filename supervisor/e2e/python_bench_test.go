@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -40,7 +41,8 @@ phase "decoder"     { plugin = "t2v-decoder" }
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		if err := sup.Release(b.Context()); err != nil {
+		// Not b.Context(): it is cancelled before cleanups run.
+		if err := sup.Release(context.Background()); err != nil {
 			b.Error(err)
 		}
 	})

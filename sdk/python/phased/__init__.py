@@ -46,11 +46,17 @@ __all__ = ["Artifact", "Cancelled", "Config", "Context", "InvalidArgument", "Pha
 def serve(phase: Phase) -> None:
     """Serve phase as a phase plugin until the supervisor stops it, then
     exit 0. Run from the executable's main; never returns."""
-    from . import log, plugin, runtime
+    from . import executor, log, plugin, runtime
 
     plugin.check_environment()
+    # A thread that hands work to another (gRPC to the executor, the
+    # executor to the transfer threads and back) and keeps running makes
+    # it wait for the GIL up to the switch interval, 5 ms by default, on
+    # every hand-off of a request's path: 0.5 ms keeps those waits short.
+    sys.setswitchinterval(0.0005)
     logger = log.plugin_logger(phase.name or type(phase).__name__)
-    rt = runtime.Runtime(phase, logger)
+    main = executor.Executor()  # load and run execute on this (the main) thread
+    rt = runtime.Runtime(phase, logger, executor=main)
 
     def stop():
         errors = rt.release(time.monotonic() + 5.0)
@@ -58,7 +64,7 @@ def serve(phase: Phase) -> None:
             logger.warning("release at shutdown", extra={"error": e})
 
     try:
-        plugin.serve_services([runtime.handler(runtime.Service(rt))], on_shutdown=stop)
+        plugin.serve_services([runtime.handler(runtime.Service(rt))], on_shutdown=stop, executor=main)
     except plugin.HandshakeError:
         raise
     except BaseException as e:  # noqa: BLE001 - say why, then exit non-zero

@@ -161,13 +161,23 @@ class Server:
         self._stopped.set()
 
     def wait(self) -> None:
+        """Wait for shutdown, release (on_shutdown), stop serving."""
+        self.wait_stopped()
+        self.release()
+        self.close()
+
+    def wait_stopped(self) -> None:
         self._stopped.wait()
 
+    def release(self) -> None:
         if self._on_shutdown is not None:
             try:
                 self._on_shutdown()
             except Exception:  # noqa: BLE001 - stopping anyway
                 pass
+
+    def close(self) -> None:
+        """Stop the gRPC server and remove its socket."""
         # Answer the Shutdown call that brought us here before the server goes.
         self._server.stop(grace=0.5).wait(2)
         try:
@@ -180,9 +190,10 @@ class Server:
             pass
 
 
-def serve_services(handlers, on_shutdown=None) -> None:
+def serve_services(handlers, on_shutdown=None, executor=None) -> None:
     """Serve handlers as a go-plugin plugin until the supervisor shuts it
-    down; then return (the caller exits 0)."""
+    down; then return (the caller exits 0). With an executor, the calling
+    (main) thread runs its work meanwhile, until on_shutdown has returned."""
     check_environment()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = Server(handlers, on_shutdown)
@@ -193,4 +204,17 @@ def serve_services(handlers, on_shutdown=None) -> None:
     out.flush()
     # Nothing else may reach stdout: send stray prints to stderr.
     sys.stdout = sys.stderr
-    server.wait()
+    if executor is None:
+        server.wait()
+        return
+
+    def stop():
+        server.wait_stopped()
+        try:
+            server.release()  # waits for the work in progress, on this thread
+        finally:
+            executor.stop()
+
+    threading.Thread(target=stop, name="phased-shutdown", daemon=True).start()
+    executor.run_forever()
+    server.close()

@@ -18,7 +18,10 @@ from typing import Dict, List, Optional
 import grpc
 
 from . import progress as prog
+from concurrent.futures import TimeoutError as FutureTimeout
+
 from .api import Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request
+from .executor import Inline, Stopped
 from .tensor import Spec, SpecError, as_array, to_torch
 from ._proto.phasedv1 import common_pb2, phase_pb2
 
@@ -50,7 +53,7 @@ class Runtime:
     """The Phase service of one instance; every method may be called from
     any gRPC thread."""
 
-    def __init__(self, phase: Phase, logger: logging.Logger, manager_factory=None):
+    def __init__(self, phase: Phase, logger: logging.Logger, manager_factory=None, executor=None):
         if not phase.name:
             raise ValueError(f"{type(phase).__name__}.name is empty: set it to NAME of phased-phase-NAME")
         if phase.arrays not in ("numpy", "torch"):
@@ -59,6 +62,8 @@ class Runtime:
         self.log = logger
         self.hub = prog.Hub()
         self._manager_factory = manager_factory
+        # Where load and run execute: the main thread under serve().
+        self._executor = executor or Inline()
         self._lock = threading.Lock()
         self._mgr = None
         self._instance = ""
@@ -111,7 +116,9 @@ class Runtime:
             if type(self.phase).load is Phase.load:
                 self._loaded.set()
                 return
-            threading.Thread(target=self._load, args=(log,), name="phased-load", daemon=True).start()
+            # This thread only waits for the executor, which runs the load.
+            threading.Thread(target=lambda: self._executor.submit(self._load, log).exception(),
+                             name="phased-load", daemon=True).start()
 
     def _new_manager(self, name, run_dir, zmq_host, peer_timeout, logger):
         if self._manager_factory is not None:
@@ -240,19 +247,28 @@ class Runtime:
             inputs = {s.name: a for s, a in zip(specs, arrays)}
         log = self.log.getChild(self._instance) if self._instance else self.log
         ctx = Context(log, cancel, rep.report)
-        rep.start_computing()
-        ok = False
+
+        def compute(inputs):
+            # COMPUTING only once the executor runs it: a Run queued behind
+            # another stays WAITING, which the hang watchdog does not count.
+            rep.start_computing()
+            ok = False
+            try:
+                out = self.phase.run(ctx, request, inputs)
+                ok = True
+                return out
+            finally:
+                rep.stop_computing(ok)
+
         try:
-            out = self.phase.run(ctx, request, inputs)
-            ok = True
-        except Cancelled:
+            out = self._await(self._executor.submit(compute, inputs), cancel)
+        except (Cancelled, Stopped):
             raise
         except Exception as e:  # noqa: BLE001 - the author's error fails this request only
             log.error("run failed", extra={"request": request.id, "error": reason(e),
                                            "traceback": traceback.format_exc()})
             raise RuntimeError(reason(e)) from None
         finally:
-            rep.stop_computing(ok)
             del inputs
         if not out_room:
             if not isinstance(out, Artifact):
@@ -268,6 +284,17 @@ class Runtime:
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"send room {out_room}: {reason(e)}") from e
         return None
+
+    @staticmethod
+    def _await(fut, cancel: threading.Event):
+        """fut's result; a Run cancelled before the executor started it is
+        taken off its queue."""
+        while True:
+            try:
+                return fut.result(timeout=0.05)
+            except FutureTimeout:
+                if cancel.is_set() and fut.cancel():
+                    raise Cancelled("cancelled before it started computing") from None
 
     @staticmethod
     def _outputs(out) -> Dict[str, object]:

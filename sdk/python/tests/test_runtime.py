@@ -530,3 +530,63 @@ def test_signals(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_executor_runs_one_at_a_time_on_its_thread(tmp_path):
+    """Under serve, load and run execute on the main thread, one at a time;
+    a Run queued behind another stays WAITING, and one cancelled while
+    queued never runs."""
+    from phased.executor import Executor
+
+    seen, gate = [], threading.Event()
+
+    class Slow(Scale):
+        def run(self, ctx, request, inputs):
+            seen.append((request.id, threading.current_thread().name))
+            if request.id == "first":
+                gate.wait(5)
+            return {"x": inputs["x"]}
+
+    ex = Executor()
+    worker = threading.Thread(target=ex.run_forever, name="the-main-thread")
+    worker.start()
+    rt, managers = runtime(Slow(), tmp_path)
+    rt._executor = ex
+    configure(rt, tmp_path)
+    for room in (5, 7, 9):
+        managers[0].received[room] = [np.zeros((2, 3), np.float32)]
+    stream = rt.hub.subscribe()
+    results = {}
+
+    def go(rid, in_room, cancel):
+        try:
+            rt.run(phased.Request(rid), in_room, in_room + 1, cancel)
+            results[rid] = "ok"
+        except Exception as e:  # noqa: BLE001
+            results[rid] = str(e)
+
+    cancel_third = threading.Event()
+    threads = [threading.Thread(target=go, args=("first", 5, threading.Event())),
+               threading.Thread(target=go, args=("second", 7, threading.Event())),
+               threading.Thread(target=go, args=("third", 9, cancel_third))]
+    threads[0].start()
+    while not seen:
+        time.sleep(0.01)
+    threads[1].start()
+    threads[2].start()
+    time.sleep(0.2)
+    cancel_third.set()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    ex.stop()
+    worker.join(5)
+    assert results == {"first": "ok", "second": "ok", "third": "cancelled before it started computing"}
+    assert seen == [("first", "the-main-thread"), ("second", "the-main-thread")]
+    rt.hub.close()
+    by_request = {}
+    while (ev := stream.next(lambda: True, 0.01)) is not None:
+        by_request.setdefault(ev.request, []).append(ev.stage)
+    assert by_request["third"] == [progress.WAITING, progress.FINISHED]
+    assert by_request["second"][0] == progress.WAITING and progress.COMPUTING in by_request["second"]
