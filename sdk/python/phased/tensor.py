@@ -71,19 +71,24 @@ def numpy_dtype(number: int) -> np.dtype:
     return DTYPES[number][2]
 
 
-def nbytes(dtype: int, shape: Sequence[int]) -> int:
-    """The byte size of a tensor, checked step by step against MAX_BYTES."""
+def nbytes(dtype: int, shape: Sequence[int], name: str = "") -> int:
+    """The byte size of a tensor, checked step by step against MAX_BYTES;
+    SpecError worded as the Go SDK's Spec.NumBytes."""
+    from .transfer.frames import go_quote  # frames imports this module
+
+    what = f"bad tensor spec: tensor {go_quote(name)}"
     if dtype not in DTYPES:
-        raise SpecError(f"unknown dtype {dtype}")
-    size = DTYPES[dtype][1]
-    for i, d in enumerate(shape):
+        raise SpecError(f"{what}: unknown dtype {dtype}")
+    n = DTYPES[dtype][1]
+    for d in shape:
         d = int(d)
         if d < 0:
-            raise SpecError(f"dimension {i} is negative: {d}")
-        size *= d
-        if size > MAX_BYTES:
-            raise SpecError(f"shape {list(shape)} of {dtype_name(dtype)} is larger than {MAX_BYTES} bytes")
-    return size
+            raise SpecError(f"{what}: negative dimension {d}")
+        if d != 0 and n > MAX_BYTES // d:
+            dims = " ".join(str(int(x)) for x in shape)
+            raise SpecError(f"{what}: shape [{dims}] exceeds {MAX_BYTES} bytes")
+        n *= d
+    return n
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,11 @@ class Spec:
     def check(self) -> None:
         if not self.name:
             raise SpecError("a tensor needs a name")
-        nbytes(self.dtype, self.shape)
+        nbytes(self.dtype, self.shape, self.name)
 
     @property
     def nbytes(self) -> int:
-        return nbytes(self.dtype, self.shape)
+        return nbytes(self.dtype, self.shape, self.name)
 
     def __str__(self) -> str:
         return f"{self.name} {dtype_name(self.dtype)} {list(self.shape)}"

@@ -126,16 +126,7 @@ def truncate(s: str, n: int) -> str:
 
 def spec_nbytes(name: str, dtype: int, shape: Sequence[int]) -> int:
     """The byte size of a spec, or ValueError worded as Go's Spec.NumBytes."""
-    if dtype not in T.DTYPES:
-        raise ValueError(f"bad tensor spec: tensor {go_quote(name)}: unknown dtype {dtype}")
-    n = T.DTYPES[dtype][1]
-    for d in shape:
-        if d < 0:
-            raise ValueError(f"bad tensor spec: tensor {go_quote(name)}: negative dimension {d}")
-        if d != 0 and n > T.MAX_BYTES // d:
-            raise ValueError(f"bad tensor spec: tensor {go_quote(name)}: shape {go_list(shape)} exceeds {T.MAX_BYTES} bytes")
-        n *= d
-    return n
+    return T.nbytes(dtype, shape, name)
 
 
 # --- buffers and descriptors ---------------------------------------------------

@@ -503,13 +503,7 @@ class Manager:
         try:
             self._call(lambda: self._o_open_sender(r))
         except BaseException as e:
-            try:
-                self.remove(room)
-            except Exception:  # noqa: BLE001
-                pass
-            if isinstance(e, TransferError):
-                raise
-            raise TransferError(f"transfer: open sender room {room}: {_fd_text(e)}") from e
+            self._undo_open(room, e, f"transfer: open sender room {room}")
         with self._mu:
             ep = r.endpoint
         self.log.debug("room opened", extra={"room": room, "role": "sender", "backend": backend, "endpoint": ep})
@@ -578,17 +572,22 @@ class Manager:
         try:
             self._call(lambda: self._o_open_receiver(r, peer_endpoint, frame))
         except BaseException as e:
-            try:
-                self.remove(room)
-            except Exception:  # noqa: BLE001
-                pass
-            if isinstance(e, TransferError):
-                raise
-            raise TransferError(f"{pre}: {_fd_text(e)}") from e
+            self._undo_open(room, e, pre)
         self.log.debug("room opened", extra={"room": room, "role": "receiver", "generation": gen,
                                              "segment": seg_name, "bytes": seg.size, "reused": reused})
 
     # --- status ----------------------------------------------------------
+
+    def _undo_open(self, room: int, e: BaseException, what: str) -> None:
+        """Remove what a failed open made and raise its error, a
+        TransferError as it is, anything else as "what: error"."""
+        try:
+            self.remove(room)
+        except Exception:  # noqa: BLE001 - the open's error is the one to report
+            pass
+        if isinstance(e, TransferError):
+            raise e
+        raise TransferError(f"{what}: {_fd_text(e)}") from e
 
     def _room_locked(self, rid: int, role: int) -> _Room:
         r = self._rooms.get(rid)
