@@ -1,0 +1,149 @@
+"""The three phases of t2v-tiny, as phased.Phase classes; the executables
+phased-phase-t2v-encoder, -transformer and -decoder serve them.
+
+    encoder      prompt                     -> context float32 [8, 128]
+    transformer  context, seed, steps       -> latent  float32 [4, 8, 8, 8]
+    decoder      latent                     -> GIF (8 frames, 64x64)
+
+Params (all optional, strings):
+    every phase   checkpoint  path of the checkpoint (default: t2v-tiny.pt next to the executables)
+                  threads     torch threads for this process (default: torch's own choice)
+    encoder       strict      "true": refuse prompts outside the grammar; "false" (default): encode
+                              unknown words as <unk> and log them
+    transformer   guidance    classifier-free guidance scale, 1 to 20 (default 4; 1 = no guidance)
+    decoder       frame_ms    GIF frame duration, 20 to 1000 ms (default 125)
+
+request.steps is the number of DDIM steps; 0 means the default, 20.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict
+
+import phased
+import torch
+
+from . import pipeline, tokenizer
+from .model import DEFAULT_CONFIG
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError("want true or false")
+
+
+def _number(lo: float, hi: float, kind=float) -> Callable[[str], float]:
+    def parse(v: str):
+        x = kind(v)
+        if not (lo <= x <= hi):
+            raise ValueError(f"want {lo:g} to {hi:g}")
+        return x
+    return parse
+
+
+def _path(v: str) -> str:
+    if not os.path.isfile(v):
+        raise ValueError("no such file")
+    return os.path.abspath(v)
+
+
+COMMON = {"checkpoint": _path, "threads": _number(1, 256, int)}
+
+
+def parse_params(phase: str, params: Dict[str, str], known: Dict[str, Callable]) -> Dict[str, object]:
+    known = dict(COMMON, **known)
+    out = {}
+    for k, v in sorted(params.items()):
+        if k not in known:
+            raise ValueError(f"{phase}: unknown param {k!r} (known: {', '.join(sorted(known))})")
+        try:
+            out[k] = known[k](v)
+        except ValueError as e:
+            raise ValueError(f"{phase}: param {k}={v!r}: {e}") from None
+    return out
+
+
+class _T2VPhase(phased.Phase):
+    version = "0.1.0"
+    arrays = "torch"
+    parts = ()
+    known: Dict[str, Callable] = {}
+
+    def configure(self, config):
+        self.params = parse_params(self.name, config.params, self.known)
+        self.log = config.log
+        self.model = None
+        if "threads" in self.params:
+            torch.set_num_threads(self.params["threads"])
+
+    def load(self, ctx):
+        path = self.params.get("checkpoint") or pipeline.DEFAULT_CHECKPOINT
+        self.model = pipeline.load(path, self.parts)
+        ctx.log.info(f"loaded {', '.join(self.parts)} from {path}")
+
+    def _cfg(self):
+        return self.model.config if self.model is not None else DEFAULT_CONFIG
+
+    def close(self):
+        self.model = None
+
+
+class Encoder(_T2VPhase):
+    name = "t2v-encoder"
+    parts = ("text",)
+    known = {"strict": _bool}
+
+    def run(self, ctx, request, inputs):
+        if self.params.get("strict"):
+            try:
+                tokenizer.parse(request.prompt)
+            except ValueError as e:
+                raise phased.InvalidArgument(str(e)) from None
+        context, unknown = pipeline.encode_prompt(self.model, request.prompt)
+        if unknown:
+            ctx.log.warning(f"request {request.id}: words outside the vocabulary, encoded as <unk>: "
+                            f"{', '.join(unknown)} (the grammar is {tokenizer.GRAMMAR})")
+        return {"context": context}
+
+
+class Transformer(_T2VPhase):
+    name = "t2v-transformer"
+    parts = ("dit",)
+    known = {"guidance": _number(1.0, 20.0)}
+
+    def inputs(self, request, params):
+        cfg = self._cfg()
+        return [phased.Spec("context", "float32", [cfg["ctx_len"], cfg["ctx_dim"]])]
+
+    def run(self, ctx, request, inputs):
+        try:
+            steps = pipeline.resolve_steps(request.steps)
+        except ValueError as e:
+            raise phased.InvalidArgument(str(e)) from None
+        try:
+            latent = pipeline.denoise(self.model, inputs["context"], request.seed, steps,
+                                      self.params.get("guidance", pipeline.DEFAULT_GUIDANCE),
+                                      progress=ctx.progress, cancelled=ctx.cancelled)
+        except InterruptedError:
+            raise phased.Cancelled("cancelled") from None
+        return {"latent": latent}
+
+
+class Decoder(_T2VPhase):
+    name = "t2v-decoder"
+    parts = ("vae_decoder",)
+    known = {"frame_ms": _number(20, 1000, int)}
+
+    def inputs(self, request, params):
+        cfg = self._cfg()
+        s = cfg["latent_size"]
+        return [phased.Spec("latent", "float32", [cfg["latent_ch"], cfg["frames"], s, s])]
+
+    def run(self, ctx, request, inputs):
+        frames = pipeline.decode_frames(self.model, inputs["latent"])
+        gif = pipeline.gif_bytes(frames, self.params.get("frame_ms", pipeline.GIF_FRAME_MS))
+        return phased.write_artifact(request, gif, ext=".gif", media_type="image/gif")

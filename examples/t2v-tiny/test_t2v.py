@@ -1,0 +1,188 @@
+"""Tests of t2v-tiny: run with /usr/bin/python3 -m pytest examples/t2v-tiny.
+
+The main one generates 20 clips for prompts covering every colour and
+direction, with seeds training never used, and measures them.
+"""
+
+import hashlib
+import io
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from t2v import data, measure, pipeline, tokenizer  # noqa: E402
+
+torch.set_num_threads(2)
+CHECKPOINT = pipeline.DEFAULT_CHECKPOINT
+HELD_OUT_SEED = 7_000_000  # training draws from seeds 1234, 1235 and 500000..500100
+
+
+def follow_prompts():
+    """20 (prompt, colour, shape, direction): every colour and direction, and shapes varied."""
+    colours = list(data.COLOURS)
+    out = []
+    for i in range(20):
+        colour = colours[i % len(colours)]
+        direction = data.DIRECTIONS[(i + i // len(colours)) % len(data.DIRECTIONS)]
+        shape = data.SHAPES[(i // 2) % len(data.SHAPES)]
+        out.append((data.prompt_for(colour, shape, direction), colour, shape, direction))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pipeline.load(CHECKPOINT)
+
+
+def test_prompts_cover_every_colour_and_direction():
+    ps = follow_prompts()
+    assert {c for _, c, _, _ in ps} == set(data.COLOURS)
+    assert {d for _, _, _, d in ps} == set(data.DIRECTIONS)
+    assert {s for _, _, s, _ in ps} == set(data.SHAPES)
+
+
+# Issue 12 asks for at least 18 of 20; the committed checkpoint measures 6
+# (colour 19/20, direction 6/20: see README.md, "Where it stands"). Strict:
+# once a checkpoint reaches 18, this mark must go, or the test fails.
+@pytest.mark.xfail(strict=True, reason="the committed checkpoint follows 6 of 20 prompts (colour yes, motion no)")
+def test_follows_prompts(model):
+    hits = shapes = 0
+    lines = []
+    for i, (prompt, colour, shape, direction) in enumerate(follow_prompts()):
+        g = pipeline.generate(prompt, seed=HELD_OUT_SEED + i, steps=pipeline.DEFAULT_STEPS, model=model)
+        m = measure.measure(g.frames)
+        ok = m.colour == colour and m.direction == direction
+        hits += ok
+        shapes += m.shape == shape
+        lines.append(f"{'ok ' if ok else 'BAD'} {prompt!r}: {m}")
+    print("\n".join(lines))
+    print(f"colour+direction {hits}/20, shape {shapes}/20")
+    assert hits >= 18, "\n".join(lines)
+
+
+def test_deterministic_given_seed(model):
+    a = pipeline.generate("a blue square moving up", seed=HELD_OUT_SEED + 99, steps=5, model=model)
+    b = pipeline.generate("a blue square moving up", seed=HELD_OUT_SEED + 99, steps=5, model=model)
+    c = pipeline.generate("a blue square moving up", seed=HELD_OUT_SEED + 98, steps=5, model=model)
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.frames.shape == (8, 64, 64, 3) and a.frames.dtype == np.uint8
+
+
+def test_gif(model):
+    from PIL import Image
+    g = pipeline.generate("a red circle moving left", seed=HELD_OUT_SEED, steps=3, model=model)
+    img = Image.open(io.BytesIO(g.gif))
+    assert img.format == "GIF" and img.size == (64, 64) and img.n_frames == 8
+
+
+def test_checkpoint_matches_readme():
+    with open(CHECKPOINT, "rb") as f:
+        blob = f.read()
+    assert len(blob) <= 20 * 1000 * 1000
+    readme = open(os.path.join(HERE, "README.md")).read()
+    m = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", readme)
+    assert m, "README.md names no SHA-256"
+    assert hashlib.sha256(blob).hexdigest() == m.group(1)
+
+
+# --- data, measurement, tokenizer ----------------------------------------------------------
+
+def test_data_is_seeded_and_in_frame():
+    a, pa, sa = data.batch(np.random.default_rng(5), 16)
+    b, pb, sb = data.batch(np.random.default_rng(5), 16)
+    assert np.array_equal(a, b) and pa == pb
+    assert a.shape == (16, 8, 64, 64, 3) and a.dtype == np.float32
+    for spec in sa:
+        for cx, cy in spec.centres():
+            assert spec.radius <= cx <= 64 - spec.radius and spec.radius <= cy <= 64 - spec.radius
+
+
+def test_measure_reads_the_training_clips():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        spec = data.random_spec(rng)
+        m = measure.measure(data.to_uint8(data.render(spec)))
+        assert (m.colour, m.direction, m.shape) == (spec.colour, spec.direction, spec.shape), (spec, m)
+    assert measure.measure(np.zeros((8, 64, 64, 3), np.uint8)).colour is None
+
+
+def test_tokenizer():
+    ids, unknown = tokenizer.encode("A red circle moving left.")
+    assert len(ids) == tokenizer.MAX_LEN and unknown == []
+    assert tokenizer.decode(ids) == "a red circle moving left"
+    assert ids[5:] == [tokenizer.PAD_ID] * 3
+    ids, unknown = tokenizer.encode("a crimson circle moving left")
+    assert ids[1] == tokenizer.UNK_ID and unknown == ["crimson"]
+    ids, unknown = tokenizer.encode("a red circle moving to the left and then right again")
+    assert len(ids) == tokenizer.MAX_LEN and unknown[-1].startswith("...")
+    assert tokenizer.parse("the green triangle going to the right") == ("green", "triangle", "right")
+    assert tokenizer.parse("yellow square moving up") == ("yellow", "square", "up")
+    with pytest.raises(ValueError, match="unknown word"):
+        tokenizer.parse("a red fox running through fresh snow")
+    with pytest.raises(ValueError, match="outside the grammar"):
+        tokenizer.parse("a circle red moving left")
+    with pytest.raises(ValueError, match="outside the grammar"):
+        tokenizer.parse("a red circle moving to the up")
+
+
+def test_steps():
+    assert pipeline.resolve_steps(0) == pipeline.DEFAULT_STEPS == 20
+    assert pipeline.resolve_steps(7) == 7
+    for bad in (-1, 1001):
+        with pytest.raises(ValueError):
+            pipeline.resolve_steps(bad)
+
+
+# --- the phases, in one process (phased.run_local) --------------------------------------------
+
+def _phases():
+    sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..", "..", "sdk", "python")))
+    phased = pytest.importorskip("phased")
+    from t2v import phases
+    return phased, phases
+
+
+def test_phases_run_local(tmp_path, model):
+    phased, phases = _phases()
+    ps = [phases.Encoder(), phases.Transformer(), phases.Decoder()]
+    phased.local.configure_local(ps, {})
+    reports = []
+    req = phased.Request("r1", prompt="a yellow triangle moving down", seed=HELD_OUT_SEED + 7, steps=0,
+                         artifact_dir=str(tmp_path))
+    art = phased.run_local(ps, req, progress=lambda n, d, t: reports.append((n, d, t)))
+    assert art.media_type == "image/gif" and os.path.getsize(art.path) == art.size
+    assert [r for r in reports if r[0] == "t2v-transformer"][-1] == ("t2v-transformer", 20, 20)
+    # the same as generate(): the phases call the same functions
+    g = pipeline.generate(req.prompt, seed=req.seed, steps=20, model=model)
+    assert open(art.path, "rb").read() == g.gif
+
+
+def test_phase_params(tmp_path):
+    phased, phases = _phases()
+    log = logging.getLogger("t2v-test")
+    for phase, params, want in [
+        (phases.Transformer(), {"guidance": "lots"}, "guidance"),
+        (phases.Transformer(), {"guidance": "0.5"}, "want 1 to 20"),
+        (phases.Decoder(), {"colour": "red"}, "unknown param 'colour'"),
+        (phases.Encoder(), {"checkpoint": str(tmp_path / "none.pt")}, "no such file"),
+        (phases.Encoder(), {"strict": "maybe"}, "strict"),
+    ]:
+        with pytest.raises(ValueError, match=want):
+            phase.configure(phased.Config(instance="x-0", params=params, log=log))
+    enc = phases.Encoder()
+    phased.local.configure_local([enc], {"strict": "true"})
+    with pytest.raises(phased.InvalidArgument, match="unknown word"):
+        enc.run(phased.Context(log), phased.Request("r2", prompt="a red fox running through fresh snow"), {})
+    tr = phases.Transformer()
+    phased.local.configure_local([tr], {})
+    with pytest.raises(phased.InvalidArgument, match="steps"):
+        tr.run(phased.Context(log), phased.Request("r3", steps=5000), {"context": torch.zeros(8, 128)})
