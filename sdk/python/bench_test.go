@@ -53,22 +53,14 @@ func BenchmarkPythonHop(b *testing.B) {
 				check(b, goSide.Remove(room))
 				check(b, rcv.Remove(room))
 			}
-			hop() // warms the pool and the mapping cache, as the Python hops are
-			b.SetBytes(int64(size))
-			for b.Loop() {
-				hop()
-			}
+			hops(b, size, hop)
 		})
 		b.Run("py2py"+suffix, func(b *testing.B) {
 			hop := func() {
 				room++
 				peer.expect(b, fmt.Sprintf("py2py %d %d", size, room), "ok")
 			}
-			hop()
-			b.SetBytes(int64(size))
-			for b.Loop() {
-				hop()
-			}
+			hops(b, size, hop)
 		})
 		b.Run("go2py"+suffix, func(b *testing.B) {
 			hop := func() {
@@ -80,11 +72,7 @@ func BenchmarkPythonHop(b *testing.B) {
 				peer.expect(b, "", "ok")
 				check(b, goSide.Remove(room))
 			}
-			hop()
-			b.SetBytes(int64(size))
-			for b.Loop() {
-				hop()
-			}
+			hops(b, size, hop)
 		})
 		b.Run("py2go"+suffix, func(b *testing.B) {
 			rcv := goManager(b, dir, "gorcv2")
@@ -101,12 +89,18 @@ func BenchmarkPythonHop(b *testing.B) {
 				peer.expect(b, "", "ok")
 				check(b, rcv.Remove(room))
 			}
-			hop()
-			b.SetBytes(int64(size))
-			for b.Loop() {
-				hop()
-			}
+			hops(b, size, hop)
 		})
+	}
+}
+
+// hops times hop, one hop of size bytes, after one untimed hop that warms
+// the receiver's segment pool and the sender's mapping cache.
+func hops(b *testing.B, size int, hop func()) {
+	hop()
+	b.SetBytes(int64(size))
+	for b.Loop() {
+		hop()
 	}
 }
 

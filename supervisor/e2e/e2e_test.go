@@ -47,7 +47,6 @@ func reference(t *testing.T, prompt string, seed int64, steps int) []byte {
 func TestConcurrentRequests(t *testing.T) {
 	dir := shortDir(t)
 	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
-	ctx := context.Background()
 
 	const n = 20
 	infos := p.submitAll(t, n, func(i int) supervisor.Submission {
@@ -68,23 +67,10 @@ func TestConcurrentRequests(t *testing.T) {
 		t.Fatalf("transformer use %v: want both used, %d in all", used, n)
 	}
 
-	st, err := p.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ph := range st.Phases {
-		for _, in := range ph.Instances {
-			if in.OpenRooms != 0 || in.State != "ready" {
-				t.Errorf("instance %s: state %s, %d open rooms after every request ended", in.ID, in.State, in.OpenRooms)
-			}
-			pids = append(pids, in.PID)
-		}
-	}
+	pids, runDir := settled(t, p, "after every request ended")
 	if len(pids) != 4 {
 		t.Fatalf("%d instances, want 4", len(pids))
 	}
-	runDir := st.RunDir
 	if len(leftovers(t, runDir, pids)) == 0 {
 		t.Logf("run dir %s", runDir)
 	}
@@ -117,21 +103,7 @@ func TestRemoveInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Wait until the encoder has handed over: the transformer is computing.
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	var handed bool
-	last, err := p.client.Watch(wctx, id, func(info supervisor.RequestInfo) {
-		for _, e := range info.Events {
-			if e.What == "phase done" && e.Phase == "encoder" {
-				handed = true
-				cancel()
-			}
-		}
-	})
-	if !handed {
-		t.Fatalf("the encoder never finished: %+v (%v)", last, err)
-	}
+	waitComputing(t, p, id)
 	out, errOut, code := cli(t, p.socket, "remove", id)
 	if code != 0 || strings.TrimSpace(out) != id+" failed (removed)" {
 		t.Fatalf("remove: exit %d, stdout %q, stderr %q", code, out, errOut)

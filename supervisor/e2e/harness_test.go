@@ -123,6 +123,47 @@ func startSupervisor(t *testing.T, dir, cfg string) *proc {
 	return p
 }
 
+// settled checks that every instance of p is ready with no room open
+// (when, what just happened, is said in the errors) and returns their
+// pids and the run directory.
+func settled(t *testing.T, p *proc, when string) ([]int, string) {
+	t.Helper()
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			if in.OpenRooms != 0 || in.State != "ready" {
+				t.Errorf("instance %s: state %s, %d open rooms %s", in.ID, in.State, in.OpenRooms, when)
+			}
+			pids = append(pids, in.PID)
+		}
+	}
+	return pids, st.RunDir
+}
+
+// waitComputing waits until the encoder of request id has handed its
+// tensors on: the transformer is computing.
+func waitComputing(t *testing.T, p *proc, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	handed := false
+	last, err := p.client.Watch(ctx, id, func(info supervisor.RequestInfo) {
+		for _, e := range info.Events {
+			if e.What == "phase done" && e.Phase == "encoder" {
+				handed = true
+				cancel()
+			}
+		}
+	})
+	if !handed {
+		t.Fatalf("the encoder of %s never finished: %+v (%v)", id, last, err)
+	}
+}
+
 // waitExit waits for the supervisor process to exit and returns its error.
 func (p *proc) waitExit(d time.Duration) error {
 	select {

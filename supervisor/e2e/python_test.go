@@ -144,19 +144,7 @@ func TestPythonPipeline(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != id+" failed (removed)" {
 		t.Fatalf("remove: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
-	st, err := p.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ph := range st.Phases {
-		for _, in := range ph.Instances {
-			if in.OpenRooms != 0 || in.State != "ready" {
-				t.Errorf("instance %s: state %s, %d open rooms after remove", in.ID, in.State, in.OpenRooms)
-			}
-			pids = append(pids, in.PID)
-		}
-	}
+	pids, runDir := settled(t, p, "after remove")
 	p.submitAll(t, 1, func(int) supervisor.Submission {
 		return supervisor.Submission{Prompt: "after remove", Seed: 9, Steps: 1}
 	})
@@ -167,31 +155,11 @@ func TestPythonPipeline(t *testing.T) {
 			t.Errorf("Python phase process %d still alive after release", pid)
 		}
 	}
-	if left := leftovers(t, st.RunDir, pids); len(left) > 0 {
+	if left := leftovers(t, runDir, pids); len(left) > 0 {
 		t.Errorf("left behind after release: %v", left)
 	}
-	if _, err := os.Stat(st.RunDir); !os.IsNotExist(err) {
-		t.Errorf("run dir %s still exists after release (%v)", st.RunDir, err)
-	}
-}
-
-// waitComputing waits until the encoder of request id has handed its
-// tensors on: the transformer is computing.
-func waitComputing(t *testing.T, p *proc, id string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	handed := false
-	last, err := p.client.Watch(ctx, id, func(info supervisor.RequestInfo) {
-		for _, e := range info.Events {
-			if e.What == "phase done" && e.Phase == "encoder" {
-				handed = true
-				cancel()
-			}
-		}
-	})
-	if !handed {
-		t.Fatalf("the encoder of %s never finished: %+v (%v)", id, last, err)
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s still exists after release (%v)", runDir, err)
 	}
 }
 

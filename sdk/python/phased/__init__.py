@@ -48,7 +48,7 @@ def serve(phase: Phase) -> None:
     exit 0. Run from the executable's main; never returns."""
     from . import executor, log, plugin, runtime
 
-    plugin.check_environment()
+    plugin.check_environment()  # before anything else can fail or print
     # A thread that hands work to another (gRPC to the executor, the
     # executor to the transfer threads and back) and keeps running makes
     # it wait for the GIL up to the switch interval, 5 ms by default, on

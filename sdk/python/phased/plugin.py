@@ -193,8 +193,8 @@ class Server:
 def serve_services(handlers, on_shutdown=None, executor=None) -> None:
     """Serve handlers as a go-plugin plugin until the supervisor shuts it
     down; then return (the caller exits 0). With an executor, the calling
-    (main) thread runs its work meanwhile, until on_shutdown has returned."""
-    check_environment()
+    (main) thread runs its work meanwhile, until on_shutdown has returned.
+    The caller has checked the environment (check_environment)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = Server(handlers, on_shutdown)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())

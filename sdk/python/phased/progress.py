@@ -27,7 +27,10 @@ class Event:
 
 
 class Released(Exception):
-    """The instance was released: no stream may open."""
+    """The instance was released: no stream may open, no call be served."""
+
+    def __init__(self, msg: str = "transfer: manager released"):
+        super().__init__(msg)
 
 
 class Stream:
@@ -91,7 +94,7 @@ class Hub:
     def subscribe(self) -> Stream:
         with self._lock:
             if self._closed:
-                raise Released("transfer: manager released")
+                raise Released()
             s = Stream(self)
             for _, ev in sorted(self._latest.values(), key=lambda x: x[0]):
                 s._offer(ev)

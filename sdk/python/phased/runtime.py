@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import grpc
 
 from . import progress as prog
+from .progress import Released
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from .api import Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request
@@ -29,12 +30,7 @@ INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,48}")
 MAX_SOCKET_PATH = 107
 LONGEST_SOCKET = "/r-18446744073709551615-18446744073709551615.sock"
 BACKENDS = ("shm", "zmq", "cuda")
-RELEASED = "transfer: manager released"
 SENDER, RECEIVER = 1, 2
-
-
-class Released(Exception):
-    pass
 
 
 def request_of(msg) -> Request:
@@ -70,6 +66,7 @@ class Runtime:
         self._params: Dict[str, str] = {}
         self._released = False
         self._runs: Dict[int, threading.Event] = {}  # room -> cancel of the Run using it
+        self._in_specs: Dict[int, List[Spec]] = {}  # receiver room -> the inputs it was opened for
         self._active = 0
         self._idle = threading.Condition(self._lock)
         self._loaded: Optional[threading.Event] = None
@@ -90,7 +87,7 @@ class Runtime:
             if self._mgr is not None:
                 raise InvalidArgument(f"instance {self._instance} is already configured")
             if self._released:
-                raise Released(RELEASED)
+                raise Released()
             if device not in ("", "cpu"):
                 if device == "cuda":
                     raise InvalidArgument('device "cuda": the Python SDK holds its buffers in host memory only; '
@@ -143,20 +140,20 @@ class Runtime:
             loaded, released = self._loaded, self._released
         if loaded is None:
             if released:
-                raise Released(RELEASED)
+                raise Released()
             raise InvalidArgument("instance is not configured")
         while not loaded.wait(0.2):
             if not alive():
                 raise Cancelled("the call ended while the phase was loading")
         with self._lock:
             if self._released:
-                raise Released(RELEASED)
+                raise Released()
         if self._load_error is not None:
             raise RuntimeError(f"loading: {self._load_error}")
 
     def _ready_locked(self):
         if self._released:
-            raise Released(RELEASED)
+            raise Released()
         if self._mgr is None:
             raise InvalidArgument("instance is not configured")
         if not self._loaded.is_set():
@@ -184,6 +181,8 @@ class Runtime:
             except Exception as e:  # noqa: BLE001 - the author's error is the reason
                 raise RuntimeError(f"room {room}: inputs of request {request.id}: {reason(e)}") from e
             mgr.open_receiver(room, backend, specs, peer_endpoint)
+            with self._lock:
+                self._in_specs[room] = specs
             return ""
         raise InvalidArgument(f"room {room}: unknown role {role}")
 
@@ -200,6 +199,7 @@ class Runtime:
             if self._mgr is None:
                 raise InvalidArgument("instance is not configured")
             mgr, cancel = self._mgr, self._runs.get(room)
+            self._in_specs.pop(room, None)
         if cancel is not None:
             cancel.set()
         mgr.remove(room)
@@ -237,11 +237,14 @@ class Runtime:
     def _run(self, mgr, rep, request, in_room, out_room, cancel) -> Optional[Artifact]:
         inputs: Dict[str, object] = {}
         if in_room:
-            specs = self._specs(request, self._params)
             try:
                 arrays = mgr.receive(in_room, cancel)
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(f"receive room {in_room}: {reason(e)}") from e
+            with self._lock:
+                specs = self._in_specs.get(in_room)
+            if specs is None:  # removed meanwhile
+                raise RuntimeError(f"receive room {in_room}: transfer: room removed: room {in_room}")
             if self.phase.arrays == "torch":
                 arrays = [to_torch(a, s.dtype) for s, a in zip(specs, arrays)]
             inputs = {s.name: a for s, a in zip(specs, arrays)}

@@ -128,6 +128,12 @@ RUN_DIR = tempfile.mkdtemp(prefix="prt-", dir="/tmp")
 atexit.register(os.rmdir, RUN_DIR)
 
 
+def deliver(rt, manager, room, arrays):
+    """Open room as a receiver, whose inputs the fake manager then has."""
+    rt.open_room(room, 2, phased.Request("r"), "ipc:///peer", "")
+    manager.received[room] = arrays
+
+
 def configure(rt, tmp_path, instance="scale-0", **kw):
     rt.configure(instance, RUN_DIR, kw.get("params", {}), kw.get("zmq_host", ""),
                  kw.get("peer_timeout_ms", 0), kw.get("device", ""))
@@ -234,7 +240,7 @@ def test_run_middle_phase(tmp_path):
     rt, managers = runtime(Scale(), tmp_path)
     configure(rt, tmp_path)
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    managers[0].received[5] = [x]
+    deliver(rt, managers[0], 5, [x])
     stream = rt.hub.subscribe()
     assert rt.run(phased.Request("r1"), 5, 6, threading.Event()) is None
     np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
@@ -251,7 +257,7 @@ def test_run_last_phase_artifact(tmp_path):
     rt, managers = runtime(Scale(), tmp_path)
     configure(rt, tmp_path)
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    managers[0].received[5] = [x]
+    deliver(rt, managers[0], 5, [x])
     art = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
     with open(art.path, "rb") as f:
         assert f.read() == x.tobytes()
@@ -261,12 +267,12 @@ def test_run_last_phase_artifact(tmp_path):
 def test_run_errors(tmp_path):
     rt, managers = runtime(Scale(fail=ValueError("the prompt is empty")), tmp_path)
     configure(rt, tmp_path)
-    managers[0].received[5] = [np.zeros((2, 3), np.float32)]
+    deliver(rt, managers[0], 5, [np.zeros((2, 3), np.float32)])
     with pytest.raises(RuntimeError, match=r"^the prompt is empty$"):
         rt.run(phased.Request("r"), 5, 6, threading.Event())
     rt2, managers2 = runtime(Scale(), tmp_path)
     configure(rt2, tmp_path)
-    managers2[0].received[5] = [np.zeros((2, 3), np.float32)]
+    deliver(rt2, managers2[0], 5, [np.zeros((2, 3), np.float32)])
     with pytest.raises(RuntimeError, match="the last phase of the pipeline returned no artifact"):
         rt2.run(phased.Request("r"), 5, 0, threading.Event())
     # A receive that fails names its room; the Run still ends FINISHED.
@@ -554,7 +560,7 @@ def test_executor_runs_one_at_a_time_on_its_thread(tmp_path):
     rt._executor = ex
     configure(rt, tmp_path)
     for room in (5, 7, 9):
-        managers[0].received[room] = [np.zeros((2, 3), np.float32)]
+        deliver(rt, managers[0], room, [np.zeros((2, 3), np.float32)])
     stream = rt.hub.subscribe()
     results = {}
 
