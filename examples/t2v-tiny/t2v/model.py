@@ -7,8 +7,11 @@
 Latents are [C=4, T=8, h=16, w=16]: the VAE works frame by frame, 4x down
 in space, and keeps time. The DiT cuts the latent into patches of
 2 frames x 4 x 4 (64 video tokens), puts the 8 projected text tokens in front of
-them (in-context conditioning) and modulates every block with adaLN-Zero
-from the timestep plus the pooled text. The noise schedule is cosine
+them (in-context conditioning), adds fixed sine-cosine positions of
+(frame group, y, x), and modulates every block with adaLN-Zero from the
+timestep plus the pooled text plus a learned embedding of each token's
+frame group. The text encoder is kept as initialised (seeded; see
+t2v/train.py for why). The noise schedule is cosine
 (alpha = cos(pi t / 2), sigma = sin(pi t / 2), t in [0, 1]); the DiT
 predicts v. Classifier-free guidance uses a learned null context, which
 training puts in place of the prompt's 10% of the time.
@@ -101,11 +104,11 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
     return torch.cat([torch.cos(a), torch.sin(a)], dim=-1)
 
 
-def modulate(x, shift, scale):
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
 class DiTBlock(nn.Module):
+    """Attention and MLP, each modulated per token by adaLN-Zero. The
+    conditioning comes per group ([B, G, dim]) and `group` [N] says which
+    group each token takes its modulation from."""
+
     def __init__(self, dim: int, heads: int, mlp: int):
         super().__init__()
         self.n1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -114,25 +117,52 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(dim, mlp)
         self.ada = Linear(dim, 6 * dim, zero=True)
 
-    def forward(self, x, c):
-        s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        x = x + g1[:, None] * self.attn(modulate(self.n1(x), s1, sc1))
-        return x + g2[:, None] * self.mlp(modulate(self.n2(x), s2, sc2))
+    def forward(self, x, c, group):
+        s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).index_select(1, group).chunk(6, dim=-1)
+        x = x + g1 * self.attn(self.n1(x) * (1 + sc1) + s1)
+        return x + g2 * self.mlp(self.n2(x) * (1 + sc2) + s2)
+
+
+def sincos(n: int, dim: int) -> torch.Tensor:
+    """Fixed sine-cosine embeddings of positions 0..n-1: [n, dim], entries in [-1, 1]."""
+    freqs = 1.0 / (10000.0 ** (torch.arange(dim // 2, dtype=torch.float32) / (dim // 2)))
+    a = torch.arange(n, dtype=torch.float32)[:, None] * freqs[None]
+    return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+
+
+def video_positions(m: int, n: int, dim: int) -> torch.Tensor:
+    """[m*n*n, dim] fixed embeddings of (time, y, x): a quarter of the
+    channels for time, three eighths each for y and x."""
+    dt = dim // 4
+    ds = (dim - dt) // 2
+    pt = sincos(m, dt)[:, None, None].expand(m, n, n, dt)
+    py = sincos(n, ds)[None, :, None].expand(m, n, n, ds)
+    px = sincos(n, dim - dt - ds)[None, None, :].expand(m, n, n, dim - dt - ds)
+    return torch.cat([pt, py, px], dim=-1).reshape(m * n * n, dim)
 
 
 class DiT(nn.Module):
-    """v-prediction for latents [B, C, T, h, w] at times t [B] given context [B, L, ctx_dim]."""
+    """v-prediction for latents [B, C, T, h, w] at times t [B] given context [B, L, ctx_dim].
+
+    Two things make it follow the motion a prompt names (both measured, see
+    the README): fixed sine-cosine positions as large as the patch
+    embeddings, so that every token knows its frame and place from the
+    first step; and adaLN conditioning per frame group (timestep + pooled
+    text + a learned embedding of the group), so that "left" can modulate
+    the first frames differently from the last."""
 
     def __init__(self, latent_ch: int, frames: int, latent_size: int, patch: int, tpatch: int, dim: int, depth: int,
                  heads: int, mlp: int, ctx_len: int, ctx_dim: int, shift: float = 1.0, **_):
         super().__init__()
         self.C, self.T, self.S, self.p, self.pt = latent_ch, frames, latent_size, patch, tpatch
         self.shift = float(shift)
-        n = latent_size // patch
+        n, m = latent_size // patch, frames // tpatch
         self.patch_in = Linear(latent_ch * tpatch * patch * patch, dim)
-        self.pos_t = nn.Parameter(torch.randn(frames // tpatch, 1, 1, dim) * 0.02)
-        self.pos_y = nn.Parameter(torch.randn(1, n, 1, dim) * 0.02)
-        self.pos_x = nn.Parameter(torch.randn(1, 1, n, dim) * 0.02)
+        self.register_buffer("pos", video_positions(m, n, dim), persistent=False)
+        self.frame_emb = nn.Parameter(torch.randn(m, dim) * 0.5)
+        # modulation group of each token: 0 for the text tokens, 1+g for frame group g
+        self.register_buffer("group", torch.cat([torch.zeros(ctx_len, dtype=torch.long),
+                                                 1 + torch.arange(m).repeat_interleave(n * n)]), persistent=False)
         self.ctx_in = Linear(ctx_dim, dim)
         self.ctx_pos = nn.Parameter(torch.randn(ctx_len, dim) * 0.02)
         self.t_mlp = nn.Sequential(Linear(256, dim), nn.SiLU(), Linear(dim, dim))
@@ -148,16 +178,16 @@ class DiT(nn.Module):
         B, C, T, S, p, pt = x.shape[0], self.C, self.T, self.S, self.p, self.pt
         n, m = S // p, T // pt
         tok = x.reshape(B, C, m, pt, n, p, n, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, m * n * n, C * pt * p * p)
-        pos = (self.pos_t + self.pos_y + self.pos_x).reshape(m * n * n, -1)
-        tok = self.patch_in(tok) + pos
+        tok = self.patch_in(tok) + self.pos
         ctx = self.ctx_in(context) + self.ctx_pos
         L = ctx.shape[1]
         h = torch.cat([ctx, tok], dim=1)
-        c = self.t_mlp(timestep_embedding(t)) + self.pool_mlp(context.mean(1))
+        c = self.t_mlp(timestep_embedding(t)) + self.pool_mlp(context.mean(1))       # [B, dim]
+        c = torch.cat([c[:, None], c[:, None] + self.frame_emb[None]], dim=1)      # [B, 1+m, dim]
         for b in self.blocks:
-            h = b(h, c)
-        shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
-        h = self.out(modulate(self.n_out(h[:, L:]), shift, scale))
+            h = b(h, c, self.group)
+        shift, scale = self.ada_out(F.silu(c)).index_select(1, self.group[L:]).chunk(2, dim=-1)
+        h = self.out(self.n_out(h[:, L:]) * (1 + scale) + shift)
         return h.reshape(B, m, n, n, C, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, C, T, S, S)
 
 
@@ -282,7 +312,7 @@ def save_checkpoint(model: T2V, path: str, extra: Optional[Dict] = None) -> None
     import os
     # torch 1.13's weights_only loader takes no floats: they are stored as strings
     conv = lambda v: list(v) if isinstance(v, tuple) else (repr(float(v)) if isinstance(v, float) else v)  # noqa: E731
-    ck = {"format": "t2v-tiny/1", "config": {k: conv(v) for k, v in model.config.items()},
+    ck = {"format": "t2v-tiny/2", "config": {k: conv(v) for k, v in model.config.items()},
           "vocab": list(tokenizer.VOCAB), "latent_mean": model.latent_mean.clone(),
           "latent_std": model.latent_std.clone(), "extra": extra or {}}
     for part in model.parts:
@@ -298,7 +328,7 @@ def load_checkpoint(path: str, parts=PARTS) -> T2V:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except TypeError:  # torch without weights_only
         ck = torch.load(path, map_location="cpu")
-    if not isinstance(ck, dict) or ck.get("format") != "t2v-tiny/1":
+    if not isinstance(ck, dict) or ck.get("format") != "t2v-tiny/2":
         raise ValueError(f"{path}: not a t2v-tiny checkpoint")
     if list(ck["vocab"]) != list(tokenizer.VOCAB):
         raise ValueError(f"{path}: the checkpoint's vocabulary differs from t2v.tokenizer's")
