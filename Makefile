@@ -35,7 +35,7 @@ COUNT   ?= 4
 
 CHAOS_REQUESTS ?= 200
 
-.PHONY: help deps build run test bench train-t2v run-t2v chaos fuzz fuzz-short proto check clean cuda-deps cuda device-pack
+.PHONY: help deps test-deps build run test bench train-t2v run-t2v chaos fuzz fuzz-short proto docs check clean cuda-deps cuda device-pack
 
 help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ deps: ## install what the build needs (libzmq, and Python's packages for the Pyt
 	@pkg-config --exists libzmq 2>/dev/null && $(PYTHON) -c "import $(PY_MODS)" 2>/dev/null || { \
 	  echo "installing libzmq3-dev and $(PY_DEBS) (apt-get)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config $(PY_DEBS) >/dev/null; }
+
+test-deps: deps ## what the tests need beyond the build: headless chromium for the dashboard's test (Debian), if missing
+	@command -v chromium >/dev/null || { echo "installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 build: deps ## build bin/supervisor and the plugins in bin/plugins (the Python phases of examples/ linked in)
 	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
@@ -54,7 +58,7 @@ build: deps ## build bin/supervisor and the plugins in bin/plugins (the Python p
 run: build ## set up, build, and run the demo on the embedded default config
 	$(BIN)/supervisor run --prompt "$(PROMPT)" --count $(COUNT) --out out
 
-test: build ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test, the example modules), the Python SDK's and models' tests, then fuzz each decoder briefly
+test: build test-deps ## run every test with -race (unit, gRPC in memory, end to end, the short chaos test, the example modules), the Python SDK's and models' tests, then fuzz each decoder briefly
 	$(PYTEST) sdk/python/tests examples/toy-python examples/t2v-tiny
 	$(GO) test -race -count=1 -timeout 14m ./...
 	cd examples/policies && $(GO) vet ./... && $(GO) test -race -count=1 ./...
@@ -98,12 +102,16 @@ proto: ## regenerate the protobuf code with the pinned generators
 	@# protoc names the package by its path under -I; the SDK vendors it as phased._proto.
 	sed -i 's/^from phasedv1 import /from phased._proto.phasedv1 import /' $(PY_PROTO_OUT)/phasedv1/*_pb2.py
 
-check: deps ## gofmt, go vet, pyflakes, the contract and the policies built without cgo, and fail when generated code is stale
+docs: deps ## rewrite README.md's CLI reference (between its cli-reference markers) from the command tree
+	$(GO) run ./supervisor/cmd/supervisor docs --update README.md
+
+check: deps ## gofmt, go vet, pyflakes, the contract and the policies built without cgo, and fail when generated code or README's CLI reference is stale
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
 	$(PYTHON) -m pyflakes $$(git ls-files '*.py' | grep -v '/_proto/') $$(git ls-files 'examples/*/phased-phase-*' | xargs -r grep -l '^#!.*python')
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet $(NOCGO)
 	cd examples/policies && CGO_ENABLED=0 $(GO) vet ./...
+	$(GO) run ./supervisor/cmd/supervisor docs --check README.md
 	@command -v protoc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(MAKE) -s proto PROTO_OUT=$$tmp PY_PROTO_OUT=$$tmp/py && \

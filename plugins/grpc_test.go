@@ -90,7 +90,9 @@ func TestPipelineOverGRPC(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				arts[k], errs[k] = ph.ctl.Run(ctx, spec)
+				var res sdk.RunResult
+				res, errs[k] = ph.ctl.Run(ctx, spec)
+				arts[k] = res.Artifact
 			}()
 		}
 		wg.Wait()
@@ -230,7 +232,7 @@ func TestProgressOverGRPC(t *testing.T) {
 		go func() {
 			a, err := ctls[k].Run(ctx, specs[k])
 			if k == 2 {
-				art = a
+				art = a.Artifact
 			}
 			results[k] <- err
 		}()

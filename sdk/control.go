@@ -28,8 +28,9 @@ type PhaseControl interface {
 	// endpoint its room socket is bound to.
 	OpenRoom(ctx context.Context, spec RoomSpec) (endpoint string, err error)
 	// Run does this instance's part of a request and returns when it is
-	// done; the last phase returns the artifact.
-	Run(ctx context.Context, spec RunSpec) (*Artifact, error)
+	// done: the last phase returns the artifact, the others what they
+	// sent.
+	Run(ctx context.Context, spec RunSpec) (RunResult, error)
 	// RemoveRoom returns once the instance no longer touches the room's
 	// buffers or sockets. Removing an unknown room succeeds.
 	RemoveRoom(ctx context.Context, room uint64) error
@@ -45,6 +46,41 @@ type PhaseControl interface {
 	// ErrNoProgress. A slow fn never slows a Run down: events it is too
 	// slow for are dropped, the oldest first.
 	Progress(ctx context.Context, fn func(Progress)) error
+	// ValidateParams checks params as Configure would, without loading
+	// anything; it may be called before Configure. It returns the
+	// problems found (none: valid), or an error wrapping
+	// ErrNoValidation when the plugin cannot check params before
+	// Configure (a phase without ParamsValidator, or a plugin built
+	// before ValidateParams existed).
+	ValidateParams(ctx context.Context, params map[string]string) ([]ParamProblem, error)
+}
+
+// RunResult is what a Run did: the artifact of the last phase, or what
+// a phase with an out room sent.
+type RunResult struct {
+	Artifact *Artifact // the last phase's; nil for the others
+	// SentBytes are the bytes of the outputs sent into the out room, and
+	// SendTime the time from handing them to the transfer manager to the
+	// receiver's Success.
+	SentBytes int64
+	SendTime  time.Duration
+}
+
+// ParamProblem is one thing wrong with a phase's params.
+type ParamProblem struct {
+	Param   string // the param's name; "" for the params as a whole
+	Message string // what is wrong and what is accepted
+}
+
+// Metric is one sample of an instance's own figures (a counter or a
+// gauge), which the supervisor exposes on /metrics as
+// phased_phase_NAME{phase,instance,LABELS...}.
+type Metric struct {
+	Name    string // [a-z_][a-z0-9_]*, without a prefix
+	Help    string
+	Counter bool // true: only grows; false: a gauge
+	Labels  map[string]string
+	Value   float64
 }
 
 // InstanceConfig configures one phase instance.
@@ -94,4 +130,7 @@ type InstanceStatus struct {
 	// DroppedProgress counts the progress events that Progress streams
 	// too slow to read them dropped, all streams together.
 	DroppedProgress uint64
+	// Metrics are the instance's own figures: its transfer manager's
+	// counters, its steps.
+	Metrics []Metric
 }

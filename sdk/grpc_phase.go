@@ -63,7 +63,7 @@ func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, erro
 	return resp.GetEndpoint(), nil
 }
 
-func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (*Artifact, error) {
+func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (RunResult, error) {
 	req := &phasedv1.RunRequest{Request: requestToProto(spec.Request)}
 	if spec.InRoom != 0 {
 		req.InRoom = &spec.InRoom
@@ -73,13 +73,13 @@ func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (*Artifact, error) 
 	}
 	resp, err := p.c.Run(ctx, req)
 	if err != nil {
-		return nil, p.rpcError(ctx, err)
+		return RunResult{}, p.rpcError(ctx, err)
 	}
-	a := resp.GetArtifact()
-	if a == nil {
-		return nil, nil
+	res := RunResult{SentBytes: resp.GetSentBytes(), SendTime: time.Duration(resp.GetSendNanos())}
+	if a := resp.GetArtifact(); a != nil {
+		res.Artifact = &Artifact{Path: a.GetPath(), SHA256: a.GetSha256(), Size: a.GetSize(), MediaType: a.GetMediaType()}
 	}
-	return &Artifact{Path: a.GetPath(), SHA256: a.GetSha256(), Size: a.GetSize(), MediaType: a.GetMediaType()}, nil
+	return res, nil
 }
 
 func (p *phaseClient) RemoveRoom(ctx context.Context, room uint64) error {
@@ -93,6 +93,9 @@ func (p *phaseClient) Status(ctx context.Context) (InstanceStatus, error) {
 		return InstanceStatus{}, p.rpcError(ctx, err)
 	}
 	st := InstanceStatus{DroppedFrames: resp.GetDroppedFrames(), DroppedProgress: resp.GetDroppedProgress()}
+	for _, m := range resp.GetMetrics() {
+		st.Metrics = append(st.Metrics, Metric{Name: m.GetName(), Help: m.GetHelp(), Counter: m.GetCounter(), Labels: m.GetLabels(), Value: m.GetValue()})
+	}
 	for _, r := range resp.GetRooms() {
 		st.Rooms = append(st.Rooms, RoomInfo{
 			Room:   r.GetRoom(),
@@ -127,6 +130,21 @@ func (p *phaseClient) Progress(ctx context.Context, fn func(Progress)) error {
 		return fmt.Errorf("%w: %w", ErrNoProgress, p.rpcError(ctx, err))
 	}
 	return p.rpcError(ctx, err)
+}
+
+func (p *phaseClient) ValidateParams(ctx context.Context, params map[string]string) ([]ParamProblem, error) {
+	resp, err := p.c.ValidateParams(ctx, &phasedv1.ValidateParamsRequest{Params: params})
+	if status.Code(err) == codes.Unimplemented {
+		return nil, fmt.Errorf("%w: %w", ErrNoValidation, p.rpcError(ctx, err))
+	}
+	if err != nil {
+		return nil, p.rpcError(ctx, err)
+	}
+	var problems []ParamProblem
+	for _, pp := range resp.GetProblems() {
+		problems = append(problems, ParamProblem{Param: pp.GetParam(), Message: pp.GetMessage()})
+	}
+	return problems, nil
 }
 
 // phaseServer is the plugin side of the Phase service.
@@ -180,7 +198,7 @@ func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomReques
 }
 
 func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phasedv1.RunResponse, error) {
-	a, err := s.impl.Run(ctx, RunSpec{
+	res, err := s.impl.Run(ctx, RunSpec{
 		Request: requestFromProto(req.GetRequest()),
 		InRoom:  req.GetInRoom(),
 		OutRoom: req.GetOutRoom(),
@@ -188,8 +206,8 @@ func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phase
 	if err != nil {
 		return nil, statusError(err)
 	}
-	resp := &phasedv1.RunResponse{}
-	if a != nil {
+	resp := &phasedv1.RunResponse{SentBytes: res.SentBytes, SendNanos: int64(res.SendTime)}
+	if a := res.Artifact; a != nil {
 		resp.Artifact = &phasedv1.Artifact{Path: a.Path, Sha256: a.SHA256, Size: a.Size, MediaType: a.MediaType}
 	}
 	return resp, nil
@@ -208,6 +226,9 @@ func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*p
 		return nil, statusError(err)
 	}
 	resp := &phasedv1.StatusResponse{DroppedFrames: st.DroppedFrames, DroppedProgress: st.DroppedProgress}
+	for _, m := range st.Metrics {
+		resp.Metrics = append(resp.Metrics, &phasedv1.Metric{Name: m.Name, Help: m.Help, Counter: m.Counter, Labels: m.Labels, Value: m.Value})
+	}
 	for _, r := range st.Rooms {
 		resp.Rooms = append(resp.Rooms, &phasedv1.RoomState{
 			Room:   r.Room,
@@ -215,6 +236,21 @@ func (s *phaseServer) Status(ctx context.Context, _ *phasedv1.StatusRequest) (*p
 			Status: r.Status.Proto(),
 			Reason: r.Reason,
 		})
+	}
+	return resp, nil
+}
+
+func (s *phaseServer) ValidateParams(ctx context.Context, req *phasedv1.ValidateParamsRequest) (*phasedv1.ValidateParamsResponse, error) {
+	problems, err := s.impl.ValidateParams(ctx, req.GetParams())
+	if errors.Is(err, ErrNoValidation) {
+		return nil, status.Error(codes.Unimplemented, err.Error())
+	}
+	if err != nil {
+		return nil, statusError(err)
+	}
+	resp := &phasedv1.ValidateParamsResponse{}
+	for _, p := range problems {
+		resp.Problems = append(resp.Problems, &phasedv1.ParamProblem{Param: p.Param, Message: p.Message})
 	}
 	return resp, nil
 }

@@ -117,6 +117,21 @@ type Configurer interface {
 	Configure(ctx context.Context, cfg Config) error
 }
 
+// ParamsValidator is implemented by phases that can check their params
+// without loading anything, so that `supervisor validate` reports a typo
+// before any model is loaded. ValidateParams is called on an instance
+// that is not configured (it may be one started for that alone) and
+// must not load weights, open files it does not need, or keep state.
+// It returns every problem found, none when params are valid; the error
+// is for a failure to check, not for bad params.
+type ParamsValidator interface {
+	ValidateParams(ctx context.Context, params map[string]string) ([]ParamProblem, error)
+}
+
+// ErrNoValidation is wrapped by PhaseControl.ValidateParams's error when
+// the plugin cannot check params before Configure.
+var ErrNoValidation = errors.New("the plugin does not validate params before it loads")
+
 // Loader is implemented by phases that take long to get ready, typically to
 // load model weights. The runtime calls Load once, in a goroutine of its
 // own, right after a successful Configure, which returns to the supervisor

@@ -34,8 +34,12 @@ const DefaultSteps = 20
 //	GET    /v1/requests/{id}          one request
 //	GET    /v1/requests/{id}/events   NDJSON snapshots until the request ends
 //	DELETE /v1/requests/{id}          ordered remove → the final request
-//	GET    /v1/status[?limit=N&after=ID]  phases, instances, a page of requests
+//	GET    /v1/status[?limit=N&after=ID&state=S&order=newest]  phases, instances, a page of requests
 //	POST   /v1/release                ordered release; the server then stops
+//	GET    /v1/health                 200 while the supervisor answers (liveness)
+//	GET    /v1/ready                  200 when every phase has a ready instance, else 503
+//	GET    /metrics                   Prometheus text format (see docs/metrics.md)
+//	GET    /ui/                       the live dashboard (static; no token needed for its files)
 type API struct {
 	sup    *Supervisor
 	logger hclog.Logger
@@ -148,6 +152,11 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("GET /v1/policies", a.policies)
 	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
 	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
+	mux.HandleFunc("GET /v1/health", a.health)
+	mux.HandleFunc("GET /v1/ready", a.ready)
+	mux.Handle("GET /metrics", sup.MetricsHandler())
+	mux.Handle("GET /ui/", uiHandler())
+	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	a.srv = a.newServer(mux, a.limits.readHeader)
 	return a
 }
@@ -324,7 +333,21 @@ func (a *API) changePolicy(w http.ResponseWriter, r *http.Request, shadow bool) 
 }
 
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
-	page := Page{After: r.URL.Query().Get("after")}
+	page := Page{After: r.URL.Query().Get("after"), State: r.URL.Query().Get("state")}
+	switch o := r.URL.Query().Get("order"); o {
+	case "", "oldest":
+	case "newest":
+		page.Newest = true
+	default:
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: order %q: want oldest or newest", ErrBadInput, o))
+		return
+	}
+	switch page.State {
+	case "", StateQueued, StateRunning, StateDone, StateFailed:
+	default:
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: state %q: want queued, running, done or failed", ErrBadInput, page.State))
+		return
+	}
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxPageLimit {
@@ -333,11 +356,36 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 		}
 		page.Limit = n
 	}
-	if page.After != "" && requestNumber(page.After) == 0 {
+	if page.After != "" && !validID(page.After) {
 		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: after %q is not a request id", ErrBadInput, page.After))
 		return
 	}
 	writeJSON(w, http.StatusOK, a.sup.Status(r.Context(), os.Getpid(), page))
+}
+
+// Health is the body of GET /v1/health and GET /v1/ready.
+type Health struct {
+	State  string `json:"state"`            // the supervisor's: running, releasing, …
+	Ready  bool   `json:"ready"`            // every phase has a ready instance
+	Reason string `json:"reason,omitempty"` // why it is not ready
+}
+
+// health answers 200 as long as the supervisor serves its API: the
+// liveness probe.
+func (a *API) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.sup.health())
+}
+
+// ready answers 200 when every phase has a ready instance and the
+// supervisor takes requests, 503 with the reason otherwise: the
+// readiness probe.
+func (a *API) ready(w http.ResponseWriter, r *http.Request) {
+	h := a.sup.health()
+	code := http.StatusOK
+	if !h.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, h)
 }
 
 func (a *API) release(w http.ResponseWriter, r *http.Request) {
@@ -383,10 +431,11 @@ func (a *API) fail(w http.ResponseWriter, code int, err error) {
 
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, ErrBadInput), errors.Is(err, ErrPluginNotFound):
-		return http.StatusBadRequest
-	case errors.Is(err, ErrNotFound):
+	// Not found first: "no such phase" is bad input too.
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownPhase), errors.Is(err, ErrPluginNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, ErrBadInput):
+		return http.StatusBadRequest
 	case errors.Is(err, ErrReleasing):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrStateFull):

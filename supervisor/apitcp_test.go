@@ -160,6 +160,20 @@ func TestTCPAuth(t *testing.T) {
 		{"scheme in lower case", "GET", "/v1/policies", "bearer " + testToken, "", 200, ""},
 		{"right token, unknown request", "GET", "/v1/requests/r000042", "Bearer " + testToken, "", 404, `no such request: "r000042"`},
 		{"right token, too large", "POST", "/v1/requests", "Bearer " + testToken, `{"prompt": "` + strings.Repeat("a", MaxBodyBytes) + `"}`, 413, "request body is larger than 1048576 bytes"},
+		{"no token, metrics", "GET", "/metrics", "", "", 401, needs},
+		{"no token, health", "GET", "/v1/health", "", "", 401, needs},
+		{"no token, ready", "GET", "/v1/ready", "", "", 401, needs},
+		{"right token, metrics", "GET", "/metrics", "Bearer " + testToken, "", 200, ""},
+		{"right token, health", "GET", "/v1/health", "Bearer " + testToken, "", 200, ""},
+		// Never started: alive, not ready.
+		{"right token, ready", "GET", "/v1/ready", "Bearer " + testToken, "", 503, ""},
+		// The dashboard's files hold no data: no token needed; its data
+		// calls need one like any other.
+		{"no token, dashboard", "GET", "/ui/", "", "", 200, ""},
+		{"no token, dashboard script", "GET", "/ui/app.js", "", "", 200, ""},
+		{"no token, dashboard escape", "GET", "/ui/../v1/status", "", "", 401, needs},
+		{"no token, dashboard escape encoded", "GET", "/ui/%2e%2e/v1/status", "", "", 401, needs},
+		{"no token, post to dashboard", "POST", "/ui/", "", "", 401, needs},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

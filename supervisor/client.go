@@ -116,6 +116,12 @@ func (c *Client) StatusPage(ctx context.Context, page Page) (Status, error) {
 	if page.After != "" {
 		q.Set("after", page.After)
 	}
+	if page.State != "" {
+		q.Set("state", page.State)
+	}
+	if page.Newest {
+		q.Set("order", "newest")
+	}
 	path := "/v1/status"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -123,6 +129,34 @@ func (c *Client) StatusPage(ctx context.Context, page Page) (Status, error) {
 	var out Status
 	err := c.do(ctx, http.MethodGet, path, nil, &out)
 	return out, err
+}
+
+// Metrics returns the supervisor's metrics in Prometheus's text format.
+func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+}
+
+// Health returns the supervisor's state and readiness (GET /v1/ready;
+// its 503 is not an error here: Ready says it).
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.do(ctx, http.MethodGet, "/v1/ready", nil, &h)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Code == http.StatusServiceUnavailable {
+		return c.health(ctx)
+	}
+	return h, err
+}
+
+func (c *Client) health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.do(ctx, http.MethodGet, "/v1/health", nil, &h)
+	return h, err
 }
 
 // Policies returns each phase's policies and the policy processes.
@@ -158,6 +192,15 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string { return e.Msg }
+
+// Unwrap makes a 404 match ErrNotFound (errors.Is): no such request,
+// phase or policy plugin.
+func (e *APIError) Unwrap() error {
+	if e.Code == http.StatusNotFound {
+		return ErrNotFound
+	}
+	return nil
+}
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	resp, err := c.send(ctx, method, path, in)

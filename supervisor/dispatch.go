@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +23,13 @@ func (s *Supervisor) process(r *request) {
 	var err error
 	// Queued until one of MaxInflight slots is free; the slot is held
 	// until the request's rooms are removed.
+	s.queue.join(r)
 	select {
 	case s.slots <- struct{}{}:
+		s.queue.leave(r)
+		now := time.Now()
+		r.record(func(t *trace) { t.dequeued = now })
+		s.metrics.queueWait.Observe(now.Sub(r.info.Submitted).Seconds())
 		for n := 0; ; n++ {
 			art, err = s.dispatch(r, n)
 			var ie *InstanceError
@@ -36,6 +42,7 @@ func (s *Supervisor) process(r *request) {
 		}
 		<-s.slots
 	case <-r.ctx.Done():
+		s.queue.leave(r)
 		err = r.ctx.Err()
 	}
 	// Rooms were removed on every path, upstream first, before the
@@ -61,14 +68,17 @@ func (s *Supervisor) process(r *request) {
 	default:
 		end.State, end.Artifact, end.SHA256 = StateDone, art.Path, art.SHA256
 	}
+	r.trace.recording = time.Now()
 	r.mu.Unlock()
 	s.ended(r, end)
 	r.mu.Lock()
+	r.trace.ended = time.Now()
 	r.info.Finished, r.info.State, r.info.Reason, r.info.Artifact, r.info.SHA256 = end.Finished, end.State, end.Reason, end.Artifact, end.SHA256
 	r.mu.Unlock()
 	r.event(Event{What: end.State, Detail: end.Reason})
+	s.metrics.ended(end)
 	close(r.done)
-	s.logger.Info("request ended", "request", r.id, "state", end.State, "reason", end.Reason, "took", now.Sub(end.Submitted))
+	s.logger.Info("request ended", nonEmpty("request", r.id, "state", end.State, "reason", end.Reason, "took", now.Sub(end.Submitted))...)
 }
 
 // attempt is one dispatch of a request: the instance processes it was
@@ -80,6 +90,7 @@ type attempt struct {
 	cancel context.CancelCauseFunc
 	lives  []*life    // per phase
 	opened []roomSide // every room side asked to open, upstream first
+	trace  *attemptTrace
 }
 
 // roomSide is one side of a hop's room on one instance process.
@@ -104,9 +115,10 @@ func (a *attempt) cause(err error) error {
 // upstream first, runs every phase and removes the rooms in order; it
 // returns the last phase's artifact.
 func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
-	a := &attempt{r: r}
+	a := &attempt{r: r, trace: &attemptTrace{placing: time.Now()}}
 	a.ctx, a.cancel = context.WithCancelCause(r.ctx)
 	defer a.cancel(nil)
+	r.record(func(t *trace) { t.attempts = append(t.attempts, a.trace) })
 	chosen, rooms, err := s.place(a)
 	if err != nil {
 		return nil, a.cause(err)
@@ -119,11 +131,17 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 		}
 	}()
 	names := make(map[string]string, len(chosen))
+	choice := make([]string, len(chosen))
+	runs := make([]runTrace, len(chosen))
 	for i, in := range chosen {
 		names[s.phases[i].cfg.Name] = in.id
+		choice[i] = s.phases[i].cfg.Name + "=" + in.id
+		runs[i] = runTrace{phase: s.phases[i].cfg.Name, instance: in.id}
 	}
 	r.mu.Lock()
 	r.info.State, r.info.Instances, r.info.Attempts = StateRunning, names, n+1
+	a.trace.placed, a.trace.choice, a.trace.runs = time.Now(), strings.Join(choice, " "), runs
+	a.trace.rooms, a.trace.backends = slices.Clone(r.info.Rooms), slices.Clone(r.info.Backends)
 	r.mu.Unlock()
 	r.event(Event{What: "scheduled"})
 	for _, l := range a.lives {
@@ -133,12 +151,23 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 	}
 
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
-	if err := s.openRooms(a, req, rooms); err != nil {
-		return nil, a.cause(err)
+	r.record(func(*trace) { a.trace.opening = time.Now() })
+	err = s.openRooms(a, req, rooms)
+	r.record(func(*trace) { a.trace.opened = time.Now() })
+	if err != nil {
+		return nil, a.fail(a.cause(err))
 	}
 	r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
 	art, err := s.runPhases(a, req, rooms)
-	return art, a.cause(err)
+	return art, a.fail(a.cause(err))
+}
+
+// fail records err as why the attempt failed and returns it.
+func (a *attempt) fail(err error) error {
+	if err != nil {
+		a.r.record(func(*trace) { a.trace.err = err.Error() })
+	}
+	return err
 }
 
 // place chooses one instance per phase for the attempt, waiting while a
@@ -271,10 +300,19 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 	for i, l := range a.lives {
 		k := key(i)
 		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
+		a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 		go func() {
-			start := time.Now()
-			art, err := l.ctl.Run(ctx, spec)
+			res, err := l.ctl.Run(ctx, spec)
 			l.runReturned(k)
+			var run runTrace
+			a.r.record(func(*trace) {
+				tr := &a.trace.runs[i]
+				tr.returned = time.Now()
+				if err == nil {
+					tr.stage, tr.sentBytes = sdk.StageFinished, res.SentBytes
+				}
+				run = *tr
+			})
 			if err == nil {
 				// Its part is done and its outputs are in the next
 				// phase's buffers: its death no longer fails the
@@ -283,11 +321,16 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 				if i+1 < len(a.lives) {
 					a.lives[i+1].delivered(s, key(i+1))
 				}
-				took := time.Since(start)
+				took := run.ran()
 				l.in.observe(took)
-				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: took.Round(time.Microsecond).String()})
+				s.metrics.phaseDone(l.in, took, res, a.trace.backendOf(i))
+				detail := took.Round(time.Microsecond).String()
+				if res.SentBytes > 0 {
+					detail += fmt.Sprintf(", sent %s in %s", humanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
+				}
+				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: detail})
 			}
-			results <- result{i, art, l.explain(err)}
+			results <- result{i, res.Artifact, l.explain(err)}
 		}()
 	}
 	var art *sdk.Artifact
@@ -325,6 +368,10 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 // sender writes into a freed buffer. A side on a process that has exited
 // went with it.
 func (s *Supervisor) removeRooms(a *attempt) {
+	if len(a.opened) > 0 {
+		a.r.record(func(*trace) { a.trace.removing = time.Now() })
+		defer a.r.record(func(*trace) { a.trace.removed = time.Now() })
+	}
 	for _, side := range a.opened {
 		if !side.l.proc.exited() {
 			ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)

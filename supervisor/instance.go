@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -388,6 +389,12 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, in.cfg.StartTimeout)
 	defer cancel()
+	// Params the plugin can check before it loads are checked first, so
+	// that a typo is reported where the config has it (FILE:LINE:COL).
+	if err := s.checkParams(cctx, l); err != nil {
+		proc.kill()
+		return nil, fmt.Errorf("instance %s: %w", in.id, err)
+	}
 	err = l.ctl.Configure(cctx, sdk.InstanceConfig{
 		Instance: in.id, RunDir: in.dir, Params: s.cfg.PhaseParams(in.cfg),
 		ZMQHost: in.cfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: in.cfg.Device,
@@ -402,6 +409,29 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	}
 	return l, nil
 }
+
+// checkParams asks the instance's plugin to check its phase's params
+// (ValidateParams) and returns its problems, each at its place in the
+// config, as one error; nil when they are valid or the plugin cannot
+// check them before it loads (Configure then does).
+func (s *Supervisor) checkParams(ctx context.Context, l *life) error {
+	problems, err := l.ctl.ValidateParams(ctx, s.cfg.PhaseParams(l.in.cfg))
+	if errors.Is(err, sdk.ErrNoValidation) || err == nil && len(problems) == 0 {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check params: %w", err)
+	}
+	lines := make([]string, len(problems))
+	for i, p := range problems {
+		lines[i] = fmt.Sprintf("%s: %s", s.cfg.ParamAt(l.in.cfg, p.Param), p.Message)
+	}
+	return fmt.Errorf("%w:\n\t%s", ErrBadParams, strings.Join(lines, "\n\t"))
+}
+
+// ErrBadParams is wrapped by Start's error when a phase's plugin finds
+// its params invalid.
+var ErrBadParams = errors.New("the phase's params are invalid")
 
 // startInstance starts instance i of a phase and watches its process.
 func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int, path string) (*instance, error) {
@@ -441,8 +471,8 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		users = append(users, a)
 	}
 	l.mu.Unlock()
-	s.logger.Error("phase instance exited", "instance", in.id, "pid", l.proc.pid, "status", dead.Status,
-		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())
+	s.logger.Error("phase instance exited", nonEmpty("instance", in.id, "pid", l.proc.pid, "status", dead.Status,
+		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())...)
 	// Its segments first (peers that mapped one keep their mapping until
 	// they remove the room): nothing of it outlives what it served.
 	if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
@@ -540,7 +570,10 @@ func (s *Supervisor) awaitReady(ctx context.Context, l *life) error {
 // deadline scales with the request's work.
 func (s *Supervisor) follow(l *life) {
 	defer l.stopWatchdogs()
-	on := func(p sdk.Progress) { l.progressed(s, p) }
+	on := func(p sdk.Progress) {
+		l.progressed(s, p)
+		s.requestProgress(l.in, p)
+	}
 	// A stream that breaks while the process lives is opened again (its
 	// first events are the latest of every request in flight).
 	for {

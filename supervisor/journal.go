@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -25,8 +23,8 @@ const JournalFile = "journal.db"
 var (
 	bucketRequests = []byte("requests") // request id → RequestInfo (JSON, no events)
 	bucketMeta     = []byte("meta")
-	keyEpoch       = []byte("epoch")        // uint64: supervisor starts on this state dir
-	keyNextRequest = []byte("next_request") // uint64: the last request number given
+	keyEpoch       = []byte("epoch")   // uint64: supervisor starts on this state dir
+	keyLastID      = []byte("last_id") // the greatest request id given (see ids.go)
 )
 
 // journal is the supervisor's durable record of accepted requests: an
@@ -36,8 +34,9 @@ var (
 // crashed one accepted. bbolt locks the file: two supervisors cannot share
 // a state directory.
 type journal struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	writes func(time.Duration) // observes each write's time; nil: none
 }
 
 // ErrStateDirInUse is returned when another supervisor holds the journal.
@@ -76,13 +75,14 @@ func openJournal(dir string) (*journal, uint64, error) {
 	return &journal{db: db, path: path}, epoch, nil
 }
 
-// load returns every journaled request, oldest first, and the last request
-// number given.
-func (j *journal) load() ([]RequestInfo, uint64, error) {
+// load returns every journaled request, oldest first, and the greatest
+// request id given on this state directory (also of requests forgotten
+// since).
+func (j *journal) load() ([]RequestInfo, string, error) {
 	var infos []RequestInfo
-	var last uint64
+	var last string
 	err := j.db.View(func(tx *bolt.Tx) error {
-		last = getUint(tx.Bucket(bucketMeta), keyNextRequest)
+		last = string(tx.Bucket(bucketMeta).Get(keyLastID))
 		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
 			var info RequestInfo
 			if err := json.Unmarshal(v, &info); err != nil {
@@ -93,9 +93,9 @@ func (j *journal) load() ([]RequestInfo, uint64, error) {
 		})
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("journal %s: %w", j.path, err)
+		return nil, "", fmt.Errorf("journal %s: %w", j.path, err)
 	}
-	sort.Slice(infos, func(a, b int) bool { return requestNumber(infos[a].ID) < requestNumber(infos[b].ID) })
+	sort.Slice(infos, func(a, b int) bool { return idLess(infos[a].ID, infos[b].ID) })
 	return infos, last, nil
 }
 
@@ -107,10 +107,16 @@ func (j *journal) put(info RequestInfo) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	defer func() {
+		if j.writes != nil {
+			j.writes(time.Since(start))
+		}
+	}()
 	err = j.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if n := requestNumber(info.ID); n > getUint(meta, keyNextRequest) {
-			if err := meta.Put(keyNextRequest, putUint(n)); err != nil {
+		if last := string(meta.Get(keyLastID)); last == "" || idLess(last, info.ID) {
+			if err := meta.Put(keyLastID, []byte(info.ID)); err != nil {
 				return err
 			}
 		}
@@ -146,16 +152,6 @@ func (j *journal) forget(ids []string) error {
 }
 
 func (j *journal) close() error { return j.db.Close() }
-
-// requestNumber is the number in a request id ("r000042" → 42), 0 when it
-// has none.
-func requestNumber(id string) uint64 {
-	n, err := strconv.ParseUint(strings.TrimPrefix(id, "r"), 10, 64)
-	if err != nil {
-		return 0
-	}
-	return n
-}
 
 func getUint(b *bolt.Bucket, k []byte) uint64 {
 	v := b.Get(k)
@@ -210,14 +206,15 @@ func (s *Supervisor) openState() ([]RequestInfo, error) {
 		j.close()
 		return nil, err
 	}
+	j.writes = func(d time.Duration) { s.metrics.journalWrite.Observe(d.Seconds()) }
 	s.journal = j
 	// Room ids are unique across supervisor starts on one state
 	// directory: each start takes its own block of 2^32 ids.
 	s.nextRoom.Store(epoch << 32)
+	s.ids.seen(last)
 	for _, info := range infos {
-		last = max(last, requestNumber(info.ID))
+		s.ids.seen(info.ID)
 	}
-	s.nextReq.Store(last)
 	return infos, nil
 }
 
@@ -229,7 +226,7 @@ func (s *Supervisor) recover(infos []RequestInfo) {
 		ctx, cancel := context.WithCancel(s.ctx)
 		r := &request{
 			sub: Submission{Prompt: info.Prompt, Seed: info.Seed, Steps: info.Steps, Key: info.Key},
-			id:  info.ID, ctx: ctx, cancel: cancel,
+			id:  info.ID, ctx: ctx, cancel: cancel, queue: &s.queue,
 			done: make(chan struct{}), changed: make(chan struct{}), info: info,
 		}
 		s.remember(r)

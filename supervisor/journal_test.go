@@ -67,8 +67,8 @@ func TestJournal(t *testing.T) {
 	if want := []RequestInfo{done, running}; !reflect.DeepEqual(infos, want) {
 		t.Errorf("loaded %+v\nwant %+v", infos, want)
 	}
-	if last != 9 {
-		t.Errorf("last request number %d, want 9 (forgotten ids are not given again)", last)
+	if last != "r000009" {
+		t.Errorf("last request id %q, want r000009 (forgotten ids are not given again)", last)
 	}
 }
 
@@ -91,10 +91,10 @@ func TestJournalCorrupt(t *testing.T) {
 	}
 }
 
-func TestRequestNumber(t *testing.T) {
-	for id, want := range map[string]uint64{"r000042": 42, "r1": 1, "x": 0, "": 0, "r-1": 0} {
-		if got := requestNumber(id); got != want {
-			t.Errorf("requestNumber(%q) = %d, want %d", id, got, want)
+func TestLegacyNumber(t *testing.T) {
+	for id, want := range map[string]uint64{"r000042": 42, "r1": 1, "x": 0, "": 0, "r-1": 0, "01JDX3M5Q8W4ZC2V7K9N0B6H1T": 0} {
+		if got := legacyNumber(id); got != want {
+			t.Errorf("legacyNumber(%q) = %d, want %d", id, got, want)
 		}
 	}
 }
@@ -226,8 +226,8 @@ func TestRepairJournal(t *testing.T) {
 	}
 	defer j.close()
 	infos, last, err := j.load()
-	if err != nil || len(infos) != kept || last < uint64(kept) || last != requestNumber(infos[len(infos)-1].ID) {
-		t.Fatalf("the repaired journal: %d requests, last number %d, %v", len(infos), last, err)
+	if err != nil || len(infos) != kept || last != infos[len(infos)-1].ID {
+		t.Fatalf("the repaired journal: %d requests, last id %q, %v", len(infos), last, err)
 	}
 }
 

@@ -46,6 +46,20 @@ type pluginLog struct {
 	inPanic bool
 }
 
+// nonEmpty returns the key/value pairs kv without those whose value is
+// an empty string, so that a log line says nothing rather than
+// `stderr=` or `reason=""`.
+func nonEmpty(kv ...any) []any {
+	out := kv[:0:0]
+	for i := 0; i+1 < len(kv); i += 2 {
+		if v, ok := kv[i+1].(string); ok && v == "" {
+			continue
+		}
+		out = append(out, kv[i], kv[i+1])
+	}
+	return out
+}
+
 // maxLogLine bounds one line of a plugin's stderr; longer ones are cut.
 const maxLogLine = 64 << 10
 
@@ -144,7 +158,8 @@ func (w *pluginLog) log(line []byte) {
 }
 
 // parseLogJSON reads an hclog JSON line: its level, message, and the other
-// keys as fields (sorted by key, so that logs read the same every time).
+// keys as fields (sorted by key, so that logs read the same every time;
+// those whose value is an empty string left out).
 func parseLogJSON(line []byte) (hclog.Level, string, []any, bool) {
 	if len(line) == 0 || line[0] != '{' {
 		return 0, "", nil, false
@@ -174,6 +189,9 @@ func parseLogJSON(line []byte) (hclog.Level, string, []any, bool) {
 	slices.Sort(keys)
 	fields := make([]any, 0, 2*len(keys))
 	for _, k := range keys {
+		if v, ok := raw[k].(string); ok && v == "" {
+			continue // `reason=""` says nothing
+		}
 		fields = append(fields, printable(k), printableValue(raw[k]))
 	}
 	return level, printable(msg), fields, true

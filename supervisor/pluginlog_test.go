@@ -29,6 +29,8 @@ func TestPluginLogLines(t *testing.T) {
 	}{
 		{"hclog JSON", `{"@level":"warn","@message":"low memory","@timestamp":"2026-11-30T10:00:00.123456Z","free":3}` + "\n",
 			`[WARN]  p: low memory: free=3 timestamp=2026-11-30T10:00:00.123Z`},
+		{"empty fields left out", `{"@level":"info","@message":"room removed","reason":"","stderr":"","room":7}` + "\n",
+			`[INFO]  p: room removed: room=7`},
 		{"three fractional digits", `{"@level":"INFO","@message":"hi","@timestamp":"2026-11-30T10:00:00.123Z"}` + "\n",
 			`[INFO]  p: hi: timestamp=2026-11-30T10:00:00.123Z`},
 		{"bad timestamp kept as a field", `{"@level":"info","@message":"hi","@timestamp":"yesterday"}` + "\n",

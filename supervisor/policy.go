@@ -84,7 +84,9 @@ func (s *Supervisor) callPolicy(ctx context.Context, p *policy, req sdk.Schedule
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.PolicyTimeout)
 	defer cancel()
+	start := time.Now()
 	d, err := impl.Schedule(cctx, req)
+	s.metrics.decisionTime.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
 	if err != nil && ctx.Err() == nil {
 		// Past the deadline: hung.
 		hung := timedOut(cctx, err)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/supervisor/config"
 )
 
 // process is one plugin child process started through go-plugin.
@@ -84,6 +85,23 @@ func checkPin(pc processConfig) (*plugin.SecureConfig, error) {
 	}
 	sum, _ := hex.DecodeString(pc.Pin)
 	return &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}, nil
+}
+
+// pinOf returns the pin of the plugin binary at path in cfg, and where
+// it is given; "" when the binary has none.
+func pinOf(cfg *config.Config, path string) (pin, at string) {
+	binary := filepath.Base(path)
+	return cfg.Pins[binary], cfg.PinnedAt(binary)
+}
+
+// checkPinned checks the plugin binary at path against its pin in cfg,
+// if it has one, by the rule startProcess applies (checkPin): for the
+// checks made before anything starts.
+func checkPinned(cfg *config.Config, kind sdk.Kind, name, path string) error {
+	pc := processConfig{Kind: kind, Name: name, Path: path}
+	pc.Pin, pc.PinnedAt = pinOf(cfg, path)
+	_, err := checkPin(pc)
+	return err
 }
 
 // startProcess starts a plugin, dispenses its service and checks its Info.

@@ -31,18 +31,22 @@ type Submission struct {
 	Key string `json:"key,omitempty"`
 }
 
-// MaxKeyLen bounds a submission's key.
-const MaxKeyLen = 256
+// The bounds of a submission.
+const (
+	MaxKeyLen    = 256      // bytes of its key
+	MaxPromptLen = 64 << 10 // bytes of its prompt
+	MaxSteps     = 10000    // its steps, from 1
+)
 
 // Validate checks a submission from a user: a prompt and at least one step.
 func (s Submission) Validate() error {
 	switch {
 	case s.Prompt == "":
 		return fmt.Errorf("%w: prompt must not be empty", ErrBadInput)
-	case len(s.Prompt) > 64<<10:
-		return fmt.Errorf("%w: prompt is %d bytes; at most 65536 are accepted", ErrBadInput, len(s.Prompt))
-	case s.Steps <= 0 || s.Steps > 10000:
-		return fmt.Errorf("%w: steps must be between 1 and 10000, got %d", ErrBadInput, s.Steps)
+	case len(s.Prompt) > MaxPromptLen:
+		return fmt.Errorf("%w: prompt is %d bytes; at most %d are accepted", ErrBadInput, len(s.Prompt), MaxPromptLen)
+	case s.Steps <= 0 || s.Steps > MaxSteps:
+		return fmt.Errorf("%w: steps must be between 1 and %d, got %d", ErrBadInput, MaxSteps, s.Steps)
 	case len(s.Key) > MaxKeyLen:
 		return fmt.Errorf("%w: key is %d bytes; at most %d are accepted", ErrBadInput, len(s.Key), MaxKeyLen)
 	}
@@ -78,6 +82,62 @@ type RequestInfo struct {
 	Submitted time.Time  `json:"submitted"`
 	Finished  *time.Time `json:"finished,omitempty"`
 	Events    []Event    `json:"events,omitempty"`
+	// QueuePosition is the request's place in the queue while it is
+	// queued (1: next to be dispatched), 0 otherwise.
+	QueuePosition int `json:"queue_position,omitempty"`
+	// Progress is each phase's progress in the current attempt, in
+	// pipeline order (left out of lists).
+	Progress []PhaseProgress `json:"progress,omitempty"`
+	// Timeline is where the request's time went, span by span, in the
+	// order they began (left out of lists).
+	Timeline []Span `json:"timeline,omitempty"`
+}
+
+// PhaseProgress is how far one phase's Run of a request is.
+type PhaseProgress struct {
+	Phase    string `json:"phase"`
+	Instance string `json:"instance"`
+	// Stage is the Run's stage as the phase reports it: "waiting" (for
+	// its inputs), "computing", "sending" (its outputs), "finished".
+	Stage string `json:"stage"`
+	// Done of Total units of work (denoising steps for a transformer);
+	// 0 of 0 until the phase reports its first step.
+	Done  int `json:"done"`
+	Total int `json:"total"`
+	// StepsPerSecond is Done over the time since the Run began to
+	// compute; 0 until two steps are reported.
+	StepsPerSecond float64 `json:"steps_per_second,omitempty"`
+}
+
+// The names of a timeline's spans.
+const (
+	SpanQueued   = "queued"   // accepted → a dispatch slot and a decision
+	SpanSchedule = "schedule" // the policies' decision; Detail: the choice
+	SpanRooms    = "rooms"    // every room opened, upstream first
+	SpanWait     = "wait"     // a phase's Run waiting for its inputs
+	SpanRun      = "run"      // a phase's compute: first to last step
+	SpanHop      = "hop"      // a phase's outputs moving to the next phase
+	SpanRemove   = "remove"   // the rooms removed, upstream first
+	SpanArtifact = "artifact" // the result recorded (journal) and reported
+	SpanAttempt  = "attempt"  // one dispatch attempt, when retried
+)
+
+// Span is one stretch of a request's timeline.
+type Span struct {
+	Name     string `json:"name"` // one of the Span… constants
+	Phase    string `json:"phase,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	// Start is when it began; End when it ended (nil while it lasts).
+	Start time.Time  `json:"start"`
+	End   *time.Time `json:"end,omitempty"`
+	// Detail says more: the policy's choice, the rooms, an error.
+	Detail string `json:"detail,omitempty"`
+	// A hop's room, backend and the bytes its sender moved.
+	Room    uint64 `json:"room,omitempty"`
+	Backend string `json:"backend,omitempty"`
+	Bytes   int64  `json:"bytes,omitempty"`
+	// A run's units of work (denoising steps).
+	Steps int `json:"steps,omitempty"`
 }
 
 // finished reports whether the request has ended and its end is journaled
@@ -103,19 +163,31 @@ type request struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when terminal
 
+	queue *waitQueue // the supervisor's, for the request's position
+
 	mu      sync.Mutex
 	info    RequestInfo
+	trace   trace // what its timeline and progress are made of
 	removed bool
 	changed chan struct{} // closed and replaced on every change
 }
 
+// snapshot is the request as the control API shows it, with its
+// timeline and progress.
 func (r *request) snapshot() RequestInfo {
+	pos := 0
+	if r.queue != nil {
+		pos = r.queue.position(r)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	info := r.info
 	info.Events = append([]Event(nil), r.info.Events...)
 	info.Rooms = append([]uint64(nil), r.info.Rooms...)
 	info.Backends = append([]string(nil), r.info.Backends...)
+	info.QueuePosition = pos
+	info.Progress = r.trace.progress()
+	info.Timeline = r.trace.timeline(r.info.Submitted)
 	return info
 }
 
@@ -125,8 +197,7 @@ func (r *request) event(e Event) {
 	defer r.mu.Unlock()
 	e.Time = time.Now()
 	r.info.Events = append(r.info.Events, e)
-	close(r.changed)
-	r.changed = make(chan struct{})
+	r.touchLocked()
 }
 
 // Submit accepts a request and dispatches it; it returns the request id.
@@ -142,14 +213,14 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		s.mu.Unlock()
 		return "", ErrReleasing
 	}
-	id := fmt.Sprintf("r%06d", s.nextReq.Add(1))
+	id := s.ids.next(time.Now())
 	// Counted in flight from here: release waits for it (and keeps the
 	// journal open) until it is accepted or refused.
 	s.inflight.Add(1)
 	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(s.ctx)
 	r := &request{
-		sub: sub, id: id, ctx: ctx, cancel: cancel,
+		sub: sub, id: id, ctx: ctx, cancel: cancel, queue: &s.queue,
 		done: make(chan struct{}), changed: make(chan struct{}),
 		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Key: sub.Key, Submitted: time.Now()},
 	}

@@ -2,17 +2,23 @@ package supervisor
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"time"
 )
 
 // Status is the supervisor's state, as `supervisor status` shows it.
 type Status struct {
-	PID      int           `json:"pid"`
-	RunDir   string        `json:"run_dir"`
-	Closing  bool          `json:"closing"`
-	Phases   []PhaseStatus `json:"phases"`
-	Policies PolicyList    `json:"policies"`
+	PID    int    `json:"pid"`
+	RunDir string `json:"run_dir"`
+	// State is the supervisor's own: "starting", "running", "releasing"
+	// or "released"; Closing is State == "releasing" or later.
+	State   string `json:"state"`
+	Closing bool   `json:"closing"`
+	// ArtifactDir is the absolute directory results are written to.
+	ArtifactDir string        `json:"artifact_dir"`
+	Phases      []PhaseStatus `json:"phases"`
+	Policies    PolicyList    `json:"policies"`
 	// Requests is one page of the requests the supervisor remembers, in
 	// submission order, without their prompts and events (a request's
 	// own view has them); Next is the cursor of the next page ("" after
@@ -57,6 +63,11 @@ type InstanceStatus struct {
 type Page struct {
 	Limit int
 	After string
+	// State lists only the requests in that state ("" for all).
+	State string
+	// Newest lists the newest requests first; After then is the
+	// cursor of the older ones.
+	Newest bool
 }
 
 // The bounds of a Page.
@@ -68,7 +79,8 @@ const (
 // Status asks every instance for its rooms and returns the whole picture,
 // with one page of the requests.
 func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
-	st := Status{PID: pid, RunDir: s.runDir, Policies: s.Policies(), InstanceExits: s.crashes.Load(), Retried: s.retried.Load()}
+	st := Status{PID: pid, RunDir: s.runDir, ArtifactDir: s.artifactDir(), Policies: s.Policies(), InstanceExits: s.crashes.Load(), Retried: s.retried.Load(),
+		Phases: []PhaseStatus{}, Requests: []RequestInfo{}}
 	for _, ph := range s.phases {
 		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name}
 		for _, in := range ph.instances {
@@ -91,21 +103,21 @@ func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 		st.Phases = append(st.Phases, ps)
 	}
 	s.mu.Lock()
-	st.Closing = s.closing
+	st.Closing, st.State = s.closing, s.stateLocked()
 	ids := s.pageLocked(page, &st)
 	s.mu.Unlock()
 	for _, id := range ids {
 		if r, err := s.lookup(id); err == nil {
 			info := r.snapshot()
-			info.Events, info.Prompt = nil, ""
+			info.Events, info.Prompt, info.Timeline, info.Progress = nil, "", nil, nil
 			st.Requests = append(st.Requests, info)
 		}
 	}
 	return st
 }
 
-// pageLocked returns the ids of page and fills in st's Next, Total and
-// Counts; s.mu is held.
+// pageLocked returns the ids of page (of its State only, when it names
+// one) and fills in st's Next, Total and Counts; s.mu is held.
 func (s *Supervisor) pageLocked(page Page, st *Status) []string {
 	limit := page.Limit
 	if limit <= 0 {
@@ -119,16 +131,38 @@ func (s *Supervisor) pageLocked(page Page, st *Status) []string {
 		st.Counts[r.info.State]++
 		r.mu.Unlock()
 	}
-	from := 0
+	// Ids grow with submission order: a page starts at the first id
+	// after the cursor (before it, newest first), whether that request
+	// is still known.
+	order := s.order
 	if page.After != "" {
-		// Ids grow with submission order: the page starts at the first
-		// id after the cursor, whether that request is still known.
-		n := requestNumber(page.After)
-		from = sort.Search(len(s.order), func(i int) bool { return requestNumber(s.order[i]) > n })
+		from := sort.Search(len(order), func(i int) bool { return idLess(page.After, order[i]) })
+		if page.Newest {
+			order = order[:sort.Search(len(order), func(i int) bool { return !idLess(order[i], page.After) })]
+		} else {
+			order = order[from:]
+		}
 	}
-	to := min(from+limit, len(s.order))
-	if to < len(s.order) {
-		st.Next = s.order[to-1]
+	if page.Newest {
+		order = slices.Clone(order)
+		slices.Reverse(order)
 	}
-	return append([]string(nil), s.order[from:to]...)
+	var ids []string
+	for _, id := range order {
+		if page.State != "" {
+			r := s.requests[id]
+			r.mu.Lock()
+			state := r.info.State
+			r.mu.Unlock()
+			if state != page.State {
+				continue
+			}
+		}
+		if len(ids) == limit {
+			st.Next = ids[len(ids)-1]
+			break
+		}
+		ids = append(ids, id)
+	}
+	return ids
 }

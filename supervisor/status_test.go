@@ -3,10 +3,10 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/phased/phased/supervisor/config"
 )
@@ -22,20 +22,28 @@ func TestStatusBounded(t *testing.T) {
 	ended := make(chan struct{})
 	close(ended)
 	s.mu.Lock()
+	var firstID string
 	for i := 1; i <= 2500; i++ {
-		id := fmt.Sprintf("r%06d", i)
+		id := s.ids.next(time.Now())
+		if i == 1 {
+			firstID = id
+		}
 		sub := Submission{Prompt: prompt, Steps: 1}
 		s.prune(retainedSize(sub))
-		s.remember(&request{id: id, sub: sub, done: ended, info: RequestInfo{ID: id, State: StateDone, Prompt: prompt, Steps: 1}})
+		state := StateDone
+		if i%7 == 0 {
+			state = StateFailed
+		}
+		s.remember(&request{id: id, sub: sub, done: ended, info: RequestInfo{ID: id, State: state, Prompt: prompt, Steps: 1}})
 	}
 	retained, n, first := s.retained, len(s.order), s.order[0]
 	s.mu.Unlock()
-	if retained > MaxRetainedBytes || n < 900 || n > 1000 || first == "r000001" {
+	if retained > MaxRetainedBytes || n < 900 || n > 1000 || first == firstID {
 		t.Fatalf("remembered %d requests, %d bytes, from %s; want about 990 within %d bytes, the oldest forgotten", n, retained, first, MaxRetainedBytes)
 	}
 	st := s.Status(context.Background(), os.Getpid(), Page{})
 	b, _ := json.Marshal(st)
-	if len(st.Requests) != DefaultPageLimit || st.Total != n || st.Counts[StateDone] != n || st.Next == "" || len(b) > 64<<10 {
+	if len(st.Requests) != DefaultPageLimit || st.Total != n || st.Counts[StateDone]+st.Counts[StateFailed] != n || st.Next == "" || len(b) > 64<<10 {
 		t.Fatalf("first page: %d requests of %d (counts %v), next %q, %d bytes of JSON", len(st.Requests), st.Total, st.Counts, st.Next, len(b))
 	}
 	if st.Requests[0].Prompt != "" {
@@ -45,7 +53,7 @@ func TestStatusBounded(t *testing.T) {
 	for page := (Page{Limit: 333}); ; {
 		st := s.Status(context.Background(), os.Getpid(), page)
 		for _, r := range st.Requests {
-			if requestNumber(r.ID) <= requestNumber(last) {
+			if last != "" && !idLess(last, r.ID) {
 				t.Fatalf("%s after %s", r.ID, last)
 			}
 			last = r.ID
@@ -58,6 +66,46 @@ func TestStatusBounded(t *testing.T) {
 	}
 	if seen != n {
 		t.Fatalf("the pages listed %d requests of %d", seen, n)
+	}
+	// Only the failed ones, a page at a time.
+	failed := 0
+	for page := (Page{Limit: 50, State: StateFailed}); ; {
+		st := s.Status(context.Background(), os.Getpid(), page)
+		for _, r := range st.Requests {
+			if r.State != StateFailed {
+				t.Fatalf("state=failed listed %s, %s", r.ID, r.State)
+			}
+			failed++
+		}
+		if st.Next == "" {
+			break
+		}
+		page.After = st.Next
+	}
+	if failed != st.Counts[StateFailed] || failed == 0 {
+		t.Fatalf("state=failed listed %d requests; %d failed", failed, st.Counts[StateFailed])
+	}
+	// Newest first, a page at a time: the same requests, reversed.
+	var newest []string
+	for page := (Page{Limit: 77, Newest: true}); ; {
+		st := s.Status(context.Background(), os.Getpid(), page)
+		for _, r := range st.Requests {
+			if len(newest) > 0 && !idLess(r.ID, newest[len(newest)-1]) {
+				t.Fatalf("newest first: %s after %s", r.ID, newest[len(newest)-1])
+			}
+			newest = append(newest, r.ID)
+		}
+		if st.Next == "" {
+			break
+		}
+		page.After = st.Next
+	}
+	if len(newest) != n || newest[0] != last {
+		t.Fatalf("newest first listed %d of %d, first %s; want %s", len(newest), n, newest[0], last)
+	}
+	// An empty list is a list.
+	if st := s.Status(context.Background(), os.Getpid(), Page{State: StateQueued}); st.Requests == nil || len(st.Requests) != 0 {
+		t.Fatalf("no queued requests: %#v", st.Requests)
 	}
 	if info, err := s.Request(last); err != nil || info.Prompt != prompt {
 		t.Fatalf("one request's own view: %v, prompt of %d bytes", err, len(info.Prompt))

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
@@ -85,10 +87,12 @@ type Supervisor struct {
 	retried atomic.Int64 // dispatch attempts after the first
 
 	journal *journal // nil without a state directory
+	metrics *metrics
 
 	nextRoom atomic.Uint64
-	nextReq  atomic.Uint64
+	ids      idGen
 	slots    chan struct{} // one per request dispatched at once (MaxInflight)
+	queue    waitQueue     // the requests waiting for a slot
 
 	schedMu  sync.Mutex // one scheduling decision at a time (see dispatch)
 	mu       sync.Mutex
@@ -112,7 +116,7 @@ func New(cfg *config.Config, opts Options) *Supervisor {
 	if opts.LogLevel == "" {
 		opts.LogLevel = "info"
 	}
-	return &Supervisor{
+	s := &Supervisor{
 		cfg:      cfg,
 		opts:     opts,
 		logger:   opts.Logger,
@@ -120,7 +124,67 @@ func New(cfg *config.Config, opts Options) *Supervisor {
 		requests: make(map[string]*request),
 		released: make(chan struct{}),
 		readyCh:  make(chan struct{}),
+		metrics:  newMetrics(),
 	}
+	s.metrics.reg.MustRegister(stateCollector{s})
+	return s
+}
+
+// The supervisor's own states, as status and /metrics show them.
+const (
+	SupervisorStarting  = "starting"
+	SupervisorRunning   = "running"
+	SupervisorReleasing = "releasing"
+	SupervisorReleased  = "released"
+)
+
+// stateLocked is the supervisor's state; s.mu is held.
+func (s *Supervisor) stateLocked() string {
+	select {
+	case <-s.released:
+		return SupervisorReleased
+	default:
+	}
+	switch {
+	case s.closing:
+		return SupervisorReleasing
+	case s.started:
+		return SupervisorRunning
+	}
+	return SupervisorStarting
+}
+
+// MetricsHandler serves the supervisor's metrics in Prometheus's text
+// format. A figure that cannot be gathered is left out of the answer, not
+// made an error of the whole scrape.
+func (s *Supervisor) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// health is the supervisor's state, and whether it is ready: running,
+// and every phase has a ready instance.
+func (s *Supervisor) health() Health {
+	s.mu.Lock()
+	h := Health{State: s.stateLocked()}
+	s.mu.Unlock()
+	if h.State != SupervisorRunning {
+		h.Reason = "the supervisor is " + h.State
+		return h
+	}
+	for _, ph := range s.phases {
+		ready := 0
+		for _, in := range ph.instances {
+			if in.currentState() == stateReady {
+				ready++
+			}
+		}
+		if ready == 0 {
+			h.Reason = fmt.Sprintf("phase %s has no ready instance (of %d)", ph.cfg.Name, len(ph.instances))
+			return h
+		}
+	}
+	h.Ready = true
+	return h
 }
 
 // Start finds and starts every plugin: policies first, then the instances of
@@ -151,11 +215,15 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 	}
 	cat := Catalog{Dir: pluginDir}
 	s.catalog = cat
-	// Find every binary first, so that a typo fails before anything starts.
+	// Find every binary and check its pin first, so that a typo or a
+	// binary that is not the pinned one fails before anything starts.
 	paths := map[string]string{}
 	for _, name := range s.cfg.Policies() {
 		p, err := cat.Find(sdk.KindPolicy, name)
 		if err != nil {
+			return err
+		}
+		if err := checkPinned(s.cfg, sdk.KindPolicy, name, p); err != nil {
 			return err
 		}
 		paths["policy/"+name] = p
@@ -164,6 +232,11 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 		p, err := cat.Find(sdk.KindPhase, ph.Plugin)
 		if err != nil {
 			return fmt.Errorf("phase %q: %w", ph.Name, err)
+		}
+		if _, checked := paths["phase/"+ph.Plugin]; !checked {
+			if err := checkPinned(s.cfg, sdk.KindPhase, ph.Plugin, p); err != nil {
+				return fmt.Errorf("phase %q: %w", ph.Name, err)
+			}
 		}
 		paths["phase/"+ph.Plugin] = p
 	}
@@ -192,7 +265,7 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 	s.started = true
 	s.recover(recovered)
 	s.mu.Unlock()
-	s.logger.Info("pipeline started", "phases", len(s.phases), "run_dir", s.runDir)
+	s.logger.Info("pipeline started", "phases", len(s.phases), "run_dir", s.runDir, "artifacts", s.artifactDir())
 	return nil
 }
 
@@ -233,8 +306,7 @@ func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, err
 	pc.Logger = s.logger.Named(pc.Name)
 	pc.SocketDir = filepath.Join(s.runDir, "plugin")
 	pc.LogLevel = s.opts.LogLevel
-	binary := filepath.Base(pc.Path)
-	pc.Pin, pc.PinnedAt = s.cfg.Pins[binary], s.cfg.PinnedAt(binary)
+	pc.Pin, pc.PinnedAt = pinOf(s.cfg, pc.Path)
 	if err := os.MkdirAll(pc.SocketDir, 0o700); err != nil {
 		return nil, err
 	}

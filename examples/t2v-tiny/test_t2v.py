@@ -176,6 +176,13 @@ def test_phase_params(tmp_path):
     ]:
         with pytest.raises(ValueError, match=want):
             phase.configure(phased.Config(instance="x-0", params=params, log=log))
+    # validate_params: every problem, without loading; configure refuses the first.
+    problems = phases.Decoder().validate_params({"frame_mss": "40", "threads": "0", "frame_ms": "x"})
+    assert [(p.param, p.message) for p in problems] == [
+        ("frame_ms", "param frame_ms='x': invalid literal for int() with base 10: 'x'"),
+        ("frame_mss", "unknown param 'frame_mss' (did you mean 'frame_ms'? known: checkpoint, frame_ms, threads)"),
+        ("threads", "param threads='0': want 1 to 256")]
+    assert phases.Transformer().validate_params({"guidance": "4", "threads": "2"}) == []
     enc = phases.Encoder()
     phased.local.configure_local([enc], {"strict": "true"})
     with pytest.raises(phased.InvalidArgument, match="unknown word"):

@@ -74,6 +74,21 @@ def test_params_errors():
         assert str(e.value).startswith(f'{cls.name}: params: steps = "3": unknown param; the known params are ')
 
 
+def test_validate_params():
+    """validate_params reports every problem that configure refuses the
+    first of, without configuring."""
+    for cls in (ENC, TR, DEC):
+        ph = cls()
+        assert ph.validate_params({"frames": "3"}) == []
+        got = ph.validate_params({"fraems": "3", "height": "-4"})
+        assert got == [("fraems", 'fraems = "3": unknown param; did you mean "frames"? The known params are '
+                        'channels, context_dim, context_len, delay, frames, height, scale, width'),
+                       ("height", 'height = "-4": must be a positive integer')]
+        with pytest.raises(ValueError) as e:
+            configured(cls, {"fraems": "3", "height": "-4"})
+        assert str(e.value) == f"{cls.name}: params: {got[0][1]}"
+
+
 def test_specs():
     params = {"context_len": "4", "context_dim": "8", "channels": "3", "frames": "2", "height": "4", "width": "6"}
     req = phased.Request(id="x")

@@ -84,6 +84,14 @@ def test_parse_params(case):
     assert str(e.value) == case["error"]
 
 
+@pytest.mark.parametrize("case", GOLDEN["params"], ids=lambda c: json.dumps(c["params"], ensure_ascii=False))
+def test_param_problems(case):
+    """Every problem, as Go's model.ParamProblems reports it: the same
+    params, messages and order."""
+    assert [list(p) for p in tm.param_problems(case["params"])] == case["problems"]
+    assert bool(case["problems"]) == bool(case["error"])
+
+
 def test_quote():
     assert tm.quote('a"b\\c\n\t\x01\x7f\u00e9\u00a0\u200b\U0001F98A\U000E0001') == \
         '"a\\"b\\\\c\\n\\t\\x01\\x7fé\\u00a0\\u200b🦊\\U000e0001"'

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -137,50 +137,131 @@ class Params:
     @classmethod
     def parse(cls, m: Optional[Mapping[str, str]] = None) -> "Params":
         """ParseParams: the defaults overridden by m; keys checked in
-        sorted order, the first error raised as ParamError."""
+        sorted order, the first error (of check) raised as ParamError."""
+        p, errors = cls._parse(m)
+        if errors:
+            raise errors[0]
+        return p
+
+    @classmethod
+    def check(cls, m: Optional[Mapping[str, str]] = None) -> List[ParamError]:
+        """CheckParams: every error of m that parse raises the first of, in
+        the same order."""
+        return cls._parse(m)[1]
+
+    @classmethod
+    def _parse(cls, m) -> Tuple["Params", List[ParamError]]:
         values = {f.name: f.default for f in fields(cls)}
         m = dict(m or {})
+        errors = []
         for k in sorted(m, key=lambda k: k.encode("utf-8", "surrogatepass")):
             v = m[k]
             if k not in values:
-                raise ParamError([k], [v], "unknown param; the known params are " + ", ".join(sorted(PARAM_KEYS)))
+                near = near_keys(k)
+                reason = "unknown param; " + (f"did you mean {_quote_or(near)}? The " if near else "the ")
+                errors.append(ParamError([k], [v], reason + "known params are " + ", ".join(sorted(PARAM_KEYS))))
+                continue
             n = _atoi(v)
             if n is None:
-                raise ParamError([k], [v], "not an integer")
+                errors.append(ParamError([k], [v], "not an integer"))
+                continue
             values[k] = n
         p = cls(**values)
-        p.validate()
-        return p
+        return p, errors + p.problems()
 
     def _error(self, reason: str, *keys: str) -> ParamError:
         return ParamError(keys, [str(getattr(self, k)) for k in keys], reason)
 
     def validate(self) -> None:
-        """Params.Validate: raise ParamError unless the sizes are valid."""
-        for k in PARAM_KEYS:
-            if getattr(self, k) <= 0:
-                raise self._error("must be a positive integer", k)
-        if self.channels < MIN_CHANNELS:
-            raise self._error(f"must be at least {MIN_CHANNELS}: the decoder reads channels 0, 1 and 2 as red, "
-                              "green and blue", "channels")
-        if self.delay > MAX_DELAY:
-            raise self._error(f"must be at most {MAX_DELAY} hundredths of a second (GIF stores it in 16 bits)",
-                              "delay")
-        if not _fits(MAX_GIF_SIDE, self.width, self.scale):
-            raise self._error(f"a decoded frame would be more than {MAX_GIF_SIDE} pixels wide, the most a GIF "
-                              "holds", "width", "scale")
-        if not _fits(MAX_GIF_SIDE, self.height, self.scale):
-            raise self._error(f"a decoded frame would be more than {MAX_GIF_SIDE} pixels high, the most a GIF "
-                              "holds", "height", "scale")
-        if not _fits(MAX_TENSOR_BYTES, 4, self.context_len, self.context_dim):
-            raise self._error("the context tensor (context_len × context_dim float32) would exceed 2 GiB",
-                              "context_len", "context_dim")
-        if not _fits(MAX_TENSOR_BYTES, 4, self.channels, self.frames, self.height, self.width):
-            raise self._error("the latent tensor (channels × frames × height × width float32) would exceed 2 GiB",
-                              "channels", "frames", "height", "width")
-        if not _fits(MAX_TENSOR_BYTES, self.frames, self.height, self.width, self.scale, self.scale):
-            raise self._error("the decoded frames (frames × height×scale × width×scale bytes) would exceed 2 GiB",
-                              "frames", "height", "width", "scale")
+        """Params.Validate: raise ParamError (the first problem) unless the
+        sizes are valid."""
+        errors = self.problems()
+        if errors:
+            raise errors[0]
+
+    def problems(self) -> List[ParamError]:
+        """Every error validate could raise, in its order; the sizes are
+        checked against the limits only when all are positive."""
+        errors = [self._error("must be a positive integer", k) for k in PARAM_KEYS if getattr(self, k) <= 0]
+        if errors:
+            return errors
+        for ok, reason, keys in (
+            (self.channels >= MIN_CHANNELS, f"must be at least {MIN_CHANNELS}: the decoder reads channels 0, 1 and "
+             "2 as red, green and blue", ("channels",)),
+            (self.delay <= MAX_DELAY, f"must be at most {MAX_DELAY} hundredths of a second (GIF stores it in 16 "
+             "bits)", ("delay",)),
+            (_fits(MAX_GIF_SIDE, self.width, self.scale), f"a decoded frame would be more than {MAX_GIF_SIDE} "
+             "pixels wide, the most a GIF holds", ("width", "scale")),
+            (_fits(MAX_GIF_SIDE, self.height, self.scale), f"a decoded frame would be more than {MAX_GIF_SIDE} "
+             "pixels high, the most a GIF holds", ("height", "scale")),
+            (_fits(MAX_TENSOR_BYTES, 4, self.context_len, self.context_dim),
+             "the context tensor (context_len × context_dim float32) would exceed 2 GiB",
+             ("context_len", "context_dim")),
+            (_fits(MAX_TENSOR_BYTES, 4, self.channels, self.frames, self.height, self.width),
+             "the latent tensor (channels × frames × height × width float32) would exceed 2 GiB",
+             ("channels", "frames", "height", "width")),
+            (_fits(MAX_TENSOR_BYTES, self.frames, self.height, self.width, self.scale, self.scale),
+             "the decoded frames (frames × height×scale × width×scale bytes) would exceed 2 GiB",
+             ("frames", "height", "width", "scale")),
+        ):
+            if not ok:
+                errors.append(self._error(reason, *keys))
+        return errors
+
+
+def param_problems(m: Optional[Mapping[str, str]]) -> List[Tuple[str, str]]:
+    """model.ParamProblems: check(m) as (param, message) pairs for a
+    phase's validate_params, each about the first of its keys whose value
+    m gives (for a limit on several keys, an integer), "" for none."""
+    m = dict(m or {})
+    out = []
+    for e in Params.check(m):
+        param = ""
+        for k in e.keys:
+            if k in m and (len(e.keys) == 1 or _atoi(m[k]) is not None):
+                param = k
+                break
+        out.append((param, str(e)))
+    return out
+
+
+def near_keys(key: str) -> List[str]:
+    """nearKeys: the known keys closest to an unknown one, sorted: those at
+    the least edit distance, when it is at most 2 and less than half the
+    key's length, or else those the key extends or begins."""
+    near, best = [], 3
+    for k in sorted(PARAM_KEYS):
+        d = _edit_distance(key, k)
+        if d > 2 or 2 * d >= len(k):
+            continue
+        if d < best:
+            near, best = [], d
+        if d == best:
+            near.append(k)
+    if near:
+        return near
+    return [k for k in sorted(PARAM_KEYS) if len(key) >= 3 and (key.startswith(k) or k.startswith(key))]
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """editDistance: optimal string alignment, in code points."""
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def _quote_or(words: List[str]) -> str:
+    q = [quote(w) for w in words]
+    return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " or " + q[-1]
 
 
 def context_shape(p: Params) -> Tuple[int, int]:

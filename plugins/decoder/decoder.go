@@ -10,6 +10,7 @@
 package decoder
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -79,6 +80,12 @@ func (d *Phase) Configure(_ context.Context, cfg sdk.Config) error {
 	return nil
 }
 
+// ValidateParams checks params as Configure does, without configuring
+// anything: one problem per unknown or bad param (model.ParamProblems).
+func (d *Phase) ValidateParams(_ context.Context, params map[string]string) ([]sdk.ParamProblem, error) {
+	return model.ParamProblems(params), nil
+}
+
 // Info describes the plugin.
 func (d *Phase) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{Name: Name, Kind: sdk.KindPhase, Version: Version, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
@@ -91,9 +98,12 @@ func (d *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 }
 
 // Run decodes the input latent with model.Decode and writes the GIF
-// atomically to <req.ArtifactDir>/<req.ID>.gif (a temporary file in the
-// same directory, synced, then renamed; mode 0666 less the umask; the directory is
-// created 0755 if needed). It returns the artifact with its absolute path,
+// atomically and exclusively to <req.ArtifactDir>/<req.ID>.gif (a
+// temporary file in the same directory, synced, then hard-linked to its
+// name, which fails when a file with other bytes has that name: a result
+// is never replaced, and an attempt of the same request that died after
+// writing leaves the same bytes, which stand; mode 0666 less the umask;
+// the directory is created 0755 if needed). It returns the artifact with its absolute path,
 // SHA-256 and size. req.ID must be 1 to MaxIDLen bytes of [A-Za-z0-9_.-]
 // (else ErrBadID) and req.ArtifactDir must be set (else ErrNoArtifactDir).
 // When ctx is done before the rename, no file is left and the error wraps
@@ -175,11 +185,28 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 		return "", err
 	}
 	path = filepath.Join(dir, name)
-	if err = os.Rename(tmp, path); err != nil {
+	// A link, not a rename: it fails when path exists, so that no
+	// result is ever replaced (a rename would, silently). A file with
+	// the same bytes is this request's own, written by an attempt that
+	// died before it could report it (ids are unique): it stands.
+	if err = os.Link(tmp, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			if old, rerr := os.ReadFile(path); rerr == nil && bytes.Equal(old, data) {
+				return path, errors.Join(os.Remove(tmp), syncDir(dir))
+			}
+			err = fmt.Errorf("%w with other bytes: %s; results are never replaced: move it away, or write to another artifact_dir", ErrArtifactExists, path)
+		}
+		return "", fmt.Errorf("artifact: %w", err)
+	}
+	if err = os.Remove(tmp); err != nil {
 		return "", fmt.Errorf("artifact: %w", err)
 	}
 	return path, syncDir(dir)
 }
+
+// ErrArtifactExists is wrapped by Run's error when a file already has
+// the artifact's name.
+var ErrArtifactExists = errors.New("the artifact file exists already")
 
 // createTemp creates a new file prefix+random in dir, with mode 0666 less
 // the process's umask, as cp and every tool that writes files for a user
@@ -232,6 +259,7 @@ func (d *Phase) settings() *settings {
 }
 
 var (
-	_ sdk.Phase      = (*Phase)(nil)
-	_ sdk.Configurer = (*Phase)(nil)
+	_ sdk.Phase           = (*Phase)(nil)
+	_ sdk.Configurer      = (*Phase)(nil)
+	_ sdk.ParamsValidator = (*Phase)(nil)
 )

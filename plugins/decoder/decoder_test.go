@@ -125,6 +125,38 @@ func TestPipelineMatchesReference(t *testing.T) {
 	}
 }
 
+// TestNeverReplaces: a second request with the id of an existing
+// artifact fails with ErrArtifactExists; the first file keeps its bytes
+// and no temporary file is left. The same request again (an attempt
+// after one that died once it had written) finds its own bytes: it
+// succeeds.
+func TestNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	ps := newPhases(t, map[string]string{"frames": "2", "height": "5", "width": "7"})
+	req := sdk.Request{ID: "same", Prompt: "one", Seed: 1, Steps: 1, ArtifactDir: dir}
+	art, err := ps.run(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := os.ReadFile(art.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ps.run(context.Background(), req)
+	if err != nil || again.Path != art.Path || again.SHA256 != art.SHA256 {
+		t.Fatalf("the same request again: %+v, %v", again, err)
+	}
+	req.Prompt, req.Seed = "two", 2
+	_, err = ps.run(context.Background(), req)
+	if !errors.Is(err, decoder.ErrArtifactExists) || !strings.Contains(err.Error(), art.Path) {
+		t.Fatalf("second write: %v; want ErrArtifactExists naming %s", err, art.Path)
+	}
+	if got, _ := os.ReadFile(art.Path); !bytes.Equal(got, first) {
+		t.Fatal("the first artifact was replaced")
+	}
+	assertNoTemp(t, dir)
+}
+
 // assertNoTemp fails if dir holds anything but .gif files.
 func assertNoTemp(t *testing.T, dir string) {
 	t.Helper()

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phased/phased/sdk"
 )
 
 // wan is the Wan2.1 t2v size.
@@ -77,6 +79,51 @@ func TestParseParams(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Fatalf("ParseParams(%v) = %+v, want %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParamProblems(t *testing.T) {
+	pp := func(param, message string) sdk.ParamProblem { return sdk.ParamProblem{Param: param, Message: message} }
+	known := "known params are channels, context_dim, context_len, delay, frames, height, scale, width"
+	tests := []struct {
+		name string
+		in   map[string]string
+		want []sdk.ParamProblem // nil: valid
+	}{
+		{name: "none", in: nil},
+		{name: "valid", in: wan},
+		{name: "every bad key, not only the first", in: map[string]string{"fraems": "3", "width": "x", "stpes": "3", "height": "-2"}, want: []sdk.ParamProblem{
+			pp("fraems", `fraems = "3": unknown param; did you mean "frames"? The `+known),
+			pp("stpes", `stpes = "3": unknown param; the `+known),
+			pp("width", `width = "x": not an integer`),
+			// Checked with the integers given: height is, width is not.
+			pp("height", `height = "-2": must be a positive integer`),
+		}},
+		{name: "a case typo", in: map[string]string{"Frames": "3"}, want: []sdk.ParamProblem{pp("Frames", `Frames = "3": unknown param; did you mean "frames"? The `+known)}},
+		{name: "a transposition", in: map[string]string{"hieght": "3"}, want: []sdk.ParamProblem{pp("hieght", `hieght = "3": unknown param; did you mean "height"? The `+known)}},
+		{name: "a longer name", in: map[string]string{"context_length": "3"}, want: []sdk.ParamProblem{pp("context_length", `context_length = "3": unknown param; did you mean "context_len"? The `+known)}},
+		{name: "two as close", in: map[string]string{"context": "3"}, want: []sdk.ParamProblem{pp("context", `context = "3": unknown param; did you mean "context_dim" or "context_len"? The `+known)}},
+		{name: "too short to guess", in: map[string]string{"w": "3"}, want: []sdk.ParamProblem{pp("w", `w = "3": unknown param; the `+known)}},
+		{name: "every size limit, on the first key given", in: map[string]string{"channels": "2", "delay": "65536", "scale": "40000"}, want: []sdk.ParamProblem{
+			pp("channels", `channels = "2": must be at least 3: the decoder reads channels 0, 1 and 2 as red, green and blue`),
+			pp("delay", `delay = "65536": must be at most 65535 hundredths of a second (GIF stores it in 16 bits)`),
+			pp("scale", `width = "32", scale = "40000": a decoded frame would be more than 65535 pixels wide, the most a GIF holds`),
+			pp("scale", `height = "24", scale = "40000": a decoded frame would be more than 65535 pixels high, the most a GIF holds`),
+			pp("scale", `frames = "8", height = "24", width = "32", scale = "40000": the decoded frames (frames × height×scale × width×scale bytes) would exceed 2 GiB`),
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ParamProblems(tt.in)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("ParamProblems(%v) =\n%q\nwant\n%q", tt.in, got, tt.want)
+			}
+			// ParseParams refuses what has problems, with the first.
+			_, err := ParseParams(tt.in)
+			if len(tt.want) == 0 && err != nil || len(tt.want) > 0 && (err == nil || err.Error() != tt.want[0].Message) {
+				t.Fatalf("ParseParams(%v) = %v; want the first problem", tt.in, err)
 			}
 		})
 	}

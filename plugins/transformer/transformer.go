@@ -60,6 +60,12 @@ func (t *Phase) Configure(_ context.Context, cfg sdk.Config) error {
 	return nil
 }
 
+// ValidateParams checks params as Configure does, without configuring
+// anything: one problem per unknown or bad param (model.ParamProblems).
+func (t *Phase) ValidateParams(_ context.Context, params map[string]string) ([]sdk.ParamProblem, error) {
+	return model.ParamProblems(params), nil
+}
+
 // Info describes the plugin.
 func (t *Phase) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{Name: Name, Kind: sdk.KindPhase, Version: Version, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
@@ -111,6 +117,7 @@ func (t *Phase) settings() *settings {
 }
 
 var (
-	_ sdk.Phase      = (*Phase)(nil)
-	_ sdk.Configurer = (*Phase)(nil)
+	_ sdk.Phase           = (*Phase)(nil)
+	_ sdk.Configurer      = (*Phase)(nil)
+	_ sdk.ParamsValidator = (*Phase)(nil)
 )

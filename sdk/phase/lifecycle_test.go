@@ -130,7 +130,7 @@ func TestReadyWaitsForLoad(t *testing.T) {
 	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleSender}); err != nil {
 		t.Fatalf("OpenRoom after Load: %v", err)
 	}
-	if a, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err != nil || a.Path != "r" {
+	if a, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "r"}}); err != nil || a.Artifact == nil || a.Artifact.Path != "r" {
 		t.Fatalf("Run after Load: %v, %v", a, err)
 	}
 }

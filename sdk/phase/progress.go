@@ -20,6 +20,7 @@ type runReporter struct {
 	mu        sync.Mutex
 	computing bool // the phase's Run is executing: sdk.ReportProgress counts
 	reported  bool // the phase called sdk.ReportProgress
+	done      int  // the last done reported
 }
 
 func (r *runReporter) publish(stage string, done, total int) {
@@ -57,6 +58,10 @@ func (r *runReporter) report(done, total int) {
 		return
 	}
 	r.reported = true
+	if done > r.done {
+		r.hub.units.Add(uint64(done - r.done))
+		r.done = done
+	}
 	r.publish(sdk.StageComputing, done, total)
 }
 
@@ -74,6 +79,7 @@ type progressHub struct {
 	latest  map[*runReporter]latestEvent // Runs in progress
 	seq     uint64                       // orders latest by Run start
 	dropped atomic.Uint64                // events dropped, all streams together
+	units   atomic.Uint64                // units of work reported done, all Runs together
 }
 
 type latestEvent struct {

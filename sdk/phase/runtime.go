@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -27,6 +28,10 @@ type Runtime struct {
 	phase    sdk.Phase
 	logger   hclog.Logger
 	progress progressHub
+	// What Status reports of the Runs: how many succeeded and failed, and
+	// the time their phase's Run computed, in all.
+	runsOK, runsFailed atomic.Uint64
+	computeNanos       atomic.Int64
 
 	mu       sync.Mutex
 	mgr      *transfer.Manager // nil until Configure
@@ -228,13 +233,23 @@ func (r *Runtime) OpenRoom(ctx context.Context, spec sdk.RoomSpec) (string, erro
 	return "", fmt.Errorf("%w: room %d: unknown role %v", sdk.ErrInvalid, spec.Room, spec.Role)
 }
 
-func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (*sdk.Artifact, error) {
+func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, error) {
+	res, err := r.run(ctx, spec)
+	if err != nil {
+		r.runsFailed.Add(1)
+	} else {
+		r.runsOK.Add(1)
+	}
+	return res, err
+}
+
+func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rooms := []uint64{spec.InRoom, spec.OutRoom}
 	mgr, err := r.track(rooms, cancel)
 	if err != nil {
-		return nil, err
+		return sdk.RunResult{}, err
 	}
 	defer r.untrack(rooms)
 	rep := &runReporter{hub: &r.progress, request: spec.Request.ID, inRoom: spec.InRoom, outRoom: spec.OutRoom}
@@ -245,33 +260,37 @@ func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (*sdk.Artifact, err
 	if spec.InRoom != 0 {
 		ts, done, err := mgr.Receive(ctx, spec.InRoom)
 		if err != nil {
-			return nil, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
+			return sdk.RunResult{}, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
 		}
 		defer done()
 		in = ts
 		if dp, ok := r.phase.(sdk.DevicePhase); !ok || !dp.TakesDeviceTensors() {
 			if in, err = hostCopies(ts, mgr.CopyToHost); err != nil {
-				return nil, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
+				return sdk.RunResult{}, fmt.Errorf("receive room %d: %w", spec.InRoom, err)
 			}
 		}
 	}
 	rep.startComputing()
+	began := time.Now()
 	out, err := r.runPhase(rep.context(ctx), spec.Request, in)
+	r.computeNanos.Add(int64(time.Since(began)))
 	rep.stopComputing(err == nil)
 	if err != nil {
-		return nil, err
+		return sdk.RunResult{}, err
 	}
 	if spec.OutRoom == 0 {
 		if out.Artifact == nil {
-			return nil, errors.New("the last phase of the pipeline returned no artifact")
+			return sdk.RunResult{}, errors.New("the last phase of the pipeline returned no artifact")
 		}
-		return out.Artifact, nil
+		return sdk.RunResult{Artifact: out.Artifact}, nil
 	}
 	rep.publish(sdk.StageSending, 0, 0)
-	if err := mgr.Send(ctx, spec.OutRoom, out.Tensors); err != nil {
-		return nil, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
+	sent := time.Now()
+	n, err := mgr.SendN(ctx, spec.OutRoom, out.Tensors)
+	if err != nil {
+		return sdk.RunResult{}, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
-	return nil, nil
+	return sdk.RunResult{SentBytes: n, SendTime: time.Since(sent)}, nil
 }
 
 // hostCopies returns ts with every tensor in device memory replaced by a
@@ -357,7 +376,40 @@ func (r *Runtime) Status(context.Context) (sdk.InstanceStatus, error) {
 	if err != nil {
 		return sdk.InstanceStatus{}, err
 	}
-	return sdk.InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped(), DroppedProgress: r.progress.dropped.Load()}, nil
+	return sdk.InstanceStatus{Rooms: mgr.Rooms(), DroppedFrames: mgr.Dropped(), DroppedProgress: r.progress.dropped.Load(), Metrics: r.metrics(mgr)}, nil
+}
+
+// metrics are the instance's own figures for the supervisor's /metrics.
+func (r *Runtime) metrics(mgr *transfer.Manager) []sdk.Metric {
+	ms := []sdk.Metric{
+		{Name: "runs_total", Help: "Runs of this instance, by outcome.", Counter: true, Labels: map[string]string{"outcome": "ok"}, Value: float64(r.runsOK.Load())},
+		{Name: "runs_total", Help: "Runs of this instance, by outcome.", Counter: true, Labels: map[string]string{"outcome": "failed"}, Value: float64(r.runsFailed.Load())},
+		{Name: "compute_seconds_total", Help: "Time the phase's Run computed, all Runs together.", Counter: true, Value: time.Duration(r.computeNanos.Load()).Seconds()},
+		{Name: "steps_total", Help: "Units of work (denoising steps) the phase reported done.", Counter: true, Value: float64(r.progress.units.Load())},
+		{Name: "transfer_dropped_frames_total", Help: "Frames from the network the transfer manager dropped.", Counter: true, Value: float64(mgr.Dropped())},
+		{Name: "progress_dropped_total", Help: "Progress events dropped by streams too slow to read them.", Counter: true, Value: float64(r.progress.dropped.Load())},
+	}
+	for _, c := range mgr.Counters() {
+		b := map[string]string{"backend": string(c.Backend)}
+		ms = append(ms,
+			sdk.Metric{Name: "transfer_sent_total", Help: "Tensor sets sent into rooms, by backend.", Counter: true, Labels: b, Value: float64(c.Sent)},
+			sdk.Metric{Name: "transfer_sent_bytes_total", Help: "Bytes sent into rooms, by backend.", Counter: true, Labels: b, Value: float64(c.SentBytes)},
+			sdk.Metric{Name: "transfer_send_seconds_total", Help: "Time sends took, from the call to the receiver's Success, by backend.", Counter: true, Labels: b, Value: c.SendTime.Seconds()},
+			sdk.Metric{Name: "transfer_received_total", Help: "Tensor sets received from rooms, by backend.", Counter: true, Labels: b, Value: float64(c.Received)},
+			sdk.Metric{Name: "transfer_received_bytes_total", Help: "Bytes received from rooms, by backend.", Counter: true, Labels: b, Value: float64(c.ReceivedBytes)},
+		)
+	}
+	return ms
+}
+
+// ValidateParams checks params with the phase's ParamsValidator, without
+// Configure; a phase without one cannot check them before it loads.
+func (r *Runtime) ValidateParams(ctx context.Context, params map[string]string) ([]sdk.ParamProblem, error) {
+	v, ok := r.phase.(sdk.ParamsValidator)
+	if !ok {
+		return nil, fmt.Errorf("%w: the phase does not implement sdk.ParamsValidator", sdk.ErrNoValidation)
+	}
+	return v.ValidateParams(ctx, params)
 }
 
 // Progress follows the instance's progress events until ctx ends or the

@@ -82,6 +82,18 @@ func (s Spec) NumBytes() (int64, error) {
 	return n, nil
 }
 
+// TotalBytes is the bytes of ts as their specs say; a spec whose size
+// cannot be computed counts 0.
+func TotalBytes(ts []Tensor) int64 {
+	var n int64
+	for _, t := range ts {
+		if b, err := t.NumBytes(); err == nil {
+			n += b
+		}
+	}
+	return n
+}
+
 // Equal reports whether two specs have the same name, dtype and shape.
 func (s Spec) Equal(o Spec) bool {
 	if s.Name != o.Name || s.DType != o.DType || len(s.Shape) != len(o.Shape) {

@@ -65,10 +65,11 @@ const (
 // goroutine and one transfer worker. See the package comment for the
 // lifecycle. All methods are safe for concurrent use.
 type Manager struct {
-	cfg     Config
-	log     hclog.Logger
-	nextGen atomic.Uint64
-	dropped atomic.Uint64
+	cfg      Config
+	log      hclog.Logger
+	nextGen  atomic.Uint64
+	dropped  atomic.Uint64
+	counters counters
 
 	mu       sync.Mutex
 	state    managerState
@@ -485,55 +486,78 @@ func (m *Manager) waitLocked(ctx context.Context, r *room) error {
 // fails the room. Send may be called once per room; tensors must stay
 // unchanged until it returns.
 func (m *Manager) Send(ctx context.Context, id uint64, tensors []tensor.Tensor) error {
+	_, err := m.SendN(ctx, id, tensors)
+	return err
+}
+
+// SendN is Send, and returns the bytes it wrote into the receiver's
+// buffers: those of the outputs the receiver declared.
+func (m *Manager) SendN(ctx context.Context, id uint64, tensors []tensor.Tensor) (int64, error) {
+	start := time.Now()
+	backend, n, err := m.send(ctx, id, tensors)
+	if err != nil {
+		return 0, err
+	}
+	m.counters.sent(backend, int64(n), time.Since(start))
+	return int64(n), nil
+}
+
+// send is Send; it returns the room's backend and the bytes of the
+// receiver's buffers.
+func (m *Manager) send(ctx context.Context, id uint64, tensors []tensor.Tensor) (sdk.Backend, uint64, error) {
 	for i, t := range tensors {
 		if err := t.Validate(); err != nil {
-			return fmt.Errorf("transfer: send room %d: tensor %d: %w", id, i, err)
+			return "", 0, fmt.Errorf("transfer: send room %d: tensor %d: %w", id, i, err)
 		}
 	}
 	m.mu.Lock()
 	r, err := m.roomLocked(id, Sender)
 	if err != nil {
 		m.mu.Unlock()
-		return err
+		return "", 0, err
 	}
 	if r.sending {
 		m.mu.Unlock()
-		return fmt.Errorf("transfer: send room %d: Send was already called for this room", id)
+		return "", 0, fmt.Errorf("transfer: send room %d: Send was already called for this room", id)
 	}
 	r.sending = true
 	for r.status == Bootstrapping && !r.removing {
 		if err := m.waitLocked(ctx, r); err != nil {
 			r.sending = false
 			m.mu.Unlock()
-			return fmt.Errorf("transfer: send room %d: waiting for the receiver's descriptor: %w", id, err)
+			return "", 0, fmt.Errorf("transfer: send room %d: waiting for the receiver's descriptor: %w", id, err)
 		}
 	}
 	if err := roomErrLocked(r); err != nil {
 		m.mu.Unlock()
-		return err
+		return "", 0, err
 	}
-	changed := r.changed
+	changed, backend := r.changed, r.backend
+	var n uint64
+	if r.desc != nil {
+		n = totalBytes(r.desc.buffers)
+	}
 	m.mu.Unlock()
 
 	j := &job{ctx: ctx, r: r, tensors: tensors, done: make(chan error, 1)}
 	for {
 		select {
 		case m.jobs <- j:
-			return <-j.done
+			return backend, n, <-j.done
 		case <-changed:
 			m.mu.Lock()
 			err, changed = roomErrLocked(r), r.changed
 			m.mu.Unlock()
 			if err != nil {
-				return err
+				return "", 0, err
 			}
 		case <-ctx.Done():
 			m.mu.Lock()
 			r.sending = false
 			m.mu.Unlock()
-			return fmt.Errorf("transfer: send room %d: waiting for the transfer worker: %w", id, ctx.Err())
+			return "", 0, fmt.Errorf("transfer: send room %d: waiting for the transfer worker: %w", id, ctx.Err())
 		case <-m.quit:
-			return ErrReleased
+			return "", 0, ErrReleased
 		}
 	}
 }
@@ -562,7 +586,11 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 			return nil, nil, err
 		}
 		if r.status == Success {
-			return m.leaseLocked(r)
+			ts, done, err := m.leaseLocked(r)
+			if err == nil {
+				m.counters.received(r.backend, tensor.TotalBytes(ts))
+			}
+			return ts, done, err
 		}
 		if !r.verifying && (r.final != nil || r.ctrl != nil && r.status == Transferring && ctx.Err() == nil) {
 			m.verifyLocked(ctx, r)

@@ -4,6 +4,7 @@ import (
 	"net"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/pflag"
 
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
@@ -13,7 +14,7 @@ import (
 // config's control block.
 type controlFlags struct{ listen, tokenFile string }
 
-func (c *controlFlags) register(f *flags) {
+func (c *controlFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&c.listen, "listen", "", "also serve the control API on TCP at `HOST:PORT` (e.g. 127.0.0.1:7070), to callers with the bearer token; needs --token-file (default: the config's control block, else off)")
 	f.StringVar(&c.tokenFile, "token-file", "", "`FILE` holding the bearer token for --listen: at least 16 bytes, mode 0600 or stricter")
 }
@@ -26,22 +27,6 @@ func (c *controlFlags) apply(cfg *config.Config) {
 		cfg.Control.TokenFile = c.tokenFile
 	}
 }
-
-const startHelp = `usage: supervisor start [flags]
-
-Runs a supervisor in the foreground; SIGINT or SIGTERM release it.
-
-The control API is served on a unix socket (mode 0600, in a directory of
-mode 0700): only this user can reach it, and it needs no token. With
---listen it is also served on TCP, off by default; every TCP call must carry
-"Authorization: Bearer TOKEN", the token in --token-file (a file only its
-owner can read). TCP is plain HTTP: keep it on 127.0.0.1, and reach it from
-another host through an SSH tunnel (ssh -L 7070:127.0.0.1:7070 HOST) or a
-TLS-terminating proxy. Clients: supervisor status --addr HOST:PORT, with the
-token in $PHASED_TOKEN or --token-file.
-
-Flags:
-`
 
 // listenTCP opens the control API's TCP listener that ctl asks for, with
 // its token; nil when ctl asks for none.

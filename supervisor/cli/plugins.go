@@ -1,83 +1,175 @@
 package cli
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
 )
 
-// plugins is `supervisor plugins [lock]`: it lists the plugins of the
+// pluginsCmd is `supervisor plugins [lock]`: it lists the plugins of the
 // plugin directory with their version, SHA-256 and pin, or writes the
 // lock file that pins them all.
-func plugins(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("plugins", stderr)
+func (a *app) pluginsCmd() *cobra.Command {
 	var sf startFlags
-	sf.register(f, "warn")
-	asJSON := f.Bool("json", false, "print the list as JSON")
-	f.socket = ""
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
+	var asJSON bool
+	var ignored string
+	cmd := &cobra.Command{
+		Use:   "plugins",
+		Short: "List the plugin directory's plugins: kind, version, API versions, SHA-256, pin",
+		Long: `Lists every plugin binary of the plugin directory (phased-phase-NAME and
+phased-policy-NAME): it runs each one to ask its name, kind, version and
+API versions, and hashes it. PIN says whether the config or the lock file
+pins it, and whether the pin matches ("MISMATCH" when the binary changed).
+` + "`plugins lock`" + ` writes the pins.`,
+		Example: `  supervisor plugins
+  supervisor plugins --config phased.hcl --json`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown verb %q: want `plugins` or `plugins lock`", args[0])
+			if s := suggestVerbs(cmd, args[0]); len(s) > 0 {
+				msg += "; did you mean " + orList(s) + "?"
+			}
+			return usagef("%s", msg)
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := sf.load()
+			if err != nil {
+				return err
+			}
+			dir := pluginDir(cfg)
+			infos, err := supervisor.Catalog{Dir: dir}.Inspect(cmd.Context(), cfg.Pins)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.stdout, nonNil(infos))
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "KIND\tNAME\tVERSION\tAPI\tSHA256\tPIN")
+			for _, pi := range infos {
+				pin := "-"
+				switch {
+				case pi.Pin == "":
+				case pi.Pin == pi.SHA256:
+					pin = "ok"
+				default:
+					pin = "MISMATCH (pinned " + pi.Pin[:min(12, len(pi.Pin))] + "…)"
+				}
+				version := pi.Version
+				if pi.Error != "" {
+					version = "(" + pi.Error + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", pi.Kind, pi.Name, version, pi.APIVersions, pi.SHA256, pin)
+			}
+			tw.Flush()
+			fmt.Fprintf(a.stdout, "\nplugin directory: %s\n", dir)
+			if missing := missingPlugins(cfg, infos); len(missing) > 0 {
+				for _, m := range missing {
+					fmt.Fprintln(a.stderr, m)
+				}
+				return &exitError{code: ExitNotFound, err: fmt.Errorf("%d plugins the config names are not in %s; see supervisor validate", len(missing), dir), quiet: !asJSON}
+			}
+			return nil
+		},
 	}
-	lock := len(pos) == 1 && pos[0] == "lock"
-	if len(pos) > 1 || len(pos) == 1 && !lock {
-		return fmt.Errorf("%w: want `plugins` or `plugins lock`", errUsage)
-	}
-	cfg, err := sf.load()
-	if lock && err != nil {
-		// A stale pin must not stop the command that replaces it.
-		sf.lock = os.DevNull
-		cfg, err = sf.load()
-	}
-	if err != nil {
-		return err
-	}
-	dir := cfg.PluginDir
-	if dir == "" {
-		dir = supervisor.DefaultPluginDir()
-	}
-	infos, err := supervisor.Catalog{Dir: dir}.Inspect(ctx, cfg.Pins)
-	if err != nil {
-		return err
-	}
-	if lock {
-		pins := map[string]string{}
-		for _, pi := range infos {
-			pins[pi.Binary] = pi.SHA256
-		}
-		path := sf.lockPath()
-		if err := os.WriteFile(path, config.FormatLock(pins), 0o644); err != nil {
-			return fmt.Errorf("write the lock file: %w", err)
-		}
-		fmt.Fprintf(stdout, "pinned %d plugins of %s in %s\n", len(pins), dir, path)
-		return nil
-	}
-	if *asJSON {
-		return printJSON(stdout, infos)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIND\tNAME\tVERSION\tAPI\tSHA256\tPIN")
+	pf := cmd.PersistentFlags()
+	sf.registerConfig(pf)
+	pf.BoolVar(&asJSON, "json", false, "print JSON: the list of plugins, or what lock pinned")
+	// Accepted as before, and unused: listing starts no supervisor.
+	pf.StringVar(&ignored, "log-level", "", "unused")
+	pf.StringVar(&ignored, "socket", "", "unused")
+	_ = pf.MarkHidden("log-level")
+	_ = pf.MarkHidden("socket")
+
+	cmd.AddCommand(&cobra.Command{
+		Use:   "lock",
+		Short: "Pin every plugin binary by SHA-256 in the lock file",
+		Long: `Hashes every plugin binary of the plugin directory and writes the pins
+to the lock file (` + config.LockFile + ` beside the config, or --lock FILE).
+From then on ` + "`supervisor start`" + ` refuses a plugin binary that changed, naming
+both hashes; run ` + "`plugins lock`" + ` again after an upgrade. A stale pin does not
+stop lock from replacing it.`,
+		Example: `  supervisor plugins lock --config phased.hcl
+  supervisor plugins lock --lock /etc/phased/phased.lock.hcl`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := sf.load()
+			if err != nil {
+				// A stale pin must not stop the command that replaces it.
+				lock := sf.lock
+				sf.lock = os.DevNull
+				cfg, err = sf.load()
+				sf.lock = lock
+			}
+			if err != nil {
+				return err
+			}
+			dir := pluginDir(cfg)
+			infos, err := supervisor.Catalog{Dir: dir}.Inspect(cmd.Context(), cfg.Pins)
+			if err != nil {
+				return err
+			}
+			pins := map[string]string{}
+			for _, pi := range infos {
+				pins[pi.Binary] = pi.SHA256
+			}
+			path := sf.lockPath()
+			if err := os.WriteFile(path, config.FormatLock(pins), 0o644); err != nil {
+				return fmt.Errorf("write the lock file: %w", err)
+			}
+			if asJSON {
+				return printJSON(a.stdout, struct {
+					PluginDir string            `json:"plugin_dir"`
+					LockFile  string            `json:"lock_file"`
+					Pins      map[string]string `json:"pins"`
+				}{dir, path, pins})
+			}
+			fmt.Fprintf(a.stdout, "pinned %d plugins of %s in %s\n", len(pins), dir, path)
+			return nil
+		},
+	})
+	return cmd
+}
+
+// missingPlugins names, at their place in the config, the phase and
+// policy plugins cfg uses that are not among infos.
+func missingPlugins(cfg *config.Config, infos []supervisor.PluginInfo) []string {
+	have := map[string]bool{}
 	for _, pi := range infos {
-		pin := "-"
-		switch {
-		case pi.Pin == "":
-		case pi.Pin == pi.SHA256:
-			pin = "ok"
-		default:
-			pin = "MISMATCH (pinned " + pi.Pin[:12] + "…)"
-		}
-		version := pi.Version
-		if pi.Error != "" {
-			version = "(" + pi.Error + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", pi.Kind, pi.Name, version, pi.APIVersions, pi.SHA256, pin)
+		have[pi.Kind+"/"+pi.Name] = true
 	}
-	tw.Flush()
-	fmt.Fprintf(stdout, "\nplugin directory: %s\n", dir)
-	return nil
+	var out []string
+	seen := map[string]bool{}
+	miss := func(at config.Pos, kind, name, phase string) {
+		key := kind + "/" + name
+		if have[key] || seen[key] {
+			return
+		}
+		seen[key] = true
+		where := ""
+		if s := at.String(); s != "" {
+			where = s + ": "
+		}
+		out = append(out, fmt.Sprintf("%sphase %q: %s plugin %q is not in the plugin directory", where, phase, kind, name))
+	}
+	for _, ph := range cfg.Phases {
+		miss(ph.At.Plugin, "phase", ph.Plugin, ph.Name)
+		miss(ph.At.Policy, "policy", ph.Policy, ph.Name)
+	}
+	return out
+}
+
+// pluginDir is the plugin directory cfg names, or the default.
+func pluginDir(cfg *config.Config) string {
+	if cfg.PluginDir != "" {
+		return cfg.PluginDir
+	}
+	return supervisor.DefaultPluginDir()
 }

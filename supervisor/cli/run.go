@@ -9,114 +9,125 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
 )
 
-// run starts a supervisor in this process on a private socket, submits
-// --count requests of each --prompt at once, waits for all of them, prints
+// runCmd starts a supervisor in this process on a private socket, submits
+// --count requests of each prompt at once, waits for all of them, prints
 // one line (or JSON object) per request and releases. It fails when any
 // request failed.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("run", stderr)
+func (a *app) runCmd() *cobra.Command {
 	var sf startFlags
+	var s submission
+	var count int
+	var out, socket string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "run (--prompt TEXT | --prompt-file FILE)...",
+		Short: "Start a supervisor, submit requests, wait for them, release: the demo in one command",
+		Long: `Starts a supervisor in this process on a private socket, submits --count
+requests of each prompt (--prompt and --prompt-file, repeatable, in the
+order given) all at once, waits for every one, prints one line per request
+in id order (or one JSON object per request with --json) and releases the
+supervisor. Request i of a prompt uses seed+i. On a terminal it shows the
+requests in flight as they go: one line per phase with a bar of its
+denoising steps.
+
+It exits 0 when every request is done and 1 when any failed. Ctrl-C
+releases the supervisor (requests in flight end failed), prints what
+ended, and exits 130. run never listens on TCP, whatever the config says.`,
+		Example: `  supervisor run --prompt "a red fox running through fresh snow" --count 4 --out out
+  supervisor run --config examples/configs/t2v-tiny.hcl --prompt "a red circle moving left" --prompt "a blue square moving up"
+  supervisor run --prompt-file prompts/a.txt --prompt-file prompts/b.txt --json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sf.checkLog(); err != nil {
+				return err
+			}
+			if count < 1 {
+				return usagef("--count must be at least 1")
+			}
+			subs, err := s.resolve(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			cfg, err := sf.load()
+			if err != nil {
+				return err
+			}
+			if out != "" {
+				cfg.ArtifactDir = out
+			}
+			// run serves its private socket only, whatever the config's
+			// control block says.
+			cfg.Control = config.Control{}
+			if socket == "" {
+				dir, err := os.MkdirTemp("/tmp", "phased-run-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				socket = filepath.Join(dir, "phased.sock")
+			}
+			logger := sf.logger(a.stderr)
+			began := a.now()
+			sigs, stop := notifySignals()
+			defer stop()
+			r, err := launch(cmd.Context(), cfg, socket, logger, &sf)
+			if err != nil {
+				return err
+			}
+			// The requests are one member of the group: when they are all
+			// done the supervisor is released; when it is released first
+			// (a signal), they end released and are waited for.
+			results := make([]Result, count*len(subs))
+			var b *board
+			if !asJSON {
+				b = a.newBoard(a.stdout, len(results))
+			}
+			stopErr := r.serve(sigs, submitAll(cmd.Context(), supervisor.NewClient(socket), subs, results, b.update))
+			b.finish()
+			failed, err := printResults(a.stdout, results, asJSON, len(subs) > 1)
+			if err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(a.stdout, "%d of %d requests done in %.2fs (start, run, release)\n", len(results)-failed, len(results), a.now().Sub(began).Seconds())
+			}
+			switch {
+			case stopErr != nil:
+				return stopErr
+			case r.signal != nil:
+				return &exitError{code: ExitInterrupted, err: fmt.Errorf("interrupted (%v): the supervisor was released; %d of %d requests did not end done", r.signal, failed, len(results))}
+			case failed > 0:
+				return &exitError{code: ExitFailed, quiet: true, err: fmt.Errorf("%d of %d requests failed", failed, len(results))}
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	s.register(fs, "; repeat it to run several prompts, each --count times")
+	fs.IntVar(&count, "count", 1, "number of requests `N` of each prompt; request i uses seed+i")
+	fs.Int64Var(&s.seed, "seed", 0, "random seed `N` of the first request")
+	fs.StringVar(&out, "out", "", "artifact `DIR` (overrides the config's artifact_dir)")
+	fs.BoolVar(&asJSON, "json", false, `print one JSON object per request: {"id", "state", "artifact", "sha256", "reason", "seconds", "prompt"}`)
+	sf.registerConfig(fs)
+	fs.StringVar(&sf.stateDir, "state-dir", "", "state `DIR` for a request journal (default: none; the requests live in memory for this run)")
 	// run prints its results; the logs say more with --log-level info.
-	sf.register(f, "warn")
-	f.StringVar(&sf.stateDir, "state-dir", "", "state `DIR` for a request journal (default: none, requests live in memory for this one run)")
-	var prompts promptList
-	f.Var(&prompts, "prompt", "the prompt `TEXT` (required; repeat it to run several prompts, each --count times)")
-	count := f.Int("count", 1, "number of requests `N` of each prompt; request i uses seed+i")
-	seed := f.Int64("seed", 0, "random seed `N` of the first request")
-	steps := f.Int("steps", supervisor.DefaultSteps, "refinement steps `N`")
-	key := f.String("key", "", "affinity `KEY` of every request (see submit)")
-	out := f.String("out", "", "artifact `DIR` (overrides the config's artifact_dir)")
-	asJSON := f.Bool("json", false, "print one JSON object per request")
-	f.socket = ""
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if err := noArgs(pos); err != nil {
-		return err
-	}
-	if len(prompts) == 0 {
-		prompts = promptList{""} // Validate says that a prompt is required
-	}
-	subs := make([]supervisor.Submission, 0, len(prompts))
-	for _, p := range prompts {
-		sub := supervisor.Submission{Prompt: p, Seed: *seed, Steps: *steps, Key: *key}
-		if err := sub.Validate(); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		subs = append(subs, sub)
-	}
-	if *count < 1 {
-		return fmt.Errorf("%w: --count must be at least 1", errUsage)
-	}
-	cfg, err := sf.load()
-	if err != nil {
-		return err
-	}
-	if *out != "" {
-		cfg.ArtifactDir = *out
-	}
-	// run serves its private socket only, whatever the config's control
-	// block says.
-	cfg.Control = config.Control{}
-	socket := f.socket
-	if socket == "" {
-		dir, err := os.MkdirTemp("/tmp", "phased-run-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		socket = filepath.Join(dir, "phased.sock")
-	}
-	logger := newLogger(sf.logLevel, stderr)
-	began := time.Now()
-	sigs, stop := notifySignals()
-	defer stop()
-	r, err := launch(ctx, cfg, socket, logger, &sf)
-	if err != nil {
-		return err
-	}
-	// The requests are one member of the group: when they are all done
-	// the supervisor is released; when it is released first (a signal),
-	// they end released and are waited for.
-	results := make([]Result, *count*len(subs))
-	stopErr := r.serve(sigs, submitAll(ctx, supervisor.NewClient(socket), subs, results))
-	failed, err := printResults(stdout, results, *asJSON, len(subs) > 1)
-	if err != nil {
-		return err
-	}
-	if !*asJSON {
-		fmt.Fprintf(stdout, "%d of %d requests done in %.2fs (start, run, release)\n", len(results)-failed, len(results), time.Since(began).Seconds())
-	}
-	if stopErr != nil {
-		return stopErr
-	}
-	if failed > 0 {
-		return errSilent
-	}
-	return nil
-}
-
-// promptList is the repeatable --prompt flag.
-type promptList []string
-
-func (p *promptList) String() string { return strings.Join(*p, ", ") }
-
-func (p *promptList) Set(s string) error {
-	*p = append(*p, s)
-	return nil
+	sf.registerLog(fs, "warn")
+	fs.StringVar(&socket, "socket", "", "serve the control API on the socket `PATH` while it runs, for status and watch (default: a private one in a new directory under /tmp)")
+	sf.completeLog(cmd)
+	return cmd
 }
 
 // submitAll is the actor that submits len(results) requests at once,
 // len(results)/len(subs) of each submission (the i-th of them with seed+i),
 // and waits for them; its interrupt waits for them too.
-func submitAll(ctx context.Context, c *supervisor.Client, subs []supervisor.Submission, results []Result) actor {
+func submitAll(ctx context.Context, c *supervisor.Client, subs []supervisor.Submission, results []Result, seen func(supervisor.RequestInfo)) actor {
 	done := make(chan struct{})
 	return actor{
 		execute: func() error {
@@ -127,7 +138,7 @@ func submitAll(ctx context.Context, c *supervisor.Client, subs []supervisor.Subm
 				wg.Go(func() {
 					s := subs[i/per]
 					s.Seed += int64(i % per)
-					results[i] = submitAndWait(ctx, c, s)
+					results[i] = submitAndWait(ctx, c, s, seen)
 					results[i].Prompt = s.Prompt
 				})
 			}
@@ -161,12 +172,14 @@ func printResults(stdout io.Writer, results []Result, asJSON, withPrompt bool) (
 	return failed, nil
 }
 
-func submitAndWait(ctx context.Context, c *supervisor.Client, sub supervisor.Submission) Result {
+// submitAndWait submits sub and waits for its end, handing seen each
+// snapshot.
+func submitAndWait(ctx context.Context, c *supervisor.Client, sub supervisor.Submission, seen func(supervisor.RequestInfo)) Result {
 	id, err := c.Submit(ctx, sub)
 	if err != nil {
 		return Result{State: supervisor.StateFailed, Reason: err.Error()}
 	}
-	info, err := c.Watch(ctx, id, nil)
+	info, err := c.Watch(ctx, id, seen)
 	if err != nil {
 		return Result{ID: id, State: supervisor.StateFailed, Reason: err.Error()}
 	}

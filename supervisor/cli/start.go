@@ -12,26 +12,57 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	oklog "github.com/oklog/run"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor"
 	"github.com/phased/phased/supervisor/config"
 )
 
-// common flags of start and run.
+// startFlags are the flags start and run share: the config, the plugin
+// directory, the pins, the state directory and the logs.
 type startFlags struct {
 	config    string
 	pluginDir string
-	logLevel  string
 	lock      string
 	stateDir  string
+	logLevel  string
+	logFormat string
 }
 
-func (s *startFlags) register(f *flags, logLevel string) {
-	f.StringVar(&s.config, "config", "", "config `FILE` (HCL, or JSON if it ends in .json); default: the embedded default")
-	f.StringVar(&s.pluginDir, "plugin-dir", "", "plugin `DIR` (overrides the config's plugin_dir; default: plugins/ beside this binary)")
-	f.StringVar(&s.logLevel, "log-level", logLevel, "log `LEVEL`: trace, debug, info, warn, error")
-	f.StringVar(&s.lock, "lock", "", "plugin pins `FILE` (default: "+config.LockFile+" beside the config, or here for the default config; read if it exists)")
+// registerConfig adds --config, --plugin-dir and --lock.
+func (s *startFlags) registerConfig(fs *pflag.FlagSet) {
+	fs.StringVar(&s.config, "config", "", "config `FILE` (HCL, or JSON if it ends in .json; default: the embedded default config)")
+	fs.StringVar(&s.pluginDir, "plugin-dir", "", "plugin `DIR` (overrides the config's plugin_dir; default: plugins/ beside this binary)")
+	fs.StringVar(&s.lock, "lock", "", "plugin pins `FILE`, read if it exists (default: "+config.LockFile+" beside the config, or in this directory for the default config)")
+}
+
+// logLevels are the values of --log-level.
+var logLevels = []string{"trace", "debug", "info", "warn", "error"}
+
+// registerLog adds --log-level (default level) and --log-format.
+func (s *startFlags) registerLog(fs *pflag.FlagSet, level string) {
+	fs.StringVar(&s.logLevel, "log-level", level, "log `LEVEL`: trace, debug, info, warn or error (plugins log at the same level)")
+	fs.StringVar(&s.logFormat, "log-format", "text", "log `FORMAT` on stderr: text, or json (one object per line)")
+}
+
+func (s *startFlags) completeLog(cmd *cobra.Command) {
+	_ = cmd.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions(logLevels, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+// checkLog refuses a log level or format hclog would not know (it takes
+// an unknown level for "no level" without a word).
+func (s *startFlags) checkLog() error {
+	if err := wantOneOf("log-level", s.logLevel, logLevels...); err != nil {
+		return err
+	}
+	return wantOneOf("log-format", s.logFormat, "text", "json")
+}
+
+func (s *startFlags) logger(w io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "supervisor", Level: hclog.LevelFromString(s.logLevel), Output: w, JSONFormat: s.logFormat == "json"})
 }
 
 func (s *startFlags) load() (*config.Config, error) {
@@ -66,6 +97,7 @@ type running struct {
 	sup    *supervisor.Supervisor
 	api    *supervisor.API
 	logger hclog.Logger
+	signal os.Signal // the signal that released it, if one did
 }
 
 // launch listens on socket, starts the supervisor and returns it with its
@@ -149,6 +181,7 @@ func (r *running) serve(sigs <-chan os.Signal, work ...actor) error {
 	g.Add(func() error {
 		select {
 		case sig := <-sigs:
+			r.signal = sig
 			r.logger.Info("signal received; releasing", "signal", sig)
 		case <-quit:
 		}
@@ -167,39 +200,60 @@ func notifySignals() (<-chan os.Signal, func()) {
 	return sigs, func() { signal.Stop(sigs) }
 }
 
-func newLogger(level string, w io.Writer) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "supervisor", Level: hclog.LevelFromString(level), Output: w})
-}
-
-func start(ctx context.Context, args []string, _, stderr io.Writer) error {
-	f := newFlags("start", stderr)
+func (a *app) startCmd() *cobra.Command {
 	var sf startFlags
-	sf.register(f, "info")
-	f.StringVar(&sf.stateDir, "state-dir", supervisor.DefaultStateDir(), "state `DIR`: the request journal, which a supervisor started after a crash finishes (env PHASED_STATE_DIR)")
+	var socket string
 	var cf controlFlags
-	cf.register(f)
-	f.Usage = func() {
-		fmt.Fprint(f.Output(), startHelp)
-		f.PrintDefaults()
+	cmd := &cobra.Command{
+		Use:   "start",
+		Short: "Run a supervisor in the foreground; SIGINT or SIGTERM release it",
+		Long: `Runs a supervisor in the foreground: it starts every phase's instances and
+the policies of the config, serves the control API, and dispatches the
+requests it is sent. SIGINT (Ctrl-C), SIGTERM or ` + "`supervisor release`" + ` release
+it in order, and it exits 0. Requests are journaled in the state directory
+before they are acknowledged; a supervisor started on the same state
+directory after a crash finishes them.
+
+The control API is served on a unix socket (mode 0600, in a directory of
+mode 0700): only this user can reach it, and it needs no token. With
+--listen it is also served on TCP, off by default; every TCP call must carry
+"Authorization: Bearer TOKEN", the token in --token-file (a file only its
+owner can read). TCP is plain HTTP: keep it on 127.0.0.1, and reach it from
+another host through an SSH tunnel (ssh -L 7070:127.0.0.1:7070 HOST) or a
+TLS-terminating proxy. Clients: supervisor status --addr HOST:PORT, with the
+token in $PHASED_TOKEN or --token-file.
+
+A config that does not parse exits 2, naming FILE:LINE:COL.`,
+		Example: `  supervisor start
+  supervisor start --config phased.hcl --log-level debug --log-format json
+  supervisor start --listen 127.0.0.1:7070 --token-file ~/.phased-token`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sf.checkLog(); err != nil {
+				return err
+			}
+			cfg, err := sf.load()
+			if err != nil {
+				return err
+			}
+			cf.apply(cfg)
+			sf.stateDir = stateDir(sf.stateDir)
+			logger := sf.logger(a.stderr)
+			sigs, stop := notifySignals()
+			defer stop()
+			r, err := launch(cmd.Context(), cfg, socketPath(socket), logger, &sf)
+			if err != nil {
+				return err
+			}
+			return r.serve(sigs)
+		},
 	}
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if err := noArgs(pos); err != nil {
-		return err
-	}
-	cfg, err := sf.load()
-	if err != nil {
-		return err
-	}
-	cf.apply(cfg)
-	logger := newLogger(sf.logLevel, stderr)
-	sigs, stop := notifySignals()
-	defer stop()
-	r, err := launch(ctx, cfg, f.socket, logger, &sf)
-	if err != nil {
-		return err
-	}
-	return r.serve(sigs)
+	fs := cmd.Flags()
+	sf.registerConfig(fs)
+	fs.StringVar(&sf.stateDir, "state-dir", "", stateDirHelp+"; a supervisor started after a crash finishes its requests")
+	sf.registerLog(fs, "info")
+	fs.StringVar(&socket, "socket", "", socketHelp)
+	cf.register(fs)
+	sf.completeLog(cmd)
+	return cmd
 }

@@ -92,6 +92,9 @@ type Config struct {
 	Backend string
 	// Params are passed to every phase; a phase's own params override them.
 	Params map[string]string
+	// ParamsAt says where each of Params is given: its key. See
+	// Config.ParamAt for a phase's.
+	ParamsAt map[string]Pos
 	// Grace is how long release waits for in-flight requests.
 	Grace time.Duration
 	// PeerTimeout is how long a room waits for a peer whose connection
@@ -114,7 +117,7 @@ type Config struct {
 	// their binary must have, from pin blocks in the config and the lock
 	// file (ApplyLock).
 	Pins     map[string]string
-	pinnedAt map[string]string // binary -> FILE:LINE of its pin
+	pinnedAt map[string]Pos // binary -> where its pin is
 	// Control is where the control API listens besides its unix socket.
 	Control Control
 	// Restart is the restart rule of the policy processes, and of the
@@ -162,6 +165,55 @@ type Phase struct {
 	HangTimeout time.Duration
 	// Restart says how an instance that exited is restarted.
 	Restart Restart
+	// At says where the phase is defined, for messages; zero for a phase
+	// made in code.
+	At PhaseAt
+}
+
+// PhaseAt is where a phase block and its parts are in its config file.
+type PhaseAt struct {
+	Block  Pos // the phase block
+	Plugin Pos // its plugin attribute
+	// Policy is where its policy is named: its policy attribute, else
+	// the top-level one, else (the default policy) the block.
+	Policy Pos
+	Params Pos            // its params attribute; zero without one
+	Param  map[string]Pos // each of its own params: its key
+}
+
+// Pos is a place in a config file, shown as FILE:LINE:COL.
+type Pos struct {
+	Filename     string
+	Line, Column int
+}
+
+// String is FILE:LINE:COL, or "" for the zero Pos.
+func (p Pos) String() string {
+	if p == (Pos{}) {
+		return ""
+	}
+	return fmt.Sprintf("%s:%d:%d", p.Filename, p.Line, p.Column)
+}
+
+func posOf(r hcl.Range) Pos {
+	return Pos{Filename: r.Filename, Line: r.Start.Line, Column: r.Start.Column}
+}
+
+// ParamAt says where the param name of phase p is given: the key in the
+// phase's own params, else in the top-level params, else the phase's
+// params attribute, else its block (a param p's plugin adds itself, or
+// a problem about the params as a whole: name "").
+func (c *Config) ParamAt(p Phase, name string) Pos {
+	if at, ok := p.At.Param[name]; ok {
+		return at
+	}
+	if at, ok := c.ParamsAt[name]; ok {
+		return at
+	}
+	if p.At.Params != (Pos{}) {
+		return p.At.Params
+	}
+	return p.At.Block
 }
 
 // Restart is a restart rule: at most Max restarts within Window, each
@@ -272,21 +324,22 @@ func Load(path string) (*Config, error) {
 
 // file, releaseBlock and phaseBlock mirror the config's syntax.
 type file struct {
-	PluginDir     *string           `hcl:"plugin_dir,optional"`
-	RunDir        *string           `hcl:"run_dir,optional"`
-	ArtifactDir   *string           `hcl:"artifact_dir,optional"`
-	Backend       *string           `hcl:"backend,optional"`
-	Policy        *string           `hcl:"policy,optional"`
-	Params        map[string]string `hcl:"params,optional"`
-	PeerTimeout   *string           `hcl:"peer_timeout,optional"`
-	PolicyTimeout *string           `hcl:"policy_timeout,optional"`
-	MaxInflight   *int              `hcl:"max_inflight,optional"`
-	Retries       *int              `hcl:"retries,optional"`
-	Release       *releaseBlock     `hcl:"release,block"`
-	Control       *controlBlock     `hcl:"control,block"`
-	Restart       *restartBlock     `hcl:"restart,block"`
-	Phases        []phaseBlock      `hcl:"phase,block"`
-	Pins          []pinBlock        `hcl:"pin,block"`
+	PluginDir     *string        `hcl:"plugin_dir,optional"`
+	RunDir        *string        `hcl:"run_dir,optional"`
+	ArtifactDir   *string        `hcl:"artifact_dir,optional"`
+	Backend       *string        `hcl:"backend,optional"`
+	Policy        *string        `hcl:"policy,optional"`
+	PolicyRange   hcl.Range      `hcl:"policy,attr_range"`
+	Params        hcl.Expression `hcl:"params,optional"`
+	PeerTimeout   *string        `hcl:"peer_timeout,optional"`
+	PolicyTimeout *string        `hcl:"policy_timeout,optional"`
+	MaxInflight   *int           `hcl:"max_inflight,optional"`
+	Retries       *int           `hcl:"retries,optional"`
+	Release       *releaseBlock  `hcl:"release,block"`
+	Control       *controlBlock  `hcl:"control,block"`
+	Restart       *restartBlock  `hcl:"restart,block"`
+	Phases        []phaseBlock   `hcl:"phase,block"`
+	Pins          []pinBlock     `hcl:"pin,block"`
 }
 
 type releaseBlock struct {
@@ -303,9 +356,12 @@ type controlBlock struct {
 type phaseBlock struct {
 	Name         string            `hcl:"name,label"`
 	Plugin       string            `hcl:"plugin"`
+	PluginRange  hcl.Range         `hcl:"plugin,attr_range"`
 	Instances    *int              `hcl:"instances,optional"`
 	Policy       *string           `hcl:"policy,optional"`
-	Params       map[string]string `hcl:"params,optional"`
+	PolicyRange  hcl.Range         `hcl:"policy,attr_range"`
+	Params       hcl.Expression    `hcl:"params,optional"`
+	ParamsRange  hcl.Range         `hcl:"params,attr_range"`
 	StartTimeout *string           `hcl:"start_timeout,optional"`
 	Host         *string           `hcl:"host,optional"`
 	Address      *string           `hcl:"address,optional"`
@@ -360,14 +416,18 @@ func (f *file) build(filename string) (*Config, error) {
 	if !namePattern.MatchString(policy) {
 		errs = append(errs, fmt.Errorf("%s: policy %q is not a valid name; expected %s", filename, policy, nameRule))
 	}
-	c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
+	c.Pins, c.pinnedAt = map[string]string{}, map[string]Pos{}
 	errs = append(errs, addPins(c.Pins, c.pinnedAt, f.Pins)...)
 	if len(f.Phases) == 0 {
 		errs = append(errs, fmt.Errorf("%s: no phase blocks; expected at least one, e.g. phase \"encoder\" { plugin = \"encoder\" }", filename))
 	}
 	seen := map[string]hcl.Range{}
+	var policyAt Pos
+	if f.Policy != nil {
+		policyAt = posOf(f.PolicyRange)
+	}
 	for _, pb := range f.Phases {
-		ph, perrs := pb.build(policy, c.Restart)
+		ph, perrs := pb.build(policy, policyAt, c.Restart)
 		errs = append(errs, perrs...)
 		if first, dup := seen[pb.Name]; dup {
 			errs = append(errs, fmt.Errorf("%s: phase %q is defined twice; first at %s", where(pb.DefRange), pb.Name, where(first)))
@@ -389,7 +449,6 @@ func (f *file) settings(filename string) (*Config, []error) {
 		RunDir:        deref(f.RunDir, ""),
 		ArtifactDir:   deref(f.ArtifactDir, DefaultArtifactDir),
 		Backend:       deref(f.Backend, DefaultBackend),
-		Params:        f.Params,
 		Grace:         DefaultGrace,
 		PolicyTimeout: DefaultPolicyTimeout,
 		MaxInflight:   derefInt(f.MaxInflight, DefaultMaxInflight),
@@ -397,6 +456,7 @@ func (f *file) settings(filename string) (*Config, []error) {
 		Restart:       DefaultRestart(),
 	}
 	var errs []error
+	c.Params, c.ParamsAt, errs = decodeParams(f.Params, errs)
 	if c.Retries < 0 || c.Retries > 10 {
 		errs = append(errs, fmt.Errorf("%s: retries must be between 0 and 10, got %d", filename, c.Retries))
 	}
@@ -455,15 +515,14 @@ func (rb *restartBlock) apply(rule *Restart, in string) []error {
 }
 
 // build builds one phase block: policy is the config's default policy,
-// restart its restart rule.
-func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
+// policyAt where it is named (zero: not named), restart its restart rule.
+func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase, []error) {
 	at := where(pb.DefRange)
 	ph := Phase{
 		Name:         pb.Name,
 		Plugin:       pb.Plugin,
 		Instances:    derefInt(pb.Instances, 1),
 		Policy:       deref(pb.Policy, policy),
-		Params:       pb.Params,
 		StartTimeout: DefaultStartTimeout,
 		Host:         deref(pb.Host, ""),
 		Address:      deref(pb.Address, ""),
@@ -473,8 +532,19 @@ func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
 		ReadyTimeout: DefaultReadyTimeout,
 		HangTimeout:  DefaultHangTimeout,
 		Restart:      restart,
+		At:           PhaseAt{Block: posOf(pb.DefRange), Plugin: posOf(pb.PluginRange), Policy: policyAt},
 	}
 	var errs []error
+	ph.Params, ph.At.Param, errs = decodeParams(pb.Params, errs)
+	if ph.Params != nil {
+		ph.At.Params = posOf(pb.ParamsRange)
+	}
+	switch {
+	case pb.Policy != nil:
+		ph.At.Policy = posOf(pb.PolicyRange)
+	case policyAt == (Pos{}):
+		ph.At.Policy = ph.At.Block
+	}
 	fail := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: phase %q: "+format, append([]any{at, pb.Name}, args...)...))
 	}
@@ -515,6 +585,34 @@ func (pb phaseBlock) build(policy string, restart Restart) (Phase, []error) {
 	return ph, errs
 }
 
+// decodeParams decodes a params attribute (a null expression when it is
+// absent: nil, nil) into a map of strings, and where each key is; an
+// error is appended to errs.
+func decodeParams(expr hcl.Expression, errs []error) (map[string]string, map[string]Pos, []error) {
+	if expr == nil {
+		return nil, nil, errs
+	}
+	if v, diags := expr.Value(nil); !diags.HasErrors() && v.IsNull() {
+		return nil, nil, errs
+	}
+	var m map[string]string
+	if diags := gohcl.DecodeExpression(expr, nil, &m); diags.HasErrors() {
+		return nil, nil, append(errs, diagErrors(diags)...)
+	}
+	at := make(map[string]Pos, len(m))
+	pairs, diags := hcl.ExprMap(expr)
+	if !diags.HasErrors() {
+		for _, kv := range pairs {
+			var k string
+			if gohcl.DecodeExpression(kv.Key, nil, &k).HasErrors() {
+				continue
+			}
+			at[k] = posOf(kv.Key.Range())
+		}
+	}
+	return m, at, errs
+}
+
 func validPort(s string) bool {
 	n, err := strconv.Atoi(s)
 	return err == nil && n >= 0 && n <= 65535
@@ -544,6 +642,11 @@ func parseDuration(s string) (time.Duration, error) {
 
 // diagError formats HCL diagnostics as FILE:LINE:COL: summary; detail.
 func diagError(diags hcl.Diagnostics) error {
+	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(diagErrors(diags)...))
+}
+
+// diagErrors is each error of diags as FILE:LINE:COL: summary; detail.
+func diagErrors(diags hcl.Diagnostics) []error {
 	var errs []error
 	for _, d := range diags {
 		if d.Severity != hcl.DiagError {
@@ -558,7 +661,7 @@ func diagError(diags hcl.Diagnostics) error {
 		}
 		errs = append(errs, errors.New(msg))
 	}
-	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	return errs
 }
 
 func where(r hcl.Range) string {

@@ -332,3 +332,70 @@ phase "transformer" {
 		}
 	}
 }
+
+// TestPositions: a config says where each phase, plugin, policy and
+// param is, in HCL and in JSON, so that problems found later (a plugin
+// missing, a param its plugin refuses) point at their line.
+func TestPositions(t *testing.T) {
+	src := `policy = "random"
+params = { frames = 4, height = "8" }
+phase "encoder" {
+  plugin = "encoder"
+}
+phase "transformer" {
+  plugin = "transformer"
+  policy = "p2c"
+  params = {
+    fraems = 3
+    height = 16
+  }
+}
+`
+	c, err := Parse([]byte(src), "p.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, tr := c.Phases[0], c.Phases[1]
+	pos := func(line, col int) Pos { return Pos{Filename: "p.hcl", Line: line, Column: col} }
+	for _, tt := range []struct {
+		what      string
+		got, want Pos
+	}{
+		{"encoder block", enc.At.Block, pos(3, 1)},
+		{"encoder plugin", enc.At.Plugin, pos(4, 3)},
+		{"encoder policy: the top-level one", enc.At.Policy, pos(1, 1)},
+		{"transformer policy", tr.At.Policy, pos(8, 3)},
+		{"transformer params", tr.At.Params, pos(9, 3)},
+		{"its own param", c.ParamAt(tr, "fraems"), pos(10, 5)},
+		{"its own param over a top-level one", c.ParamAt(tr, "height"), pos(11, 5)},
+		{"a top-level param it inherits", c.ParamAt(tr, "frames"), pos(2, 12)},
+		{"a param it does not give", c.ParamAt(tr, "width"), pos(9, 3)},
+		{"no params of its own", c.ParamAt(enc, ""), pos(3, 1)},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s: at %s, want %s", tt.what, tt.got, tt.want)
+		}
+	}
+	if got, want := c.PhaseParams(tr), map[string]string{"fraems": "3", "frames": "4", "height": "16"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("params %v, want %v", got, want)
+	}
+	// Without a policy attribute anywhere, the default policy is named
+	// by the phase block.
+	if d := Default(); d.Phases[1].At.Policy != d.Phases[1].At.Block || d.Phases[1].At.Block.String() != DefaultName+":7:1" {
+		t.Errorf("default config: transformer at %+v", d.Phases[1].At)
+	}
+	j, err := Parse([]byte(`{"params": {"frames": 3}, "phase": {"e": {"plugin": "encoder", "params": {"fraems": "3"}}}}`), "p.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := j.ParamAt(j.Phases[0], "fraems").String(); got != "p.json:1:75" {
+		t.Errorf("JSON: fraems at %s", got)
+	}
+	if got := j.ParamAt(j.Phases[0], "frames").String(); got != "p.json:1:13" {
+		t.Errorf("JSON: frames at %s", got)
+	}
+	if _, err := Parse([]byte("phase \"e\" {\n  plugin = \"e\"\n  params = { a = [1] }\n}\n"), "b.hcl"); err == nil ||
+		!strings.Contains(err.Error(), `b.hcl:3:12: Unsuitable value type`) || strings.Count(err.Error(), "invalid config") != 1 {
+		t.Errorf("params of the wrong type: %v", err)
+	}
+}

@@ -39,7 +39,7 @@ var (
 // addPins checks pin blocks and adds them to pins, recording in pinnedAt
 // where each was given; a binary pinned twice with two hashes is an error
 // that names both places.
-func addPins(pins, pinnedAt map[string]string, blocks []pinBlock) []error {
+func addPins(pins map[string]string, pinnedAt map[string]Pos, blocks []pinBlock) []error {
 	var errs []error
 	for _, b := range blocks {
 		at := where(b.DefRange)
@@ -55,7 +55,7 @@ func addPins(pins, pinnedAt map[string]string, blocks []pinBlock) []error {
 			errs = append(errs, fmt.Errorf("%s: pin %q: sha256 %s, but %s pins %s", at, b.Binary, b.SHA256, pinnedAt[b.Binary], old))
 			continue
 		}
-		pins[b.Binary], pinnedAt[b.Binary] = b.SHA256, at
+		pins[b.Binary], pinnedAt[b.Binary] = b.SHA256, posOf(b.DefRange)
 	}
 	return errs
 }
@@ -90,7 +90,7 @@ func (c *Config) ApplyLock(path string) error {
 		return diagError(diags)
 	}
 	if c.Pins == nil {
-		c.Pins, c.pinnedAt = map[string]string{}, map[string]string{}
+		c.Pins, c.pinnedAt = map[string]string{}, map[string]Pos{}
 	}
 	if errs := addPins(c.Pins, c.pinnedAt, lock.Pins); len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
@@ -99,7 +99,10 @@ func (c *Config) ApplyLock(path string) error {
 }
 
 // PinnedAt says where the pin of a binary was given (FILE:LINE:COL).
-func (c *Config) PinnedAt(binary string) string { return c.pinnedAt[binary] }
+func (c *Config) PinnedAt(binary string) string { return c.pinnedAt[binary].String() }
+
+// PinPos says where the pin of a binary was given; zero when it has none.
+func (c *Config) PinPos(binary string) Pos { return c.pinnedAt[binary] }
 
 // FormatLock returns a lock file pinning each binary to its hash.
 func FormatLock(pins map[string]string) []byte {

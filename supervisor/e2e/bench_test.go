@@ -76,6 +76,49 @@ func BenchmarkRequest(b *testing.B) {
 	}
 }
 
+// BenchmarkRequestBreakdown runs zero-step requests one at a time and
+// reports where their time goes, from their timelines: the median of
+// each span on the request's critical path, in µs, and what no span
+// covers (the supervisor's own goroutine hand-offs and RPC turnarounds).
+func BenchmarkRequestBreakdown(b *testing.B) {
+	sup := benchSupervisor(b)
+	parts := map[string][]time.Duration{}
+	var total []time.Duration
+	for b.Loop() {
+		id, err := sup.Submit(supervisor.Submission{Prompt: "bench", Seed: int64(len(total)), Steps: 0})
+		if err != nil {
+			b.Fatal(err)
+		}
+		info, err := sup.Wait(context.Background(), id)
+		if err != nil || info.State != supervisor.StateDone {
+			b.Fatalf("%s: %+v, %v", id, info.State, err)
+		}
+		info, _ = sup.Request(id)
+		whole := info.Timeline[len(info.Timeline)-1].End.Sub(info.Submitted)
+		total = append(total, whole)
+		covered := time.Duration(0)
+		for _, sp := range info.Timeline {
+			if sp.End == nil || sp.Name == supervisor.SpanWait {
+				continue // a phase waiting for its inputs overlaps its upstream's work
+			}
+			key := sp.Name
+			if sp.Phase != "" {
+				key += "-" + sp.Phase
+			}
+			d := sp.End.Sub(sp.Start)
+			parts[key] = append(parts[key], d)
+			covered += d
+		}
+		parts["other"] = append(parts["other"], max(whole-covered, 0))
+	}
+	for key, ds := range parts {
+		slices.Sort(ds)
+		b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), key+"-µs")
+	}
+	slices.Sort(total)
+	b.ReportMetric(float64(total[len(total)/2].Microseconds()), "total-µs")
+}
+
 // BenchmarkThroughput keeps 8 requests in flight and reports requests per
 // second.
 func BenchmarkThroughput(b *testing.B) {

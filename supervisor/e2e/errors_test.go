@@ -12,12 +12,19 @@ import (
 // startFails runs `supervisor start` and returns its stderr; it must exit 1.
 func startFails(t *testing.T, dir string, args ...string) string {
 	t.Helper()
+	return startExits(t, dir, 1, args...)
+}
+
+// startExits runs `supervisor start`, which must exit with code, and
+// returns its stderr.
+func startExits(t *testing.T, dir string, code int, args ...string) string {
+	t.Helper()
 	socket := filepath.Join(dir, "ctl", "phased.sock")
 	cmd := exec.Command(supervisorBin, append([]string{"start", "--socket", socket, "--state-dir", filepath.Join(dir, "state")}, args...)...)
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
-	if !ok || ee.ExitCode() != 1 {
-		t.Fatalf("start %v: %v, want exit status 1; output:\n%s", args, err, out)
+	if !ok || ee.ExitCode() != code {
+		t.Fatalf("start %v: %v, want exit status %d; output:\n%s", args, err, code, out)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
 		t.Errorf("control socket %s left behind after a failed start", socket)
@@ -46,6 +53,7 @@ func TestStartErrors(t *testing.T) {
 		config string
 		want   []string
 	}{
+		// A config that does not parse is a usage error: exit 2.
 		{"syntax error", "phase \"encoder\" {\n  plugin = \"encoder\"\n  instances = \n}\n",
 			[]string{"phased.hcl:3:", "Invalid expression"}},
 		{"type error", "phase \"encoder\" {\n  plugin = \"encoder\"\n  instances = \"many\"\n}\n",
@@ -73,7 +81,11 @@ func TestStartErrors(t *testing.T) {
 			if err := os.WriteFile(cfg, []byte(tt.config), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			out := startFails(t, dir, "--config", cfg)
+			code := 1
+			if strings.HasSuffix(tt.name, " error") {
+				code = 2
+			}
+			out := startExits(t, dir, code, "--config", cfg)
 			for _, w := range tt.want {
 				if !strings.Contains(out, w) {
 					t.Errorf("output does not contain %q:\n%s", w, out)
@@ -86,12 +98,16 @@ func TestStartErrors(t *testing.T) {
 func TestClientErrors(t *testing.T) {
 	dir := shortDir(t)
 	missing := filepath.Join(dir, "nobody.sock")
-	for _, verb := range [][]string{{"status"}, {"submit", "--prompt", "x"}, {"remove", "r000001"}, {"release"}} {
+	for _, verb := range [][]string{{"status"}, {"submit", "--prompt", "x"}, {"remove", "r000001"}, {"watch", "r000001"}} {
 		_, errOut, code := cli(t, missing, verb...)
 		want := "no supervisor at " + missing + " (start one with `supervisor start`)"
-		if code != 1 || !strings.Contains(errOut, want) {
-			t.Errorf("%v: exit %d, stderr %q; want exit 1 and %q", verb, code, errOut, want)
+		if code != 4 || !strings.Contains(errOut, want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 4 and %q", verb, code, errOut, want)
 		}
+	}
+	// Releasing a supervisor that is gone has nothing to do.
+	if out, errOut, code := cli(t, missing, "release"); code != 0 || out != "no supervisor at "+missing+": nothing to release\n" {
+		t.Errorf("release with no supervisor: exit %d, %q, %q", code, out, errOut)
 	}
 
 	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
@@ -100,14 +116,17 @@ func TestClientErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"submit", "--prompt", ""}, 1, "prompt must not be empty"},
-		{[]string{"submit", "--prompt", "x", "--steps", "0"}, 1, "steps must be between 1 and 10000, got 0"},
-		{[]string{"submit", "--prompt", "x", "--steps", "-3"}, 1, "steps must be between 1 and 10000, got -3"},
-		{[]string{"remove", "r999999"}, 1, `no such request: "r999999"`},
-		{[]string{"status", "r999999"}, 1, `no such request: "r999999"`},
+		{[]string{"submit", "--prompt", ""}, 2, "prompt must not be empty"},
+		{[]string{"submit", "--prompt", "x", "--steps", "0"}, 2, "steps must be between 1 and 10000, got 0"},
+		{[]string{"submit", "--prompt", "x", "--steps", "-3"}, 2, "steps must be between 1 and 10000, got -3"},
+		{[]string{"remove", "r999999"}, 3, `no such request: "r999999"`},
+		{[]string{"status", "r999999"}, 3, `no such request: "r999999"`},
+		{[]string{"watch", "r999999"}, 3, `no such request: "r999999"`},
+		{[]string{"policy", "set", "upscaler", "roundrobin"}, 3, `no such phase "upscaler"`},
+		{[]string{"policy", "set", "transformer", "nosuch"}, 3, `policy plugin "nosuch"`},
 		{[]string{"remove"}, 2, "want exactly one REQUEST_ID"},
 		{[]string{"frobnicate"}, 2, `unknown verb "frobnicate"`},
-		{[]string{"submit", "--promt", "x"}, 2, "flag provided but not defined: -promt"},
+		{[]string{"submit", "--promt", "x"}, 2, "unknown flag: --promt; did you mean --prompt?"},
 	}
 	for _, tt := range tests {
 		_, errOut, code := cli(t, p.socket, tt.args...)

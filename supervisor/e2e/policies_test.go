@@ -296,7 +296,7 @@ func TestPolicyFailures(t *testing.T) {
 		{[]string{"set", "transformer", "nosuch"}, `policy plugin "nosuch": ` + filepath.Join(pluginDir, "phased-policy-nosuch") + " does not exist; plugins in "},
 		{[]string{"set", "upscaler", "roundrobin"}, `no such phase "upscaler"; the phases are: encoder, transformer, decoder`},
 		{[]string{"set", "transformer", "../x"}, `policy "../x" is not a valid name`},
-		{[]string{"set", "transformer"}, "want `policy list`"},
+		{[]string{"set", "transformer"}, "want `policy set PHASE NAME`"},
 	} {
 		_, errOut, code := cli(t, p.socket, append([]string{"policy"}, tc.args...)...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {

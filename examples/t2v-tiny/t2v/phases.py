@@ -18,8 +18,9 @@ request.steps is the number of DDIM steps; 0 means the default, 20.
 
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import phased
 import torch
@@ -54,17 +55,31 @@ def _path(v: str) -> str:
 COMMON = {"checkpoint": _path, "threads": _number(1, 256, int)}
 
 
-def parse_params(phase: str, params: Dict[str, str], known: Dict[str, Callable]) -> Dict[str, object]:
+def param_problems(params: Dict[str, str], known: Dict[str, Callable]) -> List[phased.ParamProblem]:
+    """Every unknown or bad param, in key order; an unknown key close to a
+    known one gets a "did you mean"."""
     known = dict(COMMON, **known)
-    out = {}
+    out = []
     for k, v in sorted(params.items()):
         if k not in known:
-            raise ValueError(f"{phase}: unknown param {k!r} (known: {', '.join(sorted(known))})")
+            near = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.75)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            out.append(phased.ParamProblem(k, f"unknown param {k!r} ({hint}known: {', '.join(sorted(known))})"))
+            continue
         try:
-            out[k] = known[k](v)
+            known[k](v)
         except ValueError as e:
-            raise ValueError(f"{phase}: param {k}={v!r}: {e}") from None
+            out.append(phased.ParamProblem(k, f"param {k}={v!r}: {e}"))
     return out
+
+
+def parse_params(phase: str, params: Dict[str, str], known: Dict[str, Callable]) -> Dict[str, object]:
+    """The params parsed; a ValueError with the first of param_problems."""
+    problems = param_problems(params, known)
+    if problems:
+        raise ValueError(f"{phase}: {problems[0].message}")
+    known = dict(COMMON, **known)
+    return {k: known[k](v) for k, v in sorted(params.items())}
 
 
 class _T2VPhase(phased.Phase):
@@ -79,6 +94,9 @@ class _T2VPhase(phased.Phase):
         self.model = None
         if "threads" in self.params:
             torch.set_num_threads(self.params["threads"])
+
+    def validate_params(self, params):
+        return param_problems(params, self.known)
 
     def load(self, ctx):
         path = self.params.get("checkpoint") or pipeline.DEFAULT_CHECKPOINT

@@ -52,8 +52,9 @@ type modelCase struct {
 }
 
 type paramCase struct {
-	Params map[string]string `json:"params"`
-	Error  string            `json:"error"` // "" when valid
+	Params   map[string]string `json:"params"`
+	Error    string            `json:"error"`    // "" when valid
+	Problems [][2]string       `json:"problems"` // ParamProblems: [param, message]
 }
 
 type golden struct {
@@ -201,10 +202,17 @@ func main() {
 		{"delay": "0", "width": "0"},
 		{"channels": "a\"b\\c\n\t\x01\u00e9\u200b\U0001F98A"},
 		{"sc\u00e4le": "1"},
+		{"fraems": "3", "width": "x", "stpes": "3", "height": "-2"},
+		{"Frames": "3", "hieght": "1", "context_length": "2", "context": "4", "cont": "5", "w": "6"},
+		{"channels": "2", "delay": "65536", "scale": "40000"},
+		{"width": "20000", "height": "20000", "scale": "4", "frames": "abc"},
 	} {
-		pc := paramCase{Params: m}
+		pc := paramCase{Params: m, Problems: [][2]string{}}
 		if _, err := model.ParseParams(m); err != nil {
 			pc.Error = err.Error()
+		}
+		for _, p := range model.ParamProblems(m) {
+			pc.Problems = append(pc.Problems, [2]string{p.Param, p.Message})
 		}
 		params = append(params, pc)
 	}

@@ -128,6 +128,146 @@ func (RoomRole) EnumDescriptor() ([]byte, []int) {
 	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
 }
 
+type ValidateParamsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Params        map[string]string      `protobuf:"bytes,1,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // as ConfigureRequest.params
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateParamsRequest) Reset() {
+	*x = ValidateParamsRequest{}
+	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateParamsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateParamsRequest) ProtoMessage() {}
+
+func (x *ValidateParamsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateParamsRequest.ProtoReflect.Descriptor instead.
+func (*ValidateParamsRequest) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ValidateParamsRequest) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+type ValidateParamsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Problems      []*ParamProblem        `protobuf:"bytes,1,rep,name=problems,proto3" json:"problems,omitempty"` // empty: the params are valid
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateParamsResponse) Reset() {
+	*x = ValidateParamsResponse{}
+	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateParamsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateParamsResponse) ProtoMessage() {}
+
+func (x *ValidateParamsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateParamsResponse.ProtoReflect.Descriptor instead.
+func (*ValidateParamsResponse) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ValidateParamsResponse) GetProblems() []*ParamProblem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+type ParamProblem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Param         string                 `protobuf:"bytes,1,opt,name=param,proto3" json:"param,omitempty"`     // the param's name; "" for the params as a whole
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // what is wrong and what is accepted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ParamProblem) Reset() {
+	*x = ParamProblem{}
+	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ParamProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ParamProblem) ProtoMessage() {}
+
+func (x *ParamProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ParamProblem.ProtoReflect.Descriptor instead.
+func (*ParamProblem) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ParamProblem) GetParam() string {
+	if x != nil {
+		return x.Param
+	}
+	return ""
+}
+
+func (x *ParamProblem) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type ReadyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -136,7 +276,7 @@ type ReadyRequest struct {
 
 func (x *ReadyRequest) Reset() {
 	*x = ReadyRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	mi := &file_phasedv1_phase_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +288,7 @@ func (x *ReadyRequest) String() string {
 func (*ReadyRequest) ProtoMessage() {}
 
 func (x *ReadyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[0]
+	mi := &file_phasedv1_phase_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +301,7 @@ func (x *ReadyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadyRequest.ProtoReflect.Descriptor instead.
 func (*ReadyRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{0}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{3}
 }
 
 type ReadyResponse struct {
@@ -172,7 +312,7 @@ type ReadyResponse struct {
 
 func (x *ReadyResponse) Reset() {
 	*x = ReadyResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	mi := &file_phasedv1_phase_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +324,7 @@ func (x *ReadyResponse) String() string {
 func (*ReadyResponse) ProtoMessage() {}
 
 func (x *ReadyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[1]
+	mi := &file_phasedv1_phase_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +337,7 @@ func (x *ReadyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadyResponse.ProtoReflect.Descriptor instead.
 func (*ReadyResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{1}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{4}
 }
 
 type ProgressRequest struct {
@@ -208,7 +348,7 @@ type ProgressRequest struct {
 
 func (x *ProgressRequest) Reset() {
 	*x = ProgressRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	mi := &file_phasedv1_phase_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +360,7 @@ func (x *ProgressRequest) String() string {
 func (*ProgressRequest) ProtoMessage() {}
 
 func (x *ProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[2]
+	mi := &file_phasedv1_phase_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +373,7 @@ func (x *ProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressRequest.ProtoReflect.Descriptor instead.
 func (*ProgressRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{2}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{5}
 }
 
 type ProgressEvent struct {
@@ -250,7 +390,7 @@ type ProgressEvent struct {
 
 func (x *ProgressEvent) Reset() {
 	*x = ProgressEvent{}
-	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	mi := &file_phasedv1_phase_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +402,7 @@ func (x *ProgressEvent) String() string {
 func (*ProgressEvent) ProtoMessage() {}
 
 func (x *ProgressEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[3]
+	mi := &file_phasedv1_phase_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +415,7 @@ func (x *ProgressEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressEvent.ProtoReflect.Descriptor instead.
 func (*ProgressEvent) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{3}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProgressEvent) GetRequest() string {
@@ -335,7 +475,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[4]
+	mi := &file_phasedv1_phase_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +487,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[4]
+	mi := &file_phasedv1_phase_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +500,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{4}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConfigureRequest) GetInstance() string {
@@ -420,7 +560,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[5]
+	mi := &file_phasedv1_phase_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +572,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[5]
+	mi := &file_phasedv1_phase_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +585,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{5}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{8}
 }
 
 type Request struct {
@@ -461,7 +601,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_phasedv1_phase_proto_msgTypes[6]
+	mi := &file_phasedv1_phase_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +613,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[6]
+	mi := &file_phasedv1_phase_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +626,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{6}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Request) GetId() string {
@@ -537,7 +677,7 @@ type OpenRoomRequest struct {
 
 func (x *OpenRoomRequest) Reset() {
 	*x = OpenRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[7]
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +689,7 @@ func (x *OpenRoomRequest) String() string {
 func (*OpenRoomRequest) ProtoMessage() {}
 
 func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[7]
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +702,7 @@ func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomRequest.ProtoReflect.Descriptor instead.
 func (*OpenRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{7}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *OpenRoomRequest) GetRoom() uint64 {
@@ -609,7 +749,7 @@ type OpenRoomResponse struct {
 
 func (x *OpenRoomResponse) Reset() {
 	*x = OpenRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[8]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +761,7 @@ func (x *OpenRoomResponse) String() string {
 func (*OpenRoomResponse) ProtoMessage() {}
 
 func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[8]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +774,7 @@ func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomResponse.ProtoReflect.Descriptor instead.
 func (*OpenRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{8}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OpenRoomResponse) GetEndpoint() string {
@@ -655,7 +795,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[9]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +807,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[9]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +820,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{9}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RunRequest) GetRequest() *Request {
@@ -705,15 +845,20 @@ func (x *RunRequest) GetOutRoom() uint64 {
 }
 
 type RunResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Artifact      *Artifact              `protobuf:"bytes,1,opt,name=artifact,proto3" json:"artifact,omitempty"` // set by the last phase
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Artifact *Artifact              `protobuf:"bytes,1,opt,name=artifact,proto3" json:"artifact,omitempty"` // set by the last phase
+	// What the Run sent into out_room (0 without one): the bytes of every
+	// output tensor, and the time from handing them to the transfer manager
+	// to the receiver's SUCCESS.
+	SentBytes     int64 `protobuf:"varint,2,opt,name=sent_bytes,json=sentBytes,proto3" json:"sent_bytes,omitempty"`
+	SendNanos     int64 `protobuf:"varint,3,opt,name=send_nanos,json=sendNanos,proto3" json:"send_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +870,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +883,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunResponse) GetArtifact() *Artifact {
@@ -746,6 +891,20 @@ func (x *RunResponse) GetArtifact() *Artifact {
 		return x.Artifact
 	}
 	return nil
+}
+
+func (x *RunResponse) GetSentBytes() int64 {
+	if x != nil {
+		return x.SentBytes
+	}
+	return 0
+}
+
+func (x *RunResponse) GetSendNanos() int64 {
+	if x != nil {
+		return x.SendNanos
+	}
+	return 0
 }
 
 type Artifact struct {
@@ -760,7 +919,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +931,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +944,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Artifact) GetPath() string {
@@ -825,7 +984,7 @@ type RemoveRoomRequest struct {
 
 func (x *RemoveRoomRequest) Reset() {
 	*x = RemoveRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +996,7 @@ func (x *RemoveRoomRequest) String() string {
 func (*RemoveRoomRequest) ProtoMessage() {}
 
 func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1009,7 @@ func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveRoomRequest) GetRoom() uint64 {
@@ -868,7 +1027,7 @@ type RemoveRoomResponse struct {
 
 func (x *RemoveRoomResponse) Reset() {
 	*x = RemoveRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1039,7 @@ func (x *RemoveRoomResponse) String() string {
 func (*RemoveRoomResponse) ProtoMessage() {}
 
 func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1052,7 @@ func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomResponse.ProtoReflect.Descriptor instead.
 func (*RemoveRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{16}
 }
 
 type StatusRequest struct {
@@ -904,7 +1063,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1075,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1088,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusResponse struct {
@@ -937,13 +1096,18 @@ type StatusResponse struct {
 	Rooms           []*RoomState           `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	DroppedFrames   uint64                 `protobuf:"varint,2,opt,name=dropped_frames,json=droppedFrames,proto3" json:"dropped_frames,omitempty"`
 	DroppedProgress uint64                 `protobuf:"varint,3,opt,name=dropped_progress,json=droppedProgress,proto3" json:"dropped_progress,omitempty"` // progress events dropped by streams too slow to read them
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The instance's own figures, which the supervisor exposes on its
+	// /metrics with the labels phase and instance added. Names are
+	// Prometheus names without a prefix ("transfer_sent_bytes_total");
+	// the supervisor prefixes them with "phased_phase_".
+	Metrics       []*Metric `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[15]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1119,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[15]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1132,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{15}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetRooms() []*RoomState {
@@ -992,6 +1156,90 @@ func (x *StatusResponse) GetDroppedProgress() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetMetrics() []*Metric {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// Metric is one sample of a counter or a gauge.
+type Metric struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // [a-z_][a-z0-9_]*
+	Help          string                 `protobuf:"bytes,2,opt,name=help,proto3" json:"help,omitempty"`
+	Counter       bool                   `protobuf:"varint,3,opt,name=counter,proto3" json:"counter,omitempty"`                                                                        // true: a counter (only grows); false: a gauge
+	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // e.g. backend
+	Value         float64                `protobuf:"fixed64,5,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Metric) Reset() {
+	*x = Metric{}
+	mi := &file_phasedv1_phase_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metric) ProtoMessage() {}
+
+func (x *Metric) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metric.ProtoReflect.Descriptor instead.
+func (*Metric) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Metric) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Metric) GetHelp() string {
+	if x != nil {
+		return x.Help
+	}
+	return ""
+}
+
+func (x *Metric) GetCounter() bool {
+	if x != nil {
+		return x.Counter
+	}
+	return false
+}
+
+func (x *Metric) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Metric) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
 type RoomState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Room          uint64                 `protobuf:"varint,1,opt,name=room,proto3" json:"room,omitempty"`
@@ -1004,7 +1252,7 @@ type RoomState struct {
 
 func (x *RoomState) Reset() {
 	*x = RoomState{}
-	mi := &file_phasedv1_phase_proto_msgTypes[16]
+	mi := &file_phasedv1_phase_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1264,7 @@ func (x *RoomState) String() string {
 func (*RoomState) ProtoMessage() {}
 
 func (x *RoomState) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[16]
+	mi := &file_phasedv1_phase_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1277,7 @@ func (x *RoomState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
 func (*RoomState) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{16}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RoomState) GetRoom() uint64 {
@@ -1068,7 +1316,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[17]
+	mi := &file_phasedv1_phase_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1328,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[17]
+	mi := &file_phasedv1_phase_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1341,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{17}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{21}
 }
 
 type ReleaseResponse struct {
@@ -1104,7 +1352,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[18]
+	mi := &file_phasedv1_phase_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1364,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[18]
+	mi := &file_phasedv1_phase_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,14 +1377,24 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{18}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{22}
 }
 
 var File_phasedv1_phase_proto protoreflect.FileDescriptor
 
 const file_phasedv1_phase_proto_rawDesc = "" +
 	"\n" +
-	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x0e\n" +
+	"\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x98\x01\n" +
+	"\x15ValidateParamsRequest\x12D\n" +
+	"\x06params\x18\x01 \x03(\v2,.phased.v1.ValidateParamsRequest.ParamsEntryR\x06params\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x16ValidateParamsResponse\x123\n" +
+	"\bproblems\x18\x01 \x03(\v2\x17.phased.v1.ParamProblemR\bproblems\">\n" +
+	"\fParamProblem\x12\x14\n" +
+	"\x05param\x18\x01 \x01(\tR\x05param\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x0e\n" +
 	"\fReadyRequest\"\x0f\n" +
 	"\rReadyResponse\"\x11\n" +
 	"\x0fProgressRequest\"\xb7\x01\n" +
@@ -1180,9 +1438,13 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\bout_room\x18\x03 \x01(\x04H\x01R\aoutRoom\x88\x01\x01B\n" +
 	"\n" +
 	"\b_in_roomB\v\n" +
-	"\t_out_room\">\n" +
+	"\t_out_room\"|\n" +
 	"\vRunResponse\x12/\n" +
-	"\bartifact\x18\x01 \x01(\v2\x13.phased.v1.ArtifactR\bartifact\"i\n" +
+	"\bartifact\x18\x01 \x01(\v2\x13.phased.v1.ArtifactR\bartifact\x12\x1d\n" +
+	"\n" +
+	"sent_bytes\x18\x02 \x01(\x03R\tsentBytes\x12\x1d\n" +
+	"\n" +
+	"send_nanos\x18\x03 \x01(\x03R\tsendNanos\"i\n" +
 	"\bArtifact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x12\n" +
@@ -1192,11 +1454,21 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x11RemoveRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\"\x14\n" +
 	"\x12RemoveRoomResponse\"\x0f\n" +
-	"\rStatusRequest\"\x8e\x01\n" +
+	"\rStatusRequest\"\xbb\x01\n" +
 	"\x0eStatusResponse\x12*\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x14.phased.v1.RoomStateR\x05rooms\x12%\n" +
 	"\x0edropped_frames\x18\x02 \x01(\x04R\rdroppedFrames\x12)\n" +
-	"\x10dropped_progress\x18\x03 \x01(\x04R\x0fdroppedProgress\"\x93\x01\n" +
+	"\x10dropped_progress\x18\x03 \x01(\x04R\x0fdroppedProgress\x12+\n" +
+	"\ametrics\x18\x04 \x03(\v2\x11.phased.v1.MetricR\ametrics\"\xd2\x01\n" +
+	"\x06Metric\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04help\x18\x02 \x01(\tR\x04help\x12\x18\n" +
+	"\acounter\x18\x03 \x01(\bR\acounter\x125\n" +
+	"\x06labels\x18\x04 \x03(\v2\x1d.phased.v1.Metric.LabelsEntryR\x06labels\x12\x14\n" +
+	"\x05value\x18\x05 \x01(\x01R\x05value\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x01\n" +
 	"\tRoomState\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x121\n" +
@@ -1213,7 +1485,7 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\bRoomRole\x12\x19\n" +
 	"\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ROOM_ROLE_SENDER\x10\x01\x12\x16\n" +
-	"\x12ROOM_ROLE_RECEIVER\x10\x022\xcf\x04\n" +
+	"\x12ROOM_ROLE_RECEIVER\x10\x022\xa6\x05\n" +
 	"\x05Phase\x127\n" +
 	"\x04Info\x12\x16.phased.v1.InfoRequest\x1a\x17.phased.v1.InfoResponse\x12F\n" +
 	"\tConfigure\x12\x1b.phased.v1.ConfigureRequest\x1a\x1c.phased.v1.ConfigureResponse\x12:\n" +
@@ -1224,7 +1496,8 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"RemoveRoom\x12\x1c.phased.v1.RemoveRoomRequest\x1a\x1d.phased.v1.RemoveRoomResponse\x12=\n" +
 	"\x06Status\x12\x18.phased.v1.StatusRequest\x1a\x19.phased.v1.StatusResponse\x12@\n" +
 	"\aRelease\x12\x19.phased.v1.ReleaseRequest\x1a\x1a.phased.v1.ReleaseResponse\x12B\n" +
-	"\bProgress\x12\x1a.phased.v1.ProgressRequest\x1a\x18.phased.v1.ProgressEvent0\x01B6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3"
+	"\bProgress\x12\x1a.phased.v1.ProgressRequest\x1a\x18.phased.v1.ProgressEvent0\x01\x12U\n" +
+	"\x0eValidateParams\x12 .phased.v1.ValidateParamsRequest\x1a!.phased.v1.ValidateParamsResponseB6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3"
 
 var (
 	file_phasedv1_phase_proto_rawDescOnce sync.Once
@@ -1239,67 +1512,79 @@ func file_phasedv1_phase_proto_rawDescGZIP() []byte {
 }
 
 var file_phasedv1_phase_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_phasedv1_phase_proto_goTypes = []any{
-	(ProgressStage)(0),         // 0: phased.v1.ProgressStage
-	(RoomRole)(0),              // 1: phased.v1.RoomRole
-	(*ReadyRequest)(nil),       // 2: phased.v1.ReadyRequest
-	(*ReadyResponse)(nil),      // 3: phased.v1.ReadyResponse
-	(*ProgressRequest)(nil),    // 4: phased.v1.ProgressRequest
-	(*ProgressEvent)(nil),      // 5: phased.v1.ProgressEvent
-	(*ConfigureRequest)(nil),   // 6: phased.v1.ConfigureRequest
-	(*ConfigureResponse)(nil),  // 7: phased.v1.ConfigureResponse
-	(*Request)(nil),            // 8: phased.v1.Request
-	(*OpenRoomRequest)(nil),    // 9: phased.v1.OpenRoomRequest
-	(*OpenRoomResponse)(nil),   // 10: phased.v1.OpenRoomResponse
-	(*RunRequest)(nil),         // 11: phased.v1.RunRequest
-	(*RunResponse)(nil),        // 12: phased.v1.RunResponse
-	(*Artifact)(nil),           // 13: phased.v1.Artifact
-	(*RemoveRoomRequest)(nil),  // 14: phased.v1.RemoveRoomRequest
-	(*RemoveRoomResponse)(nil), // 15: phased.v1.RemoveRoomResponse
-	(*StatusRequest)(nil),      // 16: phased.v1.StatusRequest
-	(*StatusResponse)(nil),     // 17: phased.v1.StatusResponse
-	(*RoomState)(nil),          // 18: phased.v1.RoomState
-	(*ReleaseRequest)(nil),     // 19: phased.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),    // 20: phased.v1.ReleaseResponse
-	nil,                        // 21: phased.v1.ConfigureRequest.ParamsEntry
-	(TransferStatus)(0),        // 22: phased.v1.TransferStatus
-	(*InfoRequest)(nil),        // 23: phased.v1.InfoRequest
-	(*InfoResponse)(nil),       // 24: phased.v1.InfoResponse
+	(ProgressStage)(0),             // 0: phased.v1.ProgressStage
+	(RoomRole)(0),                  // 1: phased.v1.RoomRole
+	(*ValidateParamsRequest)(nil),  // 2: phased.v1.ValidateParamsRequest
+	(*ValidateParamsResponse)(nil), // 3: phased.v1.ValidateParamsResponse
+	(*ParamProblem)(nil),           // 4: phased.v1.ParamProblem
+	(*ReadyRequest)(nil),           // 5: phased.v1.ReadyRequest
+	(*ReadyResponse)(nil),          // 6: phased.v1.ReadyResponse
+	(*ProgressRequest)(nil),        // 7: phased.v1.ProgressRequest
+	(*ProgressEvent)(nil),          // 8: phased.v1.ProgressEvent
+	(*ConfigureRequest)(nil),       // 9: phased.v1.ConfigureRequest
+	(*ConfigureResponse)(nil),      // 10: phased.v1.ConfigureResponse
+	(*Request)(nil),                // 11: phased.v1.Request
+	(*OpenRoomRequest)(nil),        // 12: phased.v1.OpenRoomRequest
+	(*OpenRoomResponse)(nil),       // 13: phased.v1.OpenRoomResponse
+	(*RunRequest)(nil),             // 14: phased.v1.RunRequest
+	(*RunResponse)(nil),            // 15: phased.v1.RunResponse
+	(*Artifact)(nil),               // 16: phased.v1.Artifact
+	(*RemoveRoomRequest)(nil),      // 17: phased.v1.RemoveRoomRequest
+	(*RemoveRoomResponse)(nil),     // 18: phased.v1.RemoveRoomResponse
+	(*StatusRequest)(nil),          // 19: phased.v1.StatusRequest
+	(*StatusResponse)(nil),         // 20: phased.v1.StatusResponse
+	(*Metric)(nil),                 // 21: phased.v1.Metric
+	(*RoomState)(nil),              // 22: phased.v1.RoomState
+	(*ReleaseRequest)(nil),         // 23: phased.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),        // 24: phased.v1.ReleaseResponse
+	nil,                            // 25: phased.v1.ValidateParamsRequest.ParamsEntry
+	nil,                            // 26: phased.v1.ConfigureRequest.ParamsEntry
+	nil,                            // 27: phased.v1.Metric.LabelsEntry
+	(TransferStatus)(0),            // 28: phased.v1.TransferStatus
+	(*InfoRequest)(nil),            // 29: phased.v1.InfoRequest
+	(*InfoResponse)(nil),           // 30: phased.v1.InfoResponse
 }
 var file_phasedv1_phase_proto_depIdxs = []int32{
-	0,  // 0: phased.v1.ProgressEvent.stage:type_name -> phased.v1.ProgressStage
-	21, // 1: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
-	1,  // 2: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
-	8,  // 3: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
-	8,  // 4: phased.v1.RunRequest.request:type_name -> phased.v1.Request
-	13, // 5: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
-	18, // 6: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
-	1,  // 7: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
-	22, // 8: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
-	23, // 9: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
-	6,  // 10: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
-	2,  // 11: phased.v1.Phase.Ready:input_type -> phased.v1.ReadyRequest
-	9,  // 12: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
-	11, // 13: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
-	14, // 14: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
-	16, // 15: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
-	19, // 16: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
-	4,  // 17: phased.v1.Phase.Progress:input_type -> phased.v1.ProgressRequest
-	24, // 18: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
-	7,  // 19: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
-	3,  // 20: phased.v1.Phase.Ready:output_type -> phased.v1.ReadyResponse
-	10, // 21: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
-	12, // 22: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
-	15, // 23: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
-	17, // 24: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
-	20, // 25: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
-	5,  // 26: phased.v1.Phase.Progress:output_type -> phased.v1.ProgressEvent
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	25, // 0: phased.v1.ValidateParamsRequest.params:type_name -> phased.v1.ValidateParamsRequest.ParamsEntry
+	4,  // 1: phased.v1.ValidateParamsResponse.problems:type_name -> phased.v1.ParamProblem
+	0,  // 2: phased.v1.ProgressEvent.stage:type_name -> phased.v1.ProgressStage
+	26, // 3: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
+	1,  // 4: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
+	11, // 5: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
+	11, // 6: phased.v1.RunRequest.request:type_name -> phased.v1.Request
+	16, // 7: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
+	22, // 8: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
+	21, // 9: phased.v1.StatusResponse.metrics:type_name -> phased.v1.Metric
+	27, // 10: phased.v1.Metric.labels:type_name -> phased.v1.Metric.LabelsEntry
+	1,  // 11: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
+	28, // 12: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
+	29, // 13: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
+	9,  // 14: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
+	5,  // 15: phased.v1.Phase.Ready:input_type -> phased.v1.ReadyRequest
+	12, // 16: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
+	14, // 17: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
+	17, // 18: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
+	19, // 19: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
+	23, // 20: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
+	7,  // 21: phased.v1.Phase.Progress:input_type -> phased.v1.ProgressRequest
+	2,  // 22: phased.v1.Phase.ValidateParams:input_type -> phased.v1.ValidateParamsRequest
+	30, // 23: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
+	10, // 24: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
+	6,  // 25: phased.v1.Phase.Ready:output_type -> phased.v1.ReadyResponse
+	13, // 26: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
+	15, // 27: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
+	18, // 28: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
+	20, // 29: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
+	24, // 30: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
+	8,  // 31: phased.v1.Phase.Progress:output_type -> phased.v1.ProgressEvent
+	3,  // 32: phased.v1.Phase.ValidateParams:output_type -> phased.v1.ValidateParamsResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_phasedv1_phase_proto_init() }
@@ -1308,14 +1593,14 @@ func file_phasedv1_phase_proto_init() {
 		return
 	}
 	file_phasedv1_common_proto_init()
-	file_phasedv1_phase_proto_msgTypes[9].OneofWrappers = []any{}
+	file_phasedv1_phase_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_phasedv1_phase_proto_rawDesc), len(file_phasedv1_phase_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

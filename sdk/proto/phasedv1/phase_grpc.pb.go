@@ -21,15 +21,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Phase_Info_FullMethodName       = "/phased.v1.Phase/Info"
-	Phase_Configure_FullMethodName  = "/phased.v1.Phase/Configure"
-	Phase_Ready_FullMethodName      = "/phased.v1.Phase/Ready"
-	Phase_OpenRoom_FullMethodName   = "/phased.v1.Phase/OpenRoom"
-	Phase_Run_FullMethodName        = "/phased.v1.Phase/Run"
-	Phase_RemoveRoom_FullMethodName = "/phased.v1.Phase/RemoveRoom"
-	Phase_Status_FullMethodName     = "/phased.v1.Phase/Status"
-	Phase_Release_FullMethodName    = "/phased.v1.Phase/Release"
-	Phase_Progress_FullMethodName   = "/phased.v1.Phase/Progress"
+	Phase_Info_FullMethodName           = "/phased.v1.Phase/Info"
+	Phase_Configure_FullMethodName      = "/phased.v1.Phase/Configure"
+	Phase_Ready_FullMethodName          = "/phased.v1.Phase/Ready"
+	Phase_OpenRoom_FullMethodName       = "/phased.v1.Phase/OpenRoom"
+	Phase_Run_FullMethodName            = "/phased.v1.Phase/Run"
+	Phase_RemoveRoom_FullMethodName     = "/phased.v1.Phase/RemoveRoom"
+	Phase_Status_FullMethodName         = "/phased.v1.Phase/Status"
+	Phase_Release_FullMethodName        = "/phased.v1.Phase/Release"
+	Phase_Progress_FullMethodName       = "/phased.v1.Phase/Progress"
+	Phase_ValidateParams_FullMethodName = "/phased.v1.Phase/ValidateParams"
 )
 
 // PhaseClient is the client API for Phase service.
@@ -44,6 +45,9 @@ const (
 // and are optional: a plugin built with an older SDK answers them with
 // UNIMPLEMENTED, which a client treats as "ready at once" and "reports no
 // progress".
+//
+// ValidateParams was added later still, and is optional too: UNIMPLEMENTED
+// means the plugin checks its params only when Configure loads it.
 type PhaseClient interface {
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
 	// Configure starts the instance's transfer manager in run_dir, and the
@@ -81,6 +85,12 @@ type PhaseClient interface {
 	// signal: a client that reads too slowly loses the oldest ones, never
 	// slows a Run down. UNIMPLEMENTED: the plugin reports no progress.
 	Progress(ctx context.Context, in *ProgressRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProgressEvent], error)
+	// ValidateParams checks a phase's params as Configure would, without
+	// loading anything (no model, no transfer manager): it may be called
+	// before Configure, on an instance started for that alone. Each problem
+	// names the param it is about ("" for the params as a whole).
+	// UNIMPLEMENTED: the plugin cannot check params before Configure.
+	ValidateParams(ctx context.Context, in *ValidateParamsRequest, opts ...grpc.CallOption) (*ValidateParamsResponse, error)
 }
 
 type phaseClient struct {
@@ -190,6 +200,16 @@ func (c *phaseClient) Progress(ctx context.Context, in *ProgressRequest, opts ..
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Phase_ProgressClient = grpc.ServerStreamingClient[ProgressEvent]
 
+func (c *phaseClient) ValidateParams(ctx context.Context, in *ValidateParamsRequest, opts ...grpc.CallOption) (*ValidateParamsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ValidateParamsResponse)
+	err := c.cc.Invoke(ctx, Phase_ValidateParams_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PhaseServer is the server API for Phase service.
 // All implementations must embed UnimplementedPhaseServer
 // for forward compatibility.
@@ -202,6 +222,9 @@ type Phase_ProgressClient = grpc.ServerStreamingClient[ProgressEvent]
 // and are optional: a plugin built with an older SDK answers them with
 // UNIMPLEMENTED, which a client treats as "ready at once" and "reports no
 // progress".
+//
+// ValidateParams was added later still, and is optional too: UNIMPLEMENTED
+// means the plugin checks its params only when Configure loads it.
 type PhaseServer interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
 	// Configure starts the instance's transfer manager in run_dir, and the
@@ -239,6 +262,12 @@ type PhaseServer interface {
 	// signal: a client that reads too slowly loses the oldest ones, never
 	// slows a Run down. UNIMPLEMENTED: the plugin reports no progress.
 	Progress(*ProgressRequest, grpc.ServerStreamingServer[ProgressEvent]) error
+	// ValidateParams checks a phase's params as Configure would, without
+	// loading anything (no model, no transfer manager): it may be called
+	// before Configure, on an instance started for that alone. Each problem
+	// names the param it is about ("" for the params as a whole).
+	// UNIMPLEMENTED: the plugin cannot check params before Configure.
+	ValidateParams(context.Context, *ValidateParamsRequest) (*ValidateParamsResponse, error)
 	mustEmbedUnimplementedPhaseServer()
 }
 
@@ -275,6 +304,9 @@ func (UnimplementedPhaseServer) Release(context.Context, *ReleaseRequest) (*Rele
 }
 func (UnimplementedPhaseServer) Progress(*ProgressRequest, grpc.ServerStreamingServer[ProgressEvent]) error {
 	return status.Error(codes.Unimplemented, "method Progress not implemented")
+}
+func (UnimplementedPhaseServer) ValidateParams(context.Context, *ValidateParamsRequest) (*ValidateParamsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ValidateParams not implemented")
 }
 func (UnimplementedPhaseServer) mustEmbedUnimplementedPhaseServer() {}
 func (UnimplementedPhaseServer) testEmbeddedByValue()               {}
@@ -452,6 +484,24 @@ func _Phase_Progress_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Phase_ProgressServer = grpc.ServerStreamingServer[ProgressEvent]
 
+func _Phase_ValidateParams_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ValidateParamsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PhaseServer).ValidateParams(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Phase_ValidateParams_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PhaseServer).ValidateParams(ctx, req.(*ValidateParamsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Phase_ServiceDesc is the grpc.ServiceDesc for Phase service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -490,6 +540,10 @@ var Phase_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Release",
 			Handler:    _Phase_Release_Handler,
+		},
+		{
+			MethodName: "ValidateParams",
+			Handler:    _Phase_ValidateParams_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

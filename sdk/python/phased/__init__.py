@@ -32,15 +32,15 @@ import os
 import sys
 import time
 
-from .api import (Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request,  # noqa: F401
-                  write_artifact)
+from .api import (Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase,  # noqa: F401
+                  Request, write_artifact)
 from .local import run_local  # noqa: F401
 from .tensor import Spec, SpecError, checksum  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "Cancelled", "Config", "Context", "InvalidArgument", "Phase", "Request", "Spec",
-           "SpecError", "checksum", "run_local", "serve", "write_artifact"]
+__all__ = ["Artifact", "Cancelled", "Config", "Context", "InvalidArgument", "ParamProblem", "Phase", "Request",
+           "Spec", "SpecError", "checksum", "run_local", "serve", "write_artifact"]
 
 
 def serve(phase: Phase) -> None:

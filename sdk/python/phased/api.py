@@ -1,5 +1,5 @@
 """What a phase author writes against: Phase, Request, Spec, Artifact,
-Config, Context, write_artifact. Nothing here touches sockets, shared
+Config, Context, ParamProblem, write_artifact. Nothing here touches sockets, shared
 memory or protobuf; phased.runtime does.
 """
 
@@ -47,6 +47,16 @@ class Artifact:
     sha256: str
     size: int
     media_type: str
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """One thing wrong with a phase's params, as validate_params reports
+    it: the param's name ("" for the params as a whole), and what is wrong
+    and what is accepted."""
+
+    param: str
+    message: str
 
 
 @dataclass
@@ -102,6 +112,17 @@ class Phase:
     def configure(self, config: Config) -> None:
         """Check and keep the params; raise ValueError to refuse them."""
 
+    def validate_params(self, params: Dict[str, str]) -> List[ParamProblem]:
+        """Optional: check params as configure would, without loading
+        anything or keeping state, so that `supervisor validate` reports a
+        typo before any model loads. It may be called on an instance that
+        is never configured. Return every problem found, none when the
+        params are valid: ParamProblem or (param, message) tuples; a
+        ValueError raised is one problem about the params as a whole. A
+        phase that does not override it cannot check its params before
+        it loads (the supervisor then checks them at start)."""
+        raise NotImplementedError
+
     def load(self, ctx: Context) -> None:
         """Load what takes long (model weights). Runs in a thread of its
         own after configure; the instance is Ready once it returns."""
@@ -134,10 +155,21 @@ def _umask() -> int:
     return 0o022
 
 
+def _same_bytes(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
 def write_artifact(request: Request, data: bytes, ext: str, media_type: str) -> Artifact:
     """Write data to <artifact_dir>/<id><ext> as the built-in decoder does:
-    a temporary file in the same directory, fsync, rename; mode 0666 less
-    the umask, as cp makes files."""
+    a temporary file in the same directory, fsync, then a hard link to its
+    name, which fails with FileExistsError when a file with other bytes
+    has that name (a result is never replaced; the same bytes are this
+    request's own, from an attempt that died after writing, and stand);
+    mode 0666 less the umask, as cp makes files."""
     if not ARTIFACT_ID.fullmatch(request.id or ""):
         raise ValueError(f"request id {request.id!r}: want 1 to 200 bytes of [A-Za-z0-9_.-]")
     if not request.artifact_dir:
@@ -153,11 +185,18 @@ def write_artifact(request: Request, data: bytes, ext: str, media_type: str) -> 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            # The same bytes: this request's own, from an attempt that died
+            # before it could report it (ids are unique). They stand.
+            if not _same_bytes(path, data):
+                raise FileExistsError(
+                    f"artifact {path} exists already with other bytes; results are never replaced: "
+                    "move it away, or write to another artifact_dir") from None
+    finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
     return Artifact(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), media_type=media_type)

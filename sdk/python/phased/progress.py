@@ -77,6 +77,11 @@ class Hub:
         self._seq = itertools.count(1)
         self._closed = False
         self.dropped = 0
+        self.units = 0  # units of work reported done, all Runs together
+
+    def add_units(self, n: int) -> None:
+        with self._lock:
+            self.units += n
 
     def publish(self, run, ev: Event) -> None:
         with self._lock:
@@ -120,6 +125,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._computing = False
         self._reported = False
+        self._done = 0  # the last done reported
 
     def publish(self, stage: int, done: int = 0, total: int = 0) -> None:
         self._hub.publish(self, Event(self._request, stage, done, total, self._in, self._out))
@@ -140,4 +146,7 @@ class Reporter:
             if not self._computing:
                 return
             self._reported = True
+            if done > self._done:
+                self._hub.add_units(int(done) - self._done)
+                self._done = int(done)
             self.publish(COMPUTING, int(done), int(total))

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import grpc
@@ -21,7 +22,7 @@ from . import progress as prog
 from .progress import Released
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from .api import Artifact, Cancelled, Config, Context, InvalidArgument, Phase, Request
+from .api import Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase, Request
 from .executor import Inline, Stopped
 from .tensor import Spec, SpecError, as_array, to_torch
 from ._proto.phasedv1 import common_pb2, phase_pb2
@@ -31,6 +32,44 @@ MAX_SOCKET_PATH = 107
 LONGEST_SOCKET = "/r-18446744073709551615-18446744073709551615.sock"
 BACKENDS = ("shm", "zmq", "cuda")
 SENDER, RECEIVER = 1, 2
+
+
+class NoValidation(Exception):
+    """The phase cannot check params before it loads: it does not
+    implement validate_params. Answered with gRPC UNIMPLEMENTED."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a Run did: the last phase's artifact, or what a phase with an
+    out room sent (the bytes written into the receiver's buffers, and the
+    time from handing them to the transfer manager to the receiver's
+    Success)."""
+
+    artifact: Optional[Artifact] = None
+    sent_bytes: int = 0
+    send_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One sample of the instance's own figures (StatusResponse.metrics)."""
+
+    name: str
+    help: str
+    counter: bool
+    value: float
+    labels: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What Status reports."""
+
+    rooms: list
+    dropped_frames: int
+    dropped_progress: int
+    metrics: List[Metric]
 
 
 def request_of(msg) -> Request:
@@ -72,6 +111,11 @@ class Runtime:
         self._loaded: Optional[threading.Event] = None
         self._load_error: Optional[str] = None
         self._cancel_load = threading.Event()
+        # What Status reports of the Runs (under _lock): how many succeeded
+        # and failed, and the time the phase's run computed, in all.
+        self._runs_ok = 0
+        self._runs_failed = 0
+        self._compute_seconds = 0.0
 
     # Info, Configure, Ready -------------------------------------------------
 
@@ -204,17 +248,85 @@ class Runtime:
             cancel.set()
         mgr.remove(room)
 
-    def status(self):
+    def status(self) -> Status:
         with self._lock:
             if self._mgr is None:
                 raise InvalidArgument("instance is not configured")
             mgr = self._mgr
         states, dropped = mgr.status()
-        return states, dropped, self.hub.dropped
+        return Status(states, dropped, self.hub.dropped, self.metrics(mgr, dropped))
+
+    def metrics(self, mgr, dropped_frames: int) -> List[Metric]:
+        """The instance's own figures for the supervisor's /metrics: the
+        names, labels and meanings of the Go runtime's (sdk/phase)."""
+        with self._lock:
+            ok, failed, compute = self._runs_ok, self._runs_failed, self._compute_seconds
+        runs = "Runs of this instance, by outcome."
+        ms = [
+            Metric("runs_total", runs, True, ok, {"outcome": "ok"}),
+            Metric("runs_total", runs, True, failed, {"outcome": "failed"}),
+            Metric("compute_seconds_total", "Time the phase's Run computed, all Runs together.", True, compute),
+            Metric("steps_total", "Units of work (denoising steps) the phase reported done.", True, self.hub.units),
+            Metric("transfer_dropped_frames_total", "Frames from the network the transfer manager dropped.", True,
+                   dropped_frames),
+            Metric("progress_dropped_total", "Progress events dropped by streams too slow to read them.", True,
+                   self.hub.dropped),
+        ]
+        for c in mgr.counters():
+            b = {"backend": c.backend}
+            ms += [
+                Metric("transfer_sent_total", "Tensor sets sent into rooms, by backend.", True, c.sent, b),
+                Metric("transfer_sent_bytes_total", "Bytes sent into rooms, by backend.", True, c.sent_bytes, b),
+                Metric("transfer_send_seconds_total",
+                       "Time sends took, from the call to the receiver's Success, by backend.", True,
+                       c.send_seconds, b),
+                Metric("transfer_received_total", "Tensor sets received from rooms, by backend.", True, c.received,
+                       b),
+                Metric("transfer_received_bytes_total", "Bytes received from rooms, by backend.", True,
+                       c.received_bytes, b),
+            ]
+        return ms
+
+    # ValidateParams -------------------------------------------------------
+
+    def validate_params(self, params: Dict[str, str]) -> List[ParamProblem]:
+        """The phase's validate_params, its answer as ParamProblems; raises
+        NoValidation when the phase does not implement it. Needs no
+        Configure."""
+        if type(self.phase).validate_params is Phase.validate_params:
+            raise NoValidation(f"phase {self.phase.name} does not implement validate_params: "
+                               "it checks its params only when it is configured")
+        try:
+            got = self.phase.validate_params(dict(params))
+        except ValueError as e:
+            return [ParamProblem("", reason(e))]
+        problems = []
+        for p in got or []:
+            if isinstance(p, ParamProblem):
+                problems.append(p)
+            elif isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p):
+                problems.append(ParamProblem(p[0], p[1]))
+            else:
+                raise TypeError(f"validate_params returned {p!r}; want phased.ParamProblem or (param, message) "
+                                "tuples of strings")
+        return problems
 
     # Run --------------------------------------------------------------------
 
-    def run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event) -> Optional[Artifact]:
+    def run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event) -> RunResult:
+        ok = False
+        try:
+            res = self._tracked_run(request, in_room, out_room, cancel)
+            ok = True
+            return res
+        finally:
+            with self._lock:
+                if ok:
+                    self._runs_ok += 1
+                else:
+                    self._runs_failed += 1
+
+    def _tracked_run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event) -> RunResult:
         rooms = [r for r in (in_room, out_room) if r]
         with self._lock:
             mgr = self._ready_locked()
@@ -234,7 +346,7 @@ class Runtime:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def _run(self, mgr, rep, request, in_room, out_room, cancel) -> Optional[Artifact]:
+    def _run(self, mgr, rep, request, in_room, out_room, cancel) -> RunResult:
         inputs: Dict[str, object] = {}
         if in_room:
             try:
@@ -256,11 +368,15 @@ class Runtime:
             # another stays WAITING, which the hang watchdog does not count.
             rep.start_computing()
             ok = False
+            began = time.monotonic()
             try:
                 out = self.phase.run(ctx, request, inputs)
                 ok = True
                 return out
             finally:
+                took = time.monotonic() - began
+                with self._lock:
+                    self._compute_seconds += took
                 rep.stop_computing(ok)
 
         try:
@@ -276,17 +392,18 @@ class Runtime:
         if not out_room:
             if not isinstance(out, Artifact):
                 raise RuntimeError("the last phase of the pipeline returned no artifact")
-            return out
+            return RunResult(artifact=out)
         if isinstance(out, Artifact):
             raise RuntimeError(f"send room {out_room}: the phase returned an artifact, but a next phase "
                                "waits for tensors")
         outputs = self._outputs(out)
         rep.publish(prog.SENDING)
+        began = time.monotonic()
         try:
-            mgr.send(out_room, outputs, cancel)
+            n = mgr.send(out_room, outputs, cancel)
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"send room {out_room}: {reason(e)}") from e
-        return None
+        return RunResult(sent_bytes=int(n), send_seconds=time.monotonic() - began)
 
     @staticmethod
     def _await(fut, cancel: threading.Event):
@@ -349,6 +466,8 @@ class Runtime:
 def _code(exc: BaseException):
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, NoValidation):
+        return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.UNKNOWN
 
 
@@ -363,7 +482,7 @@ class Service:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - every error becomes a status
-            if not isinstance(e, (InvalidArgument, Released, Cancelled, RuntimeError)):
+            if not isinstance(e, (InvalidArgument, Released, Cancelled, RuntimeError, NoValidation)):
                 self.rt.log.debug("call failed", extra={"error": reason(e)})
             context.abort(_code(e), reason(e))
 
@@ -397,11 +516,13 @@ class Service:
         def do():
             in_room = request.in_room if request.HasField("in_room") else 0
             out_room = request.out_room if request.HasField("out_room") else 0
-            art = self.rt.run(request_of(request.request), in_room, out_room, cancel)
-            if art is None:
-                return phase_pb2.RunResponse()
-            return phase_pb2.RunResponse(artifact=phase_pb2.Artifact(
-                path=art.path, sha256=art.sha256, size=art.size, media_type=art.media_type))
+            res = self.rt.run(request_of(request.request), in_room, out_room, cancel)
+            resp = phase_pb2.RunResponse(sent_bytes=res.sent_bytes, send_nanos=int(res.send_seconds * 1e9))
+            art = res.artifact
+            if art is not None:
+                resp.artifact.CopyFrom(phase_pb2.Artifact(path=art.path, sha256=art.sha256, size=art.size,
+                                                          media_type=art.media_type))
+            return resp
         return self._call(context, do)
 
     def RemoveRoom(self, request, context):
@@ -412,11 +533,20 @@ class Service:
 
     def Status(self, request, context):
         def do():
-            states, dropped, dropped_progress = self.rt.status()
+            st = self.rt.status()
             return phase_pb2.StatusResponse(
                 rooms=[phase_pb2.RoomState(room=s.room, role=s.role, status=s.status, reason=s.reason)
-                       for s in states],
-                dropped_frames=dropped, dropped_progress=dropped_progress)
+                       for s in st.rooms],
+                dropped_frames=st.dropped_frames, dropped_progress=st.dropped_progress,
+                metrics=[phase_pb2.Metric(name=m.name, help=m.help, counter=m.counter, labels=m.labels,
+                                          value=float(m.value)) for m in st.metrics])
+        return self._call(context, do)
+
+    def ValidateParams(self, request, context):
+        def do():
+            problems = self.rt.validate_params(dict(request.params))
+            return phase_pb2.ValidateParamsResponse(
+                problems=[phase_pb2.ParamProblem(param=p.param, message=p.message) for p in problems])
         return self._call(context, do)
 
     def Release(self, request, context):
@@ -463,6 +593,7 @@ def handler(service: Service):
         "RemoveRoom": unary(service.RemoveRoom, P.RemoveRoomRequest, P.RemoveRoomResponse),
         "Status": unary(service.Status, P.StatusRequest, P.StatusResponse),
         "Release": unary(service.Release, P.ReleaseRequest, P.ReleaseResponse),
+        "ValidateParams": unary(service.ValidateParams, P.ValidateParamsRequest, P.ValidateParamsResponse),
         "Progress": grpc.unary_stream_rpc_method_handler(
             service.Progress, request_deserializer=P.ProgressRequest.FromString,
             response_serializer=P.ProgressEvent.SerializeToString),

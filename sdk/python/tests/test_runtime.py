@@ -60,6 +60,12 @@ class FakeManager:
 
     def send(self, room, outputs, cancel):
         self.sent[room] = outputs
+        return sum(np.asarray(a).nbytes for a in outputs.values())
+
+    def counters(self):
+        from phased.transfer import BackendCounters
+        return [BackendCounters("shm", sent=len(self.sent), sent_bytes=48, send_seconds=0.5, received=1,
+                                received_bytes=24)]
 
     def remove(self, room):
         self.calls.append(("remove", room))
@@ -242,7 +248,8 @@ def test_run_middle_phase(tmp_path):
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     deliver(rt, managers[0], 5, [x])
     stream = rt.hub.subscribe()
-    assert rt.run(phased.Request("r1"), 5, 6, threading.Event()) is None
+    res = rt.run(phased.Request("r1"), 5, 6, threading.Event())
+    assert res.artifact is None and res.sent_bytes == 24 and res.send_seconds >= 0
     np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
     rt.hub.close()
     got = []
@@ -258,7 +265,9 @@ def test_run_last_phase_artifact(tmp_path):
     configure(rt, tmp_path)
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     deliver(rt, managers[0], 5, [x])
-    art = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
+    res = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
+    art = res.artifact
+    assert res.sent_bytes == 0
     with open(art.path, "rb") as f:
         assert f.read() == x.tobytes()
     assert art.size == 24 and art.path == str(tmp_path / "out" / "r2.bin")
@@ -381,6 +390,16 @@ def test_write_artifact(tmp_path):
         phased.write_artifact(phased.Request("r"), b"", ".gif", "image/gif")
     with pytest.raises(ValueError, match="artifact extension '/../x'"):
         phased.write_artifact(phased.Request("r", artifact_dir=str(tmp_path)), b"", "/../x", "x")
+    # A result is never replaced: the second write of one id fails, the
+    # first file keeps its bytes, and no temporary file is left.
+    same = phased.write_artifact(phased.Request("a.b-c_1", artifact_dir=str(tmp_path / "o")), b"GIF89a;",
+                                 ".gif", "image/gif")
+    assert same.path == art.path and same.sha256 == art.sha256
+    with pytest.raises(FileExistsError, match="exists already with other bytes; results are never replaced"):
+        phased.write_artifact(phased.Request("a.b-c_1", artifact_dir=str(tmp_path / "o")), b"other",
+                              ".gif", "image/gif")
+    assert open(art.path, "rb").read() == b"GIF89a;"
+    assert os.listdir(tmp_path / "o") == ["a.b-c_1.gif"]
 
 
 def test_reason_texts():
@@ -596,3 +615,115 @@ def test_executor_runs_one_at_a_time_on_its_thread(tmp_path):
         by_request.setdefault(ev.request, []).append(ev.stage)
     assert by_request["third"] == [progress.WAITING, progress.FINISHED]
     assert by_request["second"][0] == progress.WAITING and progress.COMPUTING in by_request["second"]
+
+
+def metric_values(metrics):
+    return {(m.name, tuple(sorted(m.labels.items()))): m.value for m in metrics}
+
+
+def test_status_metrics(tmp_path):
+    """Status reports the Go runtime's figures under the same names and
+    labels: runs by outcome, compute time, steps, drops, and the transfer
+    manager's counters per backend."""
+    rt, managers = runtime(Scale(), tmp_path)
+    with pytest.raises(phased.InvalidArgument, match="not configured"):
+        rt.status()
+    configure(rt, tmp_path)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for room in (5, 7):
+        deliver(rt, managers[0], room, [x])
+        rt.run(phased.Request(f"r{room}"), room, room + 1, threading.Event())
+    rt.phase.fail = ValueError("no")
+    deliver(rt, managers[0], 9, [x])
+    with pytest.raises(RuntimeError):
+        rt.run(phased.Request("r9"), 9, 10, threading.Event())
+    st = rt.status()
+    assert st.dropped_frames == 7 and st.dropped_progress == 0
+    got = metric_values(st.metrics)
+    assert got[("runs_total", (("outcome", "ok"),))] == 2
+    assert got[("runs_total", (("outcome", "failed"),))] == 1
+    assert got[("steps_total", ())] == 6, "3 steps reported by each of the two Runs that computed them"
+    assert 0 < got[("compute_seconds_total", ())] < 5
+    assert got[("transfer_dropped_frames_total", ())] == 7
+    assert got[("progress_dropped_total", ())] == 0
+    shm = (("backend", "shm"),)
+    assert got[("transfer_sent_total", shm)] == 2 and got[("transfer_sent_bytes_total", shm)] == 48
+    assert got[("transfer_send_seconds_total", shm)] == 0.5
+    assert got[("transfer_received_total", shm)] == 1 and got[("transfer_received_bytes_total", shm)] == 24
+    names = {m.name for m in st.metrics}
+    assert names == {"runs_total", "compute_seconds_total", "steps_total", "transfer_dropped_frames_total",
+                     "progress_dropped_total", "transfer_sent_total", "transfer_sent_bytes_total",
+                     "transfer_send_seconds_total", "transfer_received_total", "transfer_received_bytes_total"}
+    assert all(m.counter and m.help for m in st.metrics)
+    # Over gRPC: the same samples in the StatusResponse.
+    resp = Service(rt).Status(phase_pb2.StatusRequest(), None)
+    wire = {(m.name, tuple(sorted(m.labels.items()))): m.value for m in resp.metrics}
+    assert wire == got and all(m.counter for m in resp.metrics)
+
+
+def test_steps_count_progress_once():
+    """A Run that reports done twice, or goes back, adds each unit once."""
+    hub = progress.Hub()
+    rep = progress.Reporter(hub, "r", 0, 0)
+    rep.report(1, 5)  # not computing: ignored
+    rep.start_computing()
+    for done in (2, 2, 1, 4):
+        rep.report(done, 5)
+    rep.stop_computing(True)
+    assert hub.units == 4
+
+
+class Checked(Scale):
+    KNOWN = ("steps", "width")
+
+    def validate_params(self, params):
+        out = []
+        for k, v in sorted(params.items()):
+            if k not in self.KNOWN:
+                out.append((k, f"unknown param; the known params are {', '.join(self.KNOWN)}"))
+            elif not v.isdigit():
+                out.append(phased.ParamProblem(k, f"{v!r} is not an integer"))
+        return out
+
+
+def test_validate_params(tmp_path):
+    import grpc
+
+    class Ctx:
+        def abort(self, code, details):
+            raise AssertionError((code, details))
+
+    # Before Configure, and without loading: the phase's own answer.
+    rt, managers = runtime(Checked(), tmp_path)
+    assert rt.validate_params({"steps": "3", "width": "8"}) == []
+    assert rt.validate_params({"stpes": "3", "width": "x"}) == [
+        phased.ParamProblem("stpes", "unknown param; the known params are steps, width"),
+        phased.ParamProblem("width", "'x' is not an integer")]
+    assert managers == [], "ValidateParams must not start a transfer manager"
+    resp = Service(rt).ValidateParams(phase_pb2.ValidateParamsRequest(params={"width": "x"}), Ctx())
+    assert [(p.param, p.message) for p in resp.problems] == [("width", "'x' is not an integer")]
+
+    # A phase without validate_params: UNIMPLEMENTED.
+    rt2, _ = runtime(Scale(), tmp_path)
+    with pytest.raises(AssertionError) as e:
+        Service(rt2).ValidateParams(phase_pb2.ValidateParamsRequest(params={}), Ctx())
+    code, details = e.value.args[0]
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "does not implement validate_params" in details
+
+    # A ValueError is one problem about the params as a whole; another
+    # exception, or an answer of the wrong type, is a failure to check.
+    class Raises(Scale):
+        def validate_params(self, params):
+            if "boom" in params:
+                raise OSError("cannot read the model card")
+            if "odd" in params:
+                return ["just a string"]
+            raise ValueError("width and height must both be set")
+
+    rt3, _ = runtime(Raises(), tmp_path)
+    assert rt3.validate_params({}) == [phased.ParamProblem("", "width and height must both be set")]
+    with pytest.raises(AssertionError) as e:
+        Service(rt3).ValidateParams(phase_pb2.ValidateParamsRequest(params={"boom": "1"}), Ctx())
+    assert e.value.args[0] == (grpc.StatusCode.UNKNOWN, "cannot read the model card")
+    with pytest.raises(TypeError, match="validate_params returned 'just a string'; want phased.ParamProblem"):
+        rt3.validate_params({"odd": "1"})

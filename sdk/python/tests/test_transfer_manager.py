@@ -280,6 +280,41 @@ def test_progressive_verification(env):
     assert np.array_equal(box["got"][0], x)
 
 
+def test_counters(env):
+    """send returns the bytes written into the receiver's buffers (the
+    inputs it declared, not the outputs it was given); counters() sums
+    them per backend, with the receives, and counts no failed send."""
+    snd, rcv = env.pair()
+    assert snd.counters() == [] and rcv.counters() == []
+    x = np.arange(1000, dtype=np.float32)
+    m = np.ones((3, 5), np.uint8)
+    box = {}
+
+    def send(room, outs):
+        box[room] = snd.send(room, outs)
+
+    for room, backend in ((1, "shm"), (2, "zmq"), (3, "shm")):
+        open_room(snd, rcv, room, [Spec("x", "float32", (1000,)), Spec("m", "uint8", (3, 5))], backend)
+        t = threading.Thread(target=send, args=(room, {"x": x, "m": m, "unused": np.zeros(64, np.float64)}))
+        t.start()
+        rcv.receive(room)
+        t.join(20)
+        assert box[room] == 4015, f"room {room} ({backend}): send returned {box[room]}"
+    rcv.receive(1)  # a second receive of a room counts again, as Go's does
+    open_room(snd, rcv, 4, [Spec("x", "float32", (4,))])
+    with pytest.raises(RoomFailedError):
+        snd.send(4, {"y": np.zeros(4, np.float32)})
+    sc, rc = snd.counters(), rcv.counters()
+    assert [c.backend for c in sc] == ["shm", "zmq"] and [c.backend for c in rc] == ["shm", "zmq"]
+    assert (sc[0].sent, sc[0].sent_bytes, sc[1].sent, sc[1].sent_bytes) == (2, 8030, 1, 4015)
+    assert sc[0].send_seconds > 0 and sc[1].send_seconds > 0
+    assert (sc[0].received, sc[0].received_bytes) == (0, 0)
+    assert (rc[0].received, rc[0].received_bytes, rc[1].received, rc[1].received_bytes) == (3, 12045, 1, 4015)
+    assert (rc[0].sent, rc[0].sent_bytes, rc[0].send_seconds) == (0, 0, 0.0)
+    rc[0].received = 99  # a copy
+    assert rcv.counters()[0].received == 3
+
+
 # --- failures on send ---------------------------------------------------------------
 
 def test_send_selects_by_name(env):

@@ -3,12 +3,12 @@ shared memory (docs/protocol.md sections 3-7). See manager.py."""
 
 from .frames import (BOOTSTRAPPING, FAILED, RECEIVER, SENDER, SUCCESS, TRANSFERRING, WAITING_FOR_INPUT,
                      can_transition, status_name)
-from .manager import (CancelledError, Manager, NotStartedError, ReleasedError, RoomExistsError, RoomFailedError,
+from .manager import (BackendCounters, CancelledError, Manager, NotStartedError, ReleasedError, RoomExistsError, RoomFailedError,
                       RoomRemovedError, RoomState, TransferError, UnknownRoomError)
 from .segment import sweep_segments
 
 __all__ = [
-    "Manager", "RoomState", "TransferError", "UnknownRoomError", "RoomExistsError", "RoomRemovedError",
+    "BackendCounters", "Manager", "RoomState", "TransferError", "UnknownRoomError", "RoomExistsError", "RoomRemovedError",
     "RoomFailedError", "ReleasedError", "NotStartedError", "CancelledError", "sweep_segments",
     "FAILED", "BOOTSTRAPPING", "WAITING_FOR_INPUT", "TRANSFERRING", "SUCCESS", "SENDER", "RECEIVER",
     "can_transition", "status_name",

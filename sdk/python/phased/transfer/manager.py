@@ -21,6 +21,7 @@ Everything else is guarded by one lock (self._mu).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import logging
 import os
@@ -166,6 +167,21 @@ class RoomState:
     role: int  # 1 sender, 2 receiver
     status: int  # phased.v1.TransferStatus
     reason: str
+
+
+@dataclass
+class BackendCounters:
+    """What a manager moved on one backend since start (Go's
+    transfer.BackendCounters): sends that succeeded, their bytes and the
+    time they took in all (from the call to the receiver's Success
+    queued), and receives that returned arrays, with their bytes."""
+
+    backend: str
+    sent: int = 0
+    sent_bytes: int = 0
+    send_seconds: float = 0.0
+    received: int = 0
+    received_bytes: int = 0
 
 
 class _Room:
@@ -329,6 +345,7 @@ class Manager:
         self._rooms: Dict[int, _Room] = {}
         self._ids = _UsedIDs()
         self._dropped = 0
+        self._counters: Dict[str, BackendCounters] = {}  # by backend, under _mu
         # Generations start at a random 63-bit point, so that two runs
         # sharing a run dir never make the same socket or segment name.
         self._gen_mu = threading.Lock()
@@ -648,6 +665,18 @@ class Manager:
         with self._mu:
             return self._dropped
 
+    def counters(self) -> List[BackendCounters]:
+        """What the manager moved since start, per backend used, in the
+        order of the backends' names (copies)."""
+        with self._mu:
+            return [dataclasses.replace(self._counters[b]) for b in sorted(self._counters)]
+
+    def _counter_locked(self, backend: str) -> BackendCounters:
+        c = self._counters.get(backend)
+        if c is None:
+            c = self._counters[backend] = BackendCounters(backend)
+        return c
+
     def _drop(self, rid: int, why: str) -> None:
         with self._mu:
             self._dropped += 1
@@ -669,7 +698,11 @@ class Manager:
                 if err is not None:
                     raise err
                 if r.status == SUCCESS:
-                    return self._lease_locked(r)
+                    arrays = self._lease_locked(r)
+                    c = self._counter_locked(r.backend)
+                    c.received += 1
+                    c.received_bytes += sum(b.length for b in r.bufs)
+                    return arrays
                 if not r.verifying and (r.final is not None or (r.ctrl is not None and r.status == TRANSFERRING
                                                                 and not _is_set(cancel))):
                     self._verify_locked(r, cancel)
@@ -755,13 +788,15 @@ class Manager:
 
     # --- send ------------------------------------------------------------
 
-    def send(self, room: int, outputs: Dict[str, object], cancel: Optional[threading.Event] = None) -> None:
+    def send(self, room: int, outputs: Dict[str, object], cancel: Optional[threading.Event] = None) -> int:
         """Waits for the receiver's descriptor, then the transfer worker picks
         the outputs the receiver asks for (by name), checks them, sends
         Transferring, writes the bytes and sends Success with their checksums.
-        Returns once Success is queued; raises TransferError otherwise (a
-        failure also fails the room and tells the receiver). Outputs must
-        stay unchanged until it returns."""
+        Returns once Success is queued, the bytes written into the
+        receiver's buffers (those of the inputs it declared); raises
+        TransferError otherwise (a failure also fails the room and tells
+        the receiver). Outputs must stay unchanged until it returns."""
+        start = time.monotonic()
         with self._mu:
             r = self._room_locked(room, SENDER)
             if r.sending:
@@ -794,6 +829,13 @@ class Manager:
                                              "cancelled")
         if job.error is not None:
             raise job.error
+        with self._mu:
+            n = sum(b.length for b in r.desc.buffers) if r.desc is not None else 0
+            c = self._counter_locked(r.backend)
+            c.sent += 1
+            c.sent_bytes += n
+            c.send_seconds += time.monotonic() - start
+        return n
 
     # --- remove ----------------------------------------------------------
 

@@ -53,6 +53,23 @@ func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
 	return f.Phase.Configure(ctx, cfg)
 }
 
+// ValidateParams is the transformer's, less this plugin's own params,
+// and a "load" that is not a duration.
+func (f *flaky) ValidateParams(ctx context.Context, params map[string]string) ([]sdk.ParamProblem, error) {
+	var problems []sdk.ParamProblem
+	if v, ok := params["load"]; ok {
+		if _, err := time.ParseDuration(v); err != nil {
+			problems = append(problems, sdk.ParamProblem{Param: "load", Message: fmt.Sprintf("load = %q: not a duration, e.g. \"2s\"", v)})
+		}
+	}
+	params = maps.Clone(params)
+	for _, k := range []string{"marker_dir", "load", "load_error"} {
+		delete(params, k)
+	}
+	more, err := f.Phase.ValidateParams(ctx, params)
+	return append(problems, more...), err
+}
+
 // Load stands for loading a model: it takes the "load" param's time.
 func (f *flaky) Load(ctx context.Context) error {
 	t := time.NewTimer(f.load)

@@ -43,6 +43,14 @@ func (f forker) Configure(ctx context.Context, cfg sdk.Config) error {
 	return f.Phase.Configure(ctx, cfg)
 }
 
+// ValidateParams is the encoder's, less this plugin's own params.
+func (f forker) ValidateParams(ctx context.Context, params map[string]string) ([]sdk.ParamProblem, error) {
+	params = maps.Clone(params)
+	delete(params, "pidfile")
+	delete(params, "inherit")
+	return f.Phase.ValidateParams(ctx, params)
+}
+
 // Info is the encoder's, under this plugin's own name.
 func (f forker) Info(ctx context.Context) (sdk.Info, error) {
 	info, err := f.Phase.Info(ctx)

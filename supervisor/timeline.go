@@ -1,0 +1,305 @@
+package supervisor
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/supervisor/config"
+)
+
+// A request's timeline is built, when it is asked for, from the moments
+// the supervisor saw: when the request left the queue, and per dispatch
+// attempt when its decision was made, its rooms opened, each phase's Run
+// was called, reported its first and last step and began to send, and
+// returned, and when its rooms were removed and its end journaled. The
+// progress events of the phases (sdk.Progress) give the moments inside a
+// Run; they come on another stream than the Run's answer, so each is
+// taken for what it is (a step seen at that time), never as an order.
+
+// trace is what a request's timeline and progress are built from;
+// guarded by the request's mu.
+type trace struct {
+	dequeued  time.Time // got a dispatch slot; zero while queued
+	attempts  []*attemptTrace
+	recording time.Time // began to journal its end
+	ended     time.Time // reported ended
+}
+
+// attemptTrace is one dispatch attempt.
+type attemptTrace struct {
+	placing, placed   time.Time
+	choice            string // "encoder=encoder-0 transformer=transformer-1 …"
+	opening, opened   time.Time
+	rooms             []uint64
+	backends          []string
+	runs              []runTrace // per phase, in pipeline order
+	removing, removed time.Time
+	err               string // why the attempt failed, when it did
+}
+
+// runTrace is one phase's Run in an attempt.
+type runTrace struct {
+	phase, instance string
+	called          time.Time // the Run call was made
+	computing       time.Time // first "computing" event: its inputs were there
+	lastStep        time.Time // the last step reported
+	sending         time.Time // "sending": its outputs went to the transfer manager
+	returned        time.Time // the Run call returned
+	stage           string
+	done, total     int
+	sentBytes       int64
+}
+
+// record runs f with the request's trace, under its lock, and wakes its
+// watchers.
+func (r *request) record(f func(t *trace)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.trace)
+	r.touchLocked()
+}
+
+// touchLocked wakes the request's watchers; r.mu is held.
+func (r *request) touchLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// current returns the trace's last attempt, nil before the first.
+func (t *trace) current() *attemptTrace {
+	if len(t.attempts) == 0 {
+		return nil
+	}
+	return t.attempts[len(t.attempts)-1]
+}
+
+// progressed records a progress event of the Run of phase index i on
+// instance in, for the request's current attempt. It returns the units
+// of work the event adds (for the steps counter), 0 for an event of
+// another attempt or one that adds nothing.
+func (r *request) progressed(i int, instance string, p sdk.Progress, now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := r.trace.current()
+	if a == nil || i >= len(a.runs) || a.runs[i].instance != instance || !a.matches(i, p) {
+		return 0
+	}
+	run := &a.runs[i]
+	added := 0
+	switch p.Stage {
+	case sdk.StageComputing:
+		if run.computing.IsZero() {
+			run.computing = now
+		}
+		if p.Done > run.done {
+			added = p.Done - run.done
+			run.lastStep = now
+		}
+		run.done, run.total = max(run.done, p.Done), p.Total
+	case sdk.StageSending:
+		if run.sending.IsZero() {
+			run.sending = now
+		}
+	}
+	if run.stage != sdk.StageFinished {
+		run.stage = p.Stage
+	}
+	r.touchLocked()
+	return added
+}
+
+// requestProgress records a progress event of instance in in its
+// request's trace, and counts the steps it adds.
+func (s *Supervisor) requestProgress(in *instance, p sdk.Progress) {
+	r, err := s.lookup(p.Request)
+	if err != nil {
+		return // forgotten, or of a request this supervisor did not make
+	}
+	// The config, not s.phases, which Start is still filling while the
+	// first instances report.
+	i := slices.IndexFunc(s.cfg.Phases, func(pc config.Phase) bool { return pc.Name == in.phase })
+	if i < 0 {
+		return
+	}
+	if n := r.progressed(i, in.id, p, time.Now()); n > 0 {
+		s.metrics.steps.WithLabelValues(in.phase).Add(float64(n))
+	}
+}
+
+// matches reports whether p is of phase i's Run in this attempt: the
+// rooms it names are the Run's.
+func (a *attemptTrace) matches(i int, p sdk.Progress) bool {
+	var in, out uint64
+	if i > 0 && i-1 < len(a.rooms) {
+		in = a.rooms[i-1]
+	}
+	if i < len(a.rooms) {
+		out = a.rooms[i]
+	}
+	return p.InRoom == in && p.OutRoom == out
+}
+
+// ran returns how long a Run computed: from the moment its inputs were
+// there (its first computing event; the call for a phase that reports
+// none, or whose event has not arrived) to its outputs handed over (its
+// sending event) or, for the last phase, its return. This is the time
+// the phase's instance worked on the request, which "phase done" shows
+// and policies' latency averages are made of, not the time since every
+// phase was called at once.
+func (run *runTrace) ran() time.Duration {
+	from := run.called
+	if !run.computing.IsZero() && run.computing.Before(run.returned) {
+		from = run.computing
+	}
+	to := run.returned
+	if !run.sending.IsZero() && run.sending.After(from) && run.sending.Before(to) {
+		to = run.sending
+	}
+	return to.Sub(from)
+}
+
+// progress is each phase's progress in the current attempt; t's request's
+// mu is held.
+func (t *trace) progress() []PhaseProgress {
+	a := t.current()
+	if a == nil {
+		return nil
+	}
+	out := make([]PhaseProgress, 0, len(a.runs))
+	for _, run := range a.runs {
+		pp := PhaseProgress{Phase: run.phase, Instance: run.instance, Stage: run.stage, Done: run.done, Total: run.total}
+		if pp.Stage == "" {
+			pp.Stage = sdk.StageWaiting
+		}
+		if run.done >= 2 && run.lastStep.After(run.computing) {
+			pp.StepsPerSecond = float64(run.done) / run.lastStep.Sub(run.computing).Seconds()
+		}
+		out = append(out, pp)
+	}
+	return out
+}
+
+// timeline builds the request's spans from its trace; submitted is when
+// it was accepted. t's request's mu is held.
+func (t *trace) timeline(submitted time.Time) []Span {
+	var spans []Span
+	add := func(s Span, start, end time.Time) {
+		if start.IsZero() {
+			return
+		}
+		s.Start = start
+		if !end.IsZero() {
+			e := end
+			s.End = &e
+		}
+		spans = append(spans, s)
+	}
+	add(Span{Name: SpanQueued}, submitted, t.dequeued)
+	for n, a := range t.attempts {
+		if len(t.attempts) > 1 {
+			end := a.removed
+			if end.IsZero() && n+1 < len(t.attempts) {
+				end = t.attempts[n+1].placing
+			}
+			add(Span{Name: SpanAttempt, Detail: fmt.Sprintf("attempt %d of %d %s", n+1, len(t.attempts), a.err)}, a.placing, end)
+		}
+		add(Span{Name: SpanSchedule, Detail: a.choice}, a.placing, a.placed)
+		add(Span{Name: SpanRooms, Detail: roomsDetail(a.rooms, a.backends)}, a.opening, a.opened)
+		for i, run := range a.runs {
+			base := Span{Phase: run.phase, Instance: run.instance}
+			computing := run.computing
+			if computing.IsZero() || !run.returned.IsZero() && computing.After(run.returned) {
+				computing = run.called
+			}
+			if w := base; i > 0 && computing.After(run.called) {
+				w.Name = SpanWait
+				add(w, run.called, computing)
+			}
+			end := run.returned
+			if !run.sending.IsZero() && (end.IsZero() || run.sending.Before(end)) {
+				end = run.sending
+			}
+			rs := base
+			rs.Name, rs.Steps = SpanRun, run.total
+			add(rs, computing, end)
+			if i < len(a.rooms) && !run.sending.IsZero() {
+				h := base
+				h.Name, h.Room, h.Bytes = SpanHop, a.rooms[i], run.sentBytes
+				if i < len(a.backends) {
+					h.Backend = a.backends[i]
+				}
+				add(h, run.sending, run.returned)
+			}
+		}
+		add(Span{Name: SpanRemove}, a.removing, a.removed)
+	}
+	add(Span{Name: SpanArtifact}, t.recording, t.ended)
+	slices.SortStableFunc(spans, func(a, b Span) int { return a.Start.Compare(b.Start) })
+	return spans
+}
+
+func roomsDetail(rooms []uint64, backends []string) string {
+	parts := make([]string, len(rooms))
+	for i, room := range rooms {
+		b := ""
+		if i < len(backends) {
+			b = " " + backends[i]
+		}
+		parts[i] = fmt.Sprintf("%d%s", room, b)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// waitQueue is the requests waiting for a dispatch slot, in the order
+// they began to wait, for their queue positions.
+type waitQueue struct {
+	mu   sync.Mutex
+	reqs []*request
+}
+
+// maxWoken bounds the queued requests whose watchers are woken when the
+// queue moves: the first ones, whose position a user watches most.
+const maxWoken = 1000
+
+func (q *waitQueue) join(r *request) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.reqs = append(q.reqs, r)
+}
+
+// leave takes r out of the queue and wakes the watchers of the requests
+// that moved up.
+func (q *waitQueue) leave(r *request) {
+	q.mu.Lock()
+	i := slices.Index(q.reqs, r)
+	if i < 0 {
+		q.mu.Unlock()
+		return
+	}
+	q.reqs = slices.Delete(q.reqs, i, i+1)
+	moved := slices.Clone(q.reqs[i:min(len(q.reqs), maxWoken)])
+	q.mu.Unlock()
+	for _, m := range moved {
+		m.mu.Lock()
+		m.touchLocked()
+		m.mu.Unlock()
+	}
+}
+
+// position is r's place in the queue (1: next), 0 when it is not in it.
+func (q *waitQueue) position(r *request) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return slices.Index(q.reqs, r) + 1
+}
+
+// depth is how many requests wait.
+func (q *waitQueue) depth() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.reqs)
+}

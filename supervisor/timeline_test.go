@@ -1,0 +1,208 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/phased/phased/sdk"
+)
+
+// TestTimeline builds the timeline of a request through three phases
+// from the moments its trace recorded, and checks every span: name,
+// phase, start, end, bytes and steps. Progress events of an earlier
+// attempt or of another instance change nothing.
+func TestTimeline(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	at := func(ms float64) time.Time { return t0.Add(time.Duration(ms * float64(time.Millisecond))) }
+	r := &request{changed: make(chan struct{})}
+	r.info.Submitted = t0
+	r.trace = trace{dequeued: at(2), recording: at(40), ended: at(41)}
+	a := &attemptTrace{
+		placing: at(2), placed: at(3), choice: "encoder=encoder-0 transformer=transformer-1 decoder=decoder-0",
+		opening: at(3), opened: at(4), rooms: []uint64{7, 8}, backends: []string{"shm", "zmq"},
+		runs: []runTrace{
+			{phase: "encoder", instance: "encoder-0", called: at(4), returned: at(8), sentBytes: 1000},
+			{phase: "transformer", instance: "transformer-1", called: at(4), returned: at(30), sentBytes: 500},
+			{phase: "decoder", instance: "decoder-0", called: at(4), returned: at(38)},
+		},
+		removing: at(38), removed: at(39),
+	}
+	r.trace.attempts = []*attemptTrace{a}
+	ev := func(i int, instance, stage string, done, total int, in, out uint64, ms float64) int {
+		return r.progressed(i, instance, sdk.Progress{Request: "x", Stage: stage, Done: done, Total: total, InRoom: in, OutRoom: out}, at(ms))
+	}
+	ev(0, "encoder-0", sdk.StageComputing, 0, 1, 0, 7, 4)
+	ev(0, "encoder-0", sdk.StageSending, 0, 0, 0, 7, 6)
+	ev(1, "transformer-1", sdk.StageWaiting, 0, 0, 7, 8, 4)
+	ev(1, "transformer-1", sdk.StageComputing, 0, 4, 7, 8, 9)
+	added := 0
+	for k := 1; k <= 4; k++ {
+		added += ev(1, "transformer-1", sdk.StageComputing, k, 4, 7, 8, 9+float64(5*k))
+	}
+	if added != 4 {
+		t.Errorf("the transformer's events added %d steps, want 4", added)
+	}
+	// Another attempt's rooms, another instance: ignored.
+	if n := ev(1, "transformer-1", sdk.StageComputing, 9, 9, 3, 4, 29); n != 0 {
+		t.Errorf("an event of another attempt added %d steps", n)
+	}
+	if n := ev(1, "transformer-0", sdk.StageComputing, 9, 9, 7, 8, 29); n != 0 {
+		t.Errorf("an event of another instance added %d steps", n)
+	}
+	ev(1, "transformer-1", sdk.StageSending, 0, 0, 7, 8, 29.5)
+	ev(2, "decoder-0", sdk.StageComputing, 0, 1, 8, 0, 31)
+
+	got := r.snapshot()
+	var lines []string
+	for _, s := range got.Timeline {
+		end := "open"
+		if s.End != nil {
+			end = fmt.Sprint(s.End.Sub(t0).Seconds() * 1000)
+		}
+		lines = append(lines, fmt.Sprintf("%s %s %s %v→%s %s %d %s %d", s.Name, s.Phase, s.Instance, s.Start.Sub(t0).Seconds()*1000, end, s.Backend, s.Bytes, s.Detail, s.Steps))
+	}
+	want := []string{
+		"queued   0→2  0  0",
+		"schedule   2→3  0 encoder=encoder-0 transformer=transformer-1 decoder=decoder-0 0",
+		"rooms   3→4  0 7 shm, 8 zmq 0",
+		"run encoder encoder-0 4→6  0  1",
+		"wait transformer transformer-1 4→9  0  0",
+		"wait decoder decoder-0 4→31  0  0",
+		"hop encoder encoder-0 6→8 shm 1000  0",
+		"run transformer transformer-1 9→29.5  0  4",
+		"hop transformer transformer-1 29.5→30 zmq 500  0",
+		"run decoder decoder-0 31→38  0  1",
+		"remove   38→39  0  0",
+		"artifact   40→41  0  0",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("timeline\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	// Each phase's time is its own work: from its inputs' arrival to its
+	// outputs handed over, not from the moment every phase was called.
+	for i, want := range []time.Duration{2 * time.Millisecond, 20500 * time.Microsecond, 7 * time.Millisecond} {
+		if d := a.runs[i].ran(); d != want {
+			t.Errorf("%s ran %v, want %v", a.runs[i].phase, d, want)
+		}
+	}
+	tr := got.Progress[1]
+	if tr.Phase != "transformer" || tr.Done != 4 || tr.Total != 4 || tr.Stage != sdk.StageSending || math.Abs(tr.StepsPerSecond-200) > 1e-6 {
+		t.Errorf("transformer progress %+v, want 4 of 4, sending, 200 steps/s (4 in 20 ms)", tr)
+	}
+}
+
+// TestWaitQueue: positions follow the order of arrival, and a request
+// that leaves moves the ones behind it up and wakes their watchers.
+func TestWaitQueue(t *testing.T) {
+	var q waitQueue
+	rs := make([]*request, 3)
+	for i := range rs {
+		rs[i] = &request{changed: make(chan struct{}), queue: &q}
+		q.join(rs[i])
+	}
+	for i, r := range rs {
+		if p := q.position(r); p != i+1 {
+			t.Errorf("request %d at %d, want %d", i, p, i+1)
+		}
+	}
+	watch := rs[2].changed
+	q.leave(rs[1])
+	select {
+	case <-watch:
+	default:
+		t.Error("the last request moved up and its watchers were not woken")
+	}
+	if p, d := q.position(rs[2]), q.depth(); p != 2 || d != 2 {
+		t.Errorf("after one left: position %d, depth %d; want 2, 2", p, d)
+	}
+	if p := q.position(rs[1]); p != 0 {
+		t.Errorf("a request that left is at %d", p)
+	}
+	if got := rs[2].snapshot().QueuePosition; got != 2 {
+		t.Errorf("snapshot's queue position %d, want 2", got)
+	}
+}
+
+// statusControl is a phase control whose Status answers metrics; its
+// other methods are not called.
+type statusControl struct {
+	sdk.PhaseControl
+	metrics []sdk.Metric
+	err     error
+}
+
+func (c statusControl) Status(context.Context) (sdk.InstanceStatus, error) {
+	return sdk.InstanceStatus{Metrics: c.metrics}, c.err
+}
+
+// TestInstanceMetricsHostile: what a plugin reports as its figures is
+// checked: bad names and labels, labels that would replace phase or
+// instance, duplicates and a family at odds with the first instance's
+// are left out; the scrape never fails, and an instance that does not
+// answer is counted.
+func TestInstanceMetricsHostile(t *testing.T) {
+	mk := func(id string, ctl sdk.PhaseControl) *instance {
+		in := &instance{id: id, phase: "p"}
+		in.cur.Store(&life{in: in, ctl: ctl})
+		return in
+	}
+	good := sdk.Metric{Name: "things_total", Help: "Things.", Counter: true, Labels: map[string]string{"kind": "a"}, Value: 3}
+	first := mk("p-0", statusControl{metrics: []sdk.Metric{
+		good,
+		{Name: "things_total", Counter: true, Labels: map[string]string{"kind": "a"}, Value: 99}, // duplicate
+		{Name: "Bad-Name", Value: 1}, // bad name
+		{Name: "x", Labels: map[string]string{"instance": "forged"}, Value: 1},                               // forged label
+		{Name: "y", Labels: map[string]string{"bad label": "v"}, Value: 1},                                   // bad label
+		{Name: "depth", Help: strings.Repeat("h", 10000), Value: math.Inf(1)},                                // long help: replaced
+		{Name: "z\n# TYPE evil counter", Value: 1},                                                           // injection
+		{Name: "things_total", Counter: true, Labels: map[string]string{"kind": "b", "more": "x"}, Value: 1}, // other labels
+	}})
+	second := mk("p-1", statusControl{metrics: []sdk.Metric{
+		{Name: "things_total", Counter: false, Labels: map[string]string{"kind": "a"}, Value: 5}, // a gauge now
+		{Name: "things_total", Help: "Other help.", Counter: true, Labels: map[string]string{"kind": "c"}, Value: 7},
+	}})
+	dead := mk("p-2", statusControl{err: sdk.ErrPluginGone})
+	var failed int
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(collectorFunc(func(ch chan<- prometheus.Metric) {
+		failed = collectInstances([]*instance{first, second, dead}, ch)
+	}))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("the scrape failed: %v", err)
+	}
+	var got []string
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			got = append(got, fmt.Sprintf("%s{%s} %v %q", f.GetName(), strings.Join(labels, ","), v, f.GetHelp()))
+		}
+	}
+	want := []string{
+		`phased_phase_depth{instance=p-0,phase=p} +Inf "A phase plugin's own figure."`,
+		`phased_phase_things_total{instance=p-0,kind=a,phase=p} 3 "Things."`,
+		`phased_phase_things_total{instance=p-1,kind=c,phase=p} 7 "Things."`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("gathered\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if failed != 1 {
+		t.Errorf("%d instances failed to answer, want 1", failed)
+	}
+}
+
+// collectorFunc is an unchecked collector made of its Collect.
+type collectorFunc func(chan<- prometheus.Metric)
+
+func (collectorFunc) Describe(chan<- *prometheus.Desc)      {}
+func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
