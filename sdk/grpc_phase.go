@@ -308,11 +308,11 @@ func progressFromProto(e *phasedv1.ProgressEvent) Progress {
 }
 
 func requestToProto(r Request) *phasedv1.Request {
-	return &phasedv1.Request{Id: r.ID, Prompt: r.Prompt, Seed: r.Seed, Steps: int32(r.Steps), ArtifactDir: r.ArtifactDir}
+	return &phasedv1.Request{Id: r.ID, Prompt: r.Prompt, Seed: r.Seed, Steps: int32(r.Steps), ArtifactDir: r.ArtifactDir, NoSync: r.NoSync}
 }
 
 func requestFromProto(r *phasedv1.Request) Request {
-	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir()}
+	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir(), NoSync: r.GetNoSync()}
 }
 
 func roleToProto(r Role) phasedv1.RoomRole {

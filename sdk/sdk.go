@@ -65,6 +65,10 @@ type Request struct {
 	Seed        int64
 	Steps       int
 	ArtifactDir string // where the last phase writes its artifact
+	// NoSync says the supervisor keeps no request journal (nothing of
+	// the request survives it), so the last phase need not fsync its
+	// artifact; false asks for a durable artifact before Run returns.
+	NoSync bool
 }
 
 // Artifact is what the last phase of a pipeline produces.

@@ -150,7 +150,9 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 		}
 	}
 
-	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir()}
+	// Without a journal nothing of the request survives the supervisor:
+	// its artifact need not be fsynced on the request's path.
+	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir(), NoSync: s.journal == nil}
 	r.record(func(*trace) { a.trace.opening = time.Now() })
 	err = s.openRooms(a, req, rooms)
 	r.record(func(*trace) { a.trace.opened = time.Now() })
@@ -363,26 +365,54 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 	return art, nil
 }
 
-// removeRooms removes the attempt's rooms upstream → downstream: for each
-// hop the sender side first (the order they were opened in), so that no
-// sender writes into a freed buffer. A side on a process that has exited
+// removeRooms removes the attempt's rooms in two rounds: every sender
+// side at once, then every receiver side at once. So within each hop the
+// sender lets go of the room before its receiver frees the buffers (no
+// sender ever writes into a freed buffer: invariant 1), while hops, which
+// share nothing, do not wait for each other: two round trips whatever the
+// pipeline's length, as openRooms. A side on a process that has exited
 // went with it.
 func (s *Supervisor) removeRooms(a *attempt) {
-	if len(a.opened) > 0 {
-		a.r.record(func(*trace) { a.trace.removing = time.Now() })
-		defer a.r.record(func(*trace) { a.trace.removed = time.Now() })
+	if len(a.opened) == 0 {
+		return
 	}
-	for _, side := range a.opened {
-		if !side.l.proc.exited() {
-			ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
-			if err := side.l.ctl.RemoveRoom(ctx, side.room); err != nil && !side.l.proc.exited() {
-				s.logger.Warn("remove room", "request", a.r.id, "room", side.room, "instance", side.l.in.id, "error", err)
-			}
-			cancel()
+	a.r.record(func(*trace) { a.trace.removing = time.Now() })
+	defer a.r.record(func(*trace) { a.trace.removed = time.Now() })
+	// a.opened is per hop the sender, then the receiver (when it was
+	// asked to open too): the first side of each room is its sender.
+	var senders, receivers []roomSide
+	for i, side := range a.opened {
+		if i > 0 && a.opened[i-1].room == side.room {
+			receivers = append(receivers, side)
+		} else {
+			senders = append(senders, side)
 		}
-		side.l.in.rooms.Add(-1)
+	}
+	for _, round := range [][]roomSide{senders, receivers} {
+		var wg sync.WaitGroup
+		for _, side := range round {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.removeSide(a, side)
+			}()
+		}
+		wg.Wait()
 	}
 	a.opened = nil
+}
+
+// removeSide removes one side of a room, and uncounts it.
+func (s *Supervisor) removeSide(a *attempt, side roomSide) {
+	defer side.l.in.rooms.Add(-1)
+	if side.l.proc.exited() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+	defer cancel()
+	if err := side.l.ctl.RemoveRoom(ctx, side.room); err != nil && !side.l.proc.exited() {
+		s.logger.Warn("remove room", "request", a.r.id, "room", side.room, "instance", side.l.in.id, "error", err)
+	}
 }
 
 // removeTimeout bounds one RemoveRoom call.

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phased/phased/sdk"
@@ -206,3 +209,98 @@ type collectorFunc func(chan<- prometheus.Metric)
 
 func (collectorFunc) Describe(chan<- *prometheus.Desc)      {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+
+// removeControl records the RemoveRoom calls it gets; each waits (up to
+// 2 s) until two calls have begun, so that calls made at once overlap and
+// calls made one after the other do not.
+type removeControl struct {
+	sdk.PhaseControl
+	name string
+	log  *callLog
+}
+
+type callLog struct {
+	mu      sync.Mutex
+	events  []string
+	begun   int
+	changed chan struct{}
+}
+
+func (l *callLog) add(e string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+}
+
+func (c removeControl) RemoveRoom(_ context.Context, room uint64) error {
+	l := c.log
+	l.mu.Lock()
+	l.events = append(l.events, fmt.Sprintf("begin %s %d", c.name, room))
+	l.begun++
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+	deadline := time.After(2 * time.Second)
+	for {
+		l.mu.Lock()
+		pair, changed := l.begun%2 == 0, l.changed
+		l.mu.Unlock()
+		if pair {
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	l.add(fmt.Sprintf("end %s %d", c.name, room))
+	return nil
+}
+
+// TestRemoveRoomsOrder: every sender side of an attempt's rooms is removed
+// before any receiver side (invariant 1: no sender writes into a freed
+// buffer), and the rooms of different hops are removed at once: two
+// rounds whatever the pipeline's length.
+func TestRemoveRoomsOrder(t *testing.T) {
+	log := &callLog{changed: make(chan struct{})}
+	alive := make(chan struct{})
+	lives := map[string]*life{}
+	for _, name := range []string{"enc", "tr", "dec"} {
+		in := &instance{id: name, phase: name}
+		lives[name] = &life{in: in, proc: &process{done: alive}, ctl: removeControl{name: name, log: log}}
+		in.rooms.Store(2)
+	}
+	s := &Supervisor{logger: hclog.NewNullLogger()}
+	a := &attempt{r: &request{changed: make(chan struct{})}, trace: &attemptTrace{}, opened: []roomSide{
+		{lives["enc"], 1}, {lives["tr"], 1}, {lives["tr"], 2}, {lives["dec"], 2},
+	}}
+	s.removeRooms(a)
+	ev := log.events
+	pos := func(e string) int { return slices.Index(ev, e) }
+	for _, room := range []struct {
+		sender, receiver string
+		id               int
+	}{{"enc", "tr", 1}, {"tr", "dec", 2}} {
+		if pos(fmt.Sprintf("end %s %d", room.sender, room.id)) > pos(fmt.Sprintf("begin %s %d", room.receiver, room.id)) {
+			t.Errorf("room %d: the receiver was removed before its sender had let go: %v", room.id, ev)
+		}
+	}
+	// The two senders overlap: both began before either ended.
+	if max(pos("begin enc 1"), pos("begin tr 2")) > min(pos("end enc 1"), pos("end tr 2")) {
+		t.Errorf("the senders of two hops were removed one after the other: %v", ev)
+	}
+	if len(ev) != 8 || a.opened != nil || a.trace.removed.IsZero() {
+		t.Errorf("calls %v, opened %v, removed at %v", ev, a.opened, a.trace.removed)
+	}
+	for name, l := range lives {
+		want := int64(1)
+		if name == "tr" {
+			want = 0
+		}
+		if got := l.in.rooms.Load(); got != want {
+			t.Errorf("instance %s counts %d rooms, want %d", name, got, want)
+		}
+	}
+}

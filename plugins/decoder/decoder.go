@@ -103,7 +103,8 @@ func (d *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 // name, which fails when a file with other bytes has that name: a result
 // is never replaced, and an attempt of the same request that died after
 // writing leaves the same bytes, which stand; mode 0666 less the umask;
-// the directory is created 0755 if needed). It returns the artifact with its absolute path,
+// the directory is created 0755 if needed; the file and the directory
+// are fsynced unless req.NoSync says the supervisor keeps no journal). It returns the artifact with its absolute path,
 // SHA-256 and size. req.ID must be 1 to MaxIDLen bytes of [A-Za-z0-9_.-]
 // (else ErrBadID) and req.ArtifactDir must be set (else ErrNoArtifactDir).
 // When ctx is done before the rename, no file is left and the error wraps
@@ -127,7 +128,7 @@ func (d *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	if err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
-	path, err := writeFile(ctx, req.ArtifactDir, req.ID+".gif", data)
+	path, err := writeFile(ctx, req.ArtifactDir, req.ID+".gif", data, !req.NoSync)
 	if err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
@@ -152,8 +153,9 @@ func checkID(id string) error {
 }
 
 // writeFile writes data to dir/name atomically and returns the file's
-// absolute path. name must be a plain file name.
-func writeFile(ctx context.Context, dir, name string, data []byte) (path string, err error) {
+// absolute path; durable, it fsyncs the file and the directory before it
+// returns. name must be a plain file name.
+func writeFile(ctx context.Context, dir, name string, data []byte, durable bool) (path string, err error) {
 	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return "", fmt.Errorf("artifact directory: %w", err)
@@ -172,7 +174,7 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 		}
 	}()
 	_, err = f.Write(data)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -192,7 +194,7 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 	if err = os.Link(tmp, path); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			if old, rerr := os.ReadFile(path); rerr == nil && bytes.Equal(old, data) {
-				return path, errors.Join(os.Remove(tmp), syncDir(dir))
+				return path, errors.Join(os.Remove(tmp), syncDir(dir, durable))
 			}
 			err = fmt.Errorf("%w with other bytes: %s; results are never replaced: move it away, or write to another artifact_dir", ErrArtifactExists, path)
 		}
@@ -201,7 +203,7 @@ func writeFile(ctx context.Context, dir, name string, data []byte) (path string,
 	if err = os.Remove(tmp); err != nil {
 		return "", fmt.Errorf("artifact: %w", err)
 	}
-	return path, syncDir(dir)
+	return path, syncDir(dir, durable)
 }
 
 // ErrArtifactExists is wrapped by Run's error when a file already has
@@ -225,8 +227,11 @@ func createTemp(dir, prefix string) (*os.File, error) {
 	return nil, fmt.Errorf("no free temporary name in %s", dir)
 }
 
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
+// syncDir makes a new name in dir durable, when durable.
+func syncDir(dir string, durable bool) error {
+	if !durable {
+		return nil
+	}
 	f, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("artifact directory: %w", err)

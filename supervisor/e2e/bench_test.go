@@ -6,9 +6,13 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/phased/phased/plugins/decoder"
+	"github.com/phased/phased/plugins/encoder"
+	"github.com/phased/phased/plugins/transformer"
 	"github.com/phased/phased/policies/leastloaded"
 	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
@@ -53,6 +57,15 @@ func one(b *testing.B, sup *supervisor.Supervisor, sub supervisor.Submission) ti
 	return time.Since(start)
 }
 
+// reportFloor adds floor-NAME: the p50 of lat over the p50 of its floor,
+// measured alternately in the same run (lower is better; 1 is the floor).
+func reportFloor(b *testing.B, name string, lat, floor []time.Duration) {
+	l, f := slices.Clone(lat), slices.Clone(floor)
+	slices.Sort(l)
+	slices.Sort(f)
+	b.ReportMetric(float64(l[len(l)/2])/float64(max(f[len(f)/2], 1)), "floor-"+name)
+}
+
 // reportLatency adds p50 and p99 of the samples to the benchmark's metrics.
 func reportLatency(b *testing.B, lat []time.Duration) {
 	slices.Sort(lat)
@@ -63,17 +76,62 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 // BenchmarkRequest measures one request at a time through encoder,
 // transformer and decoder (real processes, shm hops) at demo size, with the
 // default 20 steps and with zero steps (pure pipeline overhead).
+//
+// Its floor, measured alternately: the same request through the same three
+// phases called in this process (sdk.RunLocal: no processes, no rooms,
+// the tensors passed by reference), writing the same GIF. It reports the
+// reference's p50 (inproc-p50-µs) and minus-inproc-ms, the supervisor's
+// p50 less the reference's: what the distribution costs a request
+// (issue 14's target at zero steps: ≤ 3 ms).
 func BenchmarkRequest(b *testing.B) {
 	sup := benchSupervisor(b)
+	ref := newReference(b)
 	for _, steps := range []int{20, 0} {
 		b.Run(fmt.Sprintf("steps-%d", steps), func(b *testing.B) {
-			var lat []time.Duration
+			var lat, in []time.Duration
 			for b.Loop() {
-				lat = append(lat, one(b, sup, supervisor.Submission{Prompt: "bench", Seed: int64(len(lat)), Steps: steps}))
+				sub := supervisor.Submission{Prompt: "bench", Seed: int64(len(lat)), Steps: steps}
+				lat = append(lat, one(b, sup, sub))
+				b.StopTimer()
+				in = append(in, ref.one(b, sub))
+				b.StartTimer()
 			}
 			reportLatency(b, lat)
+			slices.Sort(in)
+			b.ReportMetric(float64(in[len(in)/2].Microseconds()), "inproc-p50-µs")
+			b.ReportMetric(float64(lat[len(lat)/2]-in[len(in)/2])/1e6, "minus-inproc-ms")
 		})
 	}
+}
+
+// inprocRef runs the built-in phases in this process, as the supervisor
+// would run them in three, with the same params (the default config's).
+type inprocRef struct {
+	phases []sdk.Phase
+	dir    string
+	n      atomic.Int64
+}
+
+func newReference(b *testing.B) *inprocRef {
+	b.Helper()
+	ref := &inprocRef{phases: []sdk.Phase{encoder.New(), transformer.New(), decoder.New()}, dir: b.TempDir()}
+	for _, p := range ref.phases {
+		if err := p.(sdk.Configurer).Configure(context.Background(), sdk.Config{Instance: "ref"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return ref
+}
+
+// one runs sub through the reference and returns how long it took.
+func (ref *inprocRef) one(b *testing.B, sub supervisor.Submission) time.Duration {
+	// NoSync as the supervisor under test, which keeps no journal, asks.
+	req := sdk.Request{ID: fmt.Sprintf("ref-%d", ref.n.Add(1)), Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, ArtifactDir: ref.dir, NoSync: true}
+	start := time.Now()
+	if _, err := sdk.RunLocal(context.Background(), req, ref.phases...); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
 }
 
 // BenchmarkRequestBreakdown runs zero-step requests one at a time and
@@ -120,31 +178,62 @@ func BenchmarkRequestBreakdown(b *testing.B) {
 }
 
 // BenchmarkThroughput keeps 8 requests in flight and reports requests per
-// second.
+// second; then, for as many requests, the same with the three phases
+// called in this process by 8 goroutines (the reference), and x-inproc:
+// the supervisor's throughput over the reference's (issue 14's target:
+// ≥ 0.8).
 func BenchmarkThroughput(b *testing.B) {
 	sup := benchSupervisor(b)
+	ref := newReference(b)
 	const concurrency = 8
 	b.Run(fmt.Sprintf("concurrency-%d", concurrency), func(b *testing.B) {
-		work := make(chan int)
-		var wg sync.WaitGroup
+		run := func(do func(int)) (float64, int) {
+			work := make(chan int)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for range concurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range work {
+						do(i)
+					}
+				}()
+			}
+			n := 0
+			for b.Loop() {
+				work <- n
+				n++
+			}
+			close(work)
+			wg.Wait()
+			return float64(n) / time.Since(start).Seconds(), n
+		}
+		sub := func(i int) supervisor.Submission {
+			return supervisor.Submission{Prompt: "bench", Seed: int64(i), Steps: supervisor.DefaultSteps}
+		}
+		got, n := run(func(i int) { one(b, sup, sub(i)) })
 		start := time.Now()
+		var wg sync.WaitGroup
+		work := make(chan int)
 		for range concurrency {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for i := range work {
-					one(b, sup, supervisor.Submission{Prompt: "bench", Seed: int64(i), Steps: supervisor.DefaultSteps})
+					ref.one(b, sub(i))
 				}
 			}()
 		}
-		n := 0
-		for b.Loop() {
-			work <- n
-			n++
+		for i := range n {
+			work <- i
 		}
 		close(work)
 		wg.Wait()
-		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "req/s")
+		inproc := float64(n) / time.Since(start).Seconds()
+		b.ReportMetric(got, "req/s")
+		b.ReportMetric(inproc, "inproc-req/s")
+		b.ReportMetric(got/inproc, "x-inproc")
 	})
 }
 
@@ -152,8 +241,11 @@ func BenchmarkThroughput(b *testing.B) {
 // three phases (1, 4 and 1 instances) through the roundrobin and
 // leastloaded plugin processes (gRPC over a unix socket, AutoMTLS, as the
 // supervisor calls them), and, alternately, the same policy called in this
+// process and its floor, a bare gRPC call (Info) to the same plugin
 // process. It reports the plugin's p50 and p99, the in-process p50
-// (inproc-p50-µs), and x-inproc: in-process time over plugin time.
+// (inproc-p50-µs), x-inproc (in-process time over plugin time), the
+// floor's p50 and floor-bare-grpc (the decision's p50 over the floor's;
+// issue 14's target: ≤ 1.5).
 func BenchmarkSchedule(b *testing.B) {
 	req := sdk.ScheduleRequest{RequestID: "r000001", Phases: []sdk.PhaseCandidates{
 		{Phase: "encoder", Candidates: []sdk.Candidate{{ID: "encoder-0", Ready: true}}},
@@ -176,7 +268,7 @@ func BenchmarkSchedule(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			plugin := policytest.StartBinary(b, filepath.Join(pluginDir, "phased-policy-"+tc.name))
 			ctx := context.Background()
-			var lat, in []time.Duration
+			var lat, in, bare []time.Duration
 			for b.Loop() {
 				start := time.Now()
 				if _, err := plugin.Schedule(ctx, req); err != nil {
@@ -189,9 +281,19 @@ func BenchmarkSchedule(b *testing.B) {
 					b.Fatal(err)
 				}
 				in = append(in, time.Since(start))
+				// The floor: a bare call to the same process over the
+				// same connection (Info: no work, a few bytes back).
+				start = time.Now()
+				if _, err := plugin.Info(ctx); err != nil {
+					b.Fatal(err)
+				}
+				bare = append(bare, time.Since(start))
 				b.StartTimer()
 			}
 			reportLatency(b, lat)
+			slices.Sort(bare)
+			b.ReportMetric(float64(bare[len(bare)/2].Nanoseconds())/1000, "bare-grpc-p50-µs")
+			reportFloor(b, "bare-grpc", lat, bare)
 			slices.Sort(in)
 			b.ReportMetric(float64(in[len(in)/2].Nanoseconds())/1000, "inproc-p50-µs")
 			var sumIn, sumLat time.Duration

@@ -589,12 +589,16 @@ func (*ConfigureResponse) Descriptor() ([]byte, []int) {
 }
 
 type Request struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Prompt        string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
-	Seed          int64                  `protobuf:"varint,3,opt,name=seed,proto3" json:"seed,omitempty"`
-	Steps         int32                  `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
-	ArtifactDir   string                 `protobuf:"bytes,5,opt,name=artifact_dir,json=artifactDir,proto3" json:"artifact_dir,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Prompt      string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	Seed        int64                  `protobuf:"varint,3,opt,name=seed,proto3" json:"seed,omitempty"`
+	Steps       int32                  `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
+	ArtifactDir string                 `protobuf:"bytes,5,opt,name=artifact_dir,json=artifactDir,proto3" json:"artifact_dir,omitempty"`
+	// no_sync: the supervisor keeps no request journal, so nothing of the
+	// request survives it: the last phase need not fsync its artifact
+	// (false, the default, asks for a durable artifact before Run returns).
+	NoSync        bool `protobuf:"varint,6,opt,name=no_sync,json=noSync,proto3" json:"no_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +666,13 @@ func (x *Request) GetArtifactDir() string {
 		return x.ArtifactDir
 	}
 	return ""
+}
+
+func (x *Request) GetNoSync() bool {
+	if x != nil {
+		return x.NoSync
+	}
+	return false
 }
 
 type OpenRoomRequest struct {
@@ -1416,13 +1427,14 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
-	"\x11ConfigureResponse\"~\n" +
+	"\x11ConfigureResponse\"\x97\x01\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x03R\x04seed\x12\x14\n" +
 	"\x05steps\x18\x04 \x01(\x05R\x05steps\x12!\n" +
-	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\"\xbb\x01\n" +
+	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\x12\x17\n" +
+	"\ano_sync\x18\x06 \x01(\bR\x06noSync\"\xbb\x01\n" +
 	"\x0fOpenRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x12,\n" +

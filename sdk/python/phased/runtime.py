@@ -73,7 +73,8 @@ class Status:
 
 
 def request_of(msg) -> Request:
-    return Request(id=msg.id, prompt=msg.prompt, seed=msg.seed, steps=msg.steps, artifact_dir=msg.artifact_dir)
+    return Request(id=msg.id, prompt=msg.prompt, seed=msg.seed, steps=msg.steps, artifact_dir=msg.artifact_dir,
+                   no_sync=msg.no_sync)
 
 
 def reason(exc: BaseException) -> str:

@@ -402,6 +402,22 @@ def test_write_artifact(tmp_path):
     assert os.listdir(tmp_path / "o") == ["a.b-c_1.gif"]
 
 
+def test_request_no_sync(tmp_path, monkeypatch):
+    from phased._proto.phasedv1 import phase_pb2
+    from phased.runtime import request_of
+    msg = phase_pb2.Request(id="r", artifact_dir=str(tmp_path), no_sync=True)
+    req = request_of(msg)
+    assert req.no_sync and req.artifact_dir == str(tmp_path)
+    assert not request_of(phase_pb2.Request(id="r")).no_sync  # the default: durable
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    art = phased.write_artifact(req, b"x", ".bin", "application/octet-stream")
+    assert synced == [] and open(art.path, "rb").read() == b"x"
+    phased.write_artifact(phased.Request("d", artifact_dir=str(tmp_path)), b"y", ".bin", "application/octet-stream")
+    assert len(synced) == 1
+
+
 def test_reason_texts():
     assert reason(ValueError("bad")) == "bad"
     assert reason(KeyError("x")) == "KeyError: 'x'"

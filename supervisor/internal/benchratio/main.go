@@ -119,6 +119,36 @@ func report(w io.Writer, results []result) {
 			fmt.Fprintf(w, "  %-36s %.3f × %s\n", r.name, r.metrics[unit], unit[2:])
 		}
 	}
+	floors(w, results)
+}
+
+// floors prints the figures judged against a floor measured in the same
+// run: floor-NAME metrics (the figure's p50 over the floor's: 1 is the
+// floor, lower is better) and minus-NAME-ms metrics (the figure's p50
+// less its reference's, in ms).
+func floors(w io.Writer, results []result) {
+	first := true
+	for _, r := range results {
+		var units []string
+		for unit := range r.metrics {
+			if strings.HasPrefix(unit, "floor-") || strings.HasPrefix(unit, "minus-") {
+				units = append(units, unit)
+			}
+		}
+		sort.Strings(units)
+		for _, unit := range units {
+			if first {
+				fmt.Fprintln(w, "\nagainst this machine's floor, measured in the same run (lower is better)")
+				first = false
+			}
+			if name, ok := strings.CutPrefix(unit, "floor-"); ok {
+				fmt.Fprintf(w, "  %-36s %.2f × the %s floor\n", r.name, r.metrics[unit], name)
+				continue
+			}
+			name := strings.TrimSuffix(strings.TrimPrefix(unit, "minus-"), "-ms")
+			fmt.Fprintf(w, "  %-36s %+.2f ms over the %s reference\n", r.name, r.metrics[unit], name)
+		}
+	}
 }
 
 func main() {

@@ -13,17 +13,18 @@ BenchmarkZMQHop/raw-8MiB-2         	     300	   7240669 ns/op	1158.54 MB/s
 BenchmarkZMQHop/zmq-8MiB-2         	     280	   7176842 ns/op	1168.84 MB/s
 BenchmarkCUDAHop2P/d2d-8MiB-2      	    9000	    100000 ns/op	83886.08 MB/s
 BenchmarkCUDAHop2P/cuda-8MiB-2     	    3000	    200000 ns/op	41943.04 MB/s	         0.4500 x-d2d
-BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs
+BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs	   2.512 minus-inproc-ms
 BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s
 BenchmarkPythonHop/go-8MiB-2         	      20	   3050021 ns/op	2750.34 MB/s
 BenchmarkPythonHop/py2py-8MiB-2      	      20	   4268038 ns/op	1965.45 MB/s
+BenchmarkStatusSync-2   	     300	   1217636 ns/op	        15.31 floor-pipe-rtt	       555.0 p50-µs
 PASS
 `
 	results, err := parse(strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 10 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
+	if len(results) != 11 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
 		t.Fatalf("parsed %+v", results)
 	}
 	var b strings.Builder
@@ -37,6 +38,9 @@ PASS
 		"Request/steps-0                          19.69 ms/op  p50-µs 18662.0  p99-µs 34986.0",
 		"req/s 70.8",
 		"PythonHop/py2py-8MiB                 0.715 × go        (1965 vs 2750 MB/s)",
+		"against this machine's floor, measured in the same run (lower is better)",
+		"StatusSync                           15.31 × the pipe-rtt floor",
+		"Request/steps-0                      +2.51 ms over the inproc reference",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
