@@ -299,10 +299,15 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		}
 		return k
 	}
+	a.r.record(func(*trace) {
+		now := time.Now()
+		for i := range a.trace.runs {
+			a.trace.runs[i].called = now
+		}
+	})
 	for i, l := range a.lives {
 		k := key(i)
 		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
-		a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 		go func() {
 			res, err := l.ctl.Run(ctx, spec)
 			l.runReturned(k)
@@ -328,7 +333,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 				s.metrics.phaseDone(l.in, took, res, a.trace.backendOf(i))
 				detail := took.Round(time.Microsecond).String()
 				if res.SentBytes > 0 {
-					detail += fmt.Sprintf(", sent %s in %s", humanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
+					detail += fmt.Sprintf(", sent %s in %s", HumanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
 				}
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: detail})
 			}

@@ -38,6 +38,7 @@ type instance struct {
 	id    string
 	index int
 	phase string
+	stage int // its phase's place in the pipeline, from 0
 	cfg   config.Phase
 	path  string // the plugin binary
 	dir   string // its ipc sockets, emptied at every restart
@@ -434,9 +435,9 @@ func (s *Supervisor) checkParams(ctx context.Context, l *life) error {
 var ErrBadParams = errors.New("the phase's params are invalid")
 
 // startInstance starts instance i of a phase and watches its process.
-func (s *Supervisor) startInstance(ctx context.Context, pcfg config.Phase, i int, path string) (*instance, error) {
+func (s *Supervisor) startInstance(ctx context.Context, stage int, pcfg config.Phase, i int, path string) (*instance, error) {
 	id := fmt.Sprintf("%s-%d", pcfg.Name, i)
-	in := &instance{id: id, index: i, phase: pcfg.Name, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(pcfg.Restart)}
+	in := &instance{id: id, index: i, phase: pcfg.Name, stage: stage, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(pcfg.Restart)}
 	l, err := s.launch(ctx, in)
 	if err != nil {
 		return nil, err

@@ -100,14 +100,6 @@ func (m *metrics) phaseDone(in *instance, took time.Duration, res sdk.RunResult,
 	}
 }
 
-// backendOf is the backend of the attempt's hop i, "" for none.
-func (a *attemptTrace) backendOf(i int) string {
-	if i < len(a.backends) {
-		return a.backends[i]
-	}
-	return ""
-}
-
 // stateCollector exposes, at each scrape, what the supervisor keeps
 // anyway: requests by state, the queue, instances by state, restarts,
 // rooms open, policy decisions, and each instance's own figures.
@@ -137,17 +129,11 @@ var (
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
 	s.mu.Lock()
-	counts := map[string]int{StateQueued: 0, StateRunning: 0, StateDone: 0, StateFailed: 0}
-	for _, id := range s.order {
-		r := s.requests[id]
-		r.mu.Lock()
-		counts[r.info.State]++
-		r.mu.Unlock()
-	}
+	counts := s.stateCountsLocked()
 	state := s.stateLocked()
 	s.mu.Unlock()
-	for st, n := range counts {
-		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.GaugeValue, float64(n), st)
+	for _, st := range []string{StateQueued, StateRunning, StateDone, StateFailed} {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.GaugeValue, float64(counts[st]), st)
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1, state)
 	ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(s.queue.depth()))
@@ -285,16 +271,17 @@ func collectInstances(ins []*instance, ch chan<- prometheus.Metric) (failed int)
 	return failed
 }
 
-// humanBytes writes n bytes for a person, in binary units as the CLI
-// does: 512 B, 96.0 KiB, 8.0 MiB, 3.1 GiB.
-func humanBytes(n int64) string {
-	switch {
-	case n < 1<<10:
+// HumanBytes writes a size for a person, in IEC units: 512 B, 4.0 KiB,
+// 8.4 MiB, 3.0 GiB (the control API's event details and the CLI alike).
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
 		return fmt.Sprintf("%d B", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	case n < 1<<30:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
-	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -189,12 +189,9 @@ func parseLogJSON(line []byte) (hclog.Level, string, []any, bool) {
 	slices.Sort(keys)
 	fields := make([]any, 0, 2*len(keys))
 	for _, k := range keys {
-		if v, ok := raw[k].(string); ok && v == "" {
-			continue // `reason=""` says nothing
-		}
 		fields = append(fields, printable(k), printableValue(raw[k]))
 	}
-	return level, printable(msg), fields, true
+	return level, printable(msg), nonEmpty(fields...), true
 }
 
 // printable makes text from a plugin safe to show on a terminal: invalid

@@ -366,7 +366,7 @@ type PolicyProc struct {
 // Policies returns the phases' policies, the policy processes and the
 // policies available in the plugin directory.
 func (s *Supervisor) Policies() PolicyList {
-	var l PolicyList
+	l := PolicyList{Phases: []PhasePolicy{}, Running: []PolicyProc{}}
 	for _, ph := range s.phases {
 		pp := PhasePolicy{
 			Phase: ph.cfg.Name, Policy: ph.live.Load().name,
@@ -390,7 +390,7 @@ func (s *Supervisor) Policies() PolicyList {
 	}
 	s.policyMu.Unlock()
 	slices.SortFunc(l.Running, func(a, b PolicyProc) int { return strings.Compare(a.Name, b.Name) })
-	l.Available = s.catalog.List(sdk.KindPolicy)
+	l.Available = append([]string{}, s.catalog.List(sdk.KindPolicy)...)
 	return l
 }
 

@@ -181,13 +181,30 @@ func (r *request) snapshot() RequestInfo {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	info := r.info
+	info := r.copyLocked()
 	info.Events = append([]Event(nil), r.info.Events...)
-	info.Rooms = append([]uint64(nil), r.info.Rooms...)
-	info.Backends = append([]string(nil), r.info.Backends...)
 	info.QueuePosition = pos
 	info.Progress = r.trace.progress()
 	info.Timeline = r.trace.timeline(r.info.Submitted)
+	return info
+}
+
+// listed is the request as a list shows it: without its prompt, events,
+// timeline and progress (its own view has them), so none is built.
+func (r *request) listed() RequestInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	info := r.copyLocked()
+	info.Events, info.Prompt = nil, ""
+	return info
+}
+
+// copyLocked is r.info with its own copies of the slices a later change
+// appends to or replaces; r.mu is held.
+func (r *request) copyLocked() RequestInfo {
+	info := r.info
+	info.Rooms = append([]uint64(nil), r.info.Rooms...)
+	info.Backends = append([]string(nil), r.info.Backends...)
 	return info
 }
 

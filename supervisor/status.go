@@ -108,12 +108,23 @@ func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 	s.mu.Unlock()
 	for _, id := range ids {
 		if r, err := s.lookup(id); err == nil {
-			info := r.snapshot()
-			info.Events, info.Prompt, info.Timeline, info.Progress = nil, "", nil, nil
-			st.Requests = append(st.Requests, info)
+			st.Requests = append(st.Requests, r.listed())
 		}
 	}
 	return st
+}
+
+// stateCountsLocked counts the requests the supervisor remembers by
+// state (a state no request is in is absent); s.mu is held.
+func (s *Supervisor) stateCountsLocked() map[string]int {
+	counts := map[string]int{}
+	for _, id := range s.order {
+		r := s.requests[id]
+		r.mu.Lock()
+		counts[r.info.State]++
+		r.mu.Unlock()
+	}
+	return counts
 }
 
 // pageLocked returns the ids of page (of its State only, when it names
@@ -124,13 +135,7 @@ func (s *Supervisor) pageLocked(page Page, st *Status) []string {
 		limit = DefaultPageLimit
 	}
 	limit = min(limit, MaxPageLimit)
-	st.Total, st.Counts = len(s.order), map[string]int{}
-	for _, id := range s.order {
-		r := s.requests[id]
-		r.mu.Lock()
-		st.Counts[r.info.State]++
-		r.mu.Unlock()
-	}
+	st.Total, st.Counts = len(s.order), s.stateCountsLocked()
 	// Ids grow with submission order: a page starts at the first id
 	// after the cursor (before it, newest first), whether that request
 	// is still known.

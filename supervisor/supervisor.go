@@ -249,12 +249,12 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 		s.policies[name] = p
 		s.policyMu.Unlock()
 	}
-	for _, pcfg := range s.cfg.Phases {
+	for stage, pcfg := range s.cfg.Phases {
 		ph := &phase{cfg: pcfg}
 		ph.live.Store(s.policies[pcfg.Policy])
 		s.phases = append(s.phases, ph)
 		for i := range pcfg.Instances {
-			in, err := s.startInstance(ctx, pcfg, i, paths["phase/"+pcfg.Plugin])
+			in, err := s.startInstance(ctx, stage, pcfg, i, paths["phase/"+pcfg.Plugin])
 			if err != nil {
 				return fmt.Errorf("phase %q: %w", pcfg.Name, err)
 			}

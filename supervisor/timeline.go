@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/phased/phased/sdk"
-	"github.com/phased/phased/supervisor/config"
 )
 
 // A request's timeline is built, when it is asked for, from the moments
@@ -39,6 +38,14 @@ type attemptTrace struct {
 	runs              []runTrace // per phase, in pipeline order
 	removing, removed time.Time
 	err               string // why the attempt failed, when it did
+}
+
+// backendOf is the backend of the attempt's hop i, "" for none.
+func (a *attemptTrace) backendOf(i int) string {
+	if i < len(a.backends) {
+		return a.backends[i]
+	}
+	return ""
 }
 
 // runTrace is one phase's Run in an attempt.
@@ -119,13 +126,7 @@ func (s *Supervisor) requestProgress(in *instance, p sdk.Progress) {
 	if err != nil {
 		return // forgotten, or of a request this supervisor did not make
 	}
-	// The config, not s.phases, which Start is still filling while the
-	// first instances report.
-	i := slices.IndexFunc(s.cfg.Phases, func(pc config.Phase) bool { return pc.Name == in.phase })
-	if i < 0 {
-		return
-	}
-	if n := r.progressed(i, in.id, p, time.Now()); n > 0 {
+	if n := r.progressed(in.stage, in.id, p, time.Now()); n > 0 {
 		s.metrics.steps.WithLabelValues(in.phase).Add(float64(n))
 	}
 }
@@ -151,15 +152,22 @@ func (a *attemptTrace) matches(i int, p sdk.Progress) bool {
 // and policies' latency averages are made of, not the time since every
 // phase was called at once.
 func (run *runTrace) ran() time.Duration {
-	from := run.called
-	if !run.computing.IsZero() && run.computing.Before(run.returned) {
+	from, to := run.bounds()
+	return to.Sub(from)
+}
+
+// bounds is when the Run's own work began and ended, as ran says; to is
+// zero while it lasts.
+func (run *runTrace) bounds() (from, to time.Time) {
+	from = run.called
+	if !run.computing.IsZero() && (run.returned.IsZero() || !run.computing.After(run.returned)) {
 		from = run.computing
 	}
-	to := run.returned
-	if !run.sending.IsZero() && run.sending.After(from) && run.sending.Before(to) {
+	to = run.returned
+	if !run.sending.IsZero() && !run.sending.Before(from) && (to.IsZero() || run.sending.Before(to)) {
 		to = run.sending
 	}
-	return to.Sub(from)
+	return from, to
 }
 
 // progress is each phase's progress in the current attempt; t's request's
@@ -211,27 +219,17 @@ func (t *trace) timeline(submitted time.Time) []Span {
 		add(Span{Name: SpanRooms, Detail: roomsDetail(a.rooms, a.backends)}, a.opening, a.opened)
 		for i, run := range a.runs {
 			base := Span{Phase: run.phase, Instance: run.instance}
-			computing := run.computing
-			if computing.IsZero() || !run.returned.IsZero() && computing.After(run.returned) {
-				computing = run.called
-			}
-			if w := base; i > 0 && computing.After(run.called) {
+			from, to := run.bounds()
+			if w := base; i > 0 && from.After(run.called) {
 				w.Name = SpanWait
-				add(w, run.called, computing)
-			}
-			end := run.returned
-			if !run.sending.IsZero() && (end.IsZero() || run.sending.Before(end)) {
-				end = run.sending
+				add(w, run.called, from)
 			}
 			rs := base
 			rs.Name, rs.Steps = SpanRun, run.total
-			add(rs, computing, end)
+			add(rs, from, to)
 			if i < len(a.rooms) && !run.sending.IsZero() {
 				h := base
-				h.Name, h.Room, h.Bytes = SpanHop, a.rooms[i], run.sentBytes
-				if i < len(a.backends) {
-					h.Backend = a.backends[i]
-				}
+				h.Name, h.Room, h.Bytes, h.Backend = SpanHop, a.rooms[i], run.sentBytes, a.backendOf(i)
 				add(h, run.sending, run.returned)
 			}
 		}

@@ -166,6 +166,14 @@ func missingPlugins(cfg *config.Config, infos []supervisor.PluginInfo) []string 
 	return out
 }
 
+// nonNil is s, or an empty slice for nil, which JSON prints as [].
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 // pluginDir is the plugin directory cfg names, or the default.
 func pluginDir(cfg *config.Config) string {
 	if cfg.PluginDir != "" {

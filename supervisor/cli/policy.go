@@ -43,7 +43,7 @@ An unknown phase or policy exits 3.`,
 	t.register(pf)
 	show := func(l supervisor.PolicyList) error {
 		if asJSON {
-			return printJSON(a.stdout, normalPolicies(l))
+			return printJSON(a.stdout, l)
 		}
 		printPolicies(a.stdout, l)
 		return nil

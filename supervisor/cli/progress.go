@@ -249,20 +249,6 @@ func fmtDur(d time.Duration) string {
 	return fmtETA(d)
 }
 
-// humanBytes says a size in IEC units: 512 B, 4.0 KiB, 8.0 MiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // board is run's live view: a line of counts, then the progress of each
 // request in flight, in id order. Requests report from many goroutines.
 type board struct {

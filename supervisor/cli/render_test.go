@@ -69,8 +69,8 @@ func TestHumanUnits(t *testing.T) {
 		n    int64
 		want string
 	}{{0, "0 B"}, {1023, "1023 B"}, {4096, "4.0 KiB"}, {8 << 20, "8.0 MiB"}, {8808038, "8.4 MiB"}, {3 << 30, "3.0 GiB"}} {
-		if got := humanBytes(tt.n); got != tt.want {
-			t.Errorf("humanBytes(%d) = %q, want %q", tt.n, got, tt.want)
+		if got := supervisor.HumanBytes(tt.n); got != tt.want {
+			t.Errorf("supervisor.HumanBytes(%d) = %q, want %q", tt.n, got, tt.want)
 		}
 	}
 	for _, tt := range []struct {

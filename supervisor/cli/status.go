@@ -82,9 +82,8 @@ each phase's wait and run, each hop with its bytes, remove, artifact).`,
 			if err != nil {
 				return err
 			}
-			st = filterState(st, state)
 			if asJSON {
-				return printJSON(a.stdout, normalStatus(st))
+				return printJSON(a.stdout, st)
 			}
 			printStatus(a.stdout, st, limit, state, newest)
 			return nil
@@ -99,50 +98,6 @@ each phase's wait and run, each hop with its bytes, remove, artifact).`,
 	t.register(fs)
 	_ = cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions(requestStates, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
-}
-
-// filterState keeps the requests in state (all for ""), whether or not
-// the supervisor filtered them already.
-func filterState(st supervisor.Status, state string) supervisor.Status {
-	if state == "" {
-		return st
-	}
-	kept := st.Requests[:0:0]
-	for _, r := range st.Requests {
-		if r.State == state {
-			kept = append(kept, r)
-		}
-	}
-	st.Requests = kept
-	return st
-}
-
-// normalStatus makes the lists of st print as [] rather than null.
-func normalStatus(st supervisor.Status) supervisor.Status {
-	st.Requests = nonNil(st.Requests)
-	st.Phases = nonNil(st.Phases)
-	for i := range st.Phases {
-		st.Phases[i].Instances = nonNil(st.Phases[i].Instances)
-	}
-	st.Policies = normalPolicies(st.Policies)
-	if st.Counts == nil {
-		st.Counts = map[string]int{}
-	}
-	return st
-}
-
-func normalPolicies(l supervisor.PolicyList) supervisor.PolicyList {
-	l.Phases = nonNil(l.Phases)
-	l.Running = nonNil(l.Running)
-	l.Available = nonNil(l.Available)
-	return l
-}
-
-func nonNil[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
 }
 
 func printStatus(w io.Writer, st supervisor.Status, limit int, state string, newest bool) {
@@ -328,9 +283,9 @@ func spanDetail(s supervisor.Span) string {
 		parts = append(parts, s.Backend)
 	}
 	if s.Bytes > 0 {
-		b := humanBytes(s.Bytes)
+		b := supervisor.HumanBytes(s.Bytes)
 		if s.End != nil && s.End.After(s.Start) {
-			b += fmt.Sprintf(" (%s/s)", humanBytes(int64(float64(s.Bytes)/s.End.Sub(s.Start).Seconds())))
+			b += fmt.Sprintf(" (%s/s)", supervisor.HumanBytes(int64(float64(s.Bytes)/s.End.Sub(s.Start).Seconds())))
 		}
 		parts = append(parts, b)
 	}

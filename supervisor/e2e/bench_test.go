@@ -187,23 +187,22 @@ func BenchmarkThroughput(b *testing.B) {
 	ref := newReference(b)
 	const concurrency = 8
 	b.Run(fmt.Sprintf("concurrency-%d", concurrency), func(b *testing.B) {
-		run := func(do func(int)) (float64, int) {
+		// run calls do with 0, 1, … from concurrency goroutines while
+		// more says so, and returns the rate and how many it made.
+		run := func(do func(int), more func(int) bool) (float64, int) {
 			work := make(chan int)
 			var wg sync.WaitGroup
 			start := time.Now()
 			for range concurrency {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					for i := range work {
 						do(i)
 					}
-				}()
+				})
 			}
 			n := 0
-			for b.Loop() {
+			for ; more(n); n++ {
 				work <- n
-				n++
 			}
 			close(work)
 			wg.Wait()
@@ -212,25 +211,8 @@ func BenchmarkThroughput(b *testing.B) {
 		sub := func(i int) supervisor.Submission {
 			return supervisor.Submission{Prompt: "bench", Seed: int64(i), Steps: supervisor.DefaultSteps}
 		}
-		got, n := run(func(i int) { one(b, sup, sub(i)) })
-		start := time.Now()
-		var wg sync.WaitGroup
-		work := make(chan int)
-		for range concurrency {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range work {
-					ref.one(b, sub(i))
-				}
-			}()
-		}
-		for i := range n {
-			work <- i
-		}
-		close(work)
-		wg.Wait()
-		inproc := float64(n) / time.Since(start).Seconds()
+		got, n := run(func(i int) { one(b, sup, sub(i)) }, func(int) bool { return b.Loop() })
+		inproc, _ := run(func(i int) { ref.one(b, sub(i)) }, func(i int) bool { return i < n })
 		b.ReportMetric(got, "req/s")
 		b.ReportMetric(inproc, "inproc-req/s")
 		b.ReportMetric(got/inproc, "x-inproc")
