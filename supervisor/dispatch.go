@@ -316,7 +316,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 				tr := &a.trace.runs[i]
 				tr.returned = time.Now()
 				if err == nil {
-					tr.stage, tr.sentBytes = sdk.StageFinished, res.SentBytes
+					tr.stage, tr.sentBytes, tr.sendTime = sdk.StageFinished, res.SentBytes, res.SendTime
 				}
 				run = *tr
 			})

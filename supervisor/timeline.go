@@ -59,6 +59,7 @@ type runTrace struct {
 	stage           string
 	done, total     int
 	sentBytes       int64
+	sendTime        time.Duration // its hop, as the phase measured it (RunResult.SendTime)
 }
 
 // record runs f with the request's trace, under its lock, and wakes its
@@ -157,15 +158,25 @@ func (run *runTrace) ran() time.Duration {
 }
 
 // bounds is when the Run's own work began and ended, as ran says; to is
-// zero while it lasts.
+// zero while it lasts. Once the Run has returned, its outputs were handed
+// over SendTime (the phase's own measure) before it returned; progress
+// events, which come on another stream and may arrive late, give the
+// moments the answer does not.
 func (run *runTrace) bounds() (from, to time.Time) {
 	from = run.called
 	if !run.computing.IsZero() && (run.returned.IsZero() || !run.computing.After(run.returned)) {
 		from = run.computing
 	}
-	to = run.returned
-	if !run.sending.IsZero() && !run.sending.Before(from) && (to.IsZero() || run.sending.Before(to)) {
+	switch {
+	case !run.returned.IsZero() && run.sendTime > 0:
+		to = run.returned.Add(-run.sendTime)
+	case !run.sending.IsZero() && !run.sending.Before(from) && (run.returned.IsZero() || run.sending.Before(run.returned)):
 		to = run.sending
+	default:
+		to = run.returned
+	}
+	if !to.IsZero() && to.Before(from) {
+		from = run.called // its first event came after its work ended
 	}
 	return from, to
 }
@@ -227,10 +238,10 @@ func (t *trace) timeline(submitted time.Time) []Span {
 			rs := base
 			rs.Name, rs.Steps = SpanRun, run.total
 			add(rs, from, to)
-			if i < len(a.rooms) && !run.sending.IsZero() {
+			if i < len(a.rooms) && !to.Equal(run.returned) {
 				h := base
 				h.Name, h.Room, h.Bytes, h.Backend = SpanHop, a.rooms[i], run.sentBytes, a.backendOf(i)
-				add(h, run.sending, run.returned)
+				add(h, to, run.returned)
 			}
 		}
 		add(Span{Name: SpanRemove}, a.removing, a.removed)

@@ -304,3 +304,31 @@ func TestRemoveRoomsOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestHopFromSendTime: the hop's start is the phase's own measure
+// (RunResult.SendTime) once the Run has returned, so a "sending" event
+// that arrives after the answer cannot turn the span around.
+func TestHopFromSendTime(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	ms := func(v float64) time.Time { return t0.Add(time.Duration(v * float64(time.Millisecond))) }
+	tr := trace{attempts: []*attemptTrace{{rooms: []uint64{1}, backends: []string{"shm"}, runs: []runTrace{
+		{phase: "encoder", called: ms(0), computing: ms(1), sending: ms(9), returned: ms(8), sendTime: 3 * time.Millisecond, sentBytes: 10},
+		{phase: "decoder", called: ms(0), computing: ms(8.5), returned: ms(12)},
+	}}}}
+	var hop, run *Span
+	spans := tr.timeline(t0)
+	for i := range spans {
+		switch {
+		case spans[i].Name == SpanHop:
+			hop = &spans[i]
+		case spans[i].Name == SpanRun && spans[i].Phase == "encoder":
+			run = &spans[i]
+		}
+	}
+	if hop == nil || run == nil || !hop.Start.Equal(ms(5)) || !hop.End.Equal(ms(8)) || !run.Start.Equal(ms(1)) || !run.End.Equal(ms(5)) {
+		t.Fatalf("run %+v, hop %+v; want run 1→5 ms, hop 5→8 ms", run, hop)
+	}
+	if d := tr.attempts[0].runs[0].ran(); d != 4*time.Millisecond {
+		t.Errorf("ran %v, want 4ms", d)
+	}
+}
