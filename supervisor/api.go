@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -342,9 +343,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: order %q: want oldest or newest", ErrBadInput, o))
 		return
 	}
-	switch page.State {
-	case "", StateQueued, StateRunning, StateDone, StateFailed:
-	default:
+	if page.State != "" && !slices.Contains(RequestStates, page.State) {
 		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: state %q: want queued, running, done or failed", ErrBadInput, page.State))
 		return
 	}

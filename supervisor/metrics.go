@@ -132,7 +132,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := s.stateCountsLocked()
 	state := s.stateLocked()
 	s.mu.Unlock()
-	for _, st := range []string{StateQueued, StateRunning, StateDone, StateFailed} {
+	for _, st := range RequestStates {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.GaugeValue, float64(counts[st]), st)
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1, state)

@@ -15,6 +15,9 @@ const (
 	StateFailed  = "failed"
 )
 
+// RequestStates are a request's states, in the order it goes through them.
+var RequestStates = []string{StateQueued, StateRunning, StateDone, StateFailed}
+
 // Reasons of requests that did not fail on their own.
 const (
 	ReasonRemoved  = "removed"

@@ -14,9 +14,6 @@ import (
 	"github.com/phased/phased/supervisor"
 )
 
-// requestStates are the values of status --state.
-var requestStates = []string{supervisor.StateQueued, supervisor.StateRunning, supervisor.StateDone, supervisor.StateFailed}
-
 func (a *app) statusCmd() *cobra.Command {
 	var t target
 	var asJSON, newest bool
@@ -56,7 +53,7 @@ each phase's wait and run, each hop with its bytes, remove, artifact).`,
 				}
 			}
 			if state != "" {
-				if err := wantOneOf("state", state, requestStates...); err != nil {
+				if err := wantOneOf("state", state, supervisor.RequestStates...); err != nil {
 					return err
 				}
 			}
@@ -96,7 +93,7 @@ each phase's wait and run, each hop with its bytes, remove, artifact).`,
 	fs.StringVar(&state, "state", "", "list only the requests in `STATE`: queued, running, done or failed")
 	fs.BoolVar(&newest, "newest", false, "list the newest requests first (--after then pages to older ones)")
 	t.register(fs)
-	_ = cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions(requestStates, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions(supervisor.RequestStates, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
