@@ -131,6 +131,12 @@ func TestReceiveSleepingWakes(t *testing.T) {
 		cancel()
 		removed := make(chan error, 1)
 		go func() { removed <- p.snd.Remove(room) }()
+		// The worker may go on only once the remove has marked the room:
+		// else it may finish the copy first and the Send succeed.
+		eventually(t, "the sender's remove to mark the room", func() bool {
+			st, reason, err := p.snd.Status(room)
+			return err == nil && st == Failed && reason == "removed"
+		})
 		step <- struct{}{} // let the worker see the abort
 		if err := <-removed; err != nil {
 			t.Fatal(err)
