@@ -40,7 +40,14 @@ type descriptor struct {
 	segmentSize    uint64
 	buffers        []buffer
 	handle         cuda.Handle // a cuda room's
+	// checksumOffset is where a shm receiver takes the checksums through
+	// the segment (the fast path, section 5.5 of docs/protocol.md); 0:
+	// through the Success frame.
+	checksumOffset uint64
 }
+
+// fast reports whether the receiver takes the fast path.
+func (d *descriptor) fast() bool { return d.checksumOffset != 0 }
 
 // header is one phasedv1.TensorHeader of a status frame.
 type header struct {
@@ -139,7 +146,22 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		}
 		d.buffers[i] = b
 	}
-	if err := checkOverlap(d.buffers); err != nil {
+	overlap := d.buffers
+	if off := pd.GetChecksumOffset(); off != 0 {
+		n := 8 * uint64(len(d.buffers))
+		switch {
+		case backend != sdk.BackendShm:
+			return nil, fmt.Errorf("descriptor: a %s descriptor carries checksum offset %d; only a shm one may", backend, off)
+		case off < ctrlSize || off%8 != 0:
+			return nil, fmt.Errorf("descriptor: checksum offset %d: want a multiple of 8 after the %d-byte control block", off, ctrlSize)
+		case off > size || n > size-off:
+			return nil, fmt.Errorf("descriptor: checksum offset %d + %d bytes is out of bounds of the %d-byte segment", off, n, size)
+		}
+		d.checksumOffset = off
+		// The table must share no byte with a buffer.
+		overlap = append(slices.Clip(d.buffers), buffer{spec: tensor.Spec{Name: "(checksum table)"}, offset: off, length: n})
+	}
+	if err := checkOverlap(overlap); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -199,8 +221,9 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer, device bool) ([]tensor.Ten
 	return out, nil
 }
 
-func encodeDescriptor(backend sdk.Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte) ([]byte, error) {
+func encodeDescriptor(backend sdk.Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte, checksumOffset uint64) ([]byte, error) {
 	pd := &phasedv1.Descriptor{
+		ChecksumOffset: checksumOffset,
 		CudaIpcHandle:  handle,
 		Backend:        string(backend),
 		Version:        wireVersion,

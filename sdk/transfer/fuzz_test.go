@@ -126,10 +126,13 @@ func maxVarint(b []byte, num protowire.Number) []byte {
 
 func descriptorSeeds(tb testing.TB) []fuzzSeed {
 	tb.Helper()
-	l := newFuzzLayout(tb)
 	ep := "ipc:///run/phased/" + receiverSocketName(fuzzRoom, fuzzGen)
 	seg := segmentName(fuzzName, fuzzRoom, fuzzGen)
-	valid, err := encodeDescriptor(sdk.BackendShm, fuzzRoom, fuzzGen, ep, seg, l.size, l.bufs, nil)
+	bufs, sumsAt, need, err := shmLayout(fuzzSpecs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	valid, err := encodeDescriptor(sdk.BackendShm, fuzzRoom, fuzzGen, ep, seg, need, bufs, nil, sumsAt)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -174,6 +177,13 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(sdk.BackendCUDA), "", []byte{1, 2, 3}
 		})},
 		{"shm-with-handle", edit(func(pd *phasedv1.Descriptor) { pd.CudaIpcHandle = make([]byte, 64) })},
+		{"valid-frames-only", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = 0 })},
+		{"checksums-over-a-buffer", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = pd.Buffers[2].Offset + 8 })},
+		{"checksums-in-ctrl", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = 8 })},
+		{"checksums-unaligned", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset++ })},
+		{"checksums-past-the-end", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = pd.SegmentSize - 16 })},
+		{"checksums-wrap", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = math.MaxUint64 - 7 })},
+		{"checksums-zmq", edit(func(pd *phasedv1.Descriptor) { pd.Backend, pd.Segment = string(sdk.BackendZMQ), "" })},
 	}
 }
 
@@ -270,7 +280,7 @@ func FuzzDescriptor(f *testing.F) {
 		checkDescriptor(t, &pd, d)
 
 		// Round trip: what the sender accepted encodes and parses the same.
-		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers, pd.GetCudaIpcHandle())
+		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers, pd.GetCudaIpcHandle(), d.checksumOffset)
 		if err != nil {
 			t.Fatalf("encode the accepted descriptor: %v", err)
 		}
@@ -434,10 +444,24 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 			spans = append(spans, span{b.GetOffset(), end.Uint64()})
 		}
 	}
+	if off := pd.GetChecksumOffset(); off != 0 {
+		n := 8 * uint64(len(pd.GetBuffers()))
+		end := new(big.Int).Add(new(big.Int).SetUint64(off), new(big.Int).SetUint64(n))
+		switch {
+		case !shm:
+			return "a checksum table outside shm"
+		case off < 64 || off%8 != 0:
+			return "checksum table over the control block or unaligned"
+		case end.Cmp(new(big.Int).SetUint64(size)) > 0:
+			return "checksum table outside the segment"
+		case n > 0:
+			spans = append(spans, span{off, end.Uint64()})
+		}
+	}
 	sort.Slice(spans, func(i, j int) bool { return spans[i].off < spans[j].off })
 	for i := 1; i < len(spans); i++ {
 		if spans[i-1].end > spans[i].off {
-			return "buffers overlap"
+			return "buffers or the checksum table overlap"
 		}
 	}
 	return ""
@@ -455,7 +479,7 @@ func zeroLengthQuirk(pd *phasedv1.Descriptor, err error) bool {
 }
 
 func diffDescriptors(a, b *descriptor) string {
-	if a.generation != b.generation || a.statusEndpoint != b.statusEndpoint || a.segment != b.segment || a.segmentSize != b.segmentSize || len(a.buffers) != len(b.buffers) {
+	if a.generation != b.generation || a.statusEndpoint != b.statusEndpoint || a.segment != b.segment || a.segmentSize != b.segmentSize || a.checksumOffset != b.checksumOffset || len(a.buffers) != len(b.buffers) {
 		return fmt.Sprintf("%+v != %+v", *a, *b)
 	}
 	for i := range a.buffers {

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -118,21 +119,27 @@ type room struct {
 
 	// Sender.
 	desc    *descriptor // the validated descriptor, once it arrived
+	file    *peerFile   // a shm room's segment, opened when desc arrived, until the worker takes it
 	peer    gpuPeer     // a cuda room's receiver memory, once opened
 	sending bool        // a Send is waiting, running or done
 	busy    bool        // the worker holds the room
 
 	// Receiver.
-	gen        uint64
-	seg        *segment
-	bufs       []buffer
-	final      []header // the Success frame's tensors, once it arrived
-	verifying  bool     // a Receive is hashing the buffers (it owns verify)
-	verify     verifier
-	hashed     uint64 // verify.pos, published under m.mu
-	ctrl       *ctrl  // a shm room's control block, in seg
-	sleeping   bool   // the verifying Receive sleeps on ctrl: notify wakes it
-	senderDone bool   // a Success or Failed frame came: the sender writes no more
+	gen    uint64
+	seg    *segment
+	bufs   []buffer
+	final  []header // the Success frame's tensors, once it arrived
+	sumsAt uint64   // a shm room's checksum table (the fast path)
+	// movedByCtrl: the control block, not a frame, moved the room to
+	// Transferring (observeLocked); one Transferring frame is then no
+	// duplicate.
+	movedByCtrl bool
+	verifying   bool // a Receive is hashing the buffers (it owns verify)
+	verify      verifier
+	hashed      uint64 // verify.pos, published under m.mu
+	ctrl        *ctrl  // a shm room's control block, in seg
+	sleeping    bool   // the verifying Receive sleeps on ctrl: notify wakes it
+	senderDone  bool   // a Success or Failed frame came: the sender writes no more
 }
 
 func newRoom(id uint64, role Role) *room {
@@ -302,11 +309,13 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 	if err := checkSpecs(specs); err != nil {
 		return err
 	}
-	base := uint64(0)
+	var bufs []buffer
+	var need, sumsAt uint64
 	if backend == sdk.BackendShm {
-		base = ctrlSize
+		bufs, sumsAt, need, err = shmLayout(specs)
+	} else {
+		bufs, need, err = layout(specs, 0)
 	}
-	bufs, need, err := layout(specs, base)
 	if err != nil {
 		return err
 	}
@@ -318,7 +327,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 	}
 	gen := m.nextGen.Add(1)
 	r := newRoom(id, Receiver)
-	r.gen, r.bufs, r.backend = gen, bufs, backend
+	r.gen, r.bufs, r.backend, r.sumsAt = gen, bufs, backend, sumsAt
 	var seg *segment
 	var segName string
 	reused := false
@@ -347,7 +356,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 			h := seg.dev.Handle()
 			handle = h[:]
 		}
-		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs, handle)
+		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs, handle, sumsAt)
 		if err != nil {
 			return nil, fmt.Errorf("encode descriptor: %w", err)
 		}
@@ -592,7 +601,7 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 			}
 			return ts, done, err
 		}
-		if !r.verifying && (r.final != nil || r.ctrl != nil && r.status == Transferring && ctx.Err() == nil) {
+		if !r.verifying && (r.final != nil || r.copying() && ctx.Err() == nil) {
 			m.verifyLocked(ctx, r)
 			continue
 		}
@@ -626,8 +635,14 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	})
 	bufs, total := r.bufs, totalBytes(r.bufs)
 	var err error
-	for r.final == nil && r.ctrl != nil && r.status == Transferring && !r.removing && ctx.Err() == nil {
+	for r.final == nil && r.copying() && !r.removing && ctx.Err() == nil {
 		seen := r.ctrl.seq.Load()
+		m.observeLocked(r)
+		if r.fastDone() {
+			r.final = sumsOf(bufs, data[r.sumsAt:])
+			r.senderDone = true
+			break
+		}
 		if limit := min(r.ctrl.progress.Load(), total); limit > r.verify.pos {
 			m.mu.Unlock()
 			r.verify.advance(bufs, data, limit)
@@ -665,9 +680,44 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 		r.notify()
 	case err != nil:
 		m.setStatusLocked(r, Failed, err.Error())
-	case !m.setStatusLocked(r, Success, ""):
-		r.notify() // removed meanwhile: wake the other waiters
+	default:
+		if !m.setStatusLocked(r, Success, "") {
+			r.notify() // removed meanwhile: wake the other waiters
+		}
 	}
+}
+
+// observeLocked moves a fast-path receiver room to Transferring once its
+// sender has written to the control block, since no Transferring frame
+// will say so.
+func (m *Manager) observeLocked(r *room) {
+	if r.sumsAt != 0 && r.status == WaitingForInput && !r.removing && (r.ctrl.progress.Load() != 0 || r.ctrl.done.Load() != 0) {
+		r.movedByCtrl = m.setStatusLocked(r, Transferring, "")
+	}
+}
+
+// copying reports whether the sender may be writing a shm room's buffers:
+// it is Transferring, or, on the fast path, where no Transferring frame
+// comes, WaitingForInput. Manager.mu is held.
+func (r *room) copying() bool {
+	return r.ctrl != nil && (r.status == Transferring || r.sumsAt != 0 && r.status == WaitingForInput)
+}
+
+// fastDone reports whether the sender of a fast-path room has finished
+// (the control block's done word): it writes nothing more. Manager.mu is
+// held and the room is not being removed (its segment is mapped).
+func (r *room) fastDone() bool {
+	return r.sumsAt != 0 && r.ctrl.done.Load() != 0
+}
+
+// sumsOf reads the fast path's checksum table once: the headers a Success
+// frame would carry, the specs and lengths being the buffers' own.
+func sumsOf(bufs []buffer, table []byte) []header {
+	hs := make([]header, len(bufs))
+	for i, b := range bufs {
+		hs[i] = header{spec: b.spec, length: b.length, sum: binary.LittleEndian.Uint64(table[8*i:])}
+	}
+	return hs
 }
 
 // leaseLocked returns views of a verified room's tensors and their release.
@@ -739,15 +789,23 @@ func (m *Manager) Remove(id uint64) error {
 	if err := m.call(func(o *owner) error { return o.closeRoom(id) }); err != nil && !errors.Is(err, errOwnerStopped) {
 		errs = append(errs, err) // a stopped owner has closed every socket
 	}
+	m.mu.Lock()
+	file := r.file // no worker took it
+	r.file = nil
+	m.mu.Unlock()
+	if file != nil {
+		errs = append(errs, closeFd(file.fd))
+	}
 	if r.peer != nil { // the worker let go of it (busy)
 		if err := r.peer.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the receiver's device memory: %w", err))
 		}
 	}
 	if r.seg != nil {
-		// The owner has closed the status socket, so senderDone is final.
+		// The owner has closed the status socket, so senderDone is final;
+		// a fast-path sender that set done writes nothing more either.
 		m.mu.Lock()
-		recyclable := r.senderDone
+		recyclable := r.senderDone || r.fastDone()
 		m.mu.Unlock()
 		errs = append(errs, m.retire(r.seg, recyclable))
 	}
@@ -932,6 +990,7 @@ func (m *Manager) Status(id uint64) (Status, string, error) {
 	if r == nil {
 		return 0, "", fmt.Errorf("%w %d", ErrUnknownRoom, id)
 	}
+	m.observeLocked(r)
 	return r.status, r.reason, nil
 }
 
@@ -941,6 +1000,7 @@ func (m *Manager) Rooms() []RoomInfo {
 	defer m.mu.Unlock()
 	infos := make([]RoomInfo, 0, len(m.rooms))
 	for _, r := range m.rooms {
+		m.observeLocked(r)
 		infos = append(infos, RoomInfo{Room: r.id, Role: r.role, Status: r.status, Reason: r.reason})
 	}
 	slices.SortFunc(infos, func(a, b RoomInfo) int {

@@ -538,7 +538,7 @@ func (o *owner) needsPeer(id uint64) bool {
 	o.m.mu.Lock()
 	defer o.m.mu.Unlock()
 	r := o.m.rooms[id]
-	return r != nil && !r.removing && !r.status.Terminal() && r.final == nil
+	return r != nil && !r.removing && !r.status.Terminal() && r.final == nil && !r.fastDone()
 }
 
 // peerTimedOut fails room id if its peer timer seq fired while the peer
@@ -553,7 +553,7 @@ func (o *owner) peerTimedOut(id, seq uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.rooms[id]
-	if r == nil || r.removing || r.status.Terminal() || r.final != nil {
+	if r == nil || r.removing || r.status.Terminal() || r.final != nil || r.fastDone() {
 		return
 	}
 	peer := Receiver
@@ -714,14 +714,28 @@ func (o *owner) handleDescriptor(id uint64, b []byte) {
 			verr = fmt.Errorf("descriptor: status endpoint: %w", fdErr(err))
 		}
 	}
+	// A shm room's segment is opened now, off the Send's path; if that
+	// fails, the job opens it again and fails with the reason.
+	var file *peerFile
+	if verr == nil && d.backend == sdk.BackendShm {
+		file, _ = openPeerFile(m.cfg.ShmDir, d.segment, d.segmentSize)
+	}
 	m.mu.Lock()
 	if verr == nil {
 		r.desc = d
+		if !r.removing { // else Remove has looked for the file already
+			r.file, file = file, nil
+		}
 		m.setStatusLocked(r, WaitingForInput, "")
 	} else {
 		m.setStatusLocked(r, Failed, verr.Error())
 	}
 	m.mu.Unlock()
+	if file != nil {
+		if err := closeFd(file.fd); err != nil {
+			m.log.Warn("close the receiver's segment", "room", id, "error", err)
+		}
+	}
 	if verr != nil && rs.push != nil {
 		// Tell the receiver why, so that its Receive fails now.
 		frame, err := encodeStatus(id, pd.GetGeneration(), Failed, verr.Error(), nil)
@@ -768,6 +782,11 @@ func (o *owner) handleStatus(id uint64, b []byte) {
 	switch {
 	case st == Transferring && r.status.CanTransitionTo(Transferring):
 		m.setStatusLocked(r, Transferring, "")
+	case st == Transferring && r.status == Transferring && r.movedByCtrl:
+		// The control block told first (a sender that publishes progress
+		// but sends frames, like the Python SDK's): this frame is not a
+		// duplicate, the next one is.
+		r.movedByCtrl = false
 	case st == Success && r.status == Transferring && r.final == nil:
 		r.final = headersFromProto(f.GetTensors())
 		r.senderDone = true

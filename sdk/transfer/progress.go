@@ -25,6 +25,15 @@ import (
 //	offset 8   seq       uint32  futex word: bumped by every publish, and by
 //	                             the receiver's own process to wake its waiter
 //	offset 12  waiting   uint32  1 while the receiver sleeps on seq
+//	offset 16  done      uint32  fast path: 1 once every buffer and the
+//	                             checksum table are written; the sender
+//	                             writes nothing after it
+//
+// The fast path: a receiver that names a checksum table in its descriptor
+// learns the end of the copy from done, woken through seq, instead of
+// from Transferring and Success frames through both processes' socket
+// owners and libzmq's I/O threads; the frames stay for failures, for
+// senders that do not write the table, and for the other backends.
 const ctrlSize = alignment
 
 // ctrl is the control block, in the shared mapping.
@@ -32,6 +41,7 @@ type ctrl struct {
 	progress atomic.Uint64
 	seq      atomic.Uint32
 	waiting  atomic.Uint32
+	done     atomic.Uint32
 }
 
 // ctrlOf returns the control block at the start of a mapped segment.
@@ -45,11 +55,20 @@ func (c *ctrl) reset() {
 	c.progress.Store(0)
 	c.seq.Store(0)
 	c.waiting.Store(0)
+	c.done.Store(0)
 }
 
 // publish records n bytes copied and wakes the receiver if it sleeps.
 func (c *ctrl) publish(n uint64) {
 	c.progress.Store(n)
+	c.wake()
+}
+
+// finish marks the sender's writes complete (the fast path) and wakes the
+// receiver: one wake-up for the last bytes and the end.
+func (c *ctrl) finish(n uint64) {
+	c.progress.Store(n)
+	c.done.Store(1)
 	c.wake()
 }
 

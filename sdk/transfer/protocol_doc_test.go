@@ -94,7 +94,8 @@ func TestProtocolDocControlBlock(t *testing.T) {
 		"progress": {unsafe.Offsetof(c.progress), unsafe.Sizeof(c.progress)},
 		"seq":      {unsafe.Offsetof(c.seq), unsafe.Sizeof(c.seq)},
 		"waiting":  {unsafe.Offsetof(c.waiting), unsafe.Sizeof(c.waiting)},
-		"reserved": {unsafe.Sizeof(c), ctrlSize - unsafe.Sizeof(c)},
+		"done":     {unsafe.Offsetof(c.done), unsafe.Sizeof(c.done)},
+		"reserved": {unsafe.Offsetof(c.done) + unsafe.Sizeof(c.done), ctrlSize - unsafe.Offsetof(c.done) - unsafe.Sizeof(c.done)},
 	}
 	seen := map[string]bool{}
 	for _, r := range doctest.Table(t, protocolDoc, "ctrl-block", 3) {
@@ -293,17 +294,22 @@ func TestProtocolDocDataHeader(t *testing.T) {
 
 // TestProtocolDocLayout checks the doc's layout example: the built-in
 // transformer's inputs with the default params, laid out after the
-// control block, and the size class of a new segment for them.
+// control block, with the fast path's checksum table after them, and
+// the size class of a new segment for them.
 func TestProtocolDocLayout(t *testing.T) {
 	specs := []tensor.Spec{
 		{Name: "context", DType: tensor.Float32, Shape: []int64{16, 64}},
 		{Name: "latent", DType: tensor.Float32, Shape: []int64{4, 8, 24, 32}},
 	}
-	bufs, need, err := layout(specs, ctrlSize)
+	bufs, sumsAt, need, err := shmLayout(specs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"need": strconv.FormatUint(need, 10), "segment_size": strconv.FormatUint(sizeClass(need), 10)}
+	want := map[string]string{
+		"checksums":    fmt.Sprintf("%d %d", sumsAt, 8*len(bufs)),
+		"need":         strconv.FormatUint(need, 10),
+		"segment_size": strconv.FormatUint(sizeClass(need), 10),
+	}
 	for _, b := range bufs {
 		want[b.spec.Name] = fmt.Sprintf("%s %v %d %d", b.spec.DType, b.spec.Shape, b.offset, b.length)
 	}
@@ -316,6 +322,9 @@ func TestProtocolDocLayout(t *testing.T) {
 		}
 		seen[r.Cells[0]] = true
 		got := r.Cells[4]
+		if r.Cells[3] != "" {
+			got = r.Cells[3] + " " + got
+		}
 		if r.Cells[1] != "" {
 			shape := strings.ReplaceAll(strings.Trim(r.Cells[2], "[]"), ",", "")
 			got = fmt.Sprintf("%s [%s] %s %s", r.Cells[1], shape, r.Cells[3], r.Cells[4])

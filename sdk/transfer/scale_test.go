@@ -257,4 +257,32 @@ func TestPeerVanishes(t *testing.T) {
 			t.Fatalf("Receive = %v, want ErrFailed with %q", err, want)
 		}
 	})
+
+	// On the fast path no Success frame marks the end: the control block
+	// does, and a sender that finished may go before Receive comes.
+	t.Run("sender done, then gone", func(t *testing.T) {
+		p := &pair{dir: shortDir(t), sn: uniqueName(), rn: uniqueName()}
+		p.snd = startManager(t, p.dir, p.sn, nil)
+		p.rcv = startManager(t, p.dir, p.rn, peerTimeout)
+		p.open(t, 1, []tensor.Spec{big})
+		x := filled(t, big, 7)
+		if err := p.snd.Send(context.Background(), 1, []tensor.Tensor{x}); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.snd.Release(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * timeout) // the peer timer would have fired
+		if st, reason, _ := p.rcv.Status(1); st != Transferring {
+			t.Fatalf("receiver room %s %q, want Transferring (the sender finished)", st, reason)
+		}
+		got, release, err := p.rcv.Receive(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if err := sameTensors(got, []tensor.Tensor{x}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -54,6 +54,21 @@ func layout(specs []tensor.Spec, base uint64) ([]buffer, uint64, error) {
 	return bufs, max(off, alignment), nil
 }
 
+// shmLayout lays out a shm room: the control block, the buffers, and
+// after them the fast path's checksum table, 8 bytes per buffer. It
+// returns the buffers, the table's offset and the bytes the segment needs.
+func shmLayout(specs []tensor.Spec) (bufs []buffer, sumsAt, need uint64, err error) {
+	bufs, sumsAt, err = layout(specs, ctrlSize)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	need = sumsAt + 8*uint64(len(bufs))
+	if need > maxSegmentSize {
+		return nil, 0, 0, fmt.Errorf("inputs need more than %d bytes", uint64(maxSegmentSize))
+	}
+	return bufs, sumsAt, need, nil
+}
+
 func alignUp(n uint64) uint64 { return (n + alignment - 1) &^ (alignment - 1) }
 
 func cloneSpec(s tensor.Spec) tensor.Spec {
@@ -387,6 +402,20 @@ func openPeerSegment(dir, name string, size uint64) (fd int, st unix.Stat_t, err
 	return fd, st, nil
 }
 
+// peerFile is a receiver's segment opened by a sender (openPeerSegment).
+type peerFile struct {
+	fd int
+	st unix.Stat_t
+}
+
+func openPeerFile(dir, name string, size uint64) (*peerFile, error) {
+	fd, st, err := openPeerSegment(dir, name, size)
+	if err != nil {
+		return nil, err
+	}
+	return &peerFile{fd: fd, st: st}, nil
+}
+
 // mapPeerSegment opens and maps, read-write, the segment a descriptor
 // names (see openPeerSegment), without caching. The caller unmaps it.
 func mapPeerSegment(dir, name string, size uint64) (data []byte, err error) {
@@ -435,11 +464,15 @@ func unmapErr(data []byte) error {
 // reuses for a new room (renamed) is mapped once. Only the worker
 // goroutine uses it.
 //
-// Every lookup still opens the descriptor's name with O_NOFOLLOW and
-// checks type and size, so the name-to-file binding is checked per job as
-// before. An entry goes away when its file is unlinked (checked on every
-// lookup), when the same file shows another size, after a memory fault in
-// it, on eviction (least recently used beyond the bounds) and on Release.
+// Every lookup is of a file opened by the descriptor's name with
+// O_NOFOLLOW and checked for type and size (openPeerSegment), when the
+// descriptor arrived or for the job, so the name-to-file binding is
+// checked per room. (A file opened when the descriptor arrived cannot have
+// become another room's by the job: a receiver reuses a segment only once
+// the sender is done with it, and unlinks it otherwise.) An entry goes
+// away when its file is unlinked (checked after every job), when the same
+// file shows another size, after a memory fault in it, on eviction (least
+// recently used beyond the bounds) and on Release.
 type mapCache struct {
 	maxSegs  int
 	maxBytes uint64
@@ -450,12 +483,15 @@ type mapCache struct {
 
 // get returns a mapping of the segment, valid until done is called. done
 // with bad set drops the entry (after a fault).
-func (c *mapCache) get(dir, name string, size uint64) (data []byte, done func(bad bool) error, err error) {
-	c.sweep()
-	fd, st, err := openPeerSegment(dir, name, size)
-	if err != nil {
-		return nil, nil, err
+// It takes f, the segment's file if it was opened already (the cache
+// keeps or closes it), or opens dir/name.
+func (c *mapCache) get(dir, name string, size uint64, f *peerFile) (data []byte, done func(bad bool) error, err error) {
+	if f == nil {
+		if f, err = openPeerFile(dir, name, size); err != nil {
+			return nil, nil, err
+		}
 	}
+	fd, st := f.fd, f.st
 	dev, ino := uint64(st.Dev), uint64(st.Ino)
 	for i, e := range c.entries {
 		if e.dev != dev || e.ino != ino {

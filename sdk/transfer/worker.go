@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -50,6 +51,7 @@ func (m *Manager) work() {
 		select {
 		case j := <-m.jobs:
 			m.transfer(j)
+			m.maps.sweep() // after the job's answer: off its path
 		case <-m.quit:
 			return
 		}
@@ -67,7 +69,8 @@ func (m *Manager) transfer(j *job) {
 		return
 	}
 	r.busy = true
-	d := r.desc
+	d, file := r.desc, r.file
+	r.file = nil // the job's now
 	m.mu.Unlock()
 
 	var hs []header
@@ -88,7 +91,11 @@ func (m *Manager) transfer(j *job) {
 			}
 		}
 	default:
-		hs, err = m.copyIn(j, d)
+		hs, err = m.copyIn(j, d, file)
+		file = nil
+	}
+	if file != nil { // not a shm job after all
+		err = errors.Join(err, closeFd(file.fd))
 	}
 	j.done <- m.finish(j, d, hs, err)
 }
@@ -104,7 +111,7 @@ func (m *Manager) finish(j *job, d *descriptor, hs []header, err error) error {
 		r.notify()
 		m.mu.Unlock()
 	}()
-	if err == nil {
+	if err == nil && !d.fast() { // the fast path ended in the control block
 		var frame []byte
 		if frame, err = encodeStatus(r.id, d.generation, Success, "", hs); err == nil {
 			if err = m.call(func(o *owner) error { return o.send(r.id, frame) }); err != nil {
@@ -140,13 +147,18 @@ func (m *Manager) finish(j *job, d *descriptor, hs []header, err error) error {
 
 // copyIn checks the tensors against the descriptor, maps the receiver's
 // segment, syncs Transferring, copies and returns the headers for Success.
-func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
+// file is the segment, if it was opened when the descriptor arrived;
+// copyIn closes it or hands it to the cache.
+func (m *Manager) copyIn(j *job, d *descriptor, file *peerFile) (_ []header, err error) {
 	r := j.r
 	tensors, err := selectTensors(j.tensors, d.buffers, false)
 	if err != nil {
+		if file != nil {
+			err = errors.Join(err, closeFd(file.fd))
+		}
 		return nil, err
 	}
-	data, done, err := m.maps.get(m.cfg.ShmDir, d.segment, d.segmentSize)
+	data, done, err := m.maps.get(m.cfg.ShmDir, d.segment, d.segmentSize, file)
 	if err != nil {
 		return nil, err
 	}
@@ -157,24 +169,33 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 		}
 	}()
 
-	// The receiver learns the progress from the control block: the worker
-	// copies while the owner sends Transferring, and checks that it was
-	// sent before Success goes out on the same socket.
-	synced, err := m.postTransferring(r, d)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if serr := m.await(synced); serr != nil && err == nil {
-			err = fmt.Errorf("sync Transferring: %w", serr)
+	// The receiver learns the progress from the control block. On the
+	// fast path it learns the end there too, and no frame is sent; else
+	// the worker copies while the owner sends Transferring, and checks
+	// that it was sent before Success goes out on the same socket.
+	if d.fast() {
+		if !m.toTransferring(r) {
+			return nil, errAborted
 		}
-	}()
+	} else {
+		synced, err := m.postTransferring(r, d)
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if serr := m.await(synced); serr != nil && err == nil {
+				err = fmt.Errorf("sync Transferring: %w", serr)
+			}
+		}()
+	}
 	hs := make([]header, len(tensors))
 	c := ctrlOf(data)
 	var copied uint64 // bytes copied, over the buffers in order
 	for i, t := range tensors {
 		b := d.buffers[i]
-		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data, c, copied)
+		// On the fast path the last bytes' wake-up is done's.
+		hold := d.fast() && i == len(tensors)-1
+		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data, c, copied, hold)
 		copied += b.length
 		if errors.Is(err, errFault) {
 			faulted = true
@@ -184,7 +205,35 @@ func (m *Manager) copyIn(j *job, d *descriptor) (_ []header, err error) {
 		}
 		hs[i] = header{spec: t.Spec, length: b.length, sum: sum}
 	}
+	if d.fast() {
+		if err := putSums(data[d.checksumOffset:], hs); err != nil {
+			faulted = true
+			return nil, fmt.Errorf("send: checksum table: %w", err)
+		}
+		c.finish(copied)
+	}
 	return hs, nil
+}
+
+// putSums writes the checksum table of the fast path: one little-endian
+// uint64 per buffer, in order.
+func putSums(dst []byte, hs []header) (err error) {
+	defer recoverFault(&err)
+	for i, h := range hs {
+		binary.LittleEndian.PutUint64(dst[8*i:], h.sum)
+	}
+	return nil
+}
+
+// recoverFault turns the panic of a memory fault in a receiver's segment
+// (SetPanicOnFault) into errFault; any other panic goes on.
+func recoverFault(err *error) {
+	if p := recover(); p != nil {
+		if _, fault := p.(interface{ Addr() uintptr }); !fault {
+			panic(p)
+		}
+		*err = fmt.Errorf("%w: %v", errFault, p)
+	}
 }
 
 // syncTransferring moves the room to Transferring and tells the receiver.
@@ -203,10 +252,7 @@ func (m *Manager) syncTransferring(r *room, d *descriptor) error {
 // tells the receiver to the socket owner without waiting: the returned
 // channel gets the result of sending it.
 func (m *Manager) postTransferring(r *room, d *descriptor) (<-chan error, error) {
-	m.mu.Lock()
-	ok := !r.removing && m.setStatusLocked(r, Transferring, "")
-	m.mu.Unlock()
-	if !ok {
+	if !m.toTransferring(r) {
 		return nil, errAborted
 	}
 	frame, err := encodeStatus(r.id, d.generation, Transferring, "", nil)
@@ -218,6 +264,14 @@ func (m *Manager) postTransferring(r *room, d *descriptor) (<-chan error, error)
 		return nil, fmt.Errorf("sync Transferring: %w", err)
 	}
 	return sent, nil
+}
+
+// toTransferring moves a sender room to Transferring, unless it is being
+// removed or has failed.
+func (m *Manager) toTransferring(r *room) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !r.removing && m.setStatusLocked(r, Transferring, "")
 }
 
 // await waits for the result of a command posted without a reply.
@@ -296,16 +350,10 @@ var errFault = errors.New("memory fault writing the receiver's segment (was it t
 // reports base plus the bytes copied so far in the control block c, so that
 // the receiver verifies it while the next one is copied. Between blocks it
 // checks whether the room is being removed or failed or the Send was
-// canceled. It returns the checksum of src.
-func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64) (sum uint64, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			if _, fault := p.(interface{ Addr() uintptr }); !fault {
-				panic(p)
-			}
-			err = fmt.Errorf("%w: %v", errFault, p)
-		}
-	}()
+// canceled. With hold, the progress of the last block is stored without
+// a wake-up (the caller's finish wakes). It returns the checksum of src.
+func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64, hold bool) (sum uint64, err error) {
+	defer recoverFault(&err)
 	var chain tensor.Chain
 	for off := 0; off < len(src); off += chunkSize {
 		if j.r.abort.Load() {
@@ -317,12 +365,16 @@ func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64) (sum
 		end := min(off+chunkSize, len(src))
 		copy(dst[off:end], src[off:end])
 		chain.Block(src[off:end])
-		c.publish(base + uint64(end))
+		if hold && end == len(src) {
+			c.progress.Store(base + uint64(end))
+		} else {
+			c.publish(base + uint64(end))
+		}
 		if afterChunk != nil {
 			afterChunk(m, j.r.id)
 		}
 	}
-	if len(src) == 0 {
+	if len(src) == 0 && !hold {
 		c.publish(base)
 	}
 	return chain.Sum(), nil

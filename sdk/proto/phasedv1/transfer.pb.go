@@ -130,8 +130,14 @@ type Descriptor struct {
 	// The CUDA IPC memory handle (64 bytes) of a cuda room's buffers; empty
 	// for every other backend.
 	CudaIpcHandle []byte `protobuf:"bytes,9,opt,name=cuda_ipc_handle,json=cudaIpcHandle,proto3" json:"cuda_ipc_handle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// shm only: where in the segment the receiver takes the sender's
+	// checksums without a Success frame (the same-host fast path): 8 bytes
+	// per buffer, in descriptor order, little-endian; the sender writes
+	// them, then sets the control block's done word. 0: the receiver takes
+	// Transferring and Success frames only.
+	ChecksumOffset uint64 `protobuf:"varint,10,opt,name=checksum_offset,json=checksumOffset,proto3" json:"checksum_offset,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Descriptor) Reset() {
@@ -225,6 +231,13 @@ func (x *Descriptor) GetCudaIpcHandle() []byte {
 		return x.CudaIpcHandle
 	}
 	return nil
+}
+
+func (x *Descriptor) GetChecksumOffset() uint64 {
+	if x != nil {
+		return x.ChecksumOffset
+	}
+	return 0
 }
 
 // StatusFrame goes sender -> receiver on the receiver's status socket.
@@ -323,7 +336,7 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x12\n" +
-	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\xb5\x02\n" +
+	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\xde\x02\n" +
 	"\n" +
 	"Descriptor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
@@ -336,7 +349,9 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\fsegment_size\x18\x06 \x01(\x04R\vsegmentSize\x121\n" +
 	"\abuffers\x18\a \x03(\v2\x17.phased.v1.TensorHeaderR\abuffers\x12\x18\n" +
 	"\abackend\x18\b \x01(\tR\abackend\x12&\n" +
-	"\x0fcuda_ipc_handle\x18\t \x01(\fR\rcudaIpcHandle\"\xd9\x01\n" +
+	"\x0fcuda_ipc_handle\x18\t \x01(\fR\rcudaIpcHandle\x12'\n" +
+	"\x0fchecksum_offset\x18\n" +
+	" \x01(\x04R\x0echecksumOffset\"\xd9\x01\n" +
 	"\vStatusFrame\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\x04R\x04room\x12\x1e\n" +

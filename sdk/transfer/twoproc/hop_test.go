@@ -43,7 +43,9 @@ func TestMain(m *testing.M) {
 //	open ROOM ENDPOINT BYTES  open the receiving side        → open
 //	recv ROOM                 wait for the data, verify it   → ok CHECKSUM
 //	remove ROOM               remove the room                → removed
-//	hop ROOM ENDPOINT BYTES   open, receive, remove at once  → open, then ok BYTES
+//	hop ROOM ENDPOINT BYTES   open, receive, remove at once  → open, then
+//	                          ok BYTES MONO (MONO: CLOCK_MONOTONIC in ns
+//	                          when Receive returned)
 //	count                     open fds and goroutines        → FDS GOROUTINES
 //	stream ROOM ENDPOINT BYTES  open; then, while the next commands run,
 //	                          receive and remove                → done ROOM
@@ -73,9 +75,10 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		at := monotonic()
 		n, _ := ts[0].NumBytes()
 		if hop {
-			fmt.Fprintln(out, "ok", n)
+			fmt.Fprintln(out, "ok", n, at)
 		} else {
 			// A cuda room's tensor is on the device: bring it back.
 			b := make([]byte, n)

@@ -1,0 +1,245 @@
+package transfer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/sdk/tensor"
+)
+
+// A sender given a descriptor with a checksum table ends the hop in the
+// segment: the bytes, the table, progress and done, and no frame at all;
+// given one without, it sends Transferring and Success as before.
+func TestFastPathSender(t *testing.T) {
+	p := newPair(t, nil)
+	zctx := rawContext(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{16}}, 3) // 64 bytes
+	y := filled(t, tensor.Spec{Name: "y", DType: tensor.Uint8, Shape: []int64{chunkSize + 5}}, 4)
+	for i, tableAt := range []uint64{chunkSize + 256, 0} {
+		room := uint64(1 + i)
+		ep, err := p.snd.OpenSender(room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		push := rawSocket(t, zctx, zmq.PUSH)
+		if err := push.Connect(ep); err != nil {
+			t.Fatal(err)
+		}
+		status := rawSocket(t, zctx, zmq.PULL)
+		statusEP := "ipc://" + filepath.Join(p.dir, "fake-status-"+string(rune('a'+i))+".sock")
+		if err := status.Bind(statusEP); err != nil {
+			t.Fatal(err)
+		}
+		const size = 2 * chunkSize
+		seg := fakeSegment(t, segmentName(p.rn, room, 5), size)
+		d := &phasedv1.Descriptor{
+			Version: wireVersion, Room: room, Generation: 5, StatusEndpoint: statusEP,
+			Segment: seg, SegmentSize: size, ChecksumOffset: tableAt,
+			Buffers: []*phasedv1.TensorHeader{
+				{Name: "x", Dtype: uint32(tensor.Float32), Shape: []int64{16}, Offset: 64, Length: 64},
+				{Name: "y", Dtype: uint32(tensor.Uint8), Shape: []int64{chunkSize + 5}, Offset: 128, Length: chunkSize + 5},
+			},
+		}
+		mustSend(t, push, marshal(t, d))
+		if err := p.snd.Send(ctx, room, []tensor.Tensor{y, x}); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(filepath.Join(DefaultShmDir, seg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(data[64:128]) != string(x.Data) || string(data[128:128+len(y.Data)]) != string(y.Data) {
+			t.Fatalf("room %d: the buffers do not hold the tensors", room)
+		}
+		c := ctrlOf(data)
+		if got, want := c.progress.Load(), uint64(64+len(y.Data)); got != want {
+			t.Errorf("room %d: progress %d, want %d", room, got, want)
+		}
+		frames := recvFrames(t, status, 200*time.Millisecond)
+		if tableAt == 0 {
+			if c.done.Load() != 0 {
+				t.Errorf("room %d: done set without a checksum table", room)
+			}
+			if len(frames) != 2 || frames[0].GetStatus() != Transferring.Proto() || frames[1].GetStatus() != Success.Proto() ||
+				frames[1].GetTensors()[1].GetXxh3() != tensor.Checksum(y.Data) {
+				t.Errorf("room %d: frames %v, want Transferring, then Success with the checksums", room, frames)
+			}
+			continue
+		}
+		if c.done.Load() != 1 {
+			t.Errorf("room %d: done %d, want 1", room, c.done.Load())
+		}
+		for k, want := range []uint64{tensor.Checksum(x.Data), tensor.Checksum(y.Data)} {
+			if got := binary.LittleEndian.Uint64(data[tableAt+8*uint64(k):]); got != want {
+				t.Errorf("room %d: checksum %d is %016x, want %016x", room, k, got, want)
+			}
+		}
+		if len(frames) != 0 {
+			t.Errorf("room %d: %d frames on the fast path, want none: %v", room, len(frames), frames)
+		}
+	}
+}
+
+// recvFrames reads the status frames that arrive within wait.
+func recvFrames(t *testing.T, s *zmq.Socket, wait time.Duration) []*phasedv1.StatusFrame {
+	t.Helper()
+	var out []*phasedv1.StatusFrame
+	deadline := time.Now().Add(wait)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return out
+		}
+		if err := s.SetRcvtimeo(left); err != nil {
+			t.Fatal(err)
+		}
+		b, err := s.RecvBytes(0)
+		if err != nil {
+			return out
+		}
+		f := &phasedv1.StatusFrame{}
+		if err := proto.Unmarshal(b, f); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, f)
+	}
+}
+
+// A receiver takes the end of a hop from the control block, and trusts
+// only what it verifies: a wrong checksum in the table fails the room. A
+// sender that publishes progress and sends frames (the Python SDK's way)
+// is served too, its Transferring frame not counted as a duplicate.
+func TestFastPathReceiver(t *testing.T) {
+	dir, rn := shortDir(t), uniqueName()
+	rcv := startManager(t, dir, rn, nil)
+	zctx := rawContext(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	senderEP := "ipc://" + filepath.Join(dir, "fake.sock")
+	fake := rawSocket(t, zctx, zmq.PULL)
+	if err := fake.Bind(senderEP); err != nil {
+		t.Fatal(err)
+	}
+	specs := []tensor.Spec{
+		{Name: "a", DType: tensor.Float32, Shape: []int64{8}},
+		{Name: "b", DType: tensor.Uint8, Shape: []int64{3 * chunkSize}},
+	}
+	want := []tensor.Tensor{filled(t, specs[0], 1), filled(t, specs[1], 2)}
+	bufs, tableAt, _, err := shmLayout(specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// open opens a room and plays the sender: it writes the tensors and
+	// returns the segment (unmapped at the test's end) and the descriptor.
+	open := func(room uint64) ([]byte, *phasedv1.Descriptor) {
+		t.Helper()
+		if err := rcv.OpenReceiver(room, senderEP, specs); err != nil {
+			t.Fatal(err)
+		}
+		b, err := fake.RecvBytes(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := &phasedv1.Descriptor{}
+		if err := proto.Unmarshal(b, d); err != nil {
+			t.Fatal(err)
+		}
+		if d.GetChecksumOffset() != tableAt {
+			t.Fatalf("descriptor names checksum offset %d, want %d (after the buffers)", d.GetChecksumOffset(), tableAt)
+		}
+		data, err := mapPeerSegment(DefaultShmDir, d.GetSegment(), d.GetSegmentSize())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Munmap(data) })
+		for i, b := range bufs {
+			copy(data[b.offset:b.offset+b.length], want[i].Data)
+		}
+		return data, d
+	}
+	finish := func(data []byte, sums ...uint64) {
+		for i, s := range sums {
+			binary.LittleEndian.PutUint64(data[tableAt+8*uint64(i):], s)
+		}
+		ctrlOf(data).finish(totalBytes(bufs))
+	}
+	good := []uint64{tensor.Checksum(want[0].Data), tensor.Checksum(want[1].Data)}
+
+	t.Run("the control block ends the hop", func(t *testing.T) {
+		data, _ := open(1)
+		received := make(chan error, 1)
+		go func() {
+			got, release, err := rcv.Receive(ctx, 1)
+			if err == nil {
+				err = sameTensors(got, want)
+				release()
+			}
+			received <- err
+		}()
+		eventually(t, "Receive to sleep on the control block", func() bool {
+			rcv.mu.Lock()
+			defer rcv.mu.Unlock()
+			return rcv.rooms[1].sleeping
+		})
+		finish(data, good...)
+		if err := <-received; err != nil {
+			t.Fatal(err)
+		}
+		wantStatus(t, rcv, 1, Success)
+	})
+
+	t.Run("a wrong checksum in the table", func(t *testing.T) {
+		data, _ := open(2)
+		finish(data, good[0], good[1]^1)
+		_, _, err := rcv.Receive(ctx, 2)
+		if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), `verify: tensor 1 "b": checksum mismatch`) {
+			t.Fatalf("Receive = %v, want a checksum mismatch of tensor 1", err)
+		}
+		wantStatus(t, rcv, 2, Failed)
+	})
+
+	t.Run("progress, then frames", func(t *testing.T) {
+		data, d := open(3)
+		ctrlOf(data).publish(totalBytes(bufs))
+		wantStatus(t, rcv, 3, Transferring) // seen in the control block
+		before := rcv.Dropped()
+		push := rawSocket(t, zctx, zmq.PUSH)
+		if err := push.Connect(d.GetStatusEndpoint()); err != nil {
+			t.Fatal(err)
+		}
+		frame := func(st Status, hs []*phasedv1.TensorHeader) []byte {
+			return marshal(t, &phasedv1.StatusFrame{Version: wireVersion, Room: 3, Generation: d.GetGeneration(), Status: st.Proto(), Tensors: hs})
+		}
+		var hs []*phasedv1.TensorHeader
+		for i, b := range d.GetBuffers() {
+			hs = append(hs, &phasedv1.TensorHeader{Name: b.GetName(), Dtype: b.GetDtype(), Shape: b.GetShape(), Length: b.GetLength(), Xxh3: good[i]})
+		}
+		mustSend(t, push, frame(Transferring, nil))
+		mustSend(t, push, frame(Success, hs))
+		got, release, err := rcv.Receive(ctx, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if err := sameTensors(got, want); err != nil {
+			t.Fatal(err)
+		}
+		if n := rcv.Dropped() - before; n != 0 {
+			t.Errorf("%d frames dropped, want 0", n)
+		}
+	})
+}
