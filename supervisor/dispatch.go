@@ -88,16 +88,34 @@ type attempt struct {
 	r      *request
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	lives  []*life    // per phase
-	opened []roomSide // every room side asked to open, upstream first
-	trace  *attemptTrace
+	lives  []*life // per phase
+	// sides are the two sides of every hop's room, sender then receiver,
+	// upstream first: hop i's are sides[2i] and sides[2i+1].
+	sides []*roomSide
+	trace *attemptTrace
+	// early counts the removals started while the attempt runs;
+	// finishing, closed by removeRooms, stops those still waiting.
+	early     sync.WaitGroup
+	finishing chan struct{}
 }
 
-// roomSide is one side of a hop's room on one instance process.
+// roomSide is one side of a hop's room on one instance process. It is
+// removed once (remove), whoever asks first.
 type roomSide struct {
 	l    *life
 	room uint64
+	role sdk.Role
+	once sync.Once
+	gone chan struct{} // closed once removed
 }
+
+func newRoomSide(l *life, room uint64, role sdk.Role) *roomSide {
+	return &roomSide{l: l, room: room, role: role, gone: make(chan struct{})}
+}
+
+// sender and receiver are hop i's sides.
+func (a *attempt) sender(i int) *roomSide   { return a.sides[2*i] }
+func (a *attempt) receiver(i int) *roomSide { return a.sides[2*i+1] }
 
 // cause returns the InstanceError that ended the attempt, or err.
 func (a *attempt) cause(err error) error {
@@ -115,7 +133,7 @@ func (a *attempt) cause(err error) error {
 // upstream first, runs every phase and removes the rooms in order; it
 // returns the last phase's artifact.
 func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
-	a := &attempt{r: r, trace: &attemptTrace{placing: time.Now()}}
+	a := &attempt{r: r, trace: &attemptTrace{placing: time.Now()}, finishing: make(chan struct{})}
 	a.ctx, a.cancel = context.WithCancelCause(r.ctx)
 	defer a.cancel(nil)
 	r.record(func(t *trace) { t.attempts = append(t.attempts, a.trace) })
@@ -153,13 +171,6 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 	// Without a journal nothing of the request survives the supervisor:
 	// its artifact need not be fsynced on the request's path.
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir(), NoSync: s.journal == nil}
-	r.record(func(*trace) { a.trace.opening = time.Now() })
-	err = s.openRooms(a, req, rooms)
-	r.record(func(*trace) { a.trace.opened = time.Now() })
-	if err != nil {
-		return nil, a.fail(a.cause(err))
-	}
-	r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
 	art, err := s.runPhases(a, req, rooms)
 	return art, a.fail(a.cause(err))
 }
@@ -227,61 +238,102 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 		rooms[i] = s.nextRoom.Add(1)
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
 		r.info.Backends = append(r.info.Backends, string(s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)))
-		a.opened = append(a.opened, roomSide{a.lives[i], rooms[i]}, roomSide{a.lives[i+1], rooms[i]})
+		a.sides = append(a.sides, newRoomSide(a.lives[i], rooms[i], sdk.RoleSender), newRoomSide(a.lives[i+1], rooms[i], sdk.RoleReceiver))
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
 	}
 	return rooms
 }
 
-// openRooms opens one room per hop in two rounds: every sender side at
-// once, then every receiver side at once with its sender's endpoint. So
-// the sender side of each hop exists before its receiver connects, in two
-// round trips whatever the pipeline's length. reserveRooms has recorded
-// every side: a cancelled open may still complete in the plugin, and
-// removeRooms must remove it either way.
-func (s *Supervisor) openRooms(a *attempt, req sdk.Request, rooms []uint64) error {
-	endpoints := make([]string, len(rooms))
-	round := func(role sdk.Role) error {
-		errs := make([]error, len(rooms))
-		var wg sync.WaitGroup
-		for i, room := range rooms {
-			backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
-			l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: backend}
-			if role == sdk.RoleReceiver {
-				l, spec.PeerEndpoint = a.lives[i+1], endpoints[i]
+// openHops opens every hop's room, each hop on its own: its sender side,
+// then its receiver side with the sender's endpoint, so that the sender
+// side of a hop exists before its receiver connects, in two round trips
+// whatever the pipeline's length, and a phase whose rooms are open need
+// not wait for the others' (runPhases). senderOpen[i] and hopOpen[i] are
+// closed once hop i's sender side, and then both its sides, are open; the
+// first failure cancels ctx with its reason. It records the rooms span
+// and, when every room is open, the "rooms open" event; its goroutines end
+// by the time wg is done. reserveRooms has recorded every side: a
+// cancelled open may still complete in the plugin, and removeRooms must
+// remove it either way.
+func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, a *attempt, req sdk.Request, rooms []uint64) (senderOpen, hopOpen []chan struct{}) {
+	senderOpen, hopOpen = make([]chan struct{}, len(rooms)), make([]chan struct{}, len(rooms))
+	a.r.record(func(*trace) { a.trace.opening = time.Now() })
+	var left sync.WaitGroup
+	for i := range rooms {
+		senderOpen[i], hopOpen[i] = make(chan struct{}), make(chan struct{})
+		wg.Add(1)
+		left.Add(1)
+		go func() {
+			defer wg.Done()
+			defer left.Done()
+			ep, err := s.openSide(ctx, a, req, i, sdk.RoleSender, "")
+			if err == nil {
+				close(senderOpen[i])
+				_, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep)
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				octx, cancel := context.WithTimeout(a.ctx, l.in.cfg.HangTimeout)
-				ep, err := l.ctl.OpenRoom(octx, spec)
-				if err != nil && a.ctx.Err() == nil && timedOut(octx, err) {
-					l.killHung(fmt.Sprintf("opening room %d took longer than hang_timeout %s", room, l.in.cfg.HangTimeout))
-					err = l.awaitExit(err)
-				}
-				cancel()
-				if err != nil {
-					errs[i] = fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
-				} else if role == sdk.RoleSender {
-					endpoints[i] = ep
-				}
-			}()
+			if err != nil {
+				fail(err)
+				return
+			}
+			close(hopOpen[i])
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		left.Wait()
+		a.r.record(func(*trace) { a.trace.opened = time.Now() })
+		if ctx.Err() == nil {
+			a.r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
 		}
-		wg.Wait()
-		return errors.Join(errs...)
-	}
-	if err := round(sdk.RoleSender); err != nil {
-		return err
-	}
-	return round(sdk.RoleReceiver)
+	}()
+	return senderOpen, hopOpen
 }
 
-// runPhases runs every phase of the attempt at once; each waits for its
-// inputs. The first failure cancels the others and is the reason.
-func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
-	ctx, cancel := context.WithCancel(a.ctx)
+// openSide opens hop i's room on its sender (phase i) or receiver (phase
+// i+1, with the sender's endpoint peer), and returns the sender's
+// endpoint.
+func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, i int, role sdk.Role, peer string) (string, error) {
+	room := a.sender(i).room
+	l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)}
+	if role == sdk.RoleReceiver {
+		l, spec.PeerEndpoint = a.lives[i+1], peer
+	}
+	octx, cancel := context.WithTimeout(ctx, l.in.cfg.HangTimeout)
 	defer cancel()
+	ep, err := l.ctl.OpenRoom(octx, spec)
+	if err != nil && ctx.Err() == nil && timedOut(octx, err) {
+		l.killHung(fmt.Sprintf("opening room %d took longer than hang_timeout %s", room, l.in.cfg.HangTimeout))
+		err = l.awaitExit(err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
+	}
+	return ep, nil
+}
+
+// runPhases opens the attempt's rooms (openHops) and runs each phase as
+// soon as its own rooms are open, so that the first phases compute while
+// the later rooms open; each waits for its inputs. It removes each side of
+// a room as soon as nothing needs it (removeEarly). The first failure
+// cancels the others and is the reason; a failure to open a room comes
+// first.
+func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
+	ctx, cancel := context.WithCancelCause(a.ctx)
+	var opening sync.WaitGroup
+	defer opening.Wait()
+	defer cancel(nil)
+	var openErr error
+	var once sync.Once
+	fail := func(err error) {
+		if ctx.Err() != nil {
+			return // cancelled for another reason, which is the attempt's
+		}
+		once.Do(func() { openErr = err })
+		cancel(err)
+	}
+	senderOpen, hopOpen := s.openHops(ctx, fail, &opening, a, req, rooms)
 	type result struct {
 		i   int
 		art *sdk.Artifact
@@ -299,16 +351,35 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		}
 		return k
 	}
-	a.r.record(func(*trace) {
-		now := time.Now()
-		for i := range a.trace.runs {
-			a.trace.runs[i].called = now
+	// ready waits until phase i's rooms are open: its input's both sides,
+	// its output's sender side (its Send waits for the receiver's
+	// descriptor itself).
+	ready := func(i int) error {
+		var chans []chan struct{}
+		if i > 0 {
+			chans = append(chans, hopOpen[i-1])
 		}
-	})
+		if i < len(rooms) {
+			chans = append(chans, senderOpen[i])
+		}
+		for _, ch := range chans {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		return nil
+	}
 	for i, l := range a.lives {
 		k := key(i)
 		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
 		go func() {
+			if err := ready(i); err != nil {
+				results <- result{i, nil, err}
+				return
+			}
+			a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 			res, err := l.ctl.Run(ctx, spec)
 			l.runReturned(k)
 			var run runTrace
@@ -336,6 +407,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 					detail += fmt.Sprintf(", sent %s in %s", HumanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
 				}
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: detail})
+				s.removeEarly(a, i, len(rooms))
 			}
 			results <- result{i, res.Artifact, l.explain(err)}
 		}()
@@ -354,12 +426,16 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 					first = fmt.Errorf("phase %s (%s): %w", l.in.phase, l.in.id, res.err)
 				}
 			}
-			cancel()
+			cancel(first)
 			continue
 		}
 		if res.i == len(a.lives)-1 {
 			art = res.art
 		}
+	}
+	opening.Wait() // openErr is final
+	if openErr != nil {
+		return nil, openErr
 	}
 	if first != nil {
 		return nil, first
@@ -370,45 +446,79 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 	return art, nil
 }
 
-// removeRooms removes the attempt's rooms in two rounds: every sender
-// side at once, then every receiver side at once. So within each hop the
-// sender lets go of the room before its receiver frees the buffers (no
-// sender ever writes into a freed buffer: invariant 1), while hops, which
-// share nothing, do not wait for each other: two round trips whatever the
-// pipeline's length, as openRooms. A side on a process that has exited
-// went with it.
+// removeEarly removes, once phase i's Run has returned well, the sides
+// of its rooms that nothing needs any more, in each hop's order: its
+// output's sender side at once (its Send has ended: it writes no more),
+// its input's receiver side once that hop's sender side is removed (so
+// no sender ever writes into a freed buffer: invariant 1). The attempt's
+// remaining rooms are removed after its last phase by removeRooms, which
+// this overlaps: for a pipeline that succeeds, only the last hop's
+// receiver side is left by then.
+func (s *Supervisor) removeEarly(a *attempt, i, hops int) {
+	if i < hops {
+		a.early.Add(1)
+		go func() {
+			defer a.early.Done()
+			s.removeOnce(a, a.sender(i))
+		}()
+	}
+	if i > 0 {
+		a.early.Add(1)
+		go func() {
+			defer a.early.Done()
+			select {
+			case <-a.sender(i - 1).gone:
+				s.removeOnce(a, a.receiver(i-1))
+			case <-a.finishing: // removeRooms takes it from here
+			}
+		}()
+	}
+}
+
+// removeRooms removes what is left of the attempt's rooms in two rounds:
+// every sender side at once, then every receiver side at once. So within
+// each hop the sender lets go of the room before its receiver frees the
+// buffers (invariant 1), while hops, which share nothing, do not wait for
+// each other: two round trips whatever the pipeline's length. Sides
+// removed already (removeEarly) are not asked again; one being removed is
+// waited for. A side on a process that has exited went with it.
 func (s *Supervisor) removeRooms(a *attempt) {
-	if len(a.opened) == 0 {
+	if len(a.sides) == 0 {
 		return
 	}
 	a.r.record(func(*trace) { a.trace.removing = time.Now() })
 	defer a.r.record(func(*trace) { a.trace.removed = time.Now() })
-	// a.opened is per hop the sender, then the receiver (when it was
-	// asked to open too): the first side of each room is its sender.
-	var senders, receivers []roomSide
-	for i, side := range a.opened {
-		if i > 0 && a.opened[i-1].room == side.room {
-			receivers = append(receivers, side)
-		} else {
-			senders = append(senders, side)
-		}
-	}
-	for _, round := range [][]roomSide{senders, receivers} {
+	close(a.finishing)
+	for _, role := range []sdk.Role{sdk.RoleSender, sdk.RoleReceiver} {
 		var wg sync.WaitGroup
-		for _, side := range round {
+		for _, side := range a.sides {
+			if side.role != role {
+				continue
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.removeSide(a, side)
+				s.removeOnce(a, side)
 			}()
 		}
 		wg.Wait()
 	}
-	a.opened = nil
+	a.early.Wait()
+	a.sides = nil
+}
+
+// removeOnce removes a side unless it was removed, and returns once it
+// is.
+func (s *Supervisor) removeOnce(a *attempt, side *roomSide) {
+	side.once.Do(func() {
+		s.removeSide(a, side)
+		close(side.gone)
+	})
+	<-side.gone
 }
 
 // removeSide removes one side of a room, and uncounts it.
-func (s *Supervisor) removeSide(a *attempt, side roomSide) {
+func (s *Supervisor) removeSide(a *attempt, side *roomSide) {
 	defer side.l.in.rooms.Add(-1)
 	if side.l.proc.exited() {
 		return

@@ -56,8 +56,8 @@ func TestSegmentPID(t *testing.T) {
 // configured run_dir but not a supervisor's.
 func TestSweepStale(t *testing.T) {
 	dead, live := deadPID(t), os.Getppid()
-	mkRun := func(pid int, created bool) string {
-		dir, err := os.MkdirTemp("/tmp", "phased-")
+	mkRunIn := func(parent, prefix string, pid int, created bool) string {
+		dir, err := os.MkdirTemp(parent, prefix)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,8 +74,10 @@ func TestSweepStale(t *testing.T) {
 		}
 		return dir
 	}
+	mkRun := func(pid int, created bool) string { return mkRunIn(runParents[0], runDirPrefix, pid, created) }
 	staleDir, liveDir := mkRun(dead, true), mkRun(live, true)
-	configured := mkRun(dead, false) // a run_dir under /tmp/phased-* too
+	legacyDir := mkRunIn("/tmp", "phased-", dead, true) // where earlier versions made it
+	configured := mkRun(dead, false)                    // a run_dir named like ours too
 	userFile := filepath.Join(configured, "notes.txt")
 	if err := os.WriteFile(userFile, []byte("mine"), 0o600); err != nil {
 		t.Fatal(err)
@@ -87,8 +89,10 @@ func TestSweepStale(t *testing.T) {
 	if err := s.sweepStale(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(staleDir); !os.IsNotExist(err) {
-		t.Errorf("the run directory of dead pid %d is still there (%v)", dead, err)
+	for _, dir := range []string{staleDir, legacyDir} {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("the run directory %s of dead pid %d is still there (%v)", dir, dead, err)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(liveDir, pidFile)); err != nil {
 		t.Errorf("the run directory of live pid %d was touched: %v", live, err)
@@ -106,13 +110,37 @@ func TestSweepStale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A run directory beside the segments is not one.
+	if err := os.Mkdir(filepath.Join(shm, runDirPrefix+strconv.Itoa(dead)), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	n, err := sweepDeadSegments(shm)
 	if err != nil || n != 1 {
 		t.Fatalf("sweepDeadSegments = %d, %v; want 1", n, err)
 	}
 	left, _ := os.ReadDir(shm)
-	if len(left) != 2 {
+	if len(left) != 3 {
 		t.Fatalf("left: %v", left)
+	}
+}
+
+// A run directory is made in memory when /dev/shm is there: every room
+// binds socket files in it.
+func TestNewRunDir(t *testing.T) {
+	dir, err := newRunDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	want := filepath.Join(os.TempDir(), runDirPrefix)
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		want = filepath.Join("/dev/shm", runDirPrefix)
+	}
+	if !strings.HasPrefix(dir, want) {
+		t.Errorf("run dir %s, want one starting with %s", dir, want)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("run dir mode %v (%v), want 0700", fi.Mode(), err)
 	}
 }
 

@@ -287,7 +287,7 @@ func (s *Supervisor) makeRunDir() error {
 	if s.cfg.RunDir != "" {
 		s.runDir = s.cfg.RunDir
 	} else {
-		dir, err := os.MkdirTemp("/tmp", "phased-")
+		dir, err := newRunDir()
 		if err != nil {
 			return fmt.Errorf("run dir: %w", err)
 		}

@@ -273,9 +273,7 @@ func TestRemoveRoomsOrder(t *testing.T) {
 		in.rooms.Store(2)
 	}
 	s := &Supervisor{logger: hclog.NewNullLogger()}
-	a := &attempt{r: &request{changed: make(chan struct{})}, trace: &attemptTrace{}, opened: []roomSide{
-		{lives["enc"], 1}, {lives["tr"], 1}, {lives["tr"], 2}, {lives["dec"], 2},
-	}}
+	a := testAttempt(lives["enc"], lives["tr"], lives["dec"])
 	s.removeRooms(a)
 	ev := log.events
 	pos := func(e string) int { return slices.Index(ev, e) }
@@ -291,8 +289,8 @@ func TestRemoveRoomsOrder(t *testing.T) {
 	if max(pos("begin enc 1"), pos("begin tr 2")) > min(pos("end enc 1"), pos("end tr 2")) {
 		t.Errorf("the senders of two hops were removed one after the other: %v", ev)
 	}
-	if len(ev) != 8 || a.opened != nil || a.trace.removed.IsZero() {
-		t.Errorf("calls %v, opened %v, removed at %v", ev, a.opened, a.trace.removed)
+	if len(ev) != 8 || a.sides != nil || a.trace.removed.IsZero() {
+		t.Errorf("calls %v, sides %v, removed at %v", ev, a.sides, a.trace.removed)
 	}
 	for name, l := range lives {
 		want := int64(1)
@@ -303,6 +301,96 @@ func TestRemoveRoomsOrder(t *testing.T) {
 			t.Errorf("instance %s counts %d rooms, want %d", name, got, want)
 		}
 	}
+}
+
+// testAttempt is an attempt of a pipeline of the given lives, its rooms
+// 1, 2, … reserved, as reserveRooms leaves it.
+func testAttempt(lives ...*life) *attempt {
+	a := &attempt{r: &request{changed: make(chan struct{})}, trace: &attemptTrace{}, lives: lives, finishing: make(chan struct{})}
+	for i := range len(lives) - 1 {
+		room := uint64(i + 1)
+		a.sides = append(a.sides, newRoomSide(lives[i], room, sdk.RoleSender), newRoomSide(lives[i+1], room, sdk.RoleReceiver))
+	}
+	return a
+}
+
+// listControl records the RemoveRoom calls it gets, in order.
+type listControl struct {
+	sdk.PhaseControl
+	name string
+	log  *callLog
+}
+
+func (c listControl) RemoveRoom(_ context.Context, room uint64) error {
+	c.log.add(fmt.Sprintf("%s %d", c.name, room))
+	return nil
+}
+
+// TestRemoveEarly: a phase whose Run returned has its output's sender
+// side removed at once, and its input's receiver side once that hop's
+// sender side is; removeRooms then removes only what is left, once.
+func TestRemoveEarly(t *testing.T) {
+	s := &Supervisor{logger: hclog.NewNullLogger()}
+	setup := func() (*attempt, *callLog) {
+		log := &callLog{}
+		alive := make(chan struct{})
+		var lives []*life
+		for _, name := range []string{"enc", "tr", "dec"} {
+			in := &instance{id: name, phase: name}
+			in.rooms.Store(2)
+			lives = append(lives, &life{in: in, proc: &process{done: alive}, ctl: listControl{name: name, log: log}})
+		}
+		lives[0].in.rooms.Store(1)
+		lives[2].in.rooms.Store(1)
+		return testAttempt(lives...), log
+	}
+	closed := func(ch chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	calls := func(log *callLog) []string {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		return slices.Clone(log.events)
+	}
+
+	t.Run("in the order phases end", func(t *testing.T) {
+		a, log := setup()
+		s.removeEarly(a, 1, 2) // the transformer returned
+		<-a.sender(1).gone
+		if closed(a.receiver(0).gone) {
+			t.Fatalf("the transformer's input was removed before the encoder's side: %v", calls(log))
+		}
+		s.removeEarly(a, 0, 2) // the encoder's answer comes after
+		<-a.receiver(0).gone
+		if got, want := calls(log), []string{"tr 2", "enc 1", "tr 1"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v", got, want)
+		}
+		s.removeRooms(a)
+		if got, want := calls(log), []string{"tr 2", "enc 1", "tr 1", "dec 2"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v: each side once, the last hop's receiver at the end", got, want)
+		}
+		for _, l := range a.lives {
+			if n := l.in.rooms.Load(); n != 0 {
+				t.Errorf("instance %s counts %d rooms, want 0", l.in.id, n)
+			}
+		}
+	})
+
+	t.Run("the attempt ends first", func(t *testing.T) {
+		a, log := setup()
+		s.removeEarly(a, 1, 2) // its input's receiver side waits for the encoder's
+		s.removeRooms(a)       // which failed: removeRooms takes over
+		got := calls(log)
+		pos := func(e string) int { return slices.Index(got, e) }
+		if len(got) != 4 || pos("enc 1") > pos("tr 1") || pos("tr 2") > pos("dec 2") || pos("tr 1") < 0 || pos("dec 2") < 0 {
+			t.Fatalf("removed %v: want each side once, each sender before its receiver", got)
+		}
+	})
 }
 
 // TestHopFromSendTime: the hop's start is the phase's own measure

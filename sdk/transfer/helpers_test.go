@@ -26,7 +26,9 @@ func uniqueName() string { return fmt.Sprintf("t%d-%d", os.Getpid(), nameSeq.Add
 // shortDir returns a fresh directory short enough for socket paths.
 func shortDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "tr")
+	// In memory, as the supervisor's run directory: a socket file on a
+	// disk file system costs an inode allocation per bind.
+	dir, err := os.MkdirTemp(DefaultShmDir, "tr")
 	if err != nil {
 		t.Fatal(err)
 	}

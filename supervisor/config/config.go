@@ -83,7 +83,7 @@ type Config struct {
 	// "plugins" directory beside the supervisor binary.
 	PluginDir string
 	// RunDir holds the run's ipc sockets; empty means a new short directory
-	// under /tmp, removed at release.
+	// in /dev/shm (else the temporary directory), removed at release.
 	RunDir string
 	// ArtifactDir is where the last phase writes artifacts.
 	ArtifactDir string

@@ -3,11 +3,15 @@ sockets and real /dev/shm, and hostile peers made of raw pyzmq sockets
 (ported from sdk/transfer/hostile_test.go and zmq_test.go). Every test checks
 that nothing is left: no segment, no socket file, no thread."""
 
+import ast
 import glob
 import json
 import logging
+import mmap
 import os
+import re
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -22,9 +26,21 @@ from phased.tensor import Spec
 from phased.transfer import (CancelledError, Manager, RoomExistsError, RoomFailedError, RoomRemovedError,
                              RoomState, TransferError, UnknownRoomError)
 from phased.transfer import frames as F
+from phased.transfer import segment as S
+from phased.transfer.futex import Ctrl
+from phased.transfer.manager import COPY_CHUNK
 
 SHM = "/dev/shm"
 _seq = [0]
+
+
+def unlink_all(paths):
+    """Removes the files a test made, those already gone aside."""
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 def unique(tag="m"):
@@ -504,6 +520,54 @@ def fake_segment(name, size):
     return path
 
 
+def hostile_descriptor_cases(manager, seg_of, link_to):
+    """(name, edit, the text the room's reason holds) of descriptors a
+    sender refuses (ported from sdk/transfer/hostile_test.go, with Go's
+    texts: test_hostile_texts_are_gos). Each edits a descriptor of one
+    buffer "x" float32[16] at offset 128 in a 4096-byte segment."""
+    return [
+        ("offset out of bounds", lambda d: setattr(d.buffers[0], "offset", 4090),
+         'buffer 0 "x": offset 4090 + length 64 is out of bounds of the 4096-byte segment'),
+        ("offset overflows", lambda d: setattr(d.buffers[0], "offset", 2 ** 64 - 8),
+         "is out of bounds of the 4096-byte segment"),
+        ("length does not match shape", lambda d: setattr(d.buffers[0], "length", 128),
+         'buffer 0 "x": length 128, but x:float32[16] is 64 bytes'),
+        ("unknown dtype", lambda d: setattr(d.buffers[0], "dtype", 99), "unknown dtype 99"),
+        ("two buffers with one name",
+         lambda d: d.buffers.add(name="x", dtype=1, shape=[16], offset=256, length=64),
+         'descriptor: two buffers are named "x"'),
+        ("overlapping buffers", lambda d: d.buffers.add(name="y", dtype=6, shape=[64], offset=160, length=64),
+         'buffers "x" and "y" overlap'),
+        ("path traversal", lambda d: setattr(d, "segment", "../etc/passwd"), 'bad segment name "../etc/passwd"'),
+        ("zero segment size", lambda d: setattr(d, "segment_size", 0), "segment size 0 is out of range (64.."),
+        ("oversized segment", lambda d: setattr(d, "segment_size", 1 << 45), "is out of range"),
+        ("buffer over the control block", lambda d: setattr(d.buffers[0], "offset", 32),
+         'descriptor: buffer 0 "x": offset 32 is inside the segment\'s 64-byte control block'),
+        ("checksum table over a buffer", lambda d: setattr(d, "checksum_offset", 184),
+         'descriptor: buffers "x" and "(checksum table)" overlap'),
+        ("checksum table in the control block", lambda d: setattr(d, "checksum_offset", 8),
+         "descriptor: checksum offset 8: want a multiple of 8 after the 64-byte control block"),
+        ("checksum table unaligned", lambda d: setattr(d, "checksum_offset", 260),
+         "descriptor: checksum offset 260: want a multiple of 8"),
+        ("checksum table out of bounds", lambda d: setattr(d, "checksum_offset", 4096),
+         "descriptor: checksum offset 4096 + 8 bytes is out of bounds of the 4096-byte segment"),
+        ("checksum table wraps", lambda d: setattr(d, "checksum_offset", 2 ** 64 - 8),
+         "is out of bounds of the 4096-byte segment"),
+        ("bad status endpoint", lambda d: setattr(d, "status_endpoint", "inproc://phased-transfer-wake"),
+         'descriptor: status endpoint "inproc://phased-transfer-wake": want ipc://PATH or tcp://HOST:PORT'),
+        # Checked by the worker when send runs:
+        ("segment size mismatch", lambda d: setattr(d, "segment_size", 8192), "is 4096 bytes, the descriptor says 8192"),
+        ("missing segment", lambda d: setattr(d, "segment", f"phased-{manager}missing-{d.room}-5"),
+         "no such file or directory"),
+        ("symlinked segment", lambda d: setattr(d, "segment", link_to(d.room)), "too many levels of symbolic links"),
+        ("another room's segment", lambda d: setattr(d, "segment", seg_of(1)), 'fake-1-5" is not the segment of room '),
+        ("shape differs from send", lambda d: d.buffers[0].shape.__setitem__(slice(None), [4, 4]),
+         "send: tensor 0 x:float32[16] does not match the receiver's buffer x:float32[4 4]"),
+        ("buffer the sender does not have", lambda d: setattr(d.buffers[0], "name", "y"),
+         'send: the receiver asks for tensor "y"; the sender has ["x"]'),
+    ]
+
+
 def test_hostile_descriptors(env):
     snd, rcv = env.pair()
     # A healthy room runs while the hostile ones fail.
@@ -525,37 +589,7 @@ def test_hostile_descriptors(env):
         return link
 
     x = np.arange(16, dtype=np.float32)
-    cases = [
-        ("offset out of bounds", lambda d: setattr(d.buffers[0], "offset", 4090),
-         'buffer 0 "x": offset 4090 + length 64 is out of bounds of the 4096-byte segment'),
-        ("offset overflows", lambda d: setattr(d.buffers[0], "offset", 2 ** 64 - 8),
-         "is out of bounds of the 4096-byte segment"),
-        ("length does not match shape", lambda d: setattr(d.buffers[0], "length", 128),
-         'buffer 0 "x": length 128, but x:float32[16] is 64 bytes'),
-        ("unknown dtype", lambda d: setattr(d.buffers[0], "dtype", 99), "unknown dtype 99"),
-        ("two buffers with one name",
-         lambda d: d.buffers.add(name="x", dtype=1, shape=[16], offset=256, length=64),
-         'descriptor: two buffers are named "x"'),
-        ("overlapping buffers", lambda d: d.buffers.add(name="y", dtype=6, shape=[64], offset=160, length=64),
-         'buffers "x" and "y" overlap'),
-        ("path traversal", lambda d: setattr(d, "segment", "../etc/passwd"), 'bad segment name "../etc/passwd"'),
-        ("zero segment size", lambda d: setattr(d, "segment_size", 0), "segment size 0 is out of range (64.."),
-        ("oversized segment", lambda d: setattr(d, "segment_size", 1 << 45), "is out of range"),
-        ("buffer over the control block", lambda d: setattr(d.buffers[0], "offset", 32),
-         'descriptor: buffer 0 "x": offset 32 is inside the segment\'s 64-byte control block'),
-        ("bad status endpoint", lambda d: setattr(d, "status_endpoint", "inproc://phased-transfer-wake"),
-         'descriptor: status endpoint "inproc://phased-transfer-wake": want ipc://PATH or tcp://HOST:PORT'),
-        # Checked by the worker when send runs:
-        ("segment size mismatch", lambda d: setattr(d, "segment_size", 8192), "is 4096 bytes, the descriptor says 8192"),
-        ("missing segment", lambda d: setattr(d, "segment", f"phased-{snd.name}missing-{d.room}-5"),
-         "no such file or directory"),
-        ("symlinked segment", lambda d: setattr(d, "segment", link_to(d.room)), "too many levels of symbolic links"),
-        ("another room's segment", lambda d: setattr(d, "segment", seg_of(1)), 'fake-1-5" is not the segment of room '),
-        ("shape differs from send", lambda d: d.buffers[0].shape.__setitem__(slice(None), [4, 4]),
-         "send: tensor 0 x:float32[16] does not match the receiver's buffer x:float32[4 4]"),
-        ("buffer the sender does not have", lambda d: setattr(d.buffers[0], "name", "y"),
-         'send: the receiver asks for tensor "y"; the sender has ["x"]'),
-    ]
+    cases = hostile_descriptor_cases(snd.name, seg_of, link_to)
     try:
         for i, (name, edit, want) in enumerate(cases):
             room = 100 + i
@@ -582,13 +616,33 @@ def test_hostile_descriptors(env):
         assert room_status(snd, 1).status == F.SUCCESS
         assert snd.status()[1] == 0  # hostile descriptors fail their room, they are not dropped
     finally:
-        for p in made:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        unlink_all(made)
         if os.path.exists(os.path.join(env.dir, "nobody.sock")):
             os.unlink(os.path.join(env.dir, "nobody.sock"))
+
+
+GO_HOSTILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "transfer", "hostile_test.go")
+# A case of Go's TestHostileDescriptors whose expected text is a string
+# literal: its name, and the literal (the edit does not reach the next case).
+_GO_CASE = re.compile(r'\{"([^"]+)", func\(d \*phasedv1\.Descriptor\) \{(?:(?!\n\s*\{").)*?\},\s*'
+                      r'(`[^`]*`|"(?:[^"\\]|\\.)*")\}', re.S)
+
+
+def test_hostile_texts_are_gos():
+    """The hostile descriptors that the Go tests share with these, by name,
+    fail with the same texts: the reasons a user reads do not depend on the
+    SDK that refused them."""
+    if not os.path.exists(GO_HOSTILE):
+        pytest.skip("the Go SDK's tests are not beside this one")
+    with open(GO_HOSTILE) as f:
+        go = {}
+        for name, lit in _GO_CASE.findall(f.read()):
+            go[name.lower()] = lit[1:-1] if lit.startswith("`") else ast.literal_eval(lit)
+    ours = {name.lower(): want for name, _, want in hostile_descriptor_cases("m", str, str)}
+    shared = sorted(set(go) & set(ours))
+    assert len(shared) >= 15 and "checksum table over a buffer" in shared, f"few shared cases: {shared}"
+    for name in shared:
+        assert ours[name] == go[name], name
 
 
 def test_dropped_descriptors(env):
@@ -655,12 +709,7 @@ class FakeSender:
     def write(d, want):
         """Fills the buffers with want and returns the Success headers a
         correct sender would report."""
-        import mmap
-        fd = os.open(os.path.join(SHM, d.segment), os.O_RDWR | os.O_NOFOLLOW)
-        try:
-            mm = mmap.mmap(fd, d.segment_size)
-        finally:
-            os.close(fd)
+        mm = map_segment(d)
         hs = []
         for b, w in zip(d.buffers, want):
             raw = w.reshape(-1).view(np.uint8).tobytes()
@@ -670,9 +719,50 @@ class FakeSender:
         mm.close()
         return hs
 
+    @staticmethod
+    def publish(d, n):
+        """Publishes n bytes copied in the control block."""
+        mm = map_segment(d)
+        c = Ctrl(mm)
+        c.publish(n)
+        c.close()
+        mm.close()
+
+    @staticmethod
+    def finish(d, sums):
+        """Ends a hop as a fast-path sender does (5.5), once the buffers are
+        written: the checksum table, then progress and done in the control
+        block, and the wake-up."""
+        mm = map_segment(d)
+        struct.pack_into(f"<{len(sums)}Q", mm, d.checksum_offset, *sums)
+        c = Ctrl(mm)
+        c.finish(sum(b.length for b in d.buffers))
+        c.close()
+        mm.close()
+
+    def vanish(self):
+        """The sender's process goes: its room socket closes."""
+        self.pull.close(0)
+        self.unlink()
+
+    def unlink(self):
+        try:
+            os.unlink(os.path.join(self.env.dir, "fake.sock"))
+        except FileNotFoundError:
+            pass
+
     def close(self):
         self.pull.close(0)
-        os.unlink(os.path.join(self.env.dir, "fake.sock"))
+        self.unlink()
+
+
+def map_segment(d):
+    """The segment a descriptor names, mapped read-write."""
+    fd = os.open(os.path.join(SHM, d.segment), os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        return mmap.mmap(fd, d.segment_size)
+    finally:
+        os.close(fd)
 
 
 def test_hostile_status_frames(env):
@@ -813,6 +903,213 @@ def test_zmq_data_after_success(env):
     push.send_multipart([F.encode_data_header(1, r.gen, 0), bytes(64)])  # late: must not overwrite
     eventually("the late data message to be dropped", lambda: rcv.status()[1] == 1)
     assert np.array_equal(rcv.receive(1)[0], x)
+
+
+# --- the fast path (5.5) ---------------------------------------------------------------------
+
+def recv_frames(s, wait):
+    """The status frames that arrive on s within wait seconds."""
+    out = []
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        if not s.poll(int(left * 1000) + 1):
+            break
+        out.append(transfer_pb2.StatusFrame.FromString(s.recv()))
+    return out
+
+
+def test_fast_path_sender(env):
+    """A sender given a descriptor with a checksum table ends the hop in the
+    segment: the bytes, the table, progress and done, and no frame at all;
+    given one without, it sends Transferring and Success as before. A
+    failure goes as a Failed frame on either path."""
+    snd = env.manager(tag="s")
+    x = np.arange(16, dtype=np.float32)  # 64 bytes
+    y = filled(Spec("y", "uint8", (COPY_CHUNK + 5,)), 4)  # two chunks
+    total = x.nbytes + y.nbytes
+    size = 2 * COPY_CHUNK
+    table_at = S.align_up(128 + y.nbytes)
+    sums = [T.checksum(x.tobytes()), T.checksum(y.tobytes())]
+    made = []
+    cases = [  # (checksum offset, outputs)
+        (table_at, {"y": y, "x": x}),
+        (0, {"y": y, "x": x}),
+        (table_at, {"x": x}),
+    ]
+    try:
+        for i, (at, outputs) in enumerate(cases):
+            room = 1 + i
+            ep = snd.open_sender(room, "shm")
+            push = env.socket(zmq.PUSH)
+            push.connect(ep)
+            status = env.socket(zmq.PULL)
+            status_ep = f"ipc://{env.dir}/fake-status-{room}.sock"
+            status.bind(status_ep)
+            made.append(status_ep[len("ipc://"):])
+            seg = f"phased-{snd.name}fake-{room}-5"
+            made.append(fake_segment(seg, size))
+            d = transfer_pb2.Descriptor(version=1, room=room, generation=5, status_endpoint=status_ep, segment=seg,
+                                        segment_size=size, checksum_offset=at)
+            d.buffers.add(name="x", dtype=T.FLOAT32, shape=[16], offset=64, length=64)
+            d.buffers.add(name="y", dtype=T.UINT8, shape=[y.nbytes], offset=128, length=y.nbytes)
+            push.send(d.SerializeToString())
+            if "y" not in outputs:
+                with pytest.raises(RoomFailedError) as e:
+                    snd.send(room, outputs)
+                want = 'send: the receiver asks for tensor "y"; the sender has ["x"]'
+                assert e.value.reason == want
+                frames = recv_frames(status, 0.2)
+                assert [(f.status, f.reason) for f in frames] == [(F.FAILED, want)]
+                with open(made[-1], "rb") as f:
+                    assert f.read() == bytes(size), "a failed fast-path send wrote the segment"
+                continue
+            assert snd.send(room, outputs) == total
+            assert room_status(snd, room).status == F.SUCCESS
+            with open(made[-1], "rb") as f:
+                data = f.read()
+            assert data[64:128] == x.tobytes() and data[128:128 + y.nbytes] == y.tobytes(), room
+            progress, seq, waiting, done = struct.unpack_from("<QIII", data)
+            assert progress == total and seq > 0 and waiting == 0, room
+            frames = recv_frames(status, 0.2)
+            if at == 0:
+                assert done == 0
+                assert [f.status for f in frames] == [F.TRANSFERRING, F.SUCCESS]
+                assert [t.xxh3 for t in frames[1].tensors] == sums
+                assert data[table_at:table_at + 16] == bytes(16)
+                continue
+            assert done == 1
+            assert list(struct.unpack_from("<2Q", data, table_at)) == sums
+            assert frames == [], "frames on the fast path"
+        assert snd.status()[1] == 0
+    finally:
+        unlink_all(made)
+
+
+def test_fast_path_receiver(env):
+    """A receiver takes the end of a hop from the control block, waiting on
+    it from WaitingForInput on, and trusts only what it verifies: a wrong
+    checksum in the table fails the room. A sender that publishes progress
+    and then sends frames is served too, its Transferring frame not
+    counted as a duplicate."""
+    rcv = env.manager(tag="r")
+    fake = FakeSender(env, rcv)
+    specs = [Spec("a", "float32", (8,)), Spec("b", "uint8", (3 * F.CHECKSUM_BLOCK,))]
+    want = [filled(specs[0], 1), filled(specs[1], 2)]
+    bufs, table_at, _ = S.shm_layout(specs)
+    total = sum(b.length for b in bufs)
+    good = [T.checksum(w.tobytes()) for w in want]
+
+    # The control block ends the hop.
+    d, _ = fake.open(1, specs)
+    assert d.checksum_offset == table_at != 0
+    fake.write(d, want)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("got", rcv.receive(1)))
+    t.start()
+    eventually("receive to sleep on the control block", lambda: rcv._rooms[1].sleeping)
+    assert room_status(rcv, 1).status == F.WAITING_FOR_INPUT
+    fake.finish(d, good)
+    t.join(5)
+    assert all(same(g, w) for g, w in zip(box.pop("got"), want))
+    assert room_status(rcv, 1).status == F.SUCCESS
+
+    # A wrong checksum in the table.
+    d, _ = fake.open(2, specs)
+    fake.write(d, want)
+    fake.finish(d, [good[0], good[1] ^ 1])
+    with pytest.raises(RoomFailedError) as e:
+        rcv.receive(2)
+    assert e.value.reason == F.checksum_mismatch(1, bufs[1], good[1], good[1] ^ 1)
+    assert room_status(rcv, 2).status == F.FAILED
+
+    # Progress, then frames.
+    d, push = fake.open(3, specs)
+    hs = fake.write(d, want)
+    fake.publish(d, total)
+    wait_status(rcv, 3, F.TRANSFERRING)  # seen in the control block
+    push.send(fake.frame(d, F.TRANSFERRING))
+    push.send(fake.frame(d, F.SUCCESS, tensors=hs))
+    got = rcv.receive(3)
+    assert all(same(g, w) for g, w in zip(got, want))
+    del got
+    assert rcv.status()[1] == 0, "frames dropped"
+    for room in (1, 2, 3):
+        rcv.remove(room)
+    fake.close()
+
+
+def test_fast_path_done_outlives_peer(env):
+    """done counts as the Success frame: a sender that finished and went
+    (or went, and finished before the timeout) does not fail its room by
+    the peer timeout, and the room's segment goes back to the pool; one
+    that only published progress does, and its segment does not."""
+    rcv = env.manager(tag="r", peer_timeout=0.5)
+    fake = FakeSender(env, rcv)
+    specs = [Spec("x", "uint8", (1000,))]
+    want = [filled(specs[0], 5)]
+    sums = [T.checksum(want[0].tobytes())]
+    ds = {room: fake.open(room, specs)[0] for room in (1, 2, 3, 4)}
+    for room, d in ds.items():
+        fake.write(d, want)
+        if room in (2, 4):
+            fake.publish(d, 1000)
+        else:
+            fake.finish(d, sums)
+        wait_status(rcv, room, F.TRANSFERRING)
+    time.sleep(0.05)  # the connections are up
+    fake.vanish()
+    eventually("room 4's peer timer", lambda: 4 in rcv._timed)
+    fake.finish(ds[4], sums)
+    st = wait_status(rcv, 2, F.FAILED)
+    assert st.reason == (f"peer timeout: the sender at {fake.ep} disconnected and did not come back within 500ms "
+                         "(PeerTimeout)")
+    time.sleep(0.5)  # as long again: the other rooms' timers would have fired too
+    assert [room_status(rcv, room).status for room in (1, 3, 4)] == [F.TRANSFERRING] * 3
+    got = rcv.receive(1)
+    assert same(got[0], want[0])
+    del got
+    assert rcv._pool.idle()[0] == 0
+    rcv.remove(3)  # never received: done alone makes it reusable
+    assert rcv._pool.idle()[0] == 1
+    rcv.remove(2)
+    assert rcv._pool.idle()[0] == 1
+    rcv.remove(1)
+    assert rcv._pool.idle()[0] == 2
+    rcv.remove(4)
+    assert rcv._pool.idle()[0] == 3
+
+
+def test_fast_path_between_python_managers(env, monkeypatch):
+    """Two Python managers take the fast path on shm: the receiver names a
+    checksum table, the sender takes it, and the receiver handles no status
+    frame at all; on zmq the frames come as before."""
+    snd, rcv = env.pair()
+    frames = []
+    handle = rcv._o_handle_status
+
+    def spy(rid, b):
+        f, _ = F.decode_status(b, rid)
+        frames.append((rid, f.status if f is not None else None))
+        handle(rid, b)
+
+    monkeypatch.setattr(rcv, "_o_handle_status", spy)
+    specs = [Spec("context", "float32", (16, 64)), Spec("latent", "float32", (4, 8, 24, 32))]
+    want = [filled(s, i) for i, s in enumerate(specs)]
+    outputs = {s.name: w for s, w in zip(specs, want)}
+    open_room(snd, rcv, 1, specs)
+    wait_status(snd, 1, F.WAITING_FOR_INPUT)
+    assert snd._rooms[1].desc.checksum_offset == rcv._rooms[1].sums_at == S.shm_layout(specs)[1] == 102464
+    got = hop(snd, rcv, 1, outputs)
+    assert all(same(g, w) for g, w in zip(got, want))
+    del got
+    assert room_status(snd, 1).status == room_status(rcv, 1).status == F.SUCCESS
+    open_room(snd, rcv, 2, specs, "zmq")
+    got = hop(snd, rcv, 2, outputs)
+    assert all(same(g, w) for g, w in zip(got, want))
+    del got
+    eventually("the zmq room's frames", lambda: len(frames) == 2)
+    assert frames == [(2, F.TRANSFERRING), (2, F.SUCCESS)], "status frames on the shm fast path"
+    assert snd.status()[1] == rcv.status()[1] == 0
 
 
 # --- peers that vanish (4.6) -----------------------------------------------------------------

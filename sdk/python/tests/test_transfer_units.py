@@ -16,7 +16,7 @@ from phased import tensor as T
 from phased._proto.phasedv1 import transfer_pb2
 from phased.transfer import frames as F
 from phased.transfer import segment as S
-from phased.transfer.futex import Ctrl, futex_wait, futex_wake
+from phased.transfer.futex import Ctrl, fence, futex_wait, futex_wake
 from phased.transfer.manager import _UsedIDs, _Verifier, go_duration
 
 SHM = "/dev/shm"
@@ -159,6 +159,12 @@ def test_descriptor_valid_and_roundtrip():
     assert d.backend == "shm" and d.generation == 11 and d.segment_size == 4096 and d.buffers == bufs
     zb = F.encode_descriptor("zmq", 9, 11, "tcp://127.0.0.1:5", "", 64, [])
     assert F.parse_descriptor(F.decode_descriptor(zb, 9)[0]).backend == "zmq"
+    assert F.parse_descriptor(pd).checksum_offset == 0
+    fb = F.encode_descriptor("shm", 9, 11, "ipc:///tmp/r.sock", "phased-a.1-9-11", 4096, bufs, 192)
+    fpd, _ = F.decode_descriptor(fb, 9)
+    assert fpd.checksum_offset == 192
+    d = F.parse_descriptor(fpd)
+    assert d.fast and d.checksum_offset == 192 and d.buffers == bufs
 
 
 def test_descriptor_dropped():
@@ -244,9 +250,29 @@ DESCRIPTOR_CASES = [
     ("offset out of bounds", _set_buf(offset=4090),
      'descriptor: buffer 0 "x": offset 4090 + length 64 is out of bounds of the 4096-byte segment'),
     ("offset overflows", _set_buf(offset=2 ** 64 - 8), "is out of bounds of the 4096-byte segment"),
-    # rule 8: overlaps
+    # rule 8: the checksum table (the fast path, 5.5)
+    ("checksum table in the control block", lambda d: setattr(d, "checksum_offset", 8),
+     "descriptor: checksum offset 8: want a multiple of 8 after the 64-byte control block"),
+    ("checksum table unaligned", lambda d: setattr(d, "checksum_offset", 260),
+     "descriptor: checksum offset 260: want a multiple of 8 after the 64-byte control block"),
+    ("checksum table out of bounds", lambda d: setattr(d, "checksum_offset", 4096),
+     "descriptor: checksum offset 4096 + 8 bytes is out of bounds of the 4096-byte segment"),
+    ("checksum table past the end", lambda d: (_add(d, name="y", dtype=6, shape=[8], offset=256, length=8),
+                                               setattr(d, "checksum_offset", 4088)),
+     "descriptor: checksum offset 4088 + 16 bytes is out of bounds of the 4096-byte segment"),
+    ("checksum table wraps", lambda d: setattr(d, "checksum_offset", 2 ** 64 - 8),
+     "descriptor: checksum offset 18446744073709551608 + 8 bytes is out of bounds of the 4096-byte segment"),
+    ("zmq carries a checksum table", lambda d: (setattr(d, "backend", "zmq"), setattr(d, "segment", ""),
+                                                setattr(d, "checksum_offset", 256)),
+     "descriptor: a zmq descriptor carries checksum offset 256; only a shm one may"),
+    # rule 9: overlaps, the checksum table's included
     ("overlapping buffers", lambda d: _add(d, name="y", dtype=6, shape=[64], offset=160, length=64),
      'descriptor: buffers "x" and "y" overlap'),
+    ("checksum table over a buffer", lambda d: setattr(d, "checksum_offset", 184),
+     'descriptor: buffers "x" and "(checksum table)" overlap'),
+    ("buffer over the checksum table", lambda d: (_add(d, name="y", dtype=6, shape=[8], offset=256, length=8),
+                                                  setattr(d, "checksum_offset", 120)),
+     'descriptor: buffers "(checksum table)" and "x" overlap'),
 ]
 
 
@@ -273,6 +299,16 @@ def test_descriptor_edge_cases_accepted():
     d = base_descriptor(status_endpoint="tcp://10.0.0.1:5555")
     d.buffers[0].offset = 4096 - 64
     assert F.parse_descriptor(d).buffers[0].offset == 4032
+    # An empty buffer shares no byte, wherever it lies (as in Go's check).
+    d = base_descriptor()
+    d.buffers.add(name="e", dtype=6, shape=[0], offset=150, length=0)
+    assert [b.name for b in F.parse_descriptor(d).buffers] == ["x", "e"]
+    # The checksum table may touch a buffer and end at the segment's end;
+    # without one the receiver takes frames.
+    for off in (192, 4088, 64):
+        d = F.parse_descriptor(base_descriptor(checksum_offset=off))
+        assert d.checksum_offset == off and d.fast
+    assert not F.parse_descriptor(base_descriptor()).fast
 
 
 def test_check_endpoint():
@@ -314,6 +350,12 @@ def test_check_headers():
         with pytest.raises(ValueError, match=None) as e:
             F.check_headers(bufs, hs)
         assert str(e.value) == want
+    # The fast path's table stands for a Success frame's tensors.
+    table = (1).to_bytes(8, "little") + (0xFFFFFFFFFFFFFFFE).to_bytes(8, "little") + b"rest"
+    assert F.sums_of(bufs, table) == [F.Header("a", T.FLOAT32, (8,), 32, 1),
+                                      F.Header("b", T.UINT8, (100,), 100, 0xFFFFFFFFFFFFFFFE)]
+    F.check_headers(bufs, F.sums_of(bufs, table))
+    assert F.sums_of([], b"") == []
     assert F.checksum_mismatch(1, bufs[1], 0x5d1f, 0x0b3a) == \
         'verify: tensor 1 "b": checksum mismatch: buffer has 0000000000005d1f, the sender reported 0000000000000b3a'
 
@@ -370,6 +412,24 @@ def test_layout_example():
     assert [(b.name, b.offset, b.length) for b in bufs] == [("context", 64, 4096), ("latent", 4160, 98304)]
     assert need == 102464
     assert S.size_class(need) == 131072
+    # A shm room puts the fast path's checksum table after the buffers.
+    bufs2, sums_at, need = S.shm_layout(specs)
+    assert bufs2 == bufs and (sums_at, need) == (102464, 102480)
+    assert S.size_class(need) == 131072
+
+
+def test_shm_layout_rules():
+    specs = [T.Spec("a", "uint8", (3,)), T.Spec("e", "uint8", (0,))]
+    bufs, sums_at, need = S.shm_layout(specs)
+    assert [(b.offset, b.length) for b in bufs] == [(64, 3), (128, 0)]
+    assert (sums_at, need) == (128, 144)
+    assert S.shm_layout([]) == ([], 64, 64)
+    # The table counts towards the limit: these buffers end 64 bytes
+    # before it, their table 64 bytes after.
+    big = [T.Spec(f"t{i}", "uint8", (1 << 40,)) for i in range(15)] + [T.Spec("last", "uint8", ((1 << 40) - 128,))]
+    assert S.layout(big, 64)[1] == S.MAX_SEGMENT_SIZE - 64
+    with pytest.raises(ValueError, match=f"inputs need more than {S.MAX_SEGMENT_SIZE} bytes"):
+        S.shm_layout(big)
 
 
 def test_layout_rules():
@@ -521,6 +581,17 @@ def test_ctrl_and_futex():
     assert int.from_bytes(buf[0:8], "little") == 12345 and int.from_bytes(buf[8:12], "little") == 1
     c.reset()
     assert bytes(buf[:16]) == bytes(16)
+    # done, at offset 16: set by the sender's finish (with progress and a
+    # wake-up), zeroed by reset, which leaves the reserved bytes alone.
+    assert not c.done()
+    c.finish(777)
+    assert c.done() and c.progress() == 777 and c.seq() == 1
+    assert int.from_bytes(buf[16:20], "little") == 1 and int.from_bytes(buf[0:8], "little") == 777
+    buf[20:64] = b"\xff" * 44
+    c.reset()
+    assert bytes(buf[:20]) == bytes(20) and not c.done() and bytes(buf[20:]) == b"\xff" * 44
+    buf[20:64] = bytes(44)
+    fence()  # a barrier, or nothing on x86-64
     # A sleep ends at its timeout, or at once when seq moved.
     t = time.monotonic()
     c.sleep(0, 0.05)

@@ -13,7 +13,9 @@ import (
 // test ends.
 func runDir(tb testing.TB) string {
 	tb.Helper()
-	dir, err := os.MkdirTemp("/tmp", "2p")
+	// In memory, as the supervisor's run directory: a socket file on a
+	// disk file system costs an inode allocation per bind.
+	dir, err := os.MkdirTemp(transfer.DefaultShmDir, "2p")
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -154,6 +154,14 @@ class Descriptor:
     segment: str
     segment_size: int
     buffers: List[Buffer]
+    # Where a shm receiver takes the checksums through the segment (the
+    # fast path, section 5.5); 0: through the Success frame.
+    checksum_offset: int = 0
+
+    @property
+    def fast(self) -> bool:
+        """Whether the receiver takes the fast path."""
+        return self.checksum_offset != 0
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,7 @@ def decode_descriptor(b: bytes, room: int):
 
 
 def parse_descriptor(pd) -> Descriptor:
-    """Validates a decoded descriptor (4.3 rules 1-8); raises DescriptorError."""
+    """Validates a decoded descriptor (4.3 rules 1-9); raises DescriptorError."""
     try:
         check_endpoint(pd.status_endpoint)
     except ValueError as e:
@@ -262,19 +270,40 @@ def parse_descriptor(pd) -> Descriptor:
             raise DescriptorError(f"descriptor: buffer {i} {go_quote(bname)}: offset {off} + length {length} "
                                   f"is out of bounds of the {size}-byte segment")
         bufs.append(Buffer(bname, pb.dtype, shape, off, length))
-    # Sorted by offset (empty buffers first at a shared offset: they hold no byte).
-    by_offset = sorted(bufs, key=lambda b: (b.offset, b.length))
+    overlap = bufs
+    off = pd.checksum_offset
+    if off != 0:
+        n = 8 * len(bufs)
+        if backend != SHM:
+            raise DescriptorError(f"descriptor: a {backend} descriptor carries checksum offset {off}; "
+                                  "only a shm one may")
+        if off < CTRL_SIZE or off % 8 != 0:
+            raise DescriptorError(f"descriptor: checksum offset {off}: want a multiple of 8 after the "
+                                  f"{CTRL_SIZE}-byte control block")
+        if off > size or n > size - off:
+            raise DescriptorError(f"descriptor: checksum offset {off} + {n} bytes is out of bounds of the "
+                                  f"{size}-byte segment")
+        # The table must share no byte with a buffer.
+        overlap = bufs + [Buffer("(checksum table)", T.UINT8, (n,), off, n)]
+    check_overlap(overlap)
+    return Descriptor(room=pd.room, backend=backend, generation=pd.generation, status_endpoint=pd.status_endpoint,
+                      segment=name, segment_size=size, buffers=bufs, checksum_offset=off)
+
+
+def check_overlap(bufs: Sequence[Buffer]) -> None:
+    """No two non-empty buffers share a byte (4.3 rule 9). An empty one
+    shares none, wherever it lies."""
+    by_offset = sorted((b for b in bufs if b.length), key=lambda b: b.offset)
     for prev, cur in zip(by_offset, by_offset[1:]):
         if prev.offset + prev.length > cur.offset:
             raise DescriptorError(f"descriptor: buffers {go_quote(prev.name)} and {go_quote(cur.name)} overlap")
-    return Descriptor(room=pd.room, backend=backend, generation=pd.generation, status_endpoint=pd.status_endpoint,
-                      segment=name, segment_size=size, buffers=bufs)
 
 
 def encode_descriptor(backend: str, room: int, gen: int, status_endpoint: str, segment: str, size: int,
-                      bufs: Sequence[Buffer]) -> bytes:
+                      bufs: Sequence[Buffer], checksum_offset: int = 0) -> bytes:
     pd = transfer_pb2.Descriptor(version=WIRE_VERSION, room=room, generation=gen, status_endpoint=status_endpoint,
-                                 segment=segment, segment_size=size, backend=backend)
+                                 segment=segment, segment_size=size, backend=backend,
+                                 checksum_offset=checksum_offset)
     for b in bufs:
         pd.buffers.add(name=b.name, dtype=b.dtype, shape=list(b.shape), offset=b.offset, length=b.length)
     return pd.SerializeToString()
@@ -319,6 +348,14 @@ def check_headers(bufs: Sequence[Buffer], hs: Sequence[Header]) -> None:
         if h.length != b.length:
             raise ValueError(f"verify: tensor {i} {go_quote(b.name)}: the sender wrote {h.length} bytes, "
                              f"expected {b.length}")
+
+
+def sums_of(bufs: Sequence[Buffer], table) -> List[Header]:
+    """The fast path's checksum table (8 bytes per buffer, little-endian,
+    in order), read once: the headers a Success frame would carry, the
+    specs and lengths being the buffers' own (5.5)."""
+    sums = struct.unpack_from(f"<{len(bufs)}Q", table)
+    return [Header(b.name, b.dtype, b.shape, b.length, s) for b, s in zip(bufs, sums)]
 
 
 def checksum_mismatch(i: int, b: Buffer, got: int, want: int) -> str:

@@ -4,6 +4,9 @@
     offset 8   seq       uint32  futex word, bumped by every publish and by
                                  the receiver's own process to wake its waiter
     offset 12  waiting   uint32  1 while the receiver sleeps on seq
+    offset 16  done      uint32  fast path (5.5): 1 once every buffer and
+                                 the checksum table are written; the sender
+                                 writes nothing after it
 
 Python has no atomic read-modify-write on shared memory. What this module
 does instead:
@@ -15,7 +18,14 @@ does instead:
   only costs a wake-up, and the receiver's sleeps end after MAX_SLEEP;
 - a publishing sender always calls FUTEX_WAKE (one cheap syscall per
   256 KiB block) instead of loading `waiting` first, so that no store-load
-  reordering can lose a wake-up.
+  reordering can lose a wake-up; so does a finishing one;
+- done (the fast path) must not be seen before the buffers and the
+  checksum table it vouches for: a reused segment holds the last room's
+  bytes and table, which agree with each other. On x86-64, which keeps
+  stores in order with stores and loads with loads, plain ones do;
+  elsewhere fence() stands in for the missing barriers: the sender fences
+  before it stores done, the receiver after it loaded done and before it
+  reads the table.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ FUTEX_WAKE = 1
 INT32_MAX = 0x7FFFFFFF
 
 _SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
+# x86-64 orders stores with stores and loads with loads (TSO).
+_ORDERED = platform.machine().lower() in ("x86_64", "amd64")
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -60,13 +72,26 @@ def futex_wake(addr: int) -> None:
              ctypes.c_uint32(INT32_MAX), ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_uint32(0))
 
 
+_fence_word = ctypes.c_uint32(0)
+
+
+def fence() -> None:
+    """A full memory barrier where the CPU does not keep memory accesses in
+    order (not x86-64): a FUTEX_WAKE on a word nobody waits on, since
+    Linux's futex_wake orders memory fully (smp_mb) before it looks for
+    waiters. Python has no fence instruction of its own."""
+    if _ORDERED or _SYS_FUTEX is None:
+        return
+    futex_wake(ctypes.addressof(_fence_word))
+
+
 class Ctrl:
     """The control block at the start of a mapped segment (an mmap). It holds
     numpy views of the mapping: call close() before unmapping it."""
 
     def __init__(self, buf):
         self._p = np.frombuffer(buf, dtype="<u8", count=1, offset=0)
-        self._w = np.frombuffer(buf, dtype="<u4", count=2, offset=8)  # seq, waiting
+        self._w = np.frombuffer(buf, dtype="<u4", count=3, offset=8)  # seq, waiting, done
         self._seq_addr = self._w.ctypes.data
         assert self._p.ctypes.data % 8 == 0
 
@@ -74,10 +99,10 @@ class Ctrl:
         self._p = self._w = None
 
     def reset(self) -> None:
-        """Zeroes progress, seq and waiting (the receiver, before its descriptor)."""
+        """Zeroes progress, seq, waiting and done (the receiver, before its
+        descriptor)."""
         self._p[0] = 0
-        self._w[0] = 0
-        self._w[1] = 0
+        self._w[:] = 0
 
     def progress(self) -> int:
         return int(self._p[0])
@@ -85,12 +110,30 @@ class Ctrl:
     def seq(self) -> int:
         return int(self._w[0])
 
+    def done(self) -> bool:
+        """Whether the sender of a fast-path room has finished writing. Once
+        it returns True, the buffers and the checksum table may be read."""
+        if int(self._w[2]) == 0:
+            return False
+        fence()  # done before the table and the buffers
+        return True
+
     def _bump(self) -> None:
         self._w[0] = (int(self._w[0]) + 1) & 0xFFFFFFFF
 
     def publish(self, n: int) -> None:
         """Sender: n bytes are final. Store progress, bump seq, wake."""
         self._p[0] = n
+        self._bump()
+        futex_wake(self._seq_addr)
+
+    def finish(self, n: int) -> None:
+        """Sender, fast path: every buffer and the checksum table are
+        written, n bytes in all. Store progress and done, bump seq, wake.
+        The sender writes nothing in the segment after it."""
+        self._p[0] = n
+        fence()  # the buffers and the table before done
+        self._w[2] = 1
         self._bump()
         futex_wake(self._seq_addr)
 
@@ -110,4 +153,4 @@ class Ctrl:
         self._w[1] = 0
 
 
-__all__ = ["Ctrl", "futex_wait", "futex_wake", "FUTEX_WAIT", "FUTEX_WAKE"]
+__all__ = ["Ctrl", "fence", "futex_wait", "futex_wake", "FUTEX_WAIT", "FUTEX_WAKE"]

@@ -11,7 +11,8 @@ Threads:
 - the **transfer worker** runs one Send at a time: it copies tensors into
   receiver segments (shm) in 256 KiB blocks, checking between blocks whether
   the room was removed or failed or the Send cancelled, or has the owner
-  stream them (zmq).
+  stream them (zmq). On the shm fast path (a receiver that names a
+  checksum table) it ends the hop in the segment, with no status frame.
 - the callers' threads (open, send, receive, remove, status, close) wait on
   one condition variable; receive hashes the buffers on the caller's thread.
 
@@ -28,6 +29,7 @@ import os
 import random
 import re
 import resource
+import struct
 import threading
 import time
 import weakref
@@ -42,12 +44,12 @@ import zmq
 
 from .. import tensor as T
 from . import frames as F
-from .frames import (BOOTSTRAPPING, CHECKSUM_BLOCK, CTRL_SIZE, FAILED, MAX_BUFFERS, MAX_FRAME_SIZE, MAX_SLEEP,
+from .frames import (BOOTSTRAPPING, CHECKSUM_BLOCK, FAILED, MAX_BUFFERS, MAX_FRAME_SIZE, MAX_SLEEP,
                      MAX_USED_IDS, RECEIVER, SENDER, SHM, SUCCESS, TRANSFERRING, WAITING_FOR_INPUT, ZMQ, ZMQ_CHUNK,
                      Buffer, Descriptor, Header, go_quote)
 from .futex import Ctrl
 from .segment import (SHM_DIR, MapCache, Pool, Segment, os_error_text, layout, receiver_socket_name, segment_name,
-                      sender_socket_name)
+                      sender_socket_name, shm_layout)
 
 DEFAULT_PEER_TIMEOUT = 10.0
 DEFAULT_ZMQ_HOST = "127.0.0.1"
@@ -201,7 +203,11 @@ class _Room:
         self.gen = 0
         self.seg: Optional[Segment] = None
         self.bufs: List[Buffer] = []
-        self.final: Optional[List[Header]] = None  # the Success frame's tensors
+        self.final: Optional[List[Header]] = None  # the Success frame's tensors (or the checksum table's)
+        self.sums_at = 0  # a shm room's checksum table (the fast path)
+        # The control block, not a frame, moved the room to Transferring
+        # (_observe_locked): one Transferring frame is then no duplicate.
+        self.moved_by_ctrl = False
         self.verifying = False  # a receive is hashing (it owns verifier)
         self.verifier = _Verifier()
         self.sleeping = False  # the verifying receive sleeps on the control block
@@ -211,6 +217,19 @@ class _Room:
     @property
     def ctrl(self) -> Optional[Ctrl]:
         return self.seg.ctrl if self.seg is not None else None
+
+    def copying(self) -> bool:
+        """Whether the sender may be writing a shm room's buffers: it is
+        Transferring, or, on the fast path, where no Transferring frame
+        comes, WaitingForInput. Manager._mu is held."""
+        return self.ctrl is not None and (self.status == TRANSFERRING
+                                          or self.sums_at != 0 and self.status == WAITING_FOR_INPUT)
+
+    def fast_done(self) -> bool:
+        """Whether the sender of a fast-path room has finished (the control
+        block's done word): it writes nothing more. Manager._mu is held and
+        the room is not being removed (its segment is mapped)."""
+        return self.sums_at != 0 and self.ctrl is not None and self.ctrl.done()
 
 
 class _Verifier:
@@ -549,7 +568,10 @@ class Manager:
             if len(specs) > MAX_BUFFERS:
                 raise TransferError(f"{pre}: {len(specs)} inputs, the limit is {MAX_BUFFERS}")
             try:
-                bufs, need = layout(specs, CTRL_SIZE if backend == SHM else 0)
+                if backend == SHM:
+                    bufs, sums_at, need = shm_layout(specs)
+                else:
+                    (bufs, need), sums_at = layout(specs, 0), 0
             except ValueError as e:
                 raise TransferError(f"{pre}: {e}") from None
             with self._mu:
@@ -561,14 +583,14 @@ class Manager:
             raise
         gen = self._new_gen()
         r = _Room(room, RECEIVER, backend)
-        r.gen, r.bufs = gen, bufs
+        r.gen, r.bufs, r.sums_at = gen, bufs, sums_at
         seg_name = ""
         try:
             if backend == SHM:
                 r.endpoint = "ipc://" + os.path.join(self.run_dir, receiver_socket_name(room, gen))
                 seg_name = segment_name(self.name, room, gen)
                 seg, reused = self._pool.get(seg_name, need)
-                seg.ctrl.reset()  # a pooled segment holds the last room's progress
+                seg.ctrl.reset()  # a pooled segment holds the last room's progress and done
             else:
                 r.endpoint = f"tcp://{self.zmq_host}:*"
                 seg, reused = Segment.private(need), False
@@ -583,8 +605,7 @@ class Manager:
             raise
 
         def frame(status_endpoint: str) -> bytes:
-            return F.encode_descriptor(backend, room, gen, status_endpoint, seg_name,
-                                       seg.size, bufs)
+            return F.encode_descriptor(backend, room, gen, status_endpoint, seg_name, seg.size, bufs, sums_at)
 
         try:
             self._call(lambda: self._o_open_receiver(r, peer_endpoint, frame))
@@ -645,10 +666,21 @@ class Manager:
     def _wait_locked(self, cancel) -> None:
         self._cond.wait(0.05 if cancel is not None else 1.0)
 
+    def _observe_locked(self, r: _Room) -> None:
+        """Moves a fast-path receiver room to Transferring once its sender
+        has written to the control block, since no Transferring frame will
+        say so."""
+        if (r.sums_at != 0 and r.status == WAITING_FOR_INPUT and not r.removing and r.ctrl is not None
+                and (r.ctrl.progress() != 0 or r.ctrl.done())):
+            r.moved_by_ctrl = self._set_status_locked(r, TRANSFERRING)
+
     def status(self):
         """(rooms sorted by id as RoomState, dropped frames)."""
         with self._mu:
-            states = [RoomState(r.id, r.role, r.status, r.reason) for r in self._rooms.values()]
+            states = []
+            for r in self._rooms.values():
+                self._observe_locked(r)
+                states.append(RoomState(r.id, r.role, r.status, r.reason))
             dropped = self._dropped
         states.sort(key=lambda s: s.room)
         return states, dropped
@@ -658,6 +690,7 @@ class Manager:
             r = self._rooms.get(room)
             if r is None:
                 raise UnknownRoomError(f"transfer: unknown room {room}")
+            self._observe_locked(r)
             return RoomState(r.id, r.role, r.status, r.reason)
 
     @property
@@ -685,10 +718,11 @@ class Manager:
     # --- receive ---------------------------------------------------------
 
     def receive(self, room: int, cancel: Optional[threading.Event] = None) -> List[np.ndarray]:
-        """Waits until the room's Success frame arrived, verifies every
-        tensor (spec, length, checksum) and returns numpy views of the
-        buffers, in spec order, valid until the room is removed (and as long
-        as they are referenced: the mapping goes with the last of them).
+        """Waits until the room's Success frame arrived (or, on the fast
+        path, the control block's done), verifies every tensor (spec,
+        length, checksum) and returns numpy views of the buffers, in spec
+        order, valid until the room is removed (and as long as they are
+        referenced: the mapping goes with the last of them).
         Raises TransferError when the room fails or is removed or cancel is
         set. It may be called again after success."""
         with self._mu:
@@ -703,8 +737,7 @@ class Manager:
                     c.received += 1
                     c.received_bytes += sum(b.length for b in r.bufs)
                     return arrays
-                if not r.verifying and (r.final is not None or (r.ctrl is not None and r.status == TRANSFERRING
-                                                                and not _is_set(cancel))):
+                if not r.verifying and (r.final is not None or (r.copying() and not _is_set(cancel))):
                     self._verify_locked(r, cancel)
                     continue
                 if _is_set(cancel):
@@ -714,8 +747,10 @@ class Manager:
     def _verify_locked(self, r: _Room, cancel) -> None:
         """Hashes the buffers with the lock released: while the sender copies,
         the blocks it reports done, sleeping on the control block between;
-        once the Success frame is in, the rest; then moves the room to
-        Success or Failed. Returns early on failure, removal or cancel."""
+        once the Success frame is in, or the control block's done (then
+        the checksum table stands for the frame), the rest; then moves the
+        room to Success or Failed. Returns early on failure, removal or
+        cancel."""
         r.verifying = True
         bufs = r.bufs
         total = sum(b.length for b in bufs)
@@ -725,9 +760,13 @@ class Manager:
         err = None
         finished = False
         try:
-            while (r.final is None and ctrl is not None and r.status == TRANSFERRING and not r.removing
-                   and not _is_set(cancel)):
+            while r.final is None and r.copying() and not r.removing and not _is_set(cancel):
                 seen = ctrl.seq()
+                self._observe_locked(r)
+                if r.fast_done():
+                    r.final = F.sums_of(bufs, mv[r.sums_at:])
+                    r.sender_done = True
+                    break
                 limit = min(ctrl.progress(), total)
                 if limit > v.pos:
                     self._mu.release()
@@ -791,11 +830,13 @@ class Manager:
     def send(self, room: int, outputs: Dict[str, object], cancel: Optional[threading.Event] = None) -> int:
         """Waits for the receiver's descriptor, then the transfer worker picks
         the outputs the receiver asks for (by name), checks them, sends
-        Transferring, writes the bytes and sends Success with their checksums.
-        Returns once Success is queued, the bytes written into the
-        receiver's buffers (those of the inputs it declared); raises
-        TransferError otherwise (a failure also fails the room and tells
-        the receiver). Outputs must stay unchanged until it returns."""
+        Transferring, writes the bytes and sends Success with their checksums
+        (on the fast path, a shm receiver that names a checksum table, no
+        frame: the checksums go into the table, then the control block's
+        done). Returns once Success is queued or done set, the bytes written
+        into the receiver's buffers (those of the inputs it declared);
+        raises TransferError otherwise (a failure also fails the room and
+        tells the receiver). Outputs must stay unchanged until it returns."""
         start = time.monotonic()
         with self._mu:
             r = self._room_locked(room, SENDER)
@@ -890,7 +931,10 @@ class Manager:
             seg.unmap()
             return
         with self._mu:
-            recyclable = r.sender_done
+            # The owner has closed the status socket, so sender_done is
+            # final; a fast-path sender that set done writes nothing more
+            # either (read while the segment is still mapped).
+            recyclable = r.sender_done or (r.sums_at != 0 and seg.ctrl is not None and seg.ctrl.done())
         leased = any(w() is not None for w in r.leases)
         r.leases = []
         if recyclable and not leased and self._pool_on:
@@ -1223,6 +1267,11 @@ class Manager:
                 drop = f"status frame of generation {f.generation}, the room has {r.gen}"
             elif st == TRANSFERRING and F.can_transition(r.status, TRANSFERRING):
                 self._set_status_locked(r, TRANSFERRING)
+            elif st == TRANSFERRING and r.status == TRANSFERRING and r.moved_by_ctrl:
+                # The control block told first (a sender that publishes
+                # progress but sends frames): this frame is not a duplicate,
+                # the next one is.
+                r.moved_by_ctrl = False
             elif st == SUCCESS and r.status == TRANSFERRING and r.final is None:
                 # Success only records the tensors; receive moves the room to
                 # Success once it has verified them.
@@ -1316,7 +1365,8 @@ class Manager:
     def _needs_peer(self, rid: int) -> bool:
         with self._mu:
             r = self._rooms.get(rid)
-            return r is not None and not r.removing and not F.terminal(r.status) and r.final is None
+            return (r is not None and not r.removing and not F.terminal(r.status) and r.final is None
+                    and not r.fast_done())
 
     def _o_check_timers(self) -> None:
         now = time.monotonic()
@@ -1326,7 +1376,7 @@ class Manager:
             self._timed.discard(rid)
             with self._mu:
                 r = self._rooms.get(rid)
-                if r is None or r.removing or F.terminal(r.status) or r.final is not None:
+                if r is None or r.removing or F.terminal(r.status) or r.final is not None or r.fast_done():
                     continue
                 peer = "sender" if rs.role == RECEIVER else "receiver"
                 reason = (f"peer timeout: the {peer} at {rs.peer} disconnected and did not come back within "
@@ -1392,10 +1442,11 @@ class Manager:
 
     def _finish(self, job: _Job, d: Descriptor, hs, reason: Optional[str]) -> Optional[TransferError]:
         """Syncs Success (or Failed with the reason), sets the room's status,
-        lets go of the room; returns the send's error."""
+        lets go of the room; returns the send's error. On the fast path the
+        control block told the receiver already: no Success frame."""
         r = job.r
         try:
-            if reason is None:
+            if reason is None and not d.fast:
                 try:
                     self._call(lambda: self._o_send(r.id, F.encode_status(r.id, d.generation, SUCCESS, "", hs)))
                 except (TransferError, _OwnerStopped) as e:
@@ -1419,13 +1470,18 @@ class Manager:
                 r.busy = False
                 self._notify_locked(r)
 
-    def _post_transferring(self, r: _Room, d: Descriptor) -> _Call:
-        """Moves the room to Transferring and hands the frame to the owner
-        without waiting; _await the result before Success."""
+    def _to_transferring(self, r: _Room) -> None:
+        """Moves a sender room to Transferring, unless it is being removed
+        or has failed (_Aborted)."""
         with self._mu:
             ok = not r.removing and self._set_status_locked(r, TRANSFERRING)
         if not ok:
             raise _Aborted()
+
+    def _post_transferring(self, r: _Room, d: Descriptor) -> _Call:
+        """Moves the room to Transferring and hands the frame to the owner
+        without waiting; _await the result before Success."""
+        self._to_transferring(r)
         frame = F.encode_status(r.id, d.generation, TRANSFERRING)
         try:
             return self._post(lambda: self._o_send(r.id, frame))
@@ -1450,7 +1506,9 @@ class Manager:
         """Maps the receiver's segment, syncs Transferring, copies each tensor
         into its buffer one checksum block at a time (hashing the block while
         it is in the cache, publishing progress in the control block), and
-        returns the headers for Success."""
+        returns the headers for Success. On the fast path (the descriptor
+        names a checksum table, 5.5) no frame is sent: the checksums go into
+        the table and the control block's done ends the hop."""
         r = job.r
         tensors = F.select_tensors(job.outputs, d.buffers)
         mm, fd, done = self._maps.get(self.shm_dir, d.segment, d.segment_size)
@@ -1458,13 +1516,23 @@ class Manager:
         dst = np.frombuffer(mm, dtype=np.uint8)
         dst_addr = dst.ctypes.data
         try:
-            sent = self._post_transferring(r, d)
+            # The receiver learns the progress from the control block. On
+            # the fast path it learns the end there too; else the owner
+            # sends Transferring while the worker copies, and it must have
+            # gone out before Success.
+            if d.fast:
+                self._to_transferring(r)
+                sent = None
+            else:
+                sent = self._post_transferring(r, d)
             hs = []
             copied = 0
             h3 = xxhash.xxh3_64_intdigest
             for i, (arr, b) in enumerate(zip(tensors, d.buffers)):
                 src = F.as_bytes(arr)
                 n, base = b.length, b.offset
+                # On the fast path the last bytes' progress and wake-up are finish's.
+                hold = d.fast and i == len(tensors) - 1
                 if len(src) != n or base + n > d.segment_size or d.segment_size > len(mm):
                     raise TransferError(f"send: tensor {i} {go_quote(b.name)}: out of bounds")  # cannot happen
                 src_addr = arr.ctypes.data
@@ -1483,7 +1551,8 @@ class Manager:
                         # Hash the chunk's checksum blocks while they are in the cache.
                         for k in range(off, end, CHECKSUM_BLOCK):
                             h = h3(src[k:min(k + CHECKSUM_BLOCK, end)], seed=h)
-                        ctrl.publish(copied + end)
+                        if not (hold and end == n):
+                            ctrl.publish(copied + end)
                         if self._after_chunk is not None:
                             self._after_chunk(r.id)
                 except (TransferError, _Aborted) as e:
@@ -1492,15 +1561,29 @@ class Manager:
                     raise TransferError(f"send: tensor {i} {go_quote(b.name)}: {e}") from None
                 if n == 0:
                     h = EMPTY_SUM
-                    ctrl.publish(copied)
+                    if not hold:
+                        ctrl.publish(copied)
                 copied += n
                 hs.append(Header(b.name, b.dtype, b.shape, n, h))
-            self._await_transferring(sent)
+            if d.fast:
+                self._put_sums(job, d, mm, fd, hs)
+                ctrl.finish(copied)
+            else:
+                self._await_transferring(sent)
             return hs
         finally:
             ctrl.close()
             del dst
             done()
+
+    def _put_sums(self, job: _Job, d: Descriptor, mm, fd: int, hs: Sequence[Header]) -> None:
+        """Writes the fast path's checksum table: one little-endian uint64
+        per buffer, in descriptor order, at the descriptor's offset (in
+        the segment: 4.3 rule 8)."""
+        self._check_stop(job)
+        if os.fstat(fd).st_size < d.segment_size:
+            raise TransferError("send: checksum table: the receiver's segment was truncated")
+        struct.pack_into(f"<{len(hs)}Q", mm, d.checksum_offset, *(h.xxh3 for h in hs))
 
     def _stream_in(self, job: _Job, d: Descriptor) -> List[Header]:
         """zmq: checksums the tensors, syncs Transferring, and has the owner

@@ -55,6 +55,17 @@ def layout(specs: Sequence, base: int) -> Tuple[List[Buffer], int]:
     return bufs, max(off, ALIGNMENT)
 
 
+def shm_layout(specs: Sequence) -> Tuple[List[Buffer], int, int]:
+    """A shm room's layout: the control block, the buffers, and after them
+    the fast path's checksum table, 8 bytes per buffer (5.2). Returns the
+    buffers, the table's offset and the bytes the segment needs."""
+    bufs, sums_at = layout(specs, CTRL_SIZE)
+    need = sums_at + 8 * len(bufs)
+    if need > MAX_SEGMENT_SIZE:
+        raise ValueError(f"inputs need more than {MAX_SEGMENT_SIZE} bytes")
+    return bufs, sums_at, need
+
+
 def size_class(n: int) -> int:
     """A power of two from 4 KiB up to 2 MiB, then a multiple of 2 MiB."""
     if n <= PAGE_SIZE:
@@ -378,5 +389,5 @@ def sweep_segments(shm_dir: str, manager: str) -> int:
     return n
 
 
-__all__ = ["CTRL_SIZE", "Segment", "Pool", "MapCache", "layout", "size_class", "segment_name",
+__all__ = ["CTRL_SIZE", "Segment", "Pool", "MapCache", "layout", "shm_layout", "size_class", "segment_name",
            "open_peer_segment", "sweep_segments", "SHM_DIR"]
