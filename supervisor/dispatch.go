@@ -93,10 +93,12 @@ type attempt struct {
 	// upstream first: hop i's are sides[2i] and sides[2i+1].
 	sides []*roomSide
 	trace *attemptTrace
-	// early counts the removals started while the attempt runs;
-	// finishing, closed by removeRooms, stops those still waiting.
-	early     sync.WaitGroup
-	finishing chan struct{}
+	// early counts the removals started while the attempt runs
+	// (removeEarly); returned is, per phase, whether its Run returned
+	// well, guarded by mu.
+	early    sync.WaitGroup
+	mu       sync.Mutex
+	returned []bool
 }
 
 // roomSide is one side of a hop's room on one instance process. It is
@@ -133,7 +135,7 @@ func (a *attempt) cause(err error) error {
 // upstream first, runs every phase and removes the rooms in order; it
 // returns the last phase's artifact.
 func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
-	a := &attempt{r: r, trace: &attemptTrace{placing: time.Now()}, finishing: make(chan struct{})}
+	a := &attempt{r: r, trace: &attemptTrace{placing: time.Now()}, returned: make([]bool, len(s.phases))}
 	a.ctx, a.cancel = context.WithCancelCause(r.ctx)
 	defer a.cancel(nil)
 	r.record(func(t *trace) { t.attempts = append(t.attempts, a.trace) })
@@ -446,31 +448,31 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 	return art, nil
 }
 
-// removeEarly removes, once phase i's Run has returned well, the sides
-// of its rooms that nothing needs any more, in each hop's order: its
-// output's sender side at once (its Send has ended: it writes no more),
-// its input's receiver side once that hop's sender side is removed (so
-// no sender ever writes into a freed buffer: invariant 1). The attempt's
-// remaining rooms are removed after its last phase by removeRooms, which
-// this overlaps: for a pipeline that succeeds, only the last hop's
-// receiver side is left by then.
+// removeEarly records that phase i's Run returned well and removes each
+// hop whose two phases have both returned: its sender side, then its
+// receiver side (invariant 1). Not sooner: a sender's Send may return
+// with its last frames still queued (the zmq backend, a peer without the
+// fast path), and closing its sockets would drop them; once the
+// receiving phase has returned it has everything. So a hop goes while
+// the phases after it still work, and when the last phase answers only
+// the last hop is left for removeRooms.
 func (s *Supervisor) removeEarly(a *attempt, i, hops int) {
-	if i < hops {
-		a.early.Add(1)
-		go func() {
-			defer a.early.Done()
-			s.removeOnce(a, a.sender(i))
-		}()
+	a.mu.Lock()
+	a.returned[i] = true
+	var done []int
+	if i > 0 && a.returned[i-1] {
+		done = append(done, i-1)
 	}
-	if i > 0 {
+	if i < hops && a.returned[i+1] {
+		done = append(done, i)
+	}
+	a.mu.Unlock()
+	for _, h := range done {
 		a.early.Add(1)
 		go func() {
 			defer a.early.Done()
-			select {
-			case <-a.sender(i - 1).gone:
-				s.removeOnce(a, a.receiver(i-1))
-			case <-a.finishing: // removeRooms takes it from here
-			}
+			s.removeOnce(a, a.sender(h))
+			s.removeOnce(a, a.receiver(h))
 		}()
 	}
 }
@@ -488,7 +490,6 @@ func (s *Supervisor) removeRooms(a *attempt) {
 	}
 	a.r.record(func(*trace) { a.trace.removing = time.Now() })
 	defer a.r.record(func(*trace) { a.trace.removed = time.Now() })
-	close(a.finishing)
 	for _, role := range []sdk.Role{sdk.RoleSender, sdk.RoleReceiver} {
 		var wg sync.WaitGroup
 		for _, side := range a.sides {

@@ -306,7 +306,7 @@ func TestRemoveRoomsOrder(t *testing.T) {
 // testAttempt is an attempt of a pipeline of the given lives, its rooms
 // 1, 2, … reserved, as reserveRooms leaves it.
 func testAttempt(lives ...*life) *attempt {
-	a := &attempt{r: &request{changed: make(chan struct{})}, trace: &attemptTrace{}, lives: lives, finishing: make(chan struct{})}
+	a := &attempt{r: &request{changed: make(chan struct{})}, trace: &attemptTrace{}, lives: lives, returned: make([]bool, len(lives))}
 	for i := range len(lives) - 1 {
 		room := uint64(i + 1)
 		a.sides = append(a.sides, newRoomSide(lives[i], room, sdk.RoleSender), newRoomSide(lives[i+1], room, sdk.RoleReceiver))
@@ -326,9 +326,10 @@ func (c listControl) RemoveRoom(_ context.Context, room uint64) error {
 	return nil
 }
 
-// TestRemoveEarly: a phase whose Run returned has its output's sender
-// side removed at once, and its input's receiver side once that hop's
-// sender side is; removeRooms then removes only what is left, once.
+// TestRemoveEarly: a hop is removed, sender side then receiver side, as
+// soon as the phases on both its ends have returned, not when only its
+// sender has (its last frames may still be queued); removeRooms then
+// removes only what is left, once.
 func TestRemoveEarly(t *testing.T) {
 	s := &Supervisor{logger: hclog.NewNullLogger()}
 	setup := func() (*attempt, *callLog) {
@@ -344,35 +345,23 @@ func TestRemoveEarly(t *testing.T) {
 		lives[2].in.rooms.Store(1)
 		return testAttempt(lives...), log
 	}
-	closed := func(ch chan struct{}) bool {
-		select {
-		case <-ch:
-			return true
-		default:
-			return false
-		}
-	}
 	calls := func(log *callLog) []string {
 		log.mu.Lock()
 		defer log.mu.Unlock()
 		return slices.Clone(log.events)
 	}
 
-	t.Run("in the order phases end", func(t *testing.T) {
+	t.Run("in the order phases return", func(t *testing.T) {
 		a, log := setup()
-		s.removeEarly(a, 1, 2) // the transformer returned
-		<-a.sender(1).gone
-		if closed(a.receiver(0).gone) {
-			t.Fatalf("the transformer's input was removed before the encoder's side: %v", calls(log))
-		}
-		s.removeEarly(a, 0, 2) // the encoder's answer comes after
+		s.removeEarly(a, 0, 2) // the encoder: its receiver is still at work
+		s.removeEarly(a, 1, 2) // the transformer: room 1 goes
 		<-a.receiver(0).gone
-		if got, want := calls(log), []string{"tr 2", "enc 1", "tr 1"}; !slices.Equal(got, want) {
-			t.Fatalf("removed %v, want %v", got, want)
+		if got, want := calls(log), []string{"enc 1", "tr 1"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v: room 1 only, sender first", got, want)
 		}
 		s.removeRooms(a)
-		if got, want := calls(log), []string{"tr 2", "enc 1", "tr 1", "dec 2"}; !slices.Equal(got, want) {
-			t.Fatalf("removed %v, want %v: each side once, the last hop's receiver at the end", got, want)
+		if got, want := calls(log), []string{"enc 1", "tr 1", "tr 2", "dec 2"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v: each side once, the last room at the end", got, want)
 		}
 		for _, l := range a.lives {
 			if n := l.in.rooms.Load(); n != 0 {
@@ -381,14 +370,17 @@ func TestRemoveEarly(t *testing.T) {
 		}
 	})
 
-	t.Run("the attempt ends first", func(t *testing.T) {
+	t.Run("an answer that comes late", func(t *testing.T) {
 		a, log := setup()
-		s.removeEarly(a, 1, 2) // its input's receiver side waits for the encoder's
-		s.removeRooms(a)       // which failed: removeRooms takes over
-		got := calls(log)
-		pos := func(e string) int { return slices.Index(got, e) }
-		if len(got) != 4 || pos("enc 1") > pos("tr 1") || pos("tr 2") > pos("dec 2") || pos("tr 1") < 0 || pos("dec 2") < 0 {
-			t.Fatalf("removed %v: want each side once, each sender before its receiver", got)
+		s.removeEarly(a, 1, 2) // the transformer's answer first
+		s.removeEarly(a, 2, 2) // then the decoder's: room 2 goes
+		<-a.receiver(1).gone
+		if got, want := calls(log), []string{"tr 2", "dec 2"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v", got, want)
+		}
+		s.removeRooms(a) // the encoder's answer never came
+		if got, want := calls(log), []string{"tr 2", "dec 2", "enc 1", "tr 1"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v", got, want)
 		}
 	})
 }
