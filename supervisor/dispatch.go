@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/phased/phased/policies/roundrobin"
@@ -262,6 +263,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 	senderOpen, hopOpen = make([]chan struct{}, len(rooms)), make([]chan struct{}, len(rooms))
 	a.r.record(func(*trace) { a.trace.opening = time.Now() })
 	var left sync.WaitGroup
+	var opened atomic.Int32
 	for i := range rooms {
 		senderOpen[i], hopOpen[i] = make(chan struct{}), make(chan struct{})
 		wg.Add(1)
@@ -278,6 +280,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 				fail(err)
 				return
 			}
+			opened.Add(1)
 			close(hopOpen[i])
 		}()
 	}
@@ -286,7 +289,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 		defer wg.Done()
 		left.Wait()
 		a.r.record(func(*trace) { a.trace.opened = time.Now() })
-		if ctx.Err() == nil {
+		if int(opened.Load()) == len(rooms) { // even if a phase has failed since
 			a.r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
 		}
 	}()
@@ -317,10 +320,10 @@ func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, 
 
 // runPhases opens the attempt's rooms (openHops) and runs each phase as
 // soon as its own rooms are open, so that the first phases compute while
-// the later rooms open; each waits for its inputs. It removes each side of
-// a room as soon as nothing needs it (removeEarly). The first failure
-// cancels the others and is the reason; a failure to open a room comes
-// first.
+// the later rooms open; each waits for its inputs. It removes each hop's
+// room once the phases on both its ends have returned (removeEarly). The
+// first failure cancels the others and is the reason; a failure to open a
+// room comes first.
 func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
 	ctx, cancel := context.WithCancelCause(a.ctx)
 	var opening sync.WaitGroup

@@ -209,6 +209,30 @@ func TestFastPathReceiver(t *testing.T) {
 		wantStatus(t, rcv, 1, Success)
 	})
 
+	// done may come between the verifying Receive's look at progress and
+	// its look at done (CI saw a Receive spin there, the room left
+	// WaitingForInput with its checksums in hand).
+	t.Run("done between the two looks", func(t *testing.T) {
+		data, _ := open(4)
+		beforeDone = func(room uint64) {
+			if room == 4 {
+				finish(data, good...)
+			}
+		}
+		t.Cleanup(func() { beforeDone = nil })
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		got, release, err := rcv.Receive(rctx, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if err := sameTensors(got, want); err != nil {
+			t.Fatal(err)
+		}
+		wantStatus(t, rcv, 4, Success)
+	})
+
 	t.Run("a wrong checksum in the table", func(t *testing.T) {
 		data, _ := open(2)
 		finish(data, good[0], good[1]^1)

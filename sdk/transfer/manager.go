@@ -594,6 +594,9 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 		if err := roomErrLocked(r); err != nil {
 			return nil, nil, err
 		}
+		if r.status != Success && ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("transfer: receive room %d: %w", id, ctx.Err())
+		}
 		if r.status == Success {
 			ts, done, err := m.leaseLocked(r)
 			if err == nil {
@@ -610,6 +613,11 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 		}
 	}
 }
+
+// beforeDone, when set, is called by a verifying Receive between looking
+// at the control block's progress and at its done word: a test sets done
+// there. Nil in production.
+var beforeDone func(room uint64)
 
 // maxSleep bounds one sleep on a room's control block. Every change wakes
 // the sleeper at once; this only limits what a sender that tampers with
@@ -638,7 +646,14 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	for r.final == nil && r.copying() && !r.removing && ctx.Err() == nil {
 		seen := r.ctrl.seq.Load()
 		m.observeLocked(r)
+		if beforeDone != nil {
+			beforeDone(r.id)
+		}
 		if r.fastDone() {
+			// done may have come after observeLocked looked: move the
+			// room now, or it would stay WaitingForInput with its final
+			// checksums in hand, which nothing finishes.
+			m.observeLocked(r)
 			r.final = sumsOf(bufs, data[r.sumsAt:])
 			r.senderDone = true
 			break

@@ -1022,6 +1022,32 @@ def test_fast_path_receiver(env):
     assert e.value.reason == F.checksum_mismatch(1, bufs[1], good[1], good[1] ^ 1)
     assert room_status(rcv, 2).status == F.FAILED
 
+    # done between the verifying receive's look at progress and its look at
+    # done: the room must still move on (Go's CI once saw it stay
+    # WaitingForInput with its checksums in hand, the receive spinning).
+    d, _ = fake.open(4, specs)
+    fake.write(d, want)
+    observe = rcv._observe_locked
+    looked = []
+
+    def observe_then_finish(r):
+        observe(r)
+        if r.id == 4 and not looked:
+            looked.append(True)
+            fake.finish(d, good)
+
+    rcv._observe_locked = observe_then_finish
+    try:
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("got", rcv.receive(4)), daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "receive did not end"
+        assert all(same(g, w) for g, w in zip(box.pop("got"), want))
+    finally:
+        rcv._observe_locked = observe
+    assert room_status(rcv, 4).status == F.SUCCESS
+
     # Progress, then frames.
     d, push = fake.open(3, specs)
     hs = fake.write(d, want)
@@ -1033,7 +1059,7 @@ def test_fast_path_receiver(env):
     assert all(same(g, w) for g, w in zip(got, want))
     del got
     assert rcv.status()[1] == 0, "frames dropped"
-    for room in (1, 2, 3):
+    for room in (1, 2, 3, 4):
         rcv.remove(room)
     fake.close()
 

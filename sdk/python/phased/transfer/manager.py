@@ -764,6 +764,10 @@ class Manager:
                 seen = ctrl.seq()
                 self._observe_locked(r)
                 if r.fast_done():
+                    # done may have come after _observe_locked looked: move
+                    # the room now, or it would stay WaitingForInput with its
+                    # final checksums in hand, which nothing finishes.
+                    self._observe_locked(r)
                     r.final = F.sums_of(bufs, mv[r.sums_at:])
                     r.sender_done = True
                     break
