@@ -209,10 +209,10 @@ func TestFastPathReceiver(t *testing.T) {
 		wantStatus(t, rcv, 1, Success)
 	})
 
-	// done may come between the verifying Receive's look at progress and
-	// its look at done (CI saw a Receive spin there, the room left
-	// WaitingForInput with its checksums in hand).
-	t.Run("done between the two looks", func(t *testing.T) {
+	// done may come just after the verifying Receive looked for it (CI
+	// once saw a Receive spin there, the room left WaitingForInput with
+	// its checksums in hand).
+	t.Run("done just after its look", func(t *testing.T) {
 		data, _ := open(4)
 		beforeDone = func(room uint64) {
 			if room == 4 {

@@ -614,9 +614,9 @@ func (m *Manager) Receive(ctx context.Context, id uint64) ([]tensor.Tensor, func
 	}
 }
 
-// beforeDone, when set, is called by a verifying Receive between looking
-// at the control block's progress and at its done word: a test sets done
-// there. Nil in production.
+// beforeDone, when set, is called by a verifying Receive after it found
+// the control block's done word unset and before it looks at progress: a
+// test sets done there. Nil in production.
 var beforeDone func(room uint64)
 
 // maxSleep bounds one sleep on a room's control block. Every change wakes
@@ -645,18 +645,13 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	var err error
 	for r.final == nil && r.copying() && !r.removing && ctx.Err() == nil {
 		seen := r.ctrl.seq.Load()
-		m.observeLocked(r)
-		if beforeDone != nil {
-			beforeDone(r.id)
-		}
-		if r.fastDone() {
-			// done may have come after observeLocked looked: move the
-			// room now, or it would stay WaitingForInput with its final
-			// checksums in hand, which nothing finishes.
-			m.observeLocked(r)
+		if m.observeLocked(r) {
 			r.final = sumsOf(bufs, data[r.sumsAt:])
 			r.senderDone = true
 			break
+		}
+		if beforeDone != nil {
+			beforeDone(r.id)
 		}
 		if limit := min(r.ctrl.progress.Load(), total); limit > r.verify.pos {
 			m.mu.Unlock()
@@ -702,13 +697,20 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	}
 }
 
-// observeLocked moves a fast-path receiver room to Transferring once its
-// sender has written to the control block, since no Transferring frame
-// will say so.
-func (m *Manager) observeLocked(r *room) {
-	if r.sumsAt != 0 && r.status == WaitingForInput && !r.removing && (r.ctrl.progress.Load() != 0 || r.ctrl.done.Load() != 0) {
+// observeLocked looks at a fast-path receiver room's control block once:
+// it moves the room to Transferring once its sender has written there,
+// since no Transferring frame will say so, and reports whether the sender
+// is done. Acting on that one look of done, a caller never holds a done
+// room that is still WaitingForInput (which nothing would finish).
+func (m *Manager) observeLocked(r *room) (done bool) {
+	if r.sumsAt == 0 || r.removing {
+		return false
+	}
+	done = r.ctrl.done.Load() != 0
+	if r.status == WaitingForInput && (done || r.ctrl.progress.Load() != 0) {
 		r.movedByCtrl = m.setStatusLocked(r, Transferring, "")
 	}
+	return done
 }
 
 // copying reports whether the sender may be writing a shm room's buffers:

@@ -1022,8 +1022,8 @@ def test_fast_path_receiver(env):
     assert e.value.reason == F.checksum_mismatch(1, bufs[1], good[1], good[1] ^ 1)
     assert room_status(rcv, 2).status == F.FAILED
 
-    # done between the verifying receive's look at progress and its look at
-    # done: the room must still move on (Go's CI once saw it stay
+    # done just after the verifying receive looked for it: the room must
+    # still move on (Go's CI once saw it stay
     # WaitingForInput with its checksums in hand, the receive spinning).
     d, _ = fake.open(4, specs)
     fake.write(d, want)
@@ -1031,10 +1031,11 @@ def test_fast_path_receiver(env):
     looked = []
 
     def observe_then_finish(r):
-        observe(r)
+        done = observe(r)
         if r.id == 4 and not looked:
             looked.append(True)
             fake.finish(d, good)
+        return done
 
     rcv._observe_locked = observe_then_finish
     try:

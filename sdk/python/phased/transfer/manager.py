@@ -666,13 +666,18 @@ class Manager:
     def _wait_locked(self, cancel) -> None:
         self._cond.wait(0.05 if cancel is not None else 1.0)
 
-    def _observe_locked(self, r: _Room) -> None:
-        """Moves a fast-path receiver room to Transferring once its sender
-        has written to the control block, since no Transferring frame will
-        say so."""
-        if (r.sums_at != 0 and r.status == WAITING_FOR_INPUT and not r.removing and r.ctrl is not None
-                and (r.ctrl.progress() != 0 or r.ctrl.done())):
+    def _observe_locked(self, r: _Room) -> bool:
+        """Looks at a fast-path receiver room's control block once: moves the
+        room to Transferring once its sender has written there, since no
+        Transferring frame will say so, and returns whether the sender is
+        done. Acting on that one look of done, a caller never holds a done
+        room that is still WaitingForInput (which nothing would finish)."""
+        if r.sums_at == 0 or r.removing or r.ctrl is None:
+            return False
+        done = r.ctrl.done()
+        if r.status == WAITING_FOR_INPUT and (done or r.ctrl.progress() != 0):
             r.moved_by_ctrl = self._set_status_locked(r, TRANSFERRING)
+        return done
 
     def status(self):
         """(rooms sorted by id as RoomState, dropped frames)."""
@@ -762,12 +767,7 @@ class Manager:
         try:
             while r.final is None and r.copying() and not r.removing and not _is_set(cancel):
                 seen = ctrl.seq()
-                self._observe_locked(r)
-                if r.fast_done():
-                    # done may have come after _observe_locked looked: move
-                    # the room now, or it would stay WaitingForInput with its
-                    # final checksums in hand, which nothing finishes.
-                    self._observe_locked(r)
+                if self._observe_locked(r):
                     r.final = F.sums_of(bufs, mv[r.sums_at:])
                     r.sender_done = True
                     break
