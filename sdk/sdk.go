@@ -103,7 +103,11 @@ type Phase interface {
 	Inputs(ctx context.Context, req Request) ([]tensor.Spec, error)
 	// Run computes req's outputs from its inputs, which match Inputs and
 	// are valid until the outputs have been sent: an output may be an
-	// input passed on. Each receiver takes, by name, the outputs it
+	// input passed on. Inputs are read-only (one lent by a zero-copy
+	// hand-off is a read-only mapping of the sender's memory, and a write
+	// fails the Run): copy an input to change it. Outputs written into
+	// Alloc's memory are lent to the next phase on one host instead of
+	// copied. Each receiver takes, by name, the outputs it
 	// declares in its Inputs; others are not sent. Run should return
 	// promptly when ctx is cancelled (the request was removed).
 	Run(ctx context.Context, req Request, in []tensor.Tensor) (Output, error)

@@ -91,7 +91,8 @@ func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	if err := model.CheckInputs([]tensor.Spec{model.ContextSpec(p), model.LatentSpec(p)}, in); err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
-	out, err := tensor.New(model.LatentSpec(p))
+	// In memory that the hop to the decoder lends instead of copying.
+	out, err := sdk.Alloc(ctx, model.LatentSpec(p))
 	if err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}

@@ -270,9 +270,18 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 			}
 		}
 	}
+	runCtx := rep.context(ctx)
+	if spec.OutRoom != 0 {
+		// Outputs the phase writes into sdk.Alloc's memory are lent to
+		// the next phase, not copied; they go back to the manager once
+		// the Run is over (a lent one when the receiver gives it back).
+		outs := &runAllocator{mgr: mgr}
+		defer outs.free()
+		runCtx = sdk.WithAllocator(runCtx, outs)
+	}
 	rep.startComputing()
 	began := time.Now()
-	out, err := r.runPhase(rep.context(ctx), spec.Request, in)
+	out, err := r.runPhase(runCtx, spec.Request, in)
 	r.computeNanos.Add(int64(time.Since(began)))
 	rep.stopComputing(err == nil)
 	if err != nil {
@@ -291,6 +300,37 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 		return sdk.RunResult{}, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
 	return sdk.RunResult{SentBytes: n, SendTime: time.Since(sent)}, nil
+}
+
+// runAllocator is the sdk.Allocator of one Run: it takes output memory
+// from the transfer manager and gives it all back when the Run ends.
+type runAllocator struct {
+	mgr  *transfer.Manager
+	mu   sync.Mutex
+	held []tensor.Tensor
+}
+
+func (a *runAllocator) Alloc(spec tensor.Spec) (tensor.Tensor, error) {
+	t, err := a.mgr.Alloc(spec)
+	if err != nil {
+		return t, err
+	}
+	a.mu.Lock()
+	a.held = append(a.held, t)
+	a.mu.Unlock()
+	return t, nil
+}
+
+func (a *runAllocator) Written(t tensor.Tensor, sum uint64) error { return a.mgr.Written(t, sum) }
+
+func (a *runAllocator) free() {
+	a.mu.Lock()
+	held := a.held
+	a.held = nil
+	a.mu.Unlock()
+	for _, t := range held {
+		a.mgr.Free(t)
+	}
 }
 
 // hostCopies returns ts with every tensor in device memory replaced by a
@@ -320,10 +360,17 @@ func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) err
 // the panic's value instead of taking the process and every other request
 // down with it.
 func (r *Runtime) runPhase(ctx context.Context, req sdk.Request, in []tensor.Tensor) (out sdk.Output, err error) {
+	// An input lent by a zero-copy hand-off is a read-only mapping: a
+	// write to it faults, and the fault becomes this Run's panic instead
+	// of ending the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			r.logger.Error("phase panicked", "request", req.ID, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("the phase panicked: %v", p)
+			if _, fault := p.(interface{ Addr() uintptr }); fault {
+				err = fmt.Errorf("%w (inputs are read-only, and may be a mapping of the sender's memory: copy an input to change it)", err)
+			}
 		}
 	}()
 	return r.phase.Run(ctx, req, in)

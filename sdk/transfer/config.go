@@ -71,6 +71,16 @@ type Config struct {
 	// cuda or on a host without that GPU.
 	CUDA       bool
 	CUDADevice int
+	// VerifyHandoffs guards zero-copy hand-offs (docs/protocol.md
+	// section 5.6) against a writer that writes an output after it was
+	// sent: as a receiver, Receive hashes every tensor lent to it and
+	// compares the writer's checksum, as it does for copied ones; as a
+	// sender, the Manager maps each output it lent read-only until the
+	// receiver gives it back, so that such a write faults in the writer.
+	// Off by default: the bytes never move, so there is no copy to check,
+	// and both cost more than the hand-off itself (a read of every byte;
+	// an mprotect, about 30 µs per MiB on a 2-vCPU VM).
+	VerifyHandoffs bool
 	// MaxSockets bounds the zmq sockets of the Manager (each room holds up
 	// to four); 0 means the process's file-descriptor limit. An open past
 	// it fails with ErrTooManyFiles.
@@ -126,8 +136,9 @@ func SplitProcessName(name string) (instance string, pid int, ok bool) {
 
 // SegmentOwner returns the Config.Name of the Manager that made a segment,
 // from the segment's file name: phased-NAME-ROOM-GENERATION for a room's,
-// phased-NAME-free-N for an idle one in its pool. The name is read from
-// the right, since NAME may hold '-' itself.
+// phased-NAME-free-N for an idle one in its pool, phased-NAME-out-N for
+// an output segment (Alloc) and phased-NAME-lends-0 for its lend table.
+// The name is read from the right, since NAME may hold '-' itself.
 func SegmentOwner(segment string) (name string, ok bool) {
 	rest, ok := strings.CutPrefix(segment, "phased-")
 	if !ok {
@@ -138,7 +149,7 @@ func SegmentOwner(segment string) (name string, ok bool) {
 		return "", false
 	}
 	rest, room, ok := cutLast(rest)
-	if !ok || room != "free" && !isDigits(room) {
+	if !ok || room != "free" && room != "out" && room != "lends" && !isDigits(room) {
 		return "", false
 	}
 	return rest, nameRE.MatchString(rest)

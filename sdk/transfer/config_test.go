@@ -96,6 +96,9 @@ func TestSegmentOwner(t *testing.T) {
 		"phased-wan2.1-t2v-0.42-17-1":   "wan2.1-t2v-0.42",
 		"phased-wan2.1-t2v-0.42-free-9": "wan2.1-t2v-0.42",
 		"phased-a.1-x.5-3-1":            "a.1-x.5",
+		"phased-a.1-out-3":              "a.1",
+		"phased-a.1-lends-0":            "a.1",
+		"phased-a.1-in-3":               "", // in is neither a room, "free", "out" nor "lends"
 		"phased-a.1-x-17":               "", // x is neither a room nor "free"
 		"phased--1-2":                   "",
 		"phased-a-1":                    "",
@@ -113,14 +116,14 @@ func TestSegmentOwner(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	for _, n := range []string{"phased-a.1-3-1", "phased-a.1-free-2", "phased-a.1-x.5-3-1", "phased-a.1-x.5-free-4", "phased-a.10-1-1"} {
+	for _, n := range []string{"phased-a.1-3-1", "phased-a.1-free-2", "phased-a.1-out-0", "phased-a.1-lends-0", "phased-a.1-x.5-3-1", "phased-a.1-x.5-free-4", "phased-a.10-1-1"} {
 		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	n, err := SweepSegments(dir, "a.1")
-	if err != nil || n != 2 {
-		t.Fatalf("SweepSegments(a.1) = %d, %v; want 2", n, err)
+	if err != nil || n != 4 {
+		t.Fatalf("SweepSegments(a.1) = %d, %v; want 4", n, err)
 	}
 	left, _ := filepath.Glob(filepath.Join(dir, "phased-*"))
 	if len(left) != 3 {

@@ -130,22 +130,17 @@ func recvFrames(t *testing.T, s *zmq.Socket, want int, wait time.Duration) []*ph
 // sender that publishes progress and sends frames (the Python SDK's way)
 // is served too, its Transferring frame not counted as a duplicate.
 func TestFastPathReceiver(t *testing.T) {
-	dir, rn := shortDir(t), uniqueName()
-	rcv := startManager(t, dir, rn, nil)
-	zctx := rawContext(t)
+	f := newFakeRig(t)
+	rcv, zctx, fake, senderEP := f.rcv, f.zctx, f.fake, f.senderEP
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	senderEP := "ipc://" + filepath.Join(dir, "fake.sock")
-	fake := rawSocket(t, zctx, zmq.PULL)
-	if err := fake.Bind(senderEP); err != nil {
-		t.Fatal(err)
-	}
 	specs := []tensor.Spec{
 		{Name: "a", DType: tensor.Float32, Shape: []int64{8}},
 		{Name: "b", DType: tensor.Uint8, Shape: []int64{3 * chunkSize}},
 	}
 	want := []tensor.Tensor{filled(t, specs[0], 1), filled(t, specs[1], 2)}
-	bufs, tableAt, _, err := shmLayout(specs)
+	bufs, at, _, err := shmLayout(specs)
+	tableAt := at.sums
 	if err != nil {
 		t.Fatal(err)
 	}

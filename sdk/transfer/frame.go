@@ -44,6 +44,9 @@ type descriptor struct {
 	// the segment (the fast path, section 5.5 of docs/protocol.md); 0:
 	// through the Success frame.
 	checksumOffset uint64
+	// handoffOffset is where a fast-path receiver offers its hand-off
+	// table (section 5.6); 0: every tensor is copied.
+	handoffOffset uint64
 }
 
 // fast reports whether the receiver takes the fast path.
@@ -161,6 +164,19 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		// The table must share no byte with a buffer.
 		overlap = append(slices.Clip(d.buffers), buffer{spec: tensor.Spec{Name: "(checksum table)"}, offset: off, length: n})
 	}
+	if off := pd.GetHandoffOffset(); off != 0 {
+		n := handoffEntry * uint64(len(d.buffers))
+		switch {
+		case d.checksumOffset == 0:
+			return nil, fmt.Errorf("descriptor: hand-off offset %d without a checksum offset; a hand-off table needs the fast path", off)
+		case off < ctrlSize || off%8 != 0:
+			return nil, fmt.Errorf("descriptor: hand-off offset %d: want a multiple of 8 after the %d-byte control block", off, ctrlSize)
+		case off > size || n > size-off:
+			return nil, fmt.Errorf("descriptor: hand-off offset %d + %d bytes is out of bounds of the %d-byte segment", off, n, size)
+		}
+		d.handoffOffset = off
+		overlap = append(slices.Clip(overlap), buffer{spec: tensor.Spec{Name: "(hand-off table)"}, offset: off, length: n})
+	}
 	if err := checkOverlap(overlap); err != nil {
 		return nil, err
 	}
@@ -221,9 +237,10 @@ func selectTensors(ts []tensor.Tensor, bufs []buffer, device bool) ([]tensor.Ten
 	return out, nil
 }
 
-func encodeDescriptor(backend sdk.Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte, checksumOffset uint64) ([]byte, error) {
+func encodeDescriptor(backend sdk.Backend, room, gen uint64, statusEndpoint string, seg string, size uint64, bufs []buffer, handle []byte, at tables) ([]byte, error) {
 	pd := &phasedv1.Descriptor{
-		ChecksumOffset: checksumOffset,
+		ChecksumOffset: at.sums,
+		HandoffOffset:  at.handoffs,
 		CudaIpcHandle:  handle,
 		Backend:        string(backend),
 		Version:        wireVersion,
@@ -283,17 +300,30 @@ func headersFromProto(pts []*phasedv1.TensorHeader) []header {
 // buffers and the bytes in the segment. Errors name the tensor.
 func verifyTensors(bufs []buffer, hs []header, data []byte) error {
 	var v verifier
-	return v.finish(bufs, hs, data)
+	return v.finish(bufs, hs, data, nil, false)
 }
 
 // finish checks what a Success frame says against the room's buffers,
 // hashes what the verifier has not hashed yet, and compares the checksums.
-// Errors name the tensor.
-func (v *verifier) finish(bufs []buffer, hs []header, data []byte) error {
+// A tensor handed off (in lent) is hashed through its view only with
+// verifyLent, and its stale buffer never. Errors name the tensor.
+func (v *verifier) finish(bufs []buffer, hs []header, data []byte, lent []taken, verifyLent bool) error {
 	if err := checkHeaders(bufs, hs); err != nil {
 		return err
 	}
+	if len(lent) > 0 {
+		v.skip = make([]bool, len(bufs))
+		for _, t := range lent {
+			v.skip[t.buf] = true
+		}
+	}
 	v.advance(bufs, data, totalBytes(bufs))
+	for _, t := range lent {
+		v.sums[t.buf] = hs[t.buf].sum
+		if verifyLent {
+			v.sums[t.buf] = tensor.Checksum(t.view)
+		}
+	}
 	for i, b := range bufs {
 		if got := v.sums[i]; got != hs[i].sum {
 			return fmt.Errorf("verify: tensor %d %q: checksum mismatch: buffer has %016x, the sender reported %016x", i, b.spec.Name, got, hs[i].sum)

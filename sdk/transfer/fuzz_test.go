@@ -128,11 +128,11 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 	tb.Helper()
 	ep := "ipc:///run/phased/" + receiverSocketName(fuzzRoom, fuzzGen)
 	seg := segmentName(fuzzName, fuzzRoom, fuzzGen)
-	bufs, sumsAt, need, err := shmLayout(fuzzSpecs)
+	bufs, at, need, err := shmLayout(fuzzSpecs)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	valid, err := encodeDescriptor(sdk.BackendShm, fuzzRoom, fuzzGen, ep, seg, need, bufs, nil, sumsAt)
+	valid, err := encodeDescriptor(sdk.BackendShm, fuzzRoom, fuzzGen, ep, seg, need, bufs, nil, at)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -177,13 +177,21 @@ func descriptorSeeds(tb testing.TB) []fuzzSeed {
 			pd.Backend, pd.Segment, pd.CudaIpcHandle = string(sdk.BackendCUDA), "", []byte{1, 2, 3}
 		})},
 		{"shm-with-handle", edit(func(pd *phasedv1.Descriptor) { pd.CudaIpcHandle = make([]byte, 64) })},
-		{"valid-frames-only", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = 0 })},
+		{"valid-frames-only", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset, pd.HandoffOffset = 0, 0 })},
 		{"checksums-over-a-buffer", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = pd.Buffers[2].Offset + 8 })},
 		{"checksums-in-ctrl", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = 8 })},
 		{"checksums-unaligned", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset++ })},
 		{"checksums-past-the-end", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = pd.SegmentSize - 16 })},
 		{"checksums-wrap", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = math.MaxUint64 - 7 })},
 		{"checksums-zmq", edit(func(pd *phasedv1.Descriptor) { pd.Backend, pd.Segment = string(sdk.BackendZMQ), "" })},
+		{"handoffs-without-checksums", edit(func(pd *phasedv1.Descriptor) { pd.ChecksumOffset = 0 })},
+		{"handoffs-over-the-checksums", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = pd.ChecksumOffset })},
+		{"handoffs-over-a-buffer", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = pd.Buffers[0].Offset })},
+		{"handoffs-in-ctrl", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = 16 })},
+		{"handoffs-unaligned", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset += 4 })},
+		{"handoffs-past-the-end", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = pd.SegmentSize - 128 })},
+		{"handoffs-wrap", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = math.MaxUint64 - 127 })},
+		{"valid-no-handoffs", edit(func(pd *phasedv1.Descriptor) { pd.HandoffOffset = 0 })},
 	}
 }
 
@@ -280,7 +288,7 @@ func FuzzDescriptor(f *testing.F) {
 		checkDescriptor(t, &pd, d)
 
 		// Round trip: what the sender accepted encodes and parses the same.
-		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers, pd.GetCudaIpcHandle(), d.checksumOffset)
+		b2, err := encodeDescriptor(d.backend, pd.GetRoom(), d.generation, d.statusEndpoint, d.segment, d.segmentSize, d.buffers, pd.GetCudaIpcHandle(), tables{sums: d.checksumOffset, handoffs: d.handoffOffset})
 		if err != nil {
 			t.Fatalf("encode the accepted descriptor: %v", err)
 		}
@@ -458,10 +466,24 @@ func descriptorFault(pd *phasedv1.Descriptor) string {
 			spans = append(spans, span{off, end.Uint64()})
 		}
 	}
+	if off := pd.GetHandoffOffset(); off != 0 {
+		n := 128 * uint64(len(pd.GetBuffers()))
+		end := new(big.Int).Add(new(big.Int).SetUint64(off), new(big.Int).SetUint64(n))
+		switch {
+		case pd.GetChecksumOffset() == 0:
+			return "a hand-off table without the fast path"
+		case off < 64 || off%8 != 0:
+			return "hand-off table over the control block or unaligned"
+		case end.Cmp(new(big.Int).SetUint64(size)) > 0:
+			return "hand-off table outside the segment"
+		case n > 0:
+			spans = append(spans, span{off, end.Uint64()})
+		}
+	}
 	sort.Slice(spans, func(i, j int) bool { return spans[i].off < spans[j].off })
 	for i := 1; i < len(spans); i++ {
 		if spans[i-1].end > spans[i].off {
-			return "buffers or the checksum table overlap"
+			return "buffers or the tables overlap"
 		}
 	}
 	return ""

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
@@ -173,7 +174,9 @@ func specsOf(ts []tensor.Tensor) []tensor.Spec {
 
 // assertClean checks that no socket file is left in dir and no segment of
 // the named managers in the default ShmDir, except idle pooled ones
-// (phased-NAME-free-N), which Release removes (see startManager).
+// (phased-NAME-free-N) and output segments with their lend table
+// (phased-NAME-out-N, phased-NAME-lends-0), which Release removes (see
+// startManager).
 func assertClean(t testing.TB, dir string, names ...string) {
 	t.Helper()
 	socks, err := filepath.Glob(filepath.Join(dir, "*.sock"))
@@ -190,7 +193,8 @@ func assertClean(t testing.TB, dir string, names ...string) {
 		}
 		var left []string
 		for _, s := range segs {
-			if !strings.HasPrefix(filepath.Base(s), "phased-"+name+"-free-") {
+			if base := filepath.Base(s); !strings.HasPrefix(base, "phased-"+name+"-free-") &&
+				!strings.HasPrefix(base, "phased-"+name+"-out-") && base != lendTableName(name) {
 				left = append(left, s)
 			}
 		}
@@ -240,4 +244,29 @@ func init() {
 func onChunk(t testing.TB, m *Manager, hook func(room uint64)) {
 	chunkHooks.Store(m, hook)
 	t.Cleanup(func() { chunkHooks.Delete(m) })
+}
+
+// fakeRig is a receiving Manager and a hand-written sender: a raw PULL
+// socket bound where a sender's room socket would be, which reads the
+// receiver's descriptors; the test plays the sender's part.
+type fakeRig struct {
+	dir      string
+	rcv      *Manager
+	rn       string
+	zctx     *zmq.Context
+	fake     *zmq.Socket
+	senderEP string
+}
+
+func newFakeRig(t *testing.T) *fakeRig {
+	t.Helper()
+	f := &fakeRig{dir: shortDir(t), rn: uniqueName()}
+	f.rcv = startManager(t, f.dir, f.rn, nil)
+	f.zctx = rawContext(t)
+	f.senderEP = "ipc://" + filepath.Join(f.dir, "fake.sock")
+	f.fake = rawSocket(t, f.zctx, zmq.PULL)
+	if err := f.fake.Bind(f.senderEP); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -254,18 +254,11 @@ func TestDroppedDescriptors(t *testing.T) {
 }
 
 func TestHostileStatusFrames(t *testing.T) {
-	dir, rn := shortDir(t), uniqueName()
-	rcv := startManager(t, dir, rn, nil)
-	zctx := rawContext(t)
+	// A hand-written sender: it reads descriptors and writes status frames.
+	f := newFakeRig(t)
+	dir, rn, rcv, zctx, fake, senderEP := f.dir, f.rn, f.rcv, f.zctx, f.fake, f.senderEP
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-
-	// A hand-written sender: it reads descriptors and writes status frames.
-	senderEP := "ipc://" + filepath.Join(dir, "fake.sock")
-	fake := rawSocket(t, zctx, zmq.PULL)
-	if err := fake.Bind(senderEP); err != nil {
-		t.Fatal(err)
-	}
 	specs := []tensor.Spec{
 		{Name: "a", DType: tensor.Float32, Shape: []int64{8}},
 		{Name: "b", DType: tensor.Uint8, Shape: []int64{100}},

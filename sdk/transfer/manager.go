@@ -81,7 +81,9 @@ type Manager struct {
 	stopping   atomic.Value
 	rooms      map[uint64]*room
 	ids        usedIDs
-	pool       *pool // the receiver's idle segments
+	pool       *pool     // the receiver's idle segments
+	outputs    *outputs  // the sender's output segments (Alloc) and lend table
+	peers      *peerMaps // the receiver's mappings of segments lent to it
 
 	// Set by Start; read-only afterwards.
 	zctx       *zmq.Context
@@ -130,6 +132,12 @@ type room struct {
 	bufs   []buffer
 	final  []header // the Success frame's tensors, once it arrived
 	sumsAt uint64   // a shm room's checksum table (the fast path)
+	// handoffsAt is a fast-path room's hand-off table; lent holds the
+	// output segments its sender lent it, once a Receive took them
+	// (tookLent), until the room's segment is idle.
+	handoffsAt uint64
+	lent       []taken
+	tookLent   bool
 	// movedByCtrl: the control block, not a frame, moved the room to
 	// Transferring (observeLocked); one Transferring frame is then no
 	// duplicate.
@@ -174,6 +182,8 @@ func New(cfg Config) (*Manager, error) {
 	// ShmDir never produce the same endpoint or segment name.
 	m.nextGen.Store(rand.Uint64() >> 1)
 	m.pool = newPool(cfg.ShmDir, cfg.Name, uint64(cfg.PoolBytes), cfg.PoolSegments, func() uint64 { return m.nextGen.Add(1) })
+	m.outputs = newOutputs(cfg.ShmDir, cfg.Name, uint64(cfg.PoolBytes), cfg.PoolSegments, cfg.VerifyHandoffs)
+	m.peers = &peerMaps{maxSegs: mapCacheSegments, maxBytes: mapCacheBytes}
 	return m, nil
 }
 
@@ -310,9 +320,10 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 		return err
 	}
 	var bufs []buffer
-	var need, sumsAt uint64
+	var need uint64
+	var at tables
 	if backend == sdk.BackendShm {
-		bufs, sumsAt, need, err = shmLayout(specs)
+		bufs, at, need, err = shmLayout(specs)
 	} else {
 		bufs, need, err = layout(specs, 0)
 	}
@@ -327,7 +338,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 	}
 	gen := m.nextGen.Add(1)
 	r := newRoom(id, Receiver)
-	r.gen, r.bufs, r.backend, r.sumsAt = gen, bufs, backend, sumsAt
+	r.gen, r.bufs, r.backend, r.sumsAt, r.handoffsAt = gen, bufs, backend, at.sums, at.handoffs
 	var seg *segment
 	var segName string
 	reused := false
@@ -356,7 +367,7 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 			h := seg.dev.Handle()
 			handle = h[:]
 		}
-		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs, handle, sumsAt)
+		b, err := encodeDescriptor(backend, id, gen, statusEndpoint, segName, seg.size, bufs, handle, at)
 		if err != nil {
 			return nil, fmt.Errorf("encode descriptor: %w", err)
 		}
@@ -366,6 +377,9 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 	if backend == sdk.BackendShm {
 		r.ctrl = ctrlOf(seg.data)
 		r.ctrl.reset() // a pooled segment holds the last room's progress
+		// and its hand-off entries, which a sender that lends nothing
+		// does not overwrite.
+		clear(seg.data[at.handoffs:need])
 	}
 	if err := m.addRoom(r); err != nil {
 		return errors.Join(err, m.retire(seg, false))
@@ -571,6 +585,43 @@ func (m *Manager) send(ctx context.Context, id uint64, tensors []tensor.Tensor) 
 	}
 }
 
+// Alloc returns a tensor for spec whose bytes lie in a shared-memory
+// output segment of this Manager, for a phase to write an output into:
+// sent through a fast-path shm room (both processes on this host), it is
+// handed to the receiver instead of copied (docs/protocol.md section 5.6).
+// Its bytes are not zeroed: write every one. Free it when done, after the
+// Send that sends it has returned; Release unmaps every output. A spec of
+// no bytes, or one beyond the pool's budget (Config.PoolBytes), gets
+// ordinary memory, which Send copies.
+func (m *Manager) Alloc(spec tensor.Spec) (tensor.Tensor, error) {
+	m.mu.Lock()
+	state := m.state
+	m.mu.Unlock()
+	switch state {
+	case stateNew:
+		return tensor.Tensor{}, ErrNotStarted
+	case stateReleased:
+		return tensor.Tensor{}, ErrReleased
+	}
+	t, err := m.outputs.alloc(spec)
+	if err != nil && !isSentinel(err) {
+		err = fmt.Errorf("transfer: alloc %s: %w", spec, err)
+	}
+	return t, err
+}
+
+// Written records sum, the checksum the writer computed while it wrote t
+// (a tensor from Alloc, written in full: tensor.Chain over its blocks in
+// order, or tensor.Checksum), so that Send lends t without reading it
+// again; without it, Send hashes t once. Writing t afterwards is a bug
+// that a receiver with Config.VerifyHandoffs reports.
+func (m *Manager) Written(t tensor.Tensor, sum uint64) error { return m.outputs.written(t, sum) }
+
+// Free gives back a tensor from Alloc: its segment serves a later Alloc
+// once the receiver it was lent to, if any, has given it back. Tensors
+// not from Alloc are ignored.
+func (m *Manager) Free(t tensor.Tensor) { m.outputs.free(t) }
+
 // Receive waits until the sender's Success frame arrived for a receiver
 // room (or the room failed, was removed, or ctx ended), verifies every
 // tensor against its registered spec and its checksum, and returns the
@@ -643,11 +694,12 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	})
 	bufs, total := r.bufs, totalBytes(r.bufs)
 	var err error
+	viaDone := false // the sender ended the room in the control block
 	for r.final == nil && r.copying() && !r.removing && ctx.Err() == nil {
 		seen := r.ctrl.seq.Load()
 		if m.observeLocked(r) {
 			r.final = sumsOf(bufs, data[r.sumsAt:])
-			r.senderDone = true
+			r.senderDone, viaDone = true, true
 			break
 		}
 		if beforeDone != nil {
@@ -669,13 +721,28 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 	finished := false
 	if final := r.final; final != nil && r.status == Transferring && !r.removing {
 		m.mu.Unlock()
-		if r.seg.dev != nil {
+		var lent []taken
+		switch {
+		case r.seg.dev != nil:
 			err = checkHeaders(bufs, final)
-		} else {
-			err = r.verify.finish(bufs, final, data)
+		case r.handoffsAt != 0 && viaDone:
+			if lent, err = m.takeHandoffs(bufs, data, r.handoffsAt); err == nil {
+				if err = r.verify.finish(bufs, final, data, lent, m.cfg.VerifyHandoffs); err != nil {
+					m.giveBack(lent)
+					lent = nil
+				}
+			}
+		default:
+			err = r.verify.finish(bufs, final, data, nil, false)
 		}
 		finished = true
 		m.mu.Lock()
+		if err == nil && viaDone {
+			r.lent, r.tookLent = lent, true
+			if len(lent) > 0 {
+				r.seg.onIdle(func() { m.giveBack(lent) })
+			}
+		}
 		r.hashed = r.verify.pos
 	}
 	m.mu.Unlock()
@@ -752,6 +819,9 @@ func (m *Manager) leaseLocked(r *room) ([]tensor.Tensor, func(), error) {
 		}
 		ts[i] = tensor.Tensor{Spec: cloneSpec(b.spec), Data: data[b.offset:end:end]}
 	}
+	for _, t := range r.lent {
+		ts[t.buf].Data = t.view
+	}
 	var once sync.Once
 	release := func() {
 		once.Do(func() {
@@ -822,8 +892,13 @@ func (m *Manager) Remove(id uint64) error {
 		// The owner has closed the status socket, so senderDone is final;
 		// a fast-path sender that set done writes nothing more either.
 		m.mu.Lock()
-		recyclable := r.senderDone || r.fastDone()
+		done := r.fastDone()
+		recyclable := r.senderDone || done
+		untaken := done && r.handoffsAt != 0 && !r.tookLent
 		m.mu.Unlock()
+		if untaken {
+			m.giveBackUntaken(r.bufs, r.seg.data, r.handoffsAt)
+		}
 		errs = append(errs, m.retire(r.seg, recyclable))
 	}
 	err := errors.Join(errs...)
@@ -901,6 +976,12 @@ func (m *Manager) teardown(ids []uint64) {
 	<-m.workerDone
 	m.stopping.Store("the cuda completer")
 	<-m.completerDone
+	// The worker lends no more: every output segment can go. A receiver
+	// that maps one keeps its bytes until it lets go.
+	if err := m.outputs.close(); err != nil {
+		errs = append(errs, fmt.Errorf("transfer: release: output segments: %w", err))
+	}
+	m.peers.close()
 	m.stopping.Store("the socket owner")
 	if err := m.post(command{stop: true}); err != nil && !errors.Is(err, errOwnerStopped) {
 		errs = append(errs, err)

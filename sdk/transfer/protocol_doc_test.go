@@ -210,11 +210,13 @@ func TestProtocolDocEnums(t *testing.T) {
 func TestProtocolDocNames(t *testing.T) {
 	const manager = "transformer-0.4242"
 	want := map[string]string{
-		"manager":         ProcessName("transformer-0", 4242),
-		"sender socket":   senderSocketName(42),
-		"receiver socket": receiverSocketName(42, 7),
-		"segment":         segmentName(manager, 42, 7),
-		"free segment":    newPool("", manager, 0, 0, func() uint64 { return 9 }).freeName(),
+		"manager":            ProcessName("transformer-0", 4242),
+		"sender socket":      senderSocketName(42),
+		"receiver socket":    receiverSocketName(42, 7),
+		"segment":            segmentName(manager, 42, 7),
+		"free segment":       newPool("", manager, 0, 0, func() uint64 { return 9 }).freeName(),
+		"output segment":     outputName(manager, 9),
+		"lend table segment": lendTableName(manager),
 	}
 	seen := map[string]bool{}
 	for _, r := range doctest.Table(t, protocolDoc, "names", 3) {
@@ -301,12 +303,13 @@ func TestProtocolDocLayout(t *testing.T) {
 		{Name: "context", DType: tensor.Float32, Shape: []int64{16, 64}},
 		{Name: "latent", DType: tensor.Float32, Shape: []int64{4, 8, 24, 32}},
 	}
-	bufs, sumsAt, need, err := shmLayout(specs)
+	bufs, at, need, err := shmLayout(specs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"checksums":    fmt.Sprintf("%d %d", sumsAt, 8*len(bufs)),
+		"checksums":    fmt.Sprintf("%d %d", at.sums, 8*len(bufs)),
+		"hand-offs":    fmt.Sprintf("%d %d", at.handoffs, handoffEntry*len(bufs)),
 		"need":         strconv.FormatUint(need, 10),
 		"segment_size": strconv.FormatUint(sizeClass(need), 10),
 	}
@@ -337,5 +340,50 @@ func TestProtocolDocLayout(t *testing.T) {
 		if !seen[name] {
 			t.Errorf("%s: the layout example lacks %s", protocolDoc, name)
 		}
+	}
+}
+
+// TestProtocolDocHandoff checks 5.6's tables: the hand-off entry's fields
+// are where putHandoff writes them and handoffOf reads them, and the lend
+// word's states are the code's.
+func TestProtocolDocHandoff(t *testing.T) {
+	const name = "phased-transformer-0.4242-out-9"
+	entry := make([]byte, handoffEntry)
+	if err := putHandoff(entry, 7<<32|lendLent, 128, 4096, name); err != nil {
+		t.Fatal(err)
+	}
+	// offset, width, and a word of the field's description.
+	want := [][3]string{{"0", "8", "lend word"}, {"8", "8", "offset"}, {"16", "8", "size"}, {"24", "104", "name"}}
+	rows := doctest.Table(t, protocolDoc, "handoff-entry", 3)
+	if len(rows) != len(want) {
+		t.Fatalf("%s: the hand-off entry has %d fields, want %d", protocolDoc, len(rows), len(want))
+	}
+	for i, r := range rows {
+		if r.Cells[0] != want[i][0] || r.Cells[1] != want[i][1] || !strings.Contains(r.Cells[2], want[i][2]) {
+			t.Errorf("%s: field %d is %q, the code's is %v", r.At(), i, r.Cells, want[i])
+		}
+	}
+	if got := binary.LittleEndian.Uint64(entry[0:]); got != 7<<32|lendLent {
+		t.Errorf("putHandoff wrote the word %#x at 0", got)
+	}
+	if got := binary.LittleEndian.Uint64(entry[8:]); got != 128 {
+		t.Errorf("putHandoff wrote the offset %d at 8", got)
+	}
+	if got := binary.LittleEndian.Uint64(entry[16:]); got != 4096 {
+		t.Errorf("putHandoff wrote the size %d at 16", got)
+	}
+	if got := string(entry[24 : 24+len(name)]); got != name || 24+handoffNameMax != handoffEntry {
+		t.Errorf("putHandoff wrote the name %q at 24 (%d bytes for it)", got, handoffNameMax)
+	}
+	w, off, size, got := handoffOf(entry, 0)
+	if w != 7<<32|lendLent || off != 128 || size != 4096 || got != name {
+		t.Errorf("handoffOf reads %#x %d %d %q back", w, off, size, got)
+	}
+	states := map[string]string{}
+	for _, r := range doctest.Table(t, protocolDoc, "lend-word", 3) {
+		states[r.Cells[1][:strings.IndexAny(r.Cells[1]+":", ":")]] = r.Cells[0]
+	}
+	if states["free"] != "0" || states["lent"] != fmt.Sprintf("token × 2^32 + %d", lendLent) || states["taken"] != fmt.Sprintf("token × 2^32 + %d", lendTaken) {
+		t.Errorf("%s: the lend word's states are %q", protocolDoc, states)
 	}
 }

@@ -54,20 +54,28 @@ func layout(specs []tensor.Spec, base uint64) ([]buffer, uint64, error) {
 	return bufs, max(off, alignment), nil
 }
 
-// shmLayout lays out a shm room: the control block, the buffers, and
-// after them the fast path's checksum table, 8 bytes per buffer. It
-// returns the buffers, the table's offset and the bytes the segment needs.
-func shmLayout(specs []tensor.Spec) (bufs []buffer, sumsAt, need uint64, err error) {
-	bufs, sumsAt, err = layout(specs, ctrlSize)
+// shmLayout lays out a shm room: the control block, the buffers, after
+// them the fast path's checksum table (8 bytes per buffer), and after
+// that, 64-byte aligned, the hand-off table (handoffEntry bytes per
+// buffer, see output.go). It returns the buffers, the tables' offsets and
+// the bytes the segment needs.
+func shmLayout(specs []tensor.Spec) (bufs []buffer, at tables, need uint64, err error) {
+	bufs, at.sums, err = layout(specs, ctrlSize)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, at, 0, err
 	}
-	need = sumsAt + 8*uint64(len(bufs))
+	n := uint64(len(bufs))
+	at.handoffs = alignUp(at.sums + 8*n)
+	need = at.handoffs + handoffEntry*n
 	if need > maxSegmentSize {
-		return nil, 0, 0, fmt.Errorf("inputs need more than %d bytes", uint64(maxSegmentSize))
+		return nil, at, 0, fmt.Errorf("inputs need more than %d bytes", uint64(maxSegmentSize))
 	}
-	return bufs, sumsAt, need, nil
+	return bufs, at, need, nil
 }
+
+// tables are where a shm room's segment holds the fast path's checksum
+// table and the hand-off table.
+type tables struct{ sums, handoffs uint64 }
 
 func alignUp(n uint64) uint64 { return (n + alignment - 1) &^ (alignment - 1) }
 
@@ -113,6 +121,28 @@ type segment struct {
 	mu      sync.Mutex
 	refs    int
 	retired bool // the room let go: no new reference can be taken
+	// idle, when set, runs once when the last reference of a retired
+	// segment is dropped, before the segment is unmapped or recycled: a
+	// receiver room gives back the output segments it was lent.
+	idle func()
+}
+
+// onIdle sets the function run when nothing references the segment any
+// more (see idle).
+func (s *segment) onIdle(f func()) {
+	s.mu.Lock()
+	s.idle = f
+	s.mu.Unlock()
+}
+
+// takeIdleLocked returns and clears idle. s.mu is held.
+func (s *segment) takeIdleLocked() func() {
+	f := s.idle
+	s.idle = nil
+	if f == nil {
+		return func() {}
+	}
+	return f
 }
 
 // privateSegment allocates size bytes, 64-byte aligned: the receiver's
@@ -194,8 +224,13 @@ func (s *segment) release() error {
 	}
 	s.refs--
 	last := s.refs == 0 && s.retired
+	idle := func() {}
+	if last {
+		idle = s.takeIdleLocked()
+	}
 	s.mu.Unlock()
 	if last {
+		idle()
 		return s.unmap()
 	}
 	return nil
@@ -210,7 +245,12 @@ func (s *segment) retire(recyclable bool) (recycled bool, err error) {
 	s.retired = true
 	s.refs--
 	refs := s.refs
+	idle := func() {}
+	if refs == 0 {
+		idle = s.takeIdleLocked()
+	}
 	s.mu.Unlock()
+	idle()
 	// Only shared-memory segments go back to the pool; private memory (a
 	// zmq room's) has no file to hand to the next room.
 	if refs == 0 && recyclable && s.path != "" {
@@ -481,14 +521,14 @@ type mapCache struct {
 	tick     uint64
 }
 
-// get returns a mapping of the segment, valid until done is called. done
-// with bad set drops the entry (after a fault).
-// It takes f, the segment's file if it was opened already (the cache
-// keeps or closes it), or opens dir/name.
-func (c *mapCache) get(dir, name string, size uint64, f *peerFile) (data []byte, done func(bad bool) error, err error) {
+// get returns a mapping of the segment and its open file, both valid
+// until done is called. done with bad set drops the entry (after a
+// fault). It takes f, the segment's file if it was opened already (the
+// cache keeps or closes it), or opens dir/name.
+func (c *mapCache) get(dir, name string, size uint64, f *peerFile) (data []byte, file int, done func(bad bool) error, err error) {
 	if f == nil {
 		if f, err = openPeerFile(dir, name, size); err != nil {
-			return nil, nil, err
+			return nil, -1, nil, err
 		}
 	}
 	fd, st := f.fd, f.st
@@ -500,17 +540,17 @@ func (c *mapCache) get(dir, name string, size uint64, f *peerFile) (data []byte,
 		if e.size == size {
 			c.tick++
 			e.lastUse = c.tick
-			return e.data, c.doneFunc(e), closeFd(fd)
+			return e.data, e.fd, c.doneFunc(e), closeFd(fd)
 		}
 		c.drop(i) // the same file with another size: map it again
 		break
 	}
 	data, err = unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("map segment %s: %w", name, fdErr(err)), closeFd(fd))
+		return nil, -1, nil, errors.Join(fmt.Errorf("map segment %s: %w", name, fdErr(err)), closeFd(fd))
 	}
 	if size > c.maxBytes || c.maxSegs <= 0 {
-		return data, func(bool) error { return errors.Join(unmapErr(data), closeFd(fd)) }, nil
+		return data, fd, func(bool) error { return errors.Join(unmapErr(data), closeFd(fd)) }, nil
 	}
 	c.tick++
 	e := &mapping{dev: dev, ino: ino, size: size, fd: fd, data: data, lastUse: c.tick}
@@ -528,7 +568,7 @@ func (c *mapCache) get(dir, name string, size uint64, f *peerFile) (data []byte,
 		}
 		err = errors.Join(err, c.drop(oldest))
 	}
-	return data, c.doneFunc(e), err
+	return data, fd, c.doneFunc(e), err
 }
 
 func (c *mapCache) doneFunc(e *mapping) func(bad bool) error {

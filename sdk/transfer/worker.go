@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"runtime/debug"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 )
@@ -18,6 +20,11 @@ const chunkSize = tensor.ChecksumBlock
 // afterChunk, when set, is called by the transfer worker after each chunk
 // it copied: tests pause a transfer there. Nil in production.
 var afterChunk func(m *Manager, room uint64)
+
+// beforeLend, when set, is called by the transfer worker before it marks
+// the segments of a Send lent: tests remove the receiver's side there.
+// Nil in production.
+var beforeLend func(m *Manager)
 
 // zmqWindow is how many bytes of a zmq room the socket owner queues in one
 // command.
@@ -158,7 +165,7 @@ func (m *Manager) copyIn(j *job, d *descriptor, file *peerFile) (_ []header, err
 		}
 		return nil, err
 	}
-	data, done, err := m.maps.get(m.cfg.ShmDir, d.segment, d.segmentSize, file)
+	data, fd, done, err := m.maps.get(m.cfg.ShmDir, d.segment, d.segmentSize, file)
 	if err != nil {
 		return nil, err
 	}
@@ -190,12 +197,42 @@ func (m *Manager) copyIn(j *job, d *descriptor, file *peerFile) (_ []header, err
 	}
 	hs := make([]header, len(tensors))
 	c := ctrlOf(data)
-	var copied uint64 // bytes copied, over the buffers in order
+	// Outputs from Alloc are lent, not copied, where the receiver offers
+	// a hand-off table. Their entries are written first; the copied
+	// tensors then report no progress (a quiet control block), so the
+	// receiver hashes nothing before done tells it which buffers are
+	// lent.
+	var lendable []*outSeg
+	if d.handoffOffset != 0 {
+		lendable = m.outputs.lendable(tensors)
+	}
+	progress := c
+	if lendable != nil {
+		progress = &ctrl{}
+	}
+	words := make([]uint64, len(lendable))
+	for i, s := range lendable {
+		if s == nil {
+			continue
+		}
+		t := tensors[i]
+		words[i] = m.outputs.nextWord()
+		hs[i] = header{spec: t.Spec, length: d.buffers[i].length, sum: m.outputs.checksum(s, t.Data)}
+		if err := putHandoff(data[d.handoffOffset+handoffEntry*uint64(i):], words[i], 0, s.seg.size, s.seg.name); err != nil {
+			faulted = true
+			return nil, fmt.Errorf("send: hand-off table: %w", err)
+		}
+	}
+	var copied uint64 // bytes copied or lent, over the buffers in order
 	for i, t := range tensors {
 		b := d.buffers[i]
+		if lendable != nil && lendable[i] != nil {
+			copied += b.length
+			continue
+		}
 		// On the fast path the last bytes' wake-up is done's.
 		hold := d.fast() && i == len(tensors)-1
-		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data, c, copied, hold)
+		sum, err := m.copyChunks(j, data[b.offset:b.offset+b.length], t.Data, progress, copied, hold)
 		copied += b.length
 		if errors.Is(err, errFault) {
 			faulted = true
@@ -210,9 +247,38 @@ func (m *Manager) copyIn(j *job, d *descriptor, file *peerFile) (_ []header, err
 			faulted = true
 			return nil, fmt.Errorf("send: checksum table: %w", err)
 		}
+		if beforeLend != nil && lendable != nil {
+			beforeLend(m)
+		}
+		if err := m.lend(lendable, words, d, fd); err != nil {
+			return nil, fmt.Errorf("send: %w", err)
+		}
 		c.finish(copied)
 	}
 	return hs, nil
+}
+
+// lend marks the segments lent to the room's receiver, before done makes
+// the hand-off entries visible. Each lend keeps a duplicate of fd, the
+// receiver's segment, so that the sender sees it unlinked.
+func (m *Manager) lend(segs []*outSeg, words []uint64, d *descriptor, fd int) error {
+	pid := 0
+	if owner, ok := SegmentOwner(d.segment); ok {
+		_, pid, _ = SplitProcessName(owner)
+	}
+	for i, s := range segs {
+		if s == nil {
+			continue
+		}
+		peer, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			peer = -1 // the sender then relies on the receiver's process
+		}
+		if err := m.outputs.lend(s, words[i], pid, peer); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // putSums writes the checksum table of the fast path: one little-endian

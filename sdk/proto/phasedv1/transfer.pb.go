@@ -136,8 +136,14 @@ type Descriptor struct {
 	// them, then sets the control block's done word. 0: the receiver takes
 	// Transferring and Success frames only.
 	ChecksumOffset uint64 `protobuf:"varint,10,opt,name=checksum_offset,json=checksumOffset,proto3" json:"checksum_offset,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// shm fast path only: where in the segment the receiver offers its
+	// hand-off table, 128 bytes per buffer, in descriptor order: a sender
+	// may lend it an output segment of its own there instead of copying a
+	// tensor (zero-copy hand-off, docs/protocol.md section 5.6). 0: every
+	// tensor is copied.
+	HandoffOffset uint64 `protobuf:"varint,11,opt,name=handoff_offset,json=handoffOffset,proto3" json:"handoff_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Descriptor) Reset() {
@@ -240,6 +246,13 @@ func (x *Descriptor) GetChecksumOffset() uint64 {
 	return 0
 }
 
+func (x *Descriptor) GetHandoffOffset() uint64 {
+	if x != nil {
+		return x.HandoffOffset
+	}
+	return 0
+}
+
 // StatusFrame goes sender -> receiver on the receiver's status socket.
 type StatusFrame struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -336,7 +349,7 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x05 \x01(\x04R\x06length\x12\x12\n" +
-	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\xde\x02\n" +
+	"\x04xxh3\x18\a \x01(\x06R\x04xxh3J\x04\b\x06\x10\aR\x06crc32c\"\x85\x03\n" +
 	"\n" +
 	"Descriptor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
@@ -351,7 +364,8 @@ const file_phasedv1_transfer_proto_rawDesc = "" +
 	"\abackend\x18\b \x01(\tR\abackend\x12&\n" +
 	"\x0fcuda_ipc_handle\x18\t \x01(\fR\rcudaIpcHandle\x12'\n" +
 	"\x0fchecksum_offset\x18\n" +
-	" \x01(\x04R\x0echecksumOffset\"\xd9\x01\n" +
+	" \x01(\x04R\x0echecksumOffset\x12%\n" +
+	"\x0ehandoff_offset\x18\v \x01(\x04R\rhandoffOffset\"\xd9\x01\n" +
 	"\vStatusFrame\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\x04R\x04room\x12\x1e\n" +

@@ -28,6 +28,13 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(senderEnv); dir != "" {
+		if err := sender(dir, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "sender:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if dir := os.Getenv(childEnv); dir != "" {
 		if err := receiver(dir, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "receiver:", err)
@@ -181,8 +188,20 @@ type child struct {
 
 func startChild(b testing.TB, dir string, env ...string) *child {
 	b.Helper()
+	return spawn(b, append([]string{childEnv + "=" + dir}, env...), func(cmd *exec.Cmd) {
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("receiver process: %v", err)
+		}
+	})
+}
+
+// spawn starts the test binary with env added, as a child driven over
+// its stdin and stdout; at the test's end it closes stdin and calls
+// reap, which waits for the process.
+func spawn(b testing.TB, env []string, reap func(*exec.Cmd)) *child {
+	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), childEnv+"="+dir), env...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -195,14 +214,11 @@ func startChild(b testing.TB, dir string, env ...string) *child {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	c := &child{cmd: cmd, in: in, out: bufio.NewScanner(outPipe)}
 	b.Cleanup(func() {
 		in.Close()
-		if err := cmd.Wait(); err != nil {
-			b.Errorf("receiver process: %v", err)
-		}
+		reap(cmd)
 	})
-	return c
+	return &child{cmd: cmd, in: in, out: bufio.NewScanner(outPipe)}
 }
 
 // expect reads one answer and fails unless it starts with want.

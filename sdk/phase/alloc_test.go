@@ -1,0 +1,199 @@
+package phase
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/tensor"
+	"github.com/phased/phased/sdk/transfer"
+)
+
+var (
+	lentSpec  = tensor.Spec{Name: "latent", DType: tensor.Float32, Shape: []int64{4, 1024}}
+	plainSpec = tensor.Spec{Name: "context", DType: tensor.Uint8, Shape: []int64{100}}
+)
+
+// allocator writes one output into sdk.Alloc's memory and one into its
+// own.
+type allocator struct{ gotPlain chan bool }
+
+func (allocator) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "alloc", Kind: sdk.KindPhase, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
+}
+
+func (allocator) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) { return nil, nil }
+
+func (a allocator) Run(ctx context.Context, req sdk.Request, _ []tensor.Tensor) (sdk.Output, error) {
+	lent, err := sdk.Alloc(ctx, lentSpec)
+	if err != nil {
+		return sdk.Output{}, err
+	}
+	for i := range lent.Data {
+		lent.Data[i] = byte(i * 3)
+	}
+	if err := sdk.Written(ctx, lent, tensor.Checksum(lent.Data)); err != nil {
+		return sdk.Output{}, err
+	}
+	plain, err := tensor.New(plainSpec)
+	return sdk.Output{Tensors: []tensor.Tensor{plain, lent}}, err
+}
+
+// TestRunLendsAllocOutputs: an output a phase writes into sdk.Alloc's
+// memory reaches the next phase as a read-only mapping of the instance's
+// output segment, not a copy; the Run gives it back to the manager, and
+// Release removes the segment.
+func TestRunLendsAllocOutputs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, peer := withPeer(t, allocator{}, "l-0")
+	for room := uint64(1); room <= 2; room++ {
+		ep, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleSender, Request: sdk.Request{ID: "a"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := peer.OpenReceiver(room, ep, []tensor.Spec{lentSpec, plainSpec}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: fmt.Sprint("a", room)}, OutRoom: room}); err != nil {
+			t.Fatal(err)
+		}
+		got, release, err := peer.Receive(ctx, room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range got[0].Data {
+			if b != byte(i*3) {
+				t.Fatalf("room %d: byte %d of the lent output is %d, want %d", room, i, b, byte(i*3))
+			}
+		}
+		out := "phased-" + transfer.ProcessName("l-0", os.Getpid()) + "-out-"
+		var perms []string
+		for _, l := range strings.Split(readMaps(t), "\n") {
+			if strings.Contains(l, out) {
+				perms = append(perms, strings.Fields(l)[1])
+			}
+		}
+		if strings.Join(perms, " ") != "rw-s r--s" && strings.Join(perms, " ") != "r--s rw-s" {
+			t.Errorf("room %d: the instance's output segment is mapped %v, want once by it (rw-s) and once by the peer (r--s)", room, perms)
+		}
+		release()
+		if err := r.RemoveRoom(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+		if err := peer.Remove(room); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if segs, _ := filepath.Glob("/dev/shm/phased-" + transfer.ProcessName("l-0", os.Getpid()) + "-*"); len(segs) > 0 {
+		t.Errorf("left after Release: %v", segs)
+	}
+}
+
+// TestAllocWithoutRuntime: outside a runtime's Run (sdk.RunLocal, tests),
+// sdk.Alloc gives ordinary zeroed memory and Written does nothing.
+func TestAllocWithoutRuntime(t *testing.T) {
+	x, err := sdk.Alloc(context.Background(), lentSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := lentSpec.NumBytes(); int64(len(x.Data)) != n || strings.Trim(string(x.Data), "\x00") != "" {
+		t.Fatalf("got %d bytes, not all zero; want %d zeros", len(x.Data), n)
+	}
+	if err := sdk.Written(context.Background(), x, 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withPeer configures a runtime of p as instance id, in a run directory
+// in memory, with a transfer manager beside it as its peer; both are
+// released when the test ends.
+func withPeer(t *testing.T, p sdk.Phase, id string) (*Runtime, *transfer.Manager) {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "alloctest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	r := New(p, nil)
+	if err := r.Configure(context.Background(), sdk.InstanceConfig{Instance: id, RunDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Release(context.Background()) })
+	peer, err := transfer.New(transfer.Config{Dir: dir, Name: transfer.ProcessName("alloc-peer", os.Getpid())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Release(context.Background()) })
+	return r, peer
+}
+
+func readMaps(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// scribbler writes into its input.
+type scribbler struct{}
+
+func (scribbler) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "scribbler", Kind: sdk.KindPhase, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
+}
+
+func (scribbler) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
+	return []tensor.Spec{lentSpec}, nil
+}
+
+func (scribbler) Run(_ context.Context, _ sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
+	in[0].Data[0] = 1
+	return sdk.Output{}, nil
+}
+
+// TestRunWritesLentInput: a phase that writes into an input lent to it
+// fails its Run with a reason that says inputs are read-only; the
+// process goes on, and the sender's bytes are unchanged.
+func TestRunWritesLentInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, peer := withPeer(t, scribbler{}, "w-0")
+	out, err := peer.Alloc(lentSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(out.Data)
+	ep, err := peer.OpenSender(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleReceiver, Request: sdk.Request{ID: "w"}, PeerEndpoint: ep}); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan error, 1)
+	go func() { sent <- peer.Send(ctx, 1, []tensor.Tensor{out}) }()
+	_, err = r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: "w"}, InRoom: 1})
+	if err == nil || !strings.Contains(err.Error(), "the phase panicked") || !strings.Contains(err.Error(), "inputs are read-only") {
+		t.Fatalf("Run of a phase that writes its lent input: %v, want a panic that says inputs are read-only", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if out.Data[0] != 0 {
+		t.Error("the sender's output changed")
+	}
+	peer.Free(out)
+}
