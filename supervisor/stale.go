@@ -241,9 +241,10 @@ func sweepDeadSegments(shmDir string) (int, error) {
 }
 
 // segmentPID returns the pid of the plugin process whose transfer manager
-// made a segment: its name is phased-INSTANCE.PID-ROOM-GEN or
-// phased-INSTANCE.PID-free-N (transfer.ProcessName, transfer.SegmentOwner),
-// and an instance id may hold '.' and '-' itself.
+// made a segment: its name is phased-INSTANCE.PID-ROOM-GEN,
+// phased-INSTANCE.PID-free-N, or one of its output segments and lend
+// table, phased-INSTANCE.PID-out-N and -lends-0 (transfer.ProcessName,
+// transfer.SegmentOwner), and an instance id may hold '.' and '-' itself.
 func segmentPID(name string) (int, bool) {
 	owner, ok := transfer.SegmentOwner(name)
 	if !ok {

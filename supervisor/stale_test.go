@@ -25,14 +25,16 @@ func deadPID(t *testing.T) int {
 
 func TestSegmentPID(t *testing.T) {
 	for name, want := range map[string]int{
-		"phased-transformer-1.4242-17-99":  4242,
-		"phased-encoder-0.7-free-3":        7,
-		"phased-t123-4-1-56":               0, // no '.': not a plugin's
-		"other-transformer-1.4242-17-99":   0,
-		"phased-transformer-1.x-17":        0,
-		"phased-transformer-1.4242":        0,
-		"phased-decoder-0.0-1-1":           0,
-		"phased-hoprx.31337-free-12345678": 31337,
+		"phased-transformer-1.4242-17-99":   4242,
+		"phased-encoder-0.7-free-3":         7,
+		"phased-t123-4-1-56":                0, // no '.': not a plugin's
+		"other-transformer-1.4242-17-99":    0,
+		"phased-transformer-1.x-17":         0,
+		"phased-transformer-1.4242":         0,
+		"phased-decoder-0.0-1-1":            0,
+		"phased-hoprx.31337-free-12345678":  31337,
+		"phased-transformer-1.4242-out-9":   4242, // an output segment
+		"phased-transformer-1.4242-lends-0": 4242, // its lend table
 		// Instance ids may hold '.' and '-' (the runtime allows
 		// [A-Za-z0-9_.-]): the pid is after the last '.'.
 		"phased-wan2.1-t2v-0.4242-17-99": 4242,

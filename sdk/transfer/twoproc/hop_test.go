@@ -53,6 +53,8 @@ func TestMain(m *testing.M) {
 //	hop ROOM ENDPOINT BYTES   open, receive, remove at once  → open, then
 //	                          ok BYTES MONO (MONO: CLOCK_MONOTONIC in ns
 //	                          when Receive returned)
+//	set ROOM ENDPOINT         open a room for the Wan2.1 t2v hop set
+//	                          (wanSet), receive it, remove it  → ok
 //	count                     open fds and goroutines        → FDS GOROUTINES
 //	stream ROOM ENDPOINT BYTES  open; then, while the next commands run,
 //	                          receive and remove                → done ROOM
@@ -122,6 +124,21 @@ func receiver(dir string, in io.Reader, out io.Writer) error {
 					return err
 				}
 			}
+		case f[0] == "set" && len(f) == 3:
+			// The Wan2.1 t2v hop set, end to end on this side: open,
+			// receive (verified), remove.
+			if err := m.OpenReceiverWith(room, backend, f[2], wanSet); err != nil {
+				return err
+			}
+			if _, done, err := m.Receive(ctx, room); err != nil {
+				return err
+			} else {
+				done()
+			}
+			if err := m.Remove(room); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "ok")
 		case f[0] == "recv" && len(f) == 2:
 			if err := recv(room, false); err != nil {
 				return err
