@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -281,13 +282,7 @@ func (o *outputs) reclaimLocked() {
 
 // peerUnlinked reports whether the receiver segment fd refers to was
 // unlinked.
-func peerUnlinked(fd int) bool {
-	if fd < 0 {
-		return false
-	}
-	var st unix.Stat_t
-	return unix.Fstat(fd, &st) == nil && st.Nlink == 0
-}
+func peerUnlinked(fd int) bool { return fd >= 0 && unlinked(fd) }
 
 // processAlive reports whether pid exists (a zombie counts until reaped).
 func processAlive(pid int) bool {
@@ -401,6 +396,21 @@ func (o *outputs) lend(s *outSeg, w uint64, pid, peer int) error {
 	word(o.table.data, s.slot).Store(w)
 	s.lent = &lend{word: w, pid: pid, peer: peer}
 	return nil
+}
+
+// unlend takes back a lend that the receiver cannot have seen (done was
+// not set).
+func (o *outputs) unlend(s *outSeg) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if s.lent == nil {
+		return
+	}
+	word(o.table.data, s.slot).CompareAndSwap(s.lent.word, 0)
+	if s.lent.peer >= 0 {
+		_ = unix.Close(s.lent.peer)
+	}
+	s.lent = nil
 }
 
 // counts returns the segments held, lent and idle (for tests and metrics).
@@ -638,32 +648,51 @@ func (p *peerMaps) get(dir, name string, size uint64, writable bool) (*peerMap, 
 	return e, nil
 }
 
-// put drops a reference; an entry nobody references goes once its file is
-// unlinked, beyond the bounds, or after close.
+// put drops a reference. An entry nobody references goes at once if its
+// file was unlinked or the maps are closed; others are unmapped while
+// the maps exceed their bounds.
 func (p *peerMaps) put(e *peerMap) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	e.refs--
-	p.mu.Unlock()
-	p.sweep()
+	if e.refs == 0 && (p.closed || unlinked(e.fd)) {
+		p.dropLocked(e)
+	}
+	for _, x := range slices.Clone(p.entries) {
+		if len(p.entries) <= p.maxSegs && p.bytes <= p.maxBytes {
+			break
+		}
+		if x.refs == 0 {
+			p.dropLocked(x)
+		}
+	}
 }
 
-// sweep unmaps what is unreferenced and unlinked, closed, or beyond the
-// bounds (the largest first).
+func unlinked(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) != nil || st.Nlink == 0
+}
+
+func (p *peerMaps) dropLocked(e *peerMap) {
+	i := slices.Index(p.entries, e)
+	if i < 0 {
+		return
+	}
+	p.entries = slices.Delete(p.entries, i, i+1)
+	p.bytes -= e.size
+	_ = unix.Munmap(e.data)
+	_ = unix.Close(e.fd)
+}
+
+// sweep unmaps every unreferenced mapping whose file was unlinked (all of
+// them once closed).
 func (p *peerMaps) sweep() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i := 0; i < len(p.entries); {
-		e := p.entries[i]
-		var st unix.Stat_t
-		over := len(p.entries) > p.maxSegs || p.bytes > p.maxBytes
-		if e.refs == 0 && (p.closed || over || unix.Fstat(e.fd, &st) != nil || st.Nlink == 0) {
-			p.entries = append(p.entries[:i], p.entries[i+1:]...)
-			p.bytes -= e.size
-			_ = unix.Munmap(e.data)
-			_ = unix.Close(e.fd)
-			continue
+	for _, e := range slices.Clone(p.entries) {
+		if e.refs == 0 && (p.closed || unlinked(e.fd)) {
+			p.dropLocked(e)
 		}
-		i++
 	}
 }
 

@@ -275,6 +275,11 @@ func (m *Manager) lend(segs []*outSeg, words []uint64, d *descriptor, fd int) er
 			peer = -1 // the sender then relies on the receiver's process
 		}
 		if err := m.outputs.lend(s, words[i], pid, peer); err != nil {
+			for _, l := range segs[:i] { // done is not set: nobody saw them
+				if l != nil {
+					m.outputs.unlend(l)
+				}
+			}
 			return err
 		}
 	}
