@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
@@ -139,46 +140,67 @@ func goManager(b *testing.B, dir, name string) *transfer.Manager {
 	return m
 }
 
-// peer is bench/hoppeer.py, running.
+// peer is bench/hoppeer.py, running, with its two managers pya.PID and
+// pyb.PID.
 type peer struct {
+	pid int
 	in  io.WriteCloser
 	out *bufio.Scanner
 }
 
-func startPeer(b *testing.B, dir string) *peer {
+// startPeer starts bench/hoppeer.py; at the test's end it asks it to quit
+// (killing it after 10 s) and sweeps what its managers left.
+func startPeer(tb testing.TB, dir string) *peer {
+	tb.Helper()
 	_, file, _, _ := runtimeCaller()
 	cmd := exec.Command("/usr/bin/python3", filepath.Join(filepath.Dir(file), "bench", "hoppeer.py"), dir)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
-	check(b, err)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
-	check(b, err)
-	check(b, cmd.Start())
-	p := &peer{in: in, out: bufio.NewScanner(out)}
-	b.Cleanup(func() {
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &peer{pid: cmd.Process.Pid, in: in, out: bufio.NewScanner(out)}
+	tb.Cleanup(func() {
 		fmt.Fprintln(in, "quit")
 		in.Close()
-		_ = cmd.Wait()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		for _, m := range []string{"pya", "pyb"} {
+			_, _ = transfer.SweepSegments("", transfer.ProcessName(m, p.pid))
+		}
 	})
-	p.expect(b, "", "ready")
+	p.expect(tb, "", "ready")
 	return p
 }
 
 // expect sends line (if any) and returns the answer, which must start
 // with want.
-func (p *peer) expect(b *testing.B, line, want string) string {
-	b.Helper()
+func (p *peer) expect(tb testing.TB, line, want string) string {
+	tb.Helper()
 	if line != "" {
 		if _, err := fmt.Fprintln(p.in, line); err != nil {
-			b.Fatalf("hoppeer: %v", err)
+			tb.Fatalf("hoppeer: %v", err)
 		}
 	}
 	if !p.out.Scan() {
-		b.Fatalf("hoppeer ended (%v) while %q waited for %q", p.out.Err(), line, want)
+		tb.Fatalf("hoppeer ended (%v) while %q waited for %q", p.out.Err(), line, want)
 	}
 	got := p.out.Text()
 	if !strings.HasPrefix(got, want) {
-		b.Fatalf("hoppeer answered %q to %q; want %q", got, line, want)
+		tb.Fatalf("hoppeer answered %q to %q; want %q", got, line, want)
 	}
 	return got
 }

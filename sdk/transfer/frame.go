@@ -3,6 +3,7 @@ package transfer
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -321,7 +322,11 @@ func (v *verifier) finish(bufs []buffer, hs []header, data []byte, lent []taken,
 	for _, t := range lent {
 		v.sums[t.buf] = hs[t.buf].sum
 		if verifyLent {
-			v.sums[t.buf] = tensor.Checksum(t.view)
+			sum, err := checksumMapped(t.view)
+			if err != nil {
+				return fmt.Errorf("verify: tensor %d %q: %w", t.buf, bufs[t.buf].spec.Name, err)
+			}
+			v.sums[t.buf] = sum
 		}
 	}
 	for i, b := range bufs {
@@ -330,6 +335,22 @@ func (v *verifier) finish(bufs []buffer, hs []header, data []byte, lent []taken,
 		}
 	}
 	return nil
+}
+
+// checksumMapped hashes a mapping of another process's file, which that
+// process may have truncated: a fault (SIGBUS) is an error, not the end of
+// this process.
+func checksumMapped(b []byte) (sum uint64, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if _, fault := p.(interface{ Addr() uintptr }); !fault {
+				panic(p)
+			}
+			err = fmt.Errorf("memory fault reading the lent segment (did its sender truncate it?): %v", p)
+		}
+	}()
+	return tensor.Checksum(b), nil
 }
 
 // checkHeaders checks the tensors of a Success frame against the room's

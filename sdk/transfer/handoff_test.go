@@ -116,6 +116,12 @@ func TestHandoff(t *testing.T) {
 	// Sender first, then receiver: the segments come back only then.
 	p.snd.Free(want[0])
 	p.snd.Free(want[1])
+	if err := p.snd.Written(want[1], 1); err == nil || !strings.Contains(err.Error(), "freed or sent") {
+		t.Errorf("Written of a freed output: %v", err)
+	}
+	if err := p.snd.Written(want[2], 1); err != nil {
+		t.Errorf("Written of ordinary memory: %v, want nil (ignored)", err)
+	}
 	if err := p.snd.Remove(1); err != nil {
 		t.Fatal(err)
 	}
@@ -400,5 +406,25 @@ func TestHostileHandoffs(t *testing.T) {
 	rcv.peers.sweep()
 	if n := rcv.peers.mapped(); n != 0 {
 		t.Errorf("%d peer segments still mapped after every room failed and the files went", n)
+	}
+}
+
+// TestChecksumMappedTruncated: hashing a lent segment that its sender
+// truncated is an error, not a SIGBUS that ends the receiver.
+func TestChecksumMappedTruncated(t *testing.T) {
+	path := filepath.Join(DefaultShmDir, "phased-"+uniqueName()+"-out-0")
+	seg, err := createSegment(DefaultShmDir, filepath.Base(path), 4*4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.destroy()
+	if sum, err := checksumMapped(seg.data); err != nil || sum != tensor.Checksum(make([]byte, 4*4096)) {
+		t.Fatalf("checksum of the whole segment: %x, %v", sum, err)
+	}
+	if err := os.Truncate(path, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := checksumMapped(seg.data); err == nil || !strings.Contains(err.Error(), "memory fault reading the lent segment") {
+		t.Fatalf("checksum of a truncated segment: %v, want a memory fault", err)
 	}
 }

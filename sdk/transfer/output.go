@@ -310,7 +310,9 @@ func (o *outputs) free(t tensor.Tensor) {
 }
 
 // written records the checksum of an Alloc'd tensor that its writer
-// computed while writing it.
+// computed while writing it. Other memory (ordinary memory that Alloc
+// fell back to, or not from Alloc at all) is ignored: it is copied, and
+// hashed while copied.
 func (o *outputs) written(t tensor.Tensor, sum uint64) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -318,8 +320,11 @@ func (o *outputs) written(t tensor.Tensor, sum uint64) error {
 		return nil
 	}
 	s := o.byData[&t.Data[0]]
-	if s == nil || !s.held || s.lent != nil {
-		return errors.New("transfer: written: the tensor is not an output from Alloc that is still being written")
+	switch {
+	case s == nil:
+		return nil
+	case !s.held || s.lent != nil:
+		return errors.New("transfer: written: the output was freed or sent already")
 	}
 	s.sum, s.summed = sum, true
 	return nil
@@ -547,13 +552,15 @@ func (m *Manager) takeOne(b buffer, w, off, size uint64, name string) (taken, er
 	return taken{view: seg.data[off : off+b.length : off+b.length], seg: seg, table: table, slot: slot, word: w - lendLent + lendTaken}, nil
 }
 
-// giveBack gives taken segments back to their sender.
+// giveBack gives taken segments back to their sender, and unmaps the
+// mappings of files that are gone (a sender that released or died).
 func (m *Manager) giveBack(ts []taken) {
 	for _, t := range ts {
 		word(t.table.data, t.slot).CompareAndSwap(t.word, 0)
 		m.peers.put(t.seg)
 		m.peers.put(t.table)
 	}
+	m.peers.sweep()
 }
 
 // giveBackUntaken gives back the segments lent to a room that no Receive

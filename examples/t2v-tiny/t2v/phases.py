@@ -148,7 +148,11 @@ class Transformer(_T2VPhase):
                                       progress=ctx.progress, cancelled=ctx.cancelled)
         except InterruptedError:
             raise phased.Cancelled("cancelled") from None
-        return {"latent": latent}
+        # Into memory the hop to the decoder lends instead of copying
+        # (ordinary memory in run_local).
+        out = ctx.alloc("latent", "float32", list(latent.shape))
+        out.copy_(latent)
+        return {"latent": out}
 
 
 class Decoder(_T2VPhase):

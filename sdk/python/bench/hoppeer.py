@@ -9,6 +9,23 @@ peer driven one line at a time on stdin, answering on stdout.
     send SIZE ROOM            open a sender ("ep ENDPOINT"), send SIZE
                               bytes once the receiver's descriptor comes,
                               remove ("ok")
+    lendrecv SIZE ROOM ENDPOINT
+                              open a receiver of SIZE bytes ("open"), wait
+                              for them, then remove the room and drop the
+                              array (a lent segment goes back to its
+                              sender): "ok CHECKSUM readonly=0|1
+                              file=NAME", NAME being the file the array
+                              maps (- for none)
+    lendsend SIZE ROOM [written]
+                              open a sender ("ep ENDPOINT"), write SIZE
+                              bytes of the pattern into memory from alloc
+                              (telling its checksum with written), send it
+                              (lent to a receiver that offers a hand-off
+                              table): "sent FILE", the output segment
+    lendfree ROOM             free that output and remove the room ("ok")
+    realloc SIZE              alloc SIZE bytes again: "same" if they are
+                              the segment last freed by lendfree, else
+                              "new"; then free them
     quit                      release both managers and exit
 
 Every answer is one line; an error is "error: TEXT".
@@ -23,7 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
-from phased.tensor import Spec  # noqa: E402
+from phased.tensor import Spec, checksum  # noqa: E402
 from phased.transfer import Manager  # noqa: E402
 
 SPEC_NAME = "latent"
@@ -43,6 +60,8 @@ def main() -> None:
     a.start()
     b.start()
     sources = {}
+    lent = {}  # room -> the array lendsend sent
+    freed = [0]  # the address of the last array lendfree freed
 
     def source(size):
         if size not in sources:
@@ -61,6 +80,20 @@ def main() -> None:
         try:
             if f[0] == "quit":
                 break
+            if f[0] == "lendfree":
+                room = int(f[1])
+                arr = lent.pop(room)
+                freed[0] = arr.ctypes.data
+                a.free(arr)
+                del arr
+                a.remove(room)
+                answer("ok")
+                continue
+            if f[0] == "realloc":
+                arr = a.alloc(Spec(SPEC_NAME, "uint8", [int(f[1])]))
+                answer("same" if arr.ctypes.data == freed[0] else "new")
+                a.free(arr)
+                continue
             size, room = int(f[1]), int(f[2])
             spec = Spec(SPEC_NAME, "uint8", [size])
             if f[0] == "py2py":
@@ -82,6 +115,25 @@ def main() -> None:
                 b.receive(room)
                 b.remove(room)
                 answer("ok")
+            elif f[0] == "lendrecv":
+                b.open_receiver(room, "shm", [spec], f[3])
+                answer("open")
+                got = b.receive(room)[0]
+                facts = (f"{checksum(got)} readonly={int(not got.flags.writeable)} "
+                         f"file={mapped_file(got.ctypes.data)}")
+                del got
+                b.remove(room)
+                answer("ok " + facts)
+            elif f[0] == "lendsend":
+                ep = a.open_sender(room, "shm")
+                answer("ep " + ep)
+                arr = a.alloc(spec)
+                arr[:] = source(size)
+                if f[3:] == ["written"]:
+                    a.written(arr, checksum(arr))
+                lent[room] = arr
+                a.send(room, {SPEC_NAME: arr})
+                answer("sent " + mapped_file(arr.ctypes.data))
             elif f[0] == "send":
                 ep = a.open_sender(room, "shm")
                 answer("ep " + ep)
@@ -94,6 +146,18 @@ def main() -> None:
             answer(f"error: {e}")
     a.close()
     b.close()
+
+
+def mapped_file(addr: int) -> str:
+    """The base name of the file whose mapping holds addr, from
+    /proc/self/maps; - for none."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr < hi:
+                return os.path.basename(parts[5].strip()) if len(parts) == 6 and parts[5].strip() else "-"
+    return "-"
 
 
 def _send(m, room, data, errors):

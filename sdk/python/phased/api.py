@@ -14,7 +14,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from .tensor import Spec
+import numpy as np
+
+from .tensor import Spec, as_array, numpy_dtype, to_torch
 
 ARTIFACT_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
@@ -73,13 +75,18 @@ class Config:
 
 
 class Context:
-    """Given to load and run: cancellation, progress and the logger."""
+    """Given to load and run: cancellation, progress, the logger, and
+    memory for outputs (alloc)."""
 
     def __init__(self, log: logging.Logger, cancel: Optional[threading.Event] = None,
-                 report: Optional[Callable[[int, int], None]] = None):
+                 report: Optional[Callable[[int, int], None]] = None, *, allocator=None, arrays: str = "numpy"):
         self.log = log
         self._cancel = cancel or threading.Event()
         self._report = report
+        # The runtime's, for a Run with a next phase: alloc(spec) and
+        # written(array, checksum), as a transfer manager has them.
+        self._allocator = allocator
+        self._arrays = arrays
 
     def cancelled(self) -> bool:
         """True once the work should stop: return or raise promptly."""
@@ -95,6 +102,34 @@ class Context:
         supervisor's hang watchdog needs one report per hang_timeout."""
         if self._report is not None:
             self._report(int(done), int(total))
+
+    def alloc(self, spec, dtype=None, shape=None):
+        """Memory for an output of run: a phased.Spec, or its name, dtype and
+        shape (ctx.alloc("latent", "float32", [4, 8, 24, 32])). Returns a
+        numpy array of that dtype and shape, or a torch tensor viewing it
+        when the phase's arrays are "torch". Where the Run's next phase is
+        on this host (the shm backend), its bytes are in shared memory and
+        the hop lends them to the next phase instead of copying them
+        (docs/protocol.md section 5.6); elsewhere (run_local, the last phase
+        of a pipeline, another host) it is ordinary memory. Either way it is
+        valid until run's outputs have been sent, and its bytes are not
+        zeroed: write every one, and do not write it after run returned."""
+        if not isinstance(spec, Spec):
+            spec = Spec(spec, dtype, shape)
+        spec.check()
+        if self._allocator is not None:
+            arr = self._allocator.alloc(spec)
+        else:
+            arr = np.zeros(spec.shape, numpy_dtype(spec.dtype))
+        return to_torch(arr, spec.dtype) if self._arrays == "torch" else arr
+
+    def written(self, array, checksum: int) -> None:
+        """Optional: tells the hop the checksum (phased.checksum of its
+        bytes) of an output from alloc that run computed while writing it
+        in full, so that the hop does not read it again to hash it. It does
+        nothing for ordinary memory."""
+        if self._allocator is not None:
+            self._allocator.written(as_array(array), checksum)
 
 
 class Phase:

@@ -43,7 +43,7 @@ def run_local(phases: Sequence[Phase], request: Request, params: Optional[Dict[s
                                    f"want {s}")
             inputs[s.name] = to_torch(arr, s.dtype) if p.arrays == "torch" else arr
         report = (lambda d, t, n=p.name: progress(n, d, t)) if progress else None
-        out = p.run(Context(log, report=report), request, inputs)
+        out = p.run(Context(log, report=report, arrays=p.arrays), request, inputs)
         if i == len(phases) - 1:
             if not isinstance(out, Artifact):
                 raise RuntimeError("the last phase of the pipeline returned no artifact")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import faulthandler
 import os
 import signal
 import sys
@@ -196,6 +197,10 @@ def serve_services(handlers, on_shutdown=None, executor=None) -> None:
     (main) thread runs its work meanwhile, until on_shutdown has returned.
     The caller has checked the environment (check_environment)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A fatal signal (a torch phase writing into a read-only input lent
+    # to it, docs/protocol.md 5.6; a crash in native code) prints every
+    # thread's Python stack to stderr, which the supervisor logs.
+    faulthandler.enable(file=sys.stderr)
     server = Server(handlers, on_shutdown)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     line = server.start()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import grpc
+import numpy as np
 
 from . import progress as prog
 from .progress import Released
@@ -24,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from .api import Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase, Request
 from .executor import Inline, Stopped
-from .tensor import Spec, SpecError, as_array, to_torch
+from .tensor import Spec, SpecError, as_array, numpy_dtype, to_torch
 from ._proto.phasedv1 import common_pb2, phase_pb2
 
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,48}")
@@ -362,7 +363,18 @@ class Runtime:
                 arrays = [to_torch(a, s.dtype) for s, a in zip(specs, arrays)]
             inputs = {s.name: a for s, a in zip(specs, arrays)}
         log = self.log.getChild(self._instance) if self._instance else self.log
-        ctx = Context(log, cancel, rep.report)
+        # Outputs the phase writes into ctx.alloc's memory are lent to the
+        # next phase, not copied; they go back to the manager once the Run
+        # is over (a lent one when the receiver gives it back).
+        outs = _RunAllocator(mgr) if out_room else None
+        try:
+            return self._compute_and_send(mgr, rep, request, out_room, cancel, log, inputs, outs)
+        finally:
+            if outs is not None:
+                outs.free()
+
+    def _compute_and_send(self, mgr, rep, request, out_room, cancel, log, inputs, outs) -> RunResult:
+        ctx = Context(log, cancel, rep.report, allocator=outs, arrays=self.phase.arrays)
 
         def compute(inputs):
             # COMPUTING only once the executor runs it: a Run queued behind
@@ -460,6 +472,36 @@ class Runtime:
         except Exception as e:  # noqa: BLE001
             errors.append(f"close: {reason(e)}")
         return errors
+
+
+class _RunAllocator:
+    """ctx.alloc's memory for one Run with a next phase: output segments of
+    the transfer manager, all given back when the Run ends."""
+
+    def __init__(self, mgr):
+        self._mgr = mgr
+        self._mu = threading.Lock()
+        self._held: list = []
+
+    def alloc(self, spec: Spec):
+        alloc = getattr(self._mgr, "alloc", None)
+        if alloc is None:  # a manager without output memory
+            return np.zeros(spec.shape, numpy_dtype(spec.dtype))
+        arr = alloc(spec)
+        with self._mu:
+            self._held.append(arr)
+        return arr
+
+    def written(self, arr, checksum: int) -> None:
+        written = getattr(self._mgr, "written", None)
+        if written is not None:
+            written(arr, checksum)
+
+    def free(self) -> None:
+        with self._mu:
+            held, self._held = self._held, []
+        for arr in held:
+            self._mgr.free(arr)
 
 
 # The gRPC service -------------------------------------------------------------

@@ -159,8 +159,25 @@ def as_array(value) -> np.ndarray:
 
 def to_torch(arr: np.ndarray, dtype: int):
     """A torch tensor viewing arr (no copy); bfloat16 bytes (a uint16
-    array) become a torch.bfloat16 tensor."""
+    array) become a torch.bfloat16 tensor. torch has no read-only tensors:
+    one made from a read-only array (an input the previous phase lent,
+    docs/protocol.md section 5.6) must not be written, a write faults."""
     import torch
+    if not arr.flags.writeable:
+        _quiet_readonly_warning()
     if dtype == BFLOAT16:
         return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(arr)
+
+
+_QUIET = []
+
+
+def _quiet_readonly_warning() -> None:
+    """torch warns, once per process, that a tensor from a read-only array
+    is writable; the phase's inputs are documented as such. Ignore that
+    warning only."""
+    if not _QUIET:
+        import warnings
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        _QUIET.append(True)

@@ -52,15 +52,17 @@ def table(path, marker):
 
 def test_protocol_layout_example():
     """5.2's example is what the Python receiver lays out: the buffers, the
-    fast path's checksum table after them, and the segment's size."""
+    fast path's checksum table after them, the hand-off table after that,
+    and the segment's size."""
     from phased import Spec
     from phased.transfer import segment as S
 
     rows = table(PROTOCOL, "layout-example")
     specs = [Spec(r[0], r[1], [int(n) for n in r[2].strip("[]").split(",")]) for r in rows if r[1]]
-    bufs, sums_at, need = S.shm_layout(specs)
+    bufs, sums_at, handoffs_at, need = S.shm_layout(specs)
     want = {b.name: f"{b.offset} {b.length}" for b in bufs}
-    want.update(checksums=f"{sums_at} {8 * len(bufs)}", need=str(need), segment_size=str(S.size_class(need)))
+    want.update({"checksums": f"{sums_at} {8 * len(bufs)}", "hand-offs": f"{handoffs_at} {128 * len(bufs)}",
+                 "need": str(need), "segment_size": str(S.size_class(need))})
     got = {r[0]: f"{r[3]} {r[4]}".strip() for r in rows}
     assert got == want
 

@@ -995,7 +995,7 @@ def test_fast_path_receiver(env):
     fake = FakeSender(env, rcv)
     specs = [Spec("a", "float32", (8,)), Spec("b", "uint8", (3 * F.CHECKSUM_BLOCK,))]
     want = [filled(specs[0], 1), filled(specs[1], 2)]
-    bufs, table_at, _ = S.shm_layout(specs)
+    bufs, table_at, _, _ = S.shm_layout(specs)
     total = sum(b.length for b in bufs)
     good = [T.checksum(w.tobytes()) for w in want]
 

@@ -412,20 +412,21 @@ def test_layout_example():
     assert [(b.name, b.offset, b.length) for b in bufs] == [("context", 64, 4096), ("latent", 4160, 98304)]
     assert need == 102464
     assert S.size_class(need) == 131072
-    # A shm room puts the fast path's checksum table after the buffers.
-    bufs2, sums_at, need = S.shm_layout(specs)
-    assert bufs2 == bufs and (sums_at, need) == (102464, 102480)
+    # A shm room puts the fast path's checksum table after the buffers,
+    # and the hand-off table after it, 64-byte aligned.
+    bufs2, sums_at, handoffs_at, need = S.shm_layout(specs)
+    assert bufs2 == bufs and (sums_at, handoffs_at, need) == (102464, 102528, 102784)
     assert S.size_class(need) == 131072
 
 
 def test_shm_layout_rules():
     specs = [T.Spec("a", "uint8", (3,)), T.Spec("e", "uint8", (0,))]
-    bufs, sums_at, need = S.shm_layout(specs)
+    bufs, sums_at, handoffs_at, need = S.shm_layout(specs)
     assert [(b.offset, b.length) for b in bufs] == [(64, 3), (128, 0)]
-    assert (sums_at, need) == (128, 144)
-    assert S.shm_layout([]) == ([], 64, 64)
-    # The table counts towards the limit: these buffers end 64 bytes
-    # before it, their table 64 bytes after.
+    assert (sums_at, handoffs_at, need) == (128, 192, 192 + 2 * 128)
+    assert S.shm_layout([]) == ([], 64, 64, 64)
+    # The tables count towards the limit: these buffers end 64 bytes
+    # before it, their tables past it.
     big = [T.Spec(f"t{i}", "uint8", (1 << 40,)) for i in range(15)] + [T.Spec("last", "uint8", ((1 << 40) - 128,))]
     assert S.layout(big, 64)[1] == S.MAX_SEGMENT_SIZE - 64
     with pytest.raises(ValueError, match=f"inputs need more than {S.MAX_SEGMENT_SIZE} bytes"):

@@ -32,6 +32,7 @@ DATA_HEADER_SIZE = 28
 ZMQ_CHUNK = 4 << 20  # most bytes in one data part; MAXMSGSIZE of a zmq receiver
 CHECKSUM_BLOCK = T.CHECKSUM_BLOCK
 CUDA_HANDLE_SIZE = 64
+HANDOFF_ENTRY = 128  # one entry of a receiver's hand-off table (5.6)
 MAX_USED_IDS = 4096
 MAX_SLEEP = 0.1  # longest futex wait of a receiver, seconds
 
@@ -157,6 +158,9 @@ class Descriptor:
     # Where a shm receiver takes the checksums through the segment (the
     # fast path, section 5.5); 0: through the Success frame.
     checksum_offset: int = 0
+    # Where a fast-path receiver offers its hand-off table (5.6); 0: every
+    # tensor is copied.
+    handoff_offset: int = 0
 
     @property
     def fast(self) -> bool:
@@ -215,7 +219,7 @@ def decode_descriptor(b: bytes, room: int):
 
 
 def parse_descriptor(pd) -> Descriptor:
-    """Validates a decoded descriptor (4.3 rules 1-9); raises DescriptorError."""
+    """Validates a decoded descriptor (4.3 rules 1-10); raises DescriptorError."""
     try:
         check_endpoint(pd.status_endpoint)
     except ValueError as e:
@@ -285,13 +289,27 @@ def parse_descriptor(pd) -> Descriptor:
                                   f"{size}-byte segment")
         # The table must share no byte with a buffer.
         overlap = bufs + [Buffer("(checksum table)", T.UINT8, (n,), off, n)]
+    sums_at = off
+    off = pd.handoff_offset
+    if off != 0:
+        n = HANDOFF_ENTRY * len(bufs)
+        if sums_at == 0:
+            raise DescriptorError(f"descriptor: hand-off offset {off} without a checksum offset; a hand-off table "
+                                  "needs the fast path")
+        if off < CTRL_SIZE or off % 8 != 0:
+            raise DescriptorError(f"descriptor: hand-off offset {off}: want a multiple of 8 after the "
+                                  f"{CTRL_SIZE}-byte control block")
+        if off > size or n > size - off:
+            raise DescriptorError(f"descriptor: hand-off offset {off} + {n} bytes is out of bounds of the "
+                                  f"{size}-byte segment")
+        overlap = overlap + [Buffer("(hand-off table)", T.UINT8, (n,), off, n)]
     check_overlap(overlap)
     return Descriptor(room=pd.room, backend=backend, generation=pd.generation, status_endpoint=pd.status_endpoint,
-                      segment=name, segment_size=size, buffers=bufs, checksum_offset=off)
+                      segment=name, segment_size=size, buffers=bufs, checksum_offset=sums_at, handoff_offset=off)
 
 
 def check_overlap(bufs: Sequence[Buffer]) -> None:
-    """No two non-empty buffers share a byte (4.3 rule 9). An empty one
+    """No two non-empty buffers share a byte (4.3 rule 10). An empty one
     shares none, wherever it lies."""
     by_offset = sorted((b for b in bufs if b.length), key=lambda b: b.offset)
     for prev, cur in zip(by_offset, by_offset[1:]):
@@ -300,10 +318,10 @@ def check_overlap(bufs: Sequence[Buffer]) -> None:
 
 
 def encode_descriptor(backend: str, room: int, gen: int, status_endpoint: str, segment: str, size: int,
-                      bufs: Sequence[Buffer], checksum_offset: int = 0) -> bytes:
+                      bufs: Sequence[Buffer], checksum_offset: int = 0, handoff_offset: int = 0) -> bytes:
     pd = transfer_pb2.Descriptor(version=WIRE_VERSION, room=room, generation=gen, status_endpoint=status_endpoint,
                                  segment=segment, segment_size=size, backend=backend,
-                                 checksum_offset=checksum_offset)
+                                 checksum_offset=checksum_offset, handoff_offset=handoff_offset)
     for b in bufs:
         pd.buffers.add(name=b.name, dtype=b.dtype, shape=list(b.shape), offset=b.offset, length=b.length)
     return pd.SerializeToString()

@@ -44,12 +44,13 @@ import zmq
 
 from .. import tensor as T
 from . import frames as F
+from . import handoff as H
 from .frames import (BOOTSTRAPPING, CHECKSUM_BLOCK, FAILED, MAX_BUFFERS, MAX_FRAME_SIZE, MAX_SLEEP,
                      MAX_USED_IDS, RECEIVER, SENDER, SHM, SUCCESS, TRANSFERRING, WAITING_FOR_INPUT, ZMQ, ZMQ_CHUNK,
                      Buffer, Descriptor, Header, go_quote)
 from .futex import Ctrl
-from .segment import (SHM_DIR, MapCache, Pool, Segment, os_error_text, layout, receiver_socket_name, segment_name,
-                      sender_socket_name, shm_layout)
+from .segment import (SHM_DIR, TOO_MANY_FILES, MapCache, Pool, Segment, os_error_text, layout, receiver_socket_name,
+                      segment_name, sender_socket_name, shm_layout)
 
 DEFAULT_PEER_TIMEOUT = 10.0
 DEFAULT_ZMQ_HOST = "127.0.0.1"
@@ -66,7 +67,6 @@ _LONGEST_SOCKET = receiver_socket_name(2 ** 64 - 1, 2 ** 64 - 1)
 # memmove releases the GIL while it copies (ctypes), so that a receiver in
 # the same process hashes meanwhile.
 _memmove = ctypes.memmove
-TOO_MANY_FILES = "too many open files: raise the file-descriptor limit (ulimit -n)"
 
 
 # --- errors --------------------------------------------------------------------
@@ -205,6 +205,15 @@ class _Room:
         self.bufs: List[Buffer] = []
         self.final: Optional[List[Header]] = None  # the Success frame's tensors (or the checksum table's)
         self.sums_at = 0  # a shm room's checksum table (the fast path)
+        # A fast-path room's hand-off table (5.6); via_done: the control
+        # block's done, not a Success frame, ended the hop; lent: the
+        # output segments its sender lent it, once a receive took them
+        # (took_lent), given back when lent_hold lets go.
+        self.handoffs_at = 0
+        self.via_done = False
+        self.lent: List[H.Taken] = []
+        self.took_lent = False
+        self.lent_hold: Optional[H.LentHold] = None
         # The control block, not a frame, moved the room to Transferring
         # (_observe_locked): one Transferring frame is then no duplicate.
         self.moved_by_ctrl = False
@@ -241,6 +250,9 @@ class _Verifier:
         self.pos = 0  # bytes hashed over all buffers
         self.h = 0
         self.sums: List[int] = []
+        # The buffers a hand-off stands for (set once the sender is done):
+        # their bytes in the segment are not the tensor's.
+        self.skip: Optional[List[bool]] = None
 
     def advance(self, bufs: Sequence[Buffer], mv: memoryview, limit: int, stop: Callable[[], bool]) -> bool:
         """Hashes every whole block (or a buffer's end) below limit, a byte
@@ -249,6 +261,12 @@ class _Verifier:
         h3 = xxhash.xxh3_64_intdigest
         while self.tensor < len(bufs):
             b = bufs[self.tensor]
+            if self.skip is not None and self.skip[self.tensor] and self.off == 0:
+                self.pos += b.length
+                self.sums.append(0)
+                self.tensor += 1
+                start += b.length
+                continue
             avail = min(max(limit - start, 0), b.length)
             while self.off < b.length:
                 end = min(self.off + CHECKSUM_BLOCK, b.length)
@@ -331,7 +349,7 @@ class Manager:
     def __init__(self, name: str, run_dir: str, zmq_host: str = DEFAULT_ZMQ_HOST,
                  peer_timeout: float = DEFAULT_PEER_TIMEOUT, logger: Optional[logging.Logger] = None, *,
                  shm_dir: str = SHM_DIR, pool_segments: int = 32, pool_bytes: int = 1 << 30,
-                 max_sockets: int = 0):
+                 max_sockets: int = 0, verify_handoffs: bool = False):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"transfer: config: Name {go_quote(str(name))} must match ^[A-Za-z0-9_.-]{{1,64}}$")
         if not run_dir:
@@ -373,6 +391,12 @@ class Manager:
             pool_segments = pool_bytes = 0
         self._pool = Pool(self.shm_dir, name, self._new_gen, pool_segments, pool_bytes)
         self._pool_on = pool_segments > 0
+        # The sender's output segments (alloc) and lend table, within the
+        # pool's bounds; the receiver's mappings of segments lent to it.
+        # verify_handoffs: a receiver hashes lent tensors too (5.6).
+        self._outputs = H.Outputs(self.shm_dir, name, pool_bytes, pool_segments)
+        self._peers = H.PeerMaps()
+        self.verify_handoffs = bool(verify_handoffs)
         # Set by start.
         self._zctx: Optional[zmq.Context] = None
         self._wake_fd = -1
@@ -385,8 +409,10 @@ class Manager:
         self._jobs_cv = threading.Condition(threading.Lock())
         self._quit = False
         self._maps = MapCache()
-        # Tests only: called by the worker after each chunk it copied.
+        # Tests only: called by the worker after each chunk it copied, and
+        # before it marks the segments of a send lent.
         self._after_chunk: Optional[Callable[[int], None]] = None
+        self._before_lend: Optional[Callable[[], None]] = None
         # Owner-thread state.
         self._socks: Dict[int, _Socks] = {}
         self._by_sock: Dict[object, tuple] = {}
@@ -451,6 +477,8 @@ class Manager:
             ids = sorted(self._rooms)
         if state != "started":
             self._pool.close()
+            self._outputs.close()
+            self._peers.close()
             return
         errs = []
         for rid in ids:
@@ -464,6 +492,10 @@ class Manager:
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join()
         self._pool.close()
+        # The worker lends no more: every output segment can go. A receiver
+        # (or a phase) that maps one keeps its bytes until it lets go.
+        self._outputs.close()
+        self._peers.close()
         try:
             self._post(None, stop=True)
         except _OwnerStopped:
@@ -569,9 +601,9 @@ class Manager:
                 raise TransferError(f"{pre}: {len(specs)} inputs, the limit is {MAX_BUFFERS}")
             try:
                 if backend == SHM:
-                    bufs, sums_at, need = shm_layout(specs)
+                    bufs, sums_at, handoffs_at, need = shm_layout(specs)
                 else:
-                    (bufs, need), sums_at = layout(specs, 0), 0
+                    (bufs, need), sums_at, handoffs_at = layout(specs, 0), 0, 0
             except ValueError as e:
                 raise TransferError(f"{pre}: {e}") from None
             with self._mu:
@@ -583,14 +615,17 @@ class Manager:
             raise
         gen = self._new_gen()
         r = _Room(room, RECEIVER, backend)
-        r.gen, r.bufs, r.sums_at = gen, bufs, sums_at
+        r.gen, r.bufs, r.sums_at, r.handoffs_at = gen, bufs, sums_at, handoffs_at
         seg_name = ""
         try:
             if backend == SHM:
                 r.endpoint = "ipc://" + os.path.join(self.run_dir, receiver_socket_name(room, gen))
                 seg_name = segment_name(self.name, room, gen)
                 seg, reused = self._pool.get(seg_name, need)
-                seg.ctrl.reset()  # a pooled segment holds the last room's progress and done
+                seg.ctrl.reset()  # a pooled segment holds the last room's progress and done,
+                # and its hand-off entries, which a sender that lends nothing
+                # does not overwrite.
+                seg.data[handoffs_at:need] = 0
             else:
                 r.endpoint = f"tcp://{self.zmq_host}:*"
                 seg, reused = Segment.private(need), False
@@ -605,7 +640,8 @@ class Manager:
             raise
 
         def frame(status_endpoint: str) -> bytes:
-            return F.encode_descriptor(backend, room, gen, status_endpoint, seg_name, seg.size, bufs, sums_at)
+            return F.encode_descriptor(backend, room, gen, status_endpoint, seg_name, seg.size, bufs, sums_at,
+                                       handoffs_at)
 
         try:
             self._call(lambda: self._o_open_receiver(r, peer_endpoint, frame))
@@ -769,7 +805,7 @@ class Manager:
                 seen = ctrl.seq()
                 if self._observe_locked(r):
                     r.final = F.sums_of(bufs, mv[r.sums_at:])
-                    r.sender_done = True
+                    r.sender_done = r.via_done = True
                     break
                 limit = min(ctrl.progress(), total)
                 if limit > v.pos:
@@ -787,12 +823,30 @@ class Manager:
                     self._mu.acquire()
                     r.sleeping = False
             final = r.final
+            lent: List[H.Taken] = []
             if final is not None and r.status == TRANSFERRING and not r.removing:
+                via_done = r.via_done
                 self._mu.release()
                 try:
                     F.check_headers(bufs, final)
+                    if r.handoffs_at != 0 and via_done:
+                        # done makes the hand-off entries final: take what
+                        # was lent, and hash only the other buffers.
+                        lent = H.take_handoffs(self._peers, self.shm_dir, bufs, r.seg.mm, r.handoffs_at)
+                        if lent:
+                            v.skip = [False] * len(bufs)
+                            for t in lent:
+                                v.skip[t.buf] = True
                     if v.advance(bufs, mv, total, stop):
                         finished = True
+                        for t in lent:
+                            v.sums[t.buf] = final[t.buf].xxh3
+                            if self.verify_handoffs:
+                                view = t.view()
+                                try:
+                                    v.sums[t.buf] = T.checksum(view)
+                                finally:
+                                    view.release()
                         for i, b in enumerate(bufs):
                             if v.sums[i] != final[i].xxh3:
                                 err = F.checksum_mismatch(i, b, v.sums[i], final[i].xxh3)
@@ -800,7 +854,14 @@ class Manager:
                 except ValueError as e:
                     finished, err = True, str(e)
                 finally:
+                    if lent and (err is not None or not finished):
+                        H.give_back(self._peers, lent)
+                        lent = []
                     self._mu.acquire()
+                if finished and err is None and via_done:
+                    r.lent, r.took_lent = lent, True
+                    if lent:
+                        r.lent_hold = H.LentHold(self._peers, lent)
         finally:
             mv.release()
             r.verifying = False
@@ -827,6 +888,16 @@ class Manager:
         for b in r.bufs:
             a = root[b.offset:b.offset + b.length].view(T.numpy_dtype(b.dtype)).reshape(b.shape)
             out.append(a)
+        # Tensors lent to the room are views of their sender's output
+        # segment, mapped read-only (so are the arrays). A root per lease
+        # and segment holds the room's hand-off: the segments go back once
+        # the room is removed and every root is gone.
+        for t in r.lent:
+            lroot = np.frombuffer(t.seg.mm, dtype=np.uint8)
+            r.lent_hold.acquire()
+            weakref.finalize(lroot, r.lent_hold.release)
+            b = r.bufs[t.buf]
+            out[t.buf] = lroot[t.offset:t.offset + t.length].view(T.numpy_dtype(b.dtype)).reshape(b.shape)
         return out
 
     # --- send ------------------------------------------------------------
@@ -881,6 +952,48 @@ class Manager:
             c.sent_bytes += n
             c.send_seconds += time.monotonic() - start
         return n
+
+    # --- output memory (5.6) --------------------------------------------
+
+    def alloc(self, spec: T.Spec) -> np.ndarray:
+        """An array for spec (its dtype and shape, C order) whose bytes lie
+        in a shared-memory output segment of this manager, for a phase to
+        write an output into: sent through a fast-path shm room (both
+        processes on this host), it is lent to the receiver instead of
+        copied (docs/protocol.md section 5.6). Its bytes are not zeroed:
+        write every one. Free it when done, after the send that sends it
+        has returned; close unmaps every output. A spec of no bytes, or one
+        beyond the pool's budget (pool_bytes, pool_segments), gets ordinary
+        memory, which send copies. bfloat16 arrays are <u2, as received
+        ones."""
+        with self._mu:
+            if self._state == "new":
+                raise NotStartedError()
+            if self._state == "released":
+                raise ReleasedError()
+        try:
+            return self._outputs.alloc(spec)
+        except RuntimeError:
+            raise ReleasedError() from None
+        except (ValueError, OSError) as e:
+            raise TransferError(f"transfer: alloc {spec}: {_err_text(e)}") from None
+
+    def written(self, arr, checksum: int) -> None:
+        """Records checksum, the checksum (section 7, tensor.checksum) the
+        writer computed while it wrote arr in full, an array from alloc, so
+        that send lends it without reading it again; without it, send
+        hashes it once. Ordinary memory is ignored; an array from alloc
+        that was freed or lent already raises TransferError."""
+        try:
+            self._outputs.written(arr, checksum)
+        except ValueError as e:
+            raise TransferError(str(e)) from None
+
+    def free(self, arr) -> None:
+        """Gives back an array from alloc: its segment serves a later alloc
+        once the receiver it was lent to, if any, has given it back. Other
+        arrays are ignored."""
+        self._outputs.free(arr)
 
     # --- remove ----------------------------------------------------------
 
@@ -938,13 +1051,23 @@ class Manager:
             # The owner has closed the status socket, so sender_done is
             # final; a fast-path sender that set done writes nothing more
             # either (read while the segment is still mapped).
-            recyclable = r.sender_done or (r.sums_at != 0 and seg.ctrl is not None and seg.ctrl.done())
+            done = r.sums_at != 0 and seg.ctrl is not None and seg.ctrl.done()
+            recyclable = r.sender_done or done
+            untaken = done and r.handoffs_at != 0 and not r.took_lent
+            hold, r.lent_hold, r.lent = r.lent_hold, None, []
+        if untaken:
+            H.give_back_untaken(self._peers, self.shm_dir, r.bufs, seg.mm, r.handoffs_at)
         leased = any(w() is not None for w in r.leases)
         r.leases = []
-        if recyclable and not leased and self._pool_on:
-            self._pool.put(seg)
-        else:
-            seg.destroy()
+        try:
+            if recyclable and not leased and self._pool_on:
+                self._pool.put(seg)
+            else:
+                seg.destroy()
+        finally:
+            if hold is not None:
+                hold.release()  # the room's part: the leases' arrays may hold it longer
+            self._peers.sweep()
 
     # --- the socket owner: plumbing --------------------------------------
 
@@ -1512,7 +1635,9 @@ class Manager:
         it is in the cache, publishing progress in the control block), and
         returns the headers for Success. On the fast path (the descriptor
         names a checksum table, 5.5) no frame is sent: the checksums go into
-        the table and the control block's done ends the hop."""
+        the table and the control block's done ends the hop. Outputs from
+        alloc are lent, not copied, where the receiver offers a hand-off
+        table (5.6)."""
         r = job.r
         tensors = F.select_tensors(job.outputs, d.buffers)
         mm, fd, done = self._maps.get(self.shm_dir, d.segment, d.segment_size)
@@ -1529,10 +1654,33 @@ class Manager:
                 sent = None
             else:
                 sent = self._post_transferring(r, d)
+            # Their entries are written first; the copied tensors then
+            # report no progress (a quiet control block), so that the
+            # receiver hashes nothing before done tells it which buffers
+            # are lent.
+            lendable = self._outputs.lendable(tensors) if d.handoff_offset else None
+            quiet = lendable is not None
+            lent_hs: Dict[int, Header] = {}
+            words: Dict[int, int] = {}
+            if lendable is not None:
+                self._check_stop(job)
+                if os.fstat(fd).st_size < d.segment_size or d.segment_size > len(mm):
+                    raise TransferError("send: hand-off table: the receiver's segment was truncated")
+                for i, s in enumerate(lendable):
+                    if s is None:
+                        continue
+                    b = d.buffers[i]
+                    words[i] = self._outputs.next_word()
+                    lent_hs[i] = Header(b.name, b.dtype, b.shape, b.length, self._outputs.checksum(s, tensors[i]))
+                    H.put_handoff(mm, d.handoff_offset + F.HANDOFF_ENTRY * i, words[i], 0, s.seg.size, s.seg.name)
             hs = []
             copied = 0
             h3 = xxhash.xxh3_64_intdigest
             for i, (arr, b) in enumerate(zip(tensors, d.buffers)):
+                if i in lent_hs:
+                    copied += b.length
+                    hs.append(lent_hs[i])
+                    continue
                 src = F.as_bytes(arr)
                 n, base = b.length, b.offset
                 # On the fast path the last bytes' progress and wake-up are finish's.
@@ -1555,7 +1703,7 @@ class Manager:
                         # Hash the chunk's checksum blocks while they are in the cache.
                         for k in range(off, end, CHECKSUM_BLOCK):
                             h = h3(src[k:min(k + CHECKSUM_BLOCK, end)], seed=h)
-                        if not (hold and end == n):
+                        if not quiet and not (hold and end == n):
                             ctrl.publish(copied + end)
                         if self._after_chunk is not None:
                             self._after_chunk(r.id)
@@ -1565,12 +1713,16 @@ class Manager:
                     raise TransferError(f"send: tensor {i} {go_quote(b.name)}: {e}") from None
                 if n == 0:
                     h = EMPTY_SUM
-                    if not hold:
+                    if not hold and not quiet:
                         ctrl.publish(copied)
                 copied += n
                 hs.append(Header(b.name, b.dtype, b.shape, n, h))
             if d.fast:
                 self._put_sums(job, d, mm, fd, hs)
+                if lent_hs:
+                    if self._before_lend is not None:
+                        self._before_lend()
+                    self._lend(lendable, words, d, fd)
                 ctrl.finish(copied)
             else:
                 self._await_transferring(sent)
@@ -1579,6 +1731,22 @@ class Manager:
             ctrl.close()
             del dst
             done()
+
+    def _lend(self, segs, words: Dict[int, int], d: Descriptor, fd: int) -> None:
+        """Marks the segments lent to the room's receiver, before done makes
+        the hand-off entries visible. Each lend keeps a duplicate of fd,
+        the receiver's segment, so that the sender sees it unlinked, and
+        the receiver's pid from its segment's name."""
+        owner = H.segment_owner(d.segment)
+        pid = H.process_pid(owner) if owner else 0
+        for i, s in enumerate(segs):
+            if s is None:
+                continue
+            try:
+                peer = os.dup(fd)  # close-on-exec, as Python's descriptors are
+            except OSError:
+                peer = -1  # the sender then relies on the receiver's process
+            self._outputs.lend(s, words[i], pid, peer)
 
     def _put_sums(self, job: _Job, d: Descriptor, mm, fd: int, hs: Sequence[Header]) -> None:
         """Writes the fast path's checksum table: one little-endian uint64

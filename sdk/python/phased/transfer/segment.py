@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .frames import ALIGNMENT, CTRL_SIZE, MAX_SEGMENT_SIZE, Buffer, spec_nbytes, valid_segment_name
+from .frames import ALIGNMENT, CTRL_SIZE, HANDOFF_ENTRY, MAX_SEGMENT_SIZE, Buffer, spec_nbytes, valid_segment_name
 from .futex import Ctrl
 
 SHM_DIR = "/dev/shm"
@@ -30,10 +30,20 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 _PROT = mmap.PROT_READ | mmap.PROT_WRITE
 
 
+TOO_MANY_FILES = "too many open files: raise the file-descriptor limit (ulimit -n)"
+
+
 def os_error_text(e: OSError) -> str:
     """An OSError as Go prints a syscall error: "no such file or directory"."""
     text = e.strerror or str(e)
     return text[:1].lower() + text[1:]
+
+
+def fd_error_text(e: OSError) -> str:
+    """os_error_text, marked when it comes from the file-descriptor limit."""
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return f"{TOO_MANY_FILES} ({os_error_text(e)})"
+    return os_error_text(e)
 
 
 def align_up(n: int) -> int:
@@ -55,15 +65,18 @@ def layout(specs: Sequence, base: int) -> Tuple[List[Buffer], int]:
     return bufs, max(off, ALIGNMENT)
 
 
-def shm_layout(specs: Sequence) -> Tuple[List[Buffer], int, int]:
-    """A shm room's layout: the control block, the buffers, and after them
-    the fast path's checksum table, 8 bytes per buffer (5.2). Returns the
-    buffers, the table's offset and the bytes the segment needs."""
+def shm_layout(specs: Sequence) -> Tuple[List[Buffer], int, int, int]:
+    """A shm room's layout: the control block, the buffers, after them the
+    fast path's checksum table (8 bytes per buffer), and after that, 64-byte
+    aligned, the hand-off table (HANDOFF_ENTRY bytes per buffer, 5.6)
+    (5.2). Returns the buffers, the checksum table's offset, the hand-off
+    table's offset and the bytes the segment needs."""
     bufs, sums_at = layout(specs, CTRL_SIZE)
-    need = sums_at + 8 * len(bufs)
+    handoffs_at = align_up(sums_at + 8 * len(bufs))
+    need = handoffs_at + HANDOFF_ENTRY * len(bufs)
     if need > MAX_SEGMENT_SIZE:
         raise ValueError(f"inputs need more than {MAX_SEGMENT_SIZE} bytes")
-    return bufs, sums_at, need
+    return bufs, sums_at, handoffs_at, need
 
 
 def size_class(n: int) -> int:
@@ -118,14 +131,16 @@ class Segment:
     """A receiver's shared-memory segment, mapped MAP_SHARED for its life;
     or, with path None, a zmq room's private memory."""
 
-    def __init__(self, name: str, path: Optional[str], size: int, mm, data: np.ndarray):
+    def __init__(self, name: str, path: Optional[str], size: int, mm, data: np.ndarray, ctrl: bool = True):
         self.name, self.path, self.size = name, path, size
         self.mm = mm
         self.data = data  # uint8 view of the whole segment
-        self.ctrl: Optional[Ctrl] = Ctrl(mm) if mm is not None else None
+        self.ctrl: Optional[Ctrl] = Ctrl(mm) if mm is not None and ctrl else None
 
     @classmethod
-    def create(cls, shm_dir: str, name: str, size: int) -> "Segment":
+    def create(cls, shm_dir: str, name: str, size: int, ctrl: bool = True) -> "Segment":
+        """Creates, sizes and maps a segment (5.1). ctrl: it starts with a
+        control block (a room's; not an output segment or a lend table)."""
         path = os.path.join(shm_dir, name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -155,7 +170,7 @@ class Segment:
                 pass
             raise
         os.close(fd)
-        return cls(name, path, size, mm, np.frombuffer(mm, dtype=np.uint8))
+        return cls(name, path, size, mm, np.frombuffer(mm, dtype=np.uint8), ctrl)
 
     @classmethod
     def private(cls, size: int) -> "Segment":
@@ -372,7 +387,8 @@ class MapCache:
 
 def sweep_segments(shm_dir: str, manager: str) -> int:
     """Removes the segments a manager named manager left in shm_dir (for a
-    process that died without closing). Returns how many it removed."""
+    process that died without closing): its rooms', its pool's, its output
+    segments and its lend table (5.1, 5.6). Returns how many it removed."""
     n = 0
     prefix = f"phased-{manager}-"
     for entry in os.scandir(shm_dir):
@@ -380,7 +396,7 @@ def sweep_segments(shm_dir: str, manager: str) -> int:
         if rest is None or not entry.is_file(follow_symlinks=False):
             continue
         parts = rest.split("-")
-        if len(parts) == 2 and parts[1].isdigit() and (parts[0].isdigit() or parts[0] == "free"):
+        if len(parts) == 2 and parts[1].isdigit() and (parts[0].isdigit() or parts[0] in ("free", "out", "lends")):
             try:
                 os.unlink(entry.path)
                 n += 1
