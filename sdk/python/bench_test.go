@@ -25,6 +25,8 @@ import (
 //   - go-SIZE: Go sender → Go receiver, in this process;
 //   - py2py-SIZE: Python → Python, two managers in one Python process;
 //   - go2py-SIZE: Go sender here → Python receiver in its own process;
+//   - go2py-lend-SIZE: the same, the tensor written into Go's Alloc
+//     memory (outside the timer) and lent, not copied (protocol 5.6);
 //   - py2go-SIZE: Python sender → Go receiver here.
 //
 // The Python side (bench/hoppeer.py) is driven one line per hop over a
@@ -72,6 +74,27 @@ func BenchmarkPythonHop(b *testing.B) {
 				check(b, goSide.Send(context.Background(), room, []tensor.Tensor{src}))
 				peer.expect(b, "", "ok")
 				check(b, goSide.Remove(room))
+			}
+			hops(b, size, hop)
+		})
+		b.Run("go2py-lend"+suffix, func(b *testing.B) {
+			// The Go side writes its output into Alloc's memory (outside
+			// the timer: that is the phase's work) and lends it.
+			hop := func() {
+				b.StopTimer()
+				room++
+				out, err := goSide.Alloc(spec)
+				check(b, err)
+				copy(out.Data, src.Data)
+				check(b, goSide.Written(out, tensor.Checksum(src.Data)))
+				b.StartTimer()
+				ep, err := goSide.OpenSenderWith(room, sdk.BackendShm)
+				check(b, err)
+				peer.expect(b, fmt.Sprintf("recv %d %d %s", size, room, ep), "open")
+				check(b, goSide.Send(context.Background(), room, []tensor.Tensor{out}))
+				peer.expect(b, "", "ok")
+				check(b, goSide.Remove(room))
+				goSide.Free(out)
 			}
 			hops(b, size, hop)
 		})
