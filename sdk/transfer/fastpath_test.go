@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,6 +227,43 @@ func TestFastPathReceiver(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantStatus(t, rcv, 4, Success)
+	})
+
+	// A sender whose progress stops inside a checksum block (the SDKs
+	// never publish so) leaves nothing to hash: the receiver sleeps until
+	// it goes on, instead of looking again and again.
+	t.Run("progress inside a block", func(t *testing.T) {
+		data, _ := open(5)
+		var looks atomic.Int64
+		beforeDone = func(room uint64) {
+			if room == 5 {
+				looks.Add(1)
+			}
+		}
+		t.Cleanup(func() { beforeDone = nil })
+		received := make(chan error, 1)
+		go func() {
+			_, release, err := rcv.Receive(ctx, 5)
+			if err == nil {
+				release()
+			}
+			received <- err
+		}()
+		ctrlOf(data).publish(bufs[0].length + 100) // a's end, then 100 bytes of b's first block
+		eventually(t, "Receive to hash a", func() bool {
+			rcv.mu.Lock()
+			defer rcv.mu.Unlock()
+			return rcv.rooms[5].hashed == bufs[0].length
+		})
+		before := looks.Load()
+		time.Sleep(300 * time.Millisecond) // a window to count looks in, not a timing
+		if n := looks.Load() - before; n > 20 {
+			t.Errorf("the receiver looked at the control block %d times in a window where nothing changed (one per 100 ms sleep expected)", n)
+		}
+		finish(data, good...)
+		if err := <-received; err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("a wrong checksum in the table", func(t *testing.T) {

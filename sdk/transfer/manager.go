@@ -707,10 +707,15 @@ func (m *Manager) verifyLocked(ctx context.Context, r *room) {
 		}
 		if limit := min(r.ctrl.progress.Load(), total); limit > r.verify.pos {
 			m.mu.Unlock()
-			r.verify.advance(bufs, data, limit)
+			moved := r.verify.advance(bufs, data, limit)
 			m.mu.Lock()
 			r.hashed = r.verify.pos
-			continue
+			if moved {
+				continue
+			}
+			// progress stops inside a block (the SDKs publish whole
+			// blocks): nothing to hash until the sender goes on, so
+			// sleep rather than look again at once.
 		}
 		r.sleeping = true
 		m.mu.Unlock()

@@ -809,12 +809,16 @@ class Manager:
                     break
                 limit = min(ctrl.progress(), total)
                 if limit > v.pos:
+                    hashed = v.pos
                     self._mu.release()
                     try:
                         v.advance(bufs, mv, limit, stop)
                     finally:
                         self._mu.acquire()
-                    continue
+                    if v.pos > hashed:
+                        continue
+                    # progress stops inside a block (the SDKs publish
+                    # whole blocks): sleep until the sender goes on.
                 r.sleeping = True
                 self._mu.release()
                 try:
