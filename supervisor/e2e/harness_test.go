@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,6 +79,9 @@ func startSupervisor(t *testing.T, dir, cfg string) *proc {
 	t.Helper()
 	socket := filepath.Join(dir, "ctl", "phased.sock")
 	cmd := exec.Command(supervisorBin, "start", "--config", cfg, "--socket", socket, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	// A test binary killed by go test's timeout takes its supervisors with
+	// it: SIGTERM, so that they release their plugins.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	p := &proc{t: t, cmd: cmd, socket: socket, client: supervisor.NewClient(socket), log: &syncBuffer{}, exited: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
