@@ -271,10 +271,11 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 		}
 	}
 	runCtx := rep.context(ctx)
-	if spec.OutRoom != 0 {
+	if b, err := mgr.Backend(spec.OutRoom); spec.OutRoom != 0 && err == nil && b == sdk.BackendShm {
 		// Outputs the phase writes into sdk.Alloc's memory are lent to
-		// the next phase, not copied; they go back to the manager once
-		// the Run is over (a lent one when the receiver gives it back).
+		// the next phase on this host, not copied; they go back to the
+		// manager once the Run is over (a lent one when the receiver
+		// gives it back). Other hops get ordinary memory.
 		outs := &runAllocator{mgr: mgr}
 		defer outs.free()
 		runCtx = sdk.WithAllocator(runCtx, outs)

@@ -224,6 +224,9 @@ func TestHandoffVerify(t *testing.T) {
 			if got := permsOf(t, "phased-"+sn+"-out-"); got != "r--s r--s" {
 				t.Errorf("with VerifyHandoffs on both sides, the lent segment is mapped %q, want r--s twice", got)
 			}
+			if !faults(func() { out.Data[0] = 9 }) {
+				t.Error("a write into a lent output did not fault in its writer")
+			}
 		}
 		switch {
 		case !verify && err != nil:
@@ -244,6 +247,67 @@ func TestHandoffVerify(t *testing.T) {
 		}
 		snd.Free(out)
 		cancel()
+	}
+}
+
+// faults reports whether f met a memory fault.
+func faults(f func()) (fault bool) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		p := recover()
+		_, fault = p.(interface{ Addr() uintptr })
+		if p != nil && !fault {
+			panic(p)
+		}
+	}()
+	f()
+	return false
+}
+
+// TestHandoffSenderReleases: Release while a phase still holds an output
+// (a Run that did not stop) leaves it mapped for its writer until Free;
+// a receiver's mapping of a released sender's segment goes at its next
+// room removal.
+func TestHandoffSenderReleases(t *testing.T) {
+	p := newPair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{4096}}
+	lent := allocFilled(t, p.snd, s, 1)
+	p.open(t, 1, []tensor.Spec{s})
+	if err := p.hop(ctx, 1, []tensor.Tensor{lent}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*Manager{p.snd, p.rcv} {
+		if err := m.Remove(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.snd.Free(lent)
+	held := allocFilled(t, p.snd, s, 2)
+	if err := p.snd.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if faults(func() { held.Data[0] = 3 }) {
+		t.Fatal("Release unmapped an output its writer still holds")
+	}
+	if left, _ := filepath.Glob(filepath.Join(DefaultShmDir, "phased-"+p.sn+"-*")); len(left) > 0 {
+		t.Errorf("files left after Release: %v", left)
+	}
+	p.snd.Free(held)
+	if n := len(mapsOf(t, "phased-"+p.sn+"-out-")); n != 1 {
+		t.Errorf("%d mappings of the released sender's outputs, want 1 (the receiver's, until its next removal)", n)
+	}
+	// Any room removal on the receiver drops mappings of files gone.
+	ep := "ipc://" + filepath.Join(p.dir, "nobody.sock")
+	if err := p.rcv.OpenReceiver(2, ep, []tensor.Spec{s}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.rcv.Remove(2); err != nil {
+		t.Fatal(err)
+	}
+	if got := mapsOf(t, "phased-"+p.sn+"-"); len(got) > 0 {
+		t.Errorf("still mapped after the sender released and a room went: %v", got)
 	}
 }
 
@@ -280,22 +344,28 @@ func TestHandoffUntaken(t *testing.T) {
 	out = allocFilled(t, p.snd, s, 2)
 	p.open(t, 2, []tensor.Spec{s})
 	waitStatus(t, p.snd, 2, WaitingForInput)
-	gate := make(chan struct{})
+	gate, reached := make(chan struct{}), make(chan struct{})
 	snd := p.snd
 	beforeLend = func(m *Manager) {
 		if m == snd {
+			close(reached)
 			<-gate
 		}
 	}
 	t.Cleanup(func() { beforeLend = nil })
 	sent := make(chan error, 1)
 	go func() { sent <- p.snd.Send(ctx, 2, []tensor.Tensor{out}) }()
+	<-reached // the worker is about to mark the lend
 	if err := p.rcv.Remove(2); err != nil {
 		t.Fatal(err)
 	}
 	close(gate)
 	<-sent // Success or a peer failure: either way the lend was written
 	p.snd.Free(out)
+	if _, lent, _ := p.snd.outputs.counts(); lent != 0 {
+		// counts reclaims first: only a lend it could not take back shows.
+		t.Errorf("a lend into an unlinked segment: lent %d after reclaiming, want 0", lent)
+	}
 	eventually(t, "the sender to take back a lend into an unlinked segment", func() bool {
 		_, lent, _ := p.snd.outputs.counts()
 		return lent == 0

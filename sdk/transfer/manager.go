@@ -901,10 +901,13 @@ func (m *Manager) Remove(id uint64) error {
 		recyclable := r.senderDone || done
 		untaken := done && r.handoffsAt != 0 && !r.tookLent
 		m.mu.Unlock()
-		if untaken {
-			m.giveBackUntaken(r.bufs, r.seg.data, r.handoffsAt)
+		if untaken && !m.giveBackUntaken(r.bufs, r.seg.data, r.handoffsAt) {
+			recyclable = false
 		}
 		errs = append(errs, m.retire(r.seg, recyclable))
+		// Mappings of lent segments whose files went (a sender that
+		// released or died) are not kept past a room's removal.
+		m.peers.sweep()
 	}
 	err := errors.Join(errs...)
 	if err != nil {
@@ -1083,6 +1086,17 @@ func (u *usedIDs) add(id uint64) {
 		set[x] = struct{}{}
 	}
 	u.set = set
+}
+
+// Backend returns the backend of an open room.
+func (m *Manager) Backend(id uint64) (sdk.Backend, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	if r == nil {
+		return "", fmt.Errorf("%w: room %d", ErrUnknownRoom, id)
+	}
+	return r.backend, nil
 }
 
 // Status returns a room's status and, when Failed, its reason.

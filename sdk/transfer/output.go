@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,6 +93,35 @@ func word(table []byte, i int) *atomic.Uint64 {
 	return (*atomic.Uint64)(unsafe.Pointer(&table[8*i]))
 }
 
+// errTableFault is a memory fault on a lend table: a process that maps it
+// read-write shrank the file.
+var errTableFault = errors.New("memory fault on a lend table (did a process shrink it?)")
+
+// onWord runs f on slot i's word of a lend table that another process may
+// have shrunk: a fault (SIGBUS) is errTableFault, not the end of this
+// process.
+func onWord(table []byte, i int, f func(w *atomic.Uint64)) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if _, fault := p.(interface{ Addr() uintptr }); !fault {
+				panic(p)
+			}
+			err = errTableFault
+		}
+	}()
+	f(word(table, i))
+	return nil
+}
+
+// casWord is a compare-and-swap of slot i's word that survives a shrunk
+// table (it then reports false).
+func casWord(table []byte, i int, old, new uint64) bool {
+	ok := false
+	_ = onWord(table, i, func(w *atomic.Uint64) { ok = w.CompareAndSwap(old, new) })
+	return ok
+}
+
 // outSeg is one output segment of a sender. Fields below seg are guarded
 // by outputs.mu.
 type outSeg struct {
@@ -99,7 +129,8 @@ type outSeg struct {
 	slot int
 
 	held     bool   // Alloc handed it out and Free has not taken it back
-	sum      uint64 // the writer's checksum (Written), when summed
+	sum      uint64 // the writer's checksum (Written) of its first sumLen bytes, when summed
+	sumLen   int
 	summed   bool
 	lent     *lend // lent to a receiver until the slot is 0 again
 	readOnly bool  // the mapping is read-only (lent with guard)
@@ -253,17 +284,19 @@ func (o *outputs) reclaimLocked() {
 		if s == nil || s.lent == nil {
 			continue
 		}
-		w := word(o.table.data, s.slot)
 		l := s.lent
-		cur := w.Load()
+		var cur uint64
+		if onWord(o.table.data, s.slot, func(w *atomic.Uint64) { cur = w.Load() }) != nil {
+			continue // the table was shrunk: the slot stays lent
+		}
 		switch {
 		case cur == 0:
 		case cur == l.word && peerUnlinked(l.peer):
-			if !w.CompareAndSwap(cur, 0) {
+			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
 		case (cur == l.word || cur == l.word+1) && l.pid > 0 && !processAlive(l.pid):
-			if !w.CompareAndSwap(cur, 0) {
+			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
 		default:
@@ -303,6 +336,11 @@ func (o *outputs) free(t tensor.Tensor) {
 		return
 	}
 	s.held = false
+	if o.closed { // kept mapped by close for its writer: now it can go
+		delete(o.byData, &s.seg.data[0])
+		_ = s.seg.unmap()
+		return
+	}
 	if s.lent == nil {
 		o.tick++
 		s.freed = o.tick
@@ -326,7 +364,7 @@ func (o *outputs) written(t tensor.Tensor, sum uint64) error {
 	case !s.held || s.lent != nil:
 		return errors.New("transfer: written: the output was freed or sent already")
 	}
-	s.sum, s.summed = sum, true
+	s.sum, s.sumLen, s.summed = sum, len(t.Data), true
 	return nil
 }
 
@@ -362,11 +400,12 @@ func slicesContains(ss []*outSeg, s *outSeg) bool {
 	return false
 }
 
-// checksum returns the writer's checksum of s's first n bytes, or hashes
-// them (once, after the writer wrote them).
+// checksum returns the writer's checksum of data, the first bytes of s,
+// if it gave one for exactly these bytes, or hashes them (once, after the
+// writer wrote them).
 func (o *outputs) checksum(s *outSeg, data []byte) uint64 {
 	o.mu.Lock()
-	sum, ok := s.sum, s.summed
+	sum, ok := s.sum, s.summed && s.sumLen == len(data)
 	o.mu.Unlock()
 	if ok {
 		return sum
@@ -398,7 +437,12 @@ func (o *outputs) lend(s *outSeg, w uint64, pid, peer int) error {
 		}
 		s.readOnly = true
 	}
-	word(o.table.data, s.slot).Store(w)
+	if err := onWord(o.table.data, s.slot, func(x *atomic.Uint64) { x.Store(w) }); err != nil {
+		if peer >= 0 {
+			_ = unix.Close(peer)
+		}
+		return err
+	}
 	s.lent = &lend{word: w, pid: pid, peer: peer}
 	return nil
 }
@@ -411,7 +455,7 @@ func (o *outputs) unlend(s *outSeg) {
 	if s.lent == nil {
 		return
 	}
-	word(o.table.data, s.slot).CompareAndSwap(s.lent.word, 0)
+	casWord(o.table.data, s.slot, s.lent.word, 0)
 	if s.lent.peer >= 0 {
 		_ = unix.Close(s.lent.peer)
 	}
@@ -437,8 +481,10 @@ func (o *outputs) counts() (held, lent, idle int) {
 	return held, lent, idle
 }
 
-// close unlinks and unmaps every output segment and the lend table. A
-// receiver that still maps one keeps its bytes until it lets go.
+// close unlinks every output segment and the lend table, and unmaps them,
+// but for the segments a writer still holds (a Run that did not stop when
+// asked): those stay mapped until Free. A receiver that still maps one
+// keeps its bytes until it lets go.
 func (o *outputs) close() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -451,7 +497,13 @@ func (o *outputs) close() error {
 		if s.lent != nil && s.lent.peer >= 0 {
 			errs = append(errs, closeFd(s.lent.peer))
 		}
-		errs = append(errs, o.destroyLocked(s))
+		o.slots[s.slot] = nil
+		if s.held {
+			errs = append(errs, s.seg.unlink())
+			continue
+		}
+		delete(o.byData, &s.seg.data[0])
+		errs = append(errs, s.seg.destroy())
 	}
 	if o.table != nil {
 		errs = append(errs, o.table.destroy())
@@ -544,7 +596,7 @@ func (m *Manager) takeOne(b buffer, w, off, size uint64, name string) (taken, er
 		m.peers.put(seg)
 		return taken{}, err
 	}
-	if !word(table.data, slot).CompareAndSwap(w, w-lendLent+lendTaken) {
+	if !casWord(table.data, slot, w, w-lendLent+lendTaken) {
 		m.peers.put(seg)
 		m.peers.put(table)
 		return taken{}, fmt.Errorf("the sender took segment %s back (its lend word is no longer %#x)", name, w)
@@ -556,7 +608,7 @@ func (m *Manager) takeOne(b buffer, w, off, size uint64, name string) (taken, er
 // mappings of files that are gone (a sender that released or died).
 func (m *Manager) giveBack(ts []taken) {
 	for _, t := range ts {
-		word(t.table.data, t.slot).CompareAndSwap(t.word, 0)
+		casWord(t.table.data, t.slot, t.word, 0)
 		m.peers.put(t.seg)
 		m.peers.put(t.table)
 	}
@@ -564,8 +616,11 @@ func (m *Manager) giveBack(ts []taken) {
 }
 
 // giveBackUntaken gives back the segments lent to a room that no Receive
-// took (the room is being removed after its sender set done).
-func (m *Manager) giveBackUntaken(bufs []buffer, data []byte, at uint64) {
+// took (the room is being removed after its sender set done). It reports
+// false if it could not reach a lend table: the caller then unlinks the
+// room's segment, which tells the sender to take the slot back itself.
+func (m *Manager) giveBackUntaken(bufs []buffer, data []byte, at uint64) bool {
+	ok := true
 	for i := range bufs {
 		w, _, _, name := handoffOf(data[at:], i)
 		if w == 0 || w&lendState != lendLent {
@@ -573,15 +628,17 @@ func (m *Manager) giveBackUntaken(bufs []buffer, data []byte, at uint64) {
 		}
 		owner, slot, err := parseOutputName(name)
 		if err != nil {
-			continue
+			continue // no sender can have lent it
 		}
 		table, err := m.peers.get(m.cfg.ShmDir, lendTableName(owner), lendTableSize, true)
 		if err != nil {
-			continue // the sender takes it back when it sees the room's segment gone
+			ok = false
+			continue
 		}
-		word(table.data, slot).CompareAndSwap(w, 0)
+		casWord(table.data, slot, w, 0)
 		m.peers.put(table)
 	}
+	return ok
 }
 
 // peerMaps are a receiver's mappings of its senders' output segments

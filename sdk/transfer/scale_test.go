@@ -178,6 +178,16 @@ func TestTooManyFiles(t *testing.T) {
 		if err == nil {
 			err = p.rcv.OpenReceiver(room, ep, []tensor.Spec{spec})
 		}
+		// The sender connects to the receiver's status socket when the
+		// descriptor arrives: that needs a free socket too.
+		for deadline := time.Now().Add(2 * time.Second); err == nil; time.Sleep(time.Millisecond) {
+			st, reason, serr := p.snd.Status(room)
+			if serr != nil || st == Failed || time.Now().After(deadline) {
+				err = errors.Join(serr, errors.New(reason), errors.New("no descriptor"))
+			} else if st != Bootstrapping {
+				break
+			}
+		}
 		if err != nil {
 			_ = errors.Join(p.snd.Remove(room), p.rcv.Remove(room))
 		}

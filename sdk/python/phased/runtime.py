@@ -366,7 +366,7 @@ class Runtime:
         # Outputs the phase writes into ctx.alloc's memory are lent to the
         # next phase, not copied; they go back to the manager once the Run
         # is over (a lent one when the receiver gives it back).
-        outs = _RunAllocator(mgr) if out_room else None
+        outs = _RunAllocator(mgr) if out_room and _lends(mgr, out_room) else None
         try:
             return self._compute_and_send(mgr, rep, request, out_room, cancel, log, inputs, outs)
         finally:
@@ -472,6 +472,16 @@ class Runtime:
         except Exception as e:  # noqa: BLE001
             errors.append(f"close: {reason(e)}")
         return errors
+
+
+def _lends(mgr, room: int) -> bool:
+    """Whether a Run's out room can lend ctx.alloc's memory: a shm room
+    (the other backends copy, so ordinary memory serves them)."""
+    backend = getattr(mgr, "room_backend", None)
+    try:
+        return backend is None or backend(room) == "shm"
+    except Exception:  # noqa: BLE001 - removed meanwhile: the send will say so
+        return False
 
 
 class _RunAllocator:

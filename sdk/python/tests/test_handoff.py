@@ -782,3 +782,24 @@ def test_alloc_without_a_next_phase(tmp_path):
         art = phased.run_local(phases, phased.Request(f"r{arrays}", artifact_dir=str(tmp_path)))
         with open(art.path, "rb") as f:
             assert np.frombuffer(f.read(), np.float32).tolist() == list(range(4096))
+
+
+def test_no_handoff_without_atomics(env, monkeypatch):
+    """Without atomic operations on shared memory (no libatomic) the lend
+    words could race: a receiver offers no hand-off table and a sender
+    lends nothing; the outputs are copied, intact."""
+    monkeypatch.setattr(H, "ATOMIC", False)
+    snd, rcv = env.pair()
+    big = Spec("latent", "uint8", (F.CHECKSUM_BLOCK + 5,))
+    want = alloc_filled(snd, big, 7)
+    open_room(snd, rcv, 1, [big])
+    wait_status(snd, 1, F.WAITING_FOR_INPUT)
+    assert snd._rooms[1].desc.handoff_offset == 0
+    got = hop(snd, rcv, 1, {"latent": want})
+    assert same(got[0], want)
+    assert inside(got[0], rcv._rooms[1].seg.data), "the output was not copied into the receiver's segment"
+    assert snd._outputs.counts()[1] == 0
+    del got
+    snd.free(want)
+    snd.remove(1)
+    rcv.remove(1)

@@ -201,10 +201,7 @@ def peer_unlinked(fd: int) -> bool:
     """Whether the receiver's segment fd refers to was unlinked."""
     if fd < 0:
         return False
-    try:
-        return os.fstat(fd).st_nlink == 0
-    except OSError:
-        return False
+    return _unlinked(fd)
 
 
 def _unlinked(fd: int) -> bool:
@@ -227,13 +224,14 @@ class OutSeg:
     """One output segment of a sender; fields below seg are guarded by
     Outputs' lock."""
 
-    __slots__ = ("seg", "slot", "addr", "held", "sum", "summed", "lent", "freed")
+    __slots__ = ("seg", "slot", "addr", "held", "sum", "sum_len", "summed", "lent", "freed")
 
     def __init__(self, seg: Segment, slot: int):
         self.seg, self.slot = seg, slot
         self.addr = _address(seg.data)
         self.held = False  # alloc handed it out and free has not taken it back
-        self.sum, self.summed = 0, False  # the writer's checksum (written)
+        # The writer's checksum (written) of its first sum_len bytes.
+        self.sum, self.sum_len, self.summed = 0, 0, False
         self.lent: Optional[_Lend] = None  # lent to a receiver until the slot is 0 again
         self.freed = 0
 
@@ -384,6 +382,7 @@ class Outputs:
                 raise ValueError("transfer: written: the tensor is not an output from Alloc that is still being "
                                  "written")
             s.sum, s.summed = int(checksum) & 0xFFFFFFFFFFFFFFFF, True
+            s.sum_len = arr.nbytes
             return True
 
     def lendable(self, arrays: Sequence[np.ndarray]) -> Optional[List[Optional[OutSeg]]]:
@@ -404,7 +403,7 @@ class Outputs:
     def checksum(self, s: OutSeg, arr: np.ndarray) -> int:
         """The writer's checksum, or the array hashed once."""
         with self._mu:
-            summed, value = s.summed, s.sum
+            summed, value = s.summed and s.sum_len == arr.nbytes, s.sum
         if summed:
             return value
         return T.checksum(arr.reshape(-1).view(np.uint8))
@@ -651,6 +650,8 @@ def take_handoffs(peers: PeerMaps, shm_dir: str, bufs: Sequence[Buffer], buf, at
                 t = _take_one(peers, shm_dir, b, w, off, size, name)
             except HandoffError as e:
                 raise HandoffError(f"hand-off: tensor {i} {go_quote(b.name)}: {e}") from None
+            except OSError as e:  # an unexpected one (fstat, mmap): the room fails all the same
+                raise HandoffError(f"hand-off: tensor {i} {go_quote(b.name)}: {fd_error_text(e)}") from None
             t.buf = i
             out.append(t)
     except BaseException:

@@ -615,7 +615,7 @@ class Manager:
             raise
         gen = self._new_gen()
         r = _Room(room, RECEIVER, backend)
-        r.gen, r.bufs, r.sums_at, r.handoffs_at = gen, bufs, sums_at, handoffs_at
+        r.gen, r.bufs, r.sums_at, r.handoffs_at = gen, bufs, sums_at, handoffs_at if H.ATOMIC else 0
         seg_name = ""
         try:
             if backend == SHM:
@@ -639,9 +639,13 @@ class Manager:
             seg.destroy()
             raise
 
+        # Without atomic operations on shared memory (no libatomic) the
+        # lend words could race: offer no hand-off table, take copies.
+        offered = handoffs_at if H.ATOMIC else 0
+
         def frame(status_endpoint: str) -> bytes:
             return F.encode_descriptor(backend, room, gen, status_endpoint, seg_name, seg.size, bufs, sums_at,
-                                       handoffs_at)
+                                       offered)
 
         try:
             self._call(lambda: self._o_open_receiver(r, peer_endpoint, frame))
@@ -725,6 +729,14 @@ class Manager:
             dropped = self._dropped
         states.sort(key=lambda s: s.room)
         return states, dropped
+
+    def room_backend(self, room: int) -> str:
+        """The backend of an open room; UnknownRoomError otherwise."""
+        with self._mu:
+            r = self._rooms.get(room)
+            if r is None:
+                raise UnknownRoomError(f"transfer: unknown room {room}")
+            return r.backend
 
     def room_status(self, room: int) -> RoomState:
         with self._mu:
@@ -1662,7 +1674,7 @@ class Manager:
             # report no progress (a quiet control block), so that the
             # receiver hashes nothing before done tells it which buffers
             # are lent.
-            lendable = self._outputs.lendable(tensors) if d.handoff_offset else None
+            lendable = self._outputs.lendable(tensors) if d.handoff_offset and H.ATOMIC else None
             quiet = lendable is not None
             lent_hs: Dict[int, Header] = {}
             words: Dict[int, int] = {}
