@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -223,7 +224,7 @@ func TestFailedStartKillsGroup(t *testing.T) {
 				t.Fatal(err)
 			}
 			child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-			if !eventuallyTrue(func() bool { return !processAlive(child) }) {
+			if !eventuallyTrue(func() bool { return !transfer.ProcessAlive(child) }) {
 				syscall.Kill(child, syscall.SIGKILL)
 				t.Fatalf("the plugin's child %d outlived the failed start", child)
 			}

@@ -53,7 +53,7 @@ func killStaleGroups(dir string) int {
 	n := 0
 	for _, line := range strings.Fields(string(b)) {
 		pgid, err := strconv.Atoi(line)
-		if err != nil || pgid <= 1 || processAlive(pgid) {
+		if err != nil || pgid <= 1 || transfer.ProcessAlive(pgid) {
 			continue
 		}
 		if syscall.Kill(-pgid, syscall.SIGKILL) == nil {
@@ -185,7 +185,7 @@ func stalePID(dir string) (pid int, created, ok bool) {
 	}
 	first, rest, _ := strings.Cut(string(b), "\n")
 	pid, err = strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 || pid == os.Getpid() || processAlive(pid) {
+	if err != nil || pid <= 0 || pid == os.Getpid() || transfer.ProcessAlive(pid) {
 		return 0, false, false
 	}
 	return pid, strings.TrimSpace(rest) == createdMark, true
@@ -224,7 +224,7 @@ func sweepDeadSegments(shmDir string) (int, error) {
 	var errs []error
 	for _, e := range entries {
 		pid, ok := segmentPID(e.Name())
-		if !ok || processAlive(pid) {
+		if !ok || transfer.ProcessAlive(pid) {
 			continue
 		}
 		fi, err := e.Info()
@@ -252,21 +252,6 @@ func segmentPID(name string) (int, bool) {
 	}
 	_, pid, ok := transfer.SplitProcessName(owner)
 	return pid, ok
-}
-
-// processAlive reports whether pid runs: it exists and is not a zombie
-// (a process that exited and that whoever adopted it has not reaped yet).
-func processAlive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	// pid (comm) STATE ...: comm may hold spaces and parentheses.
-	rest := strings.TrimSpace(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	return !strings.HasPrefix(rest, "Z")
 }
 
 func ownedByMe(fi os.FileInfo) bool {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -178,13 +179,13 @@ func TestKillStaleGroups(t *testing.T) {
 		t.Errorf("killed %d groups, want 1", n)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for processAlive(child) && time.Now().Before(deadline) {
+	for transfer.ProcessAlive(child) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if processAlive(child) {
+	if transfer.ProcessAlive(child) {
 		t.Errorf("the orphaned child %d still runs", child)
 	}
-	if !processAlive(live.Process.Pid) {
+	if !transfer.ProcessAlive(live.Process.Pid) {
 		t.Error("killed a group whose leader runs")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/internal/procmaps"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
@@ -73,14 +74,8 @@ func TestRunLendsAllocOutputs(t *testing.T) {
 			}
 		}
 		out := "phased-" + transfer.ProcessName("l-0", os.Getpid()) + "-out-"
-		var perms []string
-		for _, l := range strings.Split(readMaps(t), "\n") {
-			if strings.Contains(l, out) {
-				perms = append(perms, strings.Fields(l)[1])
-			}
-		}
-		if strings.Join(perms, " ") != "rw-s r--s" && strings.Join(perms, " ") != "r--s rw-s" {
-			t.Errorf("room %d: the instance's output segment is mapped %v, want once by it (rw-s) and once by the peer (r--s)", room, perms)
+		if perms := procmaps.Perms(t, out); perms != "r--s rw-s" {
+			t.Errorf("room %d: the instance's output segment is mapped %q, want once by it (rw-s) and once by the peer (r--s)", room, perms)
 		}
 		release()
 		if err := r.RemoveRoom(ctx, room); err != nil {
@@ -137,15 +132,6 @@ func withPeer(t *testing.T, p sdk.Phase, id string) (*Runtime, *transfer.Manager
 	}
 	t.Cleanup(func() { peer.Release(context.Background()) })
 	return r, peer
-}
-
-func readMaps(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/maps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // scribbler writes into its input.

@@ -128,10 +128,10 @@ func hops(b *testing.B, size int, hop func()) {
 	}
 }
 
-func check(b *testing.B, err error) {
-	b.Helper()
+func check(tb testing.TB, err error) {
+	tb.Helper()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
@@ -139,27 +139,34 @@ func check(b *testing.B, err error) {
 func pattern(b *testing.B, s tensor.Spec) tensor.Tensor {
 	x, err := tensor.New(s)
 	check(b, err)
-	for i := range x.Data {
-		x.Data[i] = byte(i*7 + i>>9)
-	}
+	fillPattern(x.Data)
 	return x
 }
 
+// fillPattern fills p as bench/hoppeer.py's pattern: byte i is i*7 + i>>9.
+func fillPattern(p []byte) {
+	for i := range p {
+		p[i] = byte(i*7 + i>>9)
+	}
+}
+
 // runDir is a short directory for room sockets, removed at the end.
-func runDir(b *testing.B) string {
+func runDir(tb testing.TB) string {
+	tb.Helper()
 	dir, err := os.MkdirTemp("/tmp", "pyb-")
-	check(b, err)
-	b.Cleanup(func() { os.RemoveAll(dir) })
+	check(tb, err)
+	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
 
 // goManager starts a Go transfer manager named NAME.PID in dir, released
 // at the end.
-func goManager(b *testing.B, dir, name string) *transfer.Manager {
+func goManager(tb testing.TB, dir, name string) *transfer.Manager {
+	tb.Helper()
 	m, err := transfer.New(transfer.Config{Dir: dir, Name: transfer.ProcessName(name, os.Getpid())})
-	check(b, err)
-	check(b, m.Start())
-	b.Cleanup(func() { _ = m.Release(context.Background()) })
+	check(tb, err)
+	check(tb, m.Start())
+	tb.Cleanup(func() { _ = m.Release(context.Background()) })
 	return m
 }
 

@@ -23,27 +23,6 @@ import (
 // copy, whichever SDK sends and whichever receives, and goes back to the
 // sender once the receiver let go of it.
 
-// handManager starts a Go transfer manager named NAME.PID in dir.
-func handManager(t *testing.T, dir, name string) *transfer.Manager {
-	t.Helper()
-	m, err := transfer.New(transfer.Config{Dir: dir, Name: transfer.ProcessName(name, os.Getpid())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Release(context.Background()) })
-	return m
-}
-
-// handPattern fills b as hoppeer.py's pattern: byte i is i*7 + i>>9.
-func handPattern(b []byte) {
-	for i := range b {
-		b[i] = byte(i*7 + i>>9)
-	}
-}
-
 // mappingOf returns the line of /proc/self/maps whose range holds p, or
 // "" if none does.
 func mappingOf(t *testing.T, p uintptr) string {
@@ -76,8 +55,8 @@ func mappingOf(t *testing.T, p uintptr) string {
 // the segment is back and the Go sender's next Alloc reuses it. An output
 // hashed by its writer (Written) is lent the same way.
 func TestHandoffGoToPython(t *testing.T) {
-	dir := shortRunDir(t)
-	snd := handManager(t, dir, "gohand")
+	dir := runDir(t)
+	snd := goManager(t, dir, "gohand")
 	needPython(t)
 	p := startPeer(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -85,7 +64,7 @@ func TestHandoffGoToPython(t *testing.T) {
 	const n = 3<<20 + 5
 	spec := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{n}}
 	want := make([]byte, n)
-	handPattern(want)
+	fillPattern(want)
 	sum := tensor.Checksum(want)
 	for i, written := range []bool{false, true} {
 		room := uint64(i + 1)
@@ -133,8 +112,8 @@ func TestHandoffGoToPython(t *testing.T) {
 // released it and removed its room, the Python sender's next alloc reuses
 // the segment.
 func TestHandoffPythonToGo(t *testing.T) {
-	dir := shortRunDir(t)
-	rcv := handManager(t, dir, "gorecv")
+	dir := runDir(t)
+	rcv := goManager(t, dir, "gorecv")
 	needPython(t)
 	p := startPeer(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -142,7 +121,7 @@ func TestHandoffPythonToGo(t *testing.T) {
 	const n = 2<<20 + 77
 	spec := tensor.Spec{Name: "latent", DType: tensor.Uint8, Shape: []int64{n}}
 	want := make([]byte, n)
-	handPattern(want)
+	fillPattern(want)
 	outFile := "phased-" + transfer.ProcessName("pya", p.pid) + "-out-"
 	for i, written := range []bool{false, true} {
 		room := uint64(i + 1)
@@ -176,15 +155,4 @@ func TestHandoffPythonToGo(t *testing.T) {
 		p.expect(t, fmt.Sprintf("lendfree %d", room), "ok")
 		p.expect(t, fmt.Sprintf("realloc %d", n), "same")
 	}
-}
-
-// shortRunDir is a short directory for room sockets, removed at the end.
-func shortRunDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "pyh-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }

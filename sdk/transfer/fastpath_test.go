@@ -12,7 +12,6 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phased/phased/sdk/proto/phasedv1"
@@ -132,7 +131,7 @@ func recvFrames(t *testing.T, s *zmq.Socket, want int, wait time.Duration) []*ph
 // is served too, its Transferring frame not counted as a duplicate.
 func TestFastPathReceiver(t *testing.T) {
 	f := newFakeRig(t)
-	rcv, zctx, fake, senderEP := f.rcv, f.zctx, f.fake, f.senderEP
+	rcv, zctx := f.rcv, f.zctx
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	specs := []tensor.Spec{
@@ -150,25 +149,11 @@ func TestFastPathReceiver(t *testing.T) {
 	// returns the segment (unmapped at the test's end) and the descriptor.
 	open := func(room uint64) ([]byte, *phasedv1.Descriptor) {
 		t.Helper()
-		if err := rcv.OpenReceiver(room, senderEP, specs); err != nil {
-			t.Fatal(err)
-		}
-		b, err := fake.RecvBytes(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d := &phasedv1.Descriptor{}
-		if err := proto.Unmarshal(b, d); err != nil {
-			t.Fatal(err)
-		}
+		d := f.open(t, room, specs)
 		if d.GetChecksumOffset() != tableAt {
 			t.Fatalf("descriptor names checksum offset %d, want %d (after the buffers)", d.GetChecksumOffset(), tableAt)
 		}
-		data, err := mapPeerSegment(DefaultShmDir, d.GetSegment(), d.GetSegmentSize())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Munmap(data) })
+		data := mapSegment(t, d)
 		for i, b := range bufs {
 			copy(data[b.offset:b.offset+b.length], want[i].Data)
 		}

@@ -150,33 +150,36 @@ func parseDescriptor(pd *phasedv1.Descriptor) (*descriptor, error) {
 		}
 		d.buffers[i] = b
 	}
-	overlap := d.buffers
-	if off := pd.GetChecksumOffset(); off != 0 {
-		n := 8 * uint64(len(d.buffers))
+	overlap := slices.Clip(d.buffers)
+	// The tables, if any, lie in the segment and share no byte with a
+	// buffer or each other.
+	table := func(what string, off, n uint64) error {
 		switch {
-		case backend != sdk.BackendShm:
-			return nil, fmt.Errorf("descriptor: a %s descriptor carries checksum offset %d; only a shm one may", backend, off)
 		case off < ctrlSize || off%8 != 0:
-			return nil, fmt.Errorf("descriptor: checksum offset %d: want a multiple of 8 after the %d-byte control block", off, ctrlSize)
+			return fmt.Errorf("descriptor: %s offset %d: want a multiple of 8 after the %d-byte control block", what, off, ctrlSize)
 		case off > size || n > size-off:
-			return nil, fmt.Errorf("descriptor: checksum offset %d + %d bytes is out of bounds of the %d-byte segment", off, n, size)
+			return fmt.Errorf("descriptor: %s offset %d + %d bytes is out of bounds of the %d-byte segment", what, off, n, size)
+		}
+		overlap = append(overlap, buffer{spec: tensor.Spec{Name: "(" + what + " table)"}, offset: off, length: n})
+		return nil
+	}
+	if off := pd.GetChecksumOffset(); off != 0 {
+		if backend != sdk.BackendShm {
+			return nil, fmt.Errorf("descriptor: a %s descriptor carries checksum offset %d; only a shm one may", backend, off)
+		}
+		if err := table("checksum", off, 8*uint64(len(d.buffers))); err != nil {
+			return nil, err
 		}
 		d.checksumOffset = off
-		// The table must share no byte with a buffer.
-		overlap = append(slices.Clip(d.buffers), buffer{spec: tensor.Spec{Name: "(checksum table)"}, offset: off, length: n})
 	}
 	if off := pd.GetHandoffOffset(); off != 0 {
-		n := handoffEntry * uint64(len(d.buffers))
-		switch {
-		case d.checksumOffset == 0:
+		if d.checksumOffset == 0 {
 			return nil, fmt.Errorf("descriptor: hand-off offset %d without a checksum offset; a hand-off table needs the fast path", off)
-		case off < ctrlSize || off%8 != 0:
-			return nil, fmt.Errorf("descriptor: hand-off offset %d: want a multiple of 8 after the %d-byte control block", off, ctrlSize)
-		case off > size || n > size-off:
-			return nil, fmt.Errorf("descriptor: hand-off offset %d + %d bytes is out of bounds of the %d-byte segment", off, n, size)
+		}
+		if err := table("hand-off", off, handoffEntry*uint64(len(d.buffers))); err != nil {
+			return nil, err
 		}
 		d.handoffOffset = off
-		overlap = append(slices.Clip(overlap), buffer{spec: tensor.Spec{Name: "(hand-off table)"}, offset: off, length: n})
 	}
 	if err := checkOverlap(overlap); err != nil {
 		return nil, err

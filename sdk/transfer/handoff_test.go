@@ -7,16 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/phased/phased/sdk/proto/phasedv1"
+	"github.com/phased/phased/internal/procmaps"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -38,35 +36,6 @@ func inside(b, m []byte) bool {
 	}
 	p, lo := uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&m[0]))
 	return p >= lo && p+uintptr(len(b)) <= lo+uintptr(len(m))
-}
-
-// mapsOf returns the lines of /proc/self/maps that map a file whose name
-// holds s.
-func mapsOf(t *testing.T, s string) []string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/maps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// permsOf returns the sorted permissions of the mappings of files whose
-// name holds s, e.g. "r--s rw-s".
-func permsOf(t *testing.T, s string) string {
-	t.Helper()
-	var perms []string
-	for _, l := range mapsOf(t, s) {
-		perms = append(perms, strings.Fields(l)[1])
-	}
-	slices.Sort(perms)
-	return strings.Join(perms, " ")
 }
 
 // TestHandoff sends two outputs from Alloc and an ordinary tensor through
@@ -109,7 +78,7 @@ func TestHandoff(t *testing.T) {
 	}
 	// Each lent segment is mapped twice: read-write by its sender,
 	// read-only by the receiver.
-	if got := permsOf(t, "phased-"+p.sn+"-out-"); got != "r--s r--s rw-s rw-s" {
+	if got := procmaps.Perms(t, "phased-"+p.sn+"-out-"); got != "r--s r--s rw-s rw-s" {
 		t.Errorf("the sender's output segments are mapped %q, want %q", got, "r--s r--s rw-s rw-s")
 	}
 
@@ -221,7 +190,7 @@ func TestHandoffVerify(t *testing.T) {
 		if verify {
 			// The sender with VerifyHandoffs too maps what it lent
 			// read-only, so that its own late writes fault.
-			if got := permsOf(t, "phased-"+sn+"-out-"); got != "r--s r--s" {
+			if got := procmaps.Perms(t, "phased-"+sn+"-out-"); got != "r--s r--s" {
 				t.Errorf("with VerifyHandoffs on both sides, the lent segment is mapped %q, want r--s twice", got)
 			}
 			if !faults(func() { out.Data[0] = 9 }) {
@@ -295,7 +264,7 @@ func TestHandoffSenderReleases(t *testing.T) {
 		t.Errorf("files left after Release: %v", left)
 	}
 	p.snd.Free(held)
-	if n := len(mapsOf(t, "phased-"+p.sn+"-out-")); n != 1 {
+	if n := len(procmaps.Of(t, "phased-"+p.sn+"-out-")); n != 1 {
 		t.Errorf("%d mappings of the released sender's outputs, want 1 (the receiver's, until its next removal)", n)
 	}
 	// Any room removal on the receiver drops mappings of files gone.
@@ -306,7 +275,7 @@ func TestHandoffSenderReleases(t *testing.T) {
 	if err := p.rcv.Remove(2); err != nil {
 		t.Fatal(err)
 	}
-	if got := mapsOf(t, "phased-"+p.sn+"-"); len(got) > 0 {
+	if got := procmaps.Of(t, "phased-"+p.sn+"-"); len(got) > 0 {
 		t.Errorf("still mapped after the sender released and a room went: %v", got)
 	}
 }
@@ -390,7 +359,7 @@ func waitStatus(t *testing.T, m *Manager, room uint64, st Status) {
 // and takes nothing.
 func TestHostileHandoffs(t *testing.T) {
 	f := newFakeRig(t)
-	rn, rcv, fake, senderEP := f.rn, f.rcv, f.fake, f.senderEP
+	rn, rcv := f.rn, f.rcv
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s := tensor.Spec{Name: "x", DType: tensor.Uint8, Shape: []int64{4096}}
@@ -432,24 +401,11 @@ func TestHostileHandoffs(t *testing.T) {
 	}
 	for i, tc := range cases {
 		room := uint64(i + 1)
-		if err := rcv.OpenReceiver(room, senderEP, []tensor.Spec{s}); err != nil {
-			t.Fatal(err)
-		}
-		b, err := fake.RecvBytes(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d := &phasedv1.Descriptor{}
-		if err := proto.Unmarshal(b, d); err != nil {
-			t.Fatal(err)
-		}
+		d := f.open(t, room, []tensor.Spec{s})
 		if d.GetHandoffOffset() == 0 {
 			t.Fatal("the receiver offers no hand-off table")
 		}
-		data, err := mapPeerSegment(DefaultShmDir, d.GetSegment(), d.GetSegmentSize())
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := mapSegment(t, d)
 		word(outs.table.data, 0).Store(2<<32 | lendLent) // lent, but not with tc.word
 		if err := putHandoff(data[d.GetHandoffOffset():], tc.word, tc.off, tc.size, tc.segment); err != nil {
 			t.Fatal(err)
@@ -463,7 +419,6 @@ func TestHostileHandoffs(t *testing.T) {
 		if w := word(outs.table.data, 0).Load(); w != 2<<32|lendLent {
 			t.Errorf("%s: the lend word is %#x, want it untouched", tc.name, w)
 		}
-		_ = unix.Munmap(data)
 		if err := rcv.Remove(room); err != nil {
 			t.Fatal(err)
 		}

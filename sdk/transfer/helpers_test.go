@@ -14,8 +14,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	zmq "github.com/pebbe/zmq4"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
 )
 
@@ -269,4 +272,34 @@ func newFakeRig(t *testing.T) *fakeRig {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// open opens a receiver room of specs towards the fake sender and returns
+// the descriptor it sent, checked for its room and version.
+func (f *fakeRig) open(t *testing.T, room uint64, specs []tensor.Spec) *phasedv1.Descriptor {
+	t.Helper()
+	if err := f.rcv.OpenReceiver(room, f.senderEP, specs); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.fake.RecvBytes(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &phasedv1.Descriptor{}
+	if err := proto.Unmarshal(b, d); err != nil || d.GetRoom() != room || d.GetVersion() != wireVersion {
+		t.Fatalf("descriptor %v (%v)", d, err)
+	}
+	return d
+}
+
+// mapSegment maps the segment d names, as its sender would, until the
+// test ends.
+func mapSegment(t *testing.T, d *phasedv1.Descriptor) []byte {
+	t.Helper()
+	data, err := mapPeerSegment(DefaultShmDir, d.GetSegment(), d.GetSegmentSize())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(data) })
+	return data
 }

@@ -256,7 +256,7 @@ func TestDroppedDescriptors(t *testing.T) {
 func TestHostileStatusFrames(t *testing.T) {
 	// A hand-written sender: it reads descriptors and writes status frames.
 	f := newFakeRig(t)
-	dir, rn, rcv, zctx, fake, senderEP := f.dir, f.rn, f.rcv, f.zctx, f.fake, f.senderEP
+	dir, rn, rcv, zctx := f.dir, f.rn, f.rcv, f.zctx
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	specs := []tensor.Spec{
@@ -271,17 +271,7 @@ func TestHostileStatusFrames(t *testing.T) {
 	}
 	open := func(room uint64) peer {
 		t.Helper()
-		if err := rcv.OpenReceiver(room, senderEP, specs); err != nil {
-			t.Fatal(err)
-		}
-		b, err := fake.RecvBytes(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d := &phasedv1.Descriptor{}
-		if err := proto.Unmarshal(b, d); err != nil || d.GetRoom() != room || d.GetVersion() != wireVersion {
-			t.Fatalf("descriptor %v (%v)", d, err)
-		}
+		d := f.open(t, room, specs)
 		push := rawSocket(t, zctx, zmq.PUSH)
 		if err := push.Connect(d.GetStatusEndpoint()); err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -295,7 +296,7 @@ func (o *outputs) reclaimLocked() {
 			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
-		case (cur == l.word || cur == l.word+1) && l.pid > 0 && !processAlive(l.pid):
+		case (cur == l.word || cur == l.word+1) && l.pid > 0 && !ProcessAlive(l.pid):
 			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
@@ -317,10 +318,19 @@ func (o *outputs) reclaimLocked() {
 // unlinked.
 func peerUnlinked(fd int) bool { return fd >= 0 && unlinked(fd) }
 
-// processAlive reports whether pid exists (a zombie counts until reaped).
-func processAlive(pid int) bool {
-	err := unix.Kill(pid, 0)
-	return err == nil || !errors.Is(err, unix.ESRCH)
+// ProcessAlive reports whether pid runs: it exists and is not a zombie
+// (a process that exited and that whoever adopted it has not reaped yet).
+func ProcessAlive(pid int) bool {
+	if err := unix.Kill(pid, 0); err != nil && !errors.Is(err, unix.EPERM) {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	rest := strings.TrimSpace(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return !strings.HasPrefix(rest, "Z")
 }
 
 // free gives back an Alloc'd tensor: the segment is reused once the
@@ -380,7 +390,7 @@ func (o *outputs) lendable(ts []tensor.Tensor) []*outSeg {
 			continue
 		}
 		s := o.byData[&t.Data[0]]
-		if s == nil || !s.held || s.lent != nil || slicesContains(out, s) {
+		if s == nil || !s.held || s.lent != nil || slices.Contains(out, s) {
 			continue
 		}
 		if out == nil {
@@ -389,15 +399,6 @@ func (o *outputs) lendable(ts []tensor.Tensor) []*outSeg {
 		out[i] = s
 	}
 	return out
-}
-
-func slicesContains(ss []*outSeg, s *outSeg) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checksum returns the writer's checksum of data, the first bytes of s,
@@ -604,15 +605,14 @@ func (m *Manager) takeOne(b buffer, w, off, size uint64, name string) (taken, er
 	return taken{view: seg.data[off : off+b.length : off+b.length], seg: seg, table: table, slot: slot, word: w - lendLent + lendTaken}, nil
 }
 
-// giveBack gives taken segments back to their sender, and unmaps the
-// mappings of files that are gone (a sender that released or died).
+// giveBack gives taken segments back to their sender. (Mappings of files
+// that went meanwhile are dropped by put, or at the next room removal.)
 func (m *Manager) giveBack(ts []taken) {
 	for _, t := range ts {
 		casWord(t.table.data, t.slot, t.word, 0)
 		m.peers.put(t.seg)
 		m.peers.put(t.table)
 	}
-	m.peers.sweep()
 }
 
 // giveBackUntaken gives back the segments lent to a room that no Receive
@@ -672,24 +672,13 @@ func (p *peerMaps) get(dir, name string, size uint64, writable bool) (*peerMap, 
 	if size == 0 || size > maxSegmentSize {
 		return nil, fmt.Errorf("segment %s: size %d is out of range", name, size)
 	}
-	path := filepath.Join(dir, name)
 	flags, prot := unix.O_RDONLY, unix.PROT_READ
 	if writable {
 		flags, prot = unix.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
 	}
-	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, st, err := openSegmentFile(dir, name, size, flags, "the hand-off")
 	if err != nil {
-		return nil, fmt.Errorf("open segment %s: %w", path, fdErr(err))
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, errors.Join(fmt.Errorf("stat segment %s: %w", path, err), closeFd(fd))
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, errors.Join(fmt.Errorf("segment %s is not a regular file", path), closeFd(fd))
-	}
-	if st.Size < 0 || uint64(st.Size) != size {
-		return nil, errors.Join(fmt.Errorf("segment %s is %d bytes, the hand-off says %d", path, st.Size, size), closeFd(fd))
+		return nil, err
 	}
 	p.mu.Lock()
 	for _, e := range p.entries {
@@ -702,7 +691,7 @@ func (p *peerMaps) get(dir, name string, size uint64, writable bool) (*peerMap, 
 	p.mu.Unlock()
 	data, err := unix.Mmap(fd, 0, int(size), prot, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("map segment %s: %w", path, fdErr(err)), closeFd(fd))
+		return nil, errors.Join(fmt.Errorf("map segment %s: %w", filepath.Join(dir, name), fdErr(err)), closeFd(fd))
 	}
 	e := &peerMap{dev: uint64(st.Dev), ino: uint64(st.Ino), size: size, writable: writable, fd: fd, data: data, refs: 1}
 	p.mu.Lock()
@@ -721,6 +710,9 @@ func (p *peerMaps) put(e *peerMap) {
 	e.refs--
 	if e.refs == 0 && (p.closed || unlinked(e.fd)) {
 		p.dropLocked(e)
+	}
+	if len(p.entries) <= p.maxSegs && p.bytes <= p.maxBytes {
+		return
 	}
 	for _, x := range slices.Clone(p.entries) {
 		if len(p.entries) <= p.maxSegs && p.bytes <= p.maxBytes {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"unsafe"
@@ -422,11 +423,19 @@ func (p *pool) idle() (int, uint64) {
 // dir; the file must be a regular file (no symlink followed) of exactly
 // size bytes. The caller closes fd.
 func openPeerSegment(dir, name string, size uint64) (fd int, st unix.Stat_t, err error) {
+	return openSegmentFile(dir, name, size, unix.O_RDWR, "the descriptor")
+}
+
+// openSegmentFile opens dir/name, a segment another process made, with
+// flags (O_RDWR or O_RDONLY) and checks it: a name that stays in dir, a
+// regular file (no symlink followed) of exactly size bytes, the size
+// that who (the descriptor, the hand-off) says.
+func openSegmentFile(dir, name string, size uint64, flags int, who string) (fd int, st unix.Stat_t, err error) {
 	if !segmentNameRE.MatchString(name) {
 		return -1, st, fmt.Errorf("bad segment name %q", name)
 	}
 	path := filepath.Join(dir, name)
-	fd, err = unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err = unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, st, fmt.Errorf("open segment %s: %w", path, fdErr(err))
 	}
@@ -437,7 +446,7 @@ func openPeerSegment(dir, name string, size uint64) (fd int, st unix.Stat_t, err
 		return -1, st, errors.Join(fmt.Errorf("segment %s is not a regular file", path), closeFd(fd))
 	}
 	if st.Size < 0 || uint64(st.Size) != size {
-		return -1, st, errors.Join(fmt.Errorf("segment %s is %d bytes, the descriptor says %d", path, st.Size, size), closeFd(fd))
+		return -1, st, errors.Join(fmt.Errorf("segment %s is %d bytes, %s says %d", path, st.Size, who, size), closeFd(fd))
 	}
 	return fd, st, nil
 }
@@ -576,20 +585,11 @@ func (c *mapCache) doneFunc(e *mapping) func(bad bool) error {
 		if !bad {
 			return nil
 		}
-		if i := slicesIndex(c.entries, e); i >= 0 {
+		if i := slices.Index(c.entries, e); i >= 0 {
 			return c.drop(i)
 		}
 		return nil
 	}
-}
-
-func slicesIndex(es []*mapping, e *mapping) int {
-	for i, x := range es {
-		if x == e {
-			return i
-		}
-	}
-	return -1
 }
 
 func (c *mapCache) drop(i int) error {
@@ -602,8 +602,7 @@ func (c *mapCache) drop(i int) error {
 // sweep drops the mappings of files that were unlinked.
 func (c *mapCache) sweep() {
 	for i := 0; i < len(c.entries); {
-		var st unix.Stat_t
-		if err := unix.Fstat(c.entries[i].fd, &st); err != nil || st.Nlink == 0 {
+		if unlinked(c.entries[i].fd) {
 			_ = c.drop(i)
 			continue
 		}

@@ -32,8 +32,9 @@ from phased.transfer.futex import Ctrl
 from phased.transfer.manager import COPY_CHUNK
 
 from test_docs import PROTOCOL, table
-from test_transfer_manager import (LOG, SHM, Env, FakeSender, eventually, fake_segment, filled, hop, map_segment,
-                                   open_room, recv_frames, room_status, same, unique, unlink_all, wait_status)
+from test_transfer_manager import (LOG, SHM, Env, FakeSender, eventually, fake_receiver, fake_segment, filled, hop,
+                                   map_segment, open_room, recv_frames, room_status, same, unique, unlink_all,
+                                   wait_status)
 
 GO_HANDOFF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "transfer", "handoff_test.go")
 
@@ -396,20 +397,8 @@ def test_handoff_quiet_and_entries(env):
     made = []
     try:
         for room, table_at in ((1, 0), (2, handoffs_at)):
-            ep = snd.open_sender(room, "shm")
-            push = env.socket(zmq.PUSH)
-            push.connect(ep)
-            status = env.socket(zmq.PULL)
-            status_ep = f"ipc://{env.dir}/fake-status-{room}.sock"
-            status.bind(status_ep)
-            made.append(status_ep[len("ipc://"):])
-            seg = f"phased-{snd.name}fake-{room}-5"
-            made.append(fake_segment(seg, size))
-            d = transfer_pb2.Descriptor(version=1, room=room, generation=5, status_endpoint=status_ep, segment=seg,
-                                        segment_size=size, checksum_offset=sums_at, handoff_offset=table_at)
-            d.buffers.add(name="x", dtype=T.FLOAT32, shape=[16], offset=64, length=64)
-            d.buffers.add(name="y", dtype=T.UINT8, shape=[y.nbytes], offset=128, length=y.nbytes)
-            push.send(d.SerializeToString())
+            status = fake_receiver(env, snd, room, size, y.nbytes, made, checksum_offset=sums_at,
+                                   handoff_offset=table_at)
             assert snd.send(room, {"y": y, "x": x}) == 64 + y.nbytes
             with open(made[-1], "rb") as f:
                 data = f.read()

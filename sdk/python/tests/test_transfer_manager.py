@@ -918,6 +918,29 @@ def recv_frames(s, wait):
     return out
 
 
+def fake_receiver(env, snd, room, size, ynbytes, made, **tables):
+    """Plays a shm receiver of x (16 float32) and y (ynbytes uint8) towards
+    snd's room: binds a status socket, makes a fake segment of size bytes
+    (both added to made, to unlink) and sends the descriptor, with the
+    tables given (checksum_offset, handoff_offset). Returns the status
+    socket."""
+    ep = snd.open_sender(room, "shm")
+    push = env.socket(zmq.PUSH)
+    push.connect(ep)
+    status = env.socket(zmq.PULL)
+    status_ep = f"ipc://{env.dir}/fake-status-{room}.sock"
+    status.bind(status_ep)
+    made.append(status_ep[len("ipc://"):])
+    seg = f"phased-{snd.name}fake-{room}-5"
+    made.append(fake_segment(seg, size))
+    d = transfer_pb2.Descriptor(version=1, room=room, generation=5, status_endpoint=status_ep, segment=seg,
+                                segment_size=size, **tables)
+    d.buffers.add(name="x", dtype=T.FLOAT32, shape=[16], offset=64, length=64)
+    d.buffers.add(name="y", dtype=T.UINT8, shape=[ynbytes], offset=128, length=ynbytes)
+    push.send(d.SerializeToString())
+    return status
+
+
 def test_fast_path_sender(env):
     """A sender given a descriptor with a checksum table ends the hop in the
     segment: the bytes, the table, progress and done, and no frame at all;
@@ -939,20 +962,7 @@ def test_fast_path_sender(env):
     try:
         for i, (at, outputs) in enumerate(cases):
             room = 1 + i
-            ep = snd.open_sender(room, "shm")
-            push = env.socket(zmq.PUSH)
-            push.connect(ep)
-            status = env.socket(zmq.PULL)
-            status_ep = f"ipc://{env.dir}/fake-status-{room}.sock"
-            status.bind(status_ep)
-            made.append(status_ep[len("ipc://"):])
-            seg = f"phased-{snd.name}fake-{room}-5"
-            made.append(fake_segment(seg, size))
-            d = transfer_pb2.Descriptor(version=1, room=room, generation=5, status_endpoint=status_ep, segment=seg,
-                                        segment_size=size, checksum_offset=at)
-            d.buffers.add(name="x", dtype=T.FLOAT32, shape=[16], offset=64, length=64)
-            d.buffers.add(name="y", dtype=T.UINT8, shape=[y.nbytes], offset=128, length=y.nbytes)
-            push.send(d.SerializeToString())
+            status = fake_receiver(env, snd, room, size, y.nbytes, made, checksum_offset=at)
             if "y" not in outputs:
                 with pytest.raises(RoomFailedError) as e:
                     snd.send(room, outputs)

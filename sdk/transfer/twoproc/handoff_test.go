@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/internal/procmaps"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/tensor"
 	"github.com/phased/phased/sdk/transfer"
@@ -87,23 +88,6 @@ func killAndSweep(prefix string) func(*exec.Cmd) {
 	}
 }
 
-// mappedFiles returns the lines of /proc/self/maps naming a file that
-// holds s.
-func mappedFiles(t *testing.T, s string) []string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/maps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // TestHandoffWriterDies: a sending process lends an output and is killed
 // while this process still reads it. The bytes stay intact, the
 // supervisor's sweep of the dead process's segments removes the output
@@ -130,7 +114,7 @@ func TestHandoffWriterDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.expect(t, "sent")
-	if len(mappedFiles(t, "phased-"+name+"-out-")) != 1 {
+	if len(procmaps.Of(t, "phased-"+name+"-out-")) != 1 {
 		t.Fatal("the tensor is not a mapping of the sender's output segment: it was not lent")
 	}
 
@@ -154,7 +138,7 @@ func TestHandoffWriterDies(t *testing.T) {
 	if err := rcv.Remove(1); err != nil {
 		t.Fatal(err)
 	}
-	if left := mappedFiles(t, "phased-"+name+"-"); len(left) > 0 {
+	if left := procmaps.Of(t, "phased-"+name+"-"); len(left) > 0 {
 		t.Errorf("still mapped after the lease and the room went: %v", left)
 	}
 }
@@ -263,63 +247,59 @@ func benchHandoff(b *testing.B, size int64, written bool) {
 	var hops, base time.Duration
 	room := uint64(0)
 	// hop makes one hop; the caller has stopped the timer, and hop runs
-	// it for the Send only.
+	// it for the hop only.
 	hop := func() {
 		room++
-		out, err := m.Alloc(spec(size))
-		if err != nil {
-			b.Fatal(err)
-		}
-		// The phase writes its output, hashing each block as it goes.
-		var chain tensor.Chain
-		for off := 0; off < len(src); off += tensor.ChecksumBlock {
-			end := min(off+tensor.ChecksumBlock, len(src))
-			copy(out.Data[off:end], src[off:end])
-			chain.Block(out.Data[off:end])
-		}
-		if written {
-			if err := m.Written(out, chain.Sum()); err != nil {
-				b.Fatal(err)
-			}
-		}
-		ep, err := m.OpenSenderWith(room, sdk.BackendShm)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
-		c.expect(b, "open")
-		waitReady(b, m, room)
-		t := time.Now()
-		copy(dst, src)
-		base += time.Since(t)
-		b.StartTimer()
-		t = time.Now()
-		if err := m.Send(context.Background(), room, []tensor.Tensor{out}); err != nil {
-			b.Fatal(err)
-		}
-		c.expect(b, "ok")
-		hops += time.Since(t)
-		b.StopTimer()
+		out := writeOutput(b, m, spec(size), src, written)
+		h, bl := timedHop(b, m, c, sdk.BackendShm, room, out, func() { copy(dst, src) })
+		hops, base = hops+h, base+bl
 		m.Free(out)
-		if err := m.Remove(room); err != nil {
-			b.Fatal(err)
-		}
 	}
-	// Warm up: the sender's pool and the receiver's mappings fill with
-	// the segments the hops go round (a new segment costs a page fault
-	// per 4 KiB on the writer, and MAP_POPULATE on the receiver).
+	warmLoop(b, hop, func() { hops, base = 0, 0 })
+	b.ReportMetric(hops.Seconds()/base.Seconds(), "floor-copy")
+}
+
+// warmLoop runs hop, which the benchmark's timer is stopped for and
+// which runs it for what it measures, four times to warm up (the
+// sender's pool and the receiver's mappings fill with the segments the
+// hops go round: a new segment costs a page fault per 4 KiB on the
+// writer, and MAP_POPULATE on the receiver), calls reset to forget what
+// they measured, then runs it in b.Loop.
+func warmLoop(b *testing.B, hop, reset func()) {
 	b.StopTimer()
 	for range 4 {
 		hop()
 	}
-	hops, base = 0, 0
+	reset()
 	b.StartTimer()
 	for b.Loop() {
 		b.StopTimer()
 		hop()
 		b.StartTimer()
 	}
-	b.ReportMetric(hops.Seconds()/base.Seconds(), "floor-copy")
+}
+
+// writeOutput is what a phase does that writes an output of spec s into
+// m's Alloc memory: it copies src there one checksum block at a time,
+// hashing each block while it is in cache, and, if written, tells m the
+// checksum.
+func writeOutput(b *testing.B, m *transfer.Manager, s tensor.Spec, src []byte, written bool) tensor.Tensor {
+	out, err := m.Alloc(s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var chain tensor.Chain
+	for off := 0; off < len(src); off += tensor.ChecksumBlock {
+		end := min(off+tensor.ChecksumBlock, len(src))
+		copy(out.Data[off:end], src[off:end])
+		chain.Block(out.Data[off:end])
+	}
+	if written {
+		if err := m.Written(out, chain.Sum()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return out
 }
 
 // wanSet is the hop set of Wan2.1 t2v from encoder to transformer that
@@ -371,15 +351,7 @@ func BenchmarkWanSet2P(b *testing.B) {
 				ts := slices.Clone(src)
 				if lend {
 					for i := range 2 {
-						out, err := m.Alloc(wanSet[i])
-						if err != nil {
-							b.Fatal(err)
-						}
-						copy(out.Data, src[i].Data)
-						if err := m.Written(out, tensor.Checksum(out.Data)); err != nil {
-							b.Fatal(err)
-						}
-						ts[i] = out
+						ts[i] = writeOutput(b, m, wanSet[i], src[i].Data, true)
 					}
 				}
 				t := time.Now()
@@ -408,17 +380,7 @@ func BenchmarkWanSet2P(b *testing.B) {
 					m.Free(x)
 				}
 			}
-			b.StopTimer()
-			for range 4 { // warm up: pools and mappings
-				hop()
-			}
-			hops, base = 0, 0
-			b.StartTimer()
-			for b.Loop() {
-				b.StopTimer()
-				hop()
-				b.StartTimer()
-			}
+			warmLoop(b, hop, func() { hops, base = 0, 0 })
 			b.ReportMetric(hops.Seconds()/base.Seconds(), "floor-copy")
 			b.ReportMetric(hops.Seconds()*1e3/float64(b.N), "ms/set")
 		})

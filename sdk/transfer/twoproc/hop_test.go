@@ -407,28 +407,43 @@ func benchHops(b *testing.B, m *transfer.Manager, c *child, backend sdk.Backend,
 	for b.Loop() {
 		b.StopTimer()
 		room++
-		ep, err := m.OpenSenderWith(room, backend)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
-		c.expect(b, "open")
-		waitReady(b, m, room)
-		t := time.Now()
-		baseline()
-		base += time.Since(t)
-		b.StartTimer()
-		t = time.Now()
-		if err := m.Send(context.Background(), room, []tensor.Tensor{src}); err != nil {
-			b.Fatal(err)
-		}
-		c.expect(b, "ok")
-		hops += time.Since(t)
-		b.StopTimer()
-		if err := m.Remove(room); err != nil {
-			b.Fatal(err)
-		}
+		h, bl := timedHop(b, m, c, backend, room, src, baseline)
+		hops, base = hops+h, base+bl
 		b.StartTimer()
 	}
 	b.ReportMetric(base.Seconds()/hops.Seconds(), "x-"+name)
+}
+
+// timedHop makes one hop of t from m to the receiving child c over a new
+// room, with the benchmark's timer stopped on entry and on return: it
+// opens the room, times baseline, then, with the timer running, the hop
+// from Send to the child's answer, and removes the room. It returns the
+// hop's time and the baseline's.
+func timedHop(b *testing.B, m *transfer.Manager, c *child, backend sdk.Backend, room uint64, t tensor.Tensor, baseline func()) (hop, base time.Duration) {
+	size, err := t.NumBytes() // a device tensor has no Data
+	if err != nil {
+		b.Fatal(err)
+	}
+	ep, err := m.OpenSenderWith(room, backend)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fmt.Fprintf(c.in, "hop %d %s %d\n", room, ep, size)
+	c.expect(b, "open")
+	waitReady(b, m, room)
+	start := time.Now()
+	baseline()
+	base = time.Since(start)
+	b.StartTimer()
+	start = time.Now()
+	if err := m.Send(context.Background(), room, []tensor.Tensor{t}); err != nil {
+		b.Fatal(err)
+	}
+	c.expect(b, "ok")
+	hop = time.Since(start)
+	b.StopTimer()
+	if err := m.Remove(room); err != nil {
+		b.Fatal(err)
+	}
+	return hop, base
 }

@@ -274,35 +274,31 @@ def parse_descriptor(pd) -> Descriptor:
             raise DescriptorError(f"descriptor: buffer {i} {go_quote(bname)}: offset {off} + length {length} "
                                   f"is out of bounds of the {size}-byte segment")
         bufs.append(Buffer(bname, pb.dtype, shape, off, length))
-    overlap = bufs
-    off = pd.checksum_offset
-    if off != 0:
-        n = 8 * len(bufs)
-        if backend != SHM:
-            raise DescriptorError(f"descriptor: a {backend} descriptor carries checksum offset {off}; "
-                                  "only a shm one may")
+    overlap = list(bufs)
+
+    def table(what: str, off: int, n: int) -> None:
+        """A table in the segment: it shares no byte with a buffer or
+        another table."""
         if off < CTRL_SIZE or off % 8 != 0:
-            raise DescriptorError(f"descriptor: checksum offset {off}: want a multiple of 8 after the "
+            raise DescriptorError(f"descriptor: {what} offset {off}: want a multiple of 8 after the "
                                   f"{CTRL_SIZE}-byte control block")
         if off > size or n > size - off:
-            raise DescriptorError(f"descriptor: checksum offset {off} + {n} bytes is out of bounds of the "
+            raise DescriptorError(f"descriptor: {what} offset {off} + {n} bytes is out of bounds of the "
                                   f"{size}-byte segment")
-        # The table must share no byte with a buffer.
-        overlap = bufs + [Buffer("(checksum table)", T.UINT8, (n,), off, n)]
-    sums_at = off
+        overlap.append(Buffer(f"({what} table)", T.UINT8, (n,), off, n))
+
+    sums_at = pd.checksum_offset
+    if sums_at != 0:
+        if backend != SHM:
+            raise DescriptorError(f"descriptor: a {backend} descriptor carries checksum offset {sums_at}; "
+                                  "only a shm one may")
+        table("checksum", sums_at, 8 * len(bufs))
     off = pd.handoff_offset
     if off != 0:
-        n = HANDOFF_ENTRY * len(bufs)
         if sums_at == 0:
             raise DescriptorError(f"descriptor: hand-off offset {off} without a checksum offset; a hand-off table "
                                   "needs the fast path")
-        if off < CTRL_SIZE or off % 8 != 0:
-            raise DescriptorError(f"descriptor: hand-off offset {off}: want a multiple of 8 after the "
-                                  f"{CTRL_SIZE}-byte control block")
-        if off > size or n > size - off:
-            raise DescriptorError(f"descriptor: hand-off offset {off} + {n} bytes is out of bounds of the "
-                                  f"{size}-byte segment")
-        overlap = overlap + [Buffer("(hand-off table)", T.UINT8, (n,), off, n)]
+        table("hand-off", off, HANDOFF_ENTRY * len(bufs))
     check_overlap(overlap)
     return Descriptor(room=pd.room, backend=backend, generation=pd.generation, status_endpoint=pd.status_endpoint,
                       segment=name, segment_size=size, buffers=bufs, checksum_offset=sums_at, handoff_offset=off)
