@@ -64,6 +64,11 @@ type RunResult struct {
 	// receiver's Success.
 	SentBytes int64
 	SendTime  time.Duration
+	// OutDrained reports that the out room's sender side has nothing in
+	// flight (its Send ended in the receiver's shared memory, with no
+	// frame queued): the supervisor may remove it before the receiver
+	// returns. False when unsure.
+	OutDrained bool
 }
 
 // ParamProblem is one thing wrong with a phase's params.

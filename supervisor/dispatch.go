@@ -412,7 +412,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 					detail += fmt.Sprintf(", sent %s in %s", HumanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
 				}
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: detail})
-				s.removeEarly(a, i, len(rooms))
+				s.removeEarly(a, i, len(rooms), res.OutDrained)
 			}
 			results <- result{i, res.Artifact, l.explain(err)}
 		}()
@@ -453,13 +453,16 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 
 // removeEarly records that phase i's Run returned well and removes each
 // hop whose two phases have both returned: its sender side, then its
-// receiver side (invariant 1). Not sooner: a sender's Send may return
-// with its last frames still queued (the zmq backend, a peer without the
-// fast path), and closing its sockets would drop them; once the
-// receiving phase has returned it has everything. So a hop goes while
-// the phases after it still work, and when the last phase answers only
-// the last hop is left for removeRooms.
-func (s *Supervisor) removeEarly(a *attempt, i, hops int) {
+// receiver side (invariant 1). Not sooner in general: a sender's Send may
+// return with its last frames still queued (the zmq backend, a peer
+// without the fast path), and closing its sockets would drop them; once
+// the receiving phase has returned it has everything. A sender side that
+// its phase reports drained (its Send ended in the receiver's shared
+// memory, no frame queued) goes at once, while its receiver still works.
+// So a hop goes while the phases after it still work, and when the last
+// phase answers only the last hop's receiver side (or, if its sender was
+// not drained, both sides) is left for removeRooms.
+func (s *Supervisor) removeEarly(a *attempt, i, hops int, drained bool) {
 	a.mu.Lock()
 	a.returned[i] = true
 	var done []int
@@ -470,6 +473,13 @@ func (s *Supervisor) removeEarly(a *attempt, i, hops int) {
 		done = append(done, i)
 	}
 	a.mu.Unlock()
+	if drained && i < hops && !slices.Contains(done, i) {
+		a.early.Add(1)
+		go func() {
+			defer a.early.Done()
+			s.removeOnce(a, a.sender(i))
+		}()
+	}
 	for _, h := range done {
 		a.early.Add(1)
 		go func() {

@@ -353,8 +353,8 @@ func TestRemoveEarly(t *testing.T) {
 
 	t.Run("in the order phases return", func(t *testing.T) {
 		a, log := setup()
-		s.removeEarly(a, 0, 2) // the encoder: its receiver is still at work
-		s.removeEarly(a, 1, 2) // the transformer: room 1 goes
+		s.removeEarly(a, 0, 2, false) // the encoder: its receiver is still at work
+		s.removeEarly(a, 1, 2, false) // the transformer: room 1 goes
 		<-a.receiver(0).gone
 		if got, want := calls(log), []string{"enc 1", "tr 1"}; !slices.Equal(got, want) {
 			t.Fatalf("removed %v, want %v: room 1 only, sender first", got, want)
@@ -372,8 +372,8 @@ func TestRemoveEarly(t *testing.T) {
 
 	t.Run("an answer that comes late", func(t *testing.T) {
 		a, log := setup()
-		s.removeEarly(a, 1, 2) // the transformer's answer first
-		s.removeEarly(a, 2, 2) // then the decoder's: room 2 goes
+		s.removeEarly(a, 1, 2, false) // the transformer's answer first
+		s.removeEarly(a, 2, 2, false) // then the decoder's: room 2 goes
 		<-a.receiver(1).gone
 		if got, want := calls(log), []string{"tr 2", "dec 2"}; !slices.Equal(got, want) {
 			t.Fatalf("removed %v, want %v", got, want)
@@ -381,6 +381,28 @@ func TestRemoveEarly(t *testing.T) {
 		s.removeRooms(a) // the encoder's answer never came
 		if got, want := calls(log), []string{"tr 2", "dec 2", "enc 1", "tr 1"}; !slices.Equal(got, want) {
 			t.Fatalf("removed %v, want %v", got, want)
+		}
+	})
+
+	t.Run("a drained sender goes before its receiver returns", func(t *testing.T) {
+		a, log := setup()
+		s.removeEarly(a, 0, 2, true) // the encoder's Send ended in the segment: room 1's sender goes
+		<-a.sender(0).gone
+		if got, want := calls(log), []string{"enc 1"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v: the drained sender side alone", got, want)
+		}
+		select {
+		case <-a.receiver(0).gone:
+			t.Fatal("room 1's receiver side was removed before the transformer returned")
+		default:
+		}
+		s.removeEarly(a, 1, 2, false) // the transformer: room 1's receiver side goes, its sender side was not asked again
+		<-a.receiver(0).gone
+		s.removeEarly(a, 2, 2, false)
+		<-a.receiver(1).gone
+		s.removeRooms(a)
+		if got, want := calls(log), []string{"enc 1", "tr 1", "tr 2", "dec 2"}; !slices.Equal(got, want) {
+			t.Fatalf("removed %v, want %v: each side once, sender before receiver", got, want)
 		}
 	})
 }

@@ -61,8 +61,12 @@ func TestRunLendsAllocOutputs(t *testing.T) {
 		if err := peer.OpenReceiver(room, ep, []tensor.Spec{lentSpec, plainSpec}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: fmt.Sprint("a", room)}, OutRoom: room}); err != nil {
+		res, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: fmt.Sprint("a", room)}, OutRoom: room})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if !res.OutDrained {
+			t.Errorf("room %d: the Run's send took the fast path, but OutDrained is false", room)
 		}
 		got, release, err := peer.Receive(ctx, room)
 		if err != nil {

@@ -300,7 +300,7 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 	if err != nil {
 		return sdk.RunResult{}, fmt.Errorf("send room %d: %w", spec.OutRoom, err)
 	}
-	return sdk.RunResult{SentBytes: n, SendTime: time.Since(sent)}, nil
+	return sdk.RunResult{SentBytes: n, SendTime: time.Since(sent), OutDrained: mgr.Drained(spec.OutRoom)}, nil
 }
 
 // runAllocator is the sdk.Allocator of one Run: it takes output memory

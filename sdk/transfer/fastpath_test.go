@@ -19,8 +19,9 @@ import (
 )
 
 // A sender given a descriptor with a checksum table ends the hop in the
-// segment: the bytes, the table, progress and done, and no frame at all;
-// given one without, it sends Transferring and Success as before.
+// segment: the bytes, the table, progress and done, and no frame at all
+// (and says its side is drained); given one without, it sends
+// Transferring and Success as before.
 func TestFastPathSender(t *testing.T) {
 	p := newPair(t, nil)
 	zctx := rawContext(t)
@@ -54,8 +55,15 @@ func TestFastPathSender(t *testing.T) {
 			},
 		}
 		mustSend(t, push, marshal(t, d))
+		if p.snd.Drained(room) {
+			t.Errorf("room %d: drained before its Send", room)
+		}
 		if err := p.snd.Send(ctx, room, []tensor.Tensor{y, x}); err != nil {
 			t.Fatal(err)
+		}
+		// Drained: the fast path sent no frame that could still be queued.
+		if got, want := p.snd.Drained(room), tableAt != 0; got != want {
+			t.Errorf("room %d: Drained() = %v after its Send, want %v", room, got, want)
 		}
 		data, err := os.ReadFile(filepath.Join(DefaultShmDir, seg))
 		if err != nil {

@@ -125,6 +125,7 @@ type room struct {
 	peer    gpuPeer     // a cuda room's receiver memory, once opened
 	sending bool        // a Send is waiting, running or done
 	busy    bool        // the worker holds the room
+	drained bool        // the Send ended in the control block: no frame
 
 	// Receiver.
 	gen    uint64
@@ -1097,6 +1098,18 @@ func (m *Manager) Backend(id uint64) (sdk.Backend, error) {
 		return "", fmt.Errorf("%w: room %d", ErrUnknownRoom, id)
 	}
 	return r.backend, nil
+}
+
+// Drained reports whether room id is a sender side whose Send succeeded
+// on the fast path (protocol.md section 5.5): it ended in the receiver's
+// control block and sent no frame, so nothing of it can still be queued
+// on a socket, and removing the side now loses nothing its receiver
+// waits for. False for an unknown room and for every other case.
+func (m *Manager) Drained(id uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	return r != nil && r.drained
 }
 
 // Status returns a room's status and, when Failed, its reason.

@@ -183,14 +183,14 @@ func (o *outputs) alloc(spec tensor.Spec) (tensor.Tensor, error) {
 	if o.closed {
 		return tensor.Tensor{}, ErrReleased
 	}
-	o.reclaimLocked()
+	// The lend words first; the receivers' processes only when no idle
+	// segment fits (a liveness check reads /proc: not on every Alloc).
+	o.reclaimLocked(false)
 	class := sizeClass(need)
-	var best *outSeg
-	for _, s := range o.slots {
-		if s != nil && !s.held && s.lent == nil && s.seg.size >= need && s.seg.size <= 2*class &&
-			(best == nil || s.seg.size < best.seg.size) {
-			best = s
-		}
+	best := o.fitLocked(need, class)
+	if best == nil {
+		o.reclaimLocked(true)
+		best = o.fitLocked(need, class)
 	}
 	if best == nil {
 		if best, err = o.createLocked(class); err != nil || best == nil {
@@ -208,6 +208,19 @@ func (o *outputs) alloc(spec tensor.Spec) (tensor.Tensor, error) {
 	}
 	best.held, best.summed = true, false
 	return tensor.Tensor{Spec: cloneSpec(spec), Data: best.seg.data[:need:need]}, nil
+}
+
+// fitLocked returns the smallest idle segment of at least need bytes
+// and at most twice class, or nil.
+func (o *outputs) fitLocked(need, class uint64) *outSeg {
+	var best *outSeg
+	for _, s := range o.slots {
+		if s != nil && !s.held && s.lent == nil && s.seg.size >= need && s.seg.size <= 2*class &&
+			(best == nil || s.seg.size < best.seg.size) {
+			best = s
+		}
+	}
+	return best
 }
 
 // createLocked makes a new output segment of size bytes in a free slot,
@@ -279,8 +292,9 @@ func (o *outputs) destroyLocked(s *outSeg) error {
 }
 
 // reclaimLocked takes back the slots the receivers gave back, and those of
-// receivers that will never give them back (see the comment at the top).
-func (o *outputs) reclaimLocked() {
+// receivers that will never give them back (see the comment at the top);
+// those of receivers whose process is gone only with alive.
+func (o *outputs) reclaimLocked(alive bool) {
 	for _, s := range o.slots {
 		if s == nil || s.lent == nil {
 			continue
@@ -296,7 +310,7 @@ func (o *outputs) reclaimLocked() {
 			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
-		case (cur == l.word || cur == l.word+1) && l.pid > 0 && !ProcessAlive(l.pid):
+		case alive && (cur == l.word || cur == l.word+1) && l.pid > 0 && !ProcessAlive(l.pid):
 			if !casWord(o.table.data, s.slot, cur, 0) {
 				continue
 			}
@@ -467,7 +481,7 @@ func (o *outputs) unlend(s *outSeg) {
 func (o *outputs) counts() (held, lent, idle int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.reclaimLocked()
+	o.reclaimLocked(true)
 	for _, s := range o.slots {
 		switch {
 		case s == nil:

@@ -17,6 +17,14 @@ import (
 // and two reports of progress: one checksum block.
 const chunkSize = tensor.ChecksumBlock
 
+// wakeEvery is how many blocks a receiver that sleeps on the control
+// block may be behind before the worker wakes it. A receiver hashes a
+// block about three times as fast as the worker copies and hashes one,
+// so it sleeps between blocks, and on a VM each wake-up costs the sender
+// tens of µs (a futex wake that interrupts another vCPU): once per MiB,
+// not once per block.
+const wakeEvery = 4
+
 // afterChunk, when set, is called by the transfer worker after each chunk
 // it copied: tests pause a transfer there. Nil in production.
 var afterChunk func(m *Manager, room uint64)
@@ -138,6 +146,7 @@ func (m *Manager) finish(j *job, d *descriptor, hs []header, err error) error {
 	}
 	if err == nil {
 		m.setStatusLocked(r, Success, "")
+		r.drained = d.fast()
 		m.mu.Unlock()
 		m.log.Debug("sent", "room", r.id, "tensors", len(hs))
 		return nil
@@ -436,10 +445,15 @@ func (m *Manager) copyChunks(j *job, dst, src []byte, c *ctrl, base uint64, hold
 		end := min(off+chunkSize, len(src))
 		copy(dst[off:end], src[off:end])
 		chain.Block(src[off:end])
-		if hold && end == len(src) {
+		switch {
+		case hold && end == len(src):
 			c.progress.Store(base + uint64(end))
-		} else {
+		case end == len(src) || (off/chunkSize+1)%wakeEvery == 0:
 			c.publish(base + uint64(end))
+		default:
+			// A receiver that looks sees it; one that sleeps is woken
+			// with the next wakeEvery blocks.
+			c.progress.Store(base + uint64(end))
 		}
 		if afterChunk != nil {
 			afterChunk(m, j.r.id)

@@ -861,8 +861,13 @@ type RunResponse struct {
 	// What the Run sent into out_room (0 without one): the bytes of every
 	// output tensor, and the time from handing them to the transfer manager
 	// to the receiver's SUCCESS.
-	SentBytes     int64 `protobuf:"varint,2,opt,name=sent_bytes,json=sentBytes,proto3" json:"sent_bytes,omitempty"`
-	SendNanos     int64 `protobuf:"varint,3,opt,name=send_nanos,json=sendNanos,proto3" json:"send_nanos,omitempty"`
+	SentBytes int64 `protobuf:"varint,2,opt,name=sent_bytes,json=sentBytes,proto3" json:"sent_bytes,omitempty"`
+	SendNanos int64 `protobuf:"varint,3,opt,name=send_nanos,json=sendNanos,proto3" json:"send_nanos,omitempty"`
+	// The out room's sender side has nothing in flight: its Send ended in
+	// the receiver's shared memory (the fast path, protocol.md 5.5) and
+	// queued no frame, so the supervisor may remove it before the receiver
+	// returns. False when unsure.
+	OutDrained    bool `protobuf:"varint,4,opt,name=out_drained,json=outDrained,proto3" json:"out_drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -916,6 +921,13 @@ func (x *RunResponse) GetSendNanos() int64 {
 		return x.SendNanos
 	}
 	return 0
+}
+
+func (x *RunResponse) GetOutDrained() bool {
+	if x != nil {
+		return x.OutDrained
+	}
+	return false
 }
 
 type Artifact struct {
@@ -1450,13 +1462,15 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\bout_room\x18\x03 \x01(\x04H\x01R\aoutRoom\x88\x01\x01B\n" +
 	"\n" +
 	"\b_in_roomB\v\n" +
-	"\t_out_room\"|\n" +
+	"\t_out_room\"\x9d\x01\n" +
 	"\vRunResponse\x12/\n" +
 	"\bartifact\x18\x01 \x01(\v2\x13.phased.v1.ArtifactR\bartifact\x12\x1d\n" +
 	"\n" +
 	"sent_bytes\x18\x02 \x01(\x03R\tsentBytes\x12\x1d\n" +
 	"\n" +
-	"send_nanos\x18\x03 \x01(\x03R\tsendNanos\"i\n" +
+	"send_nanos\x18\x03 \x01(\x03R\tsendNanos\x12\x1f\n" +
+	"\vout_drained\x18\x04 \x01(\bR\n" +
+	"outDrained\"i\n" +
 	"\bArtifact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x12\n" +

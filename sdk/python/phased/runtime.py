@@ -50,6 +50,10 @@ class RunResult:
     artifact: Optional[Artifact] = None
     sent_bytes: int = 0
     send_seconds: float = 0.0
+    # The out room's sender side has nothing in flight (its send ended in
+    # the receiver's shared memory, no frame queued): the supervisor may
+    # remove it before the receiver returns.
+    out_drained: bool = False
 
 
 @dataclass(frozen=True)
@@ -416,7 +420,8 @@ class Runtime:
             n = mgr.send(out_room, outputs, cancel)
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"send room {out_room}: {reason(e)}") from e
-        return RunResult(sent_bytes=int(n), send_seconds=time.monotonic() - began)
+        return RunResult(sent_bytes=int(n), send_seconds=time.monotonic() - began,
+                         out_drained=mgr.drained(out_room))
 
     @staticmethod
     def _await(fut, cancel: threading.Event):
@@ -570,7 +575,8 @@ class Service:
             in_room = request.in_room if request.HasField("in_room") else 0
             out_room = request.out_room if request.HasField("out_room") else 0
             res = self.rt.run(request_of(request.request), in_room, out_room, cancel)
-            resp = phase_pb2.RunResponse(sent_bytes=res.sent_bytes, send_nanos=int(res.send_seconds * 1e9))
+            resp = phase_pb2.RunResponse(sent_bytes=res.sent_bytes, send_nanos=int(res.send_seconds * 1e9),
+                                         out_drained=res.out_drained)
             art = res.artifact
             if art is not None:
                 resp.artifact.CopyFrom(phase_pb2.Artifact(path=art.path, sha256=art.sha256, size=art.size,

@@ -721,6 +721,7 @@ def test_runtime_lends_alloc_outputs(arrays, fail):
         else:
             res = rt.run(phased.Request("a1"), 0, 1, threading.Event())
             assert res.sent_bytes == 4096 * 4 + 100
+            assert res.out_drained  # the fast path: no frame left queued
             got = peer.receive(1)
             assert got[0].tolist() == np.arange(4096, dtype=np.float32).reshape(4, 1024).tolist()
             assert not got[0].flags.writeable and got[1].flags.writeable

@@ -62,6 +62,9 @@ class FakeManager:
         self.sent[room] = outputs
         return sum(np.asarray(a).nbytes for a in outputs.values())
 
+    def drained(self, room):
+        return room in self.sent  # as a fast-path send
+
     def counters(self):
         from phased.transfer import BackendCounters
         return [BackendCounters("shm", sent=len(self.sent), sent_bytes=48, send_seconds=0.5, received=1,
@@ -249,7 +252,7 @@ def test_run_middle_phase(tmp_path):
     deliver(rt, managers[0], 5, [x])
     stream = rt.hub.subscribe()
     res = rt.run(phased.Request("r1"), 5, 6, threading.Event())
-    assert res.artifact is None and res.sent_bytes == 24 and res.send_seconds >= 0
+    assert res.artifact is None and res.sent_bytes == 24 and res.send_seconds >= 0 and res.out_drained
     np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
     rt.hub.close()
     got = []
@@ -267,7 +270,7 @@ def test_run_last_phase_artifact(tmp_path):
     deliver(rt, managers[0], 5, [x])
     res = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
     art = res.artifact
-    assert res.sent_bytes == 0
+    assert res.sent_bytes == 0 and not res.out_drained
     with open(art.path, "rb") as f:
         assert f.read() == x.tobytes()
     assert art.size == 24 and art.path == str(tmp_path / "out" / "r2.bin")

@@ -943,9 +943,10 @@ def fake_receiver(env, snd, room, size, ynbytes, made, **tables):
 
 def test_fast_path_sender(env):
     """A sender given a descriptor with a checksum table ends the hop in the
-    segment: the bytes, the table, progress and done, and no frame at all;
-    given one without, it sends Transferring and Success as before. A
-    failure goes as a Failed frame on either path."""
+    segment: the bytes, the table, progress and done, and no frame at all
+    (and says its side is drained); given one without, it sends
+    Transferring and Success as before. A failure goes as a Failed frame on
+    either path."""
     snd = env.manager(tag="s")
     x = np.arange(16, dtype=np.float32)  # 64 bytes
     y = filled(Spec("y", "uint8", (COPY_CHUNK + 5,)), 4)  # two chunks
@@ -973,8 +974,10 @@ def test_fast_path_sender(env):
                 with open(made[-1], "rb") as f:
                     assert f.read() == bytes(size), "a failed fast-path send wrote the segment"
                 continue
+            assert not snd.drained(room)
             assert snd.send(room, outputs) == total
             assert room_status(snd, room).status == F.SUCCESS
+            assert snd.drained(room) == (at != 0), "drained: the fast path queued no frame"
             with open(made[-1], "rb") as f:
                 data = f.read()
             assert data[64:128] == x.tobytes() and data[128:128 + y.nbytes] == y.tobytes(), room

@@ -133,7 +133,7 @@ func BenchmarkCUDAHop2P(b *testing.B) {
 		b.Run("cuda-"+name, func(b *testing.B) {
 			dir := runDir(b)
 			m := startManagerWith(b, transfer.Config{Dir: dir, Name: fmt.Sprintf("cudabench.%d", os.Getpid()), CUDA: true})
-			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), sdk.BackendCUDA, src, "d2d", d2d)
+			benchHops(b, m, startChild(b, dir, cudaEnv+"=1"), sdk.BackendCUDA, src, baseline{"d2d", d2d})
 		})
 		if err := errors.Join(cp.Close(), dst.Free()); err != nil {
 			b.Fatal(err)

@@ -1,8 +1,9 @@
 // Command benchratio reads `go test -bench` output on stdin and prints the
 // figures `make bench` reports: every benchmark in readable units, and the
 // ratio of each measured path to its baselines measured in the same run
-// (sub-benchmarks named copy-SIZE, copy+sum-SIZE, raw-SIZE, d2d-SIZE and
-// go-SIZE, the Go↔Go hop beside the Python ones, are the baselines of their
+// (sub-benchmarks named copy-SIZE, copy+sum-SIZE, ideal-SIZE (the least a
+// one-copy hop must do, in one process), raw-SIZE, d2d-SIZE and go-SIZE,
+// the Go↔Go hop beside the Python ones, are the baselines of their
 // siblings NAME-SIZE).
 package main
 
@@ -61,7 +62,7 @@ func human(ns float64) string {
 }
 
 // baselines are the sub-benchmark names that others are compared to.
-var baselines = map[string]bool{"copy": true, "copy+sum": true, "raw": true, "d2d": true, "go": true}
+var baselines = map[string]bool{"copy": true, "copy+sum": true, "ideal": true, "raw": true, "d2d": true, "go": true}
 
 func report(w io.Writer, results []result) {
 	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
@@ -88,7 +89,7 @@ func report(w io.Writer, results []result) {
 		if j < 0 || baselines[sub[:j]] {
 			continue
 		}
-		for _, b := range []string{"copy", "copy+sum", "raw", "d2d", "go"} {
+		for _, b := range []string{"copy", "copy+sum", "ideal", "raw", "d2d", "go"} {
 			base, ok := byName[group+"/"+b+sub[j:]]
 			if !ok || base.metrics["MB/s"] == 0 {
 				continue
@@ -124,14 +125,15 @@ func report(w io.Writer, results []result) {
 
 // floors prints the figures judged against a floor measured in the same
 // run: floor-NAME metrics (the figure's p50 over the floor's: 1 is the
-// floor, lower is better) and minus-NAME-ms metrics (the figure's p50
-// less its reference's, in ms).
+// floor, lower is better), minus-NAME-ms metrics (the figure's p50 less
+// its reference's, in ms) and ceiling-x-NAME metrics (the most the
+// figure's x-NAME ratio can be on this machine, given its floor).
 func floors(w io.Writer, results []result) {
 	first := true
 	for _, r := range results {
 		var units []string
 		for unit := range r.metrics {
-			if strings.HasPrefix(unit, "floor-") || strings.HasPrefix(unit, "minus-") {
+			if strings.HasPrefix(unit, "floor-") || strings.HasPrefix(unit, "minus-") || strings.HasPrefix(unit, "ceiling-") {
 				units = append(units, unit)
 			}
 		}
@@ -143,6 +145,10 @@ func floors(w io.Writer, results []result) {
 			}
 			if name, ok := strings.CutPrefix(unit, "floor-"); ok {
 				fmt.Fprintf(w, "  %-36s %.2f × the %s floor\n", r.name, r.metrics[unit], name)
+				continue
+			}
+			if name, ok := strings.CutPrefix(unit, "ceiling-x-"); ok {
+				fmt.Fprintf(w, "  %-36s at most %.2f × %s: what its floor leaves (now %.2f ×)\n", r.name, r.metrics[unit], name, r.metrics["x-"+name])
 				continue
 			}
 			name := strings.TrimSuffix(strings.TrimPrefix(unit, "minus-"), "-ms")

@@ -14,7 +14,9 @@ BenchmarkZMQHop/zmq-8MiB-2         	     280	   7176842 ns/op	1168.84 MB/s
 BenchmarkCUDAHop2P/d2d-8MiB-2      	    9000	    100000 ns/op	83886.08 MB/s
 BenchmarkCUDAHop2P/cuda-8MiB-2     	    3000	    200000 ns/op	41943.04 MB/s	         0.4500 x-d2d
 BenchmarkRequest/steps-0-2  	     121	  19694419 ns/op	     18662 p50-µs	     34986 p99-µs	   2.512 minus-inproc-ms
-BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s
+BenchmarkThroughput/concurrency-8-2 	     175	  13706872 ns/op	        70.85 req/s	0.7100 ceiling-x-inproc	0.3500 x-inproc
+BenchmarkHop2P/ideal-8MiB-2         	     200	    500000 ns/op	16777.22 MB/s
+BenchmarkHop2P/shm-8MiB-2          	     200	   1000000 ns/op	8388.61 MB/s	         0.5000 x-copy
 BenchmarkPythonHop/go-8MiB-2         	      20	   3050021 ns/op	2750.34 MB/s
 BenchmarkPythonHop/py2py-8MiB-2      	      20	   4268038 ns/op	1965.45 MB/s
 BenchmarkStatusSync-2   	     300	   1217636 ns/op	        15.31 floor-pipe-rtt	       555.0 p50-µs
@@ -24,7 +26,7 @@ PASS
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 11 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
+	if len(results) != 13 || results[1].name != "Hop/shm-8MiB" || results[1].metrics["MB/s"] != 176.43 {
 		t.Fatalf("parsed %+v", results)
 	}
 	var b strings.Builder
@@ -41,6 +43,8 @@ PASS
 		"against this machine's floor, measured in the same run (lower is better)",
 		"StatusSync                           15.31 × the pipe-rtt floor",
 		"Request/steps-0                      +2.51 ms over the inproc reference",
+		"Throughput/concurrency-8             at most 0.71 × inproc: what its floor leaves (now 0.35 ×)",
+		"Hop2P/shm-8MiB                       0.500 × ideal     (8389 vs 16777 MB/s)",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())

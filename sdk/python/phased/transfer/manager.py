@@ -199,6 +199,7 @@ class _Room:
         self.desc: Optional[Descriptor] = None
         self.sending = False
         self.busy = False  # the worker holds the room
+        self.drained = False  # the send ended in the control block: no frame
         # Receiver.
         self.gen = 0
         self.seg: Optional[Segment] = None
@@ -729,6 +730,16 @@ class Manager:
             dropped = self._dropped
         states.sort(key=lambda s: s.room)
         return states, dropped
+
+    def drained(self, room: int) -> bool:
+        """Whether room is a sender side whose send succeeded on the fast
+        path (protocol 5.5): it ended in the receiver's control block and
+        sent no frame, so nothing of it can still be queued on a socket and
+        removing the side now loses nothing its receiver waits for. False
+        for an unknown room and every other case."""
+        with self._mu:
+            r = self._rooms.get(room)
+            return r is not None and r.drained
 
     def room_backend(self, room: int) -> str:
         """The backend of an open room; UnknownRoomError otherwise."""
@@ -1601,6 +1612,7 @@ class Manager:
                     return RoomFailedError(r.id, r.reason)
                 if reason is None:
                     self._set_status_locked(r, SUCCESS)
+                    r.drained = d.fast
                     return None
                 self._set_status_locked(r, FAILED, reason)
             try:
