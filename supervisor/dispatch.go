@@ -93,7 +93,10 @@ type attempt struct {
 	// sides are the two sides of every hop's room, sender then receiver,
 	// upstream first: hop i's are sides[2i] and sides[2i+1].
 	sides []*roomSide
-	trace *attemptTrace
+	// spares holds, per hop, the endpoint of the spare sender side the
+	// hop took (spare.go), "" where it took none.
+	spares []string
+	trace  *attemptTrace
 	// early counts the removals started while the attempt runs
 	// (removeEarly); returned is, per phase, whether its Run returned
 	// well, guarded by mu.
@@ -227,29 +230,49 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 	}
 }
 
-// reserveRooms takes one new room id per hop and records every side of
-// every hop, in removal order (per hop: sender, then receiver; hops
-// upstream first), counting it in its instance's open rooms at once, so
-// that the next scheduling decision sees it.
+// reserveRooms takes one room id per hop, the spare sender side's of
+// the hop's sender where it has one (spare.go) or a new one, and records
+// every side of every hop, in removal order (per hop: sender, then
+// receiver; hops upstream first), counting it in its instance's open
+// rooms at once, so that the next scheduling decision sees it. It opens
+// new spares in place of those taken.
 func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	rooms := make([]uint64, len(chosen)-1)
+	a.spares = make([]string, len(rooms))
 	r := a.r
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.info.Rooms, r.info.Backends = nil, nil
 	for i := range rooms {
-		rooms[i] = s.nextRoom.Add(1)
+		backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
+		if sp, ok := a.lives[i].takeSpare(backend); ok {
+			rooms[i], a.spares[i] = sp.id, sp.endpoint
+		} else {
+			rooms[i] = s.nextRoom.Add(1)
+		}
 		r.info.Rooms = append(r.info.Rooms, rooms[i])
-		r.info.Backends = append(r.info.Backends, string(s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)))
+		r.info.Backends = append(r.info.Backends, string(backend))
 		a.sides = append(a.sides, newRoomSide(a.lives[i], rooms[i], sdk.RoleSender), newRoomSide(a.lives[i+1], rooms[i], sdk.RoleReceiver))
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
 	}
+	r.mu.Unlock()
+	for i := range rooms {
+		s.fillSpare(a.lives[i])
+	}
 	return rooms
 }
 
-// openHops opens every hop's room, each hop on its own: its sender side,
-// then its receiver side with the sender's endpoint, so that the sender
+// spare returns the endpoint of the spare sender side hop i took, or "".
+func (a *attempt) spare(i int) string {
+	if i < len(a.spares) {
+		return a.spares[i]
+	}
+	return ""
+}
+
+// openHops opens every hop's room, each hop on its own: its sender side
+// (unless the hop took a spare, which is open), then its receiver side
+// with the sender's endpoint, so that the sender
 // side of a hop exists before its receiver connects, in two round trips
 // whatever the pipeline's length, and a phase whose rooms are open need
 // not wait for the others' (runPhases). senderOpen[i] and hopOpen[i] are
@@ -271,7 +294,10 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 		go func() {
 			defer wg.Done()
 			defer left.Done()
-			ep, err := s.openSide(ctx, a, req, i, sdk.RoleSender, "")
+			ep, err := a.spare(i), error(nil)
+			if ep == "" {
+				ep, err = s.openSide(ctx, a, req, i, sdk.RoleSender, "")
+			}
 			if err == nil {
 				close(senderOpen[i])
 				_, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep)

@@ -67,6 +67,13 @@ type life struct {
 	hungWhy  string                // set when the supervisor kills it as hung
 	hungOnce sync.Once
 
+	// Its spare sender side (spare.go), guarded by mu: spareID is the
+	// room being opened or open, spare the open one, spareFailed when
+	// an open last failed.
+	spareID     uint64
+	spare       *spareRoom
+	spareFailed time.Time
+
 	dogMu sync.Mutex
 	dogs  map[runKey]*watchdog // hang watchdogs of the Runs computing or sending
 	ended map[runKey]uint8     // Runs that returned or finished, until both
@@ -527,6 +534,7 @@ func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 		}
 		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "restarts", in.restart.counts())
 		s.goLive(in, l)
+		s.fillSpare(l)
 		return nil
 	}
 	failed := func(err error) {

@@ -90,6 +90,9 @@ type Supervisor struct {
 	metrics *metrics
 
 	nextRoom atomic.Uint64
+	// pipeline is set once Start has made every phase: s.phases no
+	// longer changes (spare.go reads it from other goroutines).
+	pipeline atomic.Bool
 	ids      idGen
 	slots    chan struct{} // one per request dispatched at once (MaxInflight)
 	queue    waitQueue     // the requests waiting for a slot
@@ -261,6 +264,12 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 			ph.instances = append(ph.instances, in)
 		}
 	}
+	s.pipeline.Store(true)
+	for _, ph := range s.phases {
+		for _, in := range ph.instances {
+			s.fillSpare(in.cur.Load())
+		}
+	}
 	s.mu.Lock()
 	s.started = true
 	s.recover(recovered)
@@ -406,6 +415,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 		}
 	}
 	s.stopBackground()
+	s.removeSpares()
 	for _, ph := range s.phases {
 		for _, in := range ph.instances {
 			l := in.cur.Load()
