@@ -243,7 +243,7 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	r.mu.Lock()
 	r.info.Rooms, r.info.Backends = nil, nil
 	for i := range rooms {
-		backend := s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
+		backend := s.hopBackend(i)
 		if sp, ok := a.lives[i].takeSpare(backend); ok {
 			rooms[i], a.spares[i] = sp.id, sp.endpoint
 		} else {
@@ -260,6 +260,11 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 		s.fillSpare(a.lives[i])
 	}
 	return rooms
+}
+
+// hopBackend is the backend of hop i, from phase i to phase i+1.
+func (s *Supervisor) hopBackend(i int) sdk.Backend {
+	return s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
 }
 
 // spare returns the endpoint of the spare sender side hop i took, or "".
@@ -333,7 +338,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 // endpoint.
 func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, i int, role sdk.Role, peer string) (string, error) {
 	room := a.sender(i).room
-	l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)}
+	l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: s.hopBackend(i)}
 	if role == sdk.RoleReceiver {
 		l, spec.PeerEndpoint = a.lives[i+1], peer
 	}
@@ -420,7 +425,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 				return
 			}
 			if i > 0 && inRun(i-1) {
-				spec.InPeer, spec.InBackend = eps[i-1], s.cfg.HopBackend(s.phases[i-1].cfg, s.phases[i].cfg)
+				spec.InPeer, spec.InBackend = eps[i-1], s.hopBackend(i-1)
 				l.opening(s, k)
 			}
 			a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })

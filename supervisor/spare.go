@@ -41,8 +41,7 @@ func (s *Supervisor) fillSpare(l *life) {
 	if l == nil || !s.pipeline.Load() || l.in.stage+1 >= len(s.phases) {
 		return
 	}
-	stage := l.in.stage
-	backend := s.cfg.HopBackend(s.phases[stage].cfg, s.phases[stage+1].cfg)
+	backend := s.hopBackend(l.in.stage)
 	l.mu.Lock()
 	if l.dead != nil || l.spareID != 0 || time.Since(l.spareFailed) < spareRetry {
 		l.mu.Unlock()

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -153,15 +152,15 @@ func cpu(b testing.TB, pids []int) time.Duration {
 	}
 	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	for _, pid := range pids {
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			b.Fatal(err)
-		}
 		// utime and stime, in clock ticks (100 a second), are the 14th
-		// and 15th fields; the 2nd, the command, is in parentheses.
-		f := bytes.Fields(stat[bytes.LastIndexByte(stat, ')')+1:])
+		// and 15th fields of /proc/PID/stat, the 12th and 13th after the
+		// command.
+		f := stat(pid)
+		if len(f) < 13 {
+			b.Fatalf("no /proc/%d/stat", pid)
+		}
 		for _, i := range []int{11, 12} {
-			ticks, err := strconv.ParseInt(string(f[i]), 10, 64)
+			ticks, err := strconv.ParseInt(f[i], 10, 64)
 			if err != nil {
 				b.Fatal(err)
 			}
