@@ -126,11 +126,6 @@ type RunSpec struct {
 	Request Request
 	InRoom  uint64
 	OutRoom uint64
-	// InPeer, when set, asks the Run to open InRoom's receiver side
-	// first, connected to the sender's endpoint InPeer, over InBackend,
-	// as OpenRoom would (FeatureRunOpensInRoom).
-	InPeer    string
-	InBackend Backend
 }
 
 // InstanceStatus is what an instance reports about its rooms.

@@ -64,7 +64,7 @@ func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, erro
 }
 
 func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (RunResult, error) {
-	req := &phasedv1.RunRequest{Request: requestToProto(spec.Request), InPeerEndpoint: spec.InPeer, InBackend: string(spec.InBackend)}
+	req := &phasedv1.RunRequest{Request: requestToProto(spec.Request)}
 	if spec.InRoom != 0 {
 		req.InRoom = &spec.InRoom
 	}
@@ -199,11 +199,9 @@ func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomReques
 
 func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phasedv1.RunResponse, error) {
 	res, err := s.impl.Run(ctx, RunSpec{
-		Request:   requestFromProto(req.GetRequest()),
-		InRoom:    req.GetInRoom(),
-		OutRoom:   req.GetOutRoom(),
-		InPeer:    req.GetInPeerEndpoint(),
-		InBackend: Backend(req.GetInBackend()),
+		Request: requestFromProto(req.GetRequest()),
+		InRoom:  req.GetInRoom(),
+		OutRoom: req.GetOutRoom(),
 	})
 	if err != nil {
 		return nil, statusError(err)

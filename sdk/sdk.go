@@ -56,16 +56,7 @@ type Info struct {
 	Kind        Kind
 	Version     string // the plugin's own version, free form
 	APIVersions []int  // API versions of its kind the plugin speaks
-	// Features are what the plugin's runtime does beyond its API
-	// version (FeatureRunOpensInRoom); the SDK's runtime adds them, a
-	// plugin's own Info need not.
-	Features []string
 }
-
-// FeatureRunOpensInRoom says a phase plugin's Run opens its in room's
-// receiver side itself when RunSpec.InPeer is set, so the supervisor
-// makes one call to that instance instead of OpenRoom and then Run.
-const FeatureRunOpensInRoom = "run-opens-in-room"
 
 // Request is one generation request as a phase sees it.
 type Request struct {

@@ -99,7 +99,6 @@ func infoToProto(i Info) *phasedv1.InfoResponse {
 	for _, v := range i.APIVersions {
 		r.ApiVersions = append(r.ApiVersions, uint32(v))
 	}
-	r.Features = i.Features
 	return r
 }
 
@@ -108,7 +107,6 @@ func infoFromProto(r *phasedv1.InfoResponse) Info {
 	for _, v := range r.GetApiVersions() {
 		i.APIVersions = append(i.APIVersions, int(v))
 	}
-	i.Features = r.GetFeatures()
 	return i
 }
 

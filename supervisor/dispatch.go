@@ -277,21 +277,18 @@ func (a *attempt) spare(i int) string {
 
 // openHops opens every hop's room, each hop on its own: its sender side
 // (unless the hop took a spare, which is open), then its receiver side
-// with the sender's endpoint, so that the sender side of a hop exists
-// before its receiver connects, in two round trips whatever the
-// pipeline's length, and a phase whose rooms are open need not wait for
-// the others' (runPhases). A receiver whose runtime opens its in room in
-// Run (inRun, sdk.FeatureRunOpensInRoom) is left to that Run: its hop
-// counts as open once the sender side is, and eps[i] is the endpoint the
-// Run connects to. senderOpen[i] and hopOpen[i] are closed once hop i's
-// sender side, and then both its sides (or the sender side, for inRun),
-// are open, eps[i] set before; the first failure cancels ctx with its
-// reason. It records the rooms span and, when every room is open, the
-// "rooms open" event; its goroutines end by the time wg is done.
-// reserveRooms has recorded every side: a cancelled open may still
-// complete in the plugin, and removeRooms must remove it either way.
-func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, a *attempt, req sdk.Request, rooms []uint64, inRun func(int) bool) (senderOpen, hopOpen []chan struct{}, eps []string) {
-	senderOpen, hopOpen, eps = make([]chan struct{}, len(rooms)), make([]chan struct{}, len(rooms)), make([]string, len(rooms))
+// with the sender's endpoint, so that the sender
+// side of a hop exists before its receiver connects, in two round trips
+// whatever the pipeline's length, and a phase whose rooms are open need
+// not wait for the others' (runPhases). senderOpen[i] and hopOpen[i] are
+// closed once hop i's sender side, and then both its sides, are open; the
+// first failure cancels ctx with its reason. It records the rooms span
+// and, when every room is open, the "rooms open" event; its goroutines end
+// by the time wg is done. reserveRooms has recorded every side: a
+// cancelled open may still complete in the plugin, and removeRooms must
+// remove it either way.
+func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, a *attempt, req sdk.Request, rooms []uint64) (senderOpen, hopOpen []chan struct{}) {
+	senderOpen, hopOpen = make([]chan struct{}, len(rooms)), make([]chan struct{}, len(rooms))
 	a.r.record(func(*trace) { a.trace.opening = time.Now() })
 	var left sync.WaitGroup
 	var opened atomic.Int32
@@ -307,11 +304,8 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 				ep, err = s.openSide(ctx, a, req, i, sdk.RoleSender, "")
 			}
 			if err == nil {
-				eps[i] = ep
 				close(senderOpen[i])
-				if !inRun(i) {
-					_, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep)
-				}
+				_, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep)
 			}
 			if err != nil {
 				fail(err)
@@ -330,7 +324,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 			a.r.event(Event{What: "rooms open", Detail: fmt.Sprint(rooms)})
 		}
 	}()
-	return senderOpen, hopOpen, eps
+	return senderOpen, hopOpen
 }
 
 // openSide opens hop i's room on its sender (phase i) or receiver (phase
@@ -375,10 +369,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		once.Do(func() { openErr = err })
 		cancel(err)
 	}
-	// A receiver whose runtime says so opens its in room in its Run:
-	// one call to its instance, not two.
-	inRun := func(i int) bool { return slices.Contains(a.lives[i+1].proc.info.Features, sdk.FeatureRunOpensInRoom) }
-	senderOpen, hopOpen, eps := s.openHops(ctx, fail, &opening, a, req, rooms, inRun)
+	senderOpen, hopOpen := s.openHops(ctx, fail, &opening, a, req, rooms)
 	type result struct {
 		i   int
 		art *sdk.Artifact
@@ -423,10 +414,6 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			if err := ready(i); err != nil {
 				results <- result{i, nil, err}
 				return
-			}
-			if i > 0 && inRun(i-1) {
-				spec.InPeer, spec.InBackend = eps[i-1], s.hopBackend(i-1)
-				l.opening(s, k)
 			}
 			a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 			res, err := l.ctl.Run(ctx, spec)

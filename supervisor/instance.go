@@ -116,7 +116,6 @@ type watchdog struct {
 	last      sdk.Progress
 	deadline  time.Time // when it fires unless re-armed
 	delivered bool      // armed because the Run's inputs arrived
-	opening   bool      // armed because the Run opens its in room (opening)
 }
 
 // progressed handles one progress event: it re-arms the Run's hang
@@ -174,27 +173,11 @@ func (l *life) arm(s *Supervisor, key runKey, p sdk.Progress) *watchdog {
 func (l *life) delivered(s *Supervisor, key runKey) {
 	l.dogMu.Lock()
 	defer l.dogMu.Unlock()
-	if d := l.dogs[key]; l.ended[key] != 0 || d != nil && !d.opening {
-		return
-	}
-	// (The upstream's answer may overtake the event that ends an open.)
-	d := l.arm(s, key, sdk.Progress{Request: key.request, Stage: sdk.StageWaiting, InRoom: key.inRoom, OutRoom: key.outRoom})
-	d.delivered, d.opening = true, false
-}
-
-// opening arms the hang watchdog of a Run about to be called to open its
-// in room itself (sdk.FeatureRunOpensInRoom): the open must end, which
-// the Run's first progress event ("waiting") says, within hang_timeout,
-// as an OpenRoom call must; else the instance is killed as hung, not the
-// upstream one whose Send waits for the descriptor.
-func (l *life) opening(s *Supervisor, key runKey) {
-	l.dogMu.Lock()
-	defer l.dogMu.Unlock()
 	if l.ended[key] != 0 || l.dogs[key] != nil {
 		return
 	}
 	d := l.arm(s, key, sdk.Progress{Request: key.request, Stage: sdk.StageWaiting, InRoom: key.inRoom, OutRoom: key.outRoom})
-	d.opening = true
+	d.delivered = true
 }
 
 // hung kills the process when a Run's watchdog d fires while still armed
@@ -202,18 +185,16 @@ func (l *life) opening(s *Supervisor, key runKey) {
 func (l *life) hung(s *Supervisor, key runKey, d *watchdog) {
 	l.dogMu.Lock()
 	armed := l.dogs[key] == d && !time.Now().Before(d.deadline)
-	last, opening := d.last, d.opening
+	last := d.last
 	l.dogMu.Unlock()
 	if !armed || s.bgCtx.Err() != nil {
 		return // disarmed or re-armed, or released meanwhile
 	}
 	what := "sending its outputs"
-	switch {
-	case opening:
-		what = fmt.Sprintf("opening room %d as receiver", key.inRoom)
-	case last.Stage == sdk.StageWaiting:
+	switch last.Stage {
+	case sdk.StageWaiting:
 		what = "its inputs were delivered"
-	case last.Stage == sdk.StageComputing:
+	case sdk.StageComputing:
 		what = fmt.Sprintf("computing, %d of %d done", last.Done, last.Total)
 	}
 	why := fmt.Sprintf("no progress for %s on request %s (%s)", l.in.cfg.HangTimeout, key.request, what)

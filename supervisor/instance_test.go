@@ -148,28 +148,6 @@ func TestWatchdogs(t *testing.T) {
 	if armed(5, 6) {
 		t.Error("watched after it finished")
 	}
-	// Attempt 4, rooms 9 → 10: the Run opens its in room (watched from
-	// the call), its "waiting" event ends the open; an answer of the
-	// upstream that overtakes that event turns the watch into delivered.
-	l.opening(s, runKey{"r1", 9, 10})
-	if !armed(9, 10) {
-		t.Error("a Run that opens its in room is not watched")
-	}
-	l.progressed(s, ev(sdk.StageWaiting, 9, 10))
-	if armed(9, 10) {
-		t.Error("watched after its open ended, while it waits for its inputs")
-	}
-	l.opening(s, runKey{"r2", 9, 10})
-	l.delivered(s, runKey{"r2", 9, 10})
-	l.progressed(s, sdk.Progress{Request: "r2", Stage: sdk.StageWaiting, InRoom: 9, OutRoom: 10})
-	l.dogMu.Lock()
-	d := l.dogs[runKey{"r2", 9, 10}]
-	l.dogMu.Unlock()
-	if d == nil || !d.delivered || d.opening {
-		t.Errorf("inputs delivered before the open's end was heard: watchdog %+v, want armed as delivered", d)
-	}
-	l.runReturned(runKey{"r2", 9, 10})
-
 	// Delivered after the Run finished or returned: nothing to watch.
 	l.delivered(s, runKey{"r1", 5, 6})
 	l.runReturned(runKey{"r1", 7, 8})

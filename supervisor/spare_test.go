@@ -33,9 +33,8 @@ func (c openControl) RemoveRoom(_ context.Context, room uint64) error {
 
 // TestSpareSenderSide: a request given an instance with a spare sender
 // side takes its room id and endpoint and opens only the receiver side
-// of that hop, or none where the receiver's Run opens it; the supervisor
-// opens a new spare in its place, counts none among the instance's open
-// rooms, and removes the spares at release.
+// of that hop; the supervisor opens a new spare in its place, counts none
+// among the instance's open rooms, and removes the spares at release.
 func TestSpareSenderSide(t *testing.T) {
 	log := &callLog{}
 	calls := func() []string {
@@ -81,9 +80,7 @@ func TestSpareSenderSide(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	var wg sync.WaitGroup
-	// The transformer opens its in room in its Run (FeatureRunOpensInRoom):
-	// hop 0 is open once its sender side is, and the Run gets its endpoint.
-	_, hopOpen, eps := s.openHops(ctx, cancel, &wg, a, sdk.Request{ID: "r1"}, rooms, func(i int) bool { return i == 0 })
+	_, hopOpen := s.openHops(ctx, cancel, &wg, a, sdk.Request{ID: "r1"}, rooms)
 	wg.Wait()
 	for i, ch := range hopOpen {
 		select {
@@ -92,11 +89,8 @@ func TestSpareSenderSide(t *testing.T) {
 			t.Fatalf("hop %d not open: %v", i, context.Cause(ctx))
 		}
 	}
-	if got, want := calls()[4:], []string{"open dec 2 receiver"}; !slices.Equal(got, want) {
-		t.Fatalf("the request opened %v, want only the decoder's receiver side %v", got, want)
-	}
-	if want := []string{"ipc:///run/enc-1.sock", "ipc:///run/tr-2.sock"}; !slices.Equal(eps, want) {
-		t.Errorf("endpoints %v, want the spares' %v", eps, want)
+	if got, want := calls()[4:], []string{"open tr 1 receiver", "open dec 2 receiver"}; !sameSet(got, want) {
+		t.Fatalf("the request opened %v, want only the receiver sides %v", got, want)
 	}
 	if n := lives[0].unspared([]sdk.RoomInfo{{Room: 1}, {Room: 3}}); n != 1 {
 		t.Errorf("the encoder counts %d open rooms besides its new spare, want 1 (the request's)", n)
@@ -105,7 +99,7 @@ func TestSpareSenderSide(t *testing.T) {
 	s.removeRooms(a)
 	s.bgCancel()
 	s.removeSpares()
-	got := calls()[5:]
+	got := calls()[6:]
 	if len(got) != 6 || !sameSet(got[:2], []string{"remove enc 1", "remove tr 2"}) ||
 		!sameSet(got[2:4], []string{"remove tr 1", "remove dec 2"}) || !sameSet(got[4:], []string{"remove enc 3", "remove tr 4"}) {
 		t.Fatalf("removed %v; want the request's senders, then its receivers, then at release the spares", got)

@@ -60,14 +60,8 @@ func New(p sdk.Phase, logger hclog.Logger) *Runtime {
 // shared-memory segment names.
 var instanceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,48}$`)
 
-// Info is the phase's Info, with what this runtime does beyond the API
-// version added to its features.
 func (r *Runtime) Info(ctx context.Context) (sdk.Info, error) {
-	info, err := r.phase.Info(ctx)
-	if err == nil && !slices.Contains(info.Features, sdk.FeatureRunOpensInRoom) {
-		info.Features = append(slices.Clone(info.Features), sdk.FeatureRunOpensInRoom)
-	}
-	return info, err
+	return r.phase.Info(ctx)
 }
 
 func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
@@ -252,16 +246,6 @@ func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if spec.InPeer != "" {
-		if spec.InRoom == 0 {
-			return sdk.RunResult{}, fmt.Errorf("%w: a peer endpoint for the in room, but no in room", sdk.ErrInvalid)
-		}
-		// FeatureRunOpensInRoom: the receiver side first, as OpenRoom.
-		open := sdk.RoomSpec{Room: spec.InRoom, Role: sdk.RoleReceiver, Request: spec.Request, PeerEndpoint: spec.InPeer, Backend: spec.InBackend}
-		if _, err := r.OpenRoom(ctx, open); err != nil {
-			return sdk.RunResult{}, fmt.Errorf("open room %d as receiver: %w", spec.InRoom, err)
-		}
-	}
 	rooms := []uint64{spec.InRoom, spec.OutRoom}
 	mgr, err := r.track(rooms, cancel)
 	if err != nil {

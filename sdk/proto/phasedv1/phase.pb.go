@@ -796,18 +796,12 @@ func (x *OpenRoomResponse) GetEndpoint() string {
 }
 
 type RunRequest struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Request *Request               `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
-	InRoom  *uint64                `protobuf:"varint,2,opt,name=in_room,json=inRoom,proto3,oneof" json:"in_room,omitempty"`
-	OutRoom *uint64                `protobuf:"varint,3,opt,name=out_room,json=outRoom,proto3,oneof" json:"out_room,omitempty"`
-	// When set (feature "run-opens-in-room"), the Run opens in_room's
-	// receiver side itself before it waits for its inputs, as
-	// OpenRoom(role = RECEIVER, peer_endpoint = in_peer_endpoint, backend =
-	// in_backend) would: one call instead of two.
-	InPeerEndpoint string `protobuf:"bytes,4,opt,name=in_peer_endpoint,json=inPeerEndpoint,proto3" json:"in_peer_endpoint,omitempty"`
-	InBackend      string `protobuf:"bytes,5,opt,name=in_backend,json=inBackend,proto3" json:"in_backend,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *Request               `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	InRoom        *uint64                `protobuf:"varint,2,opt,name=in_room,json=inRoom,proto3,oneof" json:"in_room,omitempty"`
+	OutRoom       *uint64                `protobuf:"varint,3,opt,name=out_room,json=outRoom,proto3,oneof" json:"out_room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
@@ -859,20 +853,6 @@ func (x *RunRequest) GetOutRoom() uint64 {
 		return *x.OutRoom
 	}
 	return 0
-}
-
-func (x *RunRequest) GetInPeerEndpoint() string {
-	if x != nil {
-		return x.InPeerEndpoint
-	}
-	return ""
-}
-
-func (x *RunRequest) GetInBackend() string {
-	if x != nil {
-		return x.InBackend
-	}
-	return ""
 }
 
 type RunResponse struct {
@@ -1474,15 +1454,12 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\rpeer_endpoint\x18\x04 \x01(\tR\fpeerEndpoint\x12\x18\n" +
 	"\abackend\x18\x05 \x01(\tR\abackend\".\n" +
 	"\x10OpenRoomResponse\x12\x1a\n" +
-	"\bendpoint\x18\x01 \x01(\tR\bendpoint\"\xda\x01\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\"\x91\x01\n" +
 	"\n" +
 	"RunRequest\x12,\n" +
 	"\arequest\x18\x01 \x01(\v2\x12.phased.v1.RequestR\arequest\x12\x1c\n" +
 	"\ain_room\x18\x02 \x01(\x04H\x00R\x06inRoom\x88\x01\x01\x12\x1e\n" +
-	"\bout_room\x18\x03 \x01(\x04H\x01R\aoutRoom\x88\x01\x01\x12(\n" +
-	"\x10in_peer_endpoint\x18\x04 \x01(\tR\x0einPeerEndpoint\x12\x1d\n" +
-	"\n" +
-	"in_backend\x18\x05 \x01(\tR\tinBackendB\n" +
+	"\bout_room\x18\x03 \x01(\x04H\x01R\aoutRoom\x88\x01\x01B\n" +
 	"\n" +
 	"\b_in_roomB\v\n" +
 	"\t_out_room\"\x9d\x01\n" +

@@ -33,10 +33,6 @@ MAX_SOCKET_PATH = 107
 LONGEST_SOCKET = "/r-18446744073709551615-18446744073709551615.sock"
 BACKENDS = ("shm", "zmq", "cuda")
 SENDER, RECEIVER = 1, 2
-# What this runtime does beyond API version 1 (InfoResponse.features): its
-# run opens the in room's receiver side itself when given the sender's
-# endpoint (RunRequest.in_peer_endpoint).
-FEATURE_RUN_OPENS_IN_ROOM = "run-opens-in-room"
 
 
 class NoValidation(Exception):
@@ -131,7 +127,7 @@ class Runtime:
 
     def info(self) -> common_pb2.InfoResponse:
         return common_pb2.InfoResponse(name=self.phase.name, kind="phase", version=self.phase.version,
-                                       api_versions=[1], features=[FEATURE_RUN_OPENS_IN_ROOM])
+                                       api_versions=[1])
 
     def configure(self, instance: str, run_dir: str, params: Dict[str, str], zmq_host: str,
                   peer_timeout_ms: int, device: str) -> None:
@@ -323,22 +319,9 @@ class Runtime:
 
     # Run --------------------------------------------------------------------
 
-    def run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event,
-            in_peer: str = "", in_backend: str = "") -> RunResult:
-        """Runs the phase for request; with in_peer (feature
-        run-opens-in-room) it opens in_room's receiver side first, as
-        open_room would."""
+    def run(self, request: Request, in_room: int, out_room: int, cancel: threading.Event) -> RunResult:
         ok = False
         try:
-            if in_peer:
-                if not in_room:
-                    raise InvalidArgument("a peer endpoint for the in room, but no in room")
-                try:
-                    self.open_room(in_room, RECEIVER, request, in_peer, in_backend)
-                except InvalidArgument:
-                    raise
-                except Exception as e:  # noqa: BLE001 - the reason is the open's
-                    raise RuntimeError(f"open room {in_room} as receiver: {reason(e)}") from e
             res = self._tracked_run(request, in_room, out_room, cancel)
             ok = True
             return res
@@ -591,8 +574,7 @@ class Service:
         def do():
             in_room = request.in_room if request.HasField("in_room") else 0
             out_room = request.out_room if request.HasField("out_room") else 0
-            res = self.rt.run(request_of(request.request), in_room, out_room, cancel,
-                              request.in_peer_endpoint, request.in_backend)
+            res = self.rt.run(request_of(request.request), in_room, out_room, cancel)
             resp = phase_pb2.RunResponse(sent_bytes=res.sent_bytes, send_nanos=int(res.send_seconds * 1e9),
                                          out_drained=res.out_drained)
             art = res.artifact

@@ -171,7 +171,6 @@ def test_configure_checks(tmp_path):
     with pytest.raises(phased.InvalidArgument, match="instance scale-0 is already configured"):
         configure(rt, tmp_path)
     assert rt.info().name == "scale" and list(rt.info().api_versions) == [1]
-    assert list(rt.info().features) == ["run-opens-in-room"]
 
 
 def test_defaults(tmp_path):
@@ -262,25 +261,6 @@ def test_run_middle_phase(tmp_path):
     W, C, S, F = progress.WAITING, progress.COMPUTING, progress.SENDING, progress.FINISHED
     assert got == [("r1", W, 0, 0, 5, 6), ("r1", C, 0, 1, 5, 6), ("r1", C, 1, 3, 5, 6), ("r1", C, 2, 3, 5, 6),
                    ("r1", C, 3, 3, 5, 6), ("r1", S, 0, 0, 5, 6), ("r1", F, 0, 0, 5, 6)]
-
-
-def test_run_opens_in_room(tmp_path):
-    """Given the sender's endpoint (feature run-opens-in-room), a run opens
-    its in room's receiver side itself, as open_room would, then runs; an
-    endpoint without an in room is refused, and a failed open fails the
-    run with what failed."""
-    rt, managers = runtime(Scale(), tmp_path)
-    configure(rt, tmp_path)
-    x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    managers[0].received[5] = [x]
-    res = rt.run(phased.Request("r1"), 5, 6, threading.Event(), "ipc:///run/s-5.sock", "shm")
-    assert ("receiver", 5, "shm", ["x float32 [2, 3]"], "ipc:///run/s-5.sock") in managers[0].calls
-    assert res.sent_bytes == 24
-    np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
-    with pytest.raises(phased.InvalidArgument, match="a peer endpoint for the in room, but no in room"):
-        rt.run(phased.Request("r2"), 0, 6, threading.Event(), "ipc:///run/s-5.sock", "shm")
-    with pytest.raises(phased.InvalidArgument, match='unknown transfer backend "tcp"'):
-        rt.run(phased.Request("r3"), 7, 8, threading.Event(), "ipc:///run/s-7.sock", "tcp")
 
 
 def test_run_last_phase_artifact(tmp_path):
