@@ -75,7 +75,7 @@ func (p *phaseClient) Run(ctx context.Context, spec RunSpec) (RunResult, error) 
 	if err != nil {
 		return RunResult{}, p.rpcError(ctx, err)
 	}
-	res := RunResult{SentBytes: resp.GetSentBytes(), SendTime: time.Duration(resp.GetSendNanos()), OutDrained: resp.GetOutDrained()}
+	res := RunResult{SentBytes: resp.GetSentBytes(), SendTime: time.Duration(resp.GetSendNanos()), OutDrained: resp.GetOutDrained(), OutRemoved: resp.GetOutRemoved(), InRemoved: resp.GetInRemoved()}
 	if a := resp.GetArtifact(); a != nil {
 		res.Artifact = &Artifact{Path: a.GetPath(), SHA256: a.GetSha256(), Size: a.GetSize(), MediaType: a.GetMediaType()}
 	}
@@ -206,7 +206,7 @@ func (s *phaseServer) Run(ctx context.Context, req *phasedv1.RunRequest) (*phase
 	if err != nil {
 		return nil, statusError(err)
 	}
-	resp := &phasedv1.RunResponse{SentBytes: res.SentBytes, SendNanos: int64(res.SendTime), OutDrained: res.OutDrained}
+	resp := &phasedv1.RunResponse{SentBytes: res.SentBytes, SendNanos: int64(res.SendTime), OutDrained: res.OutDrained, OutRemoved: res.OutRemoved, InRemoved: res.InRemoved}
 	if a := res.Artifact; a != nil {
 		resp.Artifact = &phasedv1.Artifact{Path: a.Path, Sha256: a.SHA256, Size: a.Size, MediaType: a.MediaType}
 	}

@@ -66,6 +66,7 @@ func ServePolicy(p Policy) {
 }
 
 func serve(logger hclog.Logger, plugins map[string]plugin.Plugin) {
+	SetGCFloor(logger)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugins,

@@ -152,6 +152,7 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 		for i, l := range a.lives {
 			l.drop(a)
 			chosen[i].inflight.Add(-1)
+			s.fillSpare(l) // if its Run never came
 		}
 	}()
 	names := make(map[string]string, len(chosen))
@@ -234,8 +235,8 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 // the hop's sender where it has one (spare.go) or a new one, and records
 // every side of every hop, in removal order (per hop: sender, then
 // receiver; hops upstream first), counting it in its instance's open
-// rooms at once, so that the next scheduling decision sees it. It opens
-// new spares in place of those taken.
+// rooms at once, so that the next scheduling decision sees it. A spare
+// taken is replaced once the instance's Run for the request returns.
 func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	rooms := make([]uint64, len(chosen)-1)
 	a.spares = make([]string, len(rooms))
@@ -256,9 +257,6 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 		chosen[i+1].rooms.Add(1)
 	}
 	r.mu.Unlock()
-	for i := range rooms {
-		s.fillSpare(a.lives[i])
-	}
 	return rooms
 }
 
@@ -418,6 +416,10 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 			res, err := l.ctl.Run(ctx, spec)
 			l.runReturned(k)
+			// A spare taken by the request is replaced now, not when it
+			// was taken: the instance is idle, while at the request's
+			// start the open would compete with the request's calls.
+			s.fillSpare(l)
 			var run runTrace
 			a.r.record(func(*trace) {
 				tr := &a.trace.runs[i]
@@ -443,6 +445,12 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 					detail += fmt.Sprintf(", sent %s in %s", HumanBytes(res.SentBytes), res.SendTime.Round(time.Microsecond))
 				}
 				a.r.event(Event{What: "phase done", Phase: l.in.phase, Instance: l.in.id, Detail: detail})
+				if res.OutRemoved && i < len(rooms) {
+					a.sender(i).removedByPlugin()
+				}
+				if res.InRemoved && i > 0 {
+					a.receiver(i - 1).removedByPlugin()
+				}
 				s.removeEarly(a, i, len(rooms), res.OutDrained)
 			}
 			results <- result{i, res.Artifact, l.explain(err)}
@@ -560,6 +568,16 @@ func (s *Supervisor) removeOnce(a *attempt, side *roomSide) {
 		close(side.gone)
 	})
 	<-side.gone
+}
+
+// removedByPlugin records that the side's instance removed it itself at
+// the end of its Run (sdk.RunResult's OutRemoved, InRemoved): it is
+// uncounted and not asked again.
+func (side *roomSide) removedByPlugin() {
+	side.once.Do(func() {
+		side.l.in.rooms.Add(-1)
+		close(side.gone)
+	})
 }
 
 // removeSide removes one side of a room, and uncounts it.

@@ -13,8 +13,9 @@ import (
 // receiver side, which connects to the endpoint the sender answered
 // (invariant 3). The sender side needs nothing of the request, so the
 // supervisor opens one on every instance that sends ahead of time, a
-// spare: once the pipeline has started, after a restart, and again each
-// time a request takes it. A request given an instance with a spare of
+// spare: once the pipeline has started, after a restart, and again once
+// the Run of the request that took it has returned (then the instance is
+// idle; at the request's start the open would compete with its calls). A request given an instance with a spare of
 // the hop's backend takes its room id and endpoint and opens only the
 // receiver side, one round trip less before its phases run; one that
 // finds none opens both sides as before. For the plugin a spare is a

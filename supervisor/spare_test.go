@@ -33,7 +33,8 @@ func (c openControl) RemoveRoom(_ context.Context, room uint64) error {
 
 // TestSpareSenderSide: a request given an instance with a spare sender
 // side takes its room id and endpoint and opens only the receiver side
-// of that hop; the supervisor opens a new spare in its place, counts none
+// of that hop; the supervisor opens a new spare in its place once the
+// instance's Run returns (not while the request starts), counts none
 // among the instance's open rooms, and removes the spares at release.
 func TestSpareSenderSide(t *testing.T) {
 	log := &callLog{}
@@ -73,6 +74,13 @@ func TestSpareSenderSide(t *testing.T) {
 	if !slices.Equal(rooms, []uint64{1, 2}) {
 		t.Fatalf("rooms %v, want the spares' [1 2]", rooms)
 	}
+	if got := calls()[2:]; len(got) != 0 {
+		t.Fatalf("opened %v as the request took the spares; want nothing before the instances' Runs return", got)
+	}
+	for _, l := range lives {
+		s.fillSpare(l) // as runPhases does when l's Run returns
+	}
+	s.bg.Wait()
 	if got, want := calls()[2:], []string{"open enc 3 sender", "open tr 4 sender"}; !sameSet(got, want) {
 		t.Fatalf("spares opened in place of those taken: %v, want %v", got, want)
 	}

@@ -405,6 +405,29 @@ func TestRemoveEarly(t *testing.T) {
 			t.Fatalf("removed %v, want %v: each side once, sender before receiver", got, want)
 		}
 	})
+
+	t.Run("sides the instances removed themselves", func(t *testing.T) {
+		a, log := setup()
+		// As runPhases does with RunResult.OutRemoved and InRemoved:
+		// each phase removed its drained out side, the transformer and
+		// the decoder their in sides, whose senders had gone.
+		a.sender(0).removedByPlugin()
+		s.removeEarly(a, 0, 2, true)
+		a.sender(1).removedByPlugin()
+		a.receiver(0).removedByPlugin()
+		s.removeEarly(a, 1, 2, true)
+		a.receiver(1).removedByPlugin()
+		s.removeEarly(a, 2, 2, false)
+		s.removeRooms(a)
+		if got := calls(log); len(got) != 0 {
+			t.Fatalf("RemoveRoom for %v; want none: every side was removed by its instance", got)
+		}
+		for _, l := range a.lives {
+			if n := l.in.rooms.Load(); n != 0 {
+				t.Errorf("instance %s counts %d rooms, want 0", l.in.id, n)
+			}
+		}
+	})
 }
 
 // TestHopFromSendTime: the hop's start is the phase's own measure

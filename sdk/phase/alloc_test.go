@@ -65,8 +65,12 @@ func TestRunLendsAllocOutputs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !res.OutDrained {
-			t.Errorf("room %d: the Run's send took the fast path, but OutDrained is false", room)
+		if !res.OutDrained || !res.OutRemoved || res.InRemoved {
+			t.Errorf("room %d: the Run's send took the fast path: OutDrained %v, OutRemoved %v, InRemoved %v; want true, true, false",
+				room, res.OutDrained, res.OutRemoved, res.InRemoved)
+		}
+		if rooms := r.mgr.Rooms(); len(rooms) != 0 {
+			t.Errorf("room %d: the runtime said it removed its drained side, yet it holds %v", room, rooms)
 		}
 		got, release, err := peer.Receive(ctx, room)
 		if err != nil {
@@ -186,4 +190,79 @@ func TestRunWritesLentInput(t *testing.T) {
 		t.Error("the sender's output changed")
 	}
 	peer.Free(out)
+}
+
+// sink is a last phase that takes plainSpec and checks its bytes.
+type sink struct{}
+
+func (sink) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "sink", Kind: sdk.KindPhase, APIVersions: []int{sdk.PhaseAPIVersion}}, nil
+}
+
+func (sink) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
+	return []tensor.Spec{plainSpec}, nil
+}
+
+func (sink) Run(_ context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
+	for i, b := range in[0].Data {
+		if b != byte(i+1) {
+			return sdk.Output{}, fmt.Errorf("byte %d is %d, want %d", i, b, i+1)
+		}
+	}
+	return sdk.Output{Artifact: &sdk.Artifact{Path: req.ID}}, nil
+}
+
+// TestRunRemovesLeftRoom: a Run whose sender has written done and
+// removed its side removes its own receiver side before it answers, and
+// says so (InRemoved); one whose sender's side is still open leaves it
+// to the supervisor's RemoveRoom (invariant 1: sender first).
+func TestRunRemovesLeftRoom(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, peer := withPeer(t, sink{}, "s-0")
+	x, err := tensor.New(plainSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range x.Data {
+		x.Data[i] = byte(i + 1)
+	}
+	for room, senderGone := range map[uint64]bool{1: true, 2: false} {
+		ep, err := peer.OpenSender(room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: room, Role: sdk.RoleReceiver, PeerEndpoint: ep, Request: sdk.Request{ID: "s"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := peer.Send(ctx, room, []tensor.Tensor{x}); err != nil {
+			t.Fatal(err)
+		}
+		if senderGone {
+			if err := peer.Remove(room); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(5 * time.Second); !r.mgr.SenderLeft(room); time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("room %d: the receiver did not see its sender go", room)
+				}
+			}
+		}
+		res, err := r.Run(ctx, sdk.RunSpec{Request: sdk.Request{ID: fmt.Sprint("s", room)}, InRoom: room})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.InRemoved != senderGone || res.OutRemoved {
+			t.Errorf("room %d (sender gone: %v): InRemoved %v, OutRemoved %v", room, senderGone, res.InRemoved, res.OutRemoved)
+		}
+		if open := len(r.mgr.Rooms()) == 1; open == senderGone {
+			t.Errorf("room %d (sender gone: %v): the runtime holds %v", room, senderGone, r.mgr.Rooms())
+		}
+		if err := peer.Remove(room); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.RemoveRoom(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -237,10 +237,39 @@ func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 	res, err := r.run(ctx, spec)
 	if err != nil {
 		r.runsFailed.Add(1)
-	} else {
-		r.runsOK.Add(1)
+		return res, err
 	}
-	return res, err
+	r.runsOK.Add(1)
+	r.settle(spec, &res)
+	return res, nil
+}
+
+// settle removes, after a Run that succeeded, the room sides the
+// supervisor would otherwise remove with a RemoveRoom each, where the
+// order of invariant 1 already holds: the out room's sender side when
+// its Send was drained (nothing of it queued; the receiver side is still
+// open), and the in room's receiver side when its sender has let go of
+// it (transfer.Manager.SenderLeft). It says so in res (OutRemoved,
+// InRemoved). A side that does not qualify, or a removal that fails, is
+// left to the supervisor's RemoveRoom.
+func (r *Runtime) settle(spec sdk.RunSpec, res *sdk.RunResult) {
+	mgr, err := r.manager()
+	if err != nil {
+		return
+	}
+	remove := func(room uint64, role string) bool {
+		if err := mgr.Remove(room); err != nil {
+			r.logger.Warn("remove a settled room side", "room", room, "role", role, "error", err)
+			return false
+		}
+		return true
+	}
+	if spec.OutRoom != 0 && res.OutDrained {
+		res.OutRemoved = remove(spec.OutRoom, "sender")
+	}
+	if spec.InRoom != 0 && mgr.SenderLeft(spec.InRoom) {
+		res.InRemoved = remove(spec.InRoom, "receiver")
+	}
 }
 
 func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, error) {

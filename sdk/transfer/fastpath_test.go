@@ -14,6 +14,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 	"github.com/phased/phased/sdk/tensor"
 )
@@ -299,4 +300,54 @@ func TestFastPathReceiver(t *testing.T) {
 			t.Errorf("%d frames dropped, want 0", n)
 		}
 	})
+}
+
+// A receiver side learns that its sender has let go of the room only
+// when both hold: the sender wrote done (the fast path) and its side is
+// removed. Before either, and on the frame path (zmq), SenderLeft says
+// no, so that the receiver's runtime leaves the removal to the
+// supervisor's order.
+func TestSenderLeft(t *testing.T) {
+	p := newPair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{4096}}, 7)
+	for _, backend := range []sdk.Backend{sdk.BackendShm, sdk.BackendZMQ} {
+		room := uint64(1)
+		if backend == sdk.BackendZMQ {
+			room = 2
+		}
+		p.openWith(t, backend, room, []tensor.Spec{x.Spec})
+		if p.rcv.SenderLeft(room) {
+			t.Fatalf("%s room %d: SenderLeft before any byte", backend, room)
+		}
+		if err := p.transfer(ctx, room, []tensor.Tensor{x}); err != nil {
+			t.Fatal(err)
+		}
+		if p.rcv.SenderLeft(room) {
+			t.Fatalf("%s room %d: SenderLeft while the sender's side is open", backend, room)
+		}
+		if err := p.snd.Remove(room); err != nil {
+			t.Fatal(err)
+		}
+		// The sender's socket going away reaches the receiver through
+		// its monitor, a moment later.
+		want, wait := backend == sdk.BackendShm, 300*time.Millisecond
+		if want {
+			wait = 5 * time.Second
+		}
+		left := false
+		for deadline := time.Now().Add(wait); !left && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			left = p.rcv.SenderLeft(room)
+		}
+		if left != want {
+			t.Errorf("%s room %d: SenderLeft %v after the sender's side went, want %v", backend, room, left, want)
+		}
+		if err := p.rcv.Remove(room); err != nil {
+			t.Fatal(err)
+		}
+		if p.rcv.SenderLeft(room) {
+			t.Errorf("%s room %d: SenderLeft for a removed room", backend, room)
+		}
+	}
 }

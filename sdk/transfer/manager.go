@@ -149,6 +149,9 @@ type room struct {
 	ctrl        *ctrl  // a shm room's control block, in seg
 	sleeping    bool   // the verifying Receive sleeps on ctrl: notify wakes it
 	senderDone  bool   // a Success or Failed frame came: the sender writes no more
+	// senderLeft: the connection to the sender's room socket dropped
+	// (its side closed it, or its process went) and has not come back.
+	senderLeft bool
 }
 
 func newRoom(id uint64, role Role) *room {
@@ -1110,6 +1113,21 @@ func (m *Manager) Drained(id uint64) bool {
 	defer m.mu.Unlock()
 	r := m.rooms[id]
 	return r != nil && r.drained
+}
+
+// SenderLeft reports whether room id is a receiver side that its sender
+// has let go of: the sender wrote done in the control block (the fast
+// path, protocol.md section 5.5), after which it writes nothing in the
+// segment, and then closed its side (its room socket went away, seen
+// through the connection that carried the descriptor). Removing such a
+// side now keeps the order of invariant 1 (sender first) without the
+// supervisor's RemoveRoom. False for an unknown room and every other
+// case: a frame path, a sender still open, a failed room.
+func (m *Manager) SenderLeft(id uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rooms[id]
+	return r != nil && r.role == Receiver && !r.removing && r.senderLeft && r.fastDone() && r.status != Failed
 }
 
 // Status returns a room's status and, when Failed, its reason.

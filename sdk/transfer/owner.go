@@ -114,8 +114,17 @@ type sockRef struct {
 // until EAGAIN, or, when one burst was not enough, kept in pending and
 // read again before the owner sleeps.
 type owner struct {
-	m       *Manager
-	ep      int // epoll fd
+	m  *Manager
+	ep int // epoll fd, non-blocking
+	// epoll is ep in Go's network poller: the owner waits for ep to be
+	// readable there (parked, holding no thread in a system call), then
+	// reads the events without blocking. A goroutine blocked in
+	// epoll_wait itself keeps its P in a system call, which sysmon
+	// retakes every 10 ms, and each retake sets sysmon polling every
+	// 20 µs again: thousands of wake-ups a second in every plugin
+	// process (docs/benchmarks.md).
+	epoll   syscall.RawConn
+	file    *os.File // owns ep
 	rooms   map[uint64]*roomSocks
 	byFD    map[int32]watched
 	pending []int32
@@ -133,11 +142,43 @@ func newOwner(m *Manager) (*owner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
+	if err := unix.SetNonblock(ep, true); err != nil {
+		return nil, errors.Join(fmt.Errorf("epoll: %w", err), unix.Close(ep))
+	}
+	file := os.NewFile(uintptr(ep), "epoll")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("epoll: %w", err), file.Close())
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(m.wakeFD)}
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, m.wakeFD, &ev); err != nil {
-		return nil, errors.Join(fmt.Errorf("epoll: watch the wake-up eventfd: %w", err), unix.Close(ep))
+		return nil, errors.Join(fmt.Errorf("epoll: watch the wake-up eventfd: %w", err), file.Close())
 	}
-	return &owner{m: m, ep: ep, rooms: make(map[uint64]*roomSocks), byFD: make(map[int32]watched)}, nil
+	return &owner{m: m, ep: ep, epoll: rc, file: file, rooms: make(map[uint64]*roomSocks), byFD: make(map[int32]watched)}, nil
+}
+
+// wait returns the ready events: at once when some sockets are pending,
+// else once there are some, parked in Go's network poller meanwhile.
+func (o *owner) wait(events []unix.EpollEvent) (n int, err error) {
+	poll := func() {
+		for {
+			n, err = unix.EpollWait(o.ep, events, 0)
+			if !errors.Is(err, unix.EINTR) {
+				return
+			}
+		}
+	}
+	if len(o.pending) > 0 {
+		poll()
+		return n, err
+	}
+	if rerr := o.epoll.Read(func(uintptr) bool {
+		poll()
+		return n > 0 || err != nil // false: wait until ep is readable
+	}); rerr != nil {
+		return 0, rerr
+	}
+	return n, err
 }
 
 // watch adds s to the epoll set, and to pending: frames that arrived
@@ -176,17 +217,10 @@ func (o *owner) unwatch(s *zmq.Socket) error {
 // room socket or a wake-up, and handles both.
 func (o *owner) run() {
 	defer close(o.m.ownerDone)
-	defer unix.Close(o.ep)
+	defer o.file.Close()
 	events := make([]unix.EpollEvent, 256)
 	for {
-		timeout := -1
-		if len(o.pending) > 0 {
-			timeout = 0
-		}
-		n, err := unix.EpollWait(o.ep, events, timeout)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		n, err := o.wait(events)
 		if err != nil {
 			o.m.log.Error("socket owner stopped: epoll failed", "error", err)
 			o.closeAll()
@@ -505,6 +539,13 @@ func (o *owner) drainMonitor(id uint64, s *zmq.Socket) bool {
 		}
 		if rs == nil {
 			continue
+		}
+		if rs.role == Receiver {
+			o.m.mu.Lock()
+			if r := o.m.rooms[id]; r != nil {
+				r.senderLeft = ev == zmq.EVENT_DISCONNECTED
+			}
+			o.m.mu.Unlock()
 		}
 		switch ev {
 		case zmq.EVENT_CONNECTED:

@@ -11,6 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/phased/phased/sdk"
 )
 
 var (
@@ -21,6 +25,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// As bin/supervisor does: the supervisor the benchmarks start runs
+	// in this process.
+	sdk.SetGCFloor(hclog.NewNullLogger())
 	code, err := run(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

@@ -867,7 +867,14 @@ type RunResponse struct {
 	// the receiver's shared memory (the fast path, protocol.md 5.5) and
 	// queued no frame, so the supervisor may remove it before the receiver
 	// returns. False when unsure.
-	OutDrained    bool `protobuf:"varint,4,opt,name=out_drained,json=outDrained,proto3" json:"out_drained,omitempty"`
+	OutDrained bool `protobuf:"varint,4,opt,name=out_drained,json=outDrained,proto3" json:"out_drained,omitempty"`
+	// The runtime removed the Run's out room's sender side (it was drained)
+	// and its in room's receiver side (its sender had written done in the
+	// control block and closed its side) itself before answering, sender
+	// first as ever (protocol.md 3.5): the supervisor sends no RemoveRoom
+	// for them. False: the supervisor removes the side.
+	OutRemoved    bool `protobuf:"varint,5,opt,name=out_removed,json=outRemoved,proto3" json:"out_removed,omitempty"`
+	InRemoved     bool `protobuf:"varint,6,opt,name=in_removed,json=inRemoved,proto3" json:"in_removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -926,6 +933,20 @@ func (x *RunResponse) GetSendNanos() int64 {
 func (x *RunResponse) GetOutDrained() bool {
 	if x != nil {
 		return x.OutDrained
+	}
+	return false
+}
+
+func (x *RunResponse) GetOutRemoved() bool {
+	if x != nil {
+		return x.OutRemoved
+	}
+	return false
+}
+
+func (x *RunResponse) GetInRemoved() bool {
+	if x != nil {
+		return x.InRemoved
 	}
 	return false
 }
@@ -1462,7 +1483,7 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\bout_room\x18\x03 \x01(\x04H\x01R\aoutRoom\x88\x01\x01B\n" +
 	"\n" +
 	"\b_in_roomB\v\n" +
-	"\t_out_room\"\x9d\x01\n" +
+	"\t_out_room\"\xdd\x01\n" +
 	"\vRunResponse\x12/\n" +
 	"\bartifact\x18\x01 \x01(\v2\x13.phased.v1.ArtifactR\bartifact\x12\x1d\n" +
 	"\n" +
@@ -1470,7 +1491,11 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\n" +
 	"send_nanos\x18\x03 \x01(\x03R\tsendNanos\x12\x1f\n" +
 	"\vout_drained\x18\x04 \x01(\bR\n" +
-	"outDrained\"i\n" +
+	"outDrained\x12\x1f\n" +
+	"\vout_removed\x18\x05 \x01(\bR\n" +
+	"outRemoved\x12\x1d\n" +
+	"\n" +
+	"in_removed\x18\x06 \x01(\bR\tinRemoved\"i\n" +
 	"\bArtifact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x12\n" +

@@ -54,6 +54,11 @@ class RunResult:
     # the receiver's shared memory, no frame queued): the supervisor may
     # remove it before the receiver returns.
     out_drained: bool = False
+    # The runtime removed that drained sender side itself before
+    # answering (protocol 3.5): the supervisor sends it no RemoveRoom.
+    # (This runtime leaves every receiver side to the supervisor:
+    # in_removed stays false.)
+    out_removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -420,8 +425,18 @@ class Runtime:
             n = mgr.send(out_room, outputs, cancel)
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"send room {out_room}: {reason(e)}") from e
-        return RunResult(sent_bytes=int(n), send_seconds=time.monotonic() - began,
-                         out_drained=mgr.drained(out_room))
+        took = time.monotonic() - began
+        drained = mgr.drained(out_room)
+        removed = False
+        if drained:
+            # Sender first, as invariant 1 has it: the receiver side is
+            # still open, and nothing of this side is in flight.
+            try:
+                mgr.remove(out_room)
+                removed = True
+            except Exception as e:  # noqa: BLE001 - the supervisor's RemoveRoom tries again
+                log.warning("remove a drained sender side", extra={"room": out_room, "error": reason(e)})
+        return RunResult(sent_bytes=int(n), send_seconds=took, out_drained=drained, out_removed=removed)
 
     @staticmethod
     def _await(fut, cancel: threading.Event):
@@ -576,7 +591,7 @@ class Service:
             out_room = request.out_room if request.HasField("out_room") else 0
             res = self.rt.run(request_of(request.request), in_room, out_room, cancel)
             resp = phase_pb2.RunResponse(sent_bytes=res.sent_bytes, send_nanos=int(res.send_seconds * 1e9),
-                                         out_drained=res.out_drained)
+                                         out_drained=res.out_drained, out_removed=res.out_removed)
             art = res.artifact
             if art is not None:
                 resp.artifact.CopyFrom(phase_pb2.Artifact(path=art.path, sha256=art.sha256, size=art.size,

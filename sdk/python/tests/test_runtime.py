@@ -253,6 +253,8 @@ def test_run_middle_phase(tmp_path):
     stream = rt.hub.subscribe()
     res = rt.run(phased.Request("r1"), 5, 6, threading.Event())
     assert res.artifact is None and res.sent_bytes == 24 and res.send_seconds >= 0 and res.out_drained
+    # The drained sender side went with the Run, not by the supervisor.
+    assert res.out_removed and ("remove", 6) in managers[0].calls
     np.testing.assert_array_equal(managers[0].sent[6]["x"], x * 2)
     rt.hub.close()
     got = []
@@ -270,7 +272,7 @@ def test_run_last_phase_artifact(tmp_path):
     deliver(rt, managers[0], 5, [x])
     res = rt.run(phased.Request("r2", artifact_dir=str(tmp_path / "out")), 5, 0, threading.Event())
     art = res.artifact
-    assert res.sent_bytes == 0 and not res.out_drained
+    assert res.sent_bytes == 0 and not res.out_drained and not res.out_removed
     with open(art.path, "rb") as f:
         assert f.read() == x.tobytes()
     assert art.size == 24 and art.path == str(tmp_path / "out" / "r2.bin")
