@@ -560,29 +560,33 @@ func (s *Supervisor) removeRooms(a *attempt) {
 	a.sides = nil
 }
 
+// end runs remove, if any, the first time the side ends (later calls do
+// nothing), then uncounts the side and marks it gone.
+func (side *roomSide) end(remove func()) {
+	side.once.Do(func() {
+		if remove != nil {
+			remove()
+		}
+		side.l.in.rooms.Add(-1)
+		close(side.gone)
+	})
+}
+
 // removeOnce removes a side unless it was removed, and returns once it
 // is.
 func (s *Supervisor) removeOnce(a *attempt, side *roomSide) {
-	side.once.Do(func() {
-		s.removeSide(a, side)
-		close(side.gone)
-	})
+	side.end(func() { s.removeSide(a, side) })
 	<-side.gone
 }
 
 // removedByPlugin records that the side's instance removed it itself at
 // the end of its Run (sdk.RunResult's OutRemoved, InRemoved): it is
 // uncounted and not asked again.
-func (side *roomSide) removedByPlugin() {
-	side.once.Do(func() {
-		side.l.in.rooms.Add(-1)
-		close(side.gone)
-	})
-}
+func (side *roomSide) removedByPlugin() { side.end(nil) }
 
-// removeSide removes one side of a room, and uncounts it.
+// removeSide removes one side of a room with RemoveRoom, unless its
+// process has exited (the side went with it).
 func (s *Supervisor) removeSide(a *attempt, side *roomSide) {
-	defer side.l.in.rooms.Add(-1)
 	if side.l.proc.exited() {
 		return
 	}
