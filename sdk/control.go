@@ -69,12 +69,13 @@ type RunResult struct {
 	// frame queued): the supervisor may remove it before the receiver
 	// returns. False when unsure.
 	OutDrained bool
-	// OutRemoved and InRemoved report that the runtime removed the Run's
+	// OutRemoved and InRemoved report that the runtime removes the Run's
 	// out room's sender side (it was drained) or its in room's receiver
 	// side (its sender had let go of it: transfer.Manager.SenderLeft)
-	// itself before answering, in the order of invariant 1: the
-	// supervisor sends no RemoveRoom for them. False for a runtime that
-	// leaves every removal to the supervisor.
+	// itself, in the order of invariant 1: out of use before the answer,
+	// its sockets closed right after it (transfer.Manager.RemoveSoon).
+	// The supervisor sends no RemoveRoom for them. False for a runtime
+	// that leaves every removal to the supervisor.
 	OutRemoved, InRemoved bool
 }
 

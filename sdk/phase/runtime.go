@@ -250,25 +250,22 @@ func (r *Runtime) Run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 // its Send was drained (nothing of it queued; the receiver side is still
 // open), and the in room's receiver side when its sender has let go of
 // it (transfer.Manager.SenderLeft). It says so in res (OutRemoved,
-// InRemoved). A side that does not qualify, or a removal that fails, is
-// left to the supervisor's RemoveRoom.
+// InRemoved). The removals end after the answer (RemoveSoon: the sides
+// are failed and out of Rooms at once, their sockets close a moment
+// later), so that the request's next step does not wait for them. A side
+// that does not qualify is left to the supervisor's RemoveRoom.
 func (r *Runtime) settle(spec sdk.RunSpec, res *sdk.RunResult) {
 	mgr, err := r.manager()
 	if err != nil {
 		return
 	}
-	remove := func(room uint64, role string) bool {
-		if err := mgr.Remove(room); err != nil {
-			r.logger.Warn("remove a settled room side", "room", room, "role", role, "error", err)
-			return false
-		}
-		return true
-	}
 	if spec.OutRoom != 0 && res.OutDrained {
-		res.OutRemoved = remove(spec.OutRoom, "sender")
+		mgr.RemoveSoon(spec.OutRoom)
+		res.OutRemoved = true
 	}
 	if spec.InRoom != 0 && mgr.SenderLeft(spec.InRoom) {
-		res.InRemoved = remove(spec.InRoom, "receiver")
+		mgr.RemoveSoon(spec.InRoom)
+		res.InRemoved = true
 	}
 }
 

@@ -351,3 +351,72 @@ func TestSenderLeft(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveSoon: RemoveSoon takes the room out of Rooms at once, and the owner then closes its sockets (the receiver sees the
+// sender go, the socket file is deleted) and lets go of its segment;
+// Remove waits for that; it does nothing for an unknown room, nor after
+// Release.
+func TestRemoveSoon(t *testing.T) {
+	p := newPair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{4096}}, 3)
+	ep := p.openWith(t, sdk.BackendShm, 1, []tensor.Spec{x.Spec})
+	if err := p.transfer(ctx, 1, []tensor.Tensor{x}); err != nil {
+		t.Fatal(err)
+	}
+	p.snd.RemoveSoon(1)
+	if rooms := p.snd.Rooms(); len(rooms) != 0 {
+		t.Errorf("rooms right after RemoveSoon: %+v, want none", rooms)
+	}
+	if err := p.snd.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(strings.TrimPrefix(ep, "ipc://")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the sender's socket file after its removal: %v, want gone", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !p.rcv.SenderLeft(1); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the receiver did not see its sender go")
+		}
+	}
+	p.rcv.RemoveSoon(1)
+	p.rcv.RemoveSoon(1)  // again: nothing more
+	p.rcv.RemoveSoon(99) // unknown
+	if err := p.rcv.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.rcv.RemoveSoon(2) // released: nothing, no panic
+	if segs, _ := filepath.Glob(filepath.Join(DefaultShmDir, "phased-"+p.rn+"-*")); len(segs) > 0 {
+		t.Errorf("the receiver's segments left after its release: %v", segs)
+	}
+	assertClean(t, p.dir)
+}
+
+// TestRemoveSoonOwnerStopped: a RemoveSoon whose command the socket
+// owner never runs (it stopped first) is ended by the next Remove, which
+// does not hang.
+func TestRemoveSoonOwnerStopped(t *testing.T) {
+	p := newPair(t, nil)
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{64}}, 5)
+	p.openWith(t, sdk.BackendShm, 1, []tensor.Spec{x.Spec})
+	p.rcv.cmds <- command{stop: true} // queued ahead, not yet seen
+	p.rcv.RemoveSoon(1)               // queued behind the stop, which wakes the owner
+	<-p.rcv.ownerDone
+	done := make(chan error, 1)
+	go func() { done <- p.rcv.Remove(1) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Remove hangs on a removal whose owner stopped")
+	}
+	p.rcv.mu.Lock()
+	left := p.rcv.rooms[1]
+	p.rcv.mu.Unlock()
+	if left != nil {
+		t.Error("the room is still known after Remove")
+	}
+}

@@ -117,6 +117,7 @@ type room struct {
 	changed   chan struct{} // closed and replaced on every change
 	removing  bool
 	gone      chan struct{} // closed when Remove has finished
+	ended     sync.Once     // the removal's end (finishRemove) runs once
 	removeErr error
 
 	// Sender.
@@ -851,8 +852,58 @@ func (m *Manager) leaseLocked(r *room) ([]tensor.Tensor, func(), error) {
 // receiver's mapping until released. Remove is idempotent and returns nil
 // for an unknown room; concurrent calls all wait for the removal.
 func (m *Manager) Remove(id uint64) error {
+	r, already := m.beginRemove(id)
+	switch {
+	case r == nil:
+		return nil
+	case already:
+		select {
+		case <-r.gone:
+		case <-m.ownerDone:
+			// A RemoveSoon's command that the stopped owner will not
+			// run: it closed every socket, the rest is done here.
+			m.finishRemove(r, errOwnerStopped)
+			<-r.gone
+		}
+		return nil
+	}
+	return m.finishRemove(r, m.call(func(o *owner) error { return o.closeRoom(id) }))
+}
+
+// RemoveSoon is Remove without the wait, for a side whose removal no one
+// waits for (a runtime's own, at the end of a Run): the room fails at
+// once and leaves Rooms, as Remove's first step, and the socket owner
+// closes its sockets and lets go of its segment after the commands before
+// it, a few hundred µs later on a busy host, while the caller goes on.
+// Remove and Release wait for it (and end it themselves if the owner
+// stopped first); an error is logged.
+func (m *Manager) RemoveSoon(id uint64) {
+	r, already := m.beginRemove(id)
+	if r == nil || already {
+		return
+	}
+	logErr := func(err error) {
+		if err != nil {
+			m.log.Warn("remove a room", "room", id, "error", err)
+		}
+	}
+	err := m.post(command{fn: func(o *owner) error {
+		logErr(m.finishRemove(r, o.closeRoom(id)))
+		return nil
+	}})
+	if err != nil { // the owner stopped: it has closed every socket
+		logErr(m.finishRemove(r, err))
+	}
+}
+
+// beginRemove is a removal's first step: it marks room id removing and
+// Failed "removed", wakes its waiters and waits until the worker has let
+// go of it. It returns the room (nil if there is none) and whether its
+// removal had begun already.
+func (m *Manager) beginRemove(id uint64) (r *room, already bool) {
 	m.mu.Lock()
-	r := m.rooms[id]
+	defer m.mu.Unlock()
+	r = m.rooms[id]
 	if r == nil {
 		// A remove may overtake its room's open (the caller gave up on a
 		// slow open): the id is spent, so that the open, when it comes,
@@ -860,14 +911,10 @@ func (m *Manager) Remove(id uint64) error {
 		if m.ids.check(id) == nil {
 			m.ids.add(id)
 		}
-		m.mu.Unlock()
-		return nil
+		return nil, false
 	}
 	if r.removing {
-		gone := r.gone
-		m.mu.Unlock()
-		<-gone
-		return nil
+		return r, true
 	}
 	r.removing = true
 	r.abort.Store(true)
@@ -879,11 +926,25 @@ func (m *Manager) Remove(id uint64) error {
 		<-ch
 		m.mu.Lock()
 	}
-	m.mu.Unlock()
+	return r, false
+}
 
+// finishRemove ends the removal of r once the owner has closed its
+// sockets (closeErr: how that went; errOwnerStopped is no error, a
+// stopped owner has closed every socket), whoever comes first: it closes
+// what the worker did not take, lets go of the segment and forgets the
+// room. It returns the removal's error to the first caller, nil to any
+// other.
+func (m *Manager) finishRemove(r *room, closeErr error) (err error) {
+	r.ended.Do(func() { err = m.endRemove(r, closeErr) })
+	return err
+}
+
+// endRemove is finishRemove's work, done once.
+func (m *Manager) endRemove(r *room, closeErr error) error {
 	var errs []error
-	if err := m.call(func(o *owner) error { return o.closeRoom(id) }); err != nil && !errors.Is(err, errOwnerStopped) {
-		errs = append(errs, err) // a stopped owner has closed every socket
+	if closeErr != nil && !errors.Is(closeErr, errOwnerStopped) {
+		errs = append(errs, closeErr)
 	}
 	m.mu.Lock()
 	file := r.file // no worker took it
@@ -915,14 +976,14 @@ func (m *Manager) Remove(id uint64) error {
 	}
 	err := errors.Join(errs...)
 	if err != nil {
-		err = fmt.Errorf("transfer: remove room %d: %w", id, err)
+		err = fmt.Errorf("transfer: remove room %d: %w", r.id, err)
 	}
 	m.mu.Lock()
-	delete(m.rooms, id)
+	delete(m.rooms, r.id)
 	r.removeErr = err
 	close(r.gone)
 	m.mu.Unlock()
-	m.log.Debug("room removed", "room", id, "role", r.role)
+	m.log.Debug("room removed", "room", r.id, "role", r.role)
 	return err
 }
 
@@ -1142,12 +1203,16 @@ func (m *Manager) Status(id uint64) (Status, string, error) {
 	return r.status, r.reason, nil
 }
 
-// Rooms returns a snapshot of every open room, sorted by room id.
+// Rooms returns a snapshot of every open room, sorted by room id; a room
+// being removed is not open.
 func (m *Manager) Rooms() []RoomInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	infos := make([]RoomInfo, 0, len(m.rooms))
 	for _, r := range m.rooms {
+		if r.removing {
+			continue
+		}
 		m.observeLocked(r)
 		infos = append(infos, RoomInfo{Room: r.id, Role: r.role, Status: r.status, Reason: r.reason})
 	}

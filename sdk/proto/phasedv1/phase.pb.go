@@ -868,11 +868,12 @@ type RunResponse struct {
 	// queued no frame, so the supervisor may remove it before the receiver
 	// returns. False when unsure.
 	OutDrained bool `protobuf:"varint,4,opt,name=out_drained,json=outDrained,proto3" json:"out_drained,omitempty"`
-	// The runtime removed the Run's out room's sender side (it was drained)
+	// The runtime removes the Run's out room's sender side (it was drained)
 	// and its in room's receiver side (its sender had written done in the
-	// control block and closed its side) itself before answering, sender
-	// first as ever (protocol.md 3.5): the supervisor sends no RemoveRoom
-	// for them. False: the supervisor removes the side.
+	// control block and closed its side) itself, sender first as ever
+	// (protocol.md 2.2, 3.5): out of use before the answer, its sockets
+	// closed right after it. The supervisor sends no RemoveRoom for them.
+	// False: the supervisor removes the side.
 	OutRemoved    bool `protobuf:"varint,5,opt,name=out_removed,json=outRemoved,proto3" json:"out_removed,omitempty"`
 	InRemoved     bool `protobuf:"varint,6,opt,name=in_removed,json=inRemoved,proto3" json:"in_removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
