@@ -22,9 +22,13 @@ func (s *Supervisor) process(r *request) {
 	defer r.cancel()
 	var art *sdk.Artifact
 	var err error
-	// Queued until one of MaxInflight slots is free; the slot is held
-	// until the request's rooms are removed.
-	s.queue.join(r)
+	// Queued (since Submit: waitQueue) until its turn comes and one of
+	// MaxInflight slots is free; the slot is held until the request's
+	// rooms are removed.
+	select {
+	case <-s.queue.turn(r):
+	case <-r.ctx.Done():
+	}
 	select {
 	case s.slots <- struct{}{}:
 		s.queue.leave(r)

@@ -239,6 +239,7 @@ func (s *Supervisor) recover(infos []RequestInfo) {
 		r.info.State, r.info.Instances, r.info.Rooms, r.info.Backends = StateQueued, nil, nil, nil
 		r.info.Events = []Event{{Time: time.Now(), What: "recovered", Detail: "the supervisor restarted before the request ended; it is dispatched again"}}
 		s.inflight.Add(1)
+		s.queue.join(r)
 		go func() {
 			defer s.inflight.Done()
 			s.process(r)

@@ -272,6 +272,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	}
 	s.prune(retainedSize(sub))
 	s.remember(r)
+	s.queue.join(r) // in the order of submission
 	go func() {
 		defer s.inflight.Done()
 		s.process(r)

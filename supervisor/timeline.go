@@ -264,10 +264,13 @@ func roomsDetail(rooms []uint64, backends []string) string {
 }
 
 // waitQueue is the requests waiting for a dispatch slot, in the order
-// they began to wait, for their queue positions.
+// they were submitted (join is called before Submit returns), for their
+// queue positions and their turns: only the first competes for a slot,
+// so that requests are dispatched in that order.
 type waitQueue struct {
-	mu   sync.Mutex
-	reqs []*request
+	mu    sync.Mutex
+	reqs  []*request
+	turns map[*request]chan struct{} // closed once the request is first
 }
 
 // maxWoken bounds the queued requests whose watchers are woken when the
@@ -278,6 +281,22 @@ func (q *waitQueue) join(r *request) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.reqs = append(q.reqs, r)
+	turn := make(chan struct{})
+	if len(q.reqs) == 1 {
+		close(turn)
+	}
+	if q.turns == nil {
+		q.turns = map[*request]chan struct{}{}
+	}
+	q.turns[r] = turn
+}
+
+// turn returns a channel that is closed once r is first in the queue.
+// r has joined.
+func (q *waitQueue) turn(r *request) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.turns[r]
 }
 
 // leave takes r out of the queue and wakes the watchers of the requests
@@ -290,6 +309,10 @@ func (q *waitQueue) leave(r *request) {
 		return
 	}
 	q.reqs = slices.Delete(q.reqs, i, i+1)
+	delete(q.turns, r)
+	if i == 0 && len(q.reqs) > 0 {
+		close(q.turns[q.reqs[0]]) // the next one's turn
+	}
 	moved := slices.Clone(q.reqs[i:min(len(q.reqs), maxWoken)])
 	q.mu.Unlock()
 	for _, m := range moved {

@@ -100,8 +100,9 @@ func TestTimeline(t *testing.T) {
 	}
 }
 
-// TestWaitQueue: positions follow the order of arrival, and a request
-// that leaves moves the ones behind it up and wakes their watchers.
+// TestWaitQueue: positions follow the order of arrival, a request that
+// leaves moves the ones behind it up and wakes their watchers, and only
+// the first one's turn has come.
 func TestWaitQueue(t *testing.T) {
 	var q waitQueue
 	rs := make([]*request, 3)
@@ -129,6 +130,21 @@ func TestWaitQueue(t *testing.T) {
 	}
 	if got := rs[2].snapshot().QueuePosition; got != 2 {
 		t.Errorf("snapshot's queue position %d, want 2", got)
+	}
+	turn := func(r *request) bool {
+		select {
+		case <-q.turn(r):
+			return true
+		default:
+			return false
+		}
+	}
+	if !turn(rs[0]) || turn(rs[2]) {
+		t.Errorf("turns: first %v, last %v; want only the first's", turn(rs[0]), turn(rs[2]))
+	}
+	q.leave(rs[0])
+	if !turn(rs[2]) {
+		t.Error("the first left, and the next one's turn did not come")
 	}
 }
 
