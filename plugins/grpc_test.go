@@ -122,7 +122,7 @@ func TestPipelineOverGRPC(t *testing.T) {
 			// own at the end of its Run, and said so; else the room
 			// waits, verified, for the caller's RemoveRoom.
 			if results[h+1].InRemoved {
-				if slices.ContainsFunc(st.Rooms, func(r sdk.RoomInfo) bool { return r.Room == room }) {
+				if _, open := roomOf(st, room); open {
 					t.Fatalf("receiver status %+v: room %d is open, yet its Run said it removed it", st, room)
 				}
 			} else if !hasRoom(st, room, transfer.Success) {
@@ -157,12 +157,17 @@ func TestPipelineOverGRPC(t *testing.T) {
 }
 
 func hasRoom(st sdk.InstanceStatus, room uint64, s transfer.Status) bool {
-	for _, r := range st.Rooms {
-		if r.Room == room {
-			return r.Status == s
-		}
+	r, ok := roomOf(st, room)
+	return ok && r.Status == s
+}
+
+// roomOf returns room's entry in st, if it has one.
+func roomOf(st sdk.InstanceStatus, room uint64) (sdk.RoomInfo, bool) {
+	i := slices.IndexFunc(st.Rooms, func(r sdk.RoomInfo) bool { return r.Room == room })
+	if i < 0 {
+		return sdk.RoomInfo{}, false
 	}
-	return false
+	return st.Rooms[i], true
 }
 
 // TestConfigureErrors checks that a bad call reaches the supervisor side as

@@ -352,10 +352,10 @@ func TestSenderLeft(t *testing.T) {
 	}
 }
 
-// TestRemoveSoon: RemoveSoon takes the room out of Rooms at once, and the owner then closes its sockets (the receiver sees the
-// sender go, the socket file is deleted) and lets go of its segment;
-// Remove waits for that; it does nothing for an unknown room, nor after
-// Release.
+// TestRemoveSoon: RemoveSoon takes the room out of Rooms at once, and
+// the owner then closes its sockets (the receiver sees the sender go,
+// the socket file is deleted) and lets go of its segment; Remove waits
+// for that; it does nothing for an unknown room, nor after Release.
 func TestRemoveSoon(t *testing.T) {
 	p := newPair(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
