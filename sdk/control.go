@@ -126,6 +126,11 @@ type RoomSpec struct {
 	Request      Request // the receiver derives its input specs from it
 	PeerEndpoint string  // receiver only: the sender's endpoint
 	Backend      Backend // the hop's transfer backend; "" means BackendShm
+	// Standby, receiver only (FeatureStandbyReceiver): open the side
+	// before its request is known, connected to PeerEndpoint but with no
+	// buffers and no descriptor sent; Request is unset. A later OpenRoom
+	// of the same room, backend and peer, with the request, arms it.
+	Standby bool
 }
 
 // RunSpec names a request and the rooms its inputs arrive on and its outputs

@@ -56,6 +56,7 @@ func (p *phaseClient) OpenRoom(ctx context.Context, spec RoomSpec) (string, erro
 		Request:      requestToProto(spec.Request),
 		PeerEndpoint: spec.PeerEndpoint,
 		Backend:      string(spec.Backend),
+		Standby:      spec.Standby,
 	})
 	if err != nil {
 		return "", p.rpcError(ctx, err)
@@ -190,6 +191,7 @@ func (s *phaseServer) OpenRoom(ctx context.Context, req *phasedv1.OpenRoomReques
 		Request:      requestFromProto(req.GetRequest()),
 		PeerEndpoint: req.GetPeerEndpoint(),
 		Backend:      Backend(req.GetBackend()),
+		Standby:      req.GetStandby(),
 	})
 	if err != nil {
 		return nil, statusError(err)

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -56,7 +57,17 @@ type Info struct {
 	Kind        Kind
 	Version     string // the plugin's own version, free form
 	APIVersions []int  // API versions of its kind the plugin speaks
+	// Features are the optional parts of its API version the plugin
+	// implements (FeatureStandbyReceiver); a client uses no other.
+	Features []string
 }
+
+// Has reports whether info lists feature f.
+func (i Info) Has(f string) bool { return slices.Contains(i.Features, f) }
+
+// FeatureStandbyReceiver: the phase plugin opens a receiver side ahead of
+// its request (RoomSpec.Standby) and arms it later.
+const FeatureStandbyReceiver = "standby-receiver"
 
 // Request is one generation request as a phase sees it.
 type Request struct {

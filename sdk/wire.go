@@ -95,7 +95,7 @@ func statusError(err error) error {
 var ErrInvalid = errors.New("invalid argument")
 
 func infoToProto(i Info) *phasedv1.InfoResponse {
-	r := &phasedv1.InfoResponse{Name: i.Name, Kind: string(i.Kind), Version: i.Version}
+	r := &phasedv1.InfoResponse{Name: i.Name, Kind: string(i.Kind), Version: i.Version, Features: i.Features}
 	for _, v := range i.APIVersions {
 		r.ApiVersions = append(r.ApiVersions, uint32(v))
 	}
@@ -103,7 +103,7 @@ func infoToProto(i Info) *phasedv1.InfoResponse {
 }
 
 func infoFromProto(r *phasedv1.InfoResponse) Info {
-	i := Info{Name: r.GetName(), Kind: Kind(r.GetKind()), Version: r.GetVersion()}
+	i := Info{Name: r.GetName(), Kind: Kind(r.GetKind()), Version: r.GetVersion(), Features: r.GetFeatures()}
 	for _, v := range r.GetApiVersions() {
 		i.APIVersions = append(i.APIVersions, int(v))
 	}

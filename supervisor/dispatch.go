@@ -157,6 +157,7 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 			l.drop(a)
 			chosen[i].inflight.Add(-1)
 			s.fillSpare(l) // if its Run never came
+			s.standByFor(l)
 		}
 	}()
 	names := make(map[string]string, len(chosen))
@@ -249,7 +250,7 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	r.info.Rooms, r.info.Backends = nil, nil
 	for i := range rooms {
 		backend := s.hopBackend(i)
-		if sp, ok := a.lives[i].takeSpare(backend); ok {
+		if sp, ok := a.lives[i].takeSpare(backend, a.lives[i+1]); ok {
 			rooms[i], a.spares[i] = sp.id, sp.endpoint
 		} else {
 			rooms[i] = s.nextRoom.Add(1)
@@ -422,8 +423,10 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			l.runReturned(k)
 			// A spare taken by the request is replaced now, not when it
 			// was taken: the instance is idle, while at the request's
-			// start the open would compete with the request's calls.
+			// start the open would compete with the request's calls. So
+			// are the sides standing by on it for its upstream's spares.
 			s.fillSpare(l)
+			s.standByFor(l)
 			var run runTrace
 			a.r.record(func(*trace) {
 				tr := &a.trace.runs[i]

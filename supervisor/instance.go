@@ -67,11 +67,10 @@ type life struct {
 	hungWhy  string                // set when the supervisor kills it as hung
 	hungOnce sync.Once
 
-	// Its spare sender side (spare.go), guarded by mu: spareID is the
-	// room being opened or open, spare the open one, spareFailed when
-	// an open last failed.
-	spareID     uint64
-	spare       *spareRoom
+	// Its spare rooms (spare.go), guarded by mu: per instance of the next
+	// phase, the one open or being opened for a hop to it; spareFailed
+	// when an open last failed.
+	spares      map[*instance]*spareRoom
 	spareFailed time.Time
 
 	dogMu sync.Mutex
@@ -493,6 +492,8 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	for _, a := range users {
 		a.cancel(dead)
 	}
+	// Its spares too: the sides standing by for them go.
+	s.exitedSpares(l)
 	s.crashes.Add(1)
 	l.proc.kill() // its process group, and go-plugin's state
 
@@ -535,6 +536,7 @@ func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "restarts", in.restart.counts())
 		s.goLive(in, l)
 		s.fillSpare(l)
+		s.standByFor(l)
 		return nil
 	}
 	failed := func(err error) {

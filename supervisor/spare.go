@@ -7,124 +7,285 @@ import (
 	"github.com/phased/phased/sdk"
 )
 
-// Spare sender sides.
+// Spare rooms.
 //
 // A request's rooms open in two rounds: each hop's sender side, then its
 // receiver side, which connects to the endpoint the sender answered
-// (invariant 3). The sender side needs nothing of the request, so the
-// supervisor opens one on every instance that sends ahead of time, a
-// spare: once the pipeline has started, after a restart, and again once
-// the Run of the request that took it has returned (then the instance is
-// idle; at the request's start the open would compete with its calls). A request given an instance with a spare of
-// the hop's backend takes its room id and endpoint and opens only the
-// receiver side, one round trip less before its phases run; one that
-// finds none opens both sides as before. For the plugin a spare is a
-// room like any other (removed in order once used, removed at release);
-// the supervisor counts it in no load (the policies' open rooms, status,
-// metrics) until a request takes it.
+// (invariant 3), allocates its buffers and sends its descriptor. Neither
+// the sender side nor the connection needs the request, so the
+// supervisor makes them ahead of time, per pair of instances that may
+// share a hop: for every instance that sends and every instance of the
+// next phase, a spare room whose sender side is open and, when the
+// receiving plugin can stand by (sdk.FeatureStandbyReceiver), whose
+// receiver side is open too, connected, with no buffers yet. It opens
+// them once the pipeline has started, after a restart, and again once
+// the Run of the request that took one has returned (then the instance is
+// idle; at the request's start the opens would compete with its calls);
+// the side standing by at once if the receiving instance has no request
+// in flight, else once its Run has returned (opened while it computes,
+// it would slow that computation down).
+//
+// A request whose hop finds the spare of its two instances takes its room
+// id: its receiver open arms the side standing by — it allocates the
+// buffers and sends the descriptor over the connection already made, so
+// no connection handshake is on the request's path — or, where nothing
+// stands by, opens the receiver side as before. One that finds none opens
+// both sides. For the plugins a spare is a room like any other (removed in
+// order once used, removed at release, sender side first); the supervisor
+// counts it in no load (the policies' open rooms, status, metrics) until a
+// request takes it. A side standing by on a process that exited went
+// with it; one whose sender's process exited is removed then.
 
-// spareRoom is an open sender side no request has taken yet.
+// spareRoom is a room no request has taken yet, opened for a hop from
+// the instance that holds it to the instance it is kept for.
 type spareRoom struct {
 	id       uint64
-	endpoint string
+	endpoint string // the sender side's; "" while it opens
 	backend  sdk.Backend
+	// standby is the process of the receiving instance whose receiver
+	// side stands by in the room, nil where none does; opening while it
+	// is being opened. Both guarded by the holder's mu.
+	standby *life
+	opening bool
 }
 
 // spareRetry is how long the supervisor waits, after an open of a spare
 // failed on an instance, before it opens one there again.
 const spareRetry = time.Second
 
-// fillSpare opens a spare sender side on l in the background, unless the
-// pipeline is still starting, l's phase is the last, l has one or is
-// opening one, l has exited, or an open failed there less than
+// fillSpare opens, in the background, the spare rooms l is missing, one
+// per instance of the next phase, unless the pipeline is still starting,
+// l's phase is the last, l has exited, or an open failed there less than
 // spareRetry ago.
 func (s *Supervisor) fillSpare(l *life) {
 	if l == nil || !s.pipeline.Load() || l.in.stage+1 >= len(s.phases) {
 		return
 	}
 	backend := s.hopBackend(l.in.stage)
-	l.mu.Lock()
-	if l.dead != nil || l.spareID != 0 || time.Since(l.spareFailed) < spareRetry {
-		l.mu.Unlock()
-		return
-	}
-	id := s.nextRoom.Add(1)
-	l.spareID = id
-	l.mu.Unlock()
-	started := s.background(func() {
-		ctx, cancel := context.WithTimeout(s.bgCtx, l.in.cfg.HangTimeout)
-		ep, err := l.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: id, Role: sdk.RoleSender, Backend: backend})
-		cancel()
+	for _, to := range s.phases[l.in.stage+1].instances {
 		l.mu.Lock()
-		if err == nil && l.dead == nil && s.bgCtx.Err() == nil {
-			l.spare = &spareRoom{id: id, endpoint: ep, backend: backend}
+		if l.dead != nil || l.spares[to] != nil || time.Since(l.spareFailed) < spareRetry {
+			l.mu.Unlock()
+			continue
+		}
+		sp := &spareRoom{id: s.nextRoom.Add(1), backend: backend}
+		if l.spares == nil {
+			l.spares = map[*instance]*spareRoom{}
+		}
+		l.spares[to] = sp
+		l.mu.Unlock()
+		if !s.background(func() { s.openSpare(l, to, sp) }) { // release has begun
+			l.mu.Lock()
+			delete(l.spares, to)
 			l.mu.Unlock()
 			return
 		}
-		l.spareID = 0
-		if err != nil {
-			l.spareFailed = time.Now()
-		}
-		l.mu.Unlock()
-		if err != nil {
-			s.logger.Debug("open a spare sender side", "instance", l.in.id, "room", id, "error", err)
-		}
-		// Not kept: an open that timed out may still complete in the
-		// plugin, and one made as release began is not used.
-		s.removeSpare(l, id)
-	})
-	if !started { // release has begun
-		l.mu.Lock()
-		l.spareID = 0
-		l.mu.Unlock()
 	}
 }
 
-// takeSpare takes l's spare sender side for a hop of backend, if one is
-// ready.
-func (l *life) takeSpare(backend sdk.Backend) (spareRoom, bool) {
+// openSpare opens spare sp on l, kept for a hop to instance to: its
+// sender side, then, unless to has a request in flight, its receiver side
+// standing by (standBy). A side standing by is opened while its process
+// is idle: opened as it computes, it would slow that request down.
+func (s *Supervisor) openSpare(l *life, to *instance, sp *spareRoom) {
+	ctx, cancel := context.WithTimeout(s.bgCtx, l.in.cfg.HangTimeout)
+	ep, err := l.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: sp.id, Role: sdk.RoleSender, Backend: sp.backend})
+	cancel()
+	l.mu.Lock()
+	if err == nil && l.dead == nil && s.bgCtx.Err() == nil {
+		sp.endpoint = ep
+		l.mu.Unlock()
+		if to.inflight.Load() == 0 {
+			s.standBy(l, to, sp)
+		}
+		return
+	}
+	delete(l.spares, to)
+	if err != nil {
+		l.spareFailed = time.Now()
+	}
+	l.mu.Unlock()
+	if err != nil {
+		s.logger.Debug("open a spare sender side", "instance", l.in.id, "room", sp.id, "error", err)
+	}
+	// Not kept: an open that timed out may still complete in the plugin,
+	// one made as release began is not used, and one whose process
+	// exited meanwhile is of no use.
+	s.removeSpare(l, sp.id)
+}
+
+// standBy opens the receiver side of l's spare sp on the process of
+// instance to, standing by, if that process can and nothing else has
+// (the spare is open, not taken, and no side stands by or is being
+// opened). While it opens, no request takes the spare.
+func (s *Supervisor) standBy(l *life, to *instance, sp *spareRoom) {
+	r := to.cur.Load()
+	if r == nil || !r.proc.info.Has(sdk.FeatureStandbyReceiver) || !r.alive() {
+		return
+	}
+	l.mu.Lock()
+	if l.spares[to] != sp || sp.endpoint == "" || sp.standby != nil || sp.opening || l.dead != nil {
+		l.mu.Unlock()
+		return
+	}
+	sp.opening = true
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(s.bgCtx, to.cfg.HangTimeout)
+	_, err := r.ctl.OpenRoom(ctx, sdk.RoomSpec{Room: sp.id, Role: sdk.RoleReceiver, Backend: sp.backend, PeerEndpoint: sp.endpoint, Standby: true})
+	cancel()
+	l.mu.Lock()
+	sp.opening = false
+	kept := err == nil && l.spares[to] == sp && l.dead == nil && s.bgCtx.Err() == nil
+	if kept {
+		sp.standby = r
+	}
+	l.mu.Unlock()
+	if err != nil {
+		s.logger.Debug("open a receiver side standing by", "instance", to.id, "room", sp.id, "error", err)
+	}
+	if !kept {
+		// The sender side serves as a spare alone (or went with l, or
+		// with release); what the open left in the plugin goes.
+		s.removeSpare(r, sp.id)
+	}
+}
+
+// standByFor opens, in the background, the sides standing by on r (whose
+// Run has returned: it is idle) that the previous phase's spares kept for
+// r's instance are missing.
+func (s *Supervisor) standByFor(r *life) {
+	if r == nil || r.in.stage == 0 || !s.pipeline.Load() {
+		return
+	}
+	for _, in := range s.phases[r.in.stage-1].instances {
+		l := in.cur.Load()
+		if l == nil {
+			continue
+		}
+		l.mu.Lock()
+		sp := l.spares[r.in]
+		l.mu.Unlock()
+		if sp != nil {
+			s.background(func() { s.standBy(l, r.in, sp) })
+		}
+	}
+}
+
+// takeSpare takes l's spare room for a hop of backend to the process
+// next, if one is ready. Its standby is next where next's receiver side
+// stands by in it (the request's receiver open then arms it), nil where
+// none does.
+func (l *life) takeSpare(backend sdk.Backend, next *life) (spareRoom, bool) {
+	nextAlive := next.alive()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	sp := l.spare
-	if sp == nil || sp.backend != backend || l.dead != nil {
+	p := l.spares[next.in]
+	if p == nil || p.endpoint == "" || p.opening || p.backend != backend || l.dead != nil {
 		return spareRoom{}, false
 	}
-	l.spare, l.spareID = nil, 0
-	return *sp, true
+	delete(l.spares, next.in)
+	sp := *p
+	if sp.standby != next || !nextAlive {
+		// A side standing by on an earlier process of next went with
+		// it: the sender side serves alone.
+		sp.standby = nil
+	}
+	return sp, true
+}
+
+// alive reports whether l's process has not been seen to exit.
+func (l *life) alive() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dead == nil && !l.proc.exited()
+}
+
+// spareIDs returns the rooms of l's spares, those open and those opening,
+// and of the spares kept for l by the previous phase's instances, whose
+// receiver side may stand by on l.
+func (s *Supervisor) spareIDs(l *life) map[uint64]bool {
+	ids := map[uint64]bool{}
+	l.mu.Lock()
+	for _, sp := range l.spares {
+		ids[sp.id] = true
+	}
+	l.mu.Unlock()
+	if l.in.stage == 0 {
+		return ids
+	}
+	for _, in := range s.phases[l.in.stage-1].instances {
+		if up := in.cur.Load(); up != nil {
+			up.mu.Lock()
+			if sp := up.spares[l.in]; sp != nil {
+				ids[sp.id] = true
+			}
+			up.mu.Unlock()
+		}
+	}
+	return ids
 }
 
 // unspared returns how many of rooms, an instance's open rooms as it
-// reports them, are not l's spare (open or being opened).
-func (l *life) unspared(rooms []sdk.RoomInfo) int {
-	l.mu.Lock()
-	id := l.spareID
-	l.mu.Unlock()
+// reports them, are not spares (spareIDs).
+func (s *Supervisor) unspared(l *life, rooms []sdk.RoomInfo) int {
+	ids := s.spareIDs(l)
 	n := 0
 	for _, r := range rooms {
-		if r.Room != id {
+		if !ids[r.Room] {
 			n++
 		}
 	}
 	return n
 }
 
-// removeSpares removes the spare sender side of every instance at
-// release, before the instances are released; the background work that
-// opens them has stopped.
+// removeSpares removes the spare rooms of every instance at release,
+// before the instances are released, each sender side before the side
+// standing by; the background work that opens them has stopped.
 func (s *Supervisor) removeSpares() {
 	for _, ph := range s.phases {
 		for _, in := range ph.instances {
-			l := in.cur.Load()
-			if l == nil {
-				continue
+			if l := in.cur.Load(); l != nil {
+				s.dropSpares(l)
 			}
-			l.mu.Lock()
-			sp := l.spare
-			l.spare, l.spareID = nil, 0
-			l.mu.Unlock()
-			if sp != nil {
-				s.removeSpare(l, sp.id)
+		}
+	}
+}
+
+// exitedSpares forgets what l, whose process exited, held for spares:
+// its own spares (the sides standing by for them are removed), and the
+// sides it stood by with for the previous phase's spares, which went
+// with it (those spares serve as sender sides alone until taken, or
+// until the instance's next process stands by in them).
+func (s *Supervisor) exitedSpares(l *life) {
+	s.dropSpares(l)
+	if l.in.stage == 0 {
+		return
+	}
+	for _, in := range s.phases[l.in.stage-1].instances {
+		if up := in.cur.Load(); up != nil {
+			up.mu.Lock()
+			if sp := up.spares[l.in]; sp != nil && sp.standby == l {
+				sp.standby = nil
 			}
+			up.mu.Unlock()
+		}
+	}
+}
+
+// dropSpares forgets l's spares and removes them: the sender sides on l,
+// unless its process has exited, then the sides standing by for them.
+func (s *Supervisor) dropSpares(l *life) {
+	l.mu.Lock()
+	spares := l.spares
+	l.spares = nil
+	l.mu.Unlock()
+	for _, sp := range spares {
+		if sp.endpoint == "" {
+			continue // opening: its opener removes what it opened
+		}
+		s.removeSpare(l, sp.id)
+		if sp.standby != nil {
+			s.removeSpare(sp.standby, sp.id)
 		}
 	}
 }
@@ -138,6 +299,6 @@ func (s *Supervisor) removeSpare(l *life, id uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
 	defer cancel()
 	if err := l.ctl.RemoveRoom(ctx, id); err != nil && !l.proc.exited() {
-		s.logger.Warn("remove a spare sender side", "instance", l.in.id, "room", id, "error", err)
+		s.logger.Warn("remove a spare room", "instance", l.in.id, "room", id, "error", err)
 	}
 }

@@ -95,7 +95,7 @@ func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 				if err != nil {
 					is.Error = err.Error()
 				} else {
-					is.OpenRooms, is.Dropped = l.unspared(rs.Rooms), rs.DroppedFrames
+					is.OpenRooms, is.Dropped = s.unspared(l, rs.Rooms), rs.DroppedFrames
 				}
 			}
 			ps.Instances = append(ps.Instances, is)

@@ -2,6 +2,7 @@ package phase
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -264,5 +265,56 @@ func TestRunRemovesLeftRoom(t *testing.T) {
 		if err := r.RemoveRoom(ctx, room); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestRunArmsStandbyRoom: the runtime lists the standby feature; a
+// receiver side opened standing by, then armed by the request's open,
+// gives the Run its inputs; standby on a sender side is refused.
+func TestRunArmsStandbyRoom(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, peer := withPeer(t, sink{}, "w-0")
+	info, err := r.Info(ctx)
+	if err != nil || !info.Has(sdk.FeatureStandbyReceiver) {
+		t.Fatalf("Info %+v, %v: want the feature %q", info, err, sdk.FeatureStandbyReceiver)
+	}
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 9, Role: sdk.RoleSender, Standby: true}); !errors.Is(err, sdk.ErrInvalid) || !strings.Contains(err.Error(), "only a receiver side stands by") {
+		t.Errorf("standby on a sender side: %v, want ErrInvalid", err)
+	}
+	x, err := tensor.New(plainSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range x.Data {
+		x.Data[i] = byte(i + 1) // as sink checks
+	}
+	ep, err := peer.OpenSender(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleReceiver, PeerEndpoint: ep, Standby: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := r.mgr.Status(1); err != nil || st != transfer.Bootstrapping {
+		t.Fatalf("standing by: %v, %v; want Bootstrapping", st, err)
+	}
+	req := sdk.Request{ID: "w"}
+	if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 1, Role: sdk.RoleReceiver, PeerEndpoint: ep, Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan error, 1)
+	go func() { sent <- peer.Send(ctx, 1, []tensor.Tensor{x}) }()
+	if _, err := r.Run(ctx, sdk.RunSpec{Request: req, InRoom: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RemoveRoom(ctx, 1); err != nil {
+		t.Fatal(err)
 	}
 }

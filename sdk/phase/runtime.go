@@ -60,8 +60,14 @@ func New(p sdk.Phase, logger hclog.Logger) *Runtime {
 // shared-memory segment names.
 var instanceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,48}$`)
 
+// Info is the phase's, with the optional parts of the API that the
+// runtime implements added to its features.
 func (r *Runtime) Info(ctx context.Context) (sdk.Info, error) {
-	return r.phase.Info(ctx)
+	info, err := r.phase.Info(ctx)
+	if err == nil && !info.Has(sdk.FeatureStandbyReceiver) {
+		info.Features = append(slices.Clip(info.Features), sdk.FeatureStandbyReceiver)
+	}
+	return info, err
 }
 
 func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
@@ -220,10 +226,14 @@ func (r *Runtime) OpenRoom(ctx context.Context, spec sdk.RoomSpec) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("%w: room %d: %v", sdk.ErrInvalid, spec.Room, err)
 	}
-	switch spec.Role {
-	case sdk.RoleSender:
+	switch {
+	case spec.Standby && spec.Role != sdk.RoleReceiver:
+		return "", fmt.Errorf("%w: room %d: only a receiver side stands by", sdk.ErrInvalid, spec.Room)
+	case spec.Role == sdk.RoleSender:
 		return mgr.OpenSenderWith(spec.Room, backend)
-	case sdk.RoleReceiver:
+	case spec.Standby:
+		return "", mgr.OpenStandby(spec.Room, backend, spec.PeerEndpoint)
+	case spec.Role == sdk.RoleReceiver:
 		specs, err := r.phase.Inputs(ctx, spec.Request)
 		if err != nil {
 			return "", fmt.Errorf("room %d: inputs of request %s: %w", spec.Room, spec.Request.ID, err)

@@ -153,6 +153,11 @@ type room struct {
 	// senderLeft: the connection to the sender's room socket dropped
 	// (its side closed it, or its process went) and has not come back.
 	senderLeft bool
+	connected  bool // the connection to the sender's room socket was made once
+	// standby: opened by OpenStandby, connected to the sender at
+	// standbyPeer, and not armed yet: no buffers, no descriptor sent.
+	standby     bool
+	standbyPeer string
 }
 
 func newRoom(id uint64, role Role) *room {
@@ -311,7 +316,10 @@ func (m *Manager) OpenReceiver(id uint64, senderEndpoint string, specs []tensor.
 // OpenReceiverWith is OpenReceiver for a room of the given backend. A zmq
 // room's buffers are private memory that the socket owner receives the
 // data into, and its status socket binds tcp://ZMQHost on a port the
-// system picks.
+// system picks. A room opened by OpenStandby is armed instead: its
+// buffers are allocated and its descriptor is sent over the connection
+// it has made (backend and senderEndpoint must be the ones it stands by
+// with).
 func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoint string, specs []tensor.Spec) (err error) {
 	defer func() {
 		if err != nil && !isSentinel(err) {
@@ -324,49 +332,173 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 	if err := checkSpecs(specs); err != nil {
 		return err
 	}
-	var bufs []buffer
-	var need uint64
-	var at tables
-	if backend == sdk.BackendShm {
-		bufs, at, need, err = shmLayout(specs)
-	} else {
-		bufs, need, err = layout(specs, 0)
-	}
-	if err != nil {
-		return err
-	}
 	m.mu.Lock()
+	r := m.rooms[id]
+	if r != nil && r.standby {
+		m.mu.Unlock()
+		return m.arm(r, backend, senderEndpoint, specs)
+	}
 	err = m.checkOpenLocked(id) // again in addRoom; this spares the segment
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	gen := m.nextGen.Add(1)
-	r := newRoom(id, Receiver)
-	r.gen, r.bufs, r.backend, r.sumsAt, r.handoffsAt = gen, bufs, backend, at.sums, at.handoffs
-	var seg *segment
-	var segName string
-	reused := false
-	switch backend {
-	case sdk.BackendShm:
-		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
-		segName = segmentName(m.cfg.Name, id, gen)
-		seg, reused, err = m.pool.get(segName, need)
-	case sdk.BackendZMQ:
-		r.endpoint = "tcp://" + m.cfg.ZMQHost + ":*"
-		seg, err = privateSegment(max(need, 1))
-	case sdk.BackendCUDA:
-		r.endpoint = "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen))
-		seg, err = m.deviceSegment(need)
-	default:
-		return fmt.Errorf("unknown backend %q", backend)
+	r = newRoom(id, Receiver)
+	r.gen, r.backend = gen, backend
+	if r.endpoint, err = m.receiverEndpoint(id, gen, backend); err != nil {
+		return err
 	}
+	in, err := m.inputMemory(id, gen, backend, specs)
 	if err != nil {
 		return err
 	}
-	// The descriptor names the status socket's endpoint, known once it is
-	// bound (a tcp port).
-	frame := func(statusEndpoint string) ([]byte, error) {
+	r.setInputs(in)
+	if err := m.addRoom(r); err != nil {
+		return errors.Join(err, m.retire(in.seg, false))
+	}
+	if err := m.call(func(o *owner) error { return o.openReceiver(r, senderEndpoint, in.frame) }); err != nil {
+		return errors.Join(err, m.Remove(id))
+	}
+	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "segment", in.segName, "bytes", in.seg.size, "reused", in.reused)
+	return nil
+}
+
+// OpenStandby opens the receiver side of a room before its request is
+// known: it binds the status socket and connects to the sender's room
+// socket at senderEndpoint, so that the connection is made ahead of
+// time, but it allocates no buffer and sends no descriptor. The room is
+// Bootstrapping until OpenReceiverWith, with the same backend and
+// endpoint, arms it; frames that come before are dropped. It is removed
+// like any other room. If it fails, the room is removed and its id stays
+// used.
+func (m *Manager) OpenStandby(id uint64, backend sdk.Backend, senderEndpoint string) (err error) {
+	defer func() {
+		if err != nil && !isSentinel(err) {
+			err = fmt.Errorf("transfer: open standby receiver room %d: %w", id, fdErr(err))
+		}
+	}()
+	if err := checkEndpoint(senderEndpoint); err != nil {
+		return fmt.Errorf("sender %w", err)
+	}
+	if backend == sdk.BackendCUDA && m.gpu == nil {
+		return errNoGPU
+	}
+	gen := m.nextGen.Add(1)
+	r := newRoom(id, Receiver)
+	r.gen, r.backend, r.standby, r.standbyPeer = gen, backend, true, senderEndpoint
+	if r.endpoint, err = m.receiverEndpoint(id, gen, backend); err != nil {
+		return err
+	}
+	if err := m.addRoom(r); err != nil {
+		return err
+	}
+	if err := m.call(func(o *owner) error { return o.openStandby(r, senderEndpoint) }); err != nil {
+		return errors.Join(err, m.Remove(id))
+	}
+	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "standby", true)
+	return nil
+}
+
+// arm registers the buffers of r, a room opened by OpenStandby, and sends
+// its descriptor over the connection r made. If it fails after the
+// buffers were allocated, the room is removed.
+func (m *Manager) arm(r *room, backend sdk.Backend, senderEndpoint string, specs []tensor.Spec) error {
+	if r.backend != backend {
+		return fmt.Errorf("the room stands by for a %s hop, not %s", r.backend, backend)
+	}
+	if r.standbyPeer != senderEndpoint {
+		return fmt.Errorf("the room stands by connected to %s, not %s", r.standbyPeer, senderEndpoint)
+	}
+	in, err := m.inputMemory(r.id, r.gen, backend, specs)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	switch {
+	case m.rooms[r.id] != r || r.removing:
+		err = fmt.Errorf("%w: room %d", ErrRemoved, r.id)
+	case !r.standby:
+		err = fmt.Errorf("room %d is armed already", r.id)
+	default:
+		err = roomErrLocked(r) // failed while standing by
+	}
+	if err == nil {
+		r.standby = false
+		r.setInputs(in)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return errors.Join(err, m.retire(in.seg, false))
+	}
+	if err := m.call(func(o *owner) error { return o.arm(r, in.frame) }); err != nil {
+		return errors.Join(err, m.Remove(r.id))
+	}
+	m.log.Debug("standby room armed", "room", r.id, "generation", r.gen, "segment", in.segName, "bytes", in.seg.size, "reused", in.reused)
+	return nil
+}
+
+// receiverEndpoint is where a receiver side of backend binds its status
+// socket.
+func (m *Manager) receiverEndpoint(id, gen uint64, backend sdk.Backend) (string, error) {
+	switch backend {
+	case sdk.BackendShm, sdk.BackendCUDA:
+		return "ipc://" + filepath.Join(m.cfg.Dir, receiverSocketName(id, gen)), nil
+	case sdk.BackendZMQ:
+		return "tcp://" + m.cfg.ZMQHost + ":*", nil
+	}
+	return "", fmt.Errorf("unknown backend %q", backend)
+}
+
+// inputs is the memory a receiver side registers for a request's inputs,
+// and how to describe it to the sender.
+type inputs struct {
+	bufs    []buffer
+	at      tables
+	seg     *segment
+	segName string // shm only
+	reused  bool   // the segment came from the pool
+	// frame encodes the descriptor for the status socket's bound
+	// endpoint (a tcp port is known once bound).
+	frame func(statusEndpoint string) ([]byte, error)
+}
+
+// inputMemory lays out a buffer per spec and allocates the segment that
+// holds them for room id, generation gen: shared memory (shm), private
+// memory that the socket owner receives into (zmq), or device memory
+// (cuda).
+func (m *Manager) inputMemory(id, gen uint64, backend sdk.Backend, specs []tensor.Spec) (in inputs, err error) {
+	var need uint64
+	if backend == sdk.BackendShm {
+		in.bufs, in.at, need, err = shmLayout(specs)
+	} else {
+		in.bufs, need, err = layout(specs, 0)
+	}
+	if err != nil {
+		return in, err
+	}
+	switch backend {
+	case sdk.BackendShm:
+		in.segName = segmentName(m.cfg.Name, id, gen)
+		in.seg, in.reused, err = m.pool.get(in.segName, need)
+	case sdk.BackendZMQ:
+		in.seg, err = privateSegment(max(need, 1))
+	case sdk.BackendCUDA:
+		in.seg, err = m.deviceSegment(need)
+	default:
+		err = fmt.Errorf("unknown backend %q", backend)
+	}
+	if err != nil {
+		return in, err
+	}
+	if backend == sdk.BackendShm {
+		ctrlOf(in.seg.data).reset() // a pooled segment holds the last
+		// room's progress and its hand-off entries, which a sender that
+		// lends nothing does not overwrite.
+		clear(in.seg.data[in.at.handoffs:need])
+	}
+	seg, bufs, at, segName := in.seg, in.bufs, in.at, in.segName
+	in.frame = func(statusEndpoint string) ([]byte, error) {
 		var handle []byte
 		if seg.dev != nil {
 			h := seg.dev.Handle()
@@ -378,22 +510,15 @@ func (m *Manager) OpenReceiverWith(id uint64, backend sdk.Backend, senderEndpoin
 		}
 		return b, nil
 	}
-	r.seg = seg
-	if backend == sdk.BackendShm {
-		r.ctrl = ctrlOf(seg.data)
-		r.ctrl.reset() // a pooled segment holds the last room's progress
-		// and its hand-off entries, which a sender that lends nothing
-		// does not overwrite.
-		clear(seg.data[at.handoffs:need])
+	return in, nil
+}
+
+// setInputs gives r the memory in; Manager.mu is held once r is shared.
+func (r *room) setInputs(in inputs) {
+	r.bufs, r.seg, r.sumsAt, r.handoffsAt = in.bufs, in.seg, in.at.sums, in.at.handoffs
+	if r.backend == sdk.BackendShm {
+		r.ctrl = ctrlOf(in.seg.data)
 	}
-	if err := m.addRoom(r); err != nil {
-		return errors.Join(err, m.retire(seg, false))
-	}
-	if err := m.call(func(o *owner) error { return o.openReceiver(r, senderEndpoint, frame) }); err != nil {
-		return errors.Join(err, m.Remove(id))
-	}
-	m.log.Debug("room opened", "room", id, "role", Receiver, "generation", gen, "segment", segName, "bytes", seg.size, "reused", reused)
-	return nil
 }
 
 // isSentinel reports whether err already carries the "transfer: " prefix

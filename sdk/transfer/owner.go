@@ -544,6 +544,7 @@ func (o *owner) drainMonitor(id uint64, s *zmq.Socket) bool {
 			o.m.mu.Lock()
 			if r := o.m.rooms[id]; r != nil {
 				r.senderLeft = ev == zmq.EVENT_DISCONNECTED
+				r.connected = r.connected || ev == zmq.EVENT_CONNECTED
 			}
 			o.m.mu.Unlock()
 		}
@@ -621,6 +622,14 @@ func (o *owner) openSender(r *room) error {
 // openReceiver binds the room's status socket, connects to the sender and
 // sends it the descriptor that frame makes for the bound endpoint.
 func (o *owner) openReceiver(r *room, sender string, frame func(statusEndpoint string) ([]byte, error)) error {
+	if err := o.openStandby(r, sender); err != nil {
+		return err
+	}
+	return o.arm(r, frame)
+}
+
+// openStandby binds the room's status socket and connects to the sender.
+func (o *owner) openStandby(r *room, sender string) error {
 	if !o.live(r) {
 		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
 	}
@@ -633,15 +642,26 @@ func (o *owner) openReceiver(r *room, sender string, frame func(statusEndpoint s
 	if err := o.register(r.id, rs); err != nil {
 		return err
 	}
-	if err := o.connect(r.id, rs, sender); err != nil {
-		return err
+	return o.connect(r.id, rs, sender)
+}
+
+// arm sends the descriptor that frame makes for the room's bound status
+// endpoint to the sender, over the connection openStandby made, and moves
+// the room to WaitingForInput.
+func (o *owner) arm(r *room, frame func(statusEndpoint string) ([]byte, error)) error {
+	if !o.live(r) {
+		return fmt.Errorf("%w: room %d", ErrRemoved, r.id)
 	}
-	descriptor, err := frame(r.endpoint)
+	rs := o.rooms[r.id]
+	if rs == nil || rs.push == nil {
+		return fmt.Errorf("room %d has no connection to its sender", r.id)
+	}
+	descriptor, err := frame(r.endpoint) // the owner bound it: no lock
 	if err != nil {
 		return err
 	}
 	if _, err := rs.push.SendBytes(descriptor, zmq.DONTWAIT); err != nil {
-		return fmt.Errorf("send descriptor to %s: %w", sender, err)
+		return fmt.Errorf("send descriptor to %s: %w", rs.peer, err)
 	}
 	o.m.mu.Lock()
 	defer o.m.mu.Unlock()
@@ -811,6 +831,10 @@ func (o *owner) handleStatus(id uint64, b []byte) {
 	r := m.rooms[id]
 	if r == nil || r.removing {
 		m.drop(id, "status frame for a room that is closing")
+		return
+	}
+	if r.standby {
+		m.drop(id, "status frame before the room's descriptor was sent")
 		return
 	}
 	if f.GetGeneration() != r.gen {

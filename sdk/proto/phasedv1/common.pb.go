@@ -128,11 +128,15 @@ func (*InfoRequest) Descriptor() ([]byte, []int) {
 // differs from the one it was started as, or whose api_versions do not include
 // the supervisor's API version for that kind.
 type InfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                          // plugin name, e.g. "encoder"
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`                                          // "phase" or "policy"
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`                                    // the plugin's own version, free form
-	ApiVersions   []uint32               `protobuf:"varint,4,rep,packed,name=api_versions,json=apiVersions,proto3" json:"api_versions,omitempty"` // API versions of its kind it speaks
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                          // plugin name, e.g. "encoder"
+	Kind        string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`                                          // "phase" or "policy"
+	Version     string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`                                    // the plugin's own version, free form
+	ApiVersions []uint32               `protobuf:"varint,4,rep,packed,name=api_versions,json=apiVersions,proto3" json:"api_versions,omitempty"` // API versions of its kind it speaks
+	// Optional parts of its API version that the plugin implements, by name
+	// (protocol.md 1.6); a client uses none that is not listed. Phase
+	// plugins: "standby-receiver" (OpenRoomRequest.standby).
+	Features      []string `protobuf:"bytes,5,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -195,17 +199,25 @@ func (x *InfoResponse) GetApiVersions() []uint32 {
 	return nil
 }
 
+func (x *InfoResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
 var File_phasedv1_common_proto protoreflect.FileDescriptor
 
 const file_phasedv1_common_proto_rawDesc = "" +
 	"\n" +
 	"\x15phasedv1/common.proto\x12\tphased.v1\"\r\n" +
-	"\vInfoRequest\"s\n" +
+	"\vInfoRequest\"\x8f\x01\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12!\n" +
-	"\fapi_versions\x18\x04 \x03(\rR\vapiVersions*\xd6\x01\n" +
+	"\fapi_versions\x18\x04 \x03(\rR\vapiVersions\x12\x1a\n" +
+	"\bfeatures\x18\x05 \x03(\tR\bfeatures*\xd6\x01\n" +
 	"\x0eTransferStatus\x12\x1f\n" +
 	"\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16TRANSFER_STATUS_FAILED\x10\x01\x12!\n" +

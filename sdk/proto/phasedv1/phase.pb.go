@@ -676,12 +676,20 @@ func (x *Request) GetNoSync() bool {
 }
 
 type OpenRoomRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Room          uint64                 `protobuf:"varint,1,opt,name=room,proto3" json:"room,omitempty"`
-	Role          RoomRole               `protobuf:"varint,2,opt,name=role,proto3,enum=phased.v1.RoomRole" json:"role,omitempty"`
-	Request       *Request               `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`                               // the receiver derives its input spec from it
-	PeerEndpoint  string                 `protobuf:"bytes,4,opt,name=peer_endpoint,json=peerEndpoint,proto3" json:"peer_endpoint,omitempty"` // receiver only: the sender's room endpoint
-	Backend       string                 `protobuf:"bytes,5,opt,name=backend,proto3" json:"backend,omitempty"`                               // the hop's transfer backend: "shm" (default), "zmq", "cuda"
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Room         uint64                 `protobuf:"varint,1,opt,name=room,proto3" json:"room,omitempty"`
+	Role         RoomRole               `protobuf:"varint,2,opt,name=role,proto3,enum=phased.v1.RoomRole" json:"role,omitempty"`
+	Request      *Request               `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`                               // the receiver derives its input spec from it
+	PeerEndpoint string                 `protobuf:"bytes,4,opt,name=peer_endpoint,json=peerEndpoint,proto3" json:"peer_endpoint,omitempty"` // receiver only: the sender's room endpoint
+	Backend      string                 `protobuf:"bytes,5,opt,name=backend,proto3" json:"backend,omitempty"`                               // the hop's transfer backend: "shm" (default), "zmq", "cuda"
+	// standby, receiver only, for a plugin whose Info lists the feature
+	// "standby-receiver": open the side before its request is known. It
+	// binds its status socket and connects to peer_endpoint now, with no
+	// buffers and no descriptor (request is unset). A later OpenRoom of the
+	// same room, role, backend and peer_endpoint, with the request and
+	// standby false, arms it: the buffers are allocated and the descriptor
+	// goes over the connection already made (protocol.md 2.2).
+	Standby       bool `protobuf:"varint,6,opt,name=standby,proto3" json:"standby,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -749,6 +757,13 @@ func (x *OpenRoomRequest) GetBackend() string {
 		return x.Backend
 	}
 	return ""
+}
+
+func (x *OpenRoomRequest) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
 }
 
 type OpenRoomResponse struct {
@@ -1468,13 +1483,14 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x04seed\x18\x03 \x01(\x03R\x04seed\x12\x14\n" +
 	"\x05steps\x18\x04 \x01(\x05R\x05steps\x12!\n" +
 	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\x12\x17\n" +
-	"\ano_sync\x18\x06 \x01(\bR\x06noSync\"\xbb\x01\n" +
+	"\ano_sync\x18\x06 \x01(\bR\x06noSync\"\xd5\x01\n" +
 	"\x0fOpenRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x12,\n" +
 	"\arequest\x18\x03 \x01(\v2\x12.phased.v1.RequestR\arequest\x12#\n" +
 	"\rpeer_endpoint\x18\x04 \x01(\tR\fpeerEndpoint\x12\x18\n" +
-	"\abackend\x18\x05 \x01(\tR\abackend\".\n" +
+	"\abackend\x18\x05 \x01(\tR\abackend\x12\x18\n" +
+	"\astandby\x18\x06 \x01(\bR\astandby\".\n" +
 	"\x10OpenRoomResponse\x12\x1a\n" +
 	"\bendpoint\x18\x01 \x01(\tR\bendpoint\"\x91\x01\n" +
 	"\n" +

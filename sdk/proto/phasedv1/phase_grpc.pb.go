@@ -63,7 +63,8 @@ type PhaseClient interface {
 	Ready(ctx context.Context, in *ReadyRequest, opts ...grpc.CallOption) (*ReadyResponse, error)
 	// OpenRoom opens one side of a hop. The sender side is opened first and
 	// reports the endpoint its room socket is bound to; the receiver side is
-	// given that endpoint, allocates its input buffers and sends its descriptor.
+	// given that endpoint, allocates its input buffers and sends its descriptor
+	// (or, standing by, only connects, and is armed by a second OpenRoom).
 	OpenRoom(ctx context.Context, in *OpenRoomRequest, opts ...grpc.CallOption) (*OpenRoomResponse, error)
 	// Run waits for the request's inputs (if in_room is set), computes, and
 	// sends the outputs into out_room (if set) or returns the artifact. It
@@ -240,7 +241,8 @@ type PhaseServer interface {
 	Ready(context.Context, *ReadyRequest) (*ReadyResponse, error)
 	// OpenRoom opens one side of a hop. The sender side is opened first and
 	// reports the endpoint its room socket is bound to; the receiver side is
-	// given that endpoint, allocates its input buffers and sends its descriptor.
+	// given that endpoint, allocates its input buffers and sends its descriptor
+	// (or, standing by, only connects, and is armed by a second OpenRoom).
 	OpenRoom(context.Context, *OpenRoomRequest) (*OpenRoomResponse, error)
 	// Run waits for the request's inputs (if in_room is set), computes, and
 	// sends the outputs into out_room (if set) or returns the artifact. It

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15phasedv1/common.proto\x12\tphased.v1\"\r\n\x0bInfoRequest\"Q\n\x0cInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x04 \x03(\r*\xd6\x01\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATUS_FAILED\x10\x01\x12!\n\x1dTRANSFER_STATUS_BOOTSTRAPPING\x10\x02\x12%\n!TRANSFER_STATUS_WAITING_FOR_INPUT\x10\x03\x12 \n\x1cTRANSFER_STATUS_TRANSFERRING\x10\x04\x12\x1b\n\x17TRANSFER_STATUS_SUCCESS\x10\x05\x42\x36Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15phasedv1/common.proto\x12\tphased.v1\"\r\n\x0bInfoRequest\"c\n\x0cInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x04 \x03(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t*\xd6\x01\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSFER_STATUS_FAILED\x10\x01\x12!\n\x1dTRANSFER_STATUS_BOOTSTRAPPING\x10\x02\x12%\n!TRANSFER_STATUS_WAITING_FOR_INPUT\x10\x03\x12 \n\x1cTRANSFER_STATUS_TRANSFERRING\x10\x04\x12\x1b\n\x17TRANSFER_STATUS_SUCCESS\x10\x05\x42\x36Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'phasedv1.common_pb2', globals())
@@ -21,10 +21,10 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1'
-  _TRANSFERSTATUS._serialized_start=135
-  _TRANSFERSTATUS._serialized_end=349
+  _TRANSFERSTATUS._serialized_start=153
+  _TRANSFERSTATUS._serialized_end=367
   _INFOREQUEST._serialized_start=36
   _INFOREQUEST._serialized_end=49
   _INFORESPONSE._serialized_start=51
-  _INFORESPONSE._serialized_end=132
+  _INFORESPONSE._serialized_end=150
 # @@protoc_insertion_point(module_scope)
