@@ -135,19 +135,29 @@ func (s *Supervisor) standBy(l *life, to *instance, sp *spareRoom) {
 	cancel()
 	l.mu.Lock()
 	sp.opening = false
-	kept := err == nil && l.spares[to] == sp && l.dead == nil && s.bgCtx.Err() == nil
-	if kept {
+	mine := l.spares[to] == sp
+	if mine && err == nil && l.dead == nil && s.bgCtx.Err() == nil {
 		sp.standby = r
+		l.mu.Unlock()
+		return
+	}
+	if mine {
+		delete(l.spares, to)
+	}
+	if err != nil {
+		l.spareFailed = time.Now()
 	}
 	l.mu.Unlock()
 	if err != nil {
 		s.logger.Debug("open a receiver side standing by", "instance", to.id, "room", sp.id, "error", err)
 	}
-	if !kept {
-		// The sender side serves as a spare alone (or went with l, or
-		// with release); what the open left in the plugin goes.
-		s.removeSpare(r, sp.id)
+	// Not kept, and of no use for a request to r any more: r has seen
+	// the room id (a failed open keeps it used). Both sides go, the
+	// sender's first (gone already where l's process exited).
+	if mine {
+		s.removeSpare(l, sp.id)
 	}
+	s.removeSpare(r, sp.id)
 }
 
 // standByFor opens, in the background, the sides standing by on r (whose

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -14,11 +15,13 @@ import (
 	"github.com/phased/phased/supervisor/config"
 )
 
-// openControl records the OpenRoom and RemoveRoom calls it gets.
+// openControl records the OpenRoom and RemoveRoom calls it gets; with
+// failStandby, it fails the opens of sides standing by.
 type openControl struct {
 	sdk.PhaseControl
-	name string
-	log  *callLog
+	name        string
+	log         *callLog
+	failStandby bool
 }
 
 func (c openControl) OpenRoom(_ context.Context, spec sdk.RoomSpec) (string, error) {
@@ -27,6 +30,9 @@ func (c openControl) OpenRoom(_ context.Context, spec sdk.RoomSpec) (string, err
 		what += " standby " + spec.PeerEndpoint
 	}
 	c.log.add(what)
+	if spec.Standby && c.failStandby {
+		return "", errors.New("no")
+	}
 	return fmt.Sprintf("ipc:///run/%s-%d.sock", c.name, spec.Room), nil
 }
 
@@ -240,5 +246,24 @@ func TestStandbyWaitsForIdle(t *testing.T) {
 	}
 	if got := calls(); len(got) != 2 {
 		t.Fatalf("calls %v, want no more", got)
+	}
+}
+
+// TestStandbyOpenFails: a spare whose side standing by failed to open
+// is of no use for the receiving instance (a failed open keeps the room
+// id used there): both its sides are removed, the sender's first, and no
+// request takes it.
+func TestStandbyOpenFails(t *testing.T) {
+	g := newSpareRig(t, []string{"enc", "tr"}, "enc", "tr")
+	enc, tr := g.lives[0], g.lives[1]
+	tr.ctl = openControl{name: "tr", log: g.log, failStandby: true}
+	g.s.fillSpare(enc)
+	g.s.bg.Wait()
+	want := []string{"open enc 1 sender", "open tr 1 receiver standby ipc:///run/enc-1.sock", "remove enc 1", "remove tr 1"}
+	if got := g.calls(); !slices.Equal(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	if sp, ok := enc.takeSpare(sdk.BackendShm, tr); ok {
+		t.Fatalf("took %+v, whose side standing by failed", sp)
 	}
 }
