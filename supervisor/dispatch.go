@@ -157,7 +157,6 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 			l.drop(a)
 			chosen[i].inflight.Add(-1)
 			s.fillSpare(l) // if its Run never came
-			s.standByFor(l)
 		}
 	}()
 	names := make(map[string]string, len(chosen))
@@ -426,7 +425,6 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			// start the open would compete with the request's calls. So
 			// are the sides standing by on it for its upstream's spares.
 			s.fillSpare(l)
-			s.standByFor(l)
 			var run runTrace
 			a.r.record(func(*trace) {
 				tr := &a.trace.runs[i]

@@ -536,7 +536,6 @@ func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 		s.logger.Info("phase instance restarted", "instance", in.id, "pid", l.proc.pid, "restarts", in.restart.counts())
 		s.goLive(in, l)
 		s.fillSpare(l)
-		s.standByFor(l)
 		return nil
 	}
 	failed := func(err error) {

@@ -56,9 +56,14 @@ const spareRetry = time.Second
 // fillSpare opens, in the background, the spare rooms l is missing, one
 // per instance of the next phase, unless the pipeline is still starting,
 // l's phase is the last, l has exited, or an open failed there less than
-// spareRetry ago.
+// spareRetry ago; and the sides standing by on l that the previous
+// phase's spares are missing (standByFor). l is idle, or starting.
 func (s *Supervisor) fillSpare(l *life) {
-	if l == nil || !s.pipeline.Load() || l.in.stage+1 >= len(s.phases) {
+	if l == nil || !s.pipeline.Load() {
+		return
+	}
+	s.standByFor(l)
+	if l.in.stage+1 >= len(s.phases) {
 		return
 	}
 	backend := s.hopBackend(l.in.stage)
@@ -164,19 +169,30 @@ func (s *Supervisor) standBy(l *life, to *instance, sp *spareRoom) {
 // Run has returned: it is idle) that the previous phase's spares kept for
 // r's instance are missing.
 func (s *Supervisor) standByFor(r *life) {
-	if r == nil || r.in.stage == 0 || !s.pipeline.Load() {
+	if r == nil || !s.pipeline.Load() {
 		return
 	}
-	for _, in := range s.phases[r.in.stage-1].instances {
-		l := in.cur.Load()
-		if l == nil {
+	s.keptFor(r.in, func(l *life, sp *spareRoom) {
+		s.background(func() { s.standBy(l, r.in, sp) })
+	})
+}
+
+// keptFor calls fn, with up.mu not held, for each spare that an instance
+// of the previous phase keeps for in, and up, its holder.
+func (s *Supervisor) keptFor(in *instance, fn func(up *life, sp *spareRoom)) {
+	if in.stage == 0 {
+		return
+	}
+	for _, from := range s.phases[in.stage-1].instances {
+		up := from.cur.Load()
+		if up == nil {
 			continue
 		}
-		l.mu.Lock()
-		sp := l.spares[r.in]
-		l.mu.Unlock()
+		up.mu.Lock()
+		sp := up.spares[in]
+		up.mu.Unlock()
 		if sp != nil {
-			s.background(func() { s.standBy(l, r.in, sp) })
+			fn(up, sp)
 		}
 	}
 }
@@ -184,9 +200,8 @@ func (s *Supervisor) standByFor(r *life) {
 // takeSpare takes l's spare room for a hop of backend to the process
 // next, if one is ready. Its standby is next where next's receiver side
 // stands by in it (the request's receiver open then arms it), nil where
-// none does.
+// none does (exitedSpares forgets a side that went with its process).
 func (l *life) takeSpare(backend sdk.Backend, next *life) (spareRoom, bool) {
-	nextAlive := next.alive()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	p := l.spares[next.in]
@@ -194,13 +209,7 @@ func (l *life) takeSpare(backend sdk.Backend, next *life) (spareRoom, bool) {
 		return spareRoom{}, false
 	}
 	delete(l.spares, next.in)
-	sp := *p
-	if sp.standby != next || !nextAlive {
-		// A side standing by on an earlier process of next went with
-		// it: the sender side serves alone.
-		sp.standby = nil
-	}
-	return sp, true
+	return *p, true
 }
 
 // alive reports whether l's process has not been seen to exit.
@@ -220,18 +229,7 @@ func (s *Supervisor) spareIDs(l *life) map[uint64]bool {
 		ids[sp.id] = true
 	}
 	l.mu.Unlock()
-	if l.in.stage == 0 {
-		return ids
-	}
-	for _, in := range s.phases[l.in.stage-1].instances {
-		if up := in.cur.Load(); up != nil {
-			up.mu.Lock()
-			if sp := up.spares[l.in]; sp != nil {
-				ids[sp.id] = true
-			}
-			up.mu.Unlock()
-		}
-	}
+	s.keptFor(l.in, func(_ *life, sp *spareRoom) { ids[sp.id] = true })
 	return ids
 }
 
@@ -268,18 +266,13 @@ func (s *Supervisor) removeSpares() {
 // until the instance's next process stands by in them).
 func (s *Supervisor) exitedSpares(l *life) {
 	s.dropSpares(l)
-	if l.in.stage == 0 {
-		return
-	}
-	for _, in := range s.phases[l.in.stage-1].instances {
-		if up := in.cur.Load(); up != nil {
-			up.mu.Lock()
-			if sp := up.spares[l.in]; sp != nil && sp.standby == l {
-				sp.standby = nil
-			}
-			up.mu.Unlock()
+	s.keptFor(l.in, func(up *life, sp *spareRoom) {
+		up.mu.Lock()
+		if sp.standby == l {
+			sp.standby = nil
 		}
-	}
+		up.mu.Unlock()
+	})
 }
 
 // dropSpares forgets l's spares and removes them: the sender sides on l,
