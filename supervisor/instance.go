@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -380,6 +381,7 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	proc, err := s.start(ctx, processConfig{
 		Name: in.id, Path: in.path, Kind: sdk.KindPhase,
 		APIVersion: sdk.PhaseAPIVersion, StartTimeout: in.cfg.StartTimeout,
+		CPUs: s.cfg.CPUsOf(in.cfg, runtime.NumCPU()),
 	})
 	if err != nil {
 		return nil, err

@@ -72,8 +72,13 @@ func (s *Supervisor) startPolicyProcess(ctx context.Context, name, path string) 
 	return s.start(ctx, processConfig{
 		Name: "policy-" + name, Path: path, Kind: sdk.KindPolicy,
 		APIVersion: sdk.PolicyAPIVersion, StartTimeout: config.DefaultStartTimeout,
+		CPUs: policyCPUs,
 	})
 }
+
+// policyCPUs is how many CPUs a policy process runs on: a decision is
+// one short computation, one at a time.
+const policyCPUs = 1
 
 // callPolicy calls a policy's Schedule with the policy timeout. When the
 // process has exited, or does not answer in time, it is restarted.

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +52,8 @@ type processConfig struct {
 	// Pin, if set, is the SHA-256 (hex) the binary must have; PinnedAt
 	// says where it was pinned, for the error.
 	Pin, PinnedAt string
+	// CPUs, if set, is how many CPUs the process runs on (cpuEnv).
+	CPUs int
 }
 
 // FileSHA256 returns the SHA-256 of a file, in hex.
@@ -117,6 +121,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	// runs the plugin through a custom runner: name it here, so that the
 	// plugin's gRPC socket is in the run directory, which release removes.
 	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel, "PLUGIN_UNIX_SOCKET_DIR="+pc.SocketDir)
+	cmd.Env = append(cmd.Env, cpuEnv(pc.CPUs)...)
 	// The child dies with the supervisor, even on SIGKILL; it leads a
 	// process group of its own, so that kill takes its own children too
 	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor
@@ -324,4 +329,37 @@ const killWait = 5 * time.Second
 // does (sdk.ErrTimedOut).
 func timedOut(ctx context.Context, err error) bool {
 	return errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, sdk.ErrTimedOut)
+}
+
+// CPUsEnv names the variable that tells a plugin process how many CPUs
+// it runs on (config: a phase's cpus, else the host's share), for
+// plugins in languages whose runtime does not read GOMAXPROCS.
+const CPUsEnv = "PHASED_CPUS"
+
+// cpuEnv is the environment that gives a plugin process n CPUs: CPUsEnv,
+// and GOMAXPROCS for a Go plugin, unless the supervisor's own
+// environment sets GOMAXPROCS (then that rules every process, as the
+// user asked); nothing for n = 0.
+func cpuEnv(n int) []string {
+	if n <= 0 {
+		return nil
+	}
+	env := []string{CPUsEnv + "=" + strconv.Itoa(n)}
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
+	}
+	return env
+}
+
+// SetProcs runs this process on its share of the host's CPUs as a
+// supervisor of cfg (config.CPUShare): its GOMAXPROCS, unless GOMAXPROCS
+// is set in the environment. The CLI's start and run call it; a program
+// that embeds the supervisor decides for itself.
+func SetProcs(cfg *config.Config, logger hclog.Logger) {
+	if _, set := os.LookupEnv("GOMAXPROCS"); set {
+		return
+	}
+	n := cfg.CPUShare(runtime.NumCPU())
+	runtime.GOMAXPROCS(n)
+	logger.Debug("running on the host's share of its CPUs", "gomaxprocs", n, "cpus", runtime.NumCPU())
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -317,6 +318,10 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 		runCtx = sdk.WithAllocator(runCtx, outs)
 	}
 	rep.startComputing()
+	// On one CPU (GOMAXPROCS=1, as the supervisor gives a process on a
+	// small host) the Progress stream would send "computing" only once
+	// the phase yields, often when it is done: let it go first.
+	runtime.Gosched()
 	began := time.Now()
 	out, err := r.runPhase(runCtx, spec.Request, in)
 	r.computeNanos.Add(int64(time.Since(began)))

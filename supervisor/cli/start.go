@@ -117,6 +117,7 @@ func launch(ctx context.Context, cfg *config.Config, socket string, logger hclog
 	}
 	sdk.RaiseFDLimit(logger)
 	sdk.SetGCFloor(logger)
+	supervisor.SetProcs(cfg, logger)
 	sup := supervisor.New(cfg, supervisor.Options{Logger: logger, LogLevel: sf.logLevel, StateDir: sf.stateDir})
 	api := supervisor.NewAPI(sup, ln, socket, logger.Named("api"))
 	if tcp != nil {

@@ -163,6 +163,10 @@ type Phase struct {
 	// HangTimeout is how long an instance may compute without reporting
 	// progress before it is killed as hung.
 	HangTimeout time.Duration
+	// CPUs is how many CPUs each instance process of the phase may run
+	// on at once: its GOMAXPROCS, and PHASED_CPUS for plugins in other
+	// languages. 0, the default, is the host's share (Config.CPUsOf).
+	CPUs int
 	// Restart says how an instance that exited is restarted.
 	Restart Restart
 	// At says where the phase is defined, for messages; zero for a phase
@@ -250,6 +254,34 @@ func (p Phase) InstanceLabels(index int) map[string]string {
 
 // WeightLabel is the label that carries an instance's weight.
 const WeightLabel = "weight"
+
+// MaxCPUs bounds a phase's cpus.
+const MaxCPUs = 1024
+
+// CPUShare is the host's CPUs (ncpu) shared among the processes a
+// supervisor of this config starts on it — every phase instance, every
+// policy, and the supervisor itself — at least 1 each: how many CPUs a
+// process runs Go code on at once (GOMAXPROCS) unless its phase says
+// (cpus). A Go process left at its default uses every CPU: on a host
+// with fewer CPUs than processes, their idle threads spin for work on
+// CPUs the others need (docs/benchmarks.md measures what that cost a
+// request on two).
+func (c *Config) CPUShare(ncpu int) int {
+	n := 1 + len(c.Policies())
+	for _, p := range c.Phases {
+		n += p.Instances
+	}
+	return max(1, ncpu/n)
+}
+
+// CPUsOf is how many CPUs each instance process of phase p runs on: its
+// cpus, else the host's share (CPUShare).
+func (c *Config) CPUsOf(p Phase, ncpu int) int {
+	if p.CPUs > 0 {
+		return p.CPUs
+	}
+	return c.CPUShare(ncpu)
+}
 
 // HopBackend returns the transfer backend of the hop from phase from to
 // phase to.
@@ -370,6 +402,7 @@ type phaseBlock struct {
 	Weights      []int             `hcl:"weights,optional"`
 	ReadyTimeout *string           `hcl:"ready_timeout,optional"`
 	HangTimeout  *string           `hcl:"hang_timeout,optional"`
+	CPUs         *int              `hcl:"cpus,optional"`
 	Restart      *restartBlock     `hcl:"restart,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
@@ -531,6 +564,7 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 		Weights:      pb.Weights,
 		ReadyTimeout: DefaultReadyTimeout,
 		HangTimeout:  DefaultHangTimeout,
+		CPUs:         derefInt(pb.CPUs, 0),
 		Restart:      restart,
 		At:           PhaseAt{Block: posOf(pb.DefRange), Plugin: posOf(pb.PluginRange), Policy: policyAt},
 	}
@@ -581,6 +615,9 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 	}
 	if ph.Instances < 1 || ph.Instances > 64 {
 		fail("instances must be between 1 and 64, got %d", ph.Instances)
+	}
+	if pb.CPUs != nil && (ph.CPUs < 1 || ph.CPUs > MaxCPUs) {
+		fail("cpus must be between 1 and %d, got %d; leave it out for the host's share", MaxCPUs, ph.CPUs)
 	}
 	return ph, errs
 }

@@ -199,6 +199,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},
 		{"bad retries", "a.hcl", "retries = 11\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: retries must be between 0 and 10, got 11`}},
 		{"bad hang timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  hang_timeout = \"never\"\n}\n", []string{`phase "t": hang_timeout: "never" is not a positive duration`}},
+		{"zero cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 0\n}\n", []string{`a.hcl:1:1: phase "t": cpus must be between 1 and 1024, got 0; leave it out for the host's share`}},
+		{"fractional cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 1.5\n}\n", []string{"a.hcl:3:10", "value must be a whole number"}},
 		{"bad ready timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  ready_timeout = \"0s\"\n}\n", []string{`phase "t": ready_timeout: "0s" is not a positive duration`}},
 		{"bad restart max", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    max = -1\n  }\n}\n", []string{`a.hcl:3:3: phase "t": restart: max must be between 0 and 10000, got -1`}},
 		{"restart backoffs", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    backoff = \"2s\"\n    max_backoff = \"1s\"\n  }\n}\n", []string{`phase "t": restart: max_backoff (1s) is less than backoff (2s)`}},
@@ -397,5 +399,38 @@ phase "transformer" {
 	if _, err := Parse([]byte("phase \"e\" {\n  plugin = \"e\"\n  params = { a = [1] }\n}\n"), "b.hcl"); err == nil ||
 		!strings.Contains(err.Error(), `b.hcl:3:12: Unsuitable value type`) || strings.Count(err.Error(), "invalid config") != 1 {
 		t.Errorf("params of the wrong type: %v", err)
+	}
+}
+
+// TestCPUs: a phase's cpus rule its instances; without it, every
+// process the supervisor starts (instances, policies, itself) gets an
+// equal share of the host's CPUs, at least 1.
+func TestCPUs(t *testing.T) {
+	cfg, err := Parse([]byte(`
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin    = "transformer"
+  instances = 2
+  cpus      = 6
+}
+phase "decoder" {
+  plugin = "decoder"
+  policy = "leastloaded"
+}
+`), "c.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 instances, 2 policies, the supervisor: 7 processes.
+	for _, c := range []struct{ ncpu, share int }{{1, 1}, {2, 1}, {7, 1}, {14, 2}, {16, 2}, {128, 18}} {
+		if got := cfg.CPUShare(c.ncpu); got != c.share {
+			t.Errorf("CPUShare(%d) = %d, want %d", c.ncpu, got, c.share)
+		}
+	}
+	if got := cfg.CPUsOf(cfg.Phases[1], 2); got != 6 {
+		t.Errorf("the transformer's cpus: %d, want its own 6", got)
+	}
+	if got := cfg.CPUsOf(cfg.Phases[0], 16); got != 2 {
+		t.Errorf("the encoder's cpus: %d, want the share of 16, 2", got)
 	}
 }

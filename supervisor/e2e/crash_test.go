@@ -461,6 +461,41 @@ func TestFrozenReceiver(t *testing.T) {
 	p.release(t)
 }
 
+// TestFrozenOpen: a receiver frozen while idle (its side for the next
+// request stands by, opened before) is killed as hung when the request's
+// open of its room (the arming of that side) outlasts its own
+// hang_timeout, saying so, not its upstream, whose Send waits for the
+// descriptor; the request is dispatched again and completes.
+func TestFrozenOpen(t *testing.T) {
+	dir := shortDir(t)
+	cfg := strings.Replace(pipeline, `phase "decoder"     { plugin = "decoder" }`, `phase "decoder" {
+  plugin       = "decoder"
+  hang_timeout = "2s"
+  restart { backoff = "50ms" }
+}`, 1)
+	if cfg == pipeline {
+		t.Fatal("the pipeline's decoder block changed: update this test")
+	}
+	p := startSupervisor(t, dir, writeConfig(t, dir, cfg))
+	ctx := context.Background()
+	decoder := instanceStatus(t, p, "decoder-0").PID
+	if err := syscall.Kill(decoder, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(decoder, syscall.SIGKILL)
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "frozen open", Seed: 6, Steps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := watchDone(t, p, id, "frozen open", 6, 1)
+	_, retry := lastEvent(t, p, id, "retry")
+	want := "instance decoder-0 (pid " + strconv.Itoa(decoder) + ") was killed as hung: opening room "
+	if info.Attempts != 2 || !strings.Contains(retry, want) || !strings.Contains(retry, " took longer than hang_timeout 2s") {
+		t.Fatalf("attempts %d, retry %q; want 2 and %q...", info.Attempts, retry, want)
+	}
+	p.release(t)
+}
+
 // TestReleaseFrozen: release completes within its bound and exits 0 when
 // an instance does not answer (it is stopped): that instance is killed.
 func TestReleaseFrozen(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/phased/phased/plugins/transformer"
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor"
+	"github.com/phased/phased/supervisor/config"
 )
 
 const pipeline = `
@@ -271,6 +274,44 @@ phase "decoder" {
 			t.Fatalf("%s: artifact differs from the reference", info.ID)
 		}
 	}
+	p.release(t)
+}
+
+// TestCPUs: each plugin process runs on its phase's cpus, else on the
+// host's share (config.CPUShare): PHASED_CPUS and GOMAXPROCS in its
+// environment (GOMAXPROCS only when this test's environment does not
+// set it, which then rules every process); the supervisor says its own
+// share; and requests run.
+func TestCPUs(t *testing.T) {
+	dir := shortDir(t)
+	src := strings.Replace(pipeline, `policy    = "roundrobin"`, `policy    = "roundrobin"
+  cpus      = 3`, 1)
+	cfg, err := config.Parse([]byte(src), "c.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := cfg.CPUShare(runtime.NumCPU())
+	p := startSupervisor(t, dir, writeConfig(t, dir, src))
+	_, userSet := os.LookupEnv("GOMAXPROCS")
+	for id, want := range map[string]int{"encoder-0": share, "transformer-0": 3, "transformer-1": 3, "decoder-0": share} {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", instanceStatus(t, p, id).PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := strings.Split(string(env), "\x00")
+		if w := fmt.Sprintf("PHASED_CPUS=%d", want); !slices.Contains(vars, w) {
+			t.Errorf("%s: no %s in its environment", id, w)
+		}
+		if w := fmt.Sprintf("GOMAXPROCS=%d", want); !userSet && !slices.Contains(vars, w) {
+			t.Errorf("%s: no %s in its environment", id, w)
+		}
+	}
+	if w := fmt.Sprintf("gomaxprocs=%d", share); !userSet && !strings.Contains(p.log.String(), w) {
+		t.Errorf("the supervisor did not say it runs on %s:\n%s", w, p.log.String())
+	}
+	p.submitAll(t, 2, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "on a share", Seed: int64(i), Steps: 1}
+	})
 	p.release(t)
 }
 
