@@ -345,21 +345,30 @@ func cpuEnv(n int) []string {
 		return nil
 	}
 	env := []string{CPUsEnv + "=" + strconv.Itoa(n)}
-	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+	if !userProcs() {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
 	}
 	return env
 }
 
+// userProcs reports whether GOMAXPROCS is set in the supervisor's
+// environment: then it rules every process, as the user asked.
+func userProcs() bool {
+	_, set := os.LookupEnv("GOMAXPROCS")
+	return set
+}
+
 // SetProcs runs this process on its share of the host's CPUs as a
 // supervisor of cfg (config.CPUShare): its GOMAXPROCS, unless GOMAXPROCS
-// is set in the environment. The CLI's start and run call it; a program
-// that embeds the supervisor decides for itself.
-func SetProcs(cfg *config.Config, logger hclog.Logger) {
-	if _, set := os.LookupEnv("GOMAXPROCS"); set {
-		return
+// is set in the environment. It returns the GOMAXPROCS before. The CLI's
+// start and run call it; a program that embeds the supervisor decides
+// for itself (the benchmarks call it around the supervisor's part).
+func SetProcs(cfg *config.Config, logger hclog.Logger) (previous int) {
+	if userProcs() {
+		return runtime.GOMAXPROCS(0)
 	}
 	n := cfg.CPUShare(runtime.NumCPU())
-	runtime.GOMAXPROCS(n)
+	previous = runtime.GOMAXPROCS(n)
 	logger.Debug("running on the host's share of its CPUs", "gomaxprocs", n, "cpus", runtime.NumCPU())
+	return previous
 }

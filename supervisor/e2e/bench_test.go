@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/phased/phased/plugins/decoder"
 	"github.com/phased/phased/plugins/encoder"
 	"github.com/phased/phased/plugins/transformer"
@@ -154,10 +156,7 @@ func BenchmarkRequest(b *testing.B) {
 // returns the function that puts the GOMAXPROCS before back. Nothing
 // changes when GOMAXPROCS is set in the environment.
 func asSupervisor() (restore func()) {
-	if _, set := os.LookupEnv("GOMAXPROCS"); set {
-		return func() {}
-	}
-	old := runtime.GOMAXPROCS(config.Default().CPUShare(runtime.NumCPU()))
+	old := supervisor.SetProcs(config.Default(), hclog.NewNullLogger())
 	return func() { runtime.GOMAXPROCS(old) }
 }
 
