@@ -16,9 +16,9 @@ CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLA
 # can fail with a spurious "context deadline exceeded" on Go 1.26
 # (golang/go#75804, fixed in Go 1.27).
 FUZZTIME     ?= 2000000x
-# Fuzz targets as PACKAGE:TARGET: every decoder of bytes from the network,
+# Fuzz targets as PACKAGE:TARGET: every decoder of bytes from the network (the control channel's frames among them),
 # the control API's JSON, the config decoder, and what a plugin writes on stderr.
-FUZZ := ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/transfer:FuzzTensorHeader \
+FUZZ := ./sdk/internal/unixrpc:FuzzFrame ./sdk/transfer:FuzzDescriptor ./sdk/transfer:FuzzStatusFrame ./sdk/transfer:FuzzTensorHeader \
 	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig ./supervisor:FuzzPluginStderr
 # What builds without cgo (no libzmq): the plugin contract and everything a
 # policy plugin links. make check proves it.

@@ -2,12 +2,15 @@ package sdk
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/phased/phased/sdk/internal/unixrpc"
 	"github.com/phased/phased/sdk/proto/phasedv1"
 )
 
@@ -67,6 +70,11 @@ func ServePolicy(p Policy) {
 
 func serve(logger hclog.Logger, plugins map[string]plugin.Plugin) {
 	SetGCFloor(logger)
+	// The channel's hello is written before go-plugin's handshake, so the
+	// supervisor finds it once the handshake is done.
+	if ch := serveChannel(logger, plugins); ch != nil {
+		defer ch.Close()
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugins,
@@ -164,3 +172,69 @@ var (
 	_ Policy            = (*policyConn)(nil)
 	_ Exiter            = (*policyConn)(nil)
 )
+
+// ControlChannelEnv names the variable that gives a plugin process the
+// descriptor of its end of the control channel, a private unix socket over
+// which the supervisor makes its unary calls when the plugin serves it
+// (docs/protocol.md, section 1.7). Serve serves it when the variable is set.
+const ControlChannelEnv = unixrpc.Env
+
+// ControlChannelPair returns the two ends of a plugin process's control
+// channel: host, the supervisor's (closed on exec), and plugin, which the
+// process inherits (exec.Cmd.ExtraFiles, ControlChannelEnv naming its
+// number there). The supervisor closes its copy of plugin once the process
+// has started, and hands host to UseControlChannel.
+func ControlChannelPair() (host, plugin *os.File, err error) { return unixrpc.Pair() }
+
+// UseControlChannel routes the unary calls of raw, what Dispense returned
+// for a phase or policy plugin, over the plugin's control channel, once
+// go-plugin's handshake is done, if the plugin serves the channel (it wrote
+// its hello before the handshake); streams stay on gRPC. It returns what
+// closes the channel, nil (calls stay on gRPC) when the plugin does not
+// serve it. host is the supervisor's end; it is closed either way.
+func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
+	var conn *grpc.ClientConn
+	switch c := raw.(type) {
+	case *phaseConn:
+		conn = c.conn
+	case *policyConn:
+		conn = c.conn
+	default:
+		host.Close()
+		return nil, fmt.Errorf("control channel: %T is not a phased plugin client", raw)
+	}
+	ch, err := unixrpc.Dial(host, conn)
+	if err != nil || ch == nil {
+		return nil, err
+	}
+	switch c := raw.(type) {
+	case *phaseConn:
+		c.c = phasedv1.NewPhaseClient(ch)
+	case *policyConn:
+		c.c = phasedv1.NewPolicyClient(ch)
+	}
+	return ch, nil
+}
+
+// serveChannel serves the unary methods of plugins over the control
+// channel the supervisor passed, if it passed one; nil if not. An unusable
+// descriptor is logged, and the calls come over gRPC.
+func serveChannel(logger hclog.Logger, plugins map[string]plugin.Plugin) *unixrpc.Server {
+	srv, err := unixrpc.FromEnv(logger)
+	if err == nil && srv != nil {
+		for _, p := range plugins {
+			switch p := p.(type) {
+			case *PhasePlugin:
+				phasedv1.RegisterPhaseServer(srv, &phaseServer{impl: p.Impl})
+			case *PolicyPlugin:
+				phasedv1.RegisterPolicyServer(srv, &policyServer{impl: p.Impl})
+			}
+		}
+		err = srv.Serve()
+	}
+	if err != nil {
+		logger.Warn("control channel not served: the supervisor's calls come over gRPC", "error", err)
+		return nil
+	}
+	return srv
+}

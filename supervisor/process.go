@@ -34,6 +34,9 @@ type process struct {
 	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
 	info   sdk.Info
 	cmd    *exec.Cmd
+	// channel is the plugin's control channel, over which its unary calls
+	// go; nil when it serves none (they go over gRPC).
+	channel io.Closer
 	// done is go-plugin's exit notification: closed once the process has
 	// exited and been reaped (cmd.ProcessState is then set).
 	done <-chan struct{}
@@ -127,10 +130,18 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor
 	// only, which releases the pipeline in order).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	// The control channel: the child's end is its descriptor 3.
+	host, child, err := sdk.ControlChannelPair()
+	if err != nil {
+		return nil, fmt.Errorf("%s plugin %s: %w", pc.Kind, pc.Name, err)
+	}
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Env = append(cmd.Env, sdk.ControlChannelEnv+"=3")
 	stderr := newPluginLog(pc.Logger)
 	client := plugin.NewClient(clientConfig(pc, cmd, secure, stderr))
 	p := &process{name: pc.Name, path: pc.Path, client: client, stderr: stderr, cmd: cmd}
 	fail := func(err error) (*process, error) {
+		host.Close()
 		p.abort()
 		msg := fmt.Sprintf("%s plugin %s (%s): %v", pc.Kind, pc.Name, pc.Path, err)
 		if lines := stderr.String(); lines != "" {
@@ -139,6 +150,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		return nil, errors.New(msg)
 	}
 	rpc, err := client.Client()
+	child.Close() // the child has its copy, or was not started
 	if err != nil {
 		return fail(fmt.Errorf("start: %w", err))
 	}
@@ -157,6 +169,11 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 		return fail(fmt.Errorf("dispense %s: %w", dispense, err))
 	}
 	p.raw = raw
+	// The plugin wrote the channel's hello, if it serves it, before its
+	// handshake, which client.Client has read.
+	if p.channel, err = sdk.UseControlChannel(raw, host); err != nil {
+		return fail(err)
+	}
 	ex, ok := raw.(sdk.Exiter)
 	if !ok {
 		return fail(fmt.Errorf("the dispensed %s client has no exit notification", dispense))
@@ -223,6 +240,16 @@ func (p *process) abort() {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
 	p.clientKill(killWait)
+	p.closeChannel()
+}
+
+// closeChannel closes the control channel, if the plugin has one: calls
+// still waiting on it fail as the plugin's. It closes by itself when the
+// process exits.
+func (p *process) closeChannel() {
+	if p.channel != nil {
+		_ = p.channel.Close()
+	}
 }
 
 // clientKill runs go-plugin's Kill (graceful, then SIGKILL to the plugin
@@ -269,6 +296,7 @@ func (p *process) killNow() {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
 	p.client.Kill()
+	p.closeChannel()
 }
 
 // kill stops the process: graceful close, bounded wait, then SIGKILL
@@ -287,6 +315,7 @@ func (p *process) kill() {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
 	<-killed
+	p.closeChannel()
 }
 
 // watchGroup kills the process group as soon as its leader, the plugin,

@@ -56,6 +56,12 @@ type Process struct {
 	Raw       any    // what it dispensed: an sdk.PhaseControl or an sdk.Policy
 	Pid       int    // its pid, which is also its process group's id
 	SocketDir string // where it put its gRPC socket (PLUGIN_UNIX_SOCKET_DIR)
+	// Channel says whether the plugin serves the control channel, over
+	// which Raw's unary calls then go (sdk.UseControlChannel).
+	Channel bool
+	// GRPC is a second client of the same process, whose calls all go
+	// over gRPC: to compare the two.
+	GRPC any
 	// Stop stops it as the supervisor does: go-plugin's graceful
 	// shutdown, then a kill; it returns once the process has exited and
 	// been reaped. Safe to call twice; it also runs when the test ends.
@@ -80,8 +86,13 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 		}
 	})
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "PLUGIN_UNIX_SOCKET_DIR="+sockets)
+	cmd.Env = append(os.Environ(), "PLUGIN_UNIX_SOCKET_DIR="+sockets, sdk.ControlChannelEnv+"=3")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	host, child, err := sdk.ControlChannelPair()
+	if err != nil {
+		t.Fatalf("plugintest: %v", err)
+	}
+	cmd.ExtraFiles = []*os.File{child}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		Plugins:          sdk.PluginMap(),
@@ -99,7 +110,9 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 	})
 	t.Cleanup(client.Kill)
 	rpc, err := client.Client()
+	child.Close()
 	if err != nil {
+		host.Close()
 		t.Fatalf("plugintest: start %s: %v", path, err)
 	}
 	name := sdk.PluginPhase
@@ -108,9 +121,27 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 	}
 	raw, err := rpc.Dispense(name)
 	if err != nil {
+		host.Close()
 		t.Fatalf("plugintest: %s: dispense the %s service: %v", path, kind, err)
 	}
-	p := &Process{Raw: raw, SocketDir: sockets, Stop: client.Kill, Killed: func() bool {
+	grpcOnly, err := rpc.Dispense(name)
+	if err != nil {
+		host.Close()
+		t.Fatalf("plugintest: %s: dispense the %s service: %v", path, kind, err)
+	}
+	channel, err := sdk.UseControlChannel(raw, host)
+	if err != nil {
+		t.Fatalf("plugintest: %s: %v", path, err)
+	}
+	stop := client.Kill
+	if channel != nil {
+		stop = func() {
+			client.Kill()
+			channel.Close()
+		}
+		t.Cleanup(func() { channel.Close() })
+	}
+	p := &Process{Raw: raw, GRPC: grpcOnly, SocketDir: sockets, Channel: channel != nil, Stop: stop, Killed: func() bool {
 		return strings.Contains(warnings.String(), killedWarning)
 	}}
 	if rc := client.ReattachConfig(); rc != nil {

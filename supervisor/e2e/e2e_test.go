@@ -315,6 +315,31 @@ func TestCPUs(t *testing.T) {
 	p.release(t)
 }
 
+// TestControlChannel: every phase process is started with its end of a
+// control channel (descriptor 3, named by PHASED_CONTROL_FD), a unix
+// socket, and requests complete with their calls on it.
+func TestControlChannel(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipeline))
+	for _, id := range []string{"encoder-0", "transformer-0", "transformer-1", "decoder-0"} {
+		pid := instanceStatus(t, p, id).PID
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := sdk.ControlChannelEnv + "=3"; !slices.Contains(strings.Split(string(env), "\x00"), w) {
+			t.Errorf("%s: no %s in its environment", id, w)
+		}
+		if fd, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid)); err != nil || !strings.HasPrefix(fd, "socket:") {
+			t.Errorf("%s: descriptor 3 is %q (%v), not a socket", id, fd, err)
+		}
+	}
+	p.submitAll(t, 3, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "over the channel", Seed: int64(i), Steps: 1}
+	})
+	p.release(t)
+}
+
 // TestMaxInflight: with max_inflight = 1, a second request waits queued
 // while the first runs, and both end done.
 func TestMaxInflight(t *testing.T) {

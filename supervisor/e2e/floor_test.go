@@ -18,10 +18,10 @@ import (
 )
 
 // designFloor is what any request costs in the design of DESIGN.md
-// before a phase computes anything, made of bare parts: one gRPC call to
-// the policy plugin process (the decision) and one to each of the three
-// phase plugin processes (their Run), over go-plugin with AutoMTLS as
-// the supervisor calls them, and, per hop, the libzmq sockets a room
+// before a phase computes anything, made of bare parts: one call to the
+// policy plugin process (the decision) and one to each of the three phase
+// plugin processes (their Run), as the supervisor calls them (over their
+// control channel, started by go-plugin with AutoMTLS), and, per hop, the libzmq sockets a room
 // has (invariant 3: each instance binds its own socket per room and
 // connects to its peer's; one descriptor and one status message through
 // them; all closed, their files unlinked). The calls are Info (no work, a few bytes back); the

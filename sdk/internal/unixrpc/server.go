@@ -1,0 +1,217 @@
+package unixrpc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// Server serves the unary methods of the services registered with it over
+// a plugin process's end of the channel, each call in a goroutine of its
+// own, as gRPC does. It is a grpc.ServiceRegistrar: the generated
+// Register…Server functions register a service with it as with a
+// grpc.Server (stream methods are left to gRPC).
+type Server struct {
+	conn    net.Conn
+	log     hclog.Logger
+	methods map[string]method
+
+	ctx    context.Context // ends when the server stops
+	cancel context.CancelFunc
+	wmu    sync.Mutex // one frame at a time on conn
+	mu     sync.Mutex
+	calls  map[uint64]context.CancelFunc // the calls running
+	wg     sync.WaitGroup                // the calls' goroutines
+	done   chan struct{}                 // closed when the reader has stopped
+}
+
+type method struct {
+	impl    any
+	handler grpc.MethodHandler
+}
+
+// FromEnv returns a server on the descriptor Env names, nil when Env is not
+// set. A descriptor that is not a unix stream socket is an error: the
+// process was not started by a supervisor that passes one.
+func FromEnv(log hclog.Logger) (*Server, error) {
+	v, ok := os.LookupEnv(Env)
+	if !ok {
+		return nil, nil
+	}
+	// Not for the plugin's own children: the descriptor is not theirs.
+	os.Unsetenv(Env)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q: not a descriptor number (3 or more)", Env, v)
+	}
+	if t, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || t != unix.SOCK_STREAM {
+		return nil, fmt.Errorf("%s=%d: not a stream socket (%v)", Env, fd, err)
+	}
+	unix.CloseOnExec(fd) // the plugin's own children must not hold it
+	f := os.NewFile(uintptr(fd), "control channel")
+	defer f.Close()
+	conn, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%d: %w", Env, fd, err)
+	}
+	return NewServer(conn, log), nil
+}
+
+// NewServer returns a server on conn, the plugin's end; Serve starts it.
+func NewServer(conn net.Conn, log hclog.Logger) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{conn: conn, log: log, methods: map[string]method{}, ctx: ctx, cancel: cancel, calls: map[uint64]context.CancelFunc{}, done: make(chan struct{})}
+}
+
+// RegisterService registers desc's unary methods, served by impl. Call it
+// before Serve.
+func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	for _, m := range desc.Methods {
+		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = method{impl: impl, handler: m.Handler}
+	}
+}
+
+// Serve writes the hello frame, then reads and serves calls in a goroutine
+// until the supervisor closes its end or Close is called.
+func (s *Server) Serve() error {
+	if err := s.write(&frame{kind: kindHello, payload: []byte(Hello)}); err != nil {
+		close(s.done)
+		return fmt.Errorf("control channel: hello: %w", err)
+	}
+	go s.read()
+	return nil
+}
+
+// Close stops the server: the channel is closed, every call running is
+// cancelled, and Close returns once their goroutines have ended.
+func (s *Server) Close() error {
+	err := s.conn.Close()
+	<-s.done
+	s.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// read serves calls until the channel closes or a frame is malformed;
+// then it closes the channel and cancels every call running.
+func (s *Server) read() {
+	defer close(s.done)
+	defer s.cancel()
+	defer s.conn.Close()
+	r := bufio.NewReader(s.conn)
+	for {
+		f, err := readFrame(r)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+				s.log.Error("control channel: closing it", "error", err)
+			}
+			return
+		}
+		switch f.kind {
+		case kindCall:
+			if !s.start(f) {
+				return
+			}
+		case kindCancel:
+			s.mu.Lock()
+			if cancel := s.calls[f.id]; cancel != nil {
+				cancel()
+			}
+			s.mu.Unlock()
+		default:
+			s.log.Error("control channel: closing it", "error", fmt.Sprintf("a frame of kind %d from the supervisor", f.kind))
+			return
+		}
+	}
+}
+
+// start runs call f in a goroutine; false for a call id already running,
+// a protocol error.
+func (s *Server) start(f frame) bool {
+	ctx, cancel := context.WithCancel(s.ctx)
+	if f.timeout > 0 {
+		ctx, cancel = context.WithTimeout(s.ctx, f.timeout)
+	}
+	s.mu.Lock()
+	if s.calls[f.id] != nil {
+		s.mu.Unlock()
+		cancel()
+		s.log.Error("control channel: closing it", "error", fmt.Sprintf("call %d started twice", f.id))
+		return false
+	}
+	s.calls[f.id] = cancel
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		reply := s.call(ctx, f)
+		s.mu.Lock()
+		delete(s.calls, f.id)
+		s.mu.Unlock()
+		cancel()
+		if err := s.write(reply); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Debug("control channel: reply", "method", f.method, "error", err)
+		}
+	}()
+	return true
+}
+
+// call runs f's method and returns its reply.
+func (s *Server) call(ctx context.Context, f frame) *frame {
+	reply := &frame{kind: kindReply, id: f.id}
+	m, ok := s.methods[f.method]
+	if !ok {
+		reply.code, reply.msg = codes.Unimplemented, fmt.Sprintf("unknown method %s", f.method)
+		return reply
+	}
+	dec := func(v any) error {
+		msg, ok := v.(proto.Message)
+		if !ok {
+			return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", f.method, v)
+		}
+		if err := proto.Unmarshal(f.payload, msg); err != nil {
+			return status.Errorf(codes.Internal, "%s: decode the request: %v", f.method, err)
+		}
+		return nil
+	}
+	resp, err := m.handler(m.impl, ctx, dec, nil)
+	if err == nil {
+		msg, ok := resp.(proto.Message)
+		if !ok {
+			err = status.Errorf(codes.Internal, "%s: %T is not a protobuf message", f.method, resp)
+		} else if reply.payload, err = proto.Marshal(msg); err != nil {
+			err = status.Errorf(codes.Internal, "%s: encode the response: %v", f.method, err)
+		} else if n := len(reply.payload); n > MaxFrame-256 {
+			reply.payload = nil
+			err = status.Errorf(codes.ResourceExhausted, "%s: a response of %d bytes is over the channel's limit of %d", f.method, n, MaxFrame-256)
+		}
+	}
+	if err != nil {
+		st := status.Convert(err)
+		reply.code, reply.msg = st.Code(), st.Message()
+	}
+	return reply
+}
+
+func (s *Server) write(f *frame) error {
+	b := f.marshal()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_, err := s.conn.Write(b)
+	return err
+}
