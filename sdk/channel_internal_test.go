@@ -68,7 +68,7 @@ func serveOn(t *testing.T, register func(*unixrpc.Server)) (use func(raw any) (b
 	}
 }
 
-// The unary calls of a client given a channel go over it: these clients
+// The calls of a client given a channel go over it: these clients
 // have no gRPC connection at all.
 func TestUseControlChannel(t *testing.T) {
 	ctx := context.Background()

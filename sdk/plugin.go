@@ -175,7 +175,7 @@ var (
 
 // ControlChannelEnv names the variable that gives a plugin process the
 // descriptor of its end of the control channel, a private unix socket over
-// which the supervisor makes its unary calls when the plugin serves it
+// which the supervisor makes its calls when the plugin serves it
 // (docs/protocol.md, section 1.7). Serve serves it when the variable is set.
 const ControlChannelEnv = unixrpc.Env
 
@@ -186,10 +186,11 @@ const ControlChannelEnv = unixrpc.Env
 // has started, and hands host to UseControlChannel.
 func ControlChannelPair() (host, plugin *os.File, err error) { return unixrpc.Pair() }
 
-// UseControlChannel routes the unary calls of raw, what Dispense returned
+// UseControlChannel routes the calls of raw, what Dispense returned
 // for a phase or policy plugin, over the plugin's control channel, once
 // go-plugin's handshake is done, if the plugin serves the channel (it wrote
-// its hello before the handshake); streams stay on gRPC. It returns what
+// its hello before the handshake): its unary calls and its server streams
+// (Progress); go-plugin's own services stay on gRPC. It returns what
 // closes the channel, nil (calls stay on gRPC) when the plugin does not
 // serve it. host is the supervisor's end; it is closed either way.
 func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
@@ -216,7 +217,8 @@ func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
 	return ch, nil
 }
 
-// serveChannel serves the unary methods of plugins over the control
+// serveChannel serves the unary methods and server streams of plugins over
+// the control
 // channel the supervisor passed, if it passed one; nil if not. An unusable
 // descriptor is logged, and the calls come over gRPC.
 func serveChannel(logger hclog.Logger, plugins map[string]plugin.Plugin) *unixrpc.Server {

@@ -34,7 +34,7 @@ type process struct {
 	raw    any // what the plugin map dispensed: sdk.PhaseControl or sdk.Policy
 	info   sdk.Info
 	cmd    *exec.Cmd
-	// channel is the plugin's control channel, over which its unary calls
+	// channel is the plugin's control channel, over which its calls
 	// go; nil when it serves none (they go over gRPC).
 	channel io.Closer
 	// done is go-plugin's exit notification: closed once the process has

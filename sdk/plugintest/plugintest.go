@@ -57,7 +57,7 @@ type Process struct {
 	Pid       int    // its pid, which is also its process group's id
 	SocketDir string // where it put its gRPC socket (PLUGIN_UNIX_SOCKET_DIR)
 	// Channel says whether the plugin serves the control channel, over
-	// which Raw's unary calls then go (sdk.UseControlChannel).
+	// which Raw's calls then go (sdk.UseControlChannel).
 	Channel bool
 	// GRPC is a second client of the same process, whose calls all go
 	// over gRPC: to compare the two.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -29,9 +31,10 @@ func Pair() (host, plugin *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "control channel"), os.NewFile(uintptr(fds[1]), "control channel (plugin)"), nil
 }
 
-// Client makes unary calls over the supervisor's end of the channel, and
-// passes streams to the gRPC connection beside it. It is a
-// grpc.ClientConnInterface, for the generated New…Client functions.
+// Client makes unary calls and opens server streams over the supervisor's
+// end of the channel, and passes other streams to the gRPC connection
+// beside it. It is a grpc.ClientConnInterface, for the generated
+// New…Client functions.
 type Client struct {
 	conn    net.Conn
 	streams grpc.ClientConnInterface
@@ -39,9 +42,9 @@ type Client struct {
 	wmu   sync.Mutex // one frame at a time on conn
 	mu    sync.Mutex
 	next  uint64
-	calls map[uint64]chan frame // the calls waiting for their reply
-	err   error                 // why the channel is closed; nil while open
-	done  chan struct{}         // closed when the reader has stopped
+	calls map[uint64]*pending // the calls waiting for their reply
+	err   error               // why the channel is closed; nil while open
+	done  chan struct{}       // closed when the reader has stopped
 }
 
 // Dial returns a client on host, the supervisor's end of a plugin's
@@ -66,7 +69,7 @@ func Dial(host *os.File, streams grpc.ClientConnInterface) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control channel: %w", err)
 	}
-	c := &Client{conn: conn, streams: streams, calls: map[uint64]chan frame{}, done: make(chan struct{})}
+	c := &Client{conn: conn, streams: streams, calls: map[uint64]*pending{}, done: make(chan struct{})}
 	go c.read()
 	return c, nil
 }
@@ -99,53 +102,239 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, _ .
 	if err != nil {
 		return status.Errorf(codes.Internal, "%s: encode the request: %v", method, err)
 	}
+	p, id, err := c.start(ctx, method, payload)
+	if err != nil {
+		return err
+	}
+	f, err := p.next(ctx)
+	if err != nil {
+		c.cancel(id)
+		return err
+	}
+	if f.kind != kindReply {
+		c.cancel(id)
+		return status.Errorf(codes.Internal, "%s: the plugin sent a stream message to a unary call", method)
+	}
+	if f.code != codes.OK {
+		if err := ended(ctx); err != nil {
+			// Its end, not what it made the plugin answer, is the error.
+			return status.FromContextError(err).Err()
+		}
+		return status.Error(f.code, f.msg)
+	}
+	if err := proto.Unmarshal(f.payload, out); err != nil {
+		return status.Errorf(codes.Internal, "%s: decode the response: %v", method, err)
+	}
+	return nil
+}
+
+// start sends the call frame of a new call and returns where its reply
+// (and a stream's messages) will come.
+func (c *Client) start(ctx context.Context, method string, payload []byte) (*pending, uint64, error) {
 	if len(method) > 0xffff || len(payload) > MaxFrame-0x10100 {
-		return status.Errorf(codes.ResourceExhausted, "%s: a request of %d bytes is over the control channel's limit", method, len(payload))
+		return nil, 0, status.Errorf(codes.ResourceExhausted, "%s: a request of %d bytes is over the control channel's limit", method, len(payload))
 	}
 	var timeout time.Duration
 	if dl, ok := ctx.Deadline(); ok {
 		if timeout = time.Until(dl); timeout <= 0 {
-			return status.FromContextError(context.DeadlineExceeded).Err()
+			return nil, 0, status.FromContextError(context.DeadlineExceeded).Err()
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return status.FromContextError(err).Err()
+		return nil, 0, status.FromContextError(err).Err()
 	}
-	ch := make(chan frame, 1)
+	p := &pending{notify: make(chan struct{}, 1)}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return err
+		return nil, 0, err
 	}
 	c.next++
 	id := c.next
-	c.calls[id] = ch
+	c.calls[id] = p
 	c.mu.Unlock()
 	if err := c.write(&frame{kind: kindCall, id: id, method: method, timeout: timeout, payload: payload}); err != nil {
 		c.forget(id)
-		return status.Errorf(codes.Unavailable, "control channel: %s: %v", method, err)
+		return nil, 0, status.Errorf(codes.Unavailable, "control channel: %s: %v", method, err)
 	}
-	select {
-	case f := <-ch:
-		if f.code != codes.OK {
-			return status.Error(f.code, f.msg)
-		}
-		if err := proto.Unmarshal(f.payload, out); err != nil {
-			return status.Errorf(codes.Internal, "%s: decode the response: %v", method, err)
-		}
-		return nil
-	case <-ctx.Done():
-		if c.forget(id) {
-			_ = c.write(&frame{kind: kindCancel, id: id}) // the reply, if it comes, is dropped
-		}
-		return status.FromContextError(ctx.Err()).Err()
+	return p, id, nil
+}
+
+// ended returns ctx's error, or context.DeadlineExceeded once its deadline
+// has passed (before its timer has fired, Err is still nil).
+func ended(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// cancel gives up on call id: the plugin is told, unless the call has
+// ended; a reply that comes later is dropped.
+func (c *Client) cancel(id uint64) {
+	if c.forget(id) {
+		_ = c.write(&frame{kind: kindCancel, id: id})
 	}
 }
 
-// NewStream opens a stream over the gRPC connection.
+// maxQueued is how many stream messages may wait for a reader: past it,
+// the stream ends with ResourceExhausted (the supervisor opens its
+// progress stream again), so that a plugin cannot grow its memory.
+const maxQueued = 1024
+
+// pending is what a call has received and not yet read: its stream's
+// messages, then its reply.
+type pending struct {
+	mu     sync.Mutex
+	queue  []frame
+	ended  bool          // the reply, or a failure, is queued
+	notify chan struct{} // a frame was queued
+}
+
+// push queues a stream message; false if too many wait.
+func (p *pending) push(f frame) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ended {
+		return true
+	}
+	if len(p.queue) >= maxQueued {
+		return false
+	}
+	p.queue = append(p.queue, f)
+	p.signal()
+	return true
+}
+
+// end queues the reply (or a failure as one); what comes after is dropped.
+func (p *pending) end(f frame) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ended {
+		p.ended = true
+		p.queue = append(p.queue, f)
+		p.signal()
+	}
+}
+
+func (p *pending) signal() {
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next frame, waiting for it; a status error when ctx
+// ends first.
+func (p *pending) next(ctx context.Context) (frame, error) {
+	for {
+		p.mu.Lock()
+		if len(p.queue) > 0 {
+			f := p.queue[0]
+			p.queue = p.queue[1:]
+			p.mu.Unlock()
+			return f, nil
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.notify:
+		case <-ctx.Done():
+			return frame{}, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// NewStream opens a server stream over the channel (its call goes out
+// with the request, on SendMsg), and any other over the gRPC connection.
 func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return c.streams.NewStream(ctx, desc, method, opts...)
+	if desc.ClientStreams || !desc.ServerStreams {
+		return c.streams.NewStream(ctx, desc, method, opts...)
+	}
+	return &clientStream{c: c, ctx: ctx, method: method}, nil
+}
+
+// clientStream is a server stream over the channel.
+type clientStream struct {
+	c      *Client
+	ctx    context.Context
+	method string
+	p      *pending // nil until the request is sent
+	id     uint64
+	stop   func() bool // stops the cancel that ctx's end sends
+	err    error       // how the stream ended (io.EOF: with OK)
+}
+
+func (st *clientStream) Header() (metadata.MD, error) { return nil, nil }
+func (st *clientStream) Trailer() metadata.MD         { return nil }
+func (st *clientStream) CloseSend() error             { return nil }
+func (st *clientStream) Context() context.Context     { return st.ctx }
+
+// SendMsg sends the call with its request; a server stream has one.
+func (st *clientStream) SendMsg(m any) error {
+	if st.p != nil {
+		return status.Errorf(codes.Internal, "%s: a server stream takes one request", st.method)
+	}
+	in, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.method, m)
+	}
+	payload, err := proto.Marshal(in)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encode the request: %v", st.method, err)
+	}
+	if st.p, st.id, err = st.c.start(st.ctx, st.method, payload); err != nil {
+		return err
+	}
+	// The plugin learns at once that the caller gave up, as from gRPC,
+	// not at the caller's next RecvMsg.
+	id := st.id
+	st.stop = context.AfterFunc(st.ctx, func() { st.c.cancel(id) })
+	return nil
+}
+
+// RecvMsg reads the next message into m; io.EOF once the stream has
+// ended with OK, its status error otherwise.
+func (st *clientStream) RecvMsg(m any) error {
+	if st.err != nil {
+		return st.err
+	}
+	if st.p == nil {
+		return status.Errorf(codes.Internal, "%s: no request sent", st.method)
+	}
+	out, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.method, m)
+	}
+	f, err := st.p.next(st.ctx)
+	if err == nil {
+		// Once the caller has given up, as from gRPC, nothing more.
+		if err = ended(st.ctx); err != nil {
+			err = status.FromContextError(err).Err()
+		}
+	}
+	switch {
+	case err != nil:
+		st.c.cancel(st.id)
+		st.err = err
+	case f.kind == kindReply && f.code == codes.OK:
+		st.err = io.EOF
+	case f.kind == kindReply:
+		st.err = status.Error(f.code, f.msg)
+	default:
+		if err := proto.Unmarshal(f.payload, out); err != nil {
+			st.c.cancel(st.id)
+			st.err = status.Errorf(codes.Internal, "%s: decode a message: %v", st.method, err)
+			st.stop()
+			return st.err
+		}
+		return nil
+	}
+	st.stop()
+	return st.err
 }
 
 // forget drops call id; false if it was gone (its reply came, or the
@@ -177,16 +366,25 @@ func (c *Client) read() {
 		if f, err = readFrame(r); err != nil {
 			break
 		}
-		if f.kind != kindReply {
+		switch f.kind {
+		case kindReply:
+			c.mu.Lock()
+			p := c.calls[f.id]
+			delete(c.calls, f.id)
+			c.mu.Unlock()
+			if p != nil {
+				p.end(f)
+			}
+		case kindStream:
+			c.mu.Lock()
+			p := c.calls[f.id]
+			c.mu.Unlock()
+			if p != nil && !p.push(f) {
+				c.cancel(f.id)
+				p.end(frame{kind: kindReply, code: codes.ResourceExhausted, msg: fmt.Sprintf("more than %d stream messages wait to be read", maxQueued)})
+			}
+		default:
 			err = fmt.Errorf("%w: a frame of kind %d from the plugin", errFrame, f.kind)
-			break
-		}
-		c.mu.Lock()
-		ch := c.calls[f.id]
-		delete(c.calls, f.id)
-		c.mu.Unlock()
-		if ch != nil {
-			ch <- f
 		}
 	}
 	c.conn.Close()
@@ -199,8 +397,8 @@ func (c *Client) read() {
 	calls := c.calls
 	c.calls = nil
 	c.mu.Unlock()
-	for _, ch := range calls {
-		ch <- frame{kind: kindReply, code: codes.Unavailable, msg: msg}
+	for _, p := range calls {
+		p.end(frame{kind: kindReply, code: codes.Unavailable, msg: msg})
 	}
 }
 

@@ -1,5 +1,5 @@
-// Package unixrpc carries the unary calls of the plugin services (Phase,
-// Policy) over a private unix socket between the supervisor and one plugin
+// Package unixrpc carries the unary calls and server streams of the plugin
+// services (Phase, Policy) over a private unix socket between the supervisor and one plugin
 // process, as a faster path beside go-plugin's gRPC connection: the same
 // protobuf messages, the same methods and status codes, without HTTP/2, TLS
 // or gRPC's per-call goroutines. A call costs about a sixth of a gRPC call's
@@ -9,9 +9,9 @@
 // inherits its end as a file descriptor named by Env. A plugin that serves
 // the channel (Serve) writes a hello frame on it before it speaks go-plugin's
 // handshake; the supervisor looks for that frame once the handshake is done
-// (Dial), and routes the plugin's unary calls over the channel only if it is
+// (Dial), and routes the plugin's calls over the channel only if it is
 // there. A plugin that does not (a Python phase, an older Go plugin) is
-// called over gRPC as before. Streams (Progress) always go over gRPC.
+// called over gRPC as before. go-plugin's own services stay on gRPC.
 //
 // The socket pair is made by the supervisor and inherited by this one child
 // only: no other process can connect to it, which is what go-plugin's
@@ -49,6 +49,7 @@ const (
 	kindCall   byte = 1 // supervisor → plugin: a call
 	kindReply  byte = 2 // plugin → supervisor: the end of a call
 	kindCancel byte = 3 // supervisor → plugin: the caller gave up on a call
+	kindStream byte = 4 // plugin → supervisor: one message of a call's stream
 )
 
 // frame is one message on the channel. On the wire: the length of the rest
@@ -57,7 +58,8 @@ const (
 // name ("/phased.v1.Phase/Run"), the time the caller gives the call in
 // nanoseconds (int64, 0 for no limit), the request; reply: the status code
 // (uint32), the status message's length (uint32) and text, the response
-// (empty unless the code is OK); hello: the text Hello; cancel: nothing.
+// (empty unless the code is OK); stream: one message of the call's
+// stream; hello: the text Hello; cancel: nothing.
 type frame struct {
 	kind    byte
 	id      uint64
@@ -137,7 +139,7 @@ func parseFrame(b []byte) (frame, error) {
 		return fmt.Errorf("%w: kind %d, call %d: no room for its %s", errFrame, f.kind, f.id, what)
 	}
 	switch f.kind {
-	case kindHello, kindCancel:
+	case kindHello, kindCancel, kindStream:
 	case kindCall:
 		if len(rest) < 2 {
 			return frame{}, short("method's length")

@@ -15,19 +15,21 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
-// Server serves the unary methods of the services registered with it over
-// a plugin process's end of the channel, each call in a goroutine of its
-// own, as gRPC does. It is a grpc.ServiceRegistrar: the generated
-// Register…Server functions register a service with it as with a
-// grpc.Server (stream methods are left to gRPC).
+// Server serves the unary methods and the server streams of the services
+// registered with it over a plugin process's end of the channel, each call
+// in a goroutine of its own, as gRPC does. It is a grpc.ServiceRegistrar:
+// the generated Register…Server functions register a service with it as
+// with a grpc.Server (streams from the client are not served).
 type Server struct {
 	conn    net.Conn
 	log     hclog.Logger
 	methods map[string]method
+	streams map[string]stream
 
 	ctx    context.Context // ends when the server stops
 	cancel context.CancelFunc
@@ -41,6 +43,11 @@ type Server struct {
 type method struct {
 	impl    any
 	handler grpc.MethodHandler
+}
+
+type stream struct {
+	impl    any
+	handler grpc.StreamHandler
 }
 
 // FromEnv returns a server on the descriptor Env names, nil when Env is not
@@ -73,14 +80,19 @@ func FromEnv(log hclog.Logger) (*Server, error) {
 // NewServer returns a server on conn, the plugin's end; Serve starts it.
 func NewServer(conn net.Conn, log hclog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{conn: conn, log: log, methods: map[string]method{}, ctx: ctx, cancel: cancel, calls: map[uint64]context.CancelFunc{}, done: make(chan struct{})}
+	return &Server{conn: conn, log: log, methods: map[string]method{}, streams: map[string]stream{}, ctx: ctx, cancel: cancel, calls: map[uint64]context.CancelFunc{}, done: make(chan struct{})}
 }
 
-// RegisterService registers desc's unary methods, served by impl. Call it
-// before Serve.
+// RegisterService registers desc's unary methods and server streams,
+// served by impl. Call it before Serve.
 func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	for _, m := range desc.Methods {
 		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = method{impl: impl, handler: m.Handler}
+	}
+	for _, st := range desc.Streams {
+		if st.ServerStreams && !st.ClientStreams {
+			s.streams["/"+desc.ServiceName+"/"+st.StreamName] = stream{impl: impl, handler: st.Handler}
+		}
 	}
 }
 
@@ -176,7 +188,15 @@ func (s *Server) call(ctx context.Context, f frame) *frame {
 	reply := &frame{kind: kindReply, id: f.id}
 	m, ok := s.methods[f.method]
 	if !ok {
-		reply.code, reply.msg = codes.Unimplemented, fmt.Sprintf("unknown method %s", f.method)
+		st, ok := s.streams[f.method]
+		if !ok {
+			reply.code, reply.msg = codes.Unimplemented, fmt.Sprintf("unknown method %s", f.method)
+			return reply
+		}
+		if err := st.handler(st.impl, &serverStream{ctx: ctx, s: s, call: f}); err != nil {
+			st := status.Convert(err)
+			reply.code, reply.msg = st.Code(), st.Message()
+		}
 		return reply
 	}
 	dec := func(v any) error {
@@ -214,4 +234,57 @@ func (s *Server) write(f *frame) error {
 	defer s.wmu.Unlock()
 	_, err := s.conn.Write(b)
 	return err
+}
+
+// serverStream is the grpc.ServerStream of a call to a server stream: its
+// request is the call's, each message it sends is a stream frame, and the
+// reply that ends the call ends the stream.
+type serverStream struct {
+	ctx  context.Context
+	s    *Server
+	call frame
+	read bool // the request has been read
+}
+
+func (st *serverStream) Context() context.Context     { return st.ctx }
+func (st *serverStream) SetHeader(metadata.MD) error  { return nil }
+func (st *serverStream) SendHeader(metadata.MD) error { return nil }
+func (st *serverStream) SetTrailer(metadata.MD)       {}
+
+// SendMsg sends one message of the stream.
+func (st *serverStream) SendMsg(m any) error {
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.call.method, m)
+	}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s: encode a message: %v", st.call.method, err)
+	}
+	if len(b) > MaxFrame-256 {
+		return status.Errorf(codes.ResourceExhausted, "%s: a message of %d bytes is over the channel's limit of %d", st.call.method, len(b), MaxFrame-256)
+	}
+	if err := st.ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	if err := st.s.write(&frame{kind: kindStream, id: st.call.id, payload: b}); err != nil {
+		return status.Errorf(codes.Unavailable, "%s: %v", st.call.method, err)
+	}
+	return nil
+}
+
+// RecvMsg reads the call's request, once; then io.EOF.
+func (st *serverStream) RecvMsg(m any) error {
+	if st.read {
+		return io.EOF
+	}
+	st.read = true
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.call.method, m)
+	}
+	if err := proto.Unmarshal(st.call.payload, msg); err != nil {
+		return status.Errorf(codes.Internal, "%s: decode the request: %v", st.call.method, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -30,6 +31,26 @@ type phase struct {
 	dl      chan time.Time // its context's deadline, zero for none
 	logs    *bytes.Buffer  // the server's log
 	mu      *sync.Mutex
+	// Progress sends events r1…rN, then ends with progressErr, or
+	// blocks until its context ends if progressBlock (ended gets why).
+	events        int
+	progressErr   error
+	progressBlock bool
+}
+
+func (p *phase) Progress(_ *phasedv1.ProgressRequest, stream phasedv1.Phase_ProgressServer) error {
+	for i := range p.events {
+		if err := stream.Send(&phasedv1.ProgressEvent{Request: fmt.Sprintf("r%d", i+1), Done: int64(i)}); err != nil {
+			p.ended <- err
+			return err
+		}
+	}
+	if p.progressBlock {
+		<-stream.Context().Done()
+		p.ended <- stream.Context().Err()
+		return stream.Context().Err()
+	}
+	return p.progressErr
 }
 
 func (p *phase) Info(context.Context, *phasedv1.InfoRequest) (*phasedv1.InfoResponse, error) {
@@ -126,15 +147,85 @@ func TestCall(t *testing.T) {
 	wantStatus(t, err, codes.InvalidArgument, "room 2: no such room")
 	err = c.Invoke(ctx, "/phased.v1.Phase/Nothing", &phasedv1.InfoRequest{}, &phasedv1.InfoResponse{})
 	wantStatus(t, err, codes.Unimplemented, "unknown method /phased.v1.Phase/Nothing")
-	// Streams are not served on the channel.
-	err = c.Invoke(ctx, "/phased.v1.Phase/Progress", &phasedv1.ProgressRequest{}, &phasedv1.ProgressEvent{})
-	wantStatus(t, err, codes.Unimplemented, "unknown method")
 	// Too big to send: refused here, and the channel still works.
 	big := &phasedv1.OpenRoomRequest{PeerEndpoint: strings.Repeat("x", MaxFrame)}
 	_, err = pc.OpenRoom(ctx, big)
 	wantStatus(t, err, codes.ResourceExhausted, "over the control channel's limit")
 	if _, err := pc.Info(ctx, &phasedv1.InfoRequest{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server stream: its messages in order, then io.EOF or its status.
+func TestStream(t *testing.T) {
+	p, _, c := start(t)
+	p.events = 3
+	ctx := context.Background()
+	recv := func(want int) error {
+		t.Helper()
+		st, err := phasedv1.NewPhaseClient(c).Progress(ctx, &phasedv1.ProgressRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range want {
+			ev, err := st.Recv()
+			if err != nil || ev.GetRequest() != fmt.Sprintf("r%d", i+1) || ev.GetDone() != int64(i) {
+				t.Fatalf("event %d: %v, %v", i, ev, err)
+			}
+		}
+		_, err = st.Recv()
+		if _, again := st.Recv(); again != err {
+			t.Fatalf("after the end: %v, then %v", err, again)
+		}
+		return err
+	}
+	if err := recv(3); err != io.EOF {
+		t.Fatalf("the end of the stream: %v, want io.EOF", err)
+	}
+	p.events, p.progressErr = 1, status.Error(codes.FailedPrecondition, "released")
+	wantStatus(t, recv(1), codes.FailedPrecondition, "released")
+}
+
+// A stream the caller gives up on is cancelled in the plugin; one whose
+// messages are not read fails with ResourceExhausted, and is cancelled
+// there too.
+func TestStreamCancel(t *testing.T) {
+	p, _, c := start(t)
+	p.events, p.progressBlock = 2, true
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := phasedv1.NewPhaseClient(c).Progress(ctx, &phasedv1.ProgressRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-p.ended; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the plugin's stream ended with %v", err)
+	}
+	_, err = st.Recv()
+	wantStatus(t, err, codes.Canceled, "context canceled")
+
+	p.events = maxQueued + 100
+	st, err = phasedv1.NewPhaseClient(c).Progress(context.Background(), &phasedv1.ProgressRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.ended: // cancelled while sending, or once blocked
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plugin's stream was not cancelled")
+	}
+	n := 0
+	for ; ; n++ {
+		if _, err = st.Recv(); err != nil {
+			break
+		}
+	}
+	wantStatus(t, err, codes.ResourceExhausted, "more than 1024 stream messages wait to be read")
+	if n != maxQueued {
+		t.Fatalf("%d messages read before the error, want %d", n, maxQueued)
 	}
 }
 
@@ -195,7 +286,8 @@ func TestDeadline(t *testing.T) {
 	if dl := <-p.dl; dl.IsZero() || dl.Before(want.Add(-50*time.Millisecond)) || dl.After(want.Add(time.Second)) {
 		t.Errorf("the plugin's deadline %v, the caller's %v", dl, want)
 	}
-	if err := <-p.ended; !errors.Is(err, context.DeadlineExceeded) {
+	// Its own deadline, or the caller's cancel when that came first.
+	if err := <-p.ended; !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		t.Fatalf("the plugin's call ended with %v", err)
 	}
 	_, err = phasedv1.NewPhaseClient(c).Info(ctx, &phasedv1.InfoRequest{})
