@@ -218,9 +218,8 @@ func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
 }
 
 // serveChannel serves the unary methods and server streams of plugins over
-// the control
-// channel the supervisor passed, if it passed one; nil if not. An unusable
-// descriptor is logged, and the calls come over gRPC.
+// the control channel the supervisor passed, if it passed one; nil if not.
+// An unusable descriptor is logged, and the calls come over gRPC.
 func serveChannel(logger hclog.Logger, plugins map[string]plugin.Plugin) *unixrpc.Server {
 	srv, err := unixrpc.FromEnv(logger)
 	if err == nil && srv != nil {
