@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // Pair returns a connected socket pair: host, the supervisor's end (closed
@@ -36,10 +35,9 @@ func Pair() (host, plugin *os.File, err error) {
 // beside it. It is a grpc.ClientConnInterface, for the generated
 // New…Client functions.
 type Client struct {
-	conn    net.Conn
+	wire
 	streams grpc.ClientConnInterface
 
-	wmu   sync.Mutex // one frame at a time on conn
 	mu    sync.Mutex
 	next  uint64
 	calls map[uint64]*pending // the calls waiting for their reply
@@ -69,7 +67,7 @@ func Dial(host *os.File, streams grpc.ClientConnInterface) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control channel: %w", err)
 	}
-	c := &Client{conn: conn, streams: streams, calls: map[uint64]*pending{}, done: make(chan struct{})}
+	c := &Client{wire: wire{conn: conn}, streams: streams, calls: map[uint64]*pending{}, done: make(chan struct{})}
 	go c.read()
 	return c, nil
 }
@@ -90,17 +88,9 @@ func (c *Client) Close() error {
 // DeadlineExceeded when ctx ends first (the plugin is told to cancel the
 // call); Unavailable once the channel is closed.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, _ ...grpc.CallOption) error {
-	in, ok := args.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", method, args)
-	}
-	out, ok := reply.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", method, reply)
-	}
-	payload, err := proto.Marshal(in)
+	payload, err := encode(method, "request", args, maxRequest)
 	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encode the request: %v", method, err)
+		return err
 	}
 	p, id, err := c.start(ctx, method, payload)
 	if err != nil {
@@ -122,17 +112,14 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, _ .
 		}
 		return status.Error(f.code, f.msg)
 	}
-	if err := proto.Unmarshal(f.payload, out); err != nil {
-		return status.Errorf(codes.Internal, "%s: decode the response: %v", method, err)
-	}
-	return nil
+	return decode(method, "response", f.payload, reply)
 }
 
 // start sends the call frame of a new call and returns where its reply
 // (and a stream's messages) will come.
 func (c *Client) start(ctx context.Context, method string, payload []byte) (*pending, uint64, error) {
-	if len(method) > 0xffff || len(payload) > MaxFrame-0x10100 {
-		return nil, 0, status.Errorf(codes.ResourceExhausted, "%s: a request of %d bytes is over the control channel's limit", method, len(payload))
+	if len(method) > 0xffff {
+		return nil, 0, status.Errorf(codes.ResourceExhausted, "a method name of %d bytes is over the control channel's limit", len(method))
 	}
 	var timeout time.Duration
 	if dl, ok := ctx.Deadline(); ok {
@@ -278,13 +265,9 @@ func (st *clientStream) SendMsg(m any) error {
 	if st.p != nil {
 		return status.Errorf(codes.Internal, "%s: a server stream takes one request", st.method)
 	}
-	in, ok := m.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.method, m)
-	}
-	payload, err := proto.Marshal(in)
+	payload, err := encode(st.method, "request", m, maxRequest)
 	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encode the request: %v", st.method, err)
+		return err
 	}
 	if st.p, st.id, err = st.c.start(st.ctx, st.method, payload); err != nil {
 		return err
@@ -305,10 +288,6 @@ func (st *clientStream) RecvMsg(m any) error {
 	if st.p == nil {
 		return status.Errorf(codes.Internal, "%s: no request sent", st.method)
 	}
-	out, ok := m.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.method, m)
-	}
 	f, err := st.p.next(st.ctx)
 	if err == nil {
 		// Once the caller has given up, as from gRPC, nothing more.
@@ -325,9 +304,9 @@ func (st *clientStream) RecvMsg(m any) error {
 	case f.kind == kindReply:
 		st.err = status.Error(f.code, f.msg)
 	default:
-		if err := proto.Unmarshal(f.payload, out); err != nil {
+		if err := decode(st.method, "message", f.payload, m); err != nil {
 			st.c.cancel(st.id)
-			st.err = status.Errorf(codes.Internal, "%s: decode a message: %v", st.method, err)
+			st.err = err
 			st.stop()
 			return st.err
 		}
@@ -345,14 +324,6 @@ func (c *Client) forget(id uint64) bool {
 	_, ok := c.calls[id]
 	delete(c.calls, id)
 	return ok
-}
-
-func (c *Client) write(f *frame) error {
-	b := f.marshal()
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err := c.conn.Write(b)
-	return err
 }
 
 // read delivers replies until the channel closes or a frame is malformed

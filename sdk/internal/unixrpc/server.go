@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // Server serves the unary methods and the server streams of the services
@@ -26,14 +25,13 @@ import (
 // the generated Register…Server functions register a service with it as
 // with a grpc.Server (streams from the client are not served).
 type Server struct {
-	conn    net.Conn
+	wire
 	log     hclog.Logger
 	methods map[string]method
 	streams map[string]stream
 
 	ctx    context.Context // ends when the server stops
 	cancel context.CancelFunc
-	wmu    sync.Mutex // one frame at a time on conn
 	mu     sync.Mutex
 	calls  map[uint64]context.CancelFunc // the calls running
 	wg     sync.WaitGroup                // the calls' goroutines
@@ -80,7 +78,7 @@ func FromEnv(log hclog.Logger) (*Server, error) {
 // NewServer returns a server on conn, the plugin's end; Serve starts it.
 func NewServer(conn net.Conn, log hclog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{conn: conn, log: log, methods: map[string]method{}, streams: map[string]stream{}, ctx: ctx, cancel: cancel, calls: map[uint64]context.CancelFunc{}, done: make(chan struct{})}
+	return &Server{wire: wire{conn: conn}, log: log, methods: map[string]method{}, streams: map[string]stream{}, ctx: ctx, cancel: cancel, calls: map[uint64]context.CancelFunc{}, done: make(chan struct{})}
 }
 
 // RegisterService registers desc's unary methods and server streams,
@@ -199,41 +197,16 @@ func (s *Server) call(ctx context.Context, f frame) *frame {
 		}
 		return reply
 	}
-	dec := func(v any) error {
-		msg, ok := v.(proto.Message)
-		if !ok {
-			return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", f.method, v)
-		}
-		if err := proto.Unmarshal(f.payload, msg); err != nil {
-			return status.Errorf(codes.Internal, "%s: decode the request: %v", f.method, err)
-		}
-		return nil
-	}
+	dec := func(v any) error { return decode(f.method, "request", f.payload, v) }
 	resp, err := m.handler(m.impl, ctx, dec, nil)
 	if err == nil {
-		msg, ok := resp.(proto.Message)
-		if !ok {
-			err = status.Errorf(codes.Internal, "%s: %T is not a protobuf message", f.method, resp)
-		} else if reply.payload, err = proto.Marshal(msg); err != nil {
-			err = status.Errorf(codes.Internal, "%s: encode the response: %v", f.method, err)
-		} else if n := len(reply.payload); n > MaxFrame-256 {
-			reply.payload = nil
-			err = status.Errorf(codes.ResourceExhausted, "%s: a response of %d bytes is over the channel's limit of %d", f.method, n, MaxFrame-256)
-		}
+		reply.payload, err = encode(f.method, "response", resp, maxReply)
 	}
 	if err != nil {
 		st := status.Convert(err)
 		reply.code, reply.msg = st.Code(), st.Message()
 	}
 	return reply
-}
-
-func (s *Server) write(f *frame) error {
-	b := f.marshal()
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	_, err := s.conn.Write(b)
-	return err
 }
 
 // serverStream is the grpc.ServerStream of a call to a server stream: its
@@ -253,16 +226,9 @@ func (st *serverStream) SetTrailer(metadata.MD)       {}
 
 // SendMsg sends one message of the stream.
 func (st *serverStream) SendMsg(m any) error {
-	msg, ok := m.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.call.method, m)
-	}
-	b, err := proto.Marshal(msg)
+	b, err := encode(st.call.method, "message", m, maxReply)
 	if err != nil {
-		return status.Errorf(codes.Internal, "%s: encode a message: %v", st.call.method, err)
-	}
-	if len(b) > MaxFrame-256 {
-		return status.Errorf(codes.ResourceExhausted, "%s: a message of %d bytes is over the channel's limit of %d", st.call.method, len(b), MaxFrame-256)
+		return err
 	}
 	if err := st.ctx.Err(); err != nil {
 		return status.FromContextError(err).Err()
@@ -279,12 +245,5 @@ func (st *serverStream) RecvMsg(m any) error {
 		return io.EOF
 	}
 	st.read = true
-	msg, ok := m.(proto.Message)
-	if !ok {
-		return status.Errorf(codes.Internal, "%s: %T is not a protobuf message", st.call.method, m)
-	}
-	if err := proto.Unmarshal(st.call.payload, msg); err != nil {
-		return status.Errorf(codes.Internal, "%s: decode the request: %v", st.call.method, err)
-	}
-	return nil
+	return decode(st.call.method, "request", st.call.payload, m)
 }
