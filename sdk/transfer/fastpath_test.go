@@ -352,6 +352,39 @@ func TestSenderLeft(t *testing.T) {
 	}
 }
 
+// TestSenderLeftUnread: SenderLeft reads the room's monitor itself when
+// the socket owner has not (on one CPU, a Run that computed until the
+// moment it asks kept the owner from running). The monitor is taken out
+// of the owner's epoll set here, so the owner never reads the sender's
+// leaving on its own: only SenderLeft's read can see it.
+func TestSenderLeftUnread(t *testing.T) {
+	p := newPair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := filled(t, tensor.Spec{Name: "x", DType: tensor.Float32, Shape: []int64{4096}}, 7)
+	const room = 1
+	p.openWith(t, sdk.BackendShm, room, []tensor.Spec{x.Spec})
+	if err := p.transfer(ctx, room, []tensor.Tensor{x}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.rcv.call(func(o *owner) error { return o.unwatch(o.rooms[room].mon) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.snd.Remove(room); err != nil {
+		t.Fatal(err)
+	}
+	left := false
+	for deadline := time.Now().Add(5 * time.Second); !left && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		left = p.rcv.SenderLeft(room)
+	}
+	if !left {
+		t.Fatalf("room %d: SenderLeft false 5 s after the sender's side went, its monitor unwatched", room)
+	}
+	if err := p.rcv.Remove(room); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRemoveSoon: RemoveSoon takes the room out of Rooms at once, and
 // the owner then closes its sockets (the receiver sees the sender go,
 // the socket file is deleted) and lets go of its segment; Remove waits

@@ -1309,11 +1309,35 @@ func (m *Manager) Drained(id uint64) bool {
 // side now keeps the order of invariant 1 (sender first) without the
 // supervisor's RemoveRoom. False for an unknown room and every other
 // case: a frame path, a sender still open, a failed room.
+//
+// The sender's leaving is an event on the room's monitor, which the
+// socket owner reads when it runs, and on one CPU a Run that computed
+// until now has kept it from running since the event came. So when
+// nothing but that event is missing, the owner reads the room's monitor
+// first: a hand-off inside this process, where the supervisor's
+// RemoveRoom would be a round trip on the request's path.
 func (m *Manager) SenderLeft(id uint64) bool {
+	left, unread := m.senderLeft(id)
+	if left || !unread {
+		return left
+	}
+	if err := m.call(func(o *owner) error { o.readMonitor(id); return nil }); err != nil {
+		return false
+	}
+	left, _ = m.senderLeft(id)
+	return left
+}
+
+// senderLeft is SenderLeft as far as the owner has read the room's
+// monitor; unread reports that only the sender's leaving is missing.
+func (m *Manager) senderLeft(id uint64) (left, unread bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.rooms[id]
-	return r != nil && r.role == Receiver && !r.removing && r.senderLeft && r.fastDone() && r.status != Failed
+	if r == nil || r.role != Receiver || r.removing || !r.fastDone() || r.status == Failed {
+		return false, false
+	}
+	return r.senderLeft, !r.senderLeft
 }
 
 // Status returns a room's status and, when Failed, its reason.

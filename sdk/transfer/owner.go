@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -566,6 +567,20 @@ func (o *owner) drainMonitor(id uint64, s *zmq.Socket) bool {
 	return true
 }
 
+// readMonitor reads room id's monitor events now, as when its socket is
+// ready.
+func (o *owner) readMonitor(id uint64) {
+	rs := o.rooms[id]
+	if rs == nil || rs.mon == nil {
+		return
+	}
+	if o.drainMonitor(id, rs.mon) {
+		if fd, err := rs.mon.GetFd(); err == nil {
+			o.pending = append(o.pending, int32(fd))
+		}
+	}
+}
+
 func (o *owner) disarm(rs *roomSocks) {
 	if rs.peerTimer != nil {
 		rs.peerTimer.Stop()
@@ -770,31 +785,47 @@ func (o *owner) handleDescriptor(id uint64, b []byte) {
 
 	d, verr := parseDescriptor(&pd)
 	rs := o.rooms[id]
-	if checkEndpoint(pd.GetStatusEndpoint()) == nil {
-		if err := o.connect(id, rs, pd.GetStatusEndpoint()); err != nil && verr == nil {
-			verr = fmt.Errorf("descriptor: status endpoint: %w", fdErr(err))
+	if verr != nil {
+		// Connected first, to tell the receiver why below.
+		if checkEndpoint(pd.GetStatusEndpoint()) == nil {
+			_ = o.connect(id, rs, pd.GetStatusEndpoint())
 		}
-	}
-	// A shm room's segment is opened now, off the Send's path; if that
-	// fails, the job opens it again and fails with the reason.
-	var file *peerFile
-	if verr == nil && d.backend == sdk.BackendShm {
-		file, _ = openPeerFile(m.cfg.ShmDir, d.segment, d.segmentSize)
+	} else if d.backend == sdk.BackendShm {
+		// A shm room's segment is opened now, off the Send's path; if
+		// that fails, the job opens it again and fails with the reason.
+		file, _ := openPeerFile(m.cfg.ShmDir, d.segment, d.segmentSize)
+		m.mu.Lock()
+		if !r.removing { // else Remove has looked for the file already
+			r.file, file = file, nil
+		}
+		m.mu.Unlock()
+		if file != nil {
+			if err := closeFd(file.fd); err != nil {
+				m.log.Warn("close the receiver's segment", "room", id, "error", err)
+			}
+		}
 	}
 	m.mu.Lock()
 	if verr == nil {
 		r.desc = d
-		if !r.removing { // else Remove has looked for the file already
-			r.file, file = file, nil
-		}
 		m.setStatusLocked(r, WaitingForInput, "")
 	} else {
 		m.setStatusLocked(r, Failed, verr.Error())
 	}
 	m.mu.Unlock()
-	if file != nil {
-		if err := closeFd(file.fd); err != nil {
-			m.log.Warn("close the receiver's segment", "room", id, "error", err)
+	if verr == nil {
+		// The Send waiting for this descriptor goes first: on one CPU
+		// it would otherwise wait for the connection below, which
+		// carries nothing on the fast path until the room ends. No
+		// other command runs meanwhile, so nothing sees the room
+		// without its connection to the receiver's status socket.
+		runtime.Gosched()
+		if err := o.connect(id, rs, pd.GetStatusEndpoint()); err != nil {
+			m.mu.Lock()
+			if r.status.CanTransitionTo(Failed) {
+				m.setStatusLocked(r, Failed, fmt.Sprintf("descriptor: status endpoint: %v", fdErr(err)))
+			}
+			m.mu.Unlock()
 		}
 	}
 	if verr != nil && rs.push != nil {
