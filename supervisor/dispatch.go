@@ -103,10 +103,12 @@ type attempt struct {
 	trace  *attemptTrace
 	// early counts the removals started while the attempt runs
 	// (removeEarly); returned is, per phase, whether its Run returned
-	// well, guarded by mu.
+	// well, and refills the instances whose spares wait for the last
+	// sending phase's Run (refill), both guarded by mu.
 	early    sync.WaitGroup
 	mu       sync.Mutex
 	returned []bool
+	refills  []*life
 }
 
 // roomSide is one side of a hop's room on one instance process. It is
@@ -420,11 +422,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 			a.r.record(func(*trace) { a.trace.runs[i].called = time.Now() })
 			res, err := l.ctl.Run(ctx, spec)
 			l.runReturned(k)
-			// A spare taken by the request is replaced now, not when it
-			// was taken: the instance is idle, while at the request's
-			// start the open would compete with the request's calls. So
-			// are the sides standing by on it for its upstream's spares.
-			s.fillSpare(l)
+			s.refill(a, i)
 			var run runTrace
 			a.r.record(func(*trace) {
 				tr := &a.trace.runs[i]
@@ -493,6 +491,35 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 		return nil, errors.New("the last phase returned no artifact")
 	}
 	return art, nil
+}
+
+// refill replaces, once phase i's Run has returned, the spares its
+// instance holds and the sides standing by on it (fillSpare): not when
+// the request took them, since at its start the opens would compete with
+// its calls, and not as each Run returns either, since the hops still
+// ahead would compete with them: a phase before the last that sends
+// waits for that one's Run, and all go then, while the last phase
+// computes (docs/benchmarks.md, issue 14's tenth step).
+// The last phase, which sends nothing, refills at once. If the attempt
+// ends first, dispatch refills every instance of it.
+func (s *Supervisor) refill(a *attempt, i int) {
+	lastSender := len(a.lives) - 2
+	if i < lastSender {
+		a.mu.Lock()
+		a.refills = append(a.refills, a.lives[i])
+		a.mu.Unlock()
+		return
+	}
+	if i == lastSender {
+		a.mu.Lock()
+		waiting := a.refills
+		a.refills = nil
+		a.mu.Unlock()
+		for _, l := range waiting {
+			s.fillSpare(l)
+		}
+	}
+	s.fillSpare(a.lives[i])
 }
 
 // removeEarly records that phase i's Run returned well and removes each

@@ -19,8 +19,9 @@ import (
 // receiving plugin can stand by (sdk.FeatureStandbyReceiver), whose
 // receiver side is open too, connected, with no buffers yet. It opens
 // them once the pipeline has started, after a restart, and again once
-// the Run of the request that took one has returned (then the instance is
-// idle; at the request's start the opens would compete with its calls);
+// the request that took one has handed over its last hop (the Run of its
+// last sending phase has returned: the instances are idle, and earlier
+// the opens would compete with the request's calls and hops; refill);
 // the side standing by at once if the receiving instance has no request
 // in flight, else once its Run has returned (opened while it computes,
 // it would slow that computation down).

@@ -121,9 +121,13 @@ func TestSpareRooms(t *testing.T) {
 	if got := calls()[3:]; len(got) != 0 {
 		t.Fatalf("opened %v as the request took the spares; want nothing before the instances' Runs return", got)
 	}
-	for _, l := range lives {
-		s.fillSpare(l) // as runPhases does when l's Run returns
+	s.refill(a, 0) // the encoder's Run returned: it waits for the transformer's
+	s.bg.Wait()
+	if got := calls()[3:]; len(got) != 0 {
+		t.Fatalf("opened %v once the encoder's Run returned; want nothing before the last sending phase's Run returns", got)
 	}
+	s.refill(a, 1)
+	s.refill(a, 2)
 	s.bg.Wait()
 	if got, want := calls()[3:], []string{"open enc 3 sender", "open tr 3 receiver standby ipc:///run/enc-3.sock", "open tr 4 sender"}; !sameSet(got, want) {
 		t.Fatalf("spares opened in place of those taken: %v, want %v", got, want)
