@@ -497,11 +497,11 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 // instance holds and the sides standing by on it (fillSpare): not when
 // the request took them, since at its start the opens would compete with
 // its calls, and not as each Run returns either, since the hops still
-// ahead would compete with them: a phase before the last that sends
-// waits for that one's Run, and all go then, while the last phase
-// computes (docs/benchmarks.md, issue 14's tenth step).
-// The last phase, which sends nothing, refills at once. If the attempt
-// ends first, dispatch refills every instance of it.
+// ahead would compete with them (docs/benchmarks.md, issue 14's tenth
+// step). A phase before the last one that sends waits for that one's
+// Run, and all refill then, while the last phase computes; the last
+// phase, which sends nothing, refills at once. If the attempt ends
+// first, dispatch refills every instance of it.
 func (s *Supervisor) refill(a *attempt, i int) {
 	lastSender := len(a.lives) - 2
 	if i < lastSender {
