@@ -246,6 +246,10 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := a.sup.Submit(sub)
 	if err != nil {
+		var full *QueueFullError
+		if errors.As(err, &full) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(full.RetryAfter/time.Second)))
+		}
 		a.fail(w, statusOf(err), err)
 		return
 	}
@@ -437,6 +441,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrReleasing):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrQueueFull):
+		return http.StatusTooManyRequests
 	case errors.Is(err, ErrStateFull):
 		return http.StatusInsufficientStorage
 	}

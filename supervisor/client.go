@@ -189,15 +189,21 @@ func (c *Client) Release(ctx context.Context) error {
 type APIError struct {
 	Code int
 	Msg  string
+	// RetryAfter is the answer's Retry-After (a 429: the queue is full),
+	// 0 when it has none.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string { return e.Msg }
 
 // Unwrap makes a 404 match ErrNotFound (errors.Is): no such request,
-// phase or policy plugin.
+// phase or policy plugin; and a 429 ErrQueueFull.
 func (e *APIError) Unwrap() error {
-	if e.Code == http.StatusNotFound {
+	switch e.Code {
+	case http.StatusNotFound:
 		return ErrNotFound
+	case http.StatusTooManyRequests:
+		return ErrQueueFull
 	}
 	return nil
 }
@@ -265,7 +271,11 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		if resp.StatusCode == http.StatusUnauthorized {
 			eb.Error = fmt.Sprintf("supervisor at %s refused the call: %s", c.Addr, eb.Error)
 		}
-		return nil, &APIError{Code: resp.StatusCode, Msg: eb.Error}
+		ae := &APIError{Code: resp.StatusCode, Msg: eb.Error}
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			ae.RetryAfter = time.Duration(min(secs, 86400)) * time.Second
+		}
+		return nil, ae
 	}
 	return resp, nil
 }

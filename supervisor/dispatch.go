@@ -46,6 +46,7 @@ func (s *Supervisor) process(r *request) {
 			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "cause", err)
 		}
 		<-s.slots
+		s.served(time.Since(now))
 	case <-r.ctx.Done():
 		s.queue.leave(r)
 		err = r.ctx.Err()

@@ -38,6 +38,7 @@ type metrics struct {
 	reg *prometheus.Registry
 
 	requests     *prometheus.CounterVec   // ended, by outcome
+	refused      prometheus.Counter       // not accepted: the queue was full
 	requestTime  *prometheus.HistogramVec // accepted → ended, by outcome
 	queueWait    prometheus.Histogram     // accepted → a dispatch slot
 	phaseRun     *prometheus.HistogramVec // a phase's Run: inputs there → outputs handed over
@@ -54,6 +55,9 @@ func newMetrics() *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phased_requests_ended_total", Help: "Requests that ended, by state (done, failed).",
 		}, []string{"state"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "phased_requests_refused_total", Help: "Requests not accepted because max_queue requests were waiting (HTTP 429).",
+		}),
 		requestTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "phased_request_duration_seconds", Help: "Time from a request's acceptance to its end, by state (done, failed).", Buckets: requestBuckets,
 		}, []string{"state"}),
@@ -79,7 +83,7 @@ func newMetrics() *metrics {
 			Name: "phased_journal_write_seconds", Help: "Time one write to the request journal took, fsync included.", Buckets: fastBuckets,
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.requestTime, m.queueWait, m.phaseRun, m.steps, m.hopBytes, m.hopTime, m.decisionTime, m.journalWrite)
+	m.reg.MustRegister(m.requests, m.refused, m.requestTime, m.queueWait, m.phaseRun, m.steps, m.hopBytes, m.hopTime, m.decisionTime, m.journalWrite)
 	return m
 }
 

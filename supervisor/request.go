@@ -1,10 +1,13 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/phased/phased/supervisor/config"
 )
 
 // Request states. A request ends done or failed, never silently dropped.
@@ -233,6 +236,13 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		s.mu.Unlock()
 		return "", ErrReleasing
 	}
+	limit := cmp.Or(s.cfg.MaxQueue, config.DefaultMaxQueue) // a Config not from Parse has none
+	if waiting := s.queue.len() + s.joining; waiting >= limit {
+		s.mu.Unlock()
+		s.metrics.refused.Inc()
+		return "", &QueueFullError{Waiting: waiting, Max: limit, RetryAfter: s.retryAfter(waiting)}
+	}
+	s.joining++ // until it joins the queue, or is not accepted
 	id := s.ids.next(time.Now())
 	// Counted in flight from here: release waits for it (and keeps the
 	// journal open) until it is accepted or refused.
@@ -251,12 +261,16 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	if s.journal != nil {
 		if err := s.journal.put(r.info); err != nil {
 			cancel()
+			s.mu.Lock()
+			s.joining--
+			s.mu.Unlock()
 			s.inflight.Done()
 			return "", fmt.Errorf("request not accepted: %w", err)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.joining--
 	if s.closing {
 		// Release began meanwhile: not accepted, and so journaled.
 		defer s.inflight.Done()
@@ -278,6 +292,46 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 		s.process(r)
 	}()
 	return id, nil
+}
+
+// QueueFullError is Submit's refusal of a request while max_queue
+// requests wait for a dispatch slot: nothing of it was accepted.
+type QueueFullError struct {
+	Waiting, Max int
+	// RetryAfter is when a slot may be free for it: the requests waiting
+	// before it, max_inflight at a time, each holding its slot for as long
+	// as requests have lately (at least a second).
+	RetryAfter time.Duration
+}
+
+func (e *QueueFullError) Error() string {
+	return fmt.Sprintf("%v: %d requests wait for a dispatch slot (max_queue = %d); this one was not accepted: submit it again in %s, or raise max_queue or max_inflight in the config",
+		ErrQueueFull, e.Waiting, e.Max, e.RetryAfter)
+}
+
+func (e *QueueFullError) Unwrap() error { return ErrQueueFull }
+
+// retryAfter estimates when a request refused with waiting requests
+// before it would get a slot, in whole seconds, from 1 s to an hour.
+func (s *Supervisor) retryAfter(waiting int) time.Duration {
+	rounds := (waiting + s.cfg.MaxInflight - 1) / max(s.cfg.MaxInflight, 1)
+	d := time.Duration(rounds) * time.Duration(s.service.Load())
+	d = (d + time.Second - 1) / time.Second * time.Second // whole seconds, up
+	return min(max(d, time.Second), time.Hour)
+}
+
+// served folds into the service EWMA that a request held its slot for d.
+func (s *Supervisor) served(d time.Duration) {
+	for {
+		old := s.service.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if s.service.CompareAndSwap(old, next) {
+			return
+		}
+	}
 }
 
 // What the supervisor remembers of past requests is bounded: past

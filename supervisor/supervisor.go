@@ -34,6 +34,7 @@ var (
 	ErrNotFound  = errors.New("no such request")
 	ErrReleasing = errors.New("the supervisor is releasing and takes no new requests")
 	ErrBadInput  = errors.New("bad request")
+	ErrQueueFull = errors.New("the queue is full")
 )
 
 // Options are the supervisor's settings that do not come from the config.
@@ -96,6 +97,12 @@ type Supervisor struct {
 	ids      idGen
 	slots    chan struct{} // one per request dispatched at once (MaxInflight)
 	queue    waitQueue     // the requests waiting for a slot
+	// joining counts the submissions admitted to the queue (max_queue)
+	// that have not joined it yet, guarded by mu; service is the EWMA of
+	// how long a request holds its slot, in ns, for the Retry-After of
+	// a refusal.
+	joining int
+	service atomic.Int64
 
 	schedMu  sync.Mutex // one scheduling decision at a time (see dispatch)
 	mu       sync.Mutex

@@ -301,6 +301,13 @@ func (q *waitQueue) turn(r *request) <-chan struct{} {
 
 // leave takes r out of the queue and wakes the watchers of the requests
 // that moved up.
+// len is how many requests wait.
+func (q *waitQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.reqs)
+}
+
 func (q *waitQueue) leave(r *request) {
 	q.mu.Lock()
 	i := slices.Index(q.reqs, r)

@@ -40,6 +40,7 @@ const (
 	// DefaultPolicyTimeout bounds one Schedule call to a policy plugin.
 	DefaultPolicyTimeout = time.Second
 	DefaultMaxInflight   = 64
+	DefaultMaxQueue      = 10000
 	// DefaultRetries is how many times a request is dispatched again after
 	// an instance it used died or hung.
 	DefaultRetries = 2
@@ -107,6 +108,10 @@ type Config struct {
 	// MaxInflight bounds the requests dispatched at once (each holds a
 	// room, and so receive buffers, on every hop); the others wait queued.
 	MaxInflight int
+	// MaxQueue bounds the requests waiting for a dispatch slot: one
+	// submitted while that many wait is refused at once (HTTP 429, with
+	// a Retry-After), never accepted and dropped.
+	MaxQueue int
 	// Retries is how many times a request is dispatched again, with new
 	// rooms, after an instance it used exited or hung.
 	Retries int
@@ -366,6 +371,7 @@ type file struct {
 	PeerTimeout   *string        `hcl:"peer_timeout,optional"`
 	PolicyTimeout *string        `hcl:"policy_timeout,optional"`
 	MaxInflight   *int           `hcl:"max_inflight,optional"`
+	MaxQueue      *int           `hcl:"max_queue,optional"`
 	Retries       *int           `hcl:"retries,optional"`
 	Release       *releaseBlock  `hcl:"release,block"`
 	Control       *controlBlock  `hcl:"control,block"`
@@ -485,6 +491,7 @@ func (f *file) settings(filename string) (*Config, []error) {
 		Grace:         DefaultGrace,
 		PolicyTimeout: DefaultPolicyTimeout,
 		MaxInflight:   derefInt(f.MaxInflight, DefaultMaxInflight),
+		MaxQueue:      derefInt(f.MaxQueue, DefaultMaxQueue),
 		Retries:       derefInt(f.Retries, DefaultRetries),
 		Restart:       DefaultRestart(),
 	}
@@ -495,6 +502,9 @@ func (f *file) settings(filename string) (*Config, []error) {
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 100000 {
 		errs = append(errs, fmt.Errorf("%s: max_inflight must be between 1 and 100000, got %d", filename, c.MaxInflight))
+	}
+	if c.MaxQueue < 1 || c.MaxQueue > 1000000 {
+		errs = append(errs, fmt.Errorf("%s: max_queue must be between 1 and 1000000, got %d", filename, c.MaxQueue))
 	}
 	if !slices.Contains(Backends, c.Backend) {
 		errs = append(errs, fmt.Errorf("%s: backend %q is not supported; expected one of: %s", filename, c.Backend, strings.Join(Backends, ", ")))

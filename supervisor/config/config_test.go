@@ -71,6 +71,7 @@ phase "decoder" {
 func TestParseReliability(t *testing.T) {
 	src := `
 retries = 4
+max_queue = 50
 phase "encoder" { plugin = "encoder" }
 phase "transformer" {
   plugin        = "transformer"
@@ -88,8 +89,8 @@ phase "transformer" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Retries != 4 {
-		t.Errorf("retries %d, want 4", c.Retries)
+	if c.Retries != 4 || c.MaxQueue != 50 {
+		t.Errorf("retries %d, max_queue %d; want 4, 50", c.Retries, c.MaxQueue)
 	}
 	enc, tr := c.Phases[0], c.Phases[1]
 	if enc.ReadyTimeout != DefaultReadyTimeout || enc.HangTimeout != DefaultHangTimeout || enc.Restart != DefaultRestart() {
@@ -99,8 +100,8 @@ phase "transformer" {
 	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
 		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
 	}
-	if d := Default(); d.Retries != DefaultRetries || d.Phases[0].Restart != DefaultRestart() {
-		t.Errorf("default config: retries %d, restart %+v", d.Retries, d.Phases[0].Restart)
+	if d := Default(); d.Retries != DefaultRetries || d.MaxQueue != DefaultMaxQueue || d.Phases[0].Restart != DefaultRestart() {
+		t.Errorf("default config: retries %d, max_queue %d, restart %+v", d.Retries, d.MaxQueue, d.Phases[0].Restart)
 	}
 }
 
@@ -194,6 +195,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad address", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  address = \"tcp://x:1\"\n}\n", []string{`a.hcl:1:1: phase "t": address "tcp://x:1": expected a host name or IP address`}},
 		{"bad peer timeout", "a.hcl", "peer_timeout = \"0s\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: peer_timeout: "0s" is not a positive duration`}},
 		{"bad max inflight", "a.hcl", "max_inflight = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_inflight must be between 1 and 100000, got 0`}},
+		{"bad max queue", "a.hcl", "max_queue = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_queue must be between 1 and 1000000, got 0`}},
 		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},
 		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -337,6 +339,60 @@ func TestControlChannel(t *testing.T) {
 	p.submitAll(t, 3, func(i int) supervisor.Submission {
 		return supervisor.Submission{Prompt: "over the channel", Seed: int64(i), Steps: 1}
 	})
+	p.release(t)
+}
+
+// TestMaxQueue: with max_inflight = 1 and max_queue = 2, a request
+// submitted while two wait is refused at once — HTTP 429 with a
+// Retry-After, the CLI exits non-zero with the reason — and nothing of it
+// is kept; every request accepted ends done, and once the queue has
+// drained a new one is accepted.
+func TestMaxQueue(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "max_inflight = 1\nmax_queue = 2\nparams = { height = 64, width = 64 }\n"+pipeline))
+	ctx := context.Background()
+	first, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "first", Seed: 1, Steps: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComputing(t, p, first) // dispatched: out of the queue
+	accepted := []string{first}
+	for i := range 2 {
+		id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "queued", Seed: int64(2 + i), Steps: 1})
+		if err != nil {
+			t.Fatalf("request %d of max_queue = 2: %v", i+1, err)
+		}
+		accepted = append(accepted, id)
+	}
+	_, err = p.client.Submit(ctx, supervisor.Submission{Prompt: "one too many", Seed: 9, Steps: 1})
+	var ae *supervisor.APIError
+	if !errors.As(err, &ae) || ae.Code != http.StatusTooManyRequests || !errors.Is(err, supervisor.ErrQueueFull) || ae.RetryAfter < time.Second ||
+		!strings.Contains(err.Error(), "2 requests wait for a dispatch slot (max_queue = 2)") {
+		t.Fatalf("submit with the queue full: %v (%+v), want a 429 with a Retry-After and the reason", err, ae)
+	}
+	_, errOut, code := cli(t, p.socket, "submit", "--prompt", "one too many", "--seed", "10", "--steps", "1")
+	if code == 0 || !strings.Contains(errOut, "the queue is full") || !strings.Contains(errOut, "submit it again in") {
+		t.Fatalf("supervisor submit with the queue full: exit %d, stderr %q", code, errOut)
+	}
+	if n, ok := sample(scrape(t, p), "phased_requests_refused_total"); !ok || n != 2 {
+		t.Errorf("phased_requests_refused_total %v (present %v), want 2", n, ok)
+	}
+	st, err := p.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total != len(accepted) {
+		t.Fatalf("%d requests known, want the %d accepted: a refused one was kept", st.Total, len(accepted))
+	}
+	for _, id := range accepted {
+		info, err := p.client.Watch(ctx, id, nil)
+		if err != nil || info.State != supervisor.StateDone {
+			t.Fatalf("%s: %+v, %v", id, info.State, err)
+		}
+	}
+	if _, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "after", Seed: 11, Steps: 1}); err != nil {
+		t.Fatalf("submit once the queue drained: %v", err)
+	}
 	p.release(t)
 }
 
