@@ -194,26 +194,24 @@ func ControlChannelPair() (host, plugin *os.File, err error) { return unixrpc.Pa
 // closes the channel, nil (calls stay on gRPC) when the plugin does not
 // serve it. host is the supervisor's end; it is closed either way.
 func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
-	var conn *grpc.ClientConn
 	switch c := raw.(type) {
 	case *phaseConn:
-		conn = c.conn
+		return useChannel(host, c.conn, func(ch grpc.ClientConnInterface) { c.c = phasedv1.NewPhaseClient(ch) })
 	case *policyConn:
-		conn = c.conn
-	default:
-		host.Close()
-		return nil, fmt.Errorf("control channel: %T is not a phased plugin client", raw)
+		return useChannel(host, c.conn, func(ch grpc.ClientConnInterface) { c.c = phasedv1.NewPolicyClient(ch) })
 	}
+	host.Close()
+	return nil, fmt.Errorf("control channel: %T is not a phased plugin client", raw)
+}
+
+// useChannel dials the channel on host, with conn carrying what it does
+// not, and hands it to use if the plugin serves it.
+func useChannel(host *os.File, conn *grpc.ClientConn, use func(grpc.ClientConnInterface)) (io.Closer, error) {
 	ch, err := unixrpc.Dial(host, conn)
 	if err != nil || ch == nil {
 		return nil, err
 	}
-	switch c := raw.(type) {
-	case *phaseConn:
-		c.c = phasedv1.NewPhaseClient(ch)
-	case *policyConn:
-		c.c = phasedv1.NewPolicyClient(ch)
-	}
+	use(ch)
 	return ch, nil
 }
 

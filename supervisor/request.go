@@ -314,7 +314,8 @@ func (e *QueueFullError) Unwrap() error { return ErrQueueFull }
 // retryAfter estimates when a request refused with waiting requests
 // before it would get a slot, in whole seconds, from 1 s to an hour.
 func (s *Supervisor) retryAfter(waiting int) time.Duration {
-	rounds := (waiting + s.cfg.MaxInflight - 1) / max(s.cfg.MaxInflight, 1)
+	slots := max(s.cfg.MaxInflight, 1)
+	rounds := (waiting + slots - 1) / slots
 	d := time.Duration(rounds) * time.Duration(s.service.Load())
 	d = (d + time.Second - 1) / time.Second * time.Second // whole seconds, up
 	return min(max(d, time.Second), time.Hour)

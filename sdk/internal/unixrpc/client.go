@@ -51,8 +51,8 @@ type Client struct {
 // handshake when it serves the channel. streams carries the streams.
 func Dial(host *os.File, streams grpc.ClientConnInterface) (*Client, error) {
 	defer host.Close()
-	hello := (&frame{kind: kindHello, payload: []byte(Hello)}).marshal()
-	buf := make([]byte, len(hello))
+	want := hello().marshal()
+	buf := make([]byte, len(want))
 	n, _, err := unix.Recvfrom(int(host.Fd()), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	if errors.Is(err, unix.EAGAIN) || err == nil && n == 0 {
 		return nil, nil // nothing written: the plugin does not serve the channel
@@ -60,7 +60,7 @@ func Dial(host *os.File, streams grpc.ClientConnInterface) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control channel: %w", err)
 	}
-	if n < len(hello) || string(buf[:n]) != string(hello) {
+	if n < len(want) || string(buf[:n]) != string(want) {
 		return nil, fmt.Errorf("control channel: the plugin's first frame is not the hello of %s (%d bytes: %q)", Hello, n, buf[:n])
 	}
 	conn, err := net.FileConn(host)
@@ -295,22 +295,19 @@ func (st *clientStream) RecvMsg(m any) error {
 			err = status.FromContextError(err).Err()
 		}
 	}
+	if err == nil && f.kind != kindReply {
+		if err = decode(st.method, "message", f.payload, m); err == nil {
+			return nil
+		}
+	}
 	switch {
 	case err != nil:
 		st.c.cancel(st.id)
 		st.err = err
-	case f.kind == kindReply && f.code == codes.OK:
+	case f.code == codes.OK:
 		st.err = io.EOF
-	case f.kind == kindReply:
-		st.err = status.Error(f.code, f.msg)
 	default:
-		if err := decode(st.method, "message", f.payload, m); err != nil {
-			st.c.cancel(st.id)
-			st.err = err
-			st.stop()
-			return st.err
-		}
-		return nil
+		st.err = status.Error(f.code, f.msg)
 	}
 	st.stop()
 	return st.err

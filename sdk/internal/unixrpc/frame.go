@@ -38,6 +38,9 @@ const Env = "PHASED_CONTROL_FD"
 // its version.
 const Hello = "phased-unixrpc/1"
 
+// hello is the frame a plugin writes first, which Dial looks for.
+func hello() *frame { return &frame{kind: kindHello, payload: []byte(Hello)} }
+
 // MaxFrame is the largest frame body either side accepts (gRPC's default
 // largest message is the same): a larger length is a protocol error, which
 // closes the channel.

@@ -97,7 +97,7 @@ func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 // Serve writes the hello frame, then reads and serves calls in a goroutine
 // until the supervisor closes its end or Close is called.
 func (s *Server) Serve() error {
-	if err := s.write(&frame{kind: kindHello, payload: []byte(Hello)}); err != nil {
+	if err := s.write(hello()); err != nil {
 		close(s.done)
 		return fmt.Errorf("control channel: hello: %w", err)
 	}
@@ -153,9 +153,14 @@ func (s *Server) read() {
 // start runs call f in a goroutine; false for a call id already running,
 // a protocol error.
 func (s *Server) start(f frame) bool {
-	ctx, cancel := context.WithCancel(s.ctx)
+	// One context per call, and its cancel kept: a context made and
+	// dropped would stay among s.ctx's children until the server stops.
+	var ctx context.Context
+	var cancel context.CancelFunc
 	if f.timeout > 0 {
 		ctx, cancel = context.WithTimeout(s.ctx, f.timeout)
+	} else {
+		ctx, cancel = context.WithCancel(s.ctx)
 	}
 	s.mu.Lock()
 	if s.calls[f.id] != nil {
@@ -184,23 +189,17 @@ func (s *Server) start(f frame) bool {
 // call runs f's method and returns its reply.
 func (s *Server) call(ctx context.Context, f frame) *frame {
 	reply := &frame{kind: kindReply, id: f.id}
-	m, ok := s.methods[f.method]
-	if !ok {
-		st, ok := s.streams[f.method]
-		if !ok {
-			reply.code, reply.msg = codes.Unimplemented, fmt.Sprintf("unknown method %s", f.method)
-			return reply
+	var err error
+	if m, ok := s.methods[f.method]; ok {
+		dec := func(v any) error { return decode(f.method, "request", f.payload, v) }
+		var resp any
+		if resp, err = m.handler(m.impl, ctx, dec, nil); err == nil {
+			reply.payload, err = encode(f.method, "response", resp, maxReply)
 		}
-		if err := st.handler(st.impl, &serverStream{ctx: ctx, s: s, call: f}); err != nil {
-			st := status.Convert(err)
-			reply.code, reply.msg = st.Code(), st.Message()
-		}
-		return reply
-	}
-	dec := func(v any) error { return decode(f.method, "request", f.payload, v) }
-	resp, err := m.handler(m.impl, ctx, dec, nil)
-	if err == nil {
-		reply.payload, err = encode(f.method, "response", resp, maxReply)
+	} else if st, ok := s.streams[f.method]; ok {
+		err = st.handler(st.impl, &serverStream{ctx: ctx, s: s, call: f})
+	} else {
+		err = status.Errorf(codes.Unimplemented, "unknown method %s", f.method)
 	}
 	if err != nil {
 		st := status.Convert(err)
