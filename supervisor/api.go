@@ -31,7 +31,7 @@ const DefaultSteps = 20
 // API serves the control API, HTTP+JSON, on a unix socket and, when
 // AddTCP says so, on a TCP listener that requires a bearer token:
 //
-//	POST   /v1/requests               submit {prompt, seed, steps} → {id}
+//	POST   /v1/requests               submit {prompt, seed, steps, key, priority, deadline} → {id}
 //	GET    /v1/requests/{id}          one request
 //	GET    /v1/requests/{id}/events   NDJSON snapshots until the request ends
 //	DELETE /v1/requests/{id}          ordered remove → the final request

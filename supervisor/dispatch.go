@@ -22,16 +22,20 @@ func (s *Supervisor) process(r *request) {
 	defer r.cancel()
 	var art *sdk.Artifact
 	var err error
-	// Queued (since Submit: waitQueue) until its turn comes and one of
-	// MaxInflight slots is free; the slot is held until the request's
-	// rooms are removed.
+	// Queued (since Submit: waitQueue) until the queue gives it one of
+	// MaxInflight slots; the slot is held until the request's rooms are
+	// removed.
 	select {
-	case <-s.queue.turn(r):
+	case <-r.granted:
 	case <-r.ctx.Done():
 	}
-	select {
-	case s.slots <- struct{}{}:
-		s.queue.leave(r)
+	if r.ctx.Err() != nil {
+		// Removed, past its deadline or released before it was dispatched.
+		if !s.queue.leave(r) {
+			s.queue.release() // its slot came meanwhile
+		}
+		err = r.ctx.Err()
+	} else {
 		now := time.Now()
 		r.record(func(t *trace) { t.dequeued = now })
 		s.metrics.queueWait.Observe(now.Sub(r.info.Submitted).Seconds())
@@ -45,11 +49,8 @@ func (s *Supervisor) process(r *request) {
 			r.event(Event{What: "retry", Detail: fmt.Sprintf("attempt %d of %d: %v", n+2, s.cfg.Retries+1, err)})
 			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "cause", err)
 		}
-		<-s.slots
-		s.served(time.Since(now))
-	case <-r.ctx.Done():
-		s.queue.leave(r)
-		err = r.ctx.Err()
+		s.queue.release()
+		s.queue.served(time.Since(now))
 	}
 	// Rooms were removed on every path, upstream first, before the
 	// request is reported as ended, and its end is journaled before that
@@ -65,6 +66,8 @@ func (s *Supervisor) process(r *request) {
 		end.State, end.Reason = StateFailed, ReasonRemoved
 	case err != nil && s.ctx.Err() != nil:
 		end.State, end.Reason = StateFailed, ReasonReleased
+	case err != nil && errors.Is(r.ctx.Err(), context.DeadlineExceeded):
+		end.State, end.Reason = StateFailed, deadlineReason(end, r.trace.dequeued.IsZero())
 	case errors.As(err, &ie):
 		end.State = StateFailed
 		end.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
@@ -85,6 +88,20 @@ func (s *Supervisor) process(r *request) {
 	s.metrics.ended(end)
 	close(r.done)
 	s.logger.Info("request ended", nonEmpty("request", r.id, "state", end.State, "reason", end.Reason, "took", now.Sub(end.Submitted))...)
+}
+
+// deadlineReason is why a request that was not done by its deadline
+// failed, and where it was then: queued, or running.
+func deadlineReason(info RequestInfo, queued bool) string {
+	where := "it was still queued"
+	switch {
+	case !queued && info.Attempts > 1:
+		where = fmt.Sprintf("it was running, attempt %d", info.Attempts)
+	case !queued:
+		where = "it was running"
+	}
+	return fmt.Sprintf("%v: not done %s after its submission (%s); submit it with a later --deadline, or raise default_deadline in the config",
+		ErrDeadlineExceeded, info.Deadline.Sub(info.Submitted).Round(time.Millisecond), where)
 }
 
 // attempt is one dispatch of a request: the instance processes it was

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -223,15 +222,10 @@ func (s *Supervisor) openState() ([]RequestInfo, error) {
 func (s *Supervisor) recover(infos []RequestInfo) {
 	n := 0
 	for _, info := range infos {
-		ctx, cancel := context.WithCancel(s.ctx)
-		r := &request{
-			sub: Submission{Prompt: info.Prompt, Seed: info.Seed, Steps: info.Steps, Key: info.Key},
-			id:  info.ID, ctx: ctx, cancel: cancel, queue: &s.queue,
-			done: make(chan struct{}), changed: make(chan struct{}), info: info,
-		}
+		r := s.newRequest(info)
 		s.remember(r)
 		if info.Terminal() {
-			cancel()
+			r.cancel()
 			close(r.done)
 			continue
 		}

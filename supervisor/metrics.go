@@ -140,8 +140,8 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.GaugeValue, float64(counts[st]), st)
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1, state)
-	ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(s.queue.depth()))
-	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(len(s.slots)))
+	ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(s.queue.len()))
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(s.queue.held()))
 	ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(s.crashes.Load()))
 	ch <- prometheus.MustNewConstMetric(descRetried, prometheus.CounterValue, float64(s.retried.Load()))
 	var ready []*instance

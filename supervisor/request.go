@@ -35,6 +35,13 @@ type Submission struct {
 	// Key is what requests that belong together share (a LoRA, a model
 	// variant): the affinity policy keeps one key on one instance.
 	Key string `json:"key,omitempty"`
+	// Priority orders the queue: from MinPriority to MaxPriority, the
+	// higher first; 0 is DefaultPriority.
+	Priority int `json:"priority,omitempty"`
+	// Deadline is how long after its submission the request must be
+	// done: past it, it fails "deadline exceeded". 0 is the config's
+	// default_deadline (none unless set).
+	Deadline Duration `json:"deadline,omitempty"`
 }
 
 // The bounds of a submission.
@@ -55,6 +62,10 @@ func (s Submission) Validate() error {
 		return fmt.Errorf("%w: steps must be between 1 and %d, got %d", ErrBadInput, MaxSteps, s.Steps)
 	case len(s.Key) > MaxKeyLen:
 		return fmt.Errorf("%w: key is %d bytes; at most %d are accepted", ErrBadInput, len(s.Key), MaxKeyLen)
+	case s.Priority != 0 && (s.Priority < MinPriority || s.Priority > MaxPriority):
+		return fmt.Errorf("%w: priority must be between %d and %d (or 0, for %d), got %d", ErrBadInput, MinPriority, MaxPriority, DefaultPriority, s.Priority)
+	case s.Deadline < 0 || time.Duration(s.Deadline) > MaxDeadline:
+		return fmt.Errorf("%w: deadline must be between 0 (none) and %s, got %s", ErrBadInput, MaxDeadline, time.Duration(s.Deadline))
 	}
 	return nil
 }
@@ -70,12 +81,15 @@ type Event struct {
 
 // RequestInfo is a snapshot of one request, as the control API shows it.
 type RequestInfo struct {
-	ID        string            `json:"id"`
-	State     string            `json:"state"`
-	Prompt    string            `json:"prompt,omitempty"` // left out of lists
-	Seed      int64             `json:"seed"`
-	Steps     int               `json:"steps"`
-	Key       string            `json:"key,omitempty"`
+	ID       string `json:"id"`
+	State    string `json:"state"`
+	Prompt   string `json:"prompt,omitempty"` // left out of lists
+	Seed     int64  `json:"seed"`
+	Steps    int    `json:"steps"`
+	Key      string `json:"key,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+	// Deadline is when the request must be done by; nil: none.
+	Deadline  *time.Time        `json:"deadline,omitempty"`
 	Instances map[string]string `json:"instances,omitempty"` // phase -> instance
 	Rooms     []uint64          `json:"rooms,omitempty"`     // one per hop, upstream first
 	Backends  []string          `json:"backends,omitempty"`  // each hop's transfer backend
@@ -91,6 +105,10 @@ type RequestInfo struct {
 	// QueuePosition is the request's place in the queue while it is
 	// queued (1: next to be dispatched), 0 otherwise.
 	QueuePosition int `json:"queue_position,omitempty"`
+	// EstimatedStart is when a queued request may get its slot, if
+	// every slot is held as long as requests lately held theirs and no
+	// request ahead of it in priority joins; nil when unknown.
+	EstimatedStart *time.Time `json:"estimated_start,omitempty"`
 	// Progress is each phase's progress in the current attempt, in
 	// pipeline order (left out of lists).
 	Progress []PhaseProgress `json:"progress,omitempty"`
@@ -169,7 +187,14 @@ type request struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when terminal
 
-	queue *waitQueue // the supervisor's, for the request's position
+	// Its place in the queue: the supervisor's queue, its priority and
+	// deadline (zero: none), its arrival (set by the queue's join) and
+	// the channel the queue closes when it has its dispatch slot.
+	queue    *waitQueue
+	priority int
+	deadline time.Time
+	seq      uint64
+	granted  chan struct{}
 
 	mu      sync.Mutex
 	info    RequestInfo
@@ -182,14 +207,19 @@ type request struct {
 // timeline and progress.
 func (r *request) snapshot() RequestInfo {
 	pos := 0
+	var start *time.Time
 	if r.queue != nil {
 		pos = r.queue.position(r)
+		if wait, ok := r.queue.untilSlot(pos); ok && pos > 0 {
+			t := time.Now().Add(wait)
+			start = &t
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	info := r.copyLocked()
 	info.Events = append([]Event(nil), r.info.Events...)
-	info.QueuePosition = pos
+	info.QueuePosition, info.EstimatedStart = pos, start
 	info.Progress = r.trace.progress()
 	info.Timeline = r.trace.timeline(r.info.Submitted)
 	return info
@@ -240,7 +270,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	if waiting := s.queue.len() + s.joining; waiting >= limit {
 		s.mu.Unlock()
 		s.metrics.refused.Inc()
-		return "", &QueueFullError{Waiting: waiting, Max: limit, RetryAfter: s.retryAfter(waiting)}
+		return "", &QueueFullError{Waiting: waiting, Max: limit, RetryAfter: s.queue.retryAfter(waiting)}
 	}
 	s.joining++ // until it joins the queue, or is not accepted
 	id := s.ids.next(time.Now())
@@ -248,13 +278,15 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	// journal open) until it is accepted or refused.
 	s.inflight.Add(1)
 	s.mu.Unlock()
-	ctx, cancel := context.WithCancel(s.ctx)
-	r := &request{
-		sub: sub, id: id, ctx: ctx, cancel: cancel, queue: &s.queue,
-		done: make(chan struct{}), changed: make(chan struct{}),
-		info: RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Key: sub.Key, Submitted: time.Now()},
+	now := time.Now()
+	info := RequestInfo{ID: id, State: StateQueued, Prompt: sub.Prompt, Seed: sub.Seed, Steps: sub.Steps, Key: sub.Key,
+		Priority: cmp.Or(sub.Priority, DefaultPriority), Submitted: now, Events: []Event{{Time: now, What: "accepted"}}}
+	if d := cmp.Or(time.Duration(sub.Deadline), s.cfg.DefaultDeadline); d > 0 {
+		deadline := now.Add(d)
+		info.Deadline = &deadline
 	}
-	r.info.Events = []Event{{Time: r.info.Submitted, What: "accepted"}}
+	r := s.newRequest(info)
+	cancel := r.cancel
 	// On disk before it is acknowledged: a supervisor started after a
 	// crash finds it. The write (an fsync) is made outside s.mu, so that
 	// status and watchers do not wait for the disk.
@@ -286,7 +318,7 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	}
 	s.prune(retainedSize(sub))
 	s.remember(r)
-	s.queue.join(r) // in the order of submission
+	s.queue.join(r)
 	go func() {
 		defer s.inflight.Done()
 		s.process(r)
@@ -294,45 +326,23 @@ func (s *Supervisor) Submit(sub Submission) (string, error) {
 	return id, nil
 }
 
-// QueueFullError is Submit's refusal of a request while max_queue
-// requests wait for a dispatch slot: nothing of it was accepted.
-type QueueFullError struct {
-	Waiting, Max int
-	// RetryAfter is when a slot may be free for it: the requests waiting
-	// before it, max_inflight at a time, each holding its slot for as long
-	// as requests have lately (at least a second).
-	RetryAfter time.Duration
-}
-
-func (e *QueueFullError) Error() string {
-	return fmt.Sprintf("%v: %d requests wait for a dispatch slot (max_queue = %d); this one was not accepted: submit it again in %s, or raise max_queue or max_inflight in the config",
-		ErrQueueFull, e.Waiting, e.Max, e.RetryAfter)
-}
-
-func (e *QueueFullError) Unwrap() error { return ErrQueueFull }
-
-// retryAfter estimates when a request refused with waiting requests
-// before it would get a slot, in whole seconds, from 1 s to an hour.
-func (s *Supervisor) retryAfter(waiting int) time.Duration {
-	slots := max(s.cfg.MaxInflight, 1)
-	rounds := (waiting + slots - 1) / slots
-	d := time.Duration(rounds) * time.Duration(s.service.Load())
-	d = (d + time.Second - 1) / time.Second * time.Second // whole seconds, up
-	return min(max(d, time.Second), time.Hour)
-}
-
-// served folds into the service EWMA that a request held its slot for d.
-func (s *Supervisor) served(d time.Duration) {
-	for {
-		old := s.service.Load()
-		next := int64(d)
-		if old != 0 {
-			next = old + (int64(d)-old)/8
-		}
-		if s.service.CompareAndSwap(old, next) {
-			return
-		}
+// newRequest makes the supervisor's request of info, submitted now or
+// recovered from the journal: its context ends at its deadline, if it
+// has one.
+func (s *Supervisor) newRequest(info RequestInfo) *request {
+	info.Priority = cmp.Or(info.Priority, DefaultPriority) // journaled before priorities
+	r := &request{
+		sub: Submission{Prompt: info.Prompt, Seed: info.Seed, Steps: info.Steps, Key: info.Key, Priority: info.Priority},
+		id:  info.ID, info: info, queue: &s.queue, priority: info.Priority,
+		done: make(chan struct{}), changed: make(chan struct{}),
 	}
+	if info.Deadline != nil {
+		r.deadline = *info.Deadline
+		r.ctx, r.cancel = context.WithDeadline(s.ctx, r.deadline)
+	} else {
+		r.ctx, r.cancel = context.WithCancel(s.ctx)
+	}
+	return r
 }
 
 // What the supervisor remembers of past requests is bounded: past

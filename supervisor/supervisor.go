@@ -35,6 +35,9 @@ var (
 	ErrReleasing = errors.New("the supervisor is releasing and takes no new requests")
 	ErrBadInput  = errors.New("bad request")
 	ErrQueueFull = errors.New("the queue is full")
+	// ErrDeadlineExceeded begins the reason of a request that was not
+	// done by its deadline.
+	ErrDeadlineExceeded = errors.New("deadline exceeded")
 )
 
 // Options are the supervisor's settings that do not come from the config.
@@ -95,14 +98,10 @@ type Supervisor struct {
 	// longer changes (spare.go reads it from other goroutines).
 	pipeline atomic.Bool
 	ids      idGen
-	slots    chan struct{} // one per request dispatched at once (MaxInflight)
-	queue    waitQueue     // the requests waiting for a slot
+	queue    waitQueue // the requests waiting for a slot, and the slots
 	// joining counts the submissions admitted to the queue (max_queue)
-	// that have not joined it yet, guarded by mu; service is the EWMA of
-	// how long a request holds its slot, in ns, for the Retry-After of
-	// a refusal.
+	// that have not joined it yet, guarded by mu.
 	joining int
-	service atomic.Int64
 
 	schedMu  sync.Mutex // one scheduling decision at a time (see dispatch)
 	mu       sync.Mutex
@@ -204,7 +203,7 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.fallback = roundrobin.New()
-	s.slots = make(chan struct{}, max(s.cfg.MaxInflight, 1))
+	s.queue.init(max(s.cfg.MaxInflight, 1))
 	if err := s.makeRunDir(); err != nil {
 		return err
 	}

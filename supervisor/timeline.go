@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/phased/phased/sdk"
@@ -261,84 +260,4 @@ func roomsDetail(rooms []uint64, backends []string) string {
 		parts[i] = fmt.Sprintf("%d%s", room, b)
 	}
 	return strings.Join(parts, ", ")
-}
-
-// waitQueue is the requests waiting for a dispatch slot, in the order
-// they were submitted (join is called before Submit returns), for their
-// queue positions and their turns: only the first competes for a slot,
-// so that requests are dispatched in that order.
-type waitQueue struct {
-	mu    sync.Mutex
-	reqs  []*request
-	turns map[*request]chan struct{} // closed once the request is first
-}
-
-// maxWoken bounds the queued requests whose watchers are woken when the
-// queue moves: the first ones, whose position a user watches most.
-const maxWoken = 1000
-
-func (q *waitQueue) join(r *request) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.reqs = append(q.reqs, r)
-	turn := make(chan struct{})
-	if len(q.reqs) == 1 {
-		close(turn)
-	}
-	if q.turns == nil {
-		q.turns = map[*request]chan struct{}{}
-	}
-	q.turns[r] = turn
-}
-
-// turn returns a channel that is closed once r is first in the queue.
-// r has joined.
-func (q *waitQueue) turn(r *request) <-chan struct{} {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.turns[r]
-}
-
-// leave takes r out of the queue and wakes the watchers of the requests
-// that moved up.
-// len is how many requests wait.
-func (q *waitQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.reqs)
-}
-
-func (q *waitQueue) leave(r *request) {
-	q.mu.Lock()
-	i := slices.Index(q.reqs, r)
-	if i < 0 {
-		q.mu.Unlock()
-		return
-	}
-	q.reqs = slices.Delete(q.reqs, i, i+1)
-	delete(q.turns, r)
-	if i == 0 && len(q.reqs) > 0 {
-		close(q.turns[q.reqs[0]]) // the next one's turn
-	}
-	moved := slices.Clone(q.reqs[i:min(len(q.reqs), maxWoken)])
-	q.mu.Unlock()
-	for _, m := range moved {
-		m.mu.Lock()
-		m.touchLocked()
-		m.mu.Unlock()
-	}
-}
-
-// position is r's place in the queue (1: next), 0 when it is not in it.
-func (q *waitQueue) position(r *request) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return slices.Index(q.reqs, r) + 1
-}
-
-// depth is how many requests wait.
-func (q *waitQueue) depth() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.reqs)
 }

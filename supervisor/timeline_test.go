@@ -100,54 +100,6 @@ func TestTimeline(t *testing.T) {
 	}
 }
 
-// TestWaitQueue: positions follow the order of arrival, a request that
-// leaves moves the ones behind it up and wakes their watchers, and only
-// the first one's turn has come.
-func TestWaitQueue(t *testing.T) {
-	var q waitQueue
-	rs := make([]*request, 3)
-	for i := range rs {
-		rs[i] = &request{changed: make(chan struct{}), queue: &q}
-		q.join(rs[i])
-	}
-	for i, r := range rs {
-		if p := q.position(r); p != i+1 {
-			t.Errorf("request %d at %d, want %d", i, p, i+1)
-		}
-	}
-	watch := rs[2].changed
-	q.leave(rs[1])
-	select {
-	case <-watch:
-	default:
-		t.Error("the last request moved up and its watchers were not woken")
-	}
-	if p, d := q.position(rs[2]), q.depth(); p != 2 || d != 2 {
-		t.Errorf("after one left: position %d, depth %d; want 2, 2", p, d)
-	}
-	if p := q.position(rs[1]); p != 0 {
-		t.Errorf("a request that left is at %d", p)
-	}
-	if got := rs[2].snapshot().QueuePosition; got != 2 {
-		t.Errorf("snapshot's queue position %d, want 2", got)
-	}
-	turn := func(r *request) bool {
-		select {
-		case <-q.turn(r):
-			return true
-		default:
-			return false
-		}
-	}
-	if !turn(rs[0]) || turn(rs[2]) {
-		t.Errorf("turns: first %v, last %v; want only the first's", turn(rs[0]), turn(rs[2]))
-	}
-	q.leave(rs[0])
-	if !turn(rs[2]) {
-		t.Error("the first left, and the next one's turn did not come")
-	}
-}
-
 // statusControl is a phase control whose Status answers metrics; its
 // other methods are not called.
 type statusControl struct {

@@ -140,6 +140,9 @@ func progressLines(info supervisor.RequestInfo, now time.Time, width int) []stri
 	head := info.ID + "  " + info.State
 	if info.State == supervisor.StateQueued && info.QueuePosition > 0 {
 		head += fmt.Sprintf(", position %d in the queue", info.QueuePosition)
+		if info.EstimatedStart != nil {
+			head += ", starts in ~" + fmtETA(max(info.EstimatedStart.Sub(now), 0))
+		}
 	}
 	if !info.Submitted.IsZero() {
 		head += "  " + fmtDur(now.Sub(info.Submitted))

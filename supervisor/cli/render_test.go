@@ -50,8 +50,11 @@ func TestTimeline(t *testing.T) {
 	info.Instances = map[string]string{"encoder": "encoder-0", "transformer": "transformer-1"}
 	info.Events = []supervisor.Event{{Time: t0, What: "accepted"}, {Time: at(14 * time.Millisecond), What: "phase done", Phase: "encoder", Instance: "encoder-0", Detail: "12ms"}}
 	b.Reset()
+	info.Priority, info.Deadline = 80, ptr(at(2*time.Minute))
 	printRequest(&b, info)
 	for _, w := range []string{
+		"  seed       7, steps 20, priority 80\n",
+		"  deadline   " + at(2*time.Minute).Local().Format("2006-01-02 15:04:05.000") + " (2m00s after its submission)\n",
 		"r000007 done /out/r000007.gif\n",
 		"  prompt     \"a fox\"\n",
 		"  instances  encoder=encoder-0 transformer=transformer-1\n",
@@ -130,6 +133,10 @@ func TestProgressLines(t *testing.T) {
 	queued := supervisor.RequestInfo{ID: "r000009", State: supervisor.StateQueued, QueuePosition: 3, Submitted: t0}
 	if got := progressLines(queued, at(time.Second), 80); len(got) != 1 || got[0] != "r000009  queued, position 3 in the queue  1.00s" {
 		t.Errorf("queued: %q", got)
+	}
+	queued.EstimatedStart = ptr(at(76 * time.Second))
+	if got := progressLines(queued, at(time.Second), 80); len(got) != 1 || got[0] != "r000009  queued, position 3 in the queue, starts in ~1m15s  1.00s" {
+		t.Errorf("queued, with an estimated start: %q", got)
 	}
 	if got := bar(48, 48, 12); got != "[==========]" {
 		t.Errorf("full bar %q", got)

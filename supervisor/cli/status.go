@@ -166,7 +166,7 @@ func printRequest(w io.Writer, info supervisor.RequestInfo) {
 	if info.Key != "" {
 		key = fmt.Sprintf(", key %q", info.Key)
 	}
-	fmt.Fprintf(tw, "  seed\t%d, steps %d%s\n", info.Seed, info.Steps, key)
+	fmt.Fprintf(tw, "  seed\t%d, steps %d%s, priority %d\n", info.Seed, info.Steps, key, info.Priority)
 	if !info.Submitted.IsZero() {
 		when := info.Submitted.Local().Format("2006-01-02 15:04:05.000")
 		if info.Finished != nil {
@@ -174,8 +174,15 @@ func printRequest(w io.Writer, info supervisor.RequestInfo) {
 		}
 		fmt.Fprintf(tw, "  submitted\t%s\n", when)
 	}
+	if info.Deadline != nil {
+		fmt.Fprintf(tw, "  deadline\t%s (%s after its submission)\n", info.Deadline.Local().Format("2006-01-02 15:04:05.000"), fmtDur(info.Deadline.Sub(info.Submitted)))
+	}
 	if info.QueuePosition > 0 {
-		fmt.Fprintf(tw, "  queue\tposition %d\n", info.QueuePosition)
+		start := ""
+		if info.EstimatedStart != nil {
+			start = fmt.Sprintf(", estimated start %s", info.EstimatedStart.Local().Format("15:04:05"))
+		}
+		fmt.Fprintf(tw, "  queue\tposition %d%s\n", info.QueuePosition, start)
 	}
 	if info.Attempts > 1 {
 		fmt.Fprintf(tw, "  attempts\t%d\n", info.Attempts)

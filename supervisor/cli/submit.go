@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -17,12 +18,14 @@ import (
 
 // submission is the flags that make a Submission, shared by submit and
 // run: the prompts (--prompt and --prompt-file, in the order given),
-// seed, steps and key.
+// seed, steps, key, priority and deadline.
 type submission struct {
-	prompts promptList
-	seed    int64
-	steps   int
-	key     string
+	prompts  promptList
+	seed     int64
+	steps    int
+	key      string
+	priority int
+	deadline time.Duration
 }
 
 func (s *submission) register(fs *pflag.FlagSet, repeat string) {
@@ -30,6 +33,8 @@ func (s *submission) register(fs *pflag.FlagSet, repeat string) {
 	fs.Var(promptFlag{&s.prompts, true}, "prompt-file", fmt.Sprintf("read the prompt from `FILE` (- for stdin), at most %d bytes; trailing newlines are dropped%s", maxPromptBytes, repeat))
 	fs.IntVar(&s.steps, "steps", supervisor.DefaultSteps, fmt.Sprintf("denoising steps `N`, 1 to %d", maxSteps))
 	fs.StringVar(&s.key, "key", "", fmt.Sprintf("affinity `KEY`, at most %d bytes (e.g. a LoRA): requests with one key stay on one instance under the affinity policy", supervisor.MaxKeyLen))
+	fs.IntVar(&s.priority, "priority", supervisor.DefaultPriority, fmt.Sprintf("queue priority `N`, %d to %d: a queued request of a higher priority is dispatched first", supervisor.MinPriority, supervisor.MaxPriority))
+	fs.DurationVar(&s.deadline, "deadline", 0, "fail the request \"deadline exceeded\" if it is not done `D` (e.g. 2m) after its submission; 0: the config's default_deadline, if any")
 }
 
 // resolve reads the prompt files and returns one checked Submission per
@@ -53,7 +58,7 @@ func (s *submission) resolve(stdin io.Reader) ([]supervisor.Submission, error) {
 				return nil, err
 			}
 		}
-		sub := supervisor.Submission{Prompt: text, Seed: s.seed, Steps: s.steps, Key: s.key}
+		sub := supervisor.Submission{Prompt: text, Seed: s.seed, Steps: s.steps, Key: s.key, Priority: s.priority, Deadline: supervisor.Duration(s.deadline)}
 		if err := sub.Validate(); err != nil {
 			return nil, badInput(err)
 		}
@@ -139,16 +144,23 @@ func (a *app) submitCmd() *cobra.Command {
 		Long: `Submits one request to the running supervisor and prints its id.
 
 The submission is checked here before the supervisor is called: a prompt
-(1 to 65536 bytes), steps from 1 to 10000, a key of at most 256 bytes.
+(1 to 65536 bytes), steps from 1 to 10000, a key of at most 256 bytes, a
+priority from 1 to 100, a deadline of at most 720h.
+
+Queued requests are dispatched by priority (the higher first), then by
+deadline (the earlier first; those without one last), then in the order
+they came. A request not done by its deadline fails "deadline exceeded",
+queued or running; its rooms are removed in order like a removed one's.
 
 With --wait it follows the request to its end like ` + "`supervisor watch`" + `: on a
 terminal one line per phase with a bar of its denoising steps, steps/s and
-the time left (the queue position while queued), redrawn in place; off a
-terminal the request's events, one per line. It exits 0 when the request
-is done and 1 when it failed. Ctrl-C detaches (exit 130): the request goes
+the time left (while queued: its position and estimated start), redrawn
+in place; off a terminal the request's events, one per line. It exits 0
+when the request is done and 1 when it failed. Ctrl-C detaches (exit 130): the request goes
 on, and ` + "`supervisor watch ID`" + ` follows it again.`,
 		Example: `  supervisor submit --prompt "a lighthouse at dusk" --seed 7
   supervisor submit --prompt-file prompt.txt --steps 50 --wait
+  supervisor submit --prompt "a storm at sea" --priority 80 --deadline 10m
   echo "a red fox in the snow" | supervisor submit --prompt-file - --wait --json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -41,6 +41,8 @@ const (
 	DefaultPolicyTimeout = time.Second
 	DefaultMaxInflight   = 64
 	DefaultMaxQueue      = 10000
+	// MaxDeadline bounds a request's deadline, default_deadline's too.
+	MaxDeadline = 30 * 24 * time.Hour
 	// DefaultRetries is how many times a request is dispatched again after
 	// an instance it used died or hung.
 	DefaultRetries = 2
@@ -115,6 +117,9 @@ type Config struct {
 	// Retries is how many times a request is dispatched again, with new
 	// rooms, after an instance it used exited or hung.
 	Retries int
+	// DefaultDeadline is the deadline of a request submitted without
+	// one: how long after its submission it must be done; 0 is none.
+	DefaultDeadline time.Duration
 	// Phases is the pipeline, in order: the first phase receives requests,
 	// the last one produces the artifact.
 	Phases []Phase
@@ -373,6 +378,7 @@ type file struct {
 	MaxInflight   *int           `hcl:"max_inflight,optional"`
 	MaxQueue      *int           `hcl:"max_queue,optional"`
 	Retries       *int           `hcl:"retries,optional"`
+	Deadline      *string        `hcl:"default_deadline,optional"`
 	Release       *releaseBlock  `hcl:"release,block"`
 	Control       *controlBlock  `hcl:"control,block"`
 	Restart       *restartBlock  `hcl:"restart,block"`
@@ -517,6 +523,10 @@ func (f *file) settings(filename string) (*Config, []error) {
 	}
 	errs = setDuration(errs, filename, "policy_timeout", f.PolicyTimeout, &c.PolicyTimeout)
 	errs = setDuration(errs, filename, "peer_timeout", f.PeerTimeout, &c.PeerTimeout)
+	errs = setDuration(errs, filename, "default_deadline", f.Deadline, &c.DefaultDeadline)
+	if c.DefaultDeadline > MaxDeadline {
+		errs = append(errs, fmt.Errorf("%s: default_deadline must be at most %s, got %s", filename, MaxDeadline, c.DefaultDeadline))
+	}
 	if cb := f.Control; cb != nil {
 		c.Control = Control{Listen: deref(cb.Listen, ""), TokenFile: deref(cb.TokenFile, "")}
 		if c.Control.Listen != "" {

@@ -72,6 +72,7 @@ func TestParseReliability(t *testing.T) {
 	src := `
 retries = 4
 max_queue = 50
+default_deadline = "15m"
 phase "encoder" { plugin = "encoder" }
 phase "transformer" {
   plugin        = "transformer"
@@ -89,8 +90,8 @@ phase "transformer" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Retries != 4 || c.MaxQueue != 50 {
-		t.Errorf("retries %d, max_queue %d; want 4, 50", c.Retries, c.MaxQueue)
+	if c.Retries != 4 || c.MaxQueue != 50 || c.DefaultDeadline != 15*time.Minute {
+		t.Errorf("retries %d, max_queue %d, default_deadline %s; want 4, 50, 15m", c.Retries, c.MaxQueue, c.DefaultDeadline)
 	}
 	enc, tr := c.Phases[0], c.Phases[1]
 	if enc.ReadyTimeout != DefaultReadyTimeout || enc.HangTimeout != DefaultHangTimeout || enc.Restart != DefaultRestart() {
@@ -100,7 +101,7 @@ phase "transformer" {
 	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
 		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
 	}
-	if d := Default(); d.Retries != DefaultRetries || d.MaxQueue != DefaultMaxQueue || d.Phases[0].Restart != DefaultRestart() {
+	if d := Default(); d.Retries != DefaultRetries || d.MaxQueue != DefaultMaxQueue || d.DefaultDeadline != 0 || d.Phases[0].Restart != DefaultRestart() {
 		t.Errorf("default config: retries %d, max_queue %d, restart %+v", d.Retries, d.MaxQueue, d.Phases[0].Restart)
 	}
 }
@@ -196,6 +197,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad peer timeout", "a.hcl", "peer_timeout = \"0s\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: peer_timeout: "0s" is not a positive duration`}},
 		{"bad max inflight", "a.hcl", "max_inflight = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_inflight must be between 1 and 100000, got 0`}},
 		{"bad max queue", "a.hcl", "max_queue = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_queue must be between 1 and 1000000, got 0`}},
+		{"bad default deadline", "a.hcl", "default_deadline = \"soon\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: default_deadline: "soon" is not a positive duration; expected e.g. "30s" or "2m"`}},
+		{"default deadline too long", "a.hcl", "default_deadline = \"1000h\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: default_deadline must be at most 720h0m0s, got 1000h0m0s`}},
 		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},
 		{"bad grace", "a.hcl", "release {\n  grace = \"soon\"\n}\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl:1:1: release: grace: "soon" is not a positive duration`}},
 		{"bad start timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  start_timeout = \"-1s\"\n}\n", []string{`phase "t": start_timeout: "-1s" is not a positive duration`}},

@@ -218,7 +218,8 @@ func TestInstanceGivesUp(t *testing.T) {
 // TestSupervisorRestart: after kill -9 of the supervisor its plugins are
 // gone within 2 s; a new supervisor on the same state directory answers for
 // every accepted request, finishes the one that was running, and the ended
-// one stays ended.
+// one stays ended; a request's priority and deadline survive the restart,
+// and one whose deadline passed meanwhile fails "deadline exceeded".
 func TestSupervisorRestart(t *testing.T) {
 	dir := shortDir(t)
 	cfgPath := writeConfig(t, dir, flakyPipeline(t, dir, ""))
@@ -238,6 +239,22 @@ func TestSupervisorRestart(t *testing.T) {
 		return err == nil && info.State == supervisor.StateRunning
 	}) {
 		t.Fatal("the slow request is not running")
+	}
+	doomedID, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "slow: doomed", Seed: 3, Steps: 2, Deadline: supervisor.Duration(3 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptID, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "slow: kept", Seed: 4, Steps: 2, Priority: 80, Deadline: supervisor.Duration(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doomed, err := p.client.Request(ctx, doomedID)
+	if err != nil || doomed.Deadline == nil {
+		t.Fatalf("%+v, %v: no deadline", doomed, err)
+	}
+	kept, err := p.client.Request(ctx, keptID)
+	if err != nil || kept.Deadline == nil {
+		t.Fatalf("%+v, %v: no deadline", kept, err)
 	}
 	st, err := p.client.Status(ctx)
 	if err != nil {
@@ -263,6 +280,7 @@ func TestSupervisorRestart(t *testing.T) {
 	}) {
 		t.Fatalf("plugins %v outlived the supervisor by more than 2s", pids)
 	}
+	time.Sleep(time.Until(*doomed.Deadline)) // it passes while no supervisor runs
 
 	p2 := startSupervisor(t, dir, cfgPath)
 	// Status of both requests, through the CLI, with a state field.
@@ -272,6 +290,14 @@ func TestSupervisorRestart(t *testing.T) {
 		t.Errorf("status --json %s after restart: exit %d, %s %s", doneID, code, out, errOut)
 	}
 	watchDone(t, p2, slowID, "slow: across", 2, 2)
+	after := watchDone(t, p2, keptID, "slow: kept", 4, 2)
+	if after.Priority != 80 || !after.Deadline.Equal(*kept.Deadline) {
+		t.Errorf("after the restart: priority %d, deadline %v; want 80, %v", after.Priority, after.Deadline, kept.Deadline)
+	}
+	if info, err := p2.client.Watch(ctx, doomedID, nil); err != nil || info.State != supervisor.StateFailed ||
+		!strings.HasPrefix(info.Reason, "deadline exceeded: not done 3s after its submission (it was still queued)") {
+		t.Errorf("a request whose deadline passed while no supervisor ran: %s %q, %v", info.State, info.Reason, err)
+	}
 	// Request ids go on from the journal.
 	id, err := p2.client.Submit(ctx, supervisor.Submission{Prompt: "after", Steps: 1})
 	if err != nil {

@@ -396,6 +396,84 @@ func TestMaxQueue(t *testing.T) {
 	p.release(t)
 }
 
+// TestDeadlinesAndPriorities: with one dispatch slot held, queued
+// requests wait in priority order, then deadline order, each with an
+// estimated start; one whose deadline passes while queued fails
+// "deadline exceeded" without a dispatch, one whose deadline (the
+// config's default_deadline) passes while it runs fails so too with its
+// rooms removed, and the others run in queue order.
+func TestDeadlinesAndPriorities(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "max_inflight = 1\ndefault_deadline = \"8s\"\nparams = { height = 128, width = 128 }\n"+pipeline))
+	ctx := context.Background()
+	submit := func(prompt string, steps, priority int, deadline time.Duration) string {
+		t.Helper()
+		id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: prompt, Seed: 1, Steps: steps, Priority: priority, Deadline: supervisor.Duration(deadline)})
+		if err != nil {
+			t.Fatalf("submit %s: %v", prompt, err)
+		}
+		return id
+	}
+	// One request served first: the queue then knows how long a slot is held.
+	if info, err := p.client.Watch(ctx, submit("warm", 1, 0, time.Minute), nil); err != nil || info.State != supervisor.StateDone {
+		t.Fatalf("warm-up: %+v, %v", info, err)
+	}
+	blocker := submit("blocker", supervisor.MaxSteps, 0, 0) // 10000 steps of 128×128: far longer than 8 s
+	waitComputing(t, p, blocker)
+	a := submit("a", 1, 0, 10*time.Minute)
+	b := submit("b", 1, 90, 10*time.Minute)
+	c := submit("c", 1, 0, 5*time.Minute)
+	d := submit("d", 1, 0, 3*time.Second)
+	var last time.Time
+	for i, id := range []string{b, d, c, a} {
+		info, err := p.client.Request(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State != supervisor.StateQueued || info.QueuePosition != i+1 || info.EstimatedStart == nil || info.EstimatedStart.Before(last) {
+			t.Fatalf("%s (priority %d, deadline %v): %s at %d, estimated start %v; want queued at %d, no earlier than %v",
+				info.Prompt, info.Priority, info.Deadline, info.State, info.QueuePosition, info.EstimatedStart, i+1, last)
+		}
+		last = *info.EstimatedStart
+	}
+	out, errOut, code := cli(t, p.socket, "status", b)
+	if code != 0 || !strings.Contains(out, "priority 90") || !strings.Contains(out, "position 1, estimated start ") {
+		t.Fatalf("status %s: exit %d, stdout %q, stderr %q", b, code, out, errOut)
+	}
+	deadlined := func(id, where string) supervisor.RequestInfo {
+		t.Helper()
+		info, err := p.client.Watch(ctx, id, nil)
+		if err != nil || info.State != supervisor.StateFailed || !strings.HasPrefix(info.Reason, "deadline exceeded: ") || !strings.Contains(info.Reason, where) {
+			t.Fatalf("%s: %s %q (%v); want failed, deadline exceeded %s", info.Prompt, info.State, info.Reason, err, where)
+		}
+		return info
+	}
+	if info := deadlined(d, "not done 3s after its submission (it was still queued)"); info.Attempts != 0 {
+		t.Errorf("a request whose deadline passed while queued was dispatched %d times", info.Attempts)
+	}
+	info := deadlined(blocker, "not done 8s after its submission (it was running)")
+	removed := false
+	for _, sp := range info.Timeline {
+		removed = removed || sp.Name == supervisor.SpanRemove && sp.End != nil
+	}
+	if !removed {
+		t.Errorf("the blocker's timeline has no ended remove span: %+v", info.Timeline)
+	}
+	var ends []time.Time
+	for _, id := range []string{b, c, a} {
+		info, err := p.client.Watch(ctx, id, nil)
+		if err != nil || info.State != supervisor.StateDone {
+			t.Fatalf("%s: %s %q, %v", info.Prompt, info.State, info.Reason, err)
+		}
+		ends = append(ends, *info.Finished)
+	}
+	if !ends[0].Before(ends[1]) || !ends[1].Before(ends[2]) {
+		t.Errorf("b, c, a ended at %v: not in queue order", ends)
+	}
+	settled(t, p, "after the deadlines")
+	p.release(t)
+}
+
 // TestMaxInflight: with max_inflight = 1, a second request waits queued
 // while the first runs, and both end done.
 func TestMaxInflight(t *testing.T) {
