@@ -36,6 +36,7 @@ const DefaultSteps = 20
 //	GET    /v1/requests/{id}/events   NDJSON snapshots until the request ends
 //	DELETE /v1/requests/{id}          ordered remove → the final request
 //	GET    /v1/status[?limit=N&after=ID&state=S&order=newest]  phases, instances, a page of requests
+//	PUT    /v1/phases/{phase}/scale   {instances} → what changed, once the new instances are ready or the retired released
 //	POST   /v1/release                ordered release; the server then stops
 //	GET    /v1/health                 200 while the supervisor answers (liveness)
 //	GET    /v1/ready                  200 when every phase has a ready instance, else 503
@@ -153,6 +154,7 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("GET /v1/policies", a.policies)
 	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
 	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
+	mux.HandleFunc("PUT /v1/phases/{phase}/scale", a.scale)
 	mux.HandleFunc("GET /v1/health", a.health)
 	mux.HandleFunc("GET /v1/ready", a.ready)
 	mux.Handle("GET /metrics", sup.MetricsHandler())
@@ -296,6 +298,25 @@ func (a *API) remove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// ScaleChoice is the body of a scaling: the phase's instance count.
+type ScaleChoice struct {
+	Instances int `json:"instances"`
+}
+
+func (a *API) scale(w http.ResponseWriter, r *http.Request) {
+	var c ScaleChoice
+	if !a.decode(w, r, &c) {
+		return
+	}
+	waits(w) // a scale-in waits up to the release grace for requests
+	res, err := a.sup.Scale(r.Context(), r.PathValue("phase"), c.Instances)
+	if err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // PolicyChoice is the body of a policy or shadow change: the policy's name

@@ -180,6 +180,14 @@ func (c *Client) SetShadow(ctx context.Context, phase, policy string) (PolicyLis
 	return out, err
 }
 
+// Scale sets phase's instance count to n; it returns once the new
+// instances are ready or the retired ones released.
+func (c *Client) Scale(ctx context.Context, phase string, n int) (ScaleResult, error) {
+	var out ScaleResult
+	err := c.do(ctx, http.MethodPut, "/v1/phases/"+url.PathEscape(phase)+"/scale", ScaleChoice{Instances: n}, &out)
+	return out, err
+}
+
 // Release asks for an ordered release and returns when it is done.
 func (c *Client) Release(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/release", nil, nil)

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
+	"github.com/phased/phased/supervisor/config"
 )
 
 // process runs one request through the pipeline and always ends it. An
@@ -39,15 +41,21 @@ func (s *Supervisor) process(r *request) {
 		now := time.Now()
 		r.record(func(t *trace) { t.dequeued = now })
 		s.metrics.queueWait.Observe(now.Sub(r.info.Submitted).Seconds())
+		budget := retryBudget{retries: s.cfg.Retries, poison: cmp.Or(s.cfg.PoisonCrashes, config.DefaultPoisonCrashes)}
 		for n := 0; ; n++ {
 			art, err = s.dispatch(r, n)
 			var ie *InstanceError
-			if err == nil || r.ctx.Err() != nil || n >= s.cfg.Retries || !errors.As(err, &ie) {
+			if err == nil || r.ctx.Err() != nil || !errors.As(err, &ie) {
+				break
+			}
+			note, end := budget.spend(ie, n+1)
+			if end != nil {
+				err = end
 				break
 			}
 			s.retried.Add(1)
-			r.event(Event{What: "retry", Detail: fmt.Sprintf("attempt %d of %d: %v", n+2, s.cfg.Retries+1, err)})
-			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "cause", err)
+			r.event(Event{What: "retry", Detail: fmt.Sprintf("attempt %d (%s): %v", n+2, note, err)})
+			s.logger.Warn("dispatching the request again", "request", r.id, "attempt", n+2, "budget", note, "cause", err)
 		}
 		s.queue.release()
 		s.queue.served(time.Since(now))
@@ -59,7 +67,7 @@ func (s *Supervisor) process(r *request) {
 	end := r.info
 	now := time.Now()
 	end.Finished = &now
-	var ie *InstanceError
+	var spent *RetryError
 	switch {
 	case r.removed:
 		// Removed, even if it finished meanwhile: as journaled at Remove.
@@ -68,10 +76,8 @@ func (s *Supervisor) process(r *request) {
 		end.State, end.Reason = StateFailed, ReasonReleased
 	case err != nil && errors.Is(r.ctx.Err(), context.DeadlineExceeded):
 		end.State, end.Reason = StateFailed, deadlineReason(end, r.trace.dequeued.IsZero())
-	case errors.As(err, &ie):
-		end.State = StateFailed
-		end.Reason = fmt.Sprintf("failed after %d attempts (retries = %d); the last: %v; raise retries in the config, or see `supervisor status` for the instance",
-			end.Attempts, s.cfg.Retries, err)
+	case errors.As(err, &spent):
+		end.State, end.Reason = StateFailed, spent.Reason
 	case err != nil:
 		end.State, end.Reason = StateFailed, err.Error()
 	default:
@@ -778,7 +784,7 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 	for _, ph := range s.phases {
 		ready, recovering := false, false
 		var last string
-		for _, in := range ph.instances {
+		for _, in := range ph.all() {
 			switch in.currentState() {
 			case stateReady:
 				ready = true
@@ -796,7 +802,7 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 		case recovering:
 			waiting = true
 		default:
-			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.instances), last)
+			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.all()), last)
 		}
 	}
 	return waiting, nil

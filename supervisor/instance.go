@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,10 +23,12 @@ import (
 //
 //	starting → ready → (exited →) restarting → ready …
 //	                                         ↘ failed (gave up)
+//	any → draining (a scale-in retires it; scale.go) → released
 //	any → released (at release)
 const (
 	stateStarting   = "starting"   // process started, not ready yet
 	stateReady      = "ready"      // takes requests
+	stateDraining   = "draining"   // being scaled in: no new request, released once its requests are gone
 	stateExited     = "exited"     // its process exited a moment ago
 	stateRestarting = "restarting" // waiting out its backoff, or starting again
 	stateFailed     = "failed"     // too many restarts within the window: given up
@@ -66,6 +69,7 @@ type life struct {
 	dead     *InstanceError        // set at exit
 	users    map[*attempt]struct{} // dispatch attempts that use it
 	hungWhy  string                // set when the supervisor kills it as hung
+	oomKills int64                 // hostOOMKills when it was launched
 	hungOnce sync.Once
 
 	// Its spare rooms (spare.go), guarded by mu: per instance of the next
@@ -235,13 +239,63 @@ type InstanceError struct {
 	PID      int
 	Status   string // how the process ended: "signal: killed", "exit status 2"
 	Hung     string // why the supervisor killed it; "" when it died on its own
+	// OOM is set when the host's OOM killer killed a process while this
+	// one lived (/proc/vmstat's oom_kill grew): a SIGKILL is then taken
+	// for a crash, maybe the request's doing, not a kill from outside.
+	OOM bool
+	// Retired is set when the supervisor ended the attempt because a
+	// scale-in retired the instance.
+	Retired bool
 }
 
 func (e *InstanceError) Error() string {
+	if e.Retired {
+		return fmt.Sprintf("instance %s (pid %d) was retired by a scale-in", e.Instance, e.PID)
+	}
 	if e.Hung != "" {
 		return fmt.Sprintf("instance %s (pid %d) was killed as hung: %s", e.Instance, e.PID, e.Hung)
 	}
+	if e.OOM {
+		return fmt.Sprintf("instance %s (pid %d) exited: %s (the host's OOM killer ran while it lived)", e.Instance, e.PID, e.Status)
+	}
 	return fmt.Sprintf("instance %s (pid %d) exited: %s", e.Instance, e.PID, e.Status)
+}
+
+// External reports whether the process was stopped by a signal from
+// outside — an operator's kill, a drained node — rather than a crash
+// (an exit status, a fault signal), a hang or an out-of-memory kill:
+// an attempt lost so is not the request's fault.
+func (e *InstanceError) External() bool {
+	if e.Retired {
+		return true
+	}
+	if e.Hung != "" || e.OOM {
+		return false
+	}
+	switch e.Status {
+	case "signal: killed", "signal: terminated", "signal: interrupt", "signal: hangup":
+		return true
+	}
+	return false
+}
+
+// hostOOMKills is how many processes the host's OOM killer has killed
+// since boot (/proc/vmstat's oom_kill), -1 where it cannot be read.
+func hostOOMKills() int64 {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
 }
 
 // latencyAlpha is the weight of the newest Run in an instance's latency
@@ -371,6 +425,9 @@ func (l *life) deadError() *InstanceError {
 	defer l.mu.Unlock()
 	if l.dead == nil {
 		l.dead = &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: l.proc.exitStatus(), Hung: l.hungWhy}
+		// A SIGKILL while the OOM killer ran (or where its count is
+		// unknown) is taken for an OOM kill: a crash, not free.
+		l.dead.OOM = l.dead.Status == "signal: killed" && l.dead.Hung == "" && (l.oomKills < 0 || hostOOMKills() != l.oomKills)
 	}
 	return l.dead
 }
@@ -378,6 +435,7 @@ func (l *life) deadError() *InstanceError {
 // launch starts one process for the instance: handshake, Configure, then
 // the readiness call. The process is killed when any step fails.
 func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
+	oomKills := hostOOMKills()
 	proc, err := s.start(ctx, processConfig{
 		Name: in.id, Path: in.path, Kind: sdk.KindPhase,
 		APIVersion: sdk.PhaseAPIVersion, StartTimeout: in.cfg.StartTimeout,
@@ -386,7 +444,7 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &life{in: in, proc: proc, ctl: proc.raw.(sdk.PhaseControl), users: map[*attempt]struct{}{}}
+	l := &life{in: in, proc: proc, ctl: proc.raw.(sdk.PhaseControl), users: map[*attempt]struct{}{}, oomKills: oomKills}
 	// A process before this one may have left sockets behind.
 	if err := os.RemoveAll(in.dir); err != nil {
 		proc.kill()
@@ -443,15 +501,21 @@ func (s *Supervisor) checkParams(ctx context.Context, l *life) error {
 var ErrBadParams = errors.New("the phase's params are invalid")
 
 // startInstance starts instance i of a phase and watches its process.
-func (s *Supervisor) startInstance(ctx context.Context, stage int, pcfg config.Phase, i int, path string) (*instance, error) {
-	id := fmt.Sprintf("%s-%d", pcfg.Name, i)
-	in := &instance{id: id, index: i, phase: pcfg.Name, stage: stage, cfg: pcfg, path: path, dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(pcfg.Restart)}
+func (s *Supervisor) startInstance(ctx context.Context, ph *phase, i int) (*instance, error) {
+	in := s.newInstance(ph, i)
 	l, err := s.launch(ctx, in)
 	if err != nil {
 		return nil, err
 	}
 	s.goLive(in, l)
 	return in, nil
+}
+
+// newInstance makes instance i of a phase, starting, without a process.
+func (s *Supervisor) newInstance(ph *phase, i int) *instance {
+	id := fmt.Sprintf("%s-%d", ph.cfg.Name, i)
+	return &instance{id: id, index: i, phase: ph.cfg.Name, stage: ph.stage, cfg: ph.cfg, path: ph.path,
+		dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(ph.cfg.Restart)}
 }
 
 // goLive makes l the instance's process, ready, and watches it. in.mu is
@@ -472,6 +536,9 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	case <-l.proc.done:
 	case <-s.bgCtx.Done():
 		return
+	}
+	if in.currentState() == stateReleased {
+		return // released by a scale-in, which handles the rest
 	}
 	dead := l.deadError()
 	l.mu.Lock()
@@ -500,9 +567,10 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	l.proc.kill() // its process group, and go-plugin's state
 
 	in.mu.Lock()
-	if in.state == stateReleased {
+	if in.state == stateReleased || in.state == stateDraining {
+		in.lastExit = dead.Error()
 		in.mu.Unlock()
-		return
+		return // not restarted: a scale-in retires it
 	}
 	in.lastExit = dead.Error()
 	delay, ok := in.restart.next(time.Now())
@@ -529,7 +597,7 @@ func (s *Supervisor) restartInstance(in *instance, delay time.Duration) {
 			return err
 		}
 		in.mu.Lock()
-		released := in.state == stateReleased || ctx.Err() != nil
+		released := in.state == stateReleased || in.state == stateDraining || ctx.Err() != nil
 		in.mu.Unlock()
 		if released {
 			l.proc.kill()

@@ -146,8 +146,8 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRetried, prometheus.CounterValue, float64(s.retried.Load()))
 	var ready []*instance
 	for _, ph := range s.phases {
-		byState := map[string]int{stateStarting: 0, stateReady: 0, stateExited: 0, stateRestarting: 0, stateFailed: 0, stateReleased: 0}
-		for _, in := range ph.instances {
+		byState := map[string]int{stateStarting: 0, stateReady: 0, stateDraining: 0, stateExited: 0, stateRestarting: 0, stateFailed: 0, stateReleased: 0}
+		for _, in := range ph.all() {
 			st := in.currentState()
 			byState[st]++
 			if st == stateReady {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/phased/phased/sdk"
@@ -12,16 +13,34 @@ import (
 
 // phase is one phase of the pipeline and its instances.
 type phase struct {
-	cfg       config.Phase
-	instances []*instance
-	live      atomic.Pointer[policy] // the policy that schedules it
-	shadowOf  atomic.Pointer[policy] // asked beside live, never used; nil: none
-	stats     policyStats
+	cfg      config.Phase
+	stage    int                    // its place in the pipeline, from 0
+	path     string                 // its plugin binary
+	live     atomic.Pointer[policy] // the policy that schedules it
+	shadowOf atomic.Pointer[policy] // asked beside live, never used; nil: none
+	stats    policyStats
+
+	// members is its instances, in index order: a slice never changed
+	// once stored, replaced whole by Scale (under scaleMu, which also
+	// makes one scaling of the phase at a time).
+	members atomic.Pointer[[]*instance]
+	scaleMu sync.Mutex
 }
+
+// all returns the phase's instances now, in index order.
+func (ph *phase) all() []*instance {
+	if m := ph.members.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+// setMembers makes list the phase's instances.
+func (ph *phase) setMembers(list []*instance) { ph.members.Store(&list) }
 
 func (ph *phase) candidates() sdk.PhaseCandidates {
 	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
-	for _, in := range ph.instances {
+	for _, in := range ph.all() {
 		pc.Candidates = append(pc.Candidates, sdk.Candidate{
 			ID:            in.id,
 			Index:         in.index,
@@ -36,7 +55,7 @@ func (ph *phase) candidates() sdk.PhaseCandidates {
 }
 
 func (ph *phase) instance(id string) *instance {
-	for _, in := range ph.instances {
+	for _, in := range ph.all() {
 		if in.id == id {
 			return in
 		}

@@ -68,7 +68,10 @@ func (s *Supervisor) fillSpare(l *life) {
 		return
 	}
 	backend := s.hopBackend(l.in.stage)
-	for _, to := range s.phases[l.in.stage+1].instances {
+	for _, to := range s.phases[l.in.stage+1].all() {
+		if to.retiring() {
+			continue
+		}
 		l.mu.Lock()
 		if l.dead != nil || l.spares[to] != nil || time.Since(l.spareFailed) < spareRetry {
 			l.mu.Unlock()
@@ -101,6 +104,20 @@ func (s *Supervisor) openSpare(l *life, to *instance, sp *spareRoom) {
 	if err == nil && l.dead == nil && s.bgCtx.Err() == nil {
 		sp.endpoint = ep
 		l.mu.Unlock()
+		if to.retiring() {
+			// A scale-in retires to: removed here, or by its
+			// dropSparesFor if that came after the endpoint was set.
+			l.mu.Lock()
+			mine := l.spares[to] == sp
+			if mine {
+				delete(l.spares, to)
+			}
+			l.mu.Unlock()
+			if mine {
+				s.removeSpare(l, sp.id)
+			}
+			return
+		}
 		if to.inflight.Load() == 0 {
 			s.standBy(l, to, sp)
 		}
@@ -184,7 +201,7 @@ func (s *Supervisor) keptFor(in *instance, fn func(up *life, sp *spareRoom)) {
 	if in.stage == 0 {
 		return
 	}
-	for _, from := range s.phases[in.stage-1].instances {
+	for _, from := range s.phases[in.stage-1].all() {
 		up := from.cur.Load()
 		if up == nil {
 			continue
@@ -252,7 +269,7 @@ func (s *Supervisor) unspared(l *life, rooms []sdk.RoomInfo) int {
 // standing by; the background work that opens them has stopped.
 func (s *Supervisor) removeSpares() {
 	for _, ph := range s.phases {
-		for _, in := range ph.instances {
+		for _, in := range ph.all() {
 			if l := in.cur.Load(); l != nil {
 				s.dropSpares(l)
 			}

@@ -67,7 +67,9 @@ func newSpareRig(t *testing.T, standby []string, names ...string) *spareRig {
 		}
 		l := &life{in: in, proc: proc, ctl: openControl{name: name, log: g.log}, users: map[*attempt]struct{}{}}
 		in.cur.Store(l)
-		g.s.phases = append(g.s.phases, &phase{cfg: in.cfg, instances: []*instance{in}})
+		ph := &phase{cfg: in.cfg}
+		ph.setMembers([]*instance{in})
+		g.s.phases = append(g.s.phases, ph)
 		g.lives, g.done = append(g.lives, l), append(g.done, done)
 	}
 	return g

@@ -41,6 +41,9 @@ type PhaseStatus struct {
 	Plugin    string           `json:"plugin"`
 	Policy    string           `json:"policy"`
 	Instances []InstanceStatus `json:"instances"`
+	// Min and Max bound its instance count (supervisor scale).
+	Min int `json:"min"`
+	Max int `json:"max"`
 }
 
 // InstanceStatus is one instance: its process, its state and the rooms it
@@ -82,13 +85,13 @@ func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 	st := Status{PID: pid, RunDir: s.runDir, ArtifactDir: s.artifactDir(), Policies: s.Policies(), InstanceExits: s.crashes.Load(), Retried: s.retried.Load(),
 		Phases: []PhaseStatus{}, Requests: []RequestInfo{}}
 	for _, ph := range s.phases {
-		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name}
-		for _, in := range ph.instances {
+		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name, Min: ph.cfg.Min, Max: ph.cfg.Max}
+		for _, in := range ph.all() {
 			is := InstanceStatus{ID: in.id, PID: in.pid(), State: in.currentState(), Inflight: int(in.inflight.Load())}
 			in.mu.Lock()
 			is.Restarts, is.LastExit = in.restart.counts(), in.lastExit
 			in.mu.Unlock()
-			if l := in.cur.Load(); is.State == stateReady && l != nil {
+			if l := in.cur.Load(); (is.State == stateReady || is.State == stateDraining) && l != nil {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				rs, err := l.ctl.Status(cctx)
 				cancel()

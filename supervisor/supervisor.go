@@ -25,7 +25,6 @@ import (
 
 	"github.com/phased/phased/policies/roundrobin"
 	"github.com/phased/phased/sdk"
-	"github.com/phased/phased/sdk/transfer"
 	"github.com/phased/phased/supervisor/config"
 )
 
@@ -96,9 +95,10 @@ type Supervisor struct {
 	nextRoom atomic.Uint64
 	// pipeline is set once Start has made every phase: s.phases no
 	// longer changes (spare.go reads it from other goroutines).
-	pipeline atomic.Bool
-	ids      idGen
-	queue    waitQueue // the requests waiting for a slot, and the slots
+	pipeline    atomic.Bool
+	ids         idGen
+	queue       waitQueue  // the requests waiting for a slot, and the slots
+	scaleFileMu sync.Mutex // one write of the state directory's scale file at a time
 	// joining counts the submissions admitted to the queue (max_queue)
 	// that have not joined it yet, guarded by mu.
 	joining int
@@ -182,13 +182,13 @@ func (s *Supervisor) health() Health {
 	}
 	for _, ph := range s.phases {
 		ready := 0
-		for _, in := range ph.instances {
+		for _, in := range ph.all() {
 			if in.currentState() == stateReady {
 				ready++
 			}
 		}
 		if ready == 0 {
-			h.Reason = fmt.Sprintf("phase %s has no ready instance (of %d)", ph.cfg.Name, len(ph.instances))
+			h.Reason = fmt.Sprintf("phase %s has no ready instance (of %d)", ph.cfg.Name, len(ph.all()))
 			return h
 		}
 	}
@@ -258,21 +258,24 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 		s.policies[name] = p
 		s.policyMu.Unlock()
 	}
+	scaled := s.loadScale()
 	for stage, pcfg := range s.cfg.Phases {
-		ph := &phase{cfg: pcfg}
+		ph := &phase{cfg: pcfg, stage: stage, path: paths["phase/"+pcfg.Plugin]}
 		ph.live.Store(s.policies[pcfg.Policy])
 		s.phases = append(s.phases, ph)
-		for i := range pcfg.Instances {
-			in, err := s.startInstance(ctx, stage, pcfg, i, paths["phase/"+pcfg.Plugin])
+		var members []*instance
+		for i := range s.startCount(pcfg, scaled) {
+			in, err := s.startInstance(ctx, ph, i)
 			if err != nil {
 				return fmt.Errorf("phase %q: %w", pcfg.Name, err)
 			}
-			ph.instances = append(ph.instances, in)
+			members = append(members, in)
+			ph.setMembers(members)
 		}
 	}
 	s.pipeline.Store(true)
 	for _, ph := range s.phases {
-		for _, in := range ph.instances {
+		for _, in := range ph.all() {
 			s.fillSpare(in.cur.Load())
 		}
 	}
@@ -416,39 +419,24 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 	// Instance watchers and restarters stop first: what exits from here
 	// on is released, not restarted.
 	for _, ph := range s.phases {
-		for _, in := range ph.instances {
+		for _, in := range ph.all() {
 			in.setState(stateReleased)
 		}
 	}
 	s.stopBackground()
+	// A scaling under way ends (its work ends with the background's)
+	// before the instances are released; none begins after.
+	for _, ph := range s.phases {
+		ph.scaleMu.Lock()
+		ph.scaleMu.Unlock()
+	}
 	s.removeSpares()
 	for _, ph := range s.phases {
-		for _, in := range ph.instances {
-			l := in.cur.Load()
-			if l == nil {
-				continue
-			}
-			if !l.proc.exited() {
-				rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
-				err := l.ctl.Release(rctx)
-				switch {
-				case err != nil && (timedOut(rctx, err) || errors.Is(err, sdk.ErrPluginGone)):
-					// It does not answer (stopped, stuck, gone): its
-					// process group is killed below, which is its
-					// release.
-					s.logger.Warn("instance did not release; killing it", "instance", in.id, "pid", l.proc.pid, "within", releaseTimeout, "error", err)
-				case err != nil:
-					errs = append(errs, fmt.Errorf("instance %s: release: %w", in.id, err))
+		for _, in := range ph.all() {
+			if l := in.cur.Load(); l != nil {
+				if err := s.releaseLife(ctx, in, l); err != nil {
+					errs = append(errs, err)
 				}
-				cancel()
-			}
-			l.proc.kill()
-			// An instance that died, or did not release in time, leaves
-			// its segments behind: sweep them.
-			if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
-				errs = append(errs, fmt.Errorf("instance %s: %w", in.id, err))
-			} else if n > 0 {
-				s.logger.Warn("removed shared-memory segments left by an instance", "instance", in.id, "count", n)
 			}
 		}
 	}

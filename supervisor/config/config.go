@@ -41,11 +41,16 @@ const (
 	DefaultPolicyTimeout = time.Second
 	DefaultMaxInflight   = 64
 	DefaultMaxQueue      = 10000
+	// MaxInstances bounds a phase's instances, and its max.
+	MaxInstances = 64
 	// MaxDeadline bounds a request's deadline, default_deadline's too.
 	MaxDeadline = 30 * 24 * time.Hour
 	// DefaultRetries is how many times a request is dispatched again after
 	// an instance it used died or hung.
 	DefaultRetries = 2
+	// DefaultPoisonCrashes is how many distinct instances a request's
+	// attempts may crash before it is failed as poison.
+	DefaultPoisonCrashes = 2
 	// DefaultReadyTimeout bounds an instance's readiness call (model
 	// loading) after its process started.
 	DefaultReadyTimeout = 5 * time.Minute
@@ -117,6 +122,11 @@ type Config struct {
 	// Retries is how many times a request is dispatched again, with new
 	// rooms, after an instance it used exited or hung.
 	Retries int
+	// PoisonCrashes is how many distinct instances a request's attempts
+	// may crash (exit, fault, hang, OOM kill) before it is failed as
+	// poison; attempts lost to instances stopped from outside spend
+	// neither it nor Retries.
+	PoisonCrashes int
 	// DefaultDeadline is the deadline of a request submitted without
 	// one: how long after its submission it must be done; 0 is none.
 	DefaultDeadline time.Duration
@@ -148,9 +158,12 @@ type Control struct {
 
 // Phase is one phase of the pipeline.
 type Phase struct {
-	Name         string
-	Plugin       string // the binary is phased-phase-<Plugin>
-	Instances    int
+	Name      string
+	Plugin    string // the binary is phased-phase-<Plugin>
+	Instances int
+	// Min and Max bound the phase's instance count as `supervisor scale`
+	// (and a scaler) changes it: 1 and Instances unless the config says.
+	Min, Max     int
 	Policy       string // the binary is phased-policy-<Policy>
 	Params       map[string]string
 	StartTimeout time.Duration
@@ -379,6 +392,7 @@ type file struct {
 	MaxQueue      *int           `hcl:"max_queue,optional"`
 	Retries       *int           `hcl:"retries,optional"`
 	Deadline      *string        `hcl:"default_deadline,optional"`
+	PoisonCrashes *int           `hcl:"poison_crashes,optional"`
 	Release       *releaseBlock  `hcl:"release,block"`
 	Control       *controlBlock  `hcl:"control,block"`
 	Restart       *restartBlock  `hcl:"restart,block"`
@@ -402,6 +416,8 @@ type phaseBlock struct {
 	Plugin       string            `hcl:"plugin"`
 	PluginRange  hcl.Range         `hcl:"plugin,attr_range"`
 	Instances    *int              `hcl:"instances,optional"`
+	Min          *int              `hcl:"min,optional"`
+	Max          *int              `hcl:"max,optional"`
 	Policy       *string           `hcl:"policy,optional"`
 	PolicyRange  hcl.Range         `hcl:"policy,attr_range"`
 	Params       hcl.Expression    `hcl:"params,optional"`
@@ -499,12 +515,16 @@ func (f *file) settings(filename string) (*Config, []error) {
 		MaxInflight:   derefInt(f.MaxInflight, DefaultMaxInflight),
 		MaxQueue:      derefInt(f.MaxQueue, DefaultMaxQueue),
 		Retries:       derefInt(f.Retries, DefaultRetries),
+		PoisonCrashes: derefInt(f.PoisonCrashes, DefaultPoisonCrashes),
 		Restart:       DefaultRestart(),
 	}
 	var errs []error
 	c.Params, c.ParamsAt, errs = decodeParams(f.Params, errs)
 	if c.Retries < 0 || c.Retries > 10 {
 		errs = append(errs, fmt.Errorf("%s: retries must be between 0 and 10, got %d", filename, c.Retries))
+	}
+	if c.PoisonCrashes < 1 || c.PoisonCrashes > 100 {
+		errs = append(errs, fmt.Errorf("%s: poison_crashes must be between 1 and 100, got %d", filename, c.PoisonCrashes))
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 100000 {
 		errs = append(errs, fmt.Errorf("%s: max_inflight must be between 1 and 100000, got %d", filename, c.MaxInflight))
@@ -633,8 +653,12 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 			fail("%s %q is not a valid name; expected %s", n.what, n.v, nameRule)
 		}
 	}
-	if ph.Instances < 1 || ph.Instances > 64 {
-		fail("instances must be between 1 and 64, got %d", ph.Instances)
+	if ph.Instances < 1 || ph.Instances > MaxInstances {
+		fail("instances must be between 1 and %d, got %d", MaxInstances, ph.Instances)
+	}
+	ph.Min, ph.Max = derefInt(pb.Min, 1), derefInt(pb.Max, ph.Instances)
+	if ph.Min < 1 || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
+		fail("min %d, instances %d, max %d: want 1 <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, MaxInstances)
 	}
 	if pb.CPUs != nil && (ph.CPUs < 1 || ph.CPUs > MaxCPUs) {
 		fail("cpus must be between 1 and %d, got %d; leave it out for the host's share", MaxCPUs, ph.CPUs)

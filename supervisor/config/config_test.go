@@ -73,6 +73,7 @@ func TestParseReliability(t *testing.T) {
 retries = 4
 max_queue = 50
 default_deadline = "15m"
+poison_crashes = 3
 phase "encoder" { plugin = "encoder" }
 phase "transformer" {
   plugin        = "transformer"
@@ -90,8 +91,11 @@ phase "transformer" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Retries != 4 || c.MaxQueue != 50 || c.DefaultDeadline != 15*time.Minute {
-		t.Errorf("retries %d, max_queue %d, default_deadline %s; want 4, 50, 15m", c.Retries, c.MaxQueue, c.DefaultDeadline)
+	if enc := c.Phases[0]; enc.Min != 1 || enc.Max != 1 {
+		t.Errorf("encoder min %d, max %d; want 1, its instances", enc.Min, enc.Max)
+	}
+	if c.Retries != 4 || c.MaxQueue != 50 || c.DefaultDeadline != 15*time.Minute || c.PoisonCrashes != 3 {
+		t.Errorf("retries %d, max_queue %d, default_deadline %s, poison_crashes %d; want 4, 50, 15m, 3", c.Retries, c.MaxQueue, c.DefaultDeadline, c.PoisonCrashes)
 	}
 	enc, tr := c.Phases[0], c.Phases[1]
 	if enc.ReadyTimeout != DefaultReadyTimeout || enc.HangTimeout != DefaultHangTimeout || enc.Restart != DefaultRestart() {
@@ -101,7 +105,7 @@ phase "transformer" {
 	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
 		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
 	}
-	if d := Default(); d.Retries != DefaultRetries || d.MaxQueue != DefaultMaxQueue || d.DefaultDeadline != 0 || d.Phases[0].Restart != DefaultRestart() {
+	if d := Default(); d.Retries != DefaultRetries || d.MaxQueue != DefaultMaxQueue || d.DefaultDeadline != 0 || d.PoisonCrashes != DefaultPoisonCrashes || d.Phases[0].Restart != DefaultRestart() {
 		t.Errorf("default config: retries %d, max_queue %d, restart %+v", d.Retries, d.MaxQueue, d.Phases[0].Restart)
 	}
 }
@@ -197,6 +201,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad peer timeout", "a.hcl", "peer_timeout = \"0s\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: peer_timeout: "0s" is not a positive duration`}},
 		{"bad max inflight", "a.hcl", "max_inflight = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_inflight must be between 1 and 100000, got 0`}},
 		{"bad max queue", "a.hcl", "max_queue = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: max_queue must be between 1 and 1000000, got 0`}},
+		{"max below instances", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  instances = 3\n  max = 2\n}\n", []string{`a.hcl:1:1: phase "t": min 1, instances 3, max 2: want 1 <= min <= instances <= max <= 64`}},
+		{"min zero", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  min = 0\n}\n", []string{`phase "t": min 0, instances 1, max 1: want 1 <= min <= instances <= max <= 64`}},
+		{"bad poison crashes", "a.hcl", "poison_crashes = 0\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: poison_crashes must be between 1 and 100, got 0`}},
 		{"bad default deadline", "a.hcl", "default_deadline = \"soon\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: default_deadline: "soon" is not a positive duration; expected e.g. "30s" or "2m"`}},
 		{"default deadline too long", "a.hcl", "default_deadline = \"1000h\"\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: default_deadline must be at most 720h0m0s, got 1000h0m0s`}},
 		{"bad device", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  device = \"tpu\"\n}\n", []string{`a.hcl:1:1: phase "t": device "tpu" is not supported; expected one of: cpu, cuda`}},

@@ -23,13 +23,10 @@ import (
 const ChaosEnv = "PHASED_CHAOS_REQUESTS"
 
 // chaosPipeline: two instances of each phase, restarted quickly and never
-// given up on. Every 0.5 s one of six instances dies, about ten times the
-// rate any real deployment would see, so requests get a larger retry
-// budget than the default 2, and at most 8 are dispatched at once (a kill
-// fails every attempt that still needs the instance).
+// given up on; retries and max_inflight are the defaults. Every 0.5 s one
+// of six instances dies, about ten times the rate any real deployment
+// would see: a kill from outside spends no retry (retryBudget).
 const chaosPipeline = `
-retries      = 10
-max_inflight = 8
 phase "encoder" {
   plugin    = "encoder"
   instances = 2

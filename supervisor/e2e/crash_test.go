@@ -99,7 +99,7 @@ func TestInstanceCrash(t *testing.T) {
 		t.Errorf("attempts = %d, want 2", info.Attempts)
 	}
 	full, retry := lastEvent(t, p, id, "retry")
-	if !strings.Contains(retry, "attempt 2 of 3") || !strings.Contains(retry, "instance transformer-") || !strings.Contains(retry, "exited: exit status 3") {
+	if !strings.Contains(retry, "attempt 2 (retry 1 of 2)") || !strings.Contains(retry, "instance transformer-") || !strings.Contains(retry, "exited: exit status 3") {
 		t.Errorf("retry event %q; want the attempt, the instance and its exit status", retry)
 	}
 	// Each attempt had rooms of its own: its rooms span names them. (Its
@@ -146,6 +146,65 @@ func TestInstanceCrash(t *testing.T) {
 	}
 	// The restarted instance serves requests.
 	p.submitAll(t, 4, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: "after", Seed: int64(i), Steps: 2}
+	})
+	p.release(t)
+}
+
+// TestKilledNotCounted: with retries = 0, a request whose transformer is
+// killed from outside (SIGKILL) while it computes is dispatched again all
+// the same, the retry saying it was not counted, and ends done.
+func TestKilledNotCounted(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, "retries = 0\n"+flakyPipeline(t, dir, `restart { backoff = "50ms" }`)))
+	id, err := p.client.Submit(context.Background(), supervisor.Submission{Prompt: "slow: killed", Seed: 8, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComputing(t, p, id)
+	info, err := p.client.Request(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := instanceStatus(t, p, info.Instances["transformer"])
+	if err := syscall.Kill(in.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	info = watchDone(t, p, id, "slow: killed", 8, 2)
+	_, retry := lastEvent(t, p, id, "retry")
+	if info.Attempts != 2 || !strings.Contains(retry, "attempt 2 (not counted against retries: the instance was stopped from outside)") ||
+		!strings.Contains(retry, fmt.Sprintf("instance %s (pid %d) exited: signal: killed", in.ID, in.PID)) {
+		t.Errorf("attempts %d, retry %q; want 2 attempts, the second not counted, after %s's kill", info.Attempts, retry, in.ID)
+	}
+	p.release(t)
+}
+
+// TestPoison: a request that crashes every instance it reaches is failed
+// as poison once it has crashed poison_crashes (2) distinct ones, within
+// its retries, naming them; the instances come back and serve the next.
+func TestPoison(t *testing.T) {
+	dir := shortDir(t)
+	// A backoff of 2 s: the retry cannot go back to the instance just
+	// crashed, and so crashes the other one.
+	p := startSupervisor(t, dir, writeConfig(t, dir, flakyPipeline(t, dir, `restart { backoff = "2s" }`)))
+	id, err := p.client.Submit(context.Background(), supervisor.Submission{Prompt: "poison: x", Seed: 9, Steps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.client.Watch(context.Background(), id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile(`^poison: its attempts crashed 2 distinct instances, transformer-[01] \(exit status 3\), transformer-[01] \(exit status 3\) \(poison_crashes = 2\); it is not dispatched again`)
+	if info.State != supervisor.StateFailed || info.Attempts != 2 || !want.MatchString(info.Reason) || strings.Count(info.Reason, "transformer-0") != 1 {
+		t.Fatalf("poison request: %s after %d attempts, reason %q; want failed as poison after 2", info.State, info.Attempts, info.Reason)
+	}
+	if !eventually(20*time.Second, func() bool {
+		return instanceStatus(t, p, "transformer-0").State == "ready" && instanceStatus(t, p, "transformer-1").State == "ready"
+	}) {
+		t.Fatal("the crashed transformers are not ready again")
+	}
+	p.submitAll(t, 2, func(i int) supervisor.Submission {
 		return supervisor.Submission{Prompt: "after", Seed: int64(i), Steps: 2}
 	})
 	p.release(t)

@@ -4,10 +4,11 @@
 // names remembers it across restarts):
 //
 //	crash:  the process exits with status 3 in Run
+//	poison: the process exits with status 3 in Run, every time
 //	hang:   Run blocks, ignoring cancellation and reporting no progress
 //	slow:   Run takes 2 s (honouring cancellation), every time
 //
-// Everything else, and every retry, is the transformer's, so that retried
+// Everything else, and every retry but a poison one's, is the transformer's, so that retried
 // requests still produce the reference artifact. Its Load (the readiness
 // stage) takes as long as the "load" param says ("0s" by default) and
 // fails when "load_error" is set.
@@ -99,6 +100,8 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	switch {
 	case strings.HasPrefix(req.Prompt, "crash:") && f.first("crash", req):
 		os.Exit(3)
+	case strings.HasPrefix(req.Prompt, "poison:"):
+		os.Exit(3) // every time, on every instance
 	case strings.HasPrefix(req.Prompt, "hang:") && f.first("hang", req):
 		select {} // hangs; the supervisor must kill the process
 	case strings.HasPrefix(req.Prompt, "slow:"):
