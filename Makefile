@@ -22,7 +22,7 @@ FUZZ := ./sdk/internal/unixrpc:FuzzFrame ./sdk/transfer:FuzzDescriptor ./sdk/tra
 	./sdk/transfer:FuzzDataHeader ./supervisor:FuzzControlAPI ./supervisor:FuzzConfig ./supervisor:FuzzPluginStderr
 # What builds without cgo (no libzmq): the plugin contract and everything a
 # policy plugin links. make check proves it.
-NOCGO := ./sdk ./sdk/tensor ./sdk/plugintest ./sdk/policytest ./policies/...
+NOCGO := ./sdk ./sdk/tensor ./sdk/plugintest ./sdk/policytest ./sdk/scalertest ./policies/... ./scalers/...
 # The Python SDK and the Python phases run on Debian's interpreter and
 # packages (no pip): PYTHON must be that interpreter, not a pyenv or venv one.
 PYTHON  ?= /usr/bin/python3
@@ -51,7 +51,7 @@ test-deps: deps ## what the tests need beyond the build: headless chromium for t
 
 build: deps ## build bin/supervisor and the plugins in bin/plugins (the Python phases of examples/ linked in)
 	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
-	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/...
+	$(GO) build -o $(PLUGINS)/ ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/... ./scalers/...
 	@# The Python phases run from the tree: link them in beside the Go ones.
 	@for f in $(PY_PHASES); do ln -sfn $(CURDIR)/$$f $(PLUGINS)/; done
 
@@ -126,7 +126,7 @@ cuda-deps: ## fetch cuda.h and libcuda.so.1 from Debian non-free into .cache/cud
 
 cuda: deps cuda-deps ## build with -tags cuda into bin/cuda (those binaries run only where there is a GPU)
 	$(CUDA_ENV) $(GO) vet -tags cuda ./...
-	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/...
+	$(CUDA_ENV) $(GO) build -tags cuda -o $(BIN)/cuda/ ./supervisor/cmd/supervisor ./plugins/encoder/cmd/phased-phase-encoder ./plugins/transformer/cmd/phased-phase-transformer ./plugins/decoder/cmd/phased-phase-decoder ./policies/... ./scalers/...
 	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/cuda.test ./sdk/transfer/cuda
 	$(CUDA_ENV) $(GO) test -c -tags cuda -o $(BIN)/cuda/twoproc.test ./sdk/transfer/twoproc
 

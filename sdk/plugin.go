@@ -32,7 +32,9 @@ var Handshake = plugin.HandshakeConfig{
 }
 
 // Names of the plugins in the go-plugin plugin map: a phase plugin process
-// serves PluginPhase, a policy plugin process serves PluginPolicy.
+// serves PluginPhase, a policy plugin process serves PluginPolicy, a
+// scaler plugin process PluginScaler (sdk/scaler.go); each is its kind's
+// name.
 const (
 	PluginPhase  = "phase"
 	PluginPolicy = "policy"
@@ -47,6 +49,7 @@ func PluginMap() map[string]plugin.Plugin {
 	return map[string]plugin.Plugin{
 		PluginPhase:  &PhasePlugin{},
 		PluginPolicy: &PolicyPlugin{},
+		PluginScaler: &ScalerPlugin{},
 	}
 }
 
@@ -199,6 +202,8 @@ func UseControlChannel(raw any, host *os.File) (io.Closer, error) {
 		return useChannel(host, c.conn, func(ch grpc.ClientConnInterface) { c.c = phasedv1.NewPhaseClient(ch) })
 	case *policyConn:
 		return useChannel(host, c.conn, func(ch grpc.ClientConnInterface) { c.c = phasedv1.NewPolicyClient(ch) })
+	case *scalerConn:
+		return useChannel(host, c.conn, func(ch grpc.ClientConnInterface) { c.c = phasedv1.NewScalerClient(ch) })
 	}
 	host.Close()
 	return nil, fmt.Errorf("control channel: %T is not a phased plugin client", raw)
@@ -227,6 +232,8 @@ func serveChannel(logger hclog.Logger, plugins map[string]plugin.Plugin) *unixrp
 				phasedv1.RegisterPhaseServer(srv, &phaseServer{impl: p.Impl})
 			case *PolicyPlugin:
 				phasedv1.RegisterPolicyServer(srv, &policyServer{impl: p.Impl})
+			case *ScalerPlugin:
+				phasedv1.RegisterScalerServer(srv, &scalerServer{impl: p.Impl})
 			}
 		}
 		err = srv.Serve()

@@ -51,6 +51,20 @@ const (
 	PolicyAPIVersion = 1
 )
 
+// APIVersion returns the API version of plugin kind k this SDK speaks, 0
+// for an unknown kind.
+func APIVersion(k Kind) int {
+	switch k {
+	case KindPhase:
+		return PhaseAPIVersion
+	case KindPolicy:
+		return PolicyAPIVersion
+	case KindScaler:
+		return ScalerAPIVersion
+	}
+	return 0
+}
+
 // Info describes a plugin.
 type Info struct {
 	Name        string // plugin name, e.g. "encoder"

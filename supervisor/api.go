@@ -37,6 +37,8 @@ const DefaultSteps = 20
 //	DELETE /v1/requests/{id}          ordered remove → the final request
 //	GET    /v1/status[?limit=N&after=ID&state=S&order=newest]  phases, instances, a page of requests
 //	PUT    /v1/phases/{phase}/scale   {instances} → what changed, once the new instances are ready or the retired released
+//	GET    /v1/scaler                 the autoscaler, the phases' counts, the scalers on offer
+//	PUT    /v1/scaler                 {scaler, params} → make scaler the autoscaler, live ("" turns it off)
 //	POST   /v1/release                ordered release; the server then stops
 //	GET    /v1/health                 200 while the supervisor answers (liveness)
 //	GET    /v1/ready                  200 when every phase has a ready instance, else 503
@@ -155,6 +157,8 @@ func NewAPI(sup *Supervisor, ln net.Listener, path string, logger hclog.Logger) 
 	mux.HandleFunc("PUT /v1/phases/{phase}/policy", a.setPolicy)
 	mux.HandleFunc("PUT /v1/phases/{phase}/shadow", a.setShadow)
 	mux.HandleFunc("PUT /v1/phases/{phase}/scale", a.scale)
+	mux.HandleFunc("GET /v1/scaler", a.scalers)
+	mux.HandleFunc("PUT /v1/scaler", a.setScaler)
 	mux.HandleFunc("GET /v1/health", a.health)
 	mux.HandleFunc("GET /v1/ready", a.ready)
 	mux.Handle("GET /metrics", sup.MetricsHandler())
@@ -317,6 +321,34 @@ func (a *API) scale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// ScalerChoice is the body of a scaler change: the scaler's name ("":
+// none) and its params.
+type ScalerChoice struct {
+	Scaler string            `json:"scaler"`
+	Params map[string]string `json:"params,omitempty"`
+}
+
+func (a *API) scalers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.sup.Scalers())
+}
+
+func (a *API) setScaler(w http.ResponseWriter, r *http.Request) {
+	var c ScalerChoice
+	if !a.decode(w, r, &c) {
+		return
+	}
+	if c.Scaler != "" && !config.ValidName(c.Scaler) {
+		a.fail(w, http.StatusBadRequest, fmt.Errorf("%w: scaler %q is not a valid name", ErrBadInput, c.Scaler))
+		return
+	}
+	waits(w)
+	if err := a.sup.SetScaler(r.Context(), c.Scaler, c.Params); err != nil {
+		a.fail(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.sup.Scalers())
 }
 
 // PolicyChoice is the body of a policy or shadow change: the policy's name

@@ -94,7 +94,7 @@ func (c Catalog) Inspect(ctx context.Context, pins map[string]string) ([]PluginI
 	defer os.RemoveAll(sockets)
 	var out []PluginInfo
 	for _, e := range entries {
-		for _, kind := range []sdk.Kind{sdk.KindPhase, sdk.KindPolicy} {
+		for _, kind := range []sdk.Kind{sdk.KindPhase, sdk.KindPolicy, sdk.KindScaler} {
 			name, ok := strings.CutPrefix(e.Name(), BinaryName(kind, ""))
 			if !ok || name == "" {
 				continue
@@ -109,12 +109,8 @@ func (c Catalog) Inspect(ctx context.Context, pins map[string]string) ([]PluginI
 				out = append(out, pi)
 				continue
 			}
-			api := sdk.PhaseAPIVersion
-			if kind == sdk.KindPolicy {
-				api = sdk.PolicyAPIVersion
-			}
 			proc, err := startProcess(ctx, processConfig{
-				Name: name, Path: path, Kind: kind, APIVersion: api, Logger: hclog.NewNullLogger(),
+				Name: name, Path: path, Kind: kind, APIVersion: sdk.APIVersion(kind), Logger: hclog.NewNullLogger(),
 				SocketDir: sockets, StartTimeout: 10 * time.Second, LogLevel: "error",
 			})
 			if err != nil {

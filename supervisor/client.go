@@ -188,6 +188,22 @@ func (c *Client) Scale(ctx context.Context, phase string, n int) (ScaleResult, e
 	return out, err
 }
 
+// Scalers returns the autoscaler, the phases' counts and the scalers on
+// offer.
+func (c *Client) Scalers(ctx context.Context) (ScalerList, error) {
+	var out ScalerList
+	err := c.do(ctx, http.MethodGet, "/v1/scaler", nil, &out)
+	return out, err
+}
+
+// SetScaler makes scaler name the autoscaler, with params; "" turns
+// autoscaling off.
+func (c *Client) SetScaler(ctx context.Context, name string, params map[string]string) (ScalerList, error) {
+	var out ScalerList
+	err := c.do(ctx, http.MethodPut, "/v1/scaler", ScalerChoice{Scaler: name, Params: params}, &out)
+	return out, err
+}
+
 // Release asks for an ordered release and returns when it is done.
 func (c *Client) Release(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/release", nil, nil)

@@ -25,6 +25,10 @@ type phase struct {
 	// makes one scaling of the phase at a time).
 	members atomic.Pointer[[]*instance]
 	scaleMu sync.Mutex
+	// load is what the scaler is told of it; stepsSeen the steps count
+	// at the scaler's last call, for a rate.
+	load      scalerLoad
+	stepsSeen atomic.Int64
 }
 
 // all returns the phase's instances now, in index order.

@@ -160,10 +160,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	if p.pid > 0 {
 		p.watchGroup()
 	}
-	dispense := sdk.PluginPhase
-	if pc.Kind == sdk.KindPolicy {
-		dispense = sdk.PluginPolicy
-	}
+	dispense := string(pc.Kind) // a kind's service has the kind's name
 	raw, err := rpc.Dispense(dispense)
 	if err != nil {
 		return fail(fmt.Errorf("dispense %s: %w", dispense, err))
@@ -186,6 +183,8 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	case sdk.PhaseControl:
 		info, err = c.Info(ictx)
 	case sdk.Policy:
+		info, err = c.Info(ictx)
+	case sdk.Scaler:
 		info, err = c.Info(ictx)
 	}
 	if err != nil {

@@ -92,7 +92,7 @@ func (q *waitQueue) join(r *request) {
 	r.granted = make(chan struct{})
 	q.mu.Lock()
 	q.seq++
-	r.seq = q.seq
+	r.seq, r.joined = q.seq, time.Now()
 	i := sort.Search(len(q.reqs), func(j int) bool { return ahead(r, q.reqs[j]) })
 	q.reqs = slices.Insert(q.reqs, i, r)
 	moved := q.grantLocked(i + 1)
@@ -155,6 +155,23 @@ func (q *waitQueue) position(r *request) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return slices.Index(q.reqs, r) + 1
+}
+
+// waiting is how many requests wait, and how long the one that joined
+// first has waited at now.
+func (q *waitQueue) waiting(now time.Time) (int, time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var oldest time.Time
+	for _, r := range q.reqs {
+		if oldest.IsZero() || r.joined.Before(oldest) {
+			oldest = r.joined
+		}
+	}
+	if oldest.IsZero() {
+		return 0, 0
+	}
+	return len(q.reqs), now.Sub(oldest)
 }
 
 // len is how many requests wait.

@@ -194,6 +194,7 @@ type request struct {
 	priority int
 	deadline time.Time
 	seq      uint64
+	joined   time.Time
 	granted  chan struct{}
 
 	mu      sync.Mutex

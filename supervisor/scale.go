@@ -83,6 +83,9 @@ func (s *Supervisor) Scale(ctx context.Context, name string, n int) (ScaleResult
 		err = s.scaleIn(ctx, ph, n, &res)
 	}
 	res.To = len(ph.all())
+	if res.To != res.From {
+		ph.load.lastScaled.Store(time.Now().UnixNano())
+	}
 	if serr := s.saveScale(ph, res.To); serr != nil {
 		err = errors.Join(err, serr)
 	}

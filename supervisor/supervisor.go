@@ -10,6 +10,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -99,6 +100,13 @@ type Supervisor struct {
 	ids         idGen
 	queue       waitQueue  // the requests waiting for a slot, and the slots
 	scaleFileMu sync.Mutex // one write of the state directory's scale file at a time
+	// The autoscaler (scaler.go): the running scaler plugin, nil for
+	// none (scalerMu); scalerChange makes one SetScaler at a time;
+	// scalersStopped once release stopped it.
+	scalerMu       sync.Mutex
+	scaler         *scaler
+	scalersStopped bool
+	scalerChange   sync.Mutex
 	// joining counts the submissions admitted to the queue (max_queue)
 	// that have not joined it yet, guarded by mu.
 	joining int
@@ -279,6 +287,14 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 			s.fillSpare(in.cur.Load())
 		}
 	}
+	if name := s.cfg.Scaler.Name; name != "" {
+		sc, err := s.startScaler(ctx, name, s.cfg.Scaler.Params)
+		if err != nil {
+			return fmt.Errorf("scaler: %w", err)
+		}
+		s.scaler = sc
+	}
+	s.background(func() { s.scaleLoop(cmp.Or(s.cfg.Scaler.Interval, config.DefaultScalerInterval)) })
 	s.mu.Lock()
 	s.started = true
 	s.recover(recovered)
@@ -424,6 +440,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 		}
 	}
 	s.stopBackground()
+	s.stopScaler()
 	// A scaling under way ends (its work ends with the background's)
 	// before the instances are released; none begins after.
 	for _, ph := range s.phases {

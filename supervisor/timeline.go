@@ -128,6 +128,7 @@ func (s *Supervisor) requestProgress(in *instance, p sdk.Progress) {
 	}
 	if n := r.progressed(in.stage, in.id, p, time.Now()); n > 0 {
 		s.metrics.steps.WithLabelValues(in.phase).Add(float64(n))
+		s.phases[in.stage].load.steps.Add(int64(n))
 	}
 }
 

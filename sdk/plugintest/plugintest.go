@@ -23,6 +23,13 @@ import (
 	"github.com/phased/phased/sdk"
 )
 
+// Scaler serves s over gRPC in memory, the way sdk.ServeScaler serves it
+// in a plugin process, and returns the supervisor's side of it.
+func Scaler(t testing.TB, s sdk.Scaler) sdk.Scaler {
+	t.Helper()
+	return Dispense[sdk.Scaler](t, sdk.PluginScaler, &sdk.ScalerPlugin{Impl: s})
+}
+
 // Policy serves p over gRPC in memory, the way sdk.ServePolicy serves it in
 // a plugin process, and returns the supervisor's side of it. The
 // connection closes when the test ends.
@@ -53,7 +60,7 @@ func Dispense[T any](t testing.TB, name string, p plugin.Plugin) T {
 
 // Process is a plugin binary started by Start.
 type Process struct {
-	Raw       any    // what it dispensed: an sdk.PhaseControl or an sdk.Policy
+	Raw       any    // what it dispensed: an sdk.PhaseControl, sdk.Policy or sdk.Scaler
 	Pid       int    // its pid, which is also its process group's id
 	SocketDir string // where it put its gRPC socket (PLUGIN_UNIX_SOCKET_DIR)
 	// Channel says whether the plugin serves the control channel, over
@@ -115,10 +122,7 @@ func Start(t testing.TB, path string, kind sdk.Kind) *Process {
 		host.Close()
 		t.Fatalf("plugintest: start %s: %v", path, err)
 	}
-	name := sdk.PluginPhase
-	if kind == sdk.KindPolicy {
-		name = sdk.PluginPolicy
-	}
+	name := string(kind) // a kind's service has the kind's name
 	raw, err := rpc.Dispense(name)
 	if err != nil {
 		host.Close()
@@ -169,10 +173,7 @@ func NameOf(path string, kind sdk.Kind) string {
 // plugin is a binary), that it answers the NAME of its file.
 func CheckInfo(t testing.TB, info sdk.Info, kind sdk.Kind, name string) {
 	t.Helper()
-	api := sdk.PhaseAPIVersion
-	if kind == sdk.KindPolicy {
-		api = sdk.PolicyAPIVersion
-	}
+	api := sdk.APIVersion(kind)
 	if info.Kind != kind {
 		t.Errorf("Info: kind %q, want %q", info.Kind, kind)
 	}

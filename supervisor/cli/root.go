@@ -77,7 +77,7 @@ Environment:
 		}
 	}
 	add(groupRun, a.startCmd(), a.runCmd())
-	add(groupClient, a.submitCmd(), a.watchCmd(), a.statusCmd(), a.removeCmd(), a.policyCmd(), a.scaleCmd(), a.releaseCmd())
+	add(groupClient, a.submitCmd(), a.watchCmd(), a.statusCmd(), a.removeCmd(), a.policyCmd(), a.scaleCmd(), a.scalerCmd(), a.releaseCmd())
 	add(groupLocal, a.validateCmd(), a.pluginsCmd(), a.journalCmd())
 	add(groupOther, a.versionCmd(), a.completionCmd(), a.docsCmd())
 	root.SetHelpCommandGroupID(groupOther)

@@ -143,7 +143,23 @@ type Config struct {
 	// Restart is the restart rule of the policy processes, and of the
 	// instances of every phase that gives none of its own.
 	Restart Restart
+	// Scaler is the autoscaler: a scaler plugin called every interval;
+	// none unless the config has a scaler block (or `scaler set`).
+	Scaler Scaler
 }
+
+// Scaler is the scaler block.
+type Scaler struct {
+	// Name is the scaler plugin (phased-scaler-NAME); "" is none.
+	Name string
+	// Interval is how often it is called (DefaultScalerInterval).
+	Interval time.Duration
+	// Params are passed to it with every call.
+	Params map[string]string
+}
+
+// DefaultScalerInterval is how often the scaler is called.
+const DefaultScalerInterval = 5 * time.Second
 
 // Control is the control block: an optional TCP listener for the control
 // API. Off (Listen "") by default; `supervisor start --listen` and
@@ -396,6 +412,7 @@ type file struct {
 	Release       *releaseBlock  `hcl:"release,block"`
 	Control       *controlBlock  `hcl:"control,block"`
 	Restart       *restartBlock  `hcl:"restart,block"`
+	Scaler        *scalerBlock   `hcl:"scaler,block"`
 	Phases        []phaseBlock   `hcl:"phase,block"`
 	Pins          []pinBlock     `hcl:"pin,block"`
 }
@@ -403,6 +420,13 @@ type file struct {
 type releaseBlock struct {
 	Grace    *string   `hcl:"grace,optional"`
 	DefRange hcl.Range `hcl:",def_range"`
+}
+
+type scalerBlock struct {
+	Name     string            `hcl:"name"`
+	Interval *string           `hcl:"interval,optional"`
+	Params   map[string]string `hcl:"params,optional"`
+	DefRange hcl.Range         `hcl:",def_range"`
 }
 
 type controlBlock struct {
@@ -558,8 +582,23 @@ func (f *file) settings(filename string) (*Config, []error) {
 	if f.Restart != nil {
 		errs = append(errs, f.Restart.apply(&c.Restart, "")...)
 	}
+	c.Scaler.Interval = DefaultScalerInterval
+	if sb := f.Scaler; sb != nil {
+		at := where(sb.DefRange)
+		c.Scaler.Name, c.Scaler.Params = sb.Name, sb.Params
+		if !namePattern.MatchString(sb.Name) {
+			errs = append(errs, fmt.Errorf("%s: scaler: name %q is not a valid name; expected %s", at, sb.Name, nameRule))
+		}
+		errs = setDuration(errs, at, "scaler: interval", sb.Interval, &c.Scaler.Interval)
+		if c.Scaler.Interval < MinScalerInterval {
+			errs = append(errs, fmt.Errorf("%s: scaler: interval must be at least %s, got %s", at, MinScalerInterval, c.Scaler.Interval))
+		}
+	}
 	return c, errs
 }
+
+// MinScalerInterval bounds how often the scaler may be called.
+const MinScalerInterval = 100 * time.Millisecond
 
 // apply sets what the block says in rule (the rest stays as given) and
 // checks the result; in names the phase for errors ("" for the top level).

@@ -446,3 +446,33 @@ phase "decoder" {
 		t.Errorf("the encoder's cpus: %d, want the share of 16, 2", got)
 	}
 }
+
+// TestScalerBlock: the scaler block's name, interval and params, its
+// defaults, and its errors.
+func TestScalerBlock(t *testing.T) {
+	c, err := Parse([]byte(`
+scaler {
+  name     = "threshold"
+  interval = "2s"
+  params   = { cooldown = "10s" }
+}
+phase "t" { plugin = "t" }
+`), "s.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Scaler.Name != "threshold" || c.Scaler.Interval != 2*time.Second || c.Scaler.Params["cooldown"] != "10s" {
+		t.Errorf("scaler %+v", c.Scaler)
+	}
+	if d := Default(); d.Scaler.Name != "" || d.Scaler.Interval != DefaultScalerInterval {
+		t.Errorf("default scaler %+v; want none, every %s", d.Scaler, DefaultScalerInterval)
+	}
+	for src, want := range map[string]string{
+		"scaler {\n  name = \"Bad\"\n}\nphase \"t\" { plugin = \"t\" }\n":                     `s.hcl:1:1: scaler: name "Bad" is not a valid name`,
+		"scaler {\n  name = \"q\"\n  interval = \"1ms\"\n}\nphase \"t\" { plugin = \"t\" }\n": `s.hcl:1:1: scaler: interval must be at least 100ms, got 1ms`,
+	} {
+		if _, err := Parse([]byte(src), "s.hcl"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", src, err, want)
+		}
+	}
+}

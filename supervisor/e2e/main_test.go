@@ -56,7 +56,7 @@ func run(m *testing.M) (int, error) {
 	builds := [][]string{
 		{"-o", binDir + "/", "./supervisor/cmd/supervisor"},
 		{"-o", pluginDir + "/", "./plugins/encoder/cmd/phased-phase-encoder", "./plugins/transformer/cmd/phased-phase-transformer",
-			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/..."},
+			"./plugins/decoder/cmd/phased-phase-decoder", "./policies/...", "./scalers/..."},
 		{"-o", filepath.Join(dir, "badplugin"), "./supervisor/e2e/testdata/badplugin"},
 		{"-o", filepath.Join(pluginDir, "phased-policy-faulty"), "./supervisor/e2e/testdata/faultypolicy"},
 		{"-o", filepath.Join(pluginDir, "phased-phase-forker"), "./supervisor/e2e/testdata/forker"},

@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/phased/phased/sdk/scalertest"
 	"github.com/phased/phased/supervisor"
 )
 
@@ -126,4 +131,135 @@ func TestScale(t *testing.T) {
 		return supervisor.Submission{Prompt: "after", Seed: int64(i), Steps: 2}
 	})
 	p2.release(t)
+}
+
+// burst sends waves of "slow:" requests to p (a transformer Run of
+// 300 ms, one at a time per instance, as on a GPU), waits for them,
+// checks each ends done with the reference bytes, and returns each one's
+// time from its submission to its end. (Requests are placed at once,
+// max_inflight being far above the burst: they queue at the instance, in
+// its Run, and their time is their wait plus 300 ms.) While it runs it
+// samples the transformer's instance count; peak is the most.
+func burst(t *testing.T, p *proc) (took []time.Duration, peak int) {
+	t.Helper()
+	ctx := context.Background()
+	const waves, perWave = 4, 6
+	stop := make(chan struct{})
+	peaked := make(chan int)
+	go func() {
+		most := 0
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if st, err := p.client.Status(ctx); err == nil {
+				most = max(most, len(st.Phases[1].Instances))
+			}
+			select {
+			case <-stop:
+				peaked <- most
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var ids []string
+	for w := range waves {
+		for i := range perWave {
+			id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: "slow: burst", Seed: int64(w*perWave + i), Steps: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for i, id := range ids {
+		info := watchDone(t, p, id, "slow: burst", int64(i), 2)
+		took = append(took, info.Finished.Sub(info.Submitted))
+	}
+	close(stop)
+	return took, <-peaked
+}
+
+// p99 is the 99th percentile of ds.
+func p99(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[min(len(s)-1, len(s)*99/100)]
+}
+
+// TestAutoscale: the same burst of requests (four waves, a transformer
+// that runs one at a time) against a fixed pool of one transformer, then
+// with the threshold scaler (min 1, max 3): the scaler takes the pool out
+// to its max during the burst and back in to its min after the cooldown,
+// no request fails, and the p99 request time of both runs is printed
+// side by side. The scaler is swapped live, and `scaler list`
+// shows it.
+func TestAutoscale(t *testing.T) {
+	pipelineWith := func(dir, scaler string) string {
+		return scaler + "release { grace = \"2s\" }\n" + strings.Replace(flakyPipeline(t, dir, `restart { backoff = "50ms" }`),
+			"instances = 2\n  params    = { marker_dir",
+			"instances = 1\n  min       = 1\n  max       = 3\n  params    = { slow = \"300ms\", serial = \"true\", marker_dir", 1)
+	}
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, pipelineWith(dir, "")))
+	fixed, fixedPeak := burst(t, p)
+	p.release(t)
+	if fixedPeak != 1 {
+		t.Errorf("without a scaler the pool went to %d instances", fixedPeak)
+	}
+
+	dir = shortDir(t)
+	p = startSupervisor(t, dir, writeConfig(t, dir, pipelineWith(dir, `scaler {
+  name     = "threshold"
+  interval = "200ms"
+  params   = { cooldown = "1s" }
+}
+`)))
+	scaled, peak := burst(t, p)
+	if peak != 3 {
+		t.Errorf("with the threshold scaler the pool peaked at %d instances during the burst, want its max 3", peak)
+	}
+	if !eventually(20*time.Second, func() bool {
+		st, err := p.client.Status(context.Background())
+		return err == nil && len(st.Phases[1].Instances) == 1
+	}) {
+		t.Errorf("the pool did not come back to its min 1 after the burst")
+	}
+	fmt.Printf("autoscale: p99 request time, %d requests in 4 waves, 300 ms each on a transformer: fixed pool of 1 %v, threshold scaler 1-3 %v (%.2fx)\n",
+		len(fixed), p99(fixed).Round(time.Millisecond), p99(scaled).Round(time.Millisecond), p99(scaled).Seconds()/p99(fixed).Seconds())
+
+	out, errOut, code := cli(t, p.socket, "scaler", "list")
+	if code != 0 || !strings.Contains(out, "scaler threshold (pid ") || !strings.Contains(out, "params cooldown=1s") || !regexpLine(out, `^transformer\s+1\s+1\s+3\s`) ||
+		!strings.Contains(out, "available: queue, threshold") {
+		t.Errorf("scaler list: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if _, errOut, code := cli(t, p.socket, "scaler", "set", "nope"); code != 3 || !strings.Contains(errOut, "phased-scaler-nope") {
+		t.Errorf("scaler set of a missing plugin: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := cli(t, p.socket, "scaler", "set", "queue", "--param", "target_wait=soon"); code == 0 ||
+		!strings.Contains(errOut, `the trial call failed, threshold stays`) || !strings.Contains(errOut, `target_wait = "soon"`) {
+		t.Errorf("scaler set with a bad param: exit %d, stderr %q", code, errOut)
+	}
+	out, errOut, code = cli(t, p.socket, "scaler", "set", "queue", "--param", "target_wait=1s", "--json")
+	var l supervisor.ScalerList
+	if code != 0 || json.Unmarshal([]byte(out), &l) != nil || l.Scaler == nil || l.Scaler.Name != "queue" || l.Scaler.Params["target_wait"] != "1s" {
+		t.Errorf("scaler set queue: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if out, _, code := cli(t, p.socket, "scaler", "set", "--off"); code != 0 || !strings.Contains(out, "scaler: none") {
+		t.Errorf("scaler set --off: exit %d, stdout %q", code, out)
+	}
+	p.release(t)
+}
+
+// TestScalerBinaries runs the scaler conformance kit against the built-in
+// scaler binaries, started as the supervisor starts them.
+func TestScalerBinaries(t *testing.T) {
+	bad := map[string]map[string]string{"threshold": {"out": "2"}, "queue": {"target_wait": "soon"}}
+	for name, params := range bad {
+		t.Run(name, func(t *testing.T) { scalertest.RunBinary(t, filepath.Join(pluginDir, "phased-scaler-"+name), params) })
+	}
 }

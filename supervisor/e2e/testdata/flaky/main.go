@@ -6,7 +6,9 @@
 //	crash:  the process exits with status 3 in Run
 //	poison: the process exits with status 3 in Run, every time
 //	hang:   Run blocks, ignoring cancellation and reporting no progress
-//	slow:   Run takes 2 s (honouring cancellation), every time
+//	slow:   Run takes 2 s (honouring cancellation), every time; the
+//	        "slow" param sets the time, and with serial = "true" one
+//	        instance runs one such Run at a time (as a GPU would)
 //
 // Everything else, and every retry but a poison one's, is the transformer's, so that retried
 // requests still produce the reference artifact. Its Load (the readiness
@@ -22,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/phased/phased/plugins/transformer"
@@ -32,9 +35,12 @@ import (
 
 type flaky struct {
 	*transformer.Phase
-	markers   string
-	load      time.Duration
-	loadError string
+	markers    string
+	load       time.Duration
+	loadError  string
+	slow       time.Duration // a "slow:" Run's wait
+	serial     sync.Mutex    // held through a "slow:" Run's wait, with serial = "true"
+	oneAtATime bool
 }
 
 func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
@@ -46,8 +52,17 @@ func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
 		}
 		f.load = d
 	}
+	f.slow = 2 * time.Second
+	if v := cfg.Params["slow"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("slow: %w", err)
+		}
+		f.slow = d
+	}
+	f.oneAtATime = cfg.Params["serial"] == "true"
 	params := maps.Clone(cfg.Params)
-	for _, k := range []string{"marker_dir", "load", "load_error"} {
+	for _, k := range ownParams {
 		delete(params, k)
 	}
 	cfg.Params = params
@@ -64,7 +79,7 @@ func (f *flaky) ValidateParams(ctx context.Context, params map[string]string) ([
 		}
 	}
 	params = maps.Clone(params)
-	for _, k := range []string{"marker_dir", "load", "load_error"} {
+	for _, k := range ownParams {
 		delete(params, k)
 	}
 	more, err := f.Phase.ValidateParams(ctx, params)
@@ -105,7 +120,11 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	case strings.HasPrefix(req.Prompt, "hang:") && f.first("hang", req):
 		select {} // hangs; the supervisor must kill the process
 	case strings.HasPrefix(req.Prompt, "slow:"):
-		t := time.NewTimer(2 * time.Second)
+		if f.oneAtATime {
+			f.serial.Lock()
+			defer f.serial.Unlock()
+		}
+		t := time.NewTimer(f.slow)
 		defer t.Stop()
 		select {
 		case <-t.C:
@@ -122,6 +141,9 @@ func (f *flaky) Info(ctx context.Context) (sdk.Info, error) {
 	info.Name = "flaky"
 	return info, err
 }
+
+// ownParams are this plugin's params, not the transformer's.
+var ownParams = []string{"marker_dir", "load", "load_error", "slow", "serial"}
 
 func main() { phase.Serve(&flaky{Phase: transformer.New()}) }
 
