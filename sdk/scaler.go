@@ -53,11 +53,11 @@ type ScaleRequest struct {
 
 // PhaseLoad is one phase's load and bounds.
 type PhaseLoad struct {
-	Phase      string
-	Instances  int // now, ready or not
-	Ready      int
-	Min, Max   int // the config's bounds: targets are clamped to them
-	Inflight   int // requests on its instances
+	Phase     string
+	Instances int // now, ready or not
+	Ready     int
+	Min, Max  int // the config's bounds: targets are clamped to them
+	Inflight  int // requests on its instances
 	// Utilisation is the fraction of its ready instances with a request
 	// in flight, from 0 to 1.
 	Utilisation float64
