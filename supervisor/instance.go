@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -361,6 +363,13 @@ func (l *life) use(a *attempt) error {
 	return nil
 }
 
+// usersNow returns the attempts that use l now.
+func (l *life) usersNow() []*attempt {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Collect(maps.Keys(l.users))
+}
+
 func (l *life) drop(a *attempt) {
 	l.mu.Lock()
 	delete(l.users, a)
@@ -541,12 +550,7 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		return // released by a scale-in, which handles the rest
 	}
 	dead := l.deadError()
-	l.mu.Lock()
-	users := make([]*attempt, 0, len(l.users))
-	for a := range l.users {
-		users = append(users, a)
-	}
-	l.mu.Unlock()
+	users := l.usersNow()
 	s.logger.Error("phase instance exited", nonEmpty("instance", in.id, "pid", l.proc.pid, "status", dead.Status,
 		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())...)
 	// Its segments first (peers that mapped one keep their mapping until

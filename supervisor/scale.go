@@ -229,14 +229,8 @@ func (in *instance) retiring() bool {
 // retire ends the attempts that use l, an instance being scaled in:
 // they are dispatched again elsewhere, and the loss spends no retry.
 func (l *life) retire() {
-	l.mu.Lock()
-	users := make([]*attempt, 0, len(l.users))
-	for a := range l.users {
-		users = append(users, a)
-	}
-	l.mu.Unlock()
 	why := &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: "scaled in", Retired: true}
-	for _, a := range users {
+	for _, a := range l.usersNow() {
 		a.cancel(why)
 	}
 }

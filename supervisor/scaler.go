@@ -96,9 +96,11 @@ func (s *Supervisor) scaleSnapshot(now time.Time, params map[string]string, inte
 		if ns := ph.load.lastScaled.Load(); ns != 0 {
 			pl.LastScaled = time.Unix(0, ns)
 		}
-		steps := ph.load.steps.Load()
-		if prev := ph.stepsSeen.Swap(steps); interval > 0 {
-			pl.StepsPerSecond = float64(steps-prev) / interval.Seconds()
+		// The loop's calls measure the rate; a trial call (interval 0)
+		// leaves its baseline alone.
+		if interval > 0 {
+			steps := ph.load.steps.Load()
+			pl.StepsPerSecond = float64(steps-ph.stepsSeen.Swap(steps)) / interval.Seconds()
 		}
 		req.Phases = append(req.Phases, pl)
 	}
