@@ -295,12 +295,12 @@ var stagesToProto = map[string]phasedv1.ProgressStage{
 }
 
 func progressToProto(p Progress) *phasedv1.ProgressEvent {
-	return &phasedv1.ProgressEvent{Request: p.Request, Stage: stagesToProto[p.Stage], Done: int64(p.Done), Total: int64(p.Total), InRoom: p.InRoom, OutRoom: p.OutRoom}
+	return &phasedv1.ProgressEvent{Request: p.Request, Stage: stagesToProto[p.Stage], Done: int64(p.Done), Total: int64(p.Total), InRoom: p.InRoom, OutRoom: p.OutRoom, Resumed: int64(p.Resumed)}
 }
 
 // progressFromProto gives an unknown stage (from a newer plugin) as "".
 func progressFromProto(e *phasedv1.ProgressEvent) Progress {
-	p := Progress{Request: e.GetRequest(), Done: int(e.GetDone()), Total: int(e.GetTotal()), InRoom: e.GetInRoom(), OutRoom: e.GetOutRoom()}
+	p := Progress{Request: e.GetRequest(), Done: int(e.GetDone()), Total: int(e.GetTotal()), InRoom: e.GetInRoom(), OutRoom: e.GetOutRoom(), Resumed: int(e.GetResumed())}
 	for s, v := range stagesToProto {
 		if v == e.GetStage() {
 			p.Stage = s
@@ -310,11 +310,16 @@ func progressFromProto(e *phasedv1.ProgressEvent) Progress {
 }
 
 func requestToProto(r Request) *phasedv1.Request {
-	return &phasedv1.Request{Id: r.ID, Prompt: r.Prompt, Seed: r.Seed, Steps: int32(r.Steps), ArtifactDir: r.ArtifactDir, NoSync: r.NoSync}
+	pr := &phasedv1.Request{Id: r.ID, Prompt: r.Prompt, Seed: r.Seed, Steps: int32(r.Steps), ArtifactDir: r.ArtifactDir, NoSync: r.NoSync}
+	if r.Checkpoint.Path != "" || r.Checkpoint.Every != 0 {
+		pr.Checkpoint = &phasedv1.Checkpoint{Path: r.Checkpoint.Path, Every: int32(r.Checkpoint.Every)}
+	}
+	return pr
 }
 
 func requestFromProto(r *phasedv1.Request) Request {
-	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir(), NoSync: r.GetNoSync()}
+	return Request{ID: r.GetId(), Prompt: r.GetPrompt(), Seed: r.GetSeed(), Steps: int(r.GetSteps()), ArtifactDir: r.GetArtifactDir(), NoSync: r.GetNoSync(),
+		Checkpoint: CheckpointSpec{Path: r.GetCheckpoint().GetPath(), Every: int(r.GetCheckpoint().GetEvery())}}
 }
 
 func roleToProto(r Role) phasedv1.RoomRole {

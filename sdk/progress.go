@@ -18,6 +18,10 @@ type Progress struct {
 	// InRoom and OutRoom are the Run's rooms (0: none). A request
 	// dispatched again gets new rooms, so they tell its attempts apart.
 	InRoom, OutRoom uint64
+	// Resumed, in StageComputing, is the step the Run resumed at from
+	// the request's checkpoint (Resume); 0 when it began at the start.
+	// Done counts from the start either way.
+	Resumed int
 }
 
 // The stages of a Run, in the order the runtime reports them. Every Run

@@ -94,6 +94,20 @@ type Request struct {
 	// the request survives it), so the last phase need not fsync its
 	// artifact; false asks for a durable artifact before Run returns.
 	NoSync bool
+	// Checkpoint, on a Run of a phase whose config sets checkpoint_every,
+	// is where and how often the Run saves its state for a retry to
+	// resume from (sdk.Checkpoint, sdk.Resume; docs/protocol.md 8.4).
+	// Zero: no checkpoints.
+	Checkpoint CheckpointSpec
+}
+
+// CheckpointSpec says where a Run keeps its checkpoint and how often it
+// saves it.
+type CheckpointSpec struct {
+	// Path is the checkpoint file, absolute; its directory exists.
+	Path string
+	// Every is how many steps apart the saves are; 0 means none.
+	Every int
 }
 
 // Artifact is what the last phase of a pipeline produces.

@@ -86,6 +86,7 @@ func (s *Supervisor) process(r *request) {
 	r.trace.recording = time.Now()
 	r.mu.Unlock()
 	s.ended(r, end)
+	s.dropCheckpoints(r)
 	r.mu.Lock()
 	r.trace.ended = time.Now()
 	r.info.Finished, r.info.State, r.info.Reason, r.info.Artifact, r.info.SHA256 = end.Finished, end.State, end.Reason, end.Artifact, end.SHA256
@@ -208,7 +209,7 @@ func (s *Supervisor) dispatch(r *request, n int) (*sdk.Artifact, error) {
 	// Without a journal nothing of the request survives the supervisor:
 	// its artifact need not be fsynced on the request's path.
 	req := sdk.Request{ID: r.id, Prompt: r.sub.Prompt, Seed: r.sub.Seed, Steps: r.sub.Steps, ArtifactDir: s.artifactDir(), NoSync: s.journal == nil}
-	art, err := s.runPhases(a, req, rooms)
+	art, err := s.runPhases(a, req, rooms, s.checkpoints(r))
 	return art, a.fail(a.cause(err))
 }
 
@@ -383,7 +384,7 @@ func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, 
 // room once the phases on both its ends have returned (removeEarly). The
 // first failure cancels the others and is the reason; a failure to open a
 // room comes first.
-func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sdk.Artifact, error) {
+func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64, checkpoints []sdk.CheckpointSpec) (*sdk.Artifact, error) {
 	ctx, cancel := context.WithCancelCause(a.ctx)
 	var opening sync.WaitGroup
 	defer opening.Wait()
@@ -438,6 +439,7 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64) (*sd
 	for i, l := range a.lives {
 		k := key(i)
 		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
+		spec.Request.Checkpoint = checkpoints[i]
 		go func() {
 			if err := ready(i); err != nil {
 				results <- result{i, nil, err}

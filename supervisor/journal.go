@@ -220,6 +220,7 @@ func (s *Supervisor) openState() ([]RequestInfo, error) {
 // recover takes the journaled requests back: ended ones are remembered
 // for status, the others are dispatched again. s.mu is held.
 func (s *Supervisor) recover(infos []RequestInfo) {
+	s.pruneCheckpoints(infos)
 	n := 0
 	for _, info := range infos {
 		r := s.newRequest(info)

@@ -43,6 +43,8 @@ type metrics struct {
 	queueWait    prometheus.Histogram     // accepted → a dispatch slot
 	phaseRun     *prometheus.HistogramVec // a phase's Run: inputs there → outputs handed over
 	steps        *prometheus.CounterVec   // units of work reported, by phase
+	resumes      *prometheus.CounterVec   // Runs resumed from a checkpoint, by phase
+	stepsSaved   *prometheus.CounterVec   // steps those Runs did not run again, by phase
 	hopBytes     *prometheus.CounterVec   // bytes moved between phases, by backend
 	hopTime      *prometheus.HistogramVec // a hop: outputs handed over → the receiver's Success
 	decisionTime *prometheus.HistogramVec // a Schedule call, by policy
@@ -70,6 +72,12 @@ func newMetrics() *metrics {
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phased_steps_total", Help: "Units of work (denoising steps) the phases reported done; its rate is steps per second.",
 		}, []string{"phase"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phased_checkpoint_resumes_total", Help: "Runs that resumed from their request's checkpoint instead of step 0, by phase.",
+		}, []string{"phase"}),
+		stepsSaved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "phased_checkpoint_steps_saved_total", Help: "Steps that Runs resumed from a checkpoint did not run again, by phase.",
+		}, []string{"phase"}),
 		hopBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "phased_hop_bytes_total", Help: "Bytes phases sent to the next phase, by transfer backend.",
 		}, []string{"backend"}),
@@ -83,7 +91,7 @@ func newMetrics() *metrics {
 			Name: "phased_journal_write_seconds", Help: "Time one write to the request journal took, fsync included.", Buckets: fastBuckets,
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.refused, m.requestTime, m.queueWait, m.phaseRun, m.steps, m.hopBytes, m.hopTime, m.decisionTime, m.journalWrite)
+	m.reg.MustRegister(m.requests, m.refused, m.requestTime, m.queueWait, m.phaseRun, m.steps, m.resumes, m.stepsSaved, m.hopBytes, m.hopTime, m.decisionTime, m.journalWrite)
 	return m
 }
 

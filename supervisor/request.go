@@ -131,6 +131,9 @@ type PhaseProgress struct {
 	// StepsPerSecond is Done over the time since the Run began to
 	// compute; 0 until two steps are reported.
 	StepsPerSecond float64 `json:"steps_per_second,omitempty"`
+	// ResumedFrom is the step the Run resumed at from the request's
+	// checkpoint; 0 when it began at the start.
+	ResumedFrom int `json:"resumed_from,omitempty"`
 }
 
 // The names of a timeline's spans.
@@ -160,8 +163,12 @@ type Span struct {
 	Room    uint64 `json:"room,omitempty"`
 	Backend string `json:"backend,omitempty"`
 	Bytes   int64  `json:"bytes,omitempty"`
-	// A run's units of work (denoising steps).
-	Steps int `json:"steps,omitempty"`
+	// A run's units of work (denoising steps): in all, those it reported
+	// done (counted from the start), and the step it resumed at from its
+	// request's checkpoint (0: it began at the start).
+	Steps       int `json:"steps,omitempty"`
+	Done        int `json:"done,omitempty"`
+	ResumedFrom int `json:"resumed_from,omitempty"`
 }
 
 // finished reports whether the request has ended and its end is journaled

@@ -458,6 +458,9 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 		}
 	}
 	s.stopPolicies()
+	if err := s.removeCheckpoints(); err != nil {
+		errs = append(errs, fmt.Errorf("checkpoints: %w", err))
+	}
 	if s.journal != nil {
 		if err := s.journal.close(); err != nil {
 			errs = append(errs, fmt.Errorf("journal: %w", err))

@@ -57,6 +57,7 @@ type runTrace struct {
 	returned        time.Time // the Run call returned
 	stage           string
 	done, total     int
+	resumed         int // the step it resumed at from the request's checkpoint, 0 if none
 	sentBytes       int64
 	sendTime        time.Duration // its hop, as the phase measured it (RunResult.SendTime)
 }
@@ -87,20 +88,25 @@ func (t *trace) current() *attemptTrace {
 // progressed records a progress event of the Run of phase index i on
 // instance in, for the request's current attempt. It returns the units
 // of work the event adds (for the steps counter), 0 for an event of
-// another attempt or one that adds nothing.
-func (r *request) progressed(i int, instance string, p sdk.Progress, now time.Time) int {
+// another attempt or one that adds nothing, and, for the first event
+// that says the Run resumed from a checkpoint, the step it resumed at
+// (steps up to it are not work added).
+func (r *request) progressed(i int, instance string, p sdk.Progress, now time.Time) (added, resumed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	a := r.trace.current()
 	if a == nil || i >= len(a.runs) || a.runs[i].instance != instance || !a.matches(i, p) {
-		return 0
+		return 0, 0
 	}
 	run := &a.runs[i]
-	added := 0
 	switch p.Stage {
 	case sdk.StageComputing:
 		if run.computing.IsZero() {
 			run.computing = now
+		}
+		if p.Resumed > 0 && run.resumed == 0 {
+			run.resumed, resumed = p.Resumed, p.Resumed
+			run.done = max(run.done, p.Resumed)
 		}
 		if p.Done > run.done {
 			added = p.Done - run.done
@@ -116,7 +122,7 @@ func (r *request) progressed(i int, instance string, p sdk.Progress, now time.Ti
 		run.stage = p.Stage
 	}
 	r.touchLocked()
-	return added
+	return added, resumed
 }
 
 // requestProgress records a progress event of instance in in its
@@ -126,9 +132,15 @@ func (s *Supervisor) requestProgress(in *instance, p sdk.Progress) {
 	if err != nil {
 		return // forgotten, or of a request this supervisor did not make
 	}
-	if n := r.progressed(in.stage, in.id, p, time.Now()); n > 0 {
+	n, resumed := r.progressed(in.stage, in.id, p, time.Now())
+	if n > 0 {
 		s.metrics.steps.WithLabelValues(in.phase).Add(float64(n))
 		s.phases[in.stage].load.steps.Add(int64(n))
+	}
+	if resumed > 0 {
+		s.metrics.resumes.WithLabelValues(in.phase).Inc()
+		s.metrics.stepsSaved.WithLabelValues(in.phase).Add(float64(resumed))
+		r.event(Event{What: "resumed", Phase: in.phase, Instance: in.id, Detail: fmt.Sprintf("at step %d of %d, from the request's checkpoint", resumed, p.Total)})
 	}
 }
 
@@ -190,12 +202,12 @@ func (t *trace) progress() []PhaseProgress {
 	}
 	out := make([]PhaseProgress, 0, len(a.runs))
 	for _, run := range a.runs {
-		pp := PhaseProgress{Phase: run.phase, Instance: run.instance, Stage: run.stage, Done: run.done, Total: run.total}
+		pp := PhaseProgress{Phase: run.phase, Instance: run.instance, Stage: run.stage, Done: run.done, Total: run.total, ResumedFrom: run.resumed}
 		if pp.Stage == "" {
 			pp.Stage = sdk.StageWaiting
 		}
-		if run.done >= 2 && run.lastStep.After(run.computing) {
-			pp.StepsPerSecond = float64(run.done) / run.lastStep.Sub(run.computing).Seconds()
+		if ran := run.done - run.resumed; ran >= 2 && run.lastStep.After(run.computing) {
+			pp.StepsPerSecond = float64(ran) / run.lastStep.Sub(run.computing).Seconds()
 		}
 		out = append(out, pp)
 	}
@@ -236,7 +248,10 @@ func (t *trace) timeline(submitted time.Time) []Span {
 				add(w, run.called, from)
 			}
 			rs := base
-			rs.Name, rs.Steps = SpanRun, run.total
+			rs.Name, rs.Steps, rs.Done, rs.ResumedFrom = SpanRun, run.total, run.done, run.resumed
+			if run.resumed > 0 {
+				rs.Detail = fmt.Sprintf("resumed at step %d", run.resumed)
+			}
 			add(rs, from, to)
 			if i < len(a.rooms) && !to.Equal(run.returned) {
 				h := base

@@ -38,7 +38,8 @@ func TestTimeline(t *testing.T) {
 	}
 	r.trace.attempts = []*attemptTrace{a}
 	ev := func(i int, instance, stage string, done, total int, in, out uint64, ms float64) int {
-		return r.progressed(i, instance, sdk.Progress{Request: "x", Stage: stage, Done: done, Total: total, InRoom: in, OutRoom: out}, at(ms))
+		added, _ := r.progressed(i, instance, sdk.Progress{Request: "x", Stage: stage, Done: done, Total: total, InRoom: in, OutRoom: out}, at(ms))
+		return added
 	}
 	ev(0, "encoder-0", sdk.StageComputing, 0, 1, 0, 7, 4)
 	ev(0, "encoder-0", sdk.StageSending, 0, 0, 0, 7, 6)
@@ -424,4 +425,49 @@ func TestHopFromSendTime(t *testing.T) {
 	if d := tr.attempts[0].runs[0].ran(); d != 4*time.Millisecond {
 		t.Errorf("ran %v, want 4ms", d)
 	}
+}
+
+// TestTimelineResumed: a Run that resumed at step 15 of 20 from its
+// checkpoint adds the 5 steps it ran, not 20; its span and progress say
+// where it resumed, and its rate counts the steps it ran.
+func TestTimelineResumed(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	r := &request{changed: make(chan struct{})}
+	r.info.Submitted = t0
+	r.trace.attempts = []*attemptTrace{{placing: t0, rooms: []uint64{7},
+		runs: []runTrace{{phase: "transformer", instance: "transformer-1", called: t0}, {phase: "decoder", instance: "decoder-0", called: t0}}}}
+	ev := func(done, resumed int, s float64) (int, int) {
+		return r.progressed(0, "transformer-1", sdk.Progress{Request: "x", Stage: sdk.StageComputing, Done: done, Total: 20, OutRoom: 7, Resumed: resumed}, t0.Add(time.Duration(s*float64(time.Second))))
+	}
+	if added, resumed := ev(0, 0, 1); added != 0 || resumed != 0 {
+		t.Fatalf("computing 0 of 20: added %d, resumed %d", added, resumed)
+	}
+	if added, resumed := ev(15, 15, 1); added != 0 || resumed != 15 {
+		t.Fatalf("resumed at 15: added %d, resumed %d; want 0 and 15", added, resumed)
+	}
+	total := 0
+	for k := 16; k <= 20; k++ {
+		added, resumed := ev(k, 15, float64(1+k-15))
+		if resumed != 0 {
+			t.Fatalf("step %d said resumed again", k)
+		}
+		total += added
+	}
+	if total != 5 {
+		t.Fatalf("the resumed Run added %d steps, want 5", total)
+	}
+	info := r.snapshot()
+	p := info.Progress[0]
+	if p.Done != 20 || p.ResumedFrom != 15 || p.StepsPerSecond != 1 {
+		t.Fatalf("progress %+v, want 20 done, resumed from 15, 1 step/s (5 steps in 5 s)", p)
+	}
+	for _, s := range info.Timeline {
+		if s.Name == SpanRun && s.Phase == "transformer" {
+			if s.ResumedFrom != 15 || s.Done != 20 || s.Steps != 20 || s.Detail != "resumed at step 15" {
+				t.Fatalf("run span %+v", s)
+			}
+			return
+		}
+	}
+	t.Fatalf("no transformer run span in %+v", info.Timeline)
 }

@@ -135,11 +135,23 @@ func Denoise(ctx context.Context, p Params, cond, latent []float32, steps int) e
 // with the number of steps done (1 to steps) and steps. The latent is
 // the same as Denoise's, bit for bit.
 func DenoiseEach(ctx context.Context, p Params, cond, latent []float32, steps int, step func(done, total int)) error {
+	return DenoiseFrom(ctx, p, cond, latent, 0, steps, step)
+}
+
+// DenoiseFrom is DenoiseEach for a latent that from steps have refined
+// already (0 <= from <= steps): it runs steps from+1 … steps, and calls
+// step after each. The latent is the same as DenoiseEach's, bit for bit:
+// the state of the steps is the latent alone, which is what a resumed Run
+// takes from its checkpoint.
+func DenoiseFrom(ctx context.Context, p Params, cond, latent []float32, from, steps int, step func(done, total int)) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
 	if steps < 0 {
 		return fmt.Errorf("%w: got %d", ErrBadSteps, steps)
+	}
+	if from < 0 || from > steps {
+		return fmt.Errorf("%w: resuming after step %d of %d", ErrBadSteps, from, steps)
 	}
 	if len(cond) != p.contextLen() {
 		return fmt.Errorf("%w: context has %d values, want %d for %s", ErrBadLength, len(cond), p.contextLen(), ContextSpec(p))
@@ -150,7 +162,7 @@ func DenoiseEach(ctx context.Context, p Params, cond, latent []float32, steps in
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if steps == 0 {
+	if from == steps {
 		return nil
 	}
 	target, err := targets(ctx, p, cond)
@@ -158,7 +170,7 @@ func DenoiseEach(ctx context.Context, p Params, cond, latent []float32, steps in
 		return err
 	}
 	plane := p.Frames * p.Height * p.Width
-	for i := range steps {
+	for i := from; i < steps; i++ {
 		a := 1 / float32(steps-i+1)
 		k := a * 0.125
 		for c := range p.Channels {

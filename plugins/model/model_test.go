@@ -526,3 +526,35 @@ func TestDenoiseEach(t *testing.T) {
 		t.Fatalf("steps reported %v, want 1..4 of 4", steps)
 	}
 }
+
+// TestDenoiseFrom: the latent after k steps, refined on from k, is the
+// uninterrupted run's, bit for bit, for every k; out-of-range k fail.
+func TestDenoiseFrom(t *testing.T) {
+	p := DefaultParams()
+	cond, noise := Encode(p, "resume", 3)
+	const steps = 6
+	var after [steps + 1][]float32 // the latent after each step
+	whole := slices.Clone(noise)
+	after[0] = slices.Clone(noise)
+	if err := DenoiseEach(context.Background(), p, cond, whole, steps, func(done, _ int) { after[done] = slices.Clone(whole) }); err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k <= steps; k++ {
+		l := slices.Clone(after[k])
+		var calls []int
+		if err := DenoiseFrom(context.Background(), p, cond, l, k, steps, func(done, _ int) { calls = append(calls, done) }); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(l, whole) {
+			t.Fatalf("resumed after step %d: the latent differs", k)
+		}
+		if len(calls) != steps-k || (k < steps && calls[0] != k+1) {
+			t.Fatalf("resumed after step %d: step called with %v", k, calls)
+		}
+	}
+	for _, k := range []int{-1, steps + 1} {
+		if err := DenoiseFrom(context.Background(), p, cond, slices.Clone(noise), k, steps, nil); !errors.Is(err, ErrBadSteps) {
+			t.Fatalf("from %d: %v, want ErrBadSteps", k, err)
+		}
+	}
+}

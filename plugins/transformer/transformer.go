@@ -81,7 +81,10 @@ func (t *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 // Run denoises a copy of the input latent for req.Steps steps with
 // model.Denoise, conditioned on the input context, and returns the context
 // (passed on as it came, so that transformers can be chained) and the new
-// latent. It reports each step done with sdk.ReportProgress. It does not
+// latent. It reports each step done with sdk.ReportProgress, saves the
+// latent with sdk.Checkpoint after each step (when the supervisor asks
+// for checkpoints), and resumes from the request's checkpoint when it
+// has one (sdk.Resume). It does not
 // modify its inputs. It returns an error wrapping ctx.Err() soon after
 // ctx is done, and one wrapping model.ErrBadInput when the inputs do not
 // match the params.
@@ -96,9 +99,23 @@ func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 	if err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
-	copy(out.Data, in[1].Data)
-	report := func(done, total int) { sdk.ReportProgress(ctx, done, total) }
-	if err := model.DenoiseEach(ctx, p, in[0].Float32s(), out.Float32s(), req.Steps, report); err != nil {
+	// A retry of a request whose instance died resumes from the latent
+	// of its last checkpoint, if it has one.
+	from, state := sdk.Resume(ctx, req.Steps)
+	switch {
+	case from > 0 && len(state) == 1 && state[0].Spec.Equal(out.Spec):
+		copy(out.Data, state[0].Data)
+	default:
+		from = 0
+		copy(out.Data, in[1].Data)
+	}
+	step := func(done, total int) {
+		if _, err := sdk.Checkpoint(ctx, done, total, out); err != nil {
+			set.log.Warn("checkpoint not saved", "request", req.ID, "step", done, "error", err)
+		}
+		sdk.ReportProgress(ctx, done, total)
+	}
+	if err := model.DenoiseFrom(ctx, p, in[0].Float32s(), out.Float32s(), from, req.Steps, step); err != nil {
 		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
 	}
 	set.log.Debug("denoised", "request", req.ID, "steps", req.Steps)

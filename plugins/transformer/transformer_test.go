@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -138,5 +139,67 @@ func TestRunCancel(t *testing.T) {
 	_, err := transformer.New().Run(ctx, req, in)
 	if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "transformer: ") {
 		t.Fatalf("err = %v, want transformer: context canceled", err)
+	}
+}
+
+// memCheckpointer keeps a Run's saves in memory, and resumes from the one
+// it was given.
+type memCheckpointer struct {
+	every  int
+	saved  map[int][]byte
+	from   int
+	state  []tensor.Tensor
+	resume []int // the totals Resume was called with
+}
+
+func (c *memCheckpointer) Save(_ context.Context, step, total int, state []tensor.Tensor) (bool, error) {
+	if step%c.every != 0 || step >= total {
+		return false, nil
+	}
+	if len(state) != 1 {
+		return false, errors.New("want the latent alone")
+	}
+	c.saved[step] = bytes.Clone(state[0].Data)
+	return true, nil
+}
+
+func (c *memCheckpointer) Resume(_ context.Context, total int) (int, []tensor.Tensor) {
+	c.resume = append(c.resume, total)
+	return c.from, c.state
+}
+
+// TestRunResumes: the latent saved after step 15 of 20 and resumed from
+// gives the same bytes as the uninterrupted Run; a state that does not
+// fit the latent is not resumed from.
+func TestRunResumes(t *testing.T) {
+	req := sdk.Request{ID: "r", Prompt: "waves", Seed: 5, Steps: 20}
+	in := encode(t, nil, req)
+	first := &memCheckpointer{every: 5, saved: map[int][]byte{}}
+	whole, err := transformer.New().Run(sdk.WithCheckpointer(context.Background(), first), req, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.saved) != 3 || first.saved[5] == nil || first.saved[10] == nil || first.saved[15] == nil || !slices.Equal(first.resume, []int{20}) {
+		t.Fatalf("saved after steps %v, resumed with %v; want 5, 10, 15 and one Resume(20)", slices.Sorted(maps.Keys(first.saved)), first.resume)
+	}
+	spec := model.LatentSpec(model.DefaultParams())
+	for _, from := range []int{5, 15} {
+		retry := &memCheckpointer{every: 5, saved: map[int][]byte{}, from: from, state: []tensor.Tensor{{Spec: spec, Data: bytes.Clone(first.saved[from])}}}
+		out, err := transformer.New().Run(sdk.WithCheckpointer(context.Background(), retry), req, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(out.Tensors[1].Data, whole.Tensors[1].Data) {
+			t.Fatalf("resumed after step %d: the latent differs from the uninterrupted Run's", from)
+		}
+		if from == 15 && len(retry.saved) != 0 {
+			t.Fatalf("resumed after 15: saved again after %v", slices.Sorted(maps.Keys(retry.saved)))
+		}
+	}
+	// A state of another shape is not resumed from: the Run starts over.
+	odd := &memCheckpointer{every: 5, saved: map[int][]byte{}, from: 15, state: []tensor.Tensor{{Spec: tensor.Spec{Name: "latent", DType: tensor.Float32, Shape: []int64{1}}, Data: make([]byte, 4)}}}
+	out, err := transformer.New().Run(sdk.WithCheckpointer(context.Background(), odd), req, in)
+	if err != nil || !bytes.Equal(out.Tensors[1].Data, whole.Tensors[1].Data) || len(odd.saved) != 3 {
+		t.Fatalf("with an odd state: %v, saved %d", err, len(odd.saved))
 	}
 }

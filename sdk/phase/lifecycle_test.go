@@ -266,7 +266,7 @@ func TestProgressSnapshot(t *testing.T) {
 	h.close()
 	var got []string
 	s.follow(context.Background(), func(p sdk.Progress) { got = append(got, fmt.Sprint(p)) })
-	if want := "[{a computing 2 5 3 4} {b waiting 0 0 0 0} {b sending 0 0 0 0}]"; fmt.Sprint(got) != want {
+	if want := "[{a computing 2 5 3 4 0} {b waiting 0 0 0 0 0} {b sending 0 0 0 0 0}]"; fmt.Sprint(got) != want {
 		t.Fatalf("events %v, want %s", got, want)
 	}
 }
@@ -323,8 +323,8 @@ func TestRunProgress(t *testing.T) {
 	if err := <-streamErr; err != nil {
 		t.Fatalf("Progress at Release: %v", err)
 	}
-	want := "[{ok computing 0 1 0 0} {ok computing 1 2 0 0} {ok computing 2 2 0 0} {ok finished 0 0 0 0} " +
-		"{bad waiting 0 0 0 0} {bad computing 0 1 0 0} {bad computing 1 2 0 0} {bad computing 2 2 0 0} {bad finished 0 0 0 0}]"
+	want := "[{ok computing 0 1 0 0 0} {ok computing 1 2 0 0 0} {ok computing 2 2 0 0 0} {ok finished 0 0 0 0 0} " +
+		"{bad waiting 0 0 0 0 0} {bad computing 0 1 0 0 0} {bad computing 1 2 0 0 0} {bad computing 2 2 0 0 0} {bad finished 0 0 0 0 0}]"
 	if fmt.Sprint(events) != want {
 		t.Fatalf("events\n%v\nwant\n%s", events, want)
 	}
@@ -342,7 +342,7 @@ func TestRunProgress(t *testing.T) {
 	r.progress.close()
 	var got []string
 	sub.follow(ctx, func(p sdk.Progress) { got = append(got, fmt.Sprint(p)) })
-	if want := "[{p waiting 0 0 0 0} {p computing 0 1 0 0} {p computing 1 1 0 0} {p finished 0 0 0 0}]"; fmt.Sprint(got) != want {
+	if want := "[{p waiting 0 0 0 0 0} {p computing 0 1 0 0 0} {p computing 1 1 0 0 0} {p finished 0 0 0 0 0}]"; fmt.Sprint(got) != want {
 		t.Fatalf("events %v, want %s", got, want)
 	}
 }

@@ -21,10 +21,28 @@ type runReporter struct {
 	computing bool // the phase's Run is executing: sdk.ReportProgress counts
 	reported  bool // the phase called sdk.ReportProgress
 	done      int  // the last done reported
+	resumed   int  // the step the Run resumed at (sdk.Resume), 0 if none
 }
 
 func (r *runReporter) publish(stage string, done, total int) {
-	r.hub.publish(r, sdk.Progress{Request: r.request, Stage: stage, Done: done, Total: total, InRoom: r.inRoom, OutRoom: r.outRoom})
+	ev := sdk.Progress{Request: r.request, Stage: stage, Done: done, Total: total, InRoom: r.inRoom, OutRoom: r.outRoom}
+	if stage == sdk.StageComputing {
+		ev.Resumed = r.resumed
+	}
+	r.hub.publish(r, ev)
+}
+
+// resumedAt publishes that the Run resumed at step of total from its
+// checkpoint: the steps up to it count as done, not as work done now.
+func (r *runReporter) resumedAt(step, total int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.computing {
+		return
+	}
+	r.reported, r.resumed = true, step
+	r.done = max(r.done, step)
+	r.publish(sdk.StageComputing, step, total)
 }
 
 // context returns ctx carrying r for sdk.ReportProgress.

@@ -307,7 +307,7 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 			}
 		}
 	}
-	runCtx := rep.context(ctx)
+	runCtx := r.checkpointContext(rep.context(ctx), spec.Request, in, rep)
 	if b, err := mgr.Backend(spec.OutRoom); spec.OutRoom != 0 && err == nil && b == sdk.BackendShm {
 		// Outputs the phase writes into sdk.Alloc's memory are lent to
 		// the next phase on this host, not copied; they go back to the

@@ -198,6 +198,9 @@ const maxBar = 42
 // the time left or its stage.
 func progressTail(p supervisor.PhaseProgress) string {
 	tail := fmt.Sprintf(" %d/%d", p.Done, p.Total)
+	if p.ResumedFrom > 0 {
+		tail += fmt.Sprintf(" (resumed at %d)", p.ResumedFrom)
+	}
 	if p.StepsPerSecond > 0 {
 		tail += fmt.Sprintf("  %.1f steps/s", p.StepsPerSecond)
 	}

@@ -58,6 +58,8 @@ const (
 	// reporting progress (per step, for the transformer) before it is
 	// killed as hung.
 	DefaultHangTimeout = time.Minute
+	// MaxCheckpointEvery bounds a phase's checkpoint_every.
+	MaxCheckpointEvery = 1_000_000
 )
 
 // Restart defaults, in the style of systemd's StartLimitBurst and
@@ -206,6 +208,11 @@ type Phase struct {
 	// on at once: its GOMAXPROCS, and PHASED_CPUS for plugins in other
 	// languages. 0, the default, is the host's share (Config.CPUsOf).
 	CPUs int
+	// CheckpointEvery, above 0, asks each Run of the phase to save its
+	// state every so many steps, so that a request whose instance dies
+	// resumes there on its next attempt (docs/protocol.md 8.4); 0, the
+	// default, asks for none.
+	CheckpointEvery int
 	// Restart says how an instance that exited is restarted.
 	Restart Restart
 	// At says where the phase is defined, for messages; zero for a phase
@@ -455,6 +462,7 @@ type phaseBlock struct {
 	ReadyTimeout *string           `hcl:"ready_timeout,optional"`
 	HangTimeout  *string           `hcl:"hang_timeout,optional"`
 	CPUs         *int              `hcl:"cpus,optional"`
+	Checkpoint   *int              `hcl:"checkpoint_every,optional"`
 	Restart      *restartBlock     `hcl:"restart,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
@@ -631,21 +639,22 @@ func (rb *restartBlock) apply(rule *Restart, in string) []error {
 func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase, []error) {
 	at := where(pb.DefRange)
 	ph := Phase{
-		Name:         pb.Name,
-		Plugin:       pb.Plugin,
-		Instances:    derefInt(pb.Instances, 1),
-		Policy:       deref(pb.Policy, policy),
-		StartTimeout: DefaultStartTimeout,
-		Host:         deref(pb.Host, ""),
-		Address:      deref(pb.Address, ""),
-		Device:       deref(pb.Device, sdk.DeviceCPU),
-		Labels:       pb.Labels,
-		Weights:      pb.Weights,
-		ReadyTimeout: DefaultReadyTimeout,
-		HangTimeout:  DefaultHangTimeout,
-		CPUs:         derefInt(pb.CPUs, 0),
-		Restart:      restart,
-		At:           PhaseAt{Block: posOf(pb.DefRange), Plugin: posOf(pb.PluginRange), Policy: policyAt},
+		Name:            pb.Name,
+		Plugin:          pb.Plugin,
+		Instances:       derefInt(pb.Instances, 1),
+		Policy:          deref(pb.Policy, policy),
+		StartTimeout:    DefaultStartTimeout,
+		Host:            deref(pb.Host, ""),
+		Address:         deref(pb.Address, ""),
+		Device:          deref(pb.Device, sdk.DeviceCPU),
+		Labels:          pb.Labels,
+		Weights:         pb.Weights,
+		ReadyTimeout:    DefaultReadyTimeout,
+		HangTimeout:     DefaultHangTimeout,
+		CPUs:            derefInt(pb.CPUs, 0),
+		Restart:         restart,
+		CheckpointEvery: derefInt(pb.Checkpoint, 0),
+		At:              PhaseAt{Block: posOf(pb.DefRange), Plugin: posOf(pb.PluginRange), Policy: policyAt},
 	}
 	var errs []error
 	ph.Params, ph.At.Param, errs = decodeParams(pb.Params, errs)
@@ -698,6 +707,9 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 	ph.Min, ph.Max = derefInt(pb.Min, 1), derefInt(pb.Max, ph.Instances)
 	if ph.Min < 1 || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
 		fail("min %d, instances %d, max %d: want 1 <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, MaxInstances)
+	}
+	if ph.CheckpointEvery < 0 || ph.CheckpointEvery > MaxCheckpointEvery {
+		fail("checkpoint_every must be between 0 (no checkpoints) and %d steps, got %d", MaxCheckpointEvery, ph.CheckpointEvery)
 	}
 	if pb.CPUs != nil && (ph.CPUs < 1 || ph.CPUs > MaxCPUs) {
 		fail("cpus must be between 1 and %d, got %d; leave it out for the host's share", MaxCPUs, ph.CPUs)

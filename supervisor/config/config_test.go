@@ -212,6 +212,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad retries", "a.hcl", "retries = 11\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: retries must be between 0 and 10, got 11`}},
 		{"bad hang timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  hang_timeout = \"never\"\n}\n", []string{`phase "t": hang_timeout: "never" is not a positive duration`}},
 		{"zero cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 0\n}\n", []string{`a.hcl:1:1: phase "t": cpus must be between 1 and 1024, got 0; leave it out for the host's share`}},
+		{"negative checkpoint_every", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  checkpoint_every = -5\n}\n", []string{`a.hcl:1:1: phase "t": checkpoint_every must be between 0 (no checkpoints) and 1000000 steps, got -5`}},
 		{"fractional cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 1.5\n}\n", []string{"a.hcl:3:10", "value must be a whole number"}},
 		{"bad ready timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  ready_timeout = \"0s\"\n}\n", []string{`phase "t": ready_timeout: "0s" is not a positive duration`}},
 		{"bad restart max", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  restart {\n    max = -1\n  }\n}\n", []string{`a.hcl:3:3: phase "t": restart: max must be between 0 and 10000, got -1`}},

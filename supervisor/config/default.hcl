@@ -6,6 +6,9 @@ phase "encoder" {
 
 phase "transformer" {
   plugin = "transformer"
+  # Save the latent every 5 steps: a request whose transformer dies
+  # resumes there on its next attempt, not at step 0.
+  checkpoint_every = 5
 }
 
 phase "decoder" {

@@ -282,3 +282,75 @@ func stderrOf(err error) string {
 	}
 	return ""
 }
+
+// TestT2VResume: the tiny text-to-video model's transformer, in two
+// instances saving its state every 5 steps, is killed once it reports
+// step 15 of 20; the retry, on the other instance, resumes at 15 (at
+// least 10) and the GIF is the one its phases make in one process
+// without any interruption, byte for byte.
+func TestT2VResume(t *testing.T) {
+	needPython(t)
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, `
+params = { threads = "1" }
+phase "encoder"     { plugin = "t2v-encoder" }
+phase "transformer" {
+  plugin           = "t2v-transformer"
+  instances        = 2
+  checkpoint_every = 5
+  restart { backoff = "50ms" }
+}
+phase "decoder"     { plugin = "t2v-decoder" }
+`))
+	const prompt, seed, steps = "a green triangle moving right", 5, 20
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id, err := p.client.Submit(ctx, supervisor.Submission{Prompt: prompt, Seed: seed, Steps: steps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := ""
+	if _, err := p.client.Watch(ctx, id, func(info supervisor.RequestInfo) {
+		for _, pp := range info.Progress {
+			if killed == "" && info.Attempts == 1 && pp.Phase == "transformer" && pp.Done >= 15 {
+				killed = pp.Instance
+				if err := syscall.Kill(instanceStatus(t, p, pp.Instance).PID, syscall.SIGKILL); err != nil {
+					t.Errorf("kill %s: %v", pp.Instance, err)
+				}
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := p.client.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resumed []int
+	for _, s := range info.Timeline {
+		if s.Name == supervisor.SpanRun && s.Phase == "transformer" {
+			resumed = append(resumed, s.ResumedFrom)
+		}
+	}
+	if killed == "" || info.State != supervisor.StateDone || info.Attempts != 2 || len(resumed) != 2 || resumed[1] < 10 {
+		t.Fatalf("killed %q; %s (%s) after %d attempts, the transformer runs resumed at %v; want done in 2, the second at step 10 or later",
+			killed, info.State, info.Reason, info.Attempts, resumed)
+	}
+	got, err := os.ReadFile(info.Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := exec.Command(python, filepath.Join(moduleRoot, "examples", "t2v-tiny", "local.py"), "--param", "threads=1",
+		filepath.Join(dir, "local"), id, fmt.Sprint(seed), fmt.Sprint(steps), prompt).Output()
+	if err != nil {
+		t.Fatalf("local.py: %v\n%s", err, stderrOf(err))
+	}
+	want, err := os.ReadFile(strings.TrimSpace(string(ref)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the GIF of the resumed request (%d bytes) differs from the uninterrupted one's (%d bytes)", len(got), len(want))
+	}
+	p.release(t)
+}

@@ -244,16 +244,28 @@ def shift_time(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def ddim_sample(dit: DiT, context: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
+def ddim_sample(dit: DiT, context: torch.Tensor, noise: Optional[torch.Tensor], steps: int, guidance: float,
                 progress: Optional[Callable[[int, int], None]] = None,
-                cancelled: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+                cancelled: Optional[Callable[[], bool]] = None, start: int = 0, x: Optional[torch.Tensor] = None,
+                checkpoint: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Deterministic DDIM (eta 0) from t=1 to t=0 in `steps` equal steps, with
     classifier-free guidance: v = v_null + guidance * (v_prompt - v_null).
-    context [L, D], noise [C, T, h, w] -> latent [C, T, h, w]."""
-    x = noise[None].float()
+    context [L, D], noise [C, T, h, w] -> latent [C, T, h, w].
+
+    The sampler's state after a step is x, float32 [1, C, T, h, w], alone:
+    checkpoint(i + 1, steps, x) gets it after each step i (before
+    progress), and start, x resume after step `start` from such an x (noise
+    is then not read), to the same latent, bit for bit, as a run that was
+    never interrupted."""
+    if not 0 <= start <= steps:
+        raise ValueError(f"resuming after step {start} of {steps}")
+    if x is None:
+        if start:
+            raise ValueError(f"resuming after step {start} needs the sampler's state then")
+        x = noise[None].float()
     ctx = torch.stack([context.float(), dit.null_context.detach().float()])
     ts = shift_time(torch.linspace(1.0, 0.0, steps + 1), dit.shift)
-    for i in range(steps):
+    for i in range(start, steps):
         if cancelled is not None and cancelled():
             raise InterruptedError("cancelled")
         t, tn = ts[i], ts[i + 1]
@@ -267,6 +279,8 @@ def ddim_sample(dit: DiT, context: torch.Tensor, noise: torch.Tensor, steps: int
         x0 = a * x - s * v
         eps = s * x + a * v
         x = an * x0 + sn * eps
+        if checkpoint is not None:
+            checkpoint(i + 1, steps, x)
         if progress is not None:
             progress(i + 1, steps)
     return x[0]

@@ -2,7 +2,7 @@
 phased-phase-t2v-encoder, -transformer and -decoder serve them.
 
     encoder      prompt                     -> context float32 [8, 128]
-    transformer  context, seed, steps       -> latent  float32 [4, 8, 8, 8]
+    transformer  context, seed, steps       -> latent  float32 [4, 8, 16, 16]
     decoder      latent                     -> GIF (8 frames, 64x64)
 
 Params (all optional, strings):
@@ -142,10 +142,24 @@ class Transformer(_T2VPhase):
             steps = pipeline.resolve_steps(request.steps)
         except ValueError as e:
             raise phased.InvalidArgument(str(e)) from None
+        # A retry of a request whose instance died resumes from the
+        # sampler's state at its last checkpoint, if it has one (only when
+        # the config sets checkpoint_every; run_local never resumes).
+        start, state = ctx.resume(steps)
+        x = state.get("latent")
+        if start and (x is None or x.dtype != torch.float32 or tuple(x.shape) != pipeline.state_shape(self.model)):
+            ctx.log.warning(f"request {request.id}: its checkpoint holds no float32 latent "
+                            f"{list(pipeline.state_shape(self.model))}: starting from step 0")
+            start, x = 0, None
+
+        def checkpoint(done, total, x):
+            ctx.checkpoint(done, total, {"latent": x})
+
         try:
             latent = pipeline.denoise(self.model, inputs["context"], request.seed, steps,
                                       self.params.get("guidance", pipeline.DEFAULT_GUIDANCE),
-                                      progress=ctx.progress, cancelled=ctx.cancelled)
+                                      progress=ctx.progress, cancelled=ctx.cancelled, start=start,
+                                      state=x if start else None, checkpoint=checkpoint)
         except InterruptedError:
             raise phased.Cancelled("cancelled") from None
         # Into memory the hop to the decoder lends instead of copying

@@ -64,18 +64,34 @@ def initial_noise(model: T2V, seed: int) -> torch.Tensor:
     return torch.randn(cfg["latent_ch"], cfg["frames"], cfg["latent_size"], cfg["latent_size"], generator=g)
 
 
+def state_shape(model: T2V) -> Tuple[int, ...]:
+    """The shape of the sampler's state between steps (float32): what
+    denoise's checkpoint gets and its start resumes from."""
+    cfg = model.config
+    return (1, cfg["latent_ch"], cfg["frames"], cfg["latent_size"], cfg["latent_size"])
+
+
 @torch.no_grad()
 def denoise(model: T2V, context: torch.Tensor, seed: int, steps: int = DEFAULT_STEPS,
             guidance: float = DEFAULT_GUIDANCE, progress: Optional[Callable[[int, int], None]] = None,
-            cancelled: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+            cancelled: Optional[Callable[[], bool]] = None, start: int = 0, state: Optional[torch.Tensor] = None,
+            checkpoint: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
     """The transformer phase: DDIM from the seed's noise, guided by context.
-    Returns the latent float32 [C, T, h, w], in the DiT's normalised space."""
+    Returns the latent float32 [C, T, h, w], in the DiT's normalised space.
+
+    checkpoint(done, steps, state) gets the sampler's state, float32
+    state_shape(model), after each step; start and state resume after step
+    start from such a state, to the same latent, bit for bit."""
     cfg = model.config
     want = (cfg["ctx_len"], cfg["ctx_dim"])
     if tuple(context.shape) != want:
         raise ValueError(f"context is {list(context.shape)}; want {list(want)}")
-    x = ddim_sample(model.dit, context.float(), initial_noise(model, seed), resolve_steps(steps), float(guidance),
-                    progress, cancelled)
+    if state is not None and (tuple(state.shape) != state_shape(model) or state.dtype != torch.float32):
+        raise ValueError(f"the sampler's state is {state.dtype} {list(state.shape)}; "
+                         f"want torch.float32 {list(state_shape(model))}")
+    noise = initial_noise(model, seed) if state is None else None
+    x = ddim_sample(model.dit, context.float(), noise, resolve_steps(steps), float(guidance), progress, cancelled,
+                    start, state, checkpoint)
     return x.contiguous()
 
 

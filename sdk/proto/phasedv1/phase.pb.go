@@ -377,13 +377,18 @@ func (*ProgressRequest) Descriptor() ([]byte, []int) {
 }
 
 type ProgressEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Request       string                 `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"` // the request id
-	Stage         ProgressStage          `protobuf:"varint,2,opt,name=stage,proto3,enum=phased.v1.ProgressStage" json:"stage,omitempty"`
-	Done          int64                  `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`                      // COMPUTING only: units of work done
-	Total         int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`                    // COMPUTING only: units of work in all
-	InRoom        uint64                 `protobuf:"varint,5,opt,name=in_room,json=inRoom,proto3" json:"in_room,omitempty"`    // the Run's rooms (0: none), which tell the
-	OutRoom       uint64                 `protobuf:"varint,6,opt,name=out_room,json=outRoom,proto3" json:"out_room,omitempty"` // attempts of one request apart
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Request string                 `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"` // the request id
+	Stage   ProgressStage          `protobuf:"varint,2,opt,name=stage,proto3,enum=phased.v1.ProgressStage" json:"stage,omitempty"`
+	Done    int64                  `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`                      // COMPUTING only: units of work done
+	Total   int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`                    // COMPUTING only: units of work in all
+	InRoom  uint64                 `protobuf:"varint,5,opt,name=in_room,json=inRoom,proto3" json:"in_room,omitempty"`    // the Run's rooms (0: none), which tell the
+	OutRoom uint64                 `protobuf:"varint,6,opt,name=out_room,json=outRoom,proto3" json:"out_room,omitempty"` // attempts of one request apart
+	// COMPUTING only: the step this Run resumed at, from the request's
+	// checkpoint (protocol.md 8.4); 0 when it began at the start. done
+	// counts from the start either way: the first event of a resumed Run
+	// has done = resumed.
+	Resumed       int64 `protobuf:"varint,7,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +461,13 @@ func (x *ProgressEvent) GetInRoom() uint64 {
 func (x *ProgressEvent) GetOutRoom() uint64 {
 	if x != nil {
 		return x.OutRoom
+	}
+	return 0
+}
+
+func (x *ProgressEvent) GetResumed() int64 {
+	if x != nil {
+		return x.Resumed
 	}
 	return 0
 }
@@ -598,7 +610,12 @@ type Request struct {
 	// no_sync: the supervisor keeps no request journal, so nothing of the
 	// request survives it: the last phase need not fsync its artifact
 	// (false, the default, asks for a durable artifact before Run returns).
-	NoSync        bool `protobuf:"varint,6,opt,name=no_sync,json=noSync,proto3" json:"no_sync,omitempty"`
+	NoSync bool `protobuf:"varint,6,opt,name=no_sync,json=noSync,proto3" json:"no_sync,omitempty"`
+	// checkpoint, on a Run only, for a phase whose config sets
+	// checkpoint_every: where the phase keeps its state every so many
+	// steps, so that a Run of the request's next attempt resumes from it
+	// (protocol.md 8.4). Unset: no checkpoints.
+	Checkpoint    *Checkpoint `protobuf:"bytes,7,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,6 +692,71 @@ func (x *Request) GetNoSync() bool {
 	return false
 }
 
+func (x *Request) GetCheckpoint() *Checkpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// Checkpoint says where and how often a Run saves its state.
+type Checkpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path: the checkpoint file, absolute; its directory exists (the
+	// supervisor made it for the request, and removes it when the request
+	// ends). Written as a temporary file in that directory, then renamed.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// every: save after every this many steps (1 or more), not after the
+	// last one.
+	Every         int32 `protobuf:"varint,2,opt,name=every,proto3" json:"every,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Checkpoint) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Checkpoint) GetEvery() int32 {
+	if x != nil {
+		return x.Every
+	}
+	return 0
+}
+
 type OpenRoomRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Room         uint64                 `protobuf:"varint,1,opt,name=room,proto3" json:"room,omitempty"`
@@ -696,7 +778,7 @@ type OpenRoomRequest struct {
 
 func (x *OpenRoomRequest) Reset() {
 	*x = OpenRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +790,7 @@ func (x *OpenRoomRequest) String() string {
 func (*OpenRoomRequest) ProtoMessage() {}
 
 func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[10]
+	mi := &file_phasedv1_phase_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +803,7 @@ func (x *OpenRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomRequest.ProtoReflect.Descriptor instead.
 func (*OpenRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{10}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OpenRoomRequest) GetRoom() uint64 {
@@ -775,7 +857,7 @@ type OpenRoomResponse struct {
 
 func (x *OpenRoomResponse) Reset() {
 	*x = OpenRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +869,7 @@ func (x *OpenRoomResponse) String() string {
 func (*OpenRoomResponse) ProtoMessage() {}
 
 func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[11]
+	mi := &file_phasedv1_phase_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +882,7 @@ func (x *OpenRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRoomResponse.ProtoReflect.Descriptor instead.
 func (*OpenRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{11}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OpenRoomResponse) GetEndpoint() string {
@@ -821,7 +903,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +915,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[12]
+	mi := &file_phasedv1_phase_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +928,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{12}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunRequest) GetRequest() *Request {
@@ -897,7 +979,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +991,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[13]
+	mi := &file_phasedv1_phase_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1004,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{13}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunResponse) GetArtifact() *Artifact {
@@ -979,7 +1061,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1073,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[14]
+	mi := &file_phasedv1_phase_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1086,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{14}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Artifact) GetPath() string {
@@ -1044,7 +1126,7 @@ type RemoveRoomRequest struct {
 
 func (x *RemoveRoomRequest) Reset() {
 	*x = RemoveRoomRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[15]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1138,7 @@ func (x *RemoveRoomRequest) String() string {
 func (*RemoveRoomRequest) ProtoMessage() {}
 
 func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[15]
+	mi := &file_phasedv1_phase_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1151,7 @@ func (x *RemoveRoomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRoomRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{15}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveRoomRequest) GetRoom() uint64 {
@@ -1087,7 +1169,7 @@ type RemoveRoomResponse struct {
 
 func (x *RemoveRoomResponse) Reset() {
 	*x = RemoveRoomResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[16]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1181,7 @@ func (x *RemoveRoomResponse) String() string {
 func (*RemoveRoomResponse) ProtoMessage() {}
 
 func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[16]
+	mi := &file_phasedv1_phase_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1194,7 @@ func (x *RemoveRoomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRoomResponse.ProtoReflect.Descriptor instead.
 func (*RemoveRoomResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{16}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusRequest struct {
@@ -1123,7 +1205,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[17]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1217,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[17]
+	mi := &file_phasedv1_phase_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1230,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{17}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{18}
 }
 
 type StatusResponse struct {
@@ -1167,7 +1249,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[18]
+	mi := &file_phasedv1_phase_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1261,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[18]
+	mi := &file_phasedv1_phase_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1274,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{18}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetRooms() []*RoomState {
@@ -1237,7 +1319,7 @@ type Metric struct {
 
 func (x *Metric) Reset() {
 	*x = Metric{}
-	mi := &file_phasedv1_phase_proto_msgTypes[19]
+	mi := &file_phasedv1_phase_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1331,7 @@ func (x *Metric) String() string {
 func (*Metric) ProtoMessage() {}
 
 func (x *Metric) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[19]
+	mi := &file_phasedv1_phase_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1344,7 @@ func (x *Metric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metric.ProtoReflect.Descriptor instead.
 func (*Metric) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{19}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Metric) GetName() string {
@@ -1312,7 +1394,7 @@ type RoomState struct {
 
 func (x *RoomState) Reset() {
 	*x = RoomState{}
-	mi := &file_phasedv1_phase_proto_msgTypes[20]
+	mi := &file_phasedv1_phase_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1406,7 @@ func (x *RoomState) String() string {
 func (*RoomState) ProtoMessage() {}
 
 func (x *RoomState) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[20]
+	mi := &file_phasedv1_phase_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1419,7 @@ func (x *RoomState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
 func (*RoomState) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{20}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RoomState) GetRoom() uint64 {
@@ -1376,7 +1458,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_phasedv1_phase_proto_msgTypes[21]
+	mi := &file_phasedv1_phase_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1470,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[21]
+	mi := &file_phasedv1_phase_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1483,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{21}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{22}
 }
 
 type ReleaseResponse struct {
@@ -1412,7 +1494,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_phasedv1_phase_proto_msgTypes[22]
+	mi := &file_phasedv1_phase_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1506,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_phasedv1_phase_proto_msgTypes[22]
+	mi := &file_phasedv1_phase_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1519,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_phasedv1_phase_proto_rawDescGZIP(), []int{22}
+	return file_phasedv1_phase_proto_rawDescGZIP(), []int{23}
 }
 
 var File_phasedv1_phase_proto protoreflect.FileDescriptor
@@ -1457,14 +1539,15 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x0e\n" +
 	"\fReadyRequest\"\x0f\n" +
 	"\rReadyResponse\"\x11\n" +
-	"\x0fProgressRequest\"\xb7\x01\n" +
+	"\x0fProgressRequest\"\xd1\x01\n" +
 	"\rProgressEvent\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\tR\arequest\x12.\n" +
 	"\x05stage\x18\x02 \x01(\x0e2\x18.phased.v1.ProgressStageR\x05stage\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\x03R\x04done\x12\x14\n" +
 	"\x05total\x18\x04 \x01(\x03R\x05total\x12\x17\n" +
 	"\ain_room\x18\x05 \x01(\x04R\x06inRoom\x12\x19\n" +
-	"\bout_room\x18\x06 \x01(\x04R\aoutRoom\"\xb8\x02\n" +
+	"\bout_room\x18\x06 \x01(\x04R\aoutRoom\x12\x18\n" +
+	"\aresumed\x18\a \x01(\x03R\aresumed\"\xb8\x02\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
@@ -1476,14 +1559,21 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
-	"\x11ConfigureResponse\"\x97\x01\n" +
+	"\x11ConfigureResponse\"\xce\x01\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x03R\x04seed\x12\x14\n" +
 	"\x05steps\x18\x04 \x01(\x05R\x05steps\x12!\n" +
 	"\fartifact_dir\x18\x05 \x01(\tR\vartifactDir\x12\x17\n" +
-	"\ano_sync\x18\x06 \x01(\bR\x06noSync\"\xd5\x01\n" +
+	"\ano_sync\x18\x06 \x01(\bR\x06noSync\x125\n" +
+	"\n" +
+	"checkpoint\x18\a \x01(\v2\x15.phased.v1.CheckpointR\n" +
+	"checkpoint\"6\n" +
+	"\n" +
+	"Checkpoint\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
+	"\x05every\x18\x02 \x01(\x05R\x05every\"\xd5\x01\n" +
 	"\x0fOpenRoomRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\x04R\x04room\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.phased.v1.RoomRoleR\x04role\x12,\n" +
@@ -1580,7 +1670,7 @@ func file_phasedv1_phase_proto_rawDescGZIP() []byte {
 }
 
 var file_phasedv1_phase_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_phasedv1_phase_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_phasedv1_phase_proto_goTypes = []any{
 	(ProgressStage)(0),             // 0: phased.v1.ProgressStage
 	(RoomRole)(0),                  // 1: phased.v1.RoomRole
@@ -1594,65 +1684,67 @@ var file_phasedv1_phase_proto_goTypes = []any{
 	(*ConfigureRequest)(nil),       // 9: phased.v1.ConfigureRequest
 	(*ConfigureResponse)(nil),      // 10: phased.v1.ConfigureResponse
 	(*Request)(nil),                // 11: phased.v1.Request
-	(*OpenRoomRequest)(nil),        // 12: phased.v1.OpenRoomRequest
-	(*OpenRoomResponse)(nil),       // 13: phased.v1.OpenRoomResponse
-	(*RunRequest)(nil),             // 14: phased.v1.RunRequest
-	(*RunResponse)(nil),            // 15: phased.v1.RunResponse
-	(*Artifact)(nil),               // 16: phased.v1.Artifact
-	(*RemoveRoomRequest)(nil),      // 17: phased.v1.RemoveRoomRequest
-	(*RemoveRoomResponse)(nil),     // 18: phased.v1.RemoveRoomResponse
-	(*StatusRequest)(nil),          // 19: phased.v1.StatusRequest
-	(*StatusResponse)(nil),         // 20: phased.v1.StatusResponse
-	(*Metric)(nil),                 // 21: phased.v1.Metric
-	(*RoomState)(nil),              // 22: phased.v1.RoomState
-	(*ReleaseRequest)(nil),         // 23: phased.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),        // 24: phased.v1.ReleaseResponse
-	nil,                            // 25: phased.v1.ValidateParamsRequest.ParamsEntry
-	nil,                            // 26: phased.v1.ConfigureRequest.ParamsEntry
-	nil,                            // 27: phased.v1.Metric.LabelsEntry
-	(TransferStatus)(0),            // 28: phased.v1.TransferStatus
-	(*InfoRequest)(nil),            // 29: phased.v1.InfoRequest
-	(*InfoResponse)(nil),           // 30: phased.v1.InfoResponse
+	(*Checkpoint)(nil),             // 12: phased.v1.Checkpoint
+	(*OpenRoomRequest)(nil),        // 13: phased.v1.OpenRoomRequest
+	(*OpenRoomResponse)(nil),       // 14: phased.v1.OpenRoomResponse
+	(*RunRequest)(nil),             // 15: phased.v1.RunRequest
+	(*RunResponse)(nil),            // 16: phased.v1.RunResponse
+	(*Artifact)(nil),               // 17: phased.v1.Artifact
+	(*RemoveRoomRequest)(nil),      // 18: phased.v1.RemoveRoomRequest
+	(*RemoveRoomResponse)(nil),     // 19: phased.v1.RemoveRoomResponse
+	(*StatusRequest)(nil),          // 20: phased.v1.StatusRequest
+	(*StatusResponse)(nil),         // 21: phased.v1.StatusResponse
+	(*Metric)(nil),                 // 22: phased.v1.Metric
+	(*RoomState)(nil),              // 23: phased.v1.RoomState
+	(*ReleaseRequest)(nil),         // 24: phased.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),        // 25: phased.v1.ReleaseResponse
+	nil,                            // 26: phased.v1.ValidateParamsRequest.ParamsEntry
+	nil,                            // 27: phased.v1.ConfigureRequest.ParamsEntry
+	nil,                            // 28: phased.v1.Metric.LabelsEntry
+	(TransferStatus)(0),            // 29: phased.v1.TransferStatus
+	(*InfoRequest)(nil),            // 30: phased.v1.InfoRequest
+	(*InfoResponse)(nil),           // 31: phased.v1.InfoResponse
 }
 var file_phasedv1_phase_proto_depIdxs = []int32{
-	25, // 0: phased.v1.ValidateParamsRequest.params:type_name -> phased.v1.ValidateParamsRequest.ParamsEntry
+	26, // 0: phased.v1.ValidateParamsRequest.params:type_name -> phased.v1.ValidateParamsRequest.ParamsEntry
 	4,  // 1: phased.v1.ValidateParamsResponse.problems:type_name -> phased.v1.ParamProblem
 	0,  // 2: phased.v1.ProgressEvent.stage:type_name -> phased.v1.ProgressStage
-	26, // 3: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
-	1,  // 4: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
-	11, // 5: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
-	11, // 6: phased.v1.RunRequest.request:type_name -> phased.v1.Request
-	16, // 7: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
-	22, // 8: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
-	21, // 9: phased.v1.StatusResponse.metrics:type_name -> phased.v1.Metric
-	27, // 10: phased.v1.Metric.labels:type_name -> phased.v1.Metric.LabelsEntry
-	1,  // 11: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
-	28, // 12: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
-	29, // 13: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
-	9,  // 14: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
-	5,  // 15: phased.v1.Phase.Ready:input_type -> phased.v1.ReadyRequest
-	12, // 16: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
-	14, // 17: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
-	17, // 18: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
-	19, // 19: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
-	23, // 20: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
-	7,  // 21: phased.v1.Phase.Progress:input_type -> phased.v1.ProgressRequest
-	2,  // 22: phased.v1.Phase.ValidateParams:input_type -> phased.v1.ValidateParamsRequest
-	30, // 23: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
-	10, // 24: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
-	6,  // 25: phased.v1.Phase.Ready:output_type -> phased.v1.ReadyResponse
-	13, // 26: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
-	15, // 27: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
-	18, // 28: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
-	20, // 29: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
-	24, // 30: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
-	8,  // 31: phased.v1.Phase.Progress:output_type -> phased.v1.ProgressEvent
-	3,  // 32: phased.v1.Phase.ValidateParams:output_type -> phased.v1.ValidateParamsResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	27, // 3: phased.v1.ConfigureRequest.params:type_name -> phased.v1.ConfigureRequest.ParamsEntry
+	12, // 4: phased.v1.Request.checkpoint:type_name -> phased.v1.Checkpoint
+	1,  // 5: phased.v1.OpenRoomRequest.role:type_name -> phased.v1.RoomRole
+	11, // 6: phased.v1.OpenRoomRequest.request:type_name -> phased.v1.Request
+	11, // 7: phased.v1.RunRequest.request:type_name -> phased.v1.Request
+	17, // 8: phased.v1.RunResponse.artifact:type_name -> phased.v1.Artifact
+	23, // 9: phased.v1.StatusResponse.rooms:type_name -> phased.v1.RoomState
+	22, // 10: phased.v1.StatusResponse.metrics:type_name -> phased.v1.Metric
+	28, // 11: phased.v1.Metric.labels:type_name -> phased.v1.Metric.LabelsEntry
+	1,  // 12: phased.v1.RoomState.role:type_name -> phased.v1.RoomRole
+	29, // 13: phased.v1.RoomState.status:type_name -> phased.v1.TransferStatus
+	30, // 14: phased.v1.Phase.Info:input_type -> phased.v1.InfoRequest
+	9,  // 15: phased.v1.Phase.Configure:input_type -> phased.v1.ConfigureRequest
+	5,  // 16: phased.v1.Phase.Ready:input_type -> phased.v1.ReadyRequest
+	13, // 17: phased.v1.Phase.OpenRoom:input_type -> phased.v1.OpenRoomRequest
+	15, // 18: phased.v1.Phase.Run:input_type -> phased.v1.RunRequest
+	18, // 19: phased.v1.Phase.RemoveRoom:input_type -> phased.v1.RemoveRoomRequest
+	20, // 20: phased.v1.Phase.Status:input_type -> phased.v1.StatusRequest
+	24, // 21: phased.v1.Phase.Release:input_type -> phased.v1.ReleaseRequest
+	7,  // 22: phased.v1.Phase.Progress:input_type -> phased.v1.ProgressRequest
+	2,  // 23: phased.v1.Phase.ValidateParams:input_type -> phased.v1.ValidateParamsRequest
+	31, // 24: phased.v1.Phase.Info:output_type -> phased.v1.InfoResponse
+	10, // 25: phased.v1.Phase.Configure:output_type -> phased.v1.ConfigureResponse
+	6,  // 26: phased.v1.Phase.Ready:output_type -> phased.v1.ReadyResponse
+	14, // 27: phased.v1.Phase.OpenRoom:output_type -> phased.v1.OpenRoomResponse
+	16, // 28: phased.v1.Phase.Run:output_type -> phased.v1.RunResponse
+	19, // 29: phased.v1.Phase.RemoveRoom:output_type -> phased.v1.RemoveRoomResponse
+	21, // 30: phased.v1.Phase.Status:output_type -> phased.v1.StatusResponse
+	25, // 31: phased.v1.Phase.Release:output_type -> phased.v1.ReleaseResponse
+	8,  // 32: phased.v1.Phase.Progress:output_type -> phased.v1.ProgressEvent
+	3,  // 33: phased.v1.Phase.ValidateParams:output_type -> phased.v1.ValidateParamsResponse
+	24, // [24:34] is the sub-list for method output_type
+	14, // [14:24] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_phasedv1_phase_proto_init() }
@@ -1661,14 +1753,14 @@ func file_phasedv1_phase_proto_init() {
 		return
 	}
 	file_phasedv1_common_proto_init()
-	file_phasedv1_phase_proto_msgTypes[12].OneofWrappers = []any{}
+	file_phasedv1_phase_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_phasedv1_phase_proto_rawDesc), len(file_phasedv1_phase_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,9 +16,12 @@ numpy arrays or torch tensors that view the received bytes.
             return [phased.Spec("latent", "float32", [4, 8, 24, 32])]
 
         def run(self, ctx, request, inputs):
-            latent = inputs["latent"].copy()
-            for i in range(request.steps):
+            # A retry resumes where a dead Run's last checkpoint left off.
+            step, state = ctx.resume(request.steps)
+            latent = state["latent"] if step else inputs["latent"].copy()
+            for i in range(step, request.steps):
                 ...
+                ctx.checkpoint(i + 1, request.steps, {"latent": latent})
                 ctx.progress(i + 1, request.steps)
             return {"latent": latent}
 

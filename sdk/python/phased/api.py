@@ -12,7 +12,7 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +43,13 @@ class Request:
     # survives it): write_artifact need not fsync. False asks for a durable
     # artifact before run returns.
     no_sync: bool = False
+    # On a Run of a phase whose config sets checkpoint_every: the file
+    # where ctx.checkpoint keeps the Run's state every checkpoint_every
+    # steps, and ctx.resume finds it (docs/protocol.md 8.4). "" and 0:
+    # no checkpoints. Phases call ctx.resume and ctx.checkpoint; they need
+    # not read these.
+    checkpoint_path: str = ""
+    checkpoint_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,12 @@ class Config:
 
 
 class Context:
-    """Given to load and run: cancellation, progress, the logger, and
-    memory for outputs (alloc)."""
+    """Given to load and run: cancellation, progress, the logger, memory
+    for outputs (alloc), and checkpoints (resume, checkpoint)."""
 
     def __init__(self, log: logging.Logger, cancel: Optional[threading.Event] = None,
-                 report: Optional[Callable[[int, int], None]] = None, *, allocator=None, arrays: str = "numpy"):
+                 report: Optional[Callable[[int, int], None]] = None, *, allocator=None, arrays: str = "numpy",
+                 checkpointer=None):
         self.log = log
         self._cancel = cancel or threading.Event()
         self._report = report
@@ -87,6 +95,10 @@ class Context:
         # written(array, checksum), as a transfer manager has them.
         self._allocator = allocator
         self._arrays = arrays
+        # The runtime's, for a Run whose request has a checkpoint:
+        # resume(total) and save(step, total, state), as
+        # phased.checkpoint.RunCheckpointer has them.
+        self._checkpointer = checkpointer
 
     def cancelled(self) -> bool:
         """True once the work should stop: return or raise promptly."""
@@ -102,6 +114,40 @@ class Context:
         supervisor's hang watchdog needs one report per hang_timeout."""
         if self._report is not None:
             self._report(int(done), int(total))
+
+    def resume(self, total: int) -> Tuple[int, Dict[str, object]]:
+        """Where the Run resumes: call it once, before the first step, with
+        the Run's total steps; then run steps step+1 … total from state.
+        Returns the step after which the request's checkpoint was saved and
+        its state, a dict by name of what was given to checkpoint (numpy
+        arrays, or torch tensors when the phase's arrays are "torch"; yours
+        to change). Returns 0 and {} when there is none: the request's first
+        attempt, checkpoints off (the phase's checkpoint_every unset, and in
+        run_local), or a checkpoint that does not fit this Run (another
+        total, other inputs, a damaged file: logged as a warning, with
+        why). For the artifact to be the same bytes as an uninterrupted
+        Run's, the steps must be deterministic (docs/protocol.md 8.4)."""
+        if self._checkpointer is None:
+            return 0, {}
+        return self._checkpointer.resume(int(total))
+
+    def checkpoint(self, step: int, total: int, state: Dict[str, object]) -> bool:
+        """Save state, the Run's state after step of total steps, as the
+        request's checkpoint, so that when this instance dies the request's
+        next attempt resumes after step instead of from the start (resume).
+        Call it after every step: it saves only when the supervisor asked
+        for checkpoints (the phase's checkpoint_every = K), a save is due
+        (step a multiple of K, above 0 and below total), and the Run is not
+        cancelled; it returns whether it saved. state maps names to numpy
+        arrays or torch tensors: everything step+1 reads besides the Run's
+        inputs and the request (a DDIM sampler's latent); it is written to a
+        file before checkpoint returns. A save that fails is logged as a
+        warning and returns False: the Run goes on, and a retry resumes
+        from an earlier checkpoint or from the start. Elsewhere (run_local,
+        a unit test's Context) it does nothing and returns False."""
+        if self._checkpointer is None or self._cancel.is_set():
+            return False
+        return self._checkpointer.save(int(step), int(total), state)
 
     def alloc(self, spec, dtype=None, shape=None):
         """Memory for an output of run: a phased.Spec, or its name, dtype and

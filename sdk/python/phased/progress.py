@@ -24,6 +24,9 @@ class Event:
     total: int = 0
     in_room: int = 0
     out_room: int = 0
+    # COMPUTING only: the step the Run resumed at from the request's
+    # checkpoint (section 8.4), 0 when it began at the start.
+    resumed: int = 0
 
 
 class Released(Exception):
@@ -126,9 +129,23 @@ class Reporter:
         self._computing = False
         self._reported = False
         self._done = 0  # the last done reported
+        self._resumed = 0  # the step the Run resumed at (ctx.resume), 0 if none
 
     def publish(self, stage: int, done: int = 0, total: int = 0) -> None:
-        self._hub.publish(self, Event(self._request, stage, done, total, self._in, self._out))
+        resumed = self._resumed if stage == COMPUTING else 0
+        self._hub.publish(self, Event(self._request, stage, done, total, self._in, self._out, resumed))
+
+    def resumed_at(self, step: int, total: int) -> None:
+        """The Run resumed at step of total from its checkpoint: COMPUTING
+        step of total, resumed step, and every later COMPUTING event says
+        so. The steps up to it count as done, not as work done now."""
+        with self._lock:
+            if not self._computing:
+                return
+            self._reported = True
+            self._resumed = int(step)
+            self._done = max(self._done, int(step))
+            self.publish(COMPUTING, int(step), int(total))
 
     def start_computing(self) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from .progress import Released
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from .api import Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase, Request
+from .checkpoint import RunCheckpointer
 from .executor import Inline, Stopped
 from .tensor import Spec, SpecError, as_array, numpy_dtype, to_torch
 from ._proto.phasedv1 import common_pb2, phase_pb2
@@ -84,7 +85,7 @@ class Status:
 
 def request_of(msg) -> Request:
     return Request(id=msg.id, prompt=msg.prompt, seed=msg.seed, steps=msg.steps, artifact_dir=msg.artifact_dir,
-                   no_sync=msg.no_sync)
+                   no_sync=msg.no_sync, checkpoint_path=msg.checkpoint.path, checkpoint_every=msg.checkpoint.every)
 
 
 def reason(exc: BaseException) -> str:
@@ -383,7 +384,11 @@ class Runtime:
                 outs.free()
 
     def _compute_and_send(self, mgr, rep, request, out_room, cancel, log, inputs, outs) -> RunResult:
-        ctx = Context(log, cancel, rep.report, allocator=outs, arrays=self.phase.arrays)
+        ckpt = None
+        if request.checkpoint_path and request.checkpoint_every > 0:
+            ckpt = RunCheckpointer(request.checkpoint_path, request.checkpoint_every, request.id,
+                                   list(inputs.values()), log, rep.resumed_at, self.phase.arrays)
+        ctx = Context(log, cancel, rep.report, allocator=outs, arrays=self.phase.arrays, checkpointer=ckpt)
 
         def compute(inputs):
             # COMPUTING only once the executor runs it: a Run queued behind
@@ -411,6 +416,8 @@ class Runtime:
             raise RuntimeError(reason(e)) from None
         finally:
             del inputs
+            if ckpt is not None:
+                ckpt.close()  # nor does it hold the inputs' memory
         if not out_room:
             if not isinstance(out, Artifact):
                 raise RuntimeError("the last phase of the pipeline returned no artifact")
@@ -644,7 +651,7 @@ class Service:
                 if ev is None:
                     return
                 yield phase_pb2.ProgressEvent(request=ev.request, stage=ev.stage, done=ev.done, total=ev.total,
-                                              in_room=ev.in_room, out_room=ev.out_room)
+                                              in_room=ev.in_room, out_room=ev.out_room, resumed=ev.resumed)
         finally:
             stream.close()
 

@@ -22,7 +22,7 @@ from cryptography import x509
 
 import phased
 from phased import log as plog
-from phased import plugin, progress
+from phased import checkpoint, plugin, progress
 from phased.runtime import Runtime, Service, reason
 from phased._proto.phasedv1 import phase_pb2
 
@@ -298,6 +298,122 @@ def test_run_errors(tmp_path):
     assert ("remove", 8) in managers2[0].calls
     stages = [stream.next(lambda: True, 0.01).stage for _ in range(2)]
     assert stages == [progress.WAITING, progress.FINISHED]
+
+
+class Stepper(Scale):
+    """Adds 1 to x in each of request.steps steps, resuming from and
+    saving its checkpoint as a denoiser does."""
+
+    def __init__(self):
+        super().__init__()
+        self.ran = []  # the steps each Run computed
+        self.saved = []  # the steps each Run's checkpoint saved after
+
+    def run(self, ctx, request, inputs):
+        step, state = ctx.resume(request.steps)
+        x = state["x"] if step else inputs["x"].copy()
+        ran, saved = [], []
+        for i in range(step, request.steps):
+            x = x + 1
+            ran.append(i + 1)
+            ctx.progress(i + 1, request.steps)
+            if ctx.checkpoint(i + 1, request.steps, {"x": x}):
+                saved.append(i + 1)
+        self.ran.append(ran)
+        self.saved.append(saved)
+        return {"x": x}
+
+
+class _GRPCCtx:
+    """A gRPC context for Service calls: active, never cancelled."""
+
+    def add_callback(self, fn):
+        pass
+
+    def is_active(self):
+        return True
+
+    def abort(self, code, details):
+        raise AssertionError((code, details))
+
+
+def run_checkpointed(svc, manager, request_id, x, rooms, path="", every=0, steps=20):
+    """A Run of request_id through the Service, its RunRequest as the
+    supervisor sends it; the out room's x."""
+    deliver(svc.rt, manager, rooms[0], [x])
+    req = phase_pb2.Request(id=request_id, steps=steps)
+    if path:
+        req.checkpoint.CopyFrom(phase_pb2.Checkpoint(path=path, every=every))
+    svc.Run(phase_pb2.RunRequest(request=req, in_room=rooms[0], out_room=rooms[1]), _GRPCCtx())
+    return manager.sent[rooms[1]]["x"]
+
+
+def test_run_saves_and_resumes_checkpoints(tmp_path, caplog):
+    phase = Stepper()
+    rt, managers = runtime(phase, tmp_path)
+    svc = Service(rt)
+    configure(rt, tmp_path)
+    path = str(tmp_path / "ckpt" / "t.ckpt")
+    os.mkdir(tmp_path / "ckpt")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # The Progress stream, as the supervisor reads it: open once a Run's
+    # latest event is there to read.
+    rt.hub.publish("open", progress.Event("open", progress.WAITING))
+    stream = svc.Progress(phase_pb2.ProgressRequest(), _GRPCCtx())
+    assert next(stream).request == "open"
+    rt.hub.publish("open", progress.Event("open", progress.FINISHED))
+    # A first attempt: every 5 of 20 steps, saves after 5, 10 and 15.
+    first = run_checkpointed(svc, managers[0], "r1", x, (5, 6), path, 5)
+    np.testing.assert_array_equal(first, x + 20)
+    assert phase.ran[0] == list(range(1, 21)) and phase.saved[0] == [5, 10, 15]
+    h, tensors = checkpoint.read(path)
+    assert (h.request, h.step, h.total, h.inputs) == ("r1", 15, 20, (phased.checksum(x),))
+    assert dict(tensors)["x"].tobytes() == (x + 15).tobytes()
+    assert os.listdir(tmp_path / "ckpt") == ["t.ckpt"]
+    with open(path, "rb") as f:
+        r1_at_15 = f.read()
+    units = rt.hub.units
+    # The next attempt of the request resumes after step 15: the same bytes.
+    again = run_checkpointed(svc, managers[0], "r1", x, (7, 8), path, 5)
+    assert again.tobytes() == first.tobytes()
+    assert phase.ran[1] == [16, 17, 18, 19, 20] and phase.saved[1] == []
+    assert rt.hub.units == units + 5, "the steps resumed are not counted as work done"
+    rt.hub.close()
+    C, S = progress.COMPUTING, progress.SENDING
+    got = [(ev.stage, ev.done, ev.total, ev.resumed) for ev in stream if ev.in_room == 7]
+    assert got == [(progress.WAITING, 0, 0, 0), (C, 0, 1, 0), (C, 15, 20, 15)] + \
+        [(C, d, 20, 15) for d in range(16, 21)] + [(S, 0, 0, 0), (progress.FINISHED, 0, 0, 0)]
+    # Another request, or other inputs, with that file: a warning, and from step 0.
+    caplog.set_level(logging.WARNING)
+    for request_id, inputs, rooms, why in [("r2", x, (9, 10), "it is request r1's, not r2's"),
+                                           ("r1", x + 1, (11, 12), "saved by a Run with other inputs")]:
+        with open(path, "wb") as f:
+            f.write(r1_at_15)
+        caplog.clear()
+        out = run_checkpointed(svc, managers[0], request_id, inputs, rooms, path, 5)
+        np.testing.assert_array_equal(out, inputs + 20)
+        assert phase.ran[-1] == list(range(1, 21))
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and why in warned[0].why and warned[0].request == request_id
+        assert warned[0].getMessage() == "not resuming from the checkpoint: starting from step 0"
+        assert phase.saved[-1] == [5, 10, 15] and checkpoint.read(path)[0].request == request_id
+
+
+def test_run_without_checkpoint(tmp_path):
+    phase = Stepper()
+    rt, managers = runtime(phase, tmp_path)
+    svc = Service(rt)
+    configure(rt, tmp_path)
+    x = np.zeros((2, 3), np.float32)
+    np.testing.assert_array_equal(run_checkpointed(svc, managers[0], "r1", x, (5, 6), steps=20), x + 20)
+    assert phase.saved == [[]] and os.listdir(tmp_path) == []
+    # A path without every, and every without a path, are no checkpoints.
+    run_checkpointed(svc, managers[0], "r1", x, (7, 8), str(tmp_path / "c.ckpt"), 0)
+    assert phase.saved[-1] == [] and os.listdir(tmp_path) == []
+    from phased.runtime import request_of
+    req = request_of(phase_pb2.Request(id="r", checkpoint=phase_pb2.Checkpoint(path="/c/t.ckpt", every=4)))
+    assert (req.checkpoint_path, req.checkpoint_every) == ("/c/t.ckpt", 4)
+    assert (request_of(phase_pb2.Request(id="r")).checkpoint_path, phased.Request("r").checkpoint_every) == ("", 0)
 
 
 def test_release_cancels_runs(tmp_path):

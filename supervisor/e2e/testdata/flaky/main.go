@@ -10,6 +10,9 @@
 //	        "slow" param sets the time, and with serial = "true" one
 //	        instance runs one such Run at a time (as a GPU would)
 //
+// With the "pace" param (a duration), every step the transformer reports
+// waits that long first, so that a test can act between two steps.
+//
 // Everything else, and every retry but a poison one's, is the transformer's, so that retried
 // requests still produce the reference artifact. Its Load (the readiness
 // stage) takes as long as the "load" param says ("0s" by default) and
@@ -41,6 +44,7 @@ type flaky struct {
 	slow       time.Duration // a "slow:" Run's wait
 	serial     sync.Mutex    // held through a "slow:" Run's wait, with serial = "true"
 	oneAtATime bool
+	pace       time.Duration // before each step reported
 }
 
 func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
@@ -61,6 +65,13 @@ func (f *flaky) Configure(ctx context.Context, cfg sdk.Config) error {
 		f.slow = d
 	}
 	f.oneAtATime = cfg.Params["serial"] == "true"
+	if v := cfg.Params["pace"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("pace: %w", err)
+		}
+		f.pace = d
+	}
 	params := maps.Clone(cfg.Params)
 	for _, k := range ownParams {
 		delete(params, k)
@@ -132,6 +143,18 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 			return sdk.Output{}, errors.Join(errors.New("slow: cancelled"), ctx.Err())
 		}
 	}
+	if f.pace > 0 {
+		outer := ctx
+		ctx = sdk.WithReporter(ctx, func(done, total int) {
+			t := time.NewTimer(f.pace)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-outer.Done():
+			}
+			sdk.ReportProgress(outer, done, total)
+		})
+	}
 	return f.Phase.Run(ctx, req, in)
 }
 
@@ -143,7 +166,7 @@ func (f *flaky) Info(ctx context.Context) (sdk.Info, error) {
 }
 
 // ownParams are this plugin's params, not the transformer's.
-var ownParams = []string{"marker_dir", "load", "load_error", "slow", "serial"}
+var ownParams = []string{"marker_dir", "load", "load_error", "slow", "serial", "pace"}
 
 func main() { phase.Serve(&flaky{Phase: transformer.New()}) }
 
