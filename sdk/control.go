@@ -111,6 +111,14 @@ type InstanceConfig struct {
 	// or DeviceCUDA, which enables cuda rooms on the first GPU the
 	// process sees (CUDA_VISIBLE_DEVICES picks it).
 	Device string
+	// MaxRooms and MaxInputBytes bound the receiver rooms with buffers,
+	// and the bytes of those buffers, that the instance holds at once;
+	// an OpenRoom beyond either fails with ErrNoCredit. 0: no limit.
+	MaxRooms      int
+	MaxInputBytes int64
+	// Batch, for a phase that batches (BatchPhase), overrides its
+	// BatchLimits when MaxSize is above 0; MaxSize 1 turns batching off.
+	Batch BatchLimits
 }
 
 // Where an instance holds its buffers.

@@ -29,12 +29,16 @@ func (p *phaseClient) Info(ctx context.Context) (Info, error) {
 
 func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 	_, err := p.c.Configure(ctx, &phasedv1.ConfigureRequest{
-		Instance:      cfg.Instance,
-		RunDir:        cfg.RunDir,
-		Params:        cfg.Params,
-		ZmqHost:       cfg.ZMQHost,
-		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
-		Device:        cfg.Device,
+		Instance:       cfg.Instance,
+		RunDir:         cfg.RunDir,
+		Params:         cfg.Params,
+		ZmqHost:        cfg.ZMQHost,
+		PeerTimeoutMs:  cfg.PeerTimeout.Milliseconds(),
+		Device:         cfg.Device,
+		MaxRooms:       int32(cfg.MaxRooms),
+		MaxInputBytes:  cfg.MaxInputBytes,
+		BatchMaxSize:   int32(cfg.Batch.MaxSize),
+		BatchMaxWaitMs: cfg.Batch.MaxWait.Milliseconds(),
 	})
 	return p.rpcError(ctx, err)
 }
@@ -164,12 +168,15 @@ func (s *phaseServer) Info(ctx context.Context, _ *phasedv1.InfoRequest) (*phase
 
 func (s *phaseServer) Configure(ctx context.Context, req *phasedv1.ConfigureRequest) (*phasedv1.ConfigureResponse, error) {
 	err := s.impl.Configure(ctx, InstanceConfig{
-		Instance:    req.GetInstance(),
-		RunDir:      req.GetRunDir(),
-		Params:      req.GetParams(),
-		ZMQHost:     req.GetZmqHost(),
-		PeerTimeout: time.Duration(req.GetPeerTimeoutMs()) * time.Millisecond,
-		Device:      req.GetDevice(),
+		Instance:      req.GetInstance(),
+		RunDir:        req.GetRunDir(),
+		Params:        req.GetParams(),
+		ZMQHost:       req.GetZmqHost(),
+		PeerTimeout:   time.Duration(req.GetPeerTimeoutMs()) * time.Millisecond,
+		Device:        req.GetDevice(),
+		MaxRooms:      int(req.GetMaxRooms()),
+		MaxInputBytes: req.GetMaxInputBytes(),
+		Batch:         BatchLimits{MaxSize: int(req.GetBatchMaxSize()), MaxWait: time.Duration(req.GetBatchMaxWaitMs()) * time.Millisecond},
 	})
 	if err != nil {
 		return nil, statusError(err)

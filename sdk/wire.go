@@ -47,6 +47,8 @@ func (e *RemoteError) Is(target error) bool {
 		return !e.gone && !e.cancelled && (e.Code == codes.DeadlineExceeded || e.Code == codes.Canceled)
 	case ErrInvalid:
 		return e.Code == codes.InvalidArgument
+	case ErrNoCredit:
+		return e.Code == codes.ResourceExhausted
 	case context.Canceled:
 		return e.Code == codes.Canceled
 	case context.DeadlineExceeded:
@@ -87,12 +89,20 @@ func statusError(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrNoCredit):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return status.Error(codes.Unknown, err.Error())
 }
 
 // ErrInvalid is wrapped by errors about a malformed call to a plugin.
 var ErrInvalid = errors.New("invalid argument")
+
+// ErrNoCredit is wrapped by the error of an OpenRoom as receiver that
+// would pass the instance's credits (InstanceConfig.MaxRooms,
+// MaxInputBytes): the request is to be placed elsewhere or later, not
+// failed (docs/protocol.md 2.4).
+var ErrNoCredit = errors.New("no credit")
 
 func infoToProto(i Info) *phasedv1.InfoResponse {
 	r := &phasedv1.InfoResponse{Name: i.Name, Kind: string(i.Kind), Version: i.Version, Features: i.Features}

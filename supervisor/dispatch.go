@@ -44,6 +44,16 @@ func (s *Supervisor) process(r *request) {
 		budget := retryBudget{retries: s.cfg.Retries, poison: cmp.Or(s.cfg.PoisonCrashes, config.DefaultPoisonCrashes)}
 		for n := 0; ; n++ {
 			art, err = s.dispatch(r, n)
+			if r.ctx.Err() == nil {
+				again, end := s.refused(r, err)
+				if end != nil {
+					err = end
+					break
+				}
+				if again {
+					continue
+				}
+			}
 			var ie *InstanceError
 			if err == nil || r.ctx.Err() != nil || !errors.As(err, &ie) {
 				break
@@ -134,6 +144,8 @@ type attempt struct {
 	mu       sync.Mutex
 	returned []bool
 	refills  []*life
+	// creditWait: it has said that it waits for credit (waitingForCredit).
+	creditWait bool
 }
 
 // roomSide is one side of a hop's room on one instance process. It is
@@ -236,6 +248,15 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 		}
 		if !waiting {
 			s.schedMu.Lock()
+			// Rooms are reserved under schedMu: past this check credits
+			// only grow until the decision is made (but for a refusal).
+			if full := s.creditless(); full != "" {
+				s.schedMu.Unlock()
+				a.waitingForCredit(full)
+				waiting = true
+			}
+		}
+		if !waiting {
 			chosen, err := s.schedule(a.ctx, a.r.id, a.r.sub.Key)
 			if err == nil {
 				a.lives = make([]*life, len(chosen))
@@ -249,8 +270,9 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 			}
 			s.schedMu.Unlock()
 			// An instance may have gone away between the check and the
-			// decision: wait for it, unless nothing is coming back.
-			if w, _ := s.unservable(); !w {
+			// decision, or refused a room: wait for it, unless nothing
+			// is coming back.
+			if w, _ := s.unservable(); !w && s.creditless() == "" {
 				return nil, nil, err
 			}
 		}
@@ -286,6 +308,7 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 		a.sides = append(a.sides, newRoomSide(a.lives[i], rooms[i], sdk.RoleSender), newRoomSide(a.lives[i+1], rooms[i], sdk.RoleReceiver))
 		chosen[i].rooms.Add(1)
 		chosen[i+1].rooms.Add(1)
+		chosen[i+1].recv.Add(1)
 	}
 	r.mu.Unlock()
 	return rooms
@@ -373,7 +396,7 @@ func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, 
 		err = l.awaitExit(err)
 	}
 	if err != nil {
-		return "", fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err))
+		return "", asRefused(l.in, fmt.Errorf("phase %s (%s): open room %d as %s: %w", l.in.phase, l.in.id, room, role, l.explain(err)))
 	}
 	return ep, nil
 }
@@ -626,6 +649,9 @@ func (side *roomSide) end(remove func()) {
 			remove()
 		}
 		side.l.in.rooms.Add(-1)
+		if side.role == sdk.RoleReceiver {
+			side.l.in.creditBack()
+		}
 		close(side.gone)
 	})
 }

@@ -51,7 +51,13 @@ type instance struct {
 
 	cur      atomic.Pointer[life] // the process filling the slot now
 	inflight atomic.Int64
-	rooms    atomic.Int64  // rooms the supervisor opened and has not removed
+	rooms    atomic.Int64 // rooms the supervisor opened and has not removed
+	// recv counts those of them it receives on (its credits, credit.go);
+	// refusing is set when it refused a room, and cleared when one of
+	// its receiver rooms is removed: it is offered nothing meanwhile.
+	recv     atomic.Int64
+	refusing atomic.Bool
+	credit   func()        // wakes the requests that wait for credit (Supervisor.readyChanged)
 	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
 
 	restart *restarter // the phase's restart rule, applied to this slot
@@ -463,6 +469,10 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 		proc.kill()
 		return nil, err
 	}
+	if in.cfg.Batch.MaxSize > 1 && !proc.info.Has(sdk.FeatureBatch) {
+		proc.kill()
+		return nil, fmt.Errorf("instance %s: phase %s has a batch block, but its plugin %s does not batch (its Info lists no %q feature): remove the block", in.id, in.phase, in.cfg.Plugin, sdk.FeatureBatch)
+	}
 	cctx, cancel := context.WithTimeout(ctx, in.cfg.StartTimeout)
 	defer cancel()
 	// Params the plugin can check before it loads are checked first, so
@@ -474,6 +484,8 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	err = l.ctl.Configure(cctx, sdk.InstanceConfig{
 		Instance: in.id, RunDir: in.dir, Params: s.cfg.PhaseParams(in.cfg),
 		ZMQHost: in.cfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: in.cfg.Device,
+		MaxRooms: in.cfg.MaxRooms, MaxInputBytes: in.cfg.MaxInputBytes,
+		Batch: sdk.BatchLimits{MaxSize: in.cfg.Batch.MaxSize, MaxWait: in.cfg.Batch.MaxWait},
 	})
 	if err != nil {
 		proc.kill()
@@ -524,7 +536,7 @@ func (s *Supervisor) startInstance(ctx context.Context, ph *phase, i int) (*inst
 func (s *Supervisor) newInstance(ph *phase, i int) *instance {
 	id := fmt.Sprintf("%s-%d", ph.cfg.Name, i)
 	return &instance{id: id, index: i, phase: ph.cfg.Name, stage: ph.stage, cfg: ph.cfg, path: ph.path,
-		dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(ph.cfg.Restart)}
+		dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(ph.cfg.Restart), credit: s.readyChanged}
 }
 
 // goLive makes l the instance's process, ready, and watches it. in.mu is

@@ -48,7 +48,7 @@ func (ph *phase) candidates() sdk.PhaseCandidates {
 		pc.Candidates = append(pc.Candidates, sdk.Candidate{
 			ID:            in.id,
 			Index:         in.index,
-			Ready:         in.currentState() == stateReady,
+			Ready:         in.currentState() == stateReady && in.hasCredit(),
 			OpenRooms:     int(in.rooms.Load()),
 			Inflight:      int(in.inflight.Load()),
 			LatencyEWMAms: in.latencyMs(),
@@ -76,6 +76,8 @@ func (ph *phase) chosen(policy, id string) (*instance, error) {
 		return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", policy, id, ph.cfg.Name)
 	case in.currentState() != stateReady:
 		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", policy, in.id, ph.cfg.Name, in.currentState())
+	case !in.hasCredit():
+		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which can accept no more rooms (its credits, max_rooms %d)", policy, in.id, ph.cfg.Name, in.cfg.MaxRooms)
 	}
 	return in, nil
 }

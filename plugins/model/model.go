@@ -144,50 +144,91 @@ func DenoiseEach(ctx context.Context, p Params, cond, latent []float32, steps in
 // the state of the steps is the latent alone, which is what a resumed Run
 // takes from its checkpoint.
 func DenoiseFrom(ctx context.Context, p Params, cond, latent []float32, from, steps int, step func(done, total int)) error {
-	if err := p.Validate(); err != nil {
-		return err
-	}
-	if steps < 0 {
-		return fmt.Errorf("%w: got %d", ErrBadSteps, steps)
-	}
-	if from < 0 || from > steps {
-		return fmt.Errorf("%w: resuming after step %d of %d", ErrBadSteps, from, steps)
-	}
-	if len(cond) != p.contextLen() {
-		return fmt.Errorf("%w: context has %d values, want %d for %s", ErrBadLength, len(cond), p.contextLen(), ContextSpec(p))
-	}
-	if len(latent) != p.latentLen() {
-		return fmt.Errorf("%w: latent has %d values, want %d for %s", ErrBadLength, len(latent), p.latentLen(), LatentSpec(p))
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if from == steps {
-		return nil
-	}
-	target, err := targets(ctx, p, cond)
+	d, err := NewDenoiser(ctx, p, cond, latent, from, steps)
 	if err != nil {
 		return err
 	}
-	plane := p.Frames * p.Height * p.Width
-	for i := from; i < steps; i++ {
-		a := 1 / float32(steps-i+1)
-		k := a * 0.125
-		for c := range p.Channels {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			xs := latent[c*plane : (c+1)*plane]
-			ts := target[c*plane : (c+1)*plane]
-			ts = ts[:len(xs)]
-			for j, x := range xs {
-				xs[j] = x + float32(a*(ts[j]-x)) + float32(k*min(max(x, -1), 1))
-			}
+	for !d.Done() {
+		if err := d.Step(ctx); err != nil {
+			return err
 		}
 		if step != nil {
-			step(i+1, steps)
+			step(d.Steps(), steps)
 		}
 	}
+	return nil
+}
+
+// Denoiser runs Denoise's steps over one latent one at a time, so that a
+// batch of requests can be denoised in lockstep, a step of each in turn;
+// every latent is the same as Denoise's, bit for bit.
+type Denoiser struct {
+	p              Params
+	latent, target []float32
+	done, steps    int
+}
+
+// NewDenoiser returns the Denoiser of latent, which from of steps steps
+// have refined already (0 <= from <= steps), conditioned on cond; it
+// computes the targets, checking ctx as Denoise does.
+func NewDenoiser(ctx context.Context, p Params, cond, latent []float32, from, steps int) (*Denoiser, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if steps < 0 {
+		return nil, fmt.Errorf("%w: got %d", ErrBadSteps, steps)
+	}
+	if from < 0 || from > steps {
+		return nil, fmt.Errorf("%w: resuming after step %d of %d", ErrBadSteps, from, steps)
+	}
+	if len(cond) != p.contextLen() {
+		return nil, fmt.Errorf("%w: context has %d values, want %d for %s", ErrBadLength, len(cond), p.contextLen(), ContextSpec(p))
+	}
+	if len(latent) != p.latentLen() {
+		return nil, fmt.Errorf("%w: latent has %d values, want %d for %s", ErrBadLength, len(latent), p.latentLen(), LatentSpec(p))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	d := &Denoiser{p: p, latent: latent, done: from, steps: steps}
+	if from == steps {
+		return d, nil
+	}
+	var err error
+	if d.target, err = targets(ctx, p, cond); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Done reports whether every step has run.
+func (d *Denoiser) Done() bool { return d.done >= d.steps }
+
+// Steps returns the steps done, those it was resumed after included.
+func (d *Denoiser) Steps() int { return d.done }
+
+// Step runs the next step; it returns ctx.Err() as soon as ctx is done
+// (checked before each channel), leaving the latent partly refined.
+func (d *Denoiser) Step(ctx context.Context) error {
+	if d.Done() {
+		return nil
+	}
+	p, i := d.p, d.done
+	plane := p.Frames * p.Height * p.Width
+	a := 1 / float32(d.steps-i+1)
+	k := a * 0.125
+	for c := range p.Channels {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		xs := d.latent[c*plane : (c+1)*plane]
+		ts := d.target[c*plane : (c+1)*plane]
+		ts = ts[:len(xs)]
+		for j, x := range xs {
+			xs[j] = x + float32(a*(ts[j]-x)) + float32(k*min(max(x, -1), 1))
+		}
+	}
+	d.done++
 	return nil
 }
 

@@ -89,15 +89,73 @@ func (t *Phase) Inputs(context.Context, sdk.Request) ([]tensor.Spec, error) {
 // ctx is done, and one wrapping model.ErrBadInput when the inputs do not
 // match the params.
 func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) {
+	r, err := t.start(ctx, req, in)
+	if err != nil {
+		return sdk.Output{}, err
+	}
+	for !r.d.Done() {
+		if err := r.step(ctx); err != nil {
+			return sdk.Output{}, err
+		}
+	}
+	return r.output(), nil
+}
+
+// BatchLimits are the transformer's batching defaults: a batch of one,
+// that is none (each request computes alone, concurrently with the
+// others), unless the config's batch { max_size } asks for more.
+func (t *Phase) BatchLimits() sdk.BatchLimits { return sdk.BatchLimits{MaxSize: 1} }
+
+// RunBatch denoises the items in lockstep, a step of each in turn, as a
+// GPU runs a batch; each item's latent is the one Run gives it, bit for
+// bit, with its own progress, checkpoints, resume and cancellation. An
+// item that fails leaves the batch; the others go on.
+func (t *Phase) RunBatch(_ context.Context, items []sdk.BatchItem) []sdk.BatchResult {
+	res := make([]sdk.BatchResult, len(items))
+	runs := make([]*run, len(items))
+	for i, it := range items {
+		runs[i], res[i].Err = t.start(it.Ctx, it.Request, it.Inputs)
+	}
+	for live := true; live; {
+		live = false
+		for i, r := range runs {
+			if res[i].Err != nil || r.d.Done() {
+				continue
+			}
+			res[i].Err = r.step(items[i].Ctx)
+			live = live || res[i].Err == nil && !r.d.Done()
+		}
+	}
+	for i, r := range runs {
+		if res[i].Err == nil {
+			res[i].Output = r.output()
+		}
+	}
+	return res
+}
+
+// run is one request's denoising: its latent and where it is.
+type run struct {
+	set *settings
+	req sdk.Request
+	ctx context.Context // the Run's, for progress and checkpoints
+	in  []tensor.Tensor
+	out tensor.Tensor
+	d   *model.Denoiser
+}
+
+// start checks a request's inputs and prepares its latent: a copy of
+// the input latent, or the state of its checkpoint when it resumes.
+func (t *Phase) start(ctx context.Context, req sdk.Request, in []tensor.Tensor) (*run, error) {
 	set := t.settings()
 	p := set.params
 	if err := model.CheckInputs([]tensor.Spec{model.ContextSpec(p), model.LatentSpec(p)}, in); err != nil {
-		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	// In memory that the hop to the decoder lends instead of copying.
 	out, err := sdk.Alloc(ctx, model.LatentSpec(p))
 	if err != nil {
-		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	// A retry of a request whose instance died resumes from the latent
 	// of its last checkpoint, if it has one.
@@ -109,19 +167,34 @@ func (t *Phase) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 		from = 0
 		copy(out.Data, in[1].Data)
 	}
-	step := func(done, total int) {
-		if _, err := sdk.Checkpoint(ctx, done, total, out); err != nil {
-			set.log.Warn("checkpoint not saved", "request", req.ID, "step", done, "error", err)
-		}
-		sdk.ReportProgress(ctx, done, total)
+	d, err := model.NewDenoiser(ctx, p, in[0].Float32s(), out.Float32s(), from, req.Steps)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
-	if err := model.DenoiseFrom(ctx, p, in[0].Float32s(), out.Float32s(), from, req.Steps, step); err != nil {
-		return sdk.Output{}, fmt.Errorf("%s: %w", Name, err)
+	return &run{set: set, req: req, ctx: ctx, in: in, out: out, d: d}, nil
+}
+
+// step runs the request's next step, saves a checkpoint when one is due
+// and reports it.
+func (r *run) step(ctx context.Context) error {
+	if err := r.d.Step(ctx); err != nil {
+		return fmt.Errorf("%s: %w", Name, err)
 	}
-	set.log.Debug("denoised", "request", req.ID, "steps", req.Steps)
-	// The context is an input view; the SDK sends outputs before it
-	// releases inputs, so passing it on needs no copy.
-	return sdk.Output{Tensors: []tensor.Tensor{in[0], out}}, nil
+	done, total := r.d.Steps(), r.req.Steps
+	if _, err := sdk.Checkpoint(r.ctx, done, total, r.out); err != nil {
+		r.set.log.Warn("checkpoint not saved", "request", r.req.ID, "step", done, "error", err)
+	}
+	sdk.ReportProgress(r.ctx, done, total)
+	if r.d.Done() {
+		r.set.log.Debug("denoised", "request", r.req.ID, "steps", total)
+	}
+	return nil
+}
+
+// output is the context, passed on as it came (an input view: the SDK
+// sends outputs before it releases inputs, so no copy), and the latent.
+func (r *run) output() sdk.Output {
+	return sdk.Output{Tensors: []tensor.Tensor{r.in[0], r.out}}
 }
 
 // Params returns the model params in use: DefaultParams until Configure.
@@ -135,6 +208,7 @@ func (t *Phase) settings() *settings {
 }
 
 var (
+	_ sdk.BatchPhase      = (*Phase)(nil)
 	_ sdk.Phase           = (*Phase)(nil)
 	_ sdk.Configurer      = (*Phase)(nil)
 	_ sdk.ParamsValidator = (*Phase)(nil)

@@ -203,3 +203,48 @@ func TestRunResumes(t *testing.T) {
 		t.Fatalf("with an odd state: %v, saved %d", err, len(odd.saved))
 	}
 }
+
+// TestRunBatch: a batch of requests with other steps, one resuming from
+// its checkpoint and one cancelled, gives each the latent Run gives it,
+// and the cancelled one its error alone.
+func TestRunBatch(t *testing.T) {
+	reqs := []sdk.Request{{ID: "a", Prompt: "a", Seed: 1, Steps: 7}, {ID: "b", Prompt: "b", Seed: 2, Steps: 20}, {ID: "c", Prompt: "c", Seed: 3, Steps: 3}, {ID: "d", Prompt: "d", Seed: 4, Steps: 5}}
+	tr := transformer.New()
+	var want [][]byte
+	var items []sdk.BatchItem
+	for _, req := range reqs {
+		in := encode(t, nil, req)
+		out, err := tr.Run(context.Background(), req, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, out.Tensors[1].Data)
+		items = append(items, sdk.BatchItem{Ctx: context.Background(), Request: req, Inputs: in})
+	}
+	// b resumes after step 10 of its 20, from the latent a Run saved.
+	saver := &memCheckpointer{every: 5, saved: map[int][]byte{}}
+	if _, err := tr.Run(sdk.WithCheckpointer(context.Background(), saver), reqs[1], items[1].Inputs); err != nil {
+		t.Fatal(err)
+	}
+	spec := model.LatentSpec(model.DefaultParams())
+	resume := &memCheckpointer{every: 5, saved: map[int][]byte{}, from: 10, state: []tensor.Tensor{{Spec: spec, Data: saver.saved[10]}}}
+	items[1].Ctx = sdk.WithCheckpointer(context.Background(), resume)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	items[3].Ctx = cancelled
+	res := tr.RunBatch(context.Background(), items)
+	if len(res) != 4 {
+		t.Fatalf("%d results", len(res))
+	}
+	for i := range 3 {
+		if res[i].Err != nil || !bytes.Equal(res[i].Output.Tensors[1].Data, want[i]) {
+			t.Fatalf("item %s: %v, or its latent differs from Run's", reqs[i].ID, res[i].Err)
+		}
+	}
+	if !errors.Is(res[3].Err, context.Canceled) {
+		t.Fatalf("the cancelled item: %v", res[3].Err)
+	}
+	if len(resume.saved) != 1 || resume.saved[15] == nil {
+		t.Fatalf("the resumed item saved after %v, want 15 alone", slices.Sorted(maps.Keys(resume.saved)))
+	}
+}

@@ -121,6 +121,12 @@ func TestAllocWithoutRuntime(t *testing.T) {
 // in memory, with a transfer manager beside it as its peer; both are
 // released when the test ends.
 func withPeer(t *testing.T, p sdk.Phase, id string) (*Runtime, *transfer.Manager) {
+	return withPeerConfig(t, p, sdk.InstanceConfig{Instance: id})
+}
+
+// withPeerConfig is withPeer with the runtime configured by cfg (its
+// RunDir made here).
+func withPeerConfig(t *testing.T, p sdk.Phase, cfg sdk.InstanceConfig) (*Runtime, *transfer.Manager) {
 	t.Helper()
 	dir, err := os.MkdirTemp("/dev/shm", "alloctest")
 	if err != nil {
@@ -128,7 +134,8 @@ func withPeer(t *testing.T, p sdk.Phase, id string) (*Runtime, *transfer.Manager
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	r := New(p, nil)
-	if err := r.Configure(context.Background(), sdk.InstanceConfig{Instance: id, RunDir: dir}); err != nil {
+	cfg.RunDir = dir
+	if err := r.Configure(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Release(context.Background()) })

@@ -33,6 +33,8 @@ type Runtime struct {
 	// the time their phase's Run computed, in all.
 	runsOK, runsFailed atomic.Uint64
 	computeNanos       atomic.Int64
+	credits            credits
+	batch              *batcher // a phase that batches (sdk.BatchPhase), from Configure; else nil
 
 	mu       sync.Mutex
 	mgr      *transfer.Manager // nil until Configure
@@ -68,6 +70,9 @@ func (r *Runtime) Info(ctx context.Context) (sdk.Info, error) {
 	if err == nil && !info.Has(sdk.FeatureStandbyReceiver) {
 		info.Features = append(slices.Clip(info.Features), sdk.FeatureStandbyReceiver)
 	}
+	if _, ok := r.phase.(sdk.BatchPhase); ok && err == nil && !info.Has(sdk.FeatureBatch) {
+		info.Features = append(slices.Clip(info.Features), sdk.FeatureBatch)
+	}
 	return info, err
 }
 
@@ -87,6 +92,15 @@ func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
 	case "", sdk.DeviceCPU, sdk.DeviceCUDA:
 	default:
 		return fmt.Errorf("%w: device %q: want %q or %q", sdk.ErrInvalid, cfg.Device, sdk.DeviceCPU, sdk.DeviceCUDA)
+	}
+	bp, batches := r.phase.(sdk.BatchPhase)
+	switch {
+	case cfg.MaxRooms < 0 || cfg.MaxInputBytes < 0:
+		return fmt.Errorf("%w: max_rooms %d, max_input_bytes %d: want 0 (no limit) or more", sdk.ErrInvalid, cfg.MaxRooms, cfg.MaxInputBytes)
+	case cfg.Batch.MaxSize < 0 || cfg.Batch.MaxSize > MaxBatch || cfg.Batch.MaxWait < 0:
+		return fmt.Errorf("%w: batch max size %d, max wait %s: want 0 to %d, and 0 or more", sdk.ErrInvalid, cfg.Batch.MaxSize, cfg.Batch.MaxWait, MaxBatch)
+	case cfg.Batch.MaxSize > 1 && !batches:
+		return fmt.Errorf("%w: batch max size %d: the phase does not batch (it implements no sdk.BatchPhase)", sdk.ErrInvalid, cfg.Batch.MaxSize)
 	}
 	logger := r.logger.Named(cfg.Instance)
 	mgr, err := transfer.New(transfer.Config{
@@ -111,6 +125,17 @@ func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
 		}
 	}
 	r.mgr, r.instance = mgr, cfg.Instance
+	r.credits.set(cfg)
+	if batches {
+		limits := bp.BatchLimits()
+		if cfg.Batch.MaxSize > 0 {
+			limits = cfg.Batch
+		}
+		if limits.MaxSize = min(limits.MaxSize, MaxBatch); limits.MaxSize > 1 {
+			r.batch = newBatcher(bp, limits, r)
+			logger.Info("batching", "max_size", limits.MaxSize, "max_wait", limits.MaxWait)
+		}
+	}
 	r.loaded = make(chan struct{})
 	logger.Info("configured", "run_dir", cfg.RunDir)
 	l, ok := r.phase.(sdk.Loader)
@@ -239,7 +264,20 @@ func (r *Runtime) OpenRoom(ctx context.Context, spec sdk.RoomSpec) (string, erro
 		if err != nil {
 			return "", fmt.Errorf("room %d: inputs of request %s: %w", spec.Room, spec.Request.ID, err)
 		}
-		return "", mgr.OpenReceiverWith(spec.Room, backend, spec.PeerEndpoint, specs)
+		var n int64
+		for _, s := range specs {
+			if b, err := s.NumBytes(); err == nil {
+				n += b
+			}
+		}
+		if err := r.credits.take(spec.Room, n); err != nil {
+			return "", fmt.Errorf("room %d: %w", spec.Room, err)
+		}
+		if err := mgr.OpenReceiverWith(spec.Room, backend, spec.PeerEndpoint, specs); err != nil {
+			r.credits.give(spec.Room)
+			return "", err
+		}
+		return "", nil
 	}
 	return "", fmt.Errorf("%w: room %d: unknown role %v", sdk.ErrInvalid, spec.Room, spec.Role)
 }
@@ -276,6 +314,7 @@ func (r *Runtime) settle(spec sdk.RunSpec, res *sdk.RunResult) {
 	}
 	if spec.InRoom != 0 && mgr.SenderLeft(spec.InRoom) {
 		mgr.RemoveSoon(spec.InRoom)
+		r.credits.give(spec.InRoom)
 		res.InRemoved = true
 	}
 }
@@ -317,15 +356,7 @@ func (r *Runtime) run(ctx context.Context, spec sdk.RunSpec) (sdk.RunResult, err
 		defer outs.free()
 		runCtx = sdk.WithAllocator(runCtx, outs)
 	}
-	rep.startComputing()
-	// On one CPU (GOMAXPROCS=1, as the supervisor gives a process on a
-	// small host) the Progress stream would send "computing" only once
-	// the phase yields, often when it is done: let it go first.
-	runtime.Gosched()
-	began := time.Now()
-	out, err := r.runPhase(runCtx, spec.Request, in)
-	r.computeNanos.Add(int64(time.Since(began)))
-	rep.stopComputing(err == nil)
+	out, err := r.compute(runCtx, spec.Request, in, rep)
 	if err != nil {
 		return sdk.RunResult{}, err
 	}
@@ -398,6 +429,27 @@ func hostCopies(ts []tensor.Tensor, toHost func(dst []byte, t tensor.Tensor) err
 	return out, nil
 }
 
+// compute runs the phase on one Run's inputs: in a batch when the phase
+// batches, else at once, on the Run's goroutine.
+func (r *Runtime) compute(ctx context.Context, req sdk.Request, in []tensor.Tensor, rep *runReporter) (sdk.Output, error) {
+	if r.batch != nil {
+		return r.batch.compute(ctx, req, in, rep)
+	}
+	rep.startComputing()
+	// On one CPU (GOMAXPROCS=1, as the supervisor gives a process on a
+	// small host) the Progress stream would send "computing" only once
+	// the phase yields, often when it is done: let it go first.
+	runtime.Gosched()
+	began := time.Now()
+	out, err := r.runPhase(ctx, req, in)
+	r.computeNanos.Add(int64(time.Since(began)))
+	rep.stopComputing(err == nil)
+	return out, err
+}
+
+// MaxBatch bounds a batch's size.
+const MaxBatch = 1024
+
 // runPhase calls the phase's Run; a panic in it fails this request with
 // the panic's value instead of taking the process and every other request
 // down with it.
@@ -457,6 +509,7 @@ func (r *Runtime) RemoveRoom(_ context.Context, room uint64) error {
 	if cancel != nil {
 		cancel()
 	}
+	defer r.credits.give(room)
 	return mgr.Remove(room)
 }
 
@@ -478,6 +531,8 @@ func (r *Runtime) metrics(mgr *transfer.Manager) []sdk.Metric {
 		{Name: "transfer_dropped_frames_total", Help: "Frames from the network the transfer manager dropped.", Counter: true, Value: float64(mgr.Dropped())},
 		{Name: "progress_dropped_total", Help: "Progress events dropped by streams too slow to read them.", Counter: true, Value: float64(r.progress.dropped.Load())},
 	}
+	ms = append(ms, r.credits.metrics()...)
+	ms = append(ms, r.batch.metrics()...)
 	for _, c := range mgr.Counters() {
 		b := map[string]string{"backend": string(c.Backend)}
 		ms = append(ms,
@@ -530,12 +585,22 @@ func (r *Runtime) Release(ctx context.Context) error {
 	if r.cancelLoad != nil {
 		r.cancelLoad()
 	}
+	batch := r.batch
 	r.mu.Unlock()
+	if batch != nil {
+		batch.close()
+	}
 	// The phase's Close must not run under a Run still computing or a
 	// Load still loading.
 	var errs []error
 	idle := make(chan struct{})
-	go func() { r.active.Wait(); close(idle) }()
+	go func() {
+		r.active.Wait()
+		if batch != nil {
+			<-batch.done
+		}
+		close(idle)
+	}()
 	select {
 	case <-idle:
 	case <-ctx.Done():

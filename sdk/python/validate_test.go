@@ -53,8 +53,12 @@ func TestValidateParamsAndMetrics(t *testing.T) {
 		t.Fatalf("the Python runtime's metrics:\n%q\nthe Go runtime's:\n%q", a, b)
 	}
 	for _, m := range pySt.Metrics {
-		if m.Value != 0 {
-			t.Errorf("a new instance reports %s%v = %g", m.Name, m.Labels, m.Value)
+		want := 0.0
+		if !m.Counter {
+			want = -1 // the credit gauges, without limits (protocol.md 2.4)
+		}
+		if m.Value != want {
+			t.Errorf("a new instance reports %s%v = %g; want %g", m.Name, m.Labels, m.Value, want)
 		}
 	}
 }

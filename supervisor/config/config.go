@@ -213,6 +213,14 @@ type Phase struct {
 	// resumes there on its next attempt (docs/protocol.md 8.4); 0, the
 	// default, asks for none.
 	CheckpointEvery int
+	// MaxRooms and MaxInputBytes are each instance's credits: the
+	// receiver rooms, and the bytes of their input buffers, it holds at
+	// once (docs/protocol.md 2.4); 0, the default, is no limit.
+	MaxRooms      int
+	MaxInputBytes int64
+	// Batch, when MaxSize is above 0, sets how the phase batches (a
+	// plugin with the "batch" feature); zero leaves it to the plugin.
+	Batch Batch
 	// Restart says how an instance that exited is restarted.
 	Restart Restart
 	// At says where the phase is defined, for messages; zero for a phase
@@ -265,6 +273,21 @@ func (c *Config) ParamAt(p Phase, name string) Pos {
 	}
 	return p.At.Block
 }
+
+// Batch bounds a phase's batches: at most MaxSize Runs, gathered for at
+// most MaxWait after the first is ready.
+type Batch struct {
+	MaxSize int
+	MaxWait time.Duration
+}
+
+// Limits on a phase's batch block.
+const (
+	MaxBatchSize = 1024
+	MaxBatchWait = time.Minute
+	// DefaultBatchWait is a batch block's max_wait when it gives none.
+	DefaultBatchWait = 10 * time.Millisecond
+)
 
 // Restart is a restart rule: at most Max restarts within Window, each
 // after a backoff doubling from Backoff up to MaxBackoff, less a random
@@ -463,8 +486,16 @@ type phaseBlock struct {
 	HangTimeout  *string           `hcl:"hang_timeout,optional"`
 	CPUs         *int              `hcl:"cpus,optional"`
 	Checkpoint   *int              `hcl:"checkpoint_every,optional"`
+	MaxRooms     *int              `hcl:"max_rooms,optional"`
+	MaxInput     *int64            `hcl:"max_input_bytes,optional"`
+	Batch        *batchBlock       `hcl:"batch,block"`
 	Restart      *restartBlock     `hcl:"restart,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
+}
+
+type batchBlock struct {
+	MaxSize int     `hcl:"max_size"`
+	MaxWait *string `hcl:"max_wait,optional"`
 }
 
 type restartBlock struct {
@@ -654,6 +685,7 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 		CPUs:            derefInt(pb.CPUs, 0),
 		Restart:         restart,
 		CheckpointEvery: derefInt(pb.Checkpoint, 0),
+		MaxRooms:        derefInt(pb.MaxRooms, 0),
 		At:              PhaseAt{Block: posOf(pb.DefRange), Plugin: posOf(pb.PluginRange), Policy: policyAt},
 	}
 	var errs []error
@@ -707,6 +739,28 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 	ph.Min, ph.Max = derefInt(pb.Min, 1), derefInt(pb.Max, ph.Instances)
 	if ph.Min < 1 || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
 		fail("min %d, instances %d, max %d: want 1 <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, MaxInstances)
+	}
+	if pb.MaxInput != nil {
+		ph.MaxInputBytes = *pb.MaxInput
+	}
+	if ph.MaxRooms < 0 || ph.MaxInputBytes < 0 {
+		fail("max_rooms %d, max_input_bytes %d: want 0 (no limit) or more", ph.MaxRooms, ph.MaxInputBytes)
+	}
+	if b := pb.Batch; b != nil {
+		ph.Batch = Batch{MaxSize: b.MaxSize, MaxWait: DefaultBatchWait}
+		if b.MaxWait != nil {
+			d, err := time.ParseDuration(*b.MaxWait)
+			if err != nil || d < 0 || d > MaxBatchWait {
+				fail("batch: max_wait %q: want a duration from 0s to %s, e.g. \"10ms\"", *b.MaxWait, MaxBatchWait)
+			}
+			ph.Batch.MaxWait = d
+		}
+		if b.MaxSize < 1 || b.MaxSize > MaxBatchSize {
+			fail("batch: max_size must be between 1 (no batching) and %d, got %d", MaxBatchSize, b.MaxSize)
+		}
+		if ph.MaxRooms > 0 && ph.MaxRooms < ph.Batch.MaxSize {
+			fail("batch: max_size %d is more than max_rooms %d: a batch could never fill", ph.Batch.MaxSize, ph.MaxRooms)
+		}
 	}
 	if ph.CheckpointEvery < 0 || ph.CheckpointEvery > MaxCheckpointEvery {
 		fail("checkpoint_every must be between 0 (no checkpoints) and %d steps, got %d", MaxCheckpointEvery, ph.CheckpointEvery)

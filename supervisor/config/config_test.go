@@ -79,6 +79,13 @@ phase "transformer" {
   plugin        = "transformer"
   ready_timeout = "10m"
   hang_timeout  = "30s"
+  checkpoint_every = 5
+  max_rooms        = 8
+  max_input_bytes  = 100000000
+  batch {
+    max_size = 4
+    max_wait = "5ms"
+  }
   restart {
     max         = 3
     window      = "2m"
@@ -102,6 +109,12 @@ phase "transformer" {
 		t.Errorf("encoder defaults: %+v", enc)
 	}
 	want := Restart{Max: 3, Window: 2 * time.Minute, Backoff: time.Second, MaxBackoff: 8 * time.Second, Jitter: DefaultRestartJitter}
+	if tr.CheckpointEvery != 5 || tr.MaxRooms != 8 || tr.MaxInputBytes != 100_000_000 || tr.Batch != (Batch{MaxSize: 4, MaxWait: 5 * time.Millisecond}) {
+		t.Errorf("transformer: checkpoint_every %d, max_rooms %d, max_input_bytes %d, batch %+v", tr.CheckpointEvery, tr.MaxRooms, tr.MaxInputBytes, tr.Batch)
+	}
+	if enc.CheckpointEvery != 0 || enc.MaxRooms != 0 || enc.MaxInputBytes != 0 || enc.Batch != (Batch{}) {
+		t.Errorf("encoder: checkpoint_every %d, max_rooms %d, batch %+v; want none", enc.CheckpointEvery, enc.MaxRooms, enc.Batch)
+	}
 	if tr.ReadyTimeout != 10*time.Minute || tr.HangTimeout != 30*time.Second || tr.Restart != want {
 		t.Errorf("transformer: ready %s, hang %s, restart %+v; want 10m, 30s, %+v", tr.ReadyTimeout, tr.HangTimeout, tr.Restart, want)
 	}
@@ -212,6 +225,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad retries", "a.hcl", "retries = 11\nphase \"t\" { plugin = \"t\" }\n", []string{`a.hcl: retries must be between 0 and 10, got 11`}},
 		{"bad hang timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  hang_timeout = \"never\"\n}\n", []string{`phase "t": hang_timeout: "never" is not a positive duration`}},
 		{"zero cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 0\n}\n", []string{`a.hcl:1:1: phase "t": cpus must be between 1 and 1024, got 0; leave it out for the host's share`}},
+		{"batch size", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  batch {\n    max_size = 0\n  }\n}\n", []string{`a.hcl:1:1: phase "t": batch: max_size must be between 1 (no batching) and 1024, got 0`}},
+		{"batch wait", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  batch {\n    max_size = 4\n    max_wait = \"soon\"\n  }\n}\n", []string{`phase "t": batch: max_wait "soon": want a duration from 0s to 1m0s`}},
+		{"batch above max_rooms", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  max_rooms = 2\n  batch {\n    max_size = 4\n  }\n}\n", []string{`phase "t": batch: max_size 4 is more than max_rooms 2: a batch could never fill`}},
+		{"negative credits", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  max_input_bytes = -1\n}\n", []string{`phase "t": max_rooms 0, max_input_bytes -1: want 0 (no limit) or more`}},
 		{"negative checkpoint_every", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  checkpoint_every = -5\n}\n", []string{`a.hcl:1:1: phase "t": checkpoint_every must be between 0 (no checkpoints) and 1000000 steps, got -5`}},
 		{"fractional cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 1.5\n}\n", []string{"a.hcl:3:10", "value must be a whole number"}},
 		{"bad ready timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  ready_timeout = \"0s\"\n}\n", []string{`phase "t": ready_timeout: "0s" is not a positive duration`}},

@@ -113,6 +113,11 @@ func startSupervisor(t *testing.T, dir, cfg string) *proc {
 			_ = cmd.Process.Kill()
 			<-p.exited
 		}
+		// A plugin built with -race reports a race on its stderr, which
+		// the supervisor logs.
+		if strings.Contains(p.log.String(), "WARNING: DATA RACE") {
+			t.Errorf("a data race was reported in the supervisor's log")
+		}
 		if t.Failed() {
 			t.Logf("supervisor log:\n%s", p.log.String())
 		}

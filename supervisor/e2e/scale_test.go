@@ -140,7 +140,7 @@ func TestScale(t *testing.T) {
 // max_inflight being far above the burst: they queue at the instance, in
 // its Run, and their time is their wait plus 300 ms.) While it runs it
 // samples the transformer's instance count; peak is the most.
-func burst(t *testing.T, p *proc) (took []time.Duration, peak int) {
+func burst(t *testing.T, p *proc) (took, waited []time.Duration, peak int) {
 	t.Helper()
 	ctx := context.Background()
 	const waves, perWave = 4, 6
@@ -176,9 +176,23 @@ func burst(t *testing.T, p *proc) (took []time.Duration, peak int) {
 	for i, id := range ids {
 		info := watchDone(t, p, id, "slow: burst", int64(i), 2)
 		took = append(took, info.Finished.Sub(info.Submitted))
+		// Its queue wait: until an instance took it (the end of its
+		// last schedule span; with max_rooms = 1 an instance takes one
+		// request at a time, and the others wait for its credit).
+		full, err := p.client.Request(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var placed time.Time
+		for _, s := range full.Timeline {
+			if s.Name == supervisor.SpanSchedule && s.End != nil {
+				placed = *s.End
+			}
+		}
+		waited = append(waited, placed.Sub(info.Submitted))
 	}
 	close(stop)
-	return took, <-peaked
+	return took, waited, <-peaked
 }
 
 // p99 is the 99th percentile of ds.
@@ -202,11 +216,11 @@ func TestAutoscale(t *testing.T) {
 	pipelineWith := func(dir, scaler string) string {
 		return scaler + "release { grace = \"2s\" }\n" + strings.Replace(flakyPipeline(t, dir, `restart { backoff = "50ms" }`),
 			"instances = 2\n  params    = { marker_dir",
-			"instances = 1\n  min       = 1\n  max       = 3\n  params    = { slow = \"300ms\", serial = \"true\", marker_dir", 1)
+			"instances = 1\n  min       = 1\n  max       = 3\n  max_rooms = 1\n  params    = { slow = \"300ms\", serial = \"true\", marker_dir", 1)
 	}
 	dir := shortDir(t)
 	p := startSupervisor(t, dir, writeConfig(t, dir, pipelineWith(dir, "")))
-	fixed, fixedPeak := burst(t, p)
+	fixed, fixedWait, fixedPeak := burst(t, p)
 	p.release(t)
 	if fixedPeak != 1 {
 		t.Errorf("without a scaler the pool went to %d instances", fixedPeak)
@@ -219,7 +233,7 @@ func TestAutoscale(t *testing.T) {
   params   = { cooldown = "1s" }
 }
 `)))
-	scaled, peak := burst(t, p)
+	scaled, scaledWait, peak := burst(t, p)
 	if peak != 3 {
 		t.Errorf("with the threshold scaler the pool peaked at %d instances during the burst, want its max 3", peak)
 	}
@@ -229,8 +243,9 @@ func TestAutoscale(t *testing.T) {
 	}) {
 		t.Errorf("the pool did not come back to its min 1 after the burst")
 	}
-	fmt.Printf("autoscale: p99 request time, %d requests in 4 waves, 300 ms each on a transformer: fixed pool of 1 %v, threshold scaler 1-3 %v (%.2fx)\n",
-		len(fixed), p99(fixed).Round(time.Millisecond), p99(scaled).Round(time.Millisecond), p99(scaled).Seconds()/p99(fixed).Seconds())
+	fmt.Printf("autoscale: %d requests in 4 waves, 300 ms each on a transformer of max_rooms 1; p99 queue wait: fixed pool of 1 %v, threshold scaler 1-3 %v (%.2fx); p99 request time: %v, %v (%.2fx)\n",
+		len(fixed), p99(fixedWait).Round(time.Millisecond), p99(scaledWait).Round(time.Millisecond), p99(scaledWait).Seconds()/p99(fixedWait).Seconds(),
+		p99(fixed).Round(time.Millisecond), p99(scaled).Round(time.Millisecond), p99(scaled).Seconds()/p99(fixed).Seconds())
 
 	out, errOut, code := cli(t, p.socket, "scaler", "list")
 	if code != 0 || !strings.Contains(out, "scaler threshold (pid ") || !strings.Contains(out, "params cooldown=1s") || !regexpLine(out, `^transformer\s+1\s+1\s+3\s`) ||

@@ -20,7 +20,8 @@ training puts in place of the prompt's 10% of the time.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -284,6 +285,82 @@ def ddim_sample(dit: DiT, context: torch.Tensor, noise: Optional[torch.Tensor], 
         if progress is not None:
             progress(i + 1, steps)
     return x[0]
+
+
+@dataclass
+class Sample:
+    """One request of ddim_sample_batch: what ddim_sample takes for it
+    (context [L, D]; noise [C, T, h, w], or start and x [1, C, T, h, w]
+    to resume), its own steps and callbacks."""
+
+    context: torch.Tensor
+    steps: int
+    noise: Optional[torch.Tensor] = None
+    start: int = 0
+    x: Optional[torch.Tensor] = None
+    progress: Optional[Callable[[int, int], None]] = None
+    cancelled: Optional[Callable[[], bool]] = None
+    checkpoint: Optional[Callable[[int, int, torch.Tensor], None]] = None
+
+
+def ddim_sample_batch(dit: DiT, samples: List[Sample], guidance: float) -> List[Optional[torch.Tensor]]:
+    """ddim_sample for several requests at once: each step is one DiT
+    forward over the samples still going (with guidance, their prompts
+    and the null context stacked: 2n rows), each at its own time t of its
+    own steps; the update, checkpoint and progress stay per sample. A
+    sample whose cancelled() turns true leaves at its next step; the
+    others go on. Returns each sample's latent [C, T, h, w], None for one
+    that left cancelled.
+
+    The DDIM update of each sample is ddim_sample's, op for op; only the
+    DiT's kernels see another batch size, so a latent may differ from
+    ddim_sample's in the last bits (a batch of one is the same bytes)."""
+    n = len(samples)
+    xs, at, ts = [], [], []
+    for s in samples:
+        if not 0 <= s.start <= s.steps:
+            raise ValueError(f"resuming after step {s.start} of {s.steps}")
+        if s.x is None and s.start:
+            raise ValueError(f"resuming after step {s.start} needs the sampler's state then")
+        xs.append(s.x if s.x is not None else s.noise[None].float())
+        at.append(s.start)
+        ts.append(shift_time(torch.linspace(1.0, 0.0, s.steps + 1), dit.shift))
+    out: List[Optional[torch.Tensor]] = [None] * n
+    going = list(range(n))
+    null = dit.null_context.detach().float()
+    while True:
+        active = []
+        for k in going:
+            s = samples[k]
+            if at[k] >= s.steps:
+                out[k] = xs[k][0]
+            elif s.cancelled is None or not s.cancelled():
+                active.append(k)
+        going = active
+        if not going:
+            return out
+        m = len(going)
+        x = torch.cat([xs[k] for k in going])
+        t = torch.stack([ts[k][at[k]] for k in going])
+        cond = torch.stack([samples[k].context.float() for k in going])
+        if guidance == 1.0:
+            v = dit(x, t, cond)
+        else:
+            vc, vu = dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null.expand(m, -1, -1)])).chunk(2)
+            v = vu + guidance * (vc - vu)
+        for j, k in enumerate(going):
+            s, i = samples[k], at[k]
+            xj, vj = x[j:j + 1], v[j:j + 1]
+            a, sg = alpha_sigma(ts[k][i])
+            an, sn = alpha_sigma(ts[k][i + 1])
+            x0 = a * xj - sg * vj
+            eps = sg * xj + a * vj
+            xs[k] = an * x0 + sn * eps
+            at[k] = i + 1
+            if s.checkpoint is not None:
+                s.checkpoint(i + 1, s.steps, xs[k])
+            if s.progress is not None:
+                s.progress(i + 1, s.steps)
 
 
 # --- the whole model, and its checkpoint --------------------------------------------

@@ -129,15 +129,25 @@ class Encoder(_T2VPhase):
 
 
 class Transformer(_T2VPhase):
+    """The DiT. It can batch: with the config's batch { max_size = N } the
+    Runs that reach an instance together denoise in one DiT forward per
+    step (up to N, gathered for max_wait, 20 ms unless it says). It
+    defaults to a batch of one, because a batched latent may differ from
+    the request's unbatched one in the last bits, and a GIF then from
+    local.py's (generate()'s) byte for byte."""
+
     name = "t2v-transformer"
     parts = ("dit",)
     known = {"guidance": _number(1.0, 20.0)}
+    max_batch = 1
+    batch_wait = 0.02
 
     def inputs(self, request, params):
         cfg = self._cfg()
         return [phased.Spec("context", "float32", [cfg["ctx_len"], cfg["ctx_dim"]])]
 
-    def run(self, ctx, request, inputs):
+    def _job(self, ctx, request, inputs) -> pipeline.Denoise:
+        """What denoising request takes: its steps, and where it resumes."""
         try:
             steps = pipeline.resolve_steps(request.steps)
         except ValueError as e:
@@ -155,18 +165,50 @@ class Transformer(_T2VPhase):
         def checkpoint(done, total, x):
             ctx.checkpoint(done, total, {"latent": x})
 
-        try:
-            latent = pipeline.denoise(self.model, inputs["context"], request.seed, steps,
-                                      self.params.get("guidance", pipeline.DEFAULT_GUIDANCE),
-                                      progress=ctx.progress, cancelled=ctx.cancelled, start=start,
-                                      state=x if start else None, checkpoint=checkpoint)
-        except InterruptedError:
-            raise phased.Cancelled("cancelled") from None
+        return pipeline.Denoise(inputs["context"], request.seed, steps, progress=ctx.progress,
+                                cancelled=ctx.cancelled, start=start, state=x if start else None,
+                                checkpoint=checkpoint)
+
+    @staticmethod
+    def _output(ctx, latent):
         # Into memory the hop to the decoder lends instead of copying
         # (ordinary memory in run_local).
         out = ctx.alloc("latent", "float32", list(latent.shape))
         out.copy_(latent)
         return {"latent": out}
+
+    def run(self, ctx, request, inputs):
+        j = self._job(ctx, request, inputs)
+        try:
+            latent = pipeline.denoise(self.model, j.context, j.seed, j.steps,
+                                      self.params.get("guidance", pipeline.DEFAULT_GUIDANCE),
+                                      progress=j.progress, cancelled=j.cancelled, start=j.start, state=j.state,
+                                      checkpoint=j.checkpoint)
+        except InterruptedError:
+            raise phased.Cancelled("cancelled") from None
+        return self._output(ctx, latent)
+
+    def run_batch(self, items):
+        results = [None] * len(items)
+        jobs, index = [], []
+        for k, it in enumerate(items):
+            try:
+                jobs.append(self._job(it.ctx, it.request, it.inputs))
+                index.append(k)
+            except Exception as e:  # noqa: BLE001 - fails that item only
+                results[k] = e
+        got = pipeline.denoise_batch(self.model, jobs, self.params.get("guidance", pipeline.DEFAULT_GUIDANCE))
+        for k, latent in zip(index, got):
+            if isinstance(latent, InterruptedError):
+                results[k] = phased.Cancelled("cancelled")
+            elif isinstance(latent, Exception):
+                results[k] = latent
+            else:
+                try:
+                    results[k] = self._output(items[k].ctx, latent)
+                except Exception as e:  # noqa: BLE001 - fails that item only
+                    results[k] = e
+        return results
 
 
 class Decoder(_T2VPhase):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import tokenizer
-from .model import PARTS, T2V, ddim_sample, load_checkpoint
+from .model import PARTS, T2V, Sample, ddim_sample, ddim_sample_batch, load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CHECKPOINT = os.path.normpath(os.path.join(HERE, "..", "t2v-tiny.pt"))
@@ -93,6 +93,56 @@ def denoise(model: T2V, context: torch.Tensor, seed: int, steps: int = DEFAULT_S
     x = ddim_sample(model.dit, context.float(), noise, resolve_steps(steps), float(guidance), progress, cancelled,
                     start, state, checkpoint)
     return x.contiguous()
+
+
+@dataclass
+class Denoise:
+    """One request of denoise_batch: denoise's arguments but the model and
+    the guidance, which the batch shares."""
+
+    context: torch.Tensor
+    seed: int
+    steps: int = DEFAULT_STEPS
+    progress: Optional[Callable[[int, int], None]] = None
+    cancelled: Optional[Callable[[], bool]] = None
+    start: int = 0
+    state: Optional[torch.Tensor] = None
+    checkpoint: Optional[Callable[[int, int, torch.Tensor], None]] = None
+
+
+@torch.no_grad()
+def denoise_batch(model: T2V, jobs: List[Denoise],
+                  guidance: float = DEFAULT_GUIDANCE) -> List[Union[torch.Tensor, Exception]]:
+    """The transformer phase for several requests at once: one DiT forward
+    per DDIM step over those still going (model.ddim_sample_batch). Each
+    result is what denoise would return for the job, or its error: a
+    ValueError for bad inputs, InterruptedError when it was cancelled
+    (it left the batch; the others went on). A latent may differ from
+    denoise's in the last bits (the DiT's kernels block by batch size);
+    a batch of one gives denoise's bytes."""
+    results: List[Union[torch.Tensor, Exception, None]] = [None] * len(jobs)
+    samples, index = [], []
+    cfg = model.config
+    for k, j in enumerate(jobs):
+        try:
+            if tuple(j.context.shape) != (cfg["ctx_len"], cfg["ctx_dim"]):
+                raise ValueError(f"context is {list(j.context.shape)}; want {[cfg['ctx_len'], cfg['ctx_dim']]}")
+            if j.state is not None and (tuple(j.state.shape) != state_shape(model) or j.state.dtype != torch.float32):
+                raise ValueError(f"the sampler's state is {j.state.dtype} {list(j.state.shape)}; "
+                                 f"want torch.float32 {list(state_shape(model))}")
+            steps = resolve_steps(j.steps)
+            if not 0 <= j.start <= steps or (j.start and j.state is None):
+                raise ValueError(f"resuming after step {j.start} of {steps} needs the sampler's state then")
+        except ValueError as e:
+            results[k] = e
+            continue
+        noise = initial_noise(model, j.seed) if j.state is None else None
+        samples.append(Sample(j.context.float(), steps, noise, j.start, j.state, j.progress, j.cancelled,
+                              j.checkpoint))
+        index.append(k)
+    for k, x in zip(index, ddim_sample_batch(model.dit, samples, float(guidance))):
+        results[k] = x.contiguous() if x is not None else InterruptedError("cancelled")
+    return results
 
 
 @torch.no_grad()

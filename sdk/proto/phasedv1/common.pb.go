@@ -135,7 +135,8 @@ type InfoResponse struct {
 	ApiVersions []uint32               `protobuf:"varint,4,rep,packed,name=api_versions,json=apiVersions,proto3" json:"api_versions,omitempty"` // API versions of its kind it speaks
 	// Optional parts of its API version that the plugin implements, by name
 	// (protocol.md 1.6); a client uses none that is not listed. Phase
-	// plugins: "standby-receiver" (OpenRoomRequest.standby).
+	// plugins: "standby-receiver" (OpenRoomRequest.standby), "batch" (the
+	// phase runs several requests in one batched run: protocol.md 2.5).
 	Features      []string `protobuf:"bytes,5,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -481,8 +481,20 @@ type ConfigureRequest struct {
 	ZmqHost       string                 `protobuf:"bytes,5,opt,name=zmq_host,json=zmqHost,proto3" json:"zmq_host,omitempty"`                                                          // address zmq rooms bind to; "" is loopback
 	PeerTimeoutMs int64                  `protobuf:"varint,6,opt,name=peer_timeout_ms,json=peerTimeoutMs,proto3" json:"peer_timeout_ms,omitempty"`                                     // how long a room waits for a vanished peer; 0 is the default
 	Device        string                 `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`                                                                           // where the instance holds its buffers: "" or "cpu", or "cuda" (GPU 0 of those it sees)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Credits (protocol.md 2.4): the receiver rooms with buffers, and the
+	// bytes of their input buffers, the instance holds at once; an
+	// OpenRoom as receiver beyond either is refused with
+	// RESOURCE_EXHAUSTED. 0: no limit.
+	MaxRooms      int32 `protobuf:"varint,8,opt,name=max_rooms,json=maxRooms,proto3" json:"max_rooms,omitempty"`
+	MaxInputBytes int64 `protobuf:"varint,9,opt,name=max_input_bytes,json=maxInputBytes,proto3" json:"max_input_bytes,omitempty"`
+	// Batching (protocol.md 2.5), for a plugin whose Info lists the
+	// feature "batch": the most Runs one batched run takes, and how long
+	// the runtime waits for more once the first is ready. batch_max_size 0
+	// leaves both to the phase's own defaults; 1 turns batching off.
+	BatchMaxSize   int32 `protobuf:"varint,10,opt,name=batch_max_size,json=batchMaxSize,proto3" json:"batch_max_size,omitempty"`
+	BatchMaxWaitMs int64 `protobuf:"varint,11,opt,name=batch_max_wait_ms,json=batchMaxWaitMs,proto3" json:"batch_max_wait_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -562,6 +574,34 @@ func (x *ConfigureRequest) GetDevice() string {
 		return x.Device
 	}
 	return ""
+}
+
+func (x *ConfigureRequest) GetMaxRooms() int32 {
+	if x != nil {
+		return x.MaxRooms
+	}
+	return 0
+}
+
+func (x *ConfigureRequest) GetMaxInputBytes() int64 {
+	if x != nil {
+		return x.MaxInputBytes
+	}
+	return 0
+}
+
+func (x *ConfigureRequest) GetBatchMaxSize() int32 {
+	if x != nil {
+		return x.BatchMaxSize
+	}
+	return 0
+}
+
+func (x *ConfigureRequest) GetBatchMaxWaitMs() int64 {
+	if x != nil {
+		return x.BatchMaxWaitMs
+	}
+	return 0
 }
 
 type ConfigureResponse struct {
@@ -1547,7 +1587,7 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\x05total\x18\x04 \x01(\x03R\x05total\x12\x17\n" +
 	"\ain_room\x18\x05 \x01(\x04R\x06inRoom\x12\x19\n" +
 	"\bout_room\x18\x06 \x01(\x04R\aoutRoom\x12\x18\n" +
-	"\aresumed\x18\a \x01(\x03R\aresumed\"\xb8\x02\n" +
+	"\aresumed\x18\a \x01(\x03R\aresumed\"\xce\x03\n" +
 	"\x10ConfigureRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12?\n" +
@@ -1555,7 +1595,12 @@ const file_phasedv1_phase_proto_rawDesc = "" +
 	"\abackend\x18\x04 \x01(\tR\abackend\x12\x19\n" +
 	"\bzmq_host\x18\x05 \x01(\tR\azmqHost\x12&\n" +
 	"\x0fpeer_timeout_ms\x18\x06 \x01(\x03R\rpeerTimeoutMs\x12\x16\n" +
-	"\x06device\x18\a \x01(\tR\x06device\x1a9\n" +
+	"\x06device\x18\a \x01(\tR\x06device\x12\x1b\n" +
+	"\tmax_rooms\x18\b \x01(\x05R\bmaxRooms\x12&\n" +
+	"\x0fmax_input_bytes\x18\t \x01(\x03R\rmaxInputBytes\x12$\n" +
+	"\x0ebatch_max_size\x18\n" +
+	" \x01(\x05R\fbatchMaxSize\x12)\n" +
+	"\x11batch_max_wait_ms\x18\v \x01(\x03R\x0ebatchMaxWaitMs\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +

@@ -35,14 +35,14 @@ import os
 import sys
 import time
 
-from .api import (Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase,  # noqa: F401
-                  Request, write_artifact)
+from .api import (Artifact, BatchItem, Cancelled, Config, Context, InvalidArgument, ParamProblem,  # noqa: F401
+                  Phase, Request, write_artifact)
 from .local import run_local  # noqa: F401
 from .tensor import Spec, SpecError, checksum  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "Cancelled", "Config", "Context", "InvalidArgument", "ParamProblem", "Phase", "Request",
+__all__ = ["Artifact", "BatchItem", "Cancelled", "Config", "Context", "InvalidArgument", "ParamProblem", "Phase", "Request",
            "Spec", "SpecError", "checksum", "run_local", "serve", "write_artifact"]
 
 

@@ -1,5 +1,5 @@
 """What a phase author writes against: Phase, Request, Spec, Artifact,
-Config, Context, ParamProblem, write_artifact. Nothing here touches sockets, shared
+Config, Context, BatchItem, ParamProblem, write_artifact. Nothing here touches sockets, shared
 memory or protobuf; phased.runtime does.
 """
 
@@ -28,6 +28,14 @@ class InvalidArgument(ValueError):
 class Cancelled(Exception):
     """The Run was cancelled: its room was removed, the instance released,
     or the supervisor gave up on the call."""
+
+
+def reason(exc: BaseException) -> str:
+    """What an author's exception becomes in the request's failure reason."""
+    text = str(exc)
+    if isinstance(exc, KeyError) and exc.args:
+        text = f"KeyError: {exc.args[0]!r}"
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -178,12 +186,32 @@ class Context:
             self._allocator.written(as_array(array), checksum)
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One Run of a batch that run_batch computes: the Run's own Context
+    (its cancellation, progress, alloc, resume and checkpoint), its
+    request, and its inputs, as run gets them."""
+
+    ctx: Context
+    request: Request
+    inputs: Dict[str, object]
+
+
 class Phase:
     """A phase: subclass it, set name, and implement inputs and run.
 
     Lifecycle: configure (once), load (in the background; no request
     arrives before it has returned), then inputs and run, concurrently
-    for many requests, then close at release.
+    for many requests, then close at release. run (and run_batch) execute
+    on one thread, one call at a time.
+
+    A phase that overrides run_batch batches (docs/protocol.md 2.5): its
+    Info lists the feature "batch", and the runtime gathers the Runs whose
+    inputs have arrived into batches of at most max_batch, waiting up to
+    batch_wait seconds after the first for more, one batch at a time. A
+    batch of one calls run, so run must still work alone. The config's
+    batch { max_size, max_wait } overrides both; max_size 1 turns
+    batching off.
     """
 
     #: NAME of the executable phased-phase-NAME; Info reports it.
@@ -193,6 +221,11 @@ class Phase:
     #: how inputs arrive: "numpy" arrays or "torch" tensors, both viewing
     #: the received bytes without a copy.
     arrays: str = "numpy"
+    #: a batching phase's defaults: the most Runs in one batch, and how
+    #: long (seconds) the runtime waits for more once the first is ready.
+    #: Read only when run_batch is overridden.
+    max_batch: int = 8
+    batch_wait: float = 0.01
 
     def configure(self, config: Config) -> None:
         """Check and keep the params; raise ValueError to refuse them."""
@@ -222,6 +255,19 @@ class Phase:
         Return a dict of output tensors by name (numpy arrays or CPU torch
         tensors), or, from the last phase, an Artifact."""
         raise NotImplementedError(f"phase {self.name or type(self).__name__} does not implement run")
+
+    def run_batch(self, items: List[BatchItem]) -> list:
+        """Optional: compute several Runs together (one batched model
+        forward). items are BatchItems, two or more; return a list of as
+        many results, in order, each what run would return for that item
+        (its outputs, or an Artifact) or an Exception instance, which fails
+        that item's Run only. An exception raised, or a list of another
+        length, fails every Run of the batch. Each item's ctx is its own
+        Run's: report its progress, checkpoint it and heed its cancellation
+        (ctx.cancelled()) per item; a cancelled item may be left out of the
+        work and given Cancelled. A phase that does not override it never
+        batches."""
+        raise NotImplementedError(f"phase {self.name or type(self).__name__} does not implement run_batch")
 
     def close(self) -> None:
         """Free what the phase holds, at release."""

@@ -2,11 +2,14 @@
 (docs/protocol.md section 2). It owns the transfer manager, the thread that
 runs the phase's load, and the hub of the Progress streams, and maps rooms
 to the Run calls that use them, so that removing a room also stops the
-computation waiting on it. The Go twin is sdk/phase/runtime.go.
+computation waiting on it. It keeps the instance's credits (2.4) and, for
+a phase that batches, its Batcher (2.5, phased.batch). The Go twin is
+sdk/phase/runtime.go.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -19,11 +22,12 @@ from typing import Dict, List, Optional
 import grpc
 import numpy as np
 
+from . import batch
 from . import progress as prog
 from .progress import Released
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from .api import Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase, Request
+from .api import Artifact, Cancelled, Config, Context, InvalidArgument, ParamProblem, Phase, Request, reason
 from .checkpoint import RunCheckpointer
 from .executor import Inline, Stopped
 from .tensor import Spec, SpecError, as_array, numpy_dtype, to_torch
@@ -39,6 +43,64 @@ SENDER, RECEIVER = 1, 2
 class NoValidation(Exception):
     """The phase cannot check params before it loads: it does not
     implement validate_params. Answered with gRPC UNIMPLEMENTED."""
+
+
+class NoCredit(Exception):
+    """An OpenRoom as receiver beyond the instance's credits (protocol
+    2.4): answered with gRPC RESOURCE_EXHAUSTED, which the supervisor
+    takes as "place the request elsewhere or later", not as a failure."""
+
+
+class Credits:
+    """What the instance holds as a receiver (docs/protocol.md 2.4): each
+    receiver room with buffers, its input specs and their bytes, bounded
+    by max_rooms and max_input_bytes (0: no limit). Not locked itself: the
+    runtime calls it under its lock, so that a check and what it takes are
+    one step."""
+
+    def __init__(self):
+        self.max_rooms = 0
+        self.max_bytes = 0
+        self._held: Dict[int, tuple] = {}  # room -> (its input specs, their bytes)
+        self._bytes = 0
+
+    def take(self, room: int, specs: List[Spec]) -> bool:
+        """Hold room's credit for its input buffers, or raise NoCredit
+        saying which limit it would pass. False (and nothing changed) when
+        room holds credit already: the manager refuses a room id twice."""
+        if room in self._held:
+            return False
+        n = sum(s.nbytes for s in specs)
+        if self.max_rooms and len(self._held) >= self.max_rooms:
+            raise NoCredit(f"no credit: {len(self._held)} receiver rooms open, max_rooms {self.max_rooms}")
+        if self.max_bytes and self._bytes + n > self.max_bytes:
+            raise NoCredit(f"no credit: inputs of {n} bytes with {self._bytes} of {self.max_bytes} in use, "
+                           f"max_input_bytes {self.max_bytes}")
+        self._held[room] = (specs, n)
+        self._bytes += n
+        return True
+
+    def give(self, room: int) -> None:
+        """Give room's credit back (it was removed); a room holding none is
+        ignored."""
+        held = self._held.pop(room, None)
+        if held is not None:
+            self._bytes -= held[1]
+
+    def specs(self, room: int) -> Optional[List[Spec]]:
+        """The input specs receiver room was opened for; None once removed."""
+        held = self._held.get(room)
+        return held[0] if held is not None else None
+
+    def left(self):
+        """The rooms and bytes the instance can still accept; -1: no limit."""
+        rooms = self.max_rooms - len(self._held) if self.max_rooms else -1
+        nbytes = self.max_bytes - self._bytes if self.max_bytes else -1
+        return rooms, nbytes
+
+    def clear(self) -> None:
+        self._held.clear()
+        self._bytes = 0
 
 
 @dataclass(frozen=True)
@@ -88,14 +150,6 @@ def request_of(msg) -> Request:
                    no_sync=msg.no_sync, checkpoint_path=msg.checkpoint.path, checkpoint_every=msg.checkpoint.every)
 
 
-def reason(exc: BaseException) -> str:
-    """What an author's exception becomes in the request's failure reason."""
-    text = str(exc)
-    if isinstance(exc, KeyError) and exc.args:
-        text = f"KeyError: {exc.args[0]!r}"
-    return text or type(exc).__name__
-
-
 class Runtime:
     """The Phase service of one instance; every method may be called from
     any gRPC thread."""
@@ -105,6 +159,7 @@ class Runtime:
             raise ValueError(f"{type(phase).__name__}.name is empty: set it to NAME of phased-phase-NAME")
         if phase.arrays not in ("numpy", "torch"):
             raise ValueError(f"{type(phase).__name__}.arrays = {phase.arrays!r}: want 'numpy' or 'torch'")
+        batch.check_defaults(phase)
         self.phase = phase
         self.log = logger
         self.hub = prog.Hub()
@@ -117,7 +172,8 @@ class Runtime:
         self._params: Dict[str, str] = {}
         self._released = False
         self._runs: Dict[int, threading.Event] = {}  # room -> cancel of the Run using it
-        self._in_specs: Dict[int, List[Spec]] = {}  # receiver room -> the inputs it was opened for
+        self._credits = Credits()  # the receiver rooms and their input specs
+        self._batcher: Optional[batch.Batcher] = None  # set by configure for a phase that batches
         self._active = 0
         self._idle = threading.Condition(self._lock)
         self._loaded: Optional[threading.Event] = None
@@ -132,11 +188,14 @@ class Runtime:
     # Info, Configure, Ready -------------------------------------------------
 
     def info(self) -> common_pb2.InfoResponse:
+        features = ["batch"] if batch.batches(self.phase) else []
         return common_pb2.InfoResponse(name=self.phase.name, kind="phase", version=self.phase.version,
-                                       api_versions=[1])
+                                       api_versions=[1], features=features)
 
     def configure(self, instance: str, run_dir: str, params: Dict[str, str], zmq_host: str,
-                  peer_timeout_ms: int, device: str) -> None:
+                  peer_timeout_ms: int, device: str, *, max_rooms: int = 0, max_input_bytes: int = 0,
+                  batch_max_size: int = 0, batch_max_wait_ms: int = 0) -> None:
+        """ConfigureRequest's fields (docs/protocol.md 2.2, 2.4, 2.5)."""
         if not INSTANCE_ID.fullmatch(instance):
             raise InvalidArgument(f"instance id {instance!r} must match ^[A-Za-z0-9_.-]{{1,48}}$")
         with self._lock:
@@ -149,8 +208,16 @@ class Runtime:
                     raise InvalidArgument('device "cuda": the Python SDK holds its buffers in host memory only; '
                                           'give this phase device = "cpu"')
                 raise InvalidArgument(f'device {device!r}: want "cpu" or "cuda"')
-            if peer_timeout_ms < 0:
-                raise InvalidArgument(f"peer_timeout_ms {peer_timeout_ms} is negative")
+            for field_name, value in (("peer_timeout_ms", peer_timeout_ms), ("max_rooms", max_rooms),
+                                      ("max_input_bytes", max_input_bytes), ("batch_max_size", batch_max_size),
+                                      ("batch_max_wait_ms", batch_max_wait_ms)):
+                if value < 0:
+                    raise InvalidArgument(f"{field_name} {value} is negative")
+            if batch_max_size > batch.MAX_BATCH:
+                raise InvalidArgument(f"batch_max_size {batch_max_size}: want 0 to {batch.MAX_BATCH}")
+            if batch_max_size > 1 and not batch.batches(self.phase):
+                raise InvalidArgument(f"batch_max_size {batch_max_size}: phase {self.phase.name} does not batch "
+                                      "(it does not override run_batch)")
             if len(run_dir) + len(LONGEST_SOCKET) > MAX_SOCKET_PATH:
                 raise InvalidArgument(f"run dir {run_dir!r} is too long for socket paths "
                                       f"(at most {MAX_SOCKET_PATH - len(LONGEST_SOCKET)} bytes)")
@@ -164,8 +231,13 @@ class Runtime:
                 mgr.close()
                 raise
             self._mgr, self._instance, self._params = mgr, instance, dict(params)
+            self._credits.max_rooms, self._credits.max_bytes = max_rooms, max_input_bytes
+            limits = batch.limits(self.phase, batch_max_size, batch_max_wait_ms)
+            if limits is not None:
+                self._batcher = batch.Batcher(self.phase, limits, self._executor, log, self._computed)
             self._loaded = threading.Event()
-            log.info("configured", extra={"run_dir": run_dir})
+            log.info("configured", extra={"run_dir": run_dir, "batch": f"{limits.size} within {limits.wait:g}s"
+                                          if limits else "off"})
             if type(self.phase).load is Phase.load:
                 self._loaded.set()
                 return
@@ -236,9 +308,17 @@ class Runtime:
                 specs = self._specs(request, params)
             except Exception as e:  # noqa: BLE001 - the author's error is the reason
                 raise RuntimeError(f"room {room}: inputs of request {request.id}: {reason(e)}") from e
-            mgr.open_receiver(room, backend, specs, peer_endpoint)
+            # The credit is taken before the buffers exist, so that two
+            # opens at once cannot both pass the last of it.
             with self._lock:
-                self._in_specs[room] = specs
+                took = self._credits.take(room, specs)
+            try:
+                mgr.open_receiver(room, backend, specs, peer_endpoint)
+            except BaseException:
+                if took:
+                    with self._lock:
+                        self._credits.give(room)
+                raise
             return ""
         raise InvalidArgument(f"room {room}: unknown role {role}")
 
@@ -255,7 +335,7 @@ class Runtime:
             if self._mgr is None:
                 raise InvalidArgument("instance is not configured")
             mgr, cancel = self._mgr, self._runs.get(room)
-            self._in_specs.pop(room, None)
+            self._credits.give(room)
         if cancel is not None:
             cancel.set()
         mgr.remove(room)
@@ -273,6 +353,8 @@ class Runtime:
         names, labels and meanings of the Go runtime's (sdk/phase)."""
         with self._lock:
             ok, failed, compute = self._runs_ok, self._runs_failed, self._compute_seconds
+            credit_rooms, credit_bytes = self._credits.left()
+        batches, batched_runs = self._batcher.counts() if self._batcher is not None else (0, 0)
         runs = "Runs of this instance, by outcome."
         ms = [
             Metric("runs_total", runs, True, ok, {"outcome": "ok"}),
@@ -283,6 +365,12 @@ class Runtime:
                    dropped_frames),
             Metric("progress_dropped_total", "Progress events dropped by streams too slow to read them.", True,
                    self.hub.dropped),
+            Metric("credit_rooms", "Receiver rooms the instance can still accept (max_rooms); -1: no limit.", False,
+                   credit_rooms),
+            Metric("credit_bytes", "Input bytes the instance can still accept (max_input_bytes); -1: no limit.",
+                   False, credit_bytes),
+            Metric("batches_total", "Batched runs of two Runs or more.", True, batches),
+            Metric("batched_runs_total", "Runs computed in batched runs of two or more.", True, batched_runs),
         ]
         for c in mgr.counters():
             b = {"backend": c.backend}
@@ -366,7 +454,7 @@ class Runtime:
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(f"receive room {in_room}: {reason(e)}") from e
             with self._lock:
-                specs = self._in_specs.get(in_room)
+                specs = self._credits.specs(in_room)
             if specs is None:  # removed meanwhile
                 raise RuntimeError(f"receive room {in_room}: transfer: room removed: room {in_room}")
             if self.phase.arrays == "torch":
@@ -401,13 +489,18 @@ class Runtime:
                 ok = True
                 return out
             finally:
-                took = time.monotonic() - began
-                with self._lock:
-                    self._compute_seconds += took
+                self._computed(time.monotonic() - began)
                 rep.stop_computing(ok)
 
+        if self._batcher is not None:
+            # It joins the next batch (and stays WAITING until it starts).
+            job = batch.Job(ctx, request, inputs, rep)
+            fut, withdraw = self._batcher.submit(job), functools.partial(self._batcher.withdraw, job)
+        else:
+            fut = self._executor.submit(compute, inputs)
+            withdraw = fut.cancel
         try:
-            out = self._await(self._executor.submit(compute, inputs), cancel)
+            out = self._await(fut, cancel, withdraw)
         except (Cancelled, Stopped):
             raise
         except Exception as e:  # noqa: BLE001 - the author's error fails this request only
@@ -445,15 +538,21 @@ class Runtime:
                 log.warning("remove a drained sender side", extra={"room": out_room, "error": reason(e)})
         return RunResult(sent_bytes=int(n), send_seconds=took, out_drained=drained, out_removed=removed)
 
+    def _computed(self, seconds: float) -> None:
+        """The phase computed for seconds (a run, or a batch's run_batch)."""
+        with self._lock:
+            self._compute_seconds += seconds
+
     @staticmethod
-    def _await(fut, cancel: threading.Event):
-        """fut's result; a Run cancelled before the executor started it is
-        taken off its queue."""
+    def _await(fut, cancel: threading.Event, withdraw):
+        """fut's result; a Run cancelled before its computation started is
+        taken off the executor's queue or out of its batch (withdraw()
+        says whether it could be)."""
         while True:
             try:
                 return fut.result(timeout=0.05)
             except FutureTimeout:
-                if cancel.is_set() and fut.cancel():
+                if cancel.is_set() and withdraw():
                     raise Cancelled("cancelled before it started computing") from None
 
     @staticmethod
@@ -480,6 +579,7 @@ class Runtime:
             mgr, loaded = self._mgr, self._loaded
             for cancel in self._runs.values():
                 cancel.set()
+            self._credits.clear()
             self._cancel_load.set()
             errors = []
             while self._active and time.monotonic() < deadline:
@@ -548,6 +648,8 @@ def _code(exc: BaseException):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, NoValidation):
         return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(exc, NoCredit):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.UNKNOWN
 
 
@@ -562,7 +664,7 @@ class Service:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - every error becomes a status
-            if not isinstance(e, (InvalidArgument, Released, Cancelled, RuntimeError, NoValidation)):
+            if not isinstance(e, (InvalidArgument, Released, Cancelled, RuntimeError, NoValidation, NoCredit)):
                 self.rt.log.debug("call failed", extra={"error": reason(e)})
             context.abort(_code(e), reason(e))
 
@@ -572,7 +674,9 @@ class Service:
     def Configure(self, request, context):
         def do():
             self.rt.configure(request.instance, request.run_dir, dict(request.params), request.zmq_host,
-                              request.peer_timeout_ms, request.device)
+                              request.peer_timeout_ms, request.device, max_rooms=request.max_rooms,
+                              max_input_bytes=request.max_input_bytes, batch_max_size=request.batch_max_size,
+                              batch_max_wait_ms=request.batch_max_wait_ms)
             return phase_pb2.ConfigureResponse()
         return self._call(context, do)
 

@@ -787,15 +787,20 @@ def test_status_metrics(tmp_path):
     assert got[("transfer_sent_total", shm)] == 2 and got[("transfer_sent_bytes_total", shm)] == 48
     assert got[("transfer_send_seconds_total", shm)] == 0.5
     assert got[("transfer_received_total", shm)] == 1 and got[("transfer_received_bytes_total", shm)] == 24
+    # Without limits, the credit gauges say so.
+    assert got[("credit_rooms", ())] == -1 and got[("credit_bytes", ())] == -1
+    assert got[("batches_total", ())] == 0 and got[("batched_runs_total", ())] == 0  # it does not batch
     names = {m.name for m in st.metrics}
     assert names == {"runs_total", "compute_seconds_total", "steps_total", "transfer_dropped_frames_total",
                      "progress_dropped_total", "transfer_sent_total", "transfer_sent_bytes_total",
-                     "transfer_send_seconds_total", "transfer_received_total", "transfer_received_bytes_total"}
-    assert all(m.counter and m.help for m in st.metrics)
+                     "transfer_send_seconds_total", "transfer_received_total", "transfer_received_bytes_total",
+                     "credit_rooms", "credit_bytes", "batches_total", "batched_runs_total"}
+    gauges = {"credit_rooms", "credit_bytes"}
+    assert all(m.counter == (m.name not in gauges) and m.help for m in st.metrics)
     # Over gRPC: the same samples in the StatusResponse.
     resp = Service(rt).Status(phase_pb2.StatusRequest(), None)
     wire = {(m.name, tuple(sorted(m.labels.items()))): m.value for m in resp.metrics}
-    assert wire == got and all(m.counter for m in resp.metrics)
+    assert wire == got and all(m.counter == (m.name not in gauges) for m in resp.metrics)
 
 
 def test_steps_count_progress_once():

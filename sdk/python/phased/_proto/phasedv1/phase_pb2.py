@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from phased._proto.phasedv1 import common_pb2 as phasedv1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x84\x01\n\x15ValidateParamsRequest\x12<\n\x06params\x18\x01 \x03(\x0b\x32,.phased.v1.ValidateParamsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x16ValidateParamsResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.phased.v1.ParamProblem\".\n\x0cParamProblem\x12\r\n\x05param\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x0e\n\x0cReadyRequest\"\x0f\n\rReadyResponse\"\x11\n\x0fProgressRequest\"\x9a\x01\n\rProgressEvent\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\'\n\x05stage\x18\x02 \x01(\x0e\x32\x18.phased.v1.ProgressStage\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07in_room\x18\x05 \x01(\x04\x12\x10\n\x08out_room\x18\x06 \x01(\x04\x12\x0f\n\x07resumed\x18\x07 \x01(\x03\"\xe9\x01\n\x10\x43onfigureRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x0f\n\x07run_dir\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.phased.v1.ConfigureRequest.ParamsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08zmq_host\x18\x05 \x01(\t\x12\x17\n\x0fpeer_timeout_ms\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11\x43onfigureResponse\"\x94\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x14\n\x0c\x61rtifact_dir\x18\x05 \x01(\t\x12\x0f\n\x07no_sync\x18\x06 \x01(\x08\x12)\n\ncheckpoint\x18\x07 \x01(\x0b\x32\x15.phased.v1.Checkpoint\")\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x65very\x18\x02 \x01(\x05\"\xa0\x01\n\x0fOpenRoomRequest\x12\x0c\n\x04room\x18\x01 \x01(\x04\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.phased.v1.RoomRole\x12#\n\x07request\x18\x03 \x01(\x0b\x32\x12.phased.v1.Request\x12\x15\n\rpeer_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0f\n\x07standby\x18\x06 \x01(\x08\"$\n\x10OpenRoomResponse\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"w\n\nRunRequest\x12#\n\x07request\x18\x01 \x01(\x0b\x32\x12.phased.v1.Request\x12\x14\n\x07in_room\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\x08out_room\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\n\n\x08_in_roomB\x0b\n\t_out_room\"\x9a\x01\n\x0bRunResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.phased.v1.Artifact\x12\x12\n\nsent_bytes\x18\x02 \x01(\x03\x12\x12\n\nsend_nanos\x18\x03 \x01(\x03\x12\x13\n\x0bout_drained\x18\x04 \x01(\x08\x12\x13\n\x0bout_removed\x18\x05 \x01(\x08\x12\x12\n\nin_removed\x18\x06 \x01(\x08\"J\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"!\n\x11RemoveRoomRequest\x12\x0c\n\x04room\x18\x01 \x01(\x04\"\x14\n\x12RemoveRoomResponse\"\x0f\n\rStatusRequest\"\x8b\x01\n\x0eStatusResponse\x12#\n\x05rooms\x18\x01 \x03(\x0b\x32\x14.phased.v1.RoomState\x12\x16\n\x0e\x64ropped_frames\x18\x02 \x01(\x04\x12\x18\n\x10\x64ropped_progress\x18\x03 \x01(\x04\x12\"\n\x07metrics\x18\x04 \x03(\x0b\x32\x11.phased.v1.Metric\"\xa2\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04help\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x08\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.phased.v1.Metric.LabelsEntry\x12\r\n\x05value\x18\x05 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\tRoomState\x12\x0c\n\x04room\x18\x01 \x01(\x04\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.phased.v1.RoomRole\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.phased.v1.TransferStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x10\n\x0eReleaseRequest\"\x11\n\x0fReleaseResponse*\xa2\x01\n\rProgressStage\x12\x1e\n\x1aPROGRESS_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROGRESS_STAGE_WAITING\x10\x01\x12\x1c\n\x18PROGRESS_STAGE_COMPUTING\x10\x02\x12\x1a\n\x16PROGRESS_STAGE_SENDING\x10\x03\x12\x1b\n\x17PROGRESS_STAGE_FINISHED\x10\x04*S\n\x08RoomRole\x12\x19\n\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROOM_ROLE_SENDER\x10\x01\x12\x16\n\x12ROOM_ROLE_RECEIVER\x10\x02\x32\xa6\x05\n\x05Phase\x12\x37\n\x04Info\x12\x16.phased.v1.InfoRequest\x1a\x17.phased.v1.InfoResponse\x12\x46\n\tConfigure\x12\x1b.phased.v1.ConfigureRequest\x1a\x1c.phased.v1.ConfigureResponse\x12:\n\x05Ready\x12\x17.phased.v1.ReadyRequest\x1a\x18.phased.v1.ReadyResponse\x12\x43\n\x08OpenRoom\x12\x1a.phased.v1.OpenRoomRequest\x1a\x1b.phased.v1.OpenRoomResponse\x12\x34\n\x03Run\x12\x15.phased.v1.RunRequest\x1a\x16.phased.v1.RunResponse\x12I\n\nRemoveRoom\x12\x1c.phased.v1.RemoveRoomRequest\x1a\x1d.phased.v1.RemoveRoomResponse\x12=\n\x06Status\x12\x18.phased.v1.StatusRequest\x1a\x19.phased.v1.StatusResponse\x12@\n\x07Release\x12\x19.phased.v1.ReleaseRequest\x1a\x1a.phased.v1.ReleaseResponse\x12\x42\n\x08Progress\x12\x1a.phased.v1.ProgressRequest\x1a\x18.phased.v1.ProgressEvent0\x01\x12U\n\x0eValidateParams\x12 .phased.v1.ValidateParamsRequest\x1a!.phased.v1.ValidateParamsResponseB6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14phasedv1/phase.proto\x12\tphased.v1\x1a\x15phasedv1/common.proto\"\x84\x01\n\x15ValidateParamsRequest\x12<\n\x06params\x18\x01 \x03(\x0b\x32,.phased.v1.ValidateParamsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x16ValidateParamsResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.phased.v1.ParamProblem\".\n\x0cParamProblem\x12\r\n\x05param\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x0e\n\x0cReadyRequest\"\x0f\n\rReadyResponse\"\x11\n\x0fProgressRequest\"\x9a\x01\n\rProgressEvent\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\'\n\x05stage\x18\x02 \x01(\x0e\x32\x18.phased.v1.ProgressStage\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07in_room\x18\x05 \x01(\x04\x12\x10\n\x08out_room\x18\x06 \x01(\x04\x12\x0f\n\x07resumed\x18\x07 \x01(\x03\"\xc8\x02\n\x10\x43onfigureRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x0f\n\x07run_dir\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.phased.v1.ConfigureRequest.ParamsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08zmq_host\x18\x05 \x01(\t\x12\x17\n\x0fpeer_timeout_ms\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x11\n\tmax_rooms\x18\x08 \x01(\x05\x12\x17\n\x0fmax_input_bytes\x18\t \x01(\x03\x12\x16\n\x0e\x62\x61tch_max_size\x18\n \x01(\x05\x12\x19\n\x11\x62\x61tch_max_wait_ms\x18\x0b \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11\x43onfigureResponse\"\x94\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x14\n\x0c\x61rtifact_dir\x18\x05 \x01(\t\x12\x0f\n\x07no_sync\x18\x06 \x01(\x08\x12)\n\ncheckpoint\x18\x07 \x01(\x0b\x32\x15.phased.v1.Checkpoint\")\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x65very\x18\x02 \x01(\x05\"\xa0\x01\n\x0fOpenRoomRequest\x12\x0c\n\x04room\x18\x01 \x01(\x04\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.phased.v1.RoomRole\x12#\n\x07request\x18\x03 \x01(\x0b\x32\x12.phased.v1.Request\x12\x15\n\rpeer_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0f\n\x07standby\x18\x06 \x01(\x08\"$\n\x10OpenRoomResponse\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"w\n\nRunRequest\x12#\n\x07request\x18\x01 \x01(\x0b\x32\x12.phased.v1.Request\x12\x14\n\x07in_room\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\x08out_room\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\n\n\x08_in_roomB\x0b\n\t_out_room\"\x9a\x01\n\x0bRunResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.phased.v1.Artifact\x12\x12\n\nsent_bytes\x18\x02 \x01(\x03\x12\x12\n\nsend_nanos\x18\x03 \x01(\x03\x12\x13\n\x0bout_drained\x18\x04 \x01(\x08\x12\x13\n\x0bout_removed\x18\x05 \x01(\x08\x12\x12\n\nin_removed\x18\x06 \x01(\x08\"J\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"!\n\x11RemoveRoomRequest\x12\x0c\n\x04room\x18\x01 \x01(\x04\"\x14\n\x12RemoveRoomResponse\"\x0f\n\rStatusRequest\"\x8b\x01\n\x0eStatusResponse\x12#\n\x05rooms\x18\x01 \x03(\x0b\x32\x14.phased.v1.RoomState\x12\x16\n\x0e\x64ropped_frames\x18\x02 \x01(\x04\x12\x18\n\x10\x64ropped_progress\x18\x03 \x01(\x04\x12\"\n\x07metrics\x18\x04 \x03(\x0b\x32\x11.phased.v1.Metric\"\xa2\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04help\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x08\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.phased.v1.Metric.LabelsEntry\x12\r\n\x05value\x18\x05 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\tRoomState\x12\x0c\n\x04room\x18\x01 \x01(\x04\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.phased.v1.RoomRole\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.phased.v1.TransferStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x10\n\x0eReleaseRequest\"\x11\n\x0fReleaseResponse*\xa2\x01\n\rProgressStage\x12\x1e\n\x1aPROGRESS_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROGRESS_STAGE_WAITING\x10\x01\x12\x1c\n\x18PROGRESS_STAGE_COMPUTING\x10\x02\x12\x1a\n\x16PROGRESS_STAGE_SENDING\x10\x03\x12\x1b\n\x17PROGRESS_STAGE_FINISHED\x10\x04*S\n\x08RoomRole\x12\x19\n\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROOM_ROLE_SENDER\x10\x01\x12\x16\n\x12ROOM_ROLE_RECEIVER\x10\x02\x32\xa6\x05\n\x05Phase\x12\x37\n\x04Info\x12\x16.phased.v1.InfoRequest\x1a\x17.phased.v1.InfoResponse\x12\x46\n\tConfigure\x12\x1b.phased.v1.ConfigureRequest\x1a\x1c.phased.v1.ConfigureResponse\x12:\n\x05Ready\x12\x17.phased.v1.ReadyRequest\x1a\x18.phased.v1.ReadyResponse\x12\x43\n\x08OpenRoom\x12\x1a.phased.v1.OpenRoomRequest\x1a\x1b.phased.v1.OpenRoomResponse\x12\x34\n\x03Run\x12\x15.phased.v1.RunRequest\x1a\x16.phased.v1.RunResponse\x12I\n\nRemoveRoom\x12\x1c.phased.v1.RemoveRoomRequest\x1a\x1d.phased.v1.RemoveRoomResponse\x12=\n\x06Status\x12\x18.phased.v1.StatusRequest\x1a\x19.phased.v1.StatusResponse\x12@\n\x07Release\x12\x19.phased.v1.ReleaseRequest\x1a\x1a.phased.v1.ReleaseResponse\x12\x42\n\x08Progress\x12\x1a.phased.v1.ProgressRequest\x1a\x18.phased.v1.ProgressEvent0\x01\x12U\n\x0eValidateParams\x12 .phased.v1.ValidateParamsRequest\x1a!.phased.v1.ValidateParamsResponseB6Z4github.com/phased/phased/sdk/proto/phasedv1;phasedv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'phasedv1.phase_pb2', globals())
@@ -28,10 +28,10 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _CONFIGUREREQUEST_PARAMSENTRY._serialized_options = b'8\001'
   _METRIC_LABELSENTRY._options = None
   _METRIC_LABELSENTRY._serialized_options = b'8\001'
-  _PROGRESSSTAGE._serialized_start=2065
-  _PROGRESSSTAGE._serialized_end=2227
-  _ROOMROLE._serialized_start=2229
-  _ROOMROLE._serialized_end=2312
+  _PROGRESSSTAGE._serialized_start=2160
+  _PROGRESSSTAGE._serialized_end=2322
+  _ROOMROLE._serialized_start=2324
+  _ROOMROLE._serialized_end=2407
   _VALIDATEPARAMSREQUEST._serialized_start=59
   _VALIDATEPARAMSREQUEST._serialized_end=191
   _VALIDATEPARAMSREQUEST_PARAMSENTRY._serialized_start=146
@@ -49,43 +49,43 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _PROGRESSEVENT._serialized_start=363
   _PROGRESSEVENT._serialized_end=517
   _CONFIGUREREQUEST._serialized_start=520
-  _CONFIGUREREQUEST._serialized_end=753
+  _CONFIGUREREQUEST._serialized_end=848
   _CONFIGUREREQUEST_PARAMSENTRY._serialized_start=146
   _CONFIGUREREQUEST_PARAMSENTRY._serialized_end=191
-  _CONFIGURERESPONSE._serialized_start=755
-  _CONFIGURERESPONSE._serialized_end=774
-  _REQUEST._serialized_start=777
-  _REQUEST._serialized_end=925
-  _CHECKPOINT._serialized_start=927
-  _CHECKPOINT._serialized_end=968
-  _OPENROOMREQUEST._serialized_start=971
-  _OPENROOMREQUEST._serialized_end=1131
-  _OPENROOMRESPONSE._serialized_start=1133
-  _OPENROOMRESPONSE._serialized_end=1169
-  _RUNREQUEST._serialized_start=1171
-  _RUNREQUEST._serialized_end=1290
-  _RUNRESPONSE._serialized_start=1293
-  _RUNRESPONSE._serialized_end=1447
-  _ARTIFACT._serialized_start=1449
-  _ARTIFACT._serialized_end=1523
-  _REMOVEROOMREQUEST._serialized_start=1525
-  _REMOVEROOMREQUEST._serialized_end=1558
-  _REMOVEROOMRESPONSE._serialized_start=1560
-  _REMOVEROOMRESPONSE._serialized_end=1580
-  _STATUSREQUEST._serialized_start=1582
-  _STATUSREQUEST._serialized_end=1597
-  _STATUSRESPONSE._serialized_start=1600
-  _STATUSRESPONSE._serialized_end=1739
-  _METRIC._serialized_start=1742
-  _METRIC._serialized_end=1904
-  _METRIC_LABELSENTRY._serialized_start=1859
-  _METRIC_LABELSENTRY._serialized_end=1904
-  _ROOMSTATE._serialized_start=1906
-  _ROOMSTATE._serialized_end=2025
-  _RELEASEREQUEST._serialized_start=2027
-  _RELEASEREQUEST._serialized_end=2043
-  _RELEASERESPONSE._serialized_start=2045
-  _RELEASERESPONSE._serialized_end=2062
-  _PHASE._serialized_start=2315
-  _PHASE._serialized_end=2993
+  _CONFIGURERESPONSE._serialized_start=850
+  _CONFIGURERESPONSE._serialized_end=869
+  _REQUEST._serialized_start=872
+  _REQUEST._serialized_end=1020
+  _CHECKPOINT._serialized_start=1022
+  _CHECKPOINT._serialized_end=1063
+  _OPENROOMREQUEST._serialized_start=1066
+  _OPENROOMREQUEST._serialized_end=1226
+  _OPENROOMRESPONSE._serialized_start=1228
+  _OPENROOMRESPONSE._serialized_end=1264
+  _RUNREQUEST._serialized_start=1266
+  _RUNREQUEST._serialized_end=1385
+  _RUNRESPONSE._serialized_start=1388
+  _RUNRESPONSE._serialized_end=1542
+  _ARTIFACT._serialized_start=1544
+  _ARTIFACT._serialized_end=1618
+  _REMOVEROOMREQUEST._serialized_start=1620
+  _REMOVEROOMREQUEST._serialized_end=1653
+  _REMOVEROOMRESPONSE._serialized_start=1655
+  _REMOVEROOMRESPONSE._serialized_end=1675
+  _STATUSREQUEST._serialized_start=1677
+  _STATUSREQUEST._serialized_end=1692
+  _STATUSRESPONSE._serialized_start=1695
+  _STATUSRESPONSE._serialized_end=1834
+  _METRIC._serialized_start=1837
+  _METRIC._serialized_end=1999
+  _METRIC_LABELSENTRY._serialized_start=1954
+  _METRIC_LABELSENTRY._serialized_end=1999
+  _ROOMSTATE._serialized_start=2001
+  _ROOMSTATE._serialized_end=2120
+  _RELEASEREQUEST._serialized_start=2122
+  _RELEASEREQUEST._serialized_end=2138
+  _RELEASERESPONSE._serialized_start=2140
+  _RELEASERESPONSE._serialized_end=2157
+  _PHASE._serialized_start=2410
+  _PHASE._serialized_end=3088
 # @@protoc_insertion_point(module_scope)
