@@ -29,16 +29,17 @@ func (p *phaseClient) Info(ctx context.Context) (Info, error) {
 
 func (p *phaseClient) Configure(ctx context.Context, cfg InstanceConfig) error {
 	_, err := p.c.Configure(ctx, &phasedv1.ConfigureRequest{
-		Instance:       cfg.Instance,
-		RunDir:         cfg.RunDir,
-		Params:         cfg.Params,
-		ZmqHost:        cfg.ZMQHost,
-		PeerTimeoutMs:  cfg.PeerTimeout.Milliseconds(),
-		Device:         cfg.Device,
-		MaxRooms:       int32(cfg.MaxRooms),
-		MaxInputBytes:  cfg.MaxInputBytes,
-		BatchMaxSize:   int32(cfg.Batch.MaxSize),
-		BatchMaxWaitMs: cfg.Batch.MaxWait.Milliseconds(),
+		Instance:      cfg.Instance,
+		RunDir:        cfg.RunDir,
+		Params:        cfg.Params,
+		ZmqHost:       cfg.ZMQHost,
+		PeerTimeoutMs: cfg.PeerTimeout.Milliseconds(),
+		Device:        cfg.Device,
+		MaxRooms:      int32(cfg.MaxRooms),
+		MaxInputBytes: cfg.MaxInputBytes,
+		BatchMaxSize:  int32(cfg.Batch.MaxSize),
+		// Rounded up: a wait under a millisecond is not none.
+		BatchMaxWaitMs: (cfg.Batch.MaxWait + time.Millisecond - 1).Milliseconds(),
 	})
 	return p.rpcError(ctx, err)
 }

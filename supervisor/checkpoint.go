@@ -18,10 +18,13 @@ import (
 // state directory when there is a journal (a request dispatched again
 // after a supervisor restart resumes too), else in the run directory.
 func (s *Supervisor) checkpointsDir() string {
-	if s.journal != nil {
+	switch {
+	case s.journal != nil:
 		return filepath.Join(s.opts.StateDir, "checkpoints")
+	case s.runDir != "":
+		return filepath.Join(s.runDir, "checkpoints")
 	}
-	return filepath.Join(s.runDir, "checkpoints")
+	return "" // not started
 }
 
 // checkpoints returns, per phase, the checkpoint spec of the request's
@@ -30,6 +33,9 @@ func (s *Supervisor) checkpointsDir() string {
 // means no checkpoints for the request, with a warning, not a failure.
 func (s *Supervisor) checkpoints(r *request) []sdk.CheckpointSpec {
 	specs := make([]sdk.CheckpointSpec, len(s.phases))
+	if s.checkpointsDir() == "" {
+		return specs
+	}
 	dir := filepath.Join(s.checkpointsDir(), r.id)
 	made := false
 	for i, ph := range s.phases {
@@ -48,10 +54,21 @@ func (s *Supervisor) checkpoints(r *request) []sdk.CheckpointSpec {
 	return specs
 }
 
-// dropCheckpoints removes the checkpoints of a request that ended.
+// dropCheckpoints removes the checkpoints of a request that ended. A
+// cancelled Run may be writing one as it does (its temporary file then
+// makes the directory's removal fail): it is tried once more, and what
+// is left goes at release.
 func (s *Supervisor) dropCheckpoints(r *request) {
-	if err := os.RemoveAll(filepath.Join(s.checkpointsDir(), r.id)); err != nil {
-		s.logger.Warn("removing the request's checkpoints", "request", r.id, "error", err)
+	if s.checkpointsDir() == "" {
+		return
+	}
+	dir := filepath.Join(s.checkpointsDir(), r.id)
+	err := os.RemoveAll(dir)
+	if err != nil {
+		err = os.RemoveAll(dir)
+	}
+	if err != nil {
+		s.logger.Warn("removing the request's checkpoints; what is left goes at release", "request", r.id, "error", err)
 	}
 }
 
@@ -59,6 +76,9 @@ func (s *Supervisor) dropCheckpoints(r *request) {
 // that is not dispatched again (it ended while the supervisor was down,
 // or is unknown).
 func (s *Supervisor) pruneCheckpoints(infos []RequestInfo) {
+	if s.checkpointsDir() == "" {
+		return
+	}
 	entries, err := os.ReadDir(s.checkpointsDir())
 	if err != nil {
 		return // none yet
@@ -80,7 +100,7 @@ func (s *Supervisor) pruneCheckpoints(infos []RequestInfo) {
 // removed its own when it ended, so this only sweeps what a late save of
 // a cancelled Run left behind.
 func (s *Supervisor) removeCheckpoints() error {
-	if s.journal == nil && s.runDir == "" {
+	if s.checkpointsDir() == "" {
 		return nil
 	}
 	return os.RemoveAll(s.checkpointsDir())

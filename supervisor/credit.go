@@ -11,9 +11,9 @@ import (
 // max_rooms receiver rooms at once, and refuses a room past its credits
 // (its max_input_bytes, or a limit of its own) with sdk.ErrNoCredit. The
 // supervisor never offers a policy an instance at max_rooms, nor one
-// that refused a room until one of its rooms is removed; a request finds
-// every ready instance of a phase full waits for a room to be removed,
-// and one refused is placed again, without spending its retries.
+// that refused a room until one of its rooms is removed. A request that
+// finds every ready instance of a phase full waits for a room to be
+// removed; one refused is placed again, without spending its retries.
 
 // hasCredit reports whether the instance may be given one more receiver
 // room.
@@ -22,11 +22,27 @@ func (in *instance) hasCredit() bool {
 	return !in.refusing.Load() && (max <= 0 || in.recv.Load() < int64(max))
 }
 
-// creditBack uncounts a receiver room removed from the instance, ends a
-// refusal's block, and wakes the requests that wait for credit.
-func (in *instance) creditBack() {
+// open records that a receiver side's OpenRoom succeeded: its instance
+// holds credit for it until it is removed. Once per side.
+func (side *roomSide) open() {
+	if side.opened.CompareAndSwap(false, true) {
+		side.l.in.held.Add(1)
+	}
+}
+
+// creditBack uncounts a receiver room removed from the instance (opened:
+// the instance held credit for it, which ends a refusal's block), and
+// wakes the requests that wait for credit.
+func (in *instance) creditBack(opened bool) {
 	in.recv.Add(-1)
-	in.refusing.Store(false)
+	if opened {
+		in.held.Add(-1)
+		in.refusing.Store(false)
+	}
+	in.wake()
+}
+
+func (in *instance) wake() {
 	if in.credit != nil {
 		in.credit()
 	}
@@ -71,31 +87,37 @@ type refusedError struct {
 func (e *refusedError) Error() string { return e.err.Error() }
 func (e *refusedError) Unwrap() error { return e.err }
 
+// maxRefusals bounds the refusals one request takes before it fails: a
+// plugin that refuses whatever it holds would otherwise have it placed
+// again forever.
+const maxRefusals = 100
+
 // refused handles an attempt that ended with err: if an instance refused
-// one of its rooms for want of credit, that instance is offered nothing
-// until one of the rooms it holds is removed, and refused says so (the
-// request is placed again, its retries untouched). An instance that
-// refused while it held no room at all will never take the request: its
-// error is then the request's.
-func (s *Supervisor) refused(r *request, err error) (again bool, end error) {
+// one of its rooms for want of credit, the request is placed again
+// (again), its retries untouched, and an instance that held rooms then
+// is offered nothing until one of them is removed (one that held none
+// has nothing to wait for). refusals counts the request's refusals;
+// past maxRefusals the last one is its end.
+func (s *Supervisor) refused(r *request, err error, refusals *int) (again bool, end error) {
 	var re *refusedError
 	if !errors.As(err, &re) {
 		return false, nil
 	}
-	held := re.in.recv.Load()
-	if held == 0 {
-		return false, fmt.Errorf("instance %s of phase %s refused the request with no room open, so it never will: %w; raise the phase's max_input_bytes (or the plugin's own limit)", re.in.id, re.in.phase, re.err)
+	if *refusals++; *refusals >= maxRefusals {
+		return false, fmt.Errorf("refused %d times for want of credit; the last, by instance %s: %w", *refusals, re.in.id, re.err)
 	}
-	re.in.refusing.Store(true)
-	if re.in.recv.Load() < held {
-		// A room went between the count and the block: no removal is
-		// left to end the block for it.
-		re.in.refusing.Store(false)
-		if re.in.credit != nil {
-			re.in.credit()
+	in := re.in
+	held := in.held.Load()
+	if held > 0 {
+		in.refusing.Store(true)
+		if in.held.Load() == 0 {
+			// Its rooms went between the count and the block: no
+			// removal is left to end it.
+			in.refusing.Store(false)
+			in.wake()
 		}
 	}
-	r.event(Event{What: "refused", Phase: re.in.phase, Instance: re.in.id, Detail: fmt.Sprintf("%v; placed again (it held %d receiver rooms)", re.err, held)})
+	r.event(Event{What: "refused", Phase: in.phase, Instance: in.id, Detail: fmt.Sprintf("%v; placed again (it held %d rooms)", re.err, held)})
 	return true, nil
 }
 

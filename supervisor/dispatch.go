@@ -42,10 +42,11 @@ func (s *Supervisor) process(r *request) {
 		r.record(func(t *trace) { t.dequeued = now })
 		s.metrics.queueWait.Observe(now.Sub(r.info.Submitted).Seconds())
 		budget := retryBudget{retries: s.cfg.Retries, poison: cmp.Or(s.cfg.PoisonCrashes, config.DefaultPoisonCrashes)}
+		refusals := 0
 		for n := 0; ; n++ {
 			art, err = s.dispatch(r, n)
 			if r.ctx.Err() == nil {
-				again, end := s.refused(r, err)
+				again, end := s.refused(r, err, &refusals)
 				if end != nil {
 					err = end
 					break
@@ -156,6 +157,9 @@ type roomSide struct {
 	role sdk.Role
 	once sync.Once
 	gone chan struct{} // closed once removed
+	// opened: the receiver's OpenRoom succeeded, so the instance holds
+	// credit for it (credit.go).
+	opened atomic.Bool
 }
 
 func newRoomSide(l *life, room uint64, role sdk.Role) *roomSide {
@@ -357,7 +361,9 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 			}
 			if err == nil {
 				close(senderOpen[i])
-				_, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep)
+				if _, err = s.openSide(ctx, a, req, i, sdk.RoleReceiver, ep); err == nil {
+					a.receiver(i).open()
+				}
 			}
 			if err != nil {
 				fail(err)
@@ -650,7 +656,7 @@ func (side *roomSide) end(remove func()) {
 		}
 		side.l.in.rooms.Add(-1)
 		if side.role == sdk.RoleReceiver {
-			side.l.in.creditBack()
+			side.l.in.creditBack(side.opened.Load())
 		}
 		close(side.gone)
 	})

@@ -52,13 +52,14 @@ type instance struct {
 	cur      atomic.Pointer[life] // the process filling the slot now
 	inflight atomic.Int64
 	rooms    atomic.Int64 // rooms the supervisor opened and has not removed
-	// recv counts those of them it receives on (its credits, credit.go);
-	// refusing is set when it refused a room, and cleared when one of
-	// its receiver rooms is removed: it is offered nothing meanwhile.
-	recv     atomic.Int64
-	refusing atomic.Bool
-	credit   func()        // wakes the requests that wait for credit (Supervisor.readyChanged)
-	latency  atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
+	// recv counts those of them it receives on (its credits, credit.go),
+	// held those of them it opened; refusing is set when it refused a
+	// room while it held some, and cleared when one of those is
+	// removed: it is offered nothing meanwhile.
+	recv, held atomic.Int64
+	refusing   atomic.Bool
+	credit     func()        // wakes the requests that wait for credit (Supervisor.readyChanged)
+	latency    atomic.Uint64 // math.Float64bits of the Run latency EWMA, in ms
 
 	restart *restarter // the phase's restart rule, applied to this slot
 
@@ -156,6 +157,15 @@ func (l *life) progressed(s *Supervisor, p sdk.Progress) {
 		return
 	}
 	l.arm(s, key, p)
+	// The instance works: the Runs whose inputs were delivered and that
+	// still wait for it (queued behind a batch, or behind a one-thread
+	// executor's Run) are not hung either.
+	for k, d := range l.dogs {
+		if k != key && d.delivered && d.last.Stage == sdk.StageWaiting {
+			d.t.Reset(l.in.cfg.HangTimeout)
+			d.deadline = time.Now().Add(l.in.cfg.HangTimeout)
+		}
+	}
 }
 
 // arm starts or resets the hang watchdog of a Run, whose last progress

@@ -148,6 +148,22 @@ func TestWatchdogs(t *testing.T) {
 	if armed(5, 6) {
 		t.Error("watched after it finished")
 	}
+	// A Run delivered and still waiting (queued behind a batch) is not
+	// hung while another Run of the instance makes progress.
+	l.delivered(s, runKey{"r1", 9, 10})
+	l.dogMu.Lock()
+	before := l.dogs[runKey{"r1", 9, 10}].deadline
+	l.dogMu.Unlock()
+	time.Sleep(2 * time.Millisecond)
+	l.progressed(s, sdk.Progress{Request: "r2", Stage: sdk.StageComputing, Done: 1, Total: 2, InRoom: 11, OutRoom: 12})
+	l.dogMu.Lock()
+	after := l.dogs[runKey{"r1", 9, 10}].deadline
+	l.dogMu.Unlock()
+	if !after.After(before) {
+		t.Error("another Run's progress did not push back a waiting delivered Run's watchdog")
+	}
+	l.progressed(s, ev(sdk.StageFinished, 9, 10))
+	l.progressed(s, sdk.Progress{Request: "r2", Stage: sdk.StageFinished, InRoom: 11, OutRoom: 12})
 	// Delivered after the Run finished or returned: nothing to watch.
 	l.delivered(s, runKey{"r1", 5, 6})
 	l.runReturned(runKey{"r1", 7, 8})

@@ -42,13 +42,20 @@ func (ph *phase) all() []*instance {
 // setMembers makes list the phase's instances.
 func (ph *phase) setMembers(list []*instance) { ph.members.Store(&list) }
 
-func (ph *phase) candidates() sdk.PhaseCandidates {
+// candidates is the phase's snapshot for a policy: an instance that can
+// take no more rooms (its credits, credit.go) is not ready in it.
+func (ph *phase) candidates() sdk.PhaseCandidates { return ph.candidatesFor(true) }
+
+// candidatesFor is candidates, where credit says whether an instance
+// without credit counts as ready (false: a policy's trial, which places
+// nothing).
+func (ph *phase) candidatesFor(credit bool) sdk.PhaseCandidates {
 	pc := sdk.PhaseCandidates{Phase: ph.cfg.Name}
 	for _, in := range ph.all() {
 		pc.Candidates = append(pc.Candidates, sdk.Candidate{
 			ID:            in.id,
 			Index:         in.index,
-			Ready:         in.currentState() == stateReady && in.hasCredit(),
+			Ready:         in.currentState() == stateReady && (!credit || in.hasCredit()),
 			OpenRooms:     int(in.rooms.Load()),
 			Inflight:      int(in.inflight.Load()),
 			LatencyEWMAms: in.latencyMs(),
@@ -68,16 +75,23 @@ func (ph *phase) instance(id string) *instance {
 }
 
 // chosen returns the instance a policy chose for the phase, or an error if
-// it is not a ready instance of the phase.
+// it is not a ready instance of the phase that can take a room.
 func (ph *phase) chosen(policy, id string) (*instance, error) {
+	in, err := ph.member(policy, id)
+	if err == nil && !in.hasCredit() {
+		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which can accept no more rooms (its credits, max_rooms %d)", policy, in.id, ph.cfg.Name, in.cfg.MaxRooms)
+	}
+	return in, err
+}
+
+// member is chosen without the credit check.
+func (ph *phase) member(policy, id string) (*instance, error) {
 	in := ph.instance(id)
 	switch {
 	case in == nil:
 		return nil, fmt.Errorf("policy %s chose %q for phase %s, which is not one of its instances", policy, id, ph.cfg.Name)
 	case in.currentState() != stateReady:
 		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which is %s, not ready", policy, in.id, ph.cfg.Name, in.currentState())
-	case !in.hasCredit():
-		return nil, fmt.Errorf("policy %s chose instance %s for phase %s, which can accept no more rooms (its credits, max_rooms %d)", policy, in.id, ph.cfg.Name, in.cfg.MaxRooms)
 	}
 	return in, nil
 }

@@ -273,10 +273,11 @@ func (s *Supervisor) SetPolicy(ctx context.Context, phaseName, name string) erro
 	if err != nil {
 		return fmt.Errorf("policy set %s %s: %w", phaseName, name, err)
 	}
-	trial := sdk.ScheduleRequest{RequestID: "trial", Phases: []sdk.PhaseCandidates{ph.candidates()}}
+	// The trial places nothing: instances at their credits count.
+	trial := sdk.ScheduleRequest{RequestID: "trial", Phases: []sdk.PhaseCandidates{ph.candidatesFor(false)}}
 	d, err := s.callPolicy(ctx, p, trial)
 	if err == nil {
-		_, err = ph.chosen(name, d.Choices[ph.cfg.Name])
+		_, err = ph.member(name, d.Choices[ph.cfg.Name])
 	}
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()

@@ -104,7 +104,7 @@ func (r *request) progressed(i int, instance string, p sdk.Progress, now time.Ti
 		if run.computing.IsZero() {
 			run.computing = now
 		}
-		if p.Resumed > 0 && run.resumed == 0 {
+		if p.Resumed > 0 && p.Resumed < p.Done && p.Done <= p.Total && run.resumed == 0 {
 			run.resumed, resumed = p.Resumed, p.Resumed
 			run.done = max(run.done, p.Resumed)
 		}

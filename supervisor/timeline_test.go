@@ -442,14 +442,14 @@ func TestTimelineResumed(t *testing.T) {
 	if added, resumed := ev(0, 0, 1); added != 0 || resumed != 0 {
 		t.Fatalf("computing 0 of 20: added %d, resumed %d", added, resumed)
 	}
-	if added, resumed := ev(15, 15, 1); added != 0 || resumed != 15 {
-		t.Fatalf("resumed at 15: added %d, resumed %d; want 0 and 15", added, resumed)
+	if added, resumed := ev(0, 25, 1); added != 0 || resumed != 0 {
+		t.Fatalf("an event saying resumed 25 with 0 done: added %d, resumed %d; want it ignored", added, resumed)
 	}
 	total := 0
 	for k := 16; k <= 20; k++ {
 		added, resumed := ev(k, 15, float64(1+k-15))
-		if resumed != 0 {
-			t.Fatalf("step %d said resumed again", k)
+		if want := map[bool]int{true: 15}[k == 16]; resumed != want {
+			t.Fatalf("step %d: resumed %d, want %d", k, resumed, want)
 		}
 		total += added
 	}

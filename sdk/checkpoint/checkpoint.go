@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/phased/phased/sdk/tensor"
@@ -153,7 +154,9 @@ func createTemp(dir, name string) (*os.File, string, error) {
 // header, a tensor's spec or checksum) is one wrapping ErrBad that says
 // what. It checks the file against nothing else: see Check.
 func Read(path string) (Header, []tensor.Tensor, error) {
-	f, err := os.Open(path)
+	// Non-blocking: a FIFO at path must not stall the Run (it is then
+	// refused below, as is anything but a regular file).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return Header{}, nil, err
 	}
@@ -217,8 +220,10 @@ func Read(path string) (Header, []tensor.Tensor, error) {
 	return h, ts, nil
 }
 
-// parseHeader decodes a header, which must have exactly Header's keys,
-// at most MaxTensors tensors, and 0 < step < total.
+// parseHeader decodes a header, which must have exactly Header's keys
+// (spelt as they are: encoding/json alone would take "Step" for "step"),
+// none null, each tensor exactly TensorEntry's, at most MaxTensors
+// tensors, and 0 < step < total.
 func parseHeader(b []byte) (Header, error) {
 	var h Header
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -230,12 +235,19 @@ func parseHeader(b []byte) (Header, error) {
 		return Header{}, errors.New("data after the JSON object")
 	}
 	var keys map[string]json.RawMessage
+	var tensors []map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
 		return Header{}, err
 	}
-	for _, k := range []string{"request", "step", "total", "inputs", "tensors"} {
-		if _, ok := keys[k]; !ok {
-			return Header{}, fmt.Errorf("no %q", k)
+	if err := exactKeys(keys, "request", "step", "total", "inputs", "tensors"); err != nil {
+		return Header{}, err
+	}
+	if err := json.Unmarshal(keys["tensors"], &tensors); err != nil {
+		return Header{}, err
+	}
+	for i, t := range tensors {
+		if err := exactKeys(t, "name", "dtype", "shape", "checksum"); err != nil {
+			return Header{}, fmt.Errorf("tensor %d: %w", i, err)
 		}
 	}
 	if len(h.Tensors) > MaxTensors {
@@ -245,6 +257,27 @@ func parseHeader(b []byte) (Header, error) {
 		return Header{}, fmt.Errorf("step %d of %d: want 0 < step < total", h.Step, h.Total)
 	}
 	return h, nil
+}
+
+// exactKeys checks that m has exactly the keys names, none null.
+func exactKeys(m map[string]json.RawMessage, names ...string) error {
+	for _, k := range names {
+		v, ok := m[k]
+		switch {
+		case !ok:
+			return fmt.Errorf("no %q", k)
+		case string(v) == "null":
+			return fmt.Errorf("%q is null", k)
+		}
+	}
+	if len(m) != len(names) {
+		for k := range m {
+			if !slices.Contains(names, k) {
+				return fmt.Errorf("unknown key %q", k)
+			}
+		}
+	}
+	return nil
 }
 
 // Check reports, as an error wrapping ErrBad, why a checkpoint read from

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/phased/phased/sdk/tensor"
@@ -176,6 +177,10 @@ func TestReadBad(t *testing.T) {
 		{"huge shape", withHead(strings.Replace(head, `"shape":[2,3]`, `"shape":[1099511627776,1099511627776]`, 1)), "exceeds"},
 		{"checksum overflow", withHead(strings.Replace(head, `18446744073709551615`, `18446744073709551616`, 1)), "header:"},
 		{"trailing", withHead(head + "{}"), "data after the JSON object"},
+		{"key case", withHead(strings.Replace(head, `"total":20`, `"total":20,"Step":3`, 1)), `unknown key "Step"`},
+		{"null", withHead(strings.Replace(head, `"inputs":[1,18446744073709551615]`, `"inputs":null`, 1)), `"inputs" is null`},
+		{"tensor key", withHead(strings.Replace(head, `"dtype":5`, `"DType":5`, 1)), `tensor 1: no "dtype"`},
+		{"tensor null", withHead(strings.Replace(head, `"shape":[2]`, `"shape":null`, 1)), `tensor 1: "shape" is null`},
 	} {
 		p := filepath.Join(dir, c.name)
 		if err := os.WriteFile(p, c.data, 0o600); err != nil {
@@ -188,6 +193,13 @@ func TestReadBad(t *testing.T) {
 	}
 	if _, _, err := Read(dir); !errors.Is(err, ErrBad) {
 		t.Errorf("Read of a directory: %v", err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Read(fifo); !errors.Is(err, ErrBad) || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("Read of a FIFO (no writer: it must not block): %v", err)
 	}
 }
 

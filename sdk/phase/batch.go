@@ -50,8 +50,8 @@ type batchItem struct {
 	res    sdk.BatchResult
 }
 
-// newBatcher starts the loop of phase p with limits.
-func newBatcher(p sdk.BatchPhase, limits sdk.BatchLimits, r *Runtime) *batcher {
+// startBatcher starts the loop of phase p with limits; close stops it.
+func startBatcher(p sdk.BatchPhase, limits sdk.BatchLimits, r *Runtime) *batcher {
 	ctx, stop := context.WithCancel(context.Background())
 	b := &batcher{phase: p, limits: limits, run: r.runPhase, log: r.logger.Error,
 		nanos: func(d time.Duration) { r.computeNanos.Add(int64(d)) },
@@ -109,11 +109,13 @@ func (b *batcher) loop() {
 	for {
 		batch, wait := b.take()
 		switch {
-		case b.ctx.Err() != nil:
-			return
 		case batch != nil:
+			// Even once stopped: its Runs wait for it (their contexts,
+			// and the batch's, are cancelled then, so it ends soon).
 			b.runBatch(batch)
 			continue
+		case b.ctx.Err() != nil:
+			return
 		}
 		var due <-chan time.Time
 		if wait > 0 {

@@ -66,7 +66,7 @@ func (c *runCheckpointer) Resume(_ context.Context, total int) (int, []tensor.Te
 		return 0, nil
 	}
 	c.log.Info("resuming from the checkpoint", "request", c.request, "step", h.Step, "total", total)
-	c.rep.resumedAt(h.Step, total)
+	c.rep.resumeOffered(h.Step)
 	return h.Step, state
 }
 

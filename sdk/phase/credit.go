@@ -27,27 +27,31 @@ func (c *credits) set(cfg sdk.InstanceConfig) {
 	c.maxRooms, c.maxBytes = cfg.MaxRooms, cfg.MaxInputBytes
 }
 
-// take reserves a receiver room of n input bytes, or says, wrapping
-// sdk.ErrNoCredit, which limit it would pass; taking a room held again
-// changes nothing.
-func (c *credits) take(room uint64, n int64) error {
+// take reserves a receiver room of n input bytes and reports whether it
+// did (false for a room it holds already, whose open then fails), or
+// says, wrapping sdk.ErrNoCredit, which limit it would pass. Inputs over
+// max_input_bytes on their own never fit: that error wraps sdk.ErrInvalid
+// instead, so that the request fails rather than waits.
+func (c *credits) take(room uint64, n int64) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.held[room]; ok {
-		return nil
+		return false, nil
 	}
 	switch {
+	case c.maxBytes > 0 && n > c.maxBytes:
+		return false, fmt.Errorf("%w: inputs of %d bytes are more than max_input_bytes %d on their own: no such request ever fits; raise max_input_bytes", sdk.ErrInvalid, n, c.maxBytes)
 	case c.maxRooms > 0 && len(c.held) >= c.maxRooms:
-		return fmt.Errorf("%w: %d receiver rooms open, max_rooms %d", sdk.ErrNoCredit, len(c.held), c.maxRooms)
+		return false, fmt.Errorf("%w: %d receiver rooms open, max_rooms %d", sdk.ErrNoCredit, len(c.held), c.maxRooms)
 	case c.maxBytes > 0 && c.bytes+n > c.maxBytes:
-		return fmt.Errorf("%w: inputs of %d bytes with %d of %d in use, max_input_bytes %d", sdk.ErrNoCredit, n, c.bytes, c.maxBytes, c.maxBytes)
+		return false, fmt.Errorf("%w: inputs of %d bytes with %d of %d in use, max_input_bytes %d", sdk.ErrNoCredit, n, c.bytes, c.maxBytes, c.maxBytes)
 	}
 	if c.held == nil {
 		c.held = make(map[uint64]int64)
 	}
 	c.held[room] = n
 	c.bytes += n
-	return nil
+	return true, nil
 }
 
 // give returns a room's credit; a room that holds none is ignored.

@@ -46,8 +46,16 @@ func TestCredits(t *testing.T) {
 			t.Fatalf("%s: the refusal left %d rooms, want the 2 open", c.cfg.Instance, n)
 		}
 		st, _ := r.Status(ctx)
-		if rooms, bytes := gauge(st, "credit_rooms"), gauge(st, "credit_bytes"); (c.cfg.MaxRooms > 0) != (rooms == 0) || (c.cfg.MaxInputBytes > 0) != (bytes == 50) {
+		rooms, bytes := gauge(st, "credit_rooms"), gauge(st, "credit_bytes")
+		if (c.cfg.MaxRooms > 0) != (rooms == 0) || (c.cfg.MaxInputBytes > 0) != (bytes == 50) {
 			t.Fatalf("%s: credits advertised: rooms %v, bytes %v", c.cfg.Instance, rooms, bytes)
+		}
+		// Opening a room held again fails and keeps its credit.
+		if _, err := r.OpenRoom(ctx, sdk.RoomSpec{Room: 2, Role: sdk.RoleReceiver, PeerEndpoint: "ipc:///nonexistent", Request: sdk.Request{ID: "c"}}); err == nil {
+			t.Fatalf("%s: room 2 opened twice", c.cfg.Instance)
+		}
+		if st, _ := r.Status(ctx); gauge(st, "credit_rooms") != rooms || gauge(st, "credit_bytes") != bytes {
+			t.Fatalf("%s: a second open of room 2 changed the credits", c.cfg.Instance)
 		}
 		// A standby side has no buffers: it takes no credit.
 		ep, _ := peer.OpenSender(9)
@@ -63,6 +71,20 @@ func TestCredits(t *testing.T) {
 		if err := open(4); err != nil {
 			t.Fatalf("%s: after a room was removed: %v", c.cfg.Instance, err)
 		}
+	}
+}
+
+// TestCreditNeverFits: inputs over max_input_bytes on their own are an
+// invalid request, not a want of credit: waiting would not help.
+func TestCreditNeverFits(t *testing.T) {
+	r, peer := withPeerConfig(t, sink{}, sdk.InstanceConfig{Instance: "c-2", MaxInputBytes: 50})
+	ep, err := peer.OpenSender(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.OpenRoom(context.Background(), sdk.RoomSpec{Room: 1, Role: sdk.RoleReceiver, PeerEndpoint: ep, Request: sdk.Request{ID: "c"}})
+	if !errors.Is(err, sdk.ErrInvalid) || errors.Is(err, sdk.ErrNoCredit) || !strings.Contains(err.Error(), "inputs of 100 bytes are more than max_input_bytes 50 on their own") {
+		t.Fatalf("inputs over max_input_bytes: %v", err)
 	}
 }
 

@@ -22,6 +22,10 @@ type runReporter struct {
 	reported  bool // the phase called sdk.ReportProgress
 	done      int  // the last done reported
 	resumed   int  // the step the Run resumed at (sdk.Resume), 0 if none
+	// offered is the step of the checkpoint sdk.Resume returned, until
+	// the phase's next report says whether it resumed there (a report
+	// past it) or started over.
+	offered int
 }
 
 func (r *runReporter) publish(stage string, done, total int) {
@@ -32,17 +36,12 @@ func (r *runReporter) publish(stage string, done, total int) {
 	r.hub.publish(r, ev)
 }
 
-// resumedAt publishes that the Run resumed at step of total from its
-// checkpoint: the steps up to it count as done, not as work done now.
-func (r *runReporter) resumedAt(step, total int) {
+// resumeOffered records that sdk.Resume gave the Run the checkpoint of
+// step: the phase's next report says whether it resumed there.
+func (r *runReporter) resumeOffered(step int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.computing {
-		return
-	}
-	r.reported, r.resumed = true, step
-	r.done = max(r.done, step)
-	r.publish(sdk.StageComputing, step, total)
+	r.offered = step
 }
 
 // context returns ctx carrying r for sdk.ReportProgress.
@@ -76,6 +75,14 @@ func (r *runReporter) report(done, total int) {
 		return
 	}
 	r.reported = true
+	if r.offered > 0 {
+		// The first report after Resume: past its step, the Run
+		// resumed there, and the steps up to it are not work done now.
+		if done > r.offered {
+			r.resumed, r.done = r.offered, max(r.done, r.offered)
+		}
+		r.offered = 0
+	}
 	if done > r.done {
 		r.hub.units.Add(uint64(done - r.done))
 		r.done = done

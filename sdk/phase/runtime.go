@@ -132,7 +132,7 @@ func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
 			limits = cfg.Batch
 		}
 		if limits.MaxSize = min(limits.MaxSize, MaxBatch); limits.MaxSize > 1 {
-			r.batch = newBatcher(bp, limits, r)
+			r.batch = startBatcher(bp, limits, r)
 			logger.Info("batching", "max_size", limits.MaxSize, "max_wait", limits.MaxWait)
 		}
 	}
@@ -270,11 +270,14 @@ func (r *Runtime) OpenRoom(ctx context.Context, spec sdk.RoomSpec) (string, erro
 				n += b
 			}
 		}
-		if err := r.credits.take(spec.Room, n); err != nil {
+		took, err := r.credits.take(spec.Room, n)
+		if err != nil {
 			return "", fmt.Errorf("room %d: %w", spec.Room, err)
 		}
 		if err := mgr.OpenReceiverWith(spec.Room, backend, spec.PeerEndpoint, specs); err != nil {
-			r.credits.give(spec.Room)
+			if took {
+				r.credits.give(spec.Room)
+			}
 			return "", err
 		}
 		return "", nil

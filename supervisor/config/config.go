@@ -281,6 +281,12 @@ type Batch struct {
 	MaxWait time.Duration
 }
 
+// Limits on a phase's credits.
+const (
+	MaxRooms      = 1_000_000
+	MaxInputBytes = 1 << 50
+)
+
 // Limits on a phase's batch block.
 const (
 	MaxBatchSize = 1024
@@ -743,8 +749,8 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 	if pb.MaxInput != nil {
 		ph.MaxInputBytes = *pb.MaxInput
 	}
-	if ph.MaxRooms < 0 || ph.MaxInputBytes < 0 {
-		fail("max_rooms %d, max_input_bytes %d: want 0 (no limit) or more", ph.MaxRooms, ph.MaxInputBytes)
+	if ph.MaxRooms < 0 || ph.MaxRooms > MaxRooms || ph.MaxInputBytes < 0 || ph.MaxInputBytes > MaxInputBytes {
+		fail("max_rooms %d, max_input_bytes %d: want 0 (no limit) to %d and to %d", ph.MaxRooms, ph.MaxInputBytes, MaxRooms, MaxInputBytes)
 	}
 	if b := pb.Batch; b != nil {
 		ph.Batch = Batch{MaxSize: b.MaxSize, MaxWait: DefaultBatchWait}

@@ -228,7 +228,7 @@ func TestParseErrors(t *testing.T) {
 		{"batch size", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  batch {\n    max_size = 0\n  }\n}\n", []string{`a.hcl:1:1: phase "t": batch: max_size must be between 1 (no batching) and 1024, got 0`}},
 		{"batch wait", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  batch {\n    max_size = 4\n    max_wait = \"soon\"\n  }\n}\n", []string{`phase "t": batch: max_wait "soon": want a duration from 0s to 1m0s`}},
 		{"batch above max_rooms", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  max_rooms = 2\n  batch {\n    max_size = 4\n  }\n}\n", []string{`phase "t": batch: max_size 4 is more than max_rooms 2: a batch could never fill`}},
-		{"negative credits", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  max_input_bytes = -1\n}\n", []string{`phase "t": max_rooms 0, max_input_bytes -1: want 0 (no limit) or more`}},
+		{"negative credits", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  max_input_bytes = -1\n}\n", []string{`phase "t": max_rooms 0, max_input_bytes -1: want 0 (no limit) to 1000000 and to 1125899906842624`}},
 		{"negative checkpoint_every", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  checkpoint_every = -5\n}\n", []string{`a.hcl:1:1: phase "t": checkpoint_every must be between 0 (no checkpoints) and 1000000 steps, got -5`}},
 		{"fractional cpus", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  cpus = 1.5\n}\n", []string{"a.hcl:3:10", "value must be a whole number"}},
 		{"bad ready timeout", "a.hcl", "phase \"t\" {\n  plugin = \"t\"\n  ready_timeout = \"0s\"\n}\n", []string{`phase "t": ready_timeout: "0s" is not a positive duration`}},

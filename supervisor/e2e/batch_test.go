@@ -49,12 +49,50 @@ phase "decoder" { plugin = "decoder" }
 	if most := mostAtOnce(t, p, infos, "transformer-0"); most > 4 {
 		t.Errorf("transformer-0 held %d requests at once, past max_rooms 4", most)
 	}
+	if waited == 0 {
+		t.Error("no request waited for credit: 8 came at once to an instance of max_rooms 4")
+	}
 	t.Logf("8 requests: %v batches of %v runs; %d waited for credit", batches, runs, waited)
 	p.release(t)
 }
 
+// TestBatchNotHung: Runs that wait for their batch behind a batch that
+// takes longer than hang_timeout are not taken for hung while the
+// instance reports progress: no instance is killed, no retry is spent.
+func TestBatchNotHung(t *testing.T) {
+	dir := shortDir(t)
+	p := startSupervisor(t, dir, writeConfig(t, dir, `
+retries = 0
+phase "encoder" { plugin = "encoder" }
+phase "transformer" {
+  plugin       = "flaky"
+  hang_timeout = "1s"
+  params       = { marker_dir = "`+dir+`", pace = "100ms" }
+  batch {
+    max_size = 2
+    max_wait = "0s"
+  }
+}
+phase "decoder" { plugin = "decoder" }
+`))
+	infos := p.submitAll(t, 4, func(i int) supervisor.Submission {
+		return supervisor.Submission{Prompt: fmt.Sprint("queued ", i), Seed: int64(i), Steps: 8}
+	})
+	for i, info := range infos {
+		if info := watchDone(t, p, info.ID, fmt.Sprint("queued ", i), int64(i), 8); info.Attempts != 1 {
+			t.Errorf("%s: %d attempts, want 1", info.ID, info.Attempts)
+		}
+	}
+	if st, err := p.client.Status(context.Background()); err != nil || st.InstanceExits != 0 {
+		t.Errorf("instance exits %d (%v), want none", st.InstanceExits, err)
+	}
+	p.release(t)
+}
+
 // TestCreditRefused: a transformer whose inputs fit its max_input_bytes
-// once (the supervisor does not know the size) refuses a second room;
+// once (the supervisor does not know the size) refuses a second room
+// (six requests at once, each quick, so that rooms come and go while
+// others are refused);
 // every request is placed again, later, without spending its retries
 // (retries = 0), and ends with the reference artifact; the instance
 // never held two.
@@ -68,11 +106,11 @@ phase "encoder" { plugin = "encoder" }
 phase "transformer" {
   plugin          = "flaky"
   max_input_bytes = 150000
-  params          = { marker_dir = "`+dir+`", pace = "20ms" }
+  params          = { marker_dir = "`+dir+`", pace = "2ms" }
 }
 phase "decoder" { plugin = "decoder" }
 `))
-	infos := p.submitAll(t, 3, func(i int) supervisor.Submission {
+	infos := p.submitAll(t, 6, func(i int) supervisor.Submission {
 		return supervisor.Submission{Prompt: fmt.Sprint("credit ", i), Seed: int64(i), Steps: 10}
 	})
 	refused := 0

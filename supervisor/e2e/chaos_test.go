@@ -39,6 +39,7 @@ phase "encoder" {
 phase "transformer" {
   plugin    = "transformer"
   instances = 2
+  checkpoint_every = 50 # a killed request resumes at its last multiple of 50 steps
   restart {
     max         = 10000
     backoff     = "50ms"
@@ -216,6 +217,8 @@ func TestChaos(t *testing.T) {
 	}
 	restarted += restarts(st)
 	retried += st.Retried
+	resumed, _ := sample(scrape(t, p2), "phased_checkpoint_resumes_total", "phase", "transformer")
+	saved, _ := sample(scrape(t, p2), "phased_checkpoint_steps_saved_total", "phase", "transformer")
 	for _, ph := range st.Phases {
 		for _, in := range ph.Instances {
 			if _, seen := pids[in.PID]; !seen {
@@ -237,8 +240,11 @@ func TestChaos(t *testing.T) {
 	if entries, _ := filepath.Glob(filepath.Join(dir, "ctl", "*")); len(entries) > 0 {
 		t.Errorf("control directory not empty: %v", entries)
 	}
-	fmt.Printf("chaos: requests %d, killed %d, restarted %d (+1 supervisor), retried %d, done %d, failed %d\n",
-		n, killed, restarted, retried, done, failed)
+	if _, err := os.Stat(filepath.Join(dir, "state", "checkpoints")); !os.IsNotExist(err) {
+		t.Errorf("checkpoints left in the state directory after release: %v", err)
+	}
+	fmt.Printf("chaos: requests %d, killed %d, restarted %d (+1 supervisor), retried %d, resumed from a checkpoint %v (%v steps not run again, since the supervisor's restart), done %d, failed %d\n",
+		n, killed, restarted, retried, resumed, saved, done, failed)
 }
 
 // same reports whether the process seen as pid, started at start, still

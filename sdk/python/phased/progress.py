@@ -130,22 +130,22 @@ class Reporter:
         self._reported = False
         self._done = 0  # the last done reported
         self._resumed = 0  # the step the Run resumed at (ctx.resume), 0 if none
+        # The step of the checkpoint ctx.resume returned, until the phase's
+        # next report says whether it resumed there (a report past it) or
+        # started over.
+        self._offered = 0
 
     def publish(self, stage: int, done: int = 0, total: int = 0) -> None:
         resumed = self._resumed if stage == COMPUTING else 0
         self._hub.publish(self, Event(self._request, stage, done, total, self._in, self._out, resumed))
 
     def resumed_at(self, step: int, total: int) -> None:
-        """The Run resumed at step of total from its checkpoint: COMPUTING
-        step of total, resumed step, and every later COMPUTING event says
-        so. The steps up to it count as done, not as work done now."""
+        """ctx.resume gave the Run the checkpoint of step (of total): the
+        phase's next report says whether it resumed there. If past step,
+        that COMPUTING event and every later one carry resumed = step, and
+        the steps up to it count as done, not as work done now."""
         with self._lock:
-            if not self._computing:
-                return
-            self._reported = True
-            self._resumed = int(step)
-            self._done = max(self._done, int(step))
-            self.publish(COMPUTING, int(step), int(total))
+            self._offered = int(step)
 
     def start_computing(self) -> None:
         with self._lock:
@@ -163,6 +163,10 @@ class Reporter:
             if not self._computing:
                 return
             self._reported = True
+            if self._offered:
+                if done > self._offered:
+                    self._resumed, self._done = self._offered, max(self._done, self._offered)
+                self._offered = 0
             if done > self._done:
                 self._hub.add_units(int(done) - self._done)
                 self._done = int(done)

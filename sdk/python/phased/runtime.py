@@ -67,10 +67,15 @@ class Credits:
     def take(self, room: int, specs: List[Spec]) -> bool:
         """Hold room's credit for its input buffers, or raise NoCredit
         saying which limit it would pass. False (and nothing changed) when
-        room holds credit already: the manager refuses a room id twice."""
+        room holds credit already: the manager refuses a room id twice.
+        Inputs over max_input_bytes on their own never fit: InvalidArgument,
+        so that the request fails rather than waits."""
         if room in self._held:
             return False
         n = sum(s.nbytes for s in specs)
+        if self.max_bytes and n > self.max_bytes:
+            raise InvalidArgument(f"inputs of {n} bytes are more than max_input_bytes {self.max_bytes} on their own: "
+                                  "no such request ever fits; raise max_input_bytes")
         if self.max_rooms and len(self._held) >= self.max_rooms:
             raise NoCredit(f"no credit: {len(self._held)} receiver rooms open, max_rooms {self.max_rooms}")
         if self.max_bytes and self._bytes + n > self.max_bytes:

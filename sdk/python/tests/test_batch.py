@@ -101,11 +101,14 @@ def test_credit_bytes():
     assert credit(rt) == (-1, 36)
     open_receiver(svc, 7)
     assert credit(rt) == (-1, 12)
-    # A request whose inputs alone pass the limit can never be taken.
+    # A request whose inputs alone pass the limit can never be taken: it is
+    # invalid (the request fails), not a want of credit (it would wait).
     rt2, _ = runtime(Scale(), None)
     configure(rt2, max_input_bytes=20)
-    with pytest.raises(NoCredit, match="^no credit: inputs of 24 bytes with 0 of 20 in use, max_input_bytes 20$"):
+    with pytest.raises(phased.InvalidArgument, match="^inputs of 24 bytes are more than max_input_bytes 20 on their own: "
+                       "no such request ever fits; raise max_input_bytes$"):
         rt2.open_room(1, RECEIVER, phased.Request("r"), "ipc:///peer", "")
+    assert credit(rt2) == (-1, 20)
 
 
 def test_credit_of_a_failed_open_and_after_release():

@@ -143,19 +143,32 @@ func (f *flaky) Run(ctx context.Context, req sdk.Request, in []tensor.Tensor) (s
 			return sdk.Output{}, errors.Join(errors.New("slow: cancelled"), ctx.Err())
 		}
 	}
-	if f.pace > 0 {
-		outer := ctx
-		ctx = sdk.WithReporter(ctx, func(done, total int) {
-			t := time.NewTimer(f.pace)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-outer.Done():
-			}
-			sdk.ReportProgress(outer, done, total)
-		})
+	return f.Phase.Run(f.paced(ctx), req, in)
+}
+
+// RunBatch is the transformer's, each item paced.
+func (f *flaky) RunBatch(ctx context.Context, items []sdk.BatchItem) []sdk.BatchResult {
+	for i := range items {
+		items[i].Ctx = f.paced(items[i].Ctx)
 	}
-	return f.Phase.Run(ctx, req, in)
+	return f.Phase.RunBatch(ctx, items)
+}
+
+// paced returns ctx whose progress reports each wait the "pace" param's
+// time first.
+func (f *flaky) paced(ctx context.Context) context.Context {
+	if f.pace <= 0 {
+		return ctx
+	}
+	return sdk.WithReporter(ctx, func(done, total int) {
+		t := time.NewTimer(f.pace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		sdk.ReportProgress(ctx, done, total)
+	})
 }
 
 // Info is the transformer's, under this plugin's own name.
