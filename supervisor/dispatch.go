@@ -244,6 +244,7 @@ func (a *attempt) fail(err error) error {
 // the same load for requests scheduled together and send them all to one
 // instance.
 func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
+	again := 0
 	for {
 		changed := s.readyWatch()
 		waiting, err := s.unservable()
@@ -273,11 +274,22 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 				return chosen, rooms, nil
 			}
 			s.schedMu.Unlock()
+			if a.ctx.Err() != nil {
+				return nil, nil, a.ctx.Err()
+			}
 			// An instance may have gone away between the check and the
 			// decision, or refused a room: wait for it, unless nothing
-			// is coming back.
-			if w, _ := s.unservable(); !w && s.creditless() == "" {
+			// is coming back. Or it is back already (a restart is quick):
+			// decide again at once, a bounded number of times.
+			w, gone := s.unservable()
+			switch {
+			case gone != nil:
 				return nil, nil, err
+			case !w && s.creditless() == "":
+				if again++; again > maxDecideAgain {
+					return nil, nil, err
+				}
+				continue
 			}
 		}
 		select {
@@ -287,6 +299,10 @@ func (s *Supervisor) place(a *attempt) ([]*instance, []uint64, error) {
 		}
 	}
 }
+
+// maxDecideAgain bounds the decisions place makes again at once after
+// one failed while every phase had a ready instance.
+const maxDecideAgain = 100
 
 // reserveRooms takes one room id per hop, the spare sender side's of
 // the hop's sender where it has one (spare.go) or a new one, and records
