@@ -33,10 +33,11 @@ func (s *Supervisor) checkpointsDir() string {
 // means no checkpoints for the request, with a warning, not a failure.
 func (s *Supervisor) checkpoints(r *request) []sdk.CheckpointSpec {
 	specs := make([]sdk.CheckpointSpec, len(s.phases))
-	if s.checkpointsDir() == "" {
+	base := s.checkpointsDir()
+	if base == "" {
 		return specs
 	}
-	dir := filepath.Join(s.checkpointsDir(), r.id)
+	dir := filepath.Join(base, r.id)
 	made := false
 	for i, ph := range s.phases {
 		if ph.cfg.CheckpointEvery <= 0 {
@@ -59,10 +60,11 @@ func (s *Supervisor) checkpoints(r *request) []sdk.CheckpointSpec {
 // makes the directory's removal fail): it is tried once more, and what
 // is left goes at release.
 func (s *Supervisor) dropCheckpoints(r *request) {
-	if s.checkpointsDir() == "" {
+	base := s.checkpointsDir()
+	if base == "" {
 		return
 	}
-	dir := filepath.Join(s.checkpointsDir(), r.id)
+	dir := filepath.Join(base, r.id)
 	err := os.RemoveAll(dir)
 	if err != nil {
 		err = os.RemoveAll(dir)
@@ -76,10 +78,11 @@ func (s *Supervisor) dropCheckpoints(r *request) {
 // that is not dispatched again (it ended while the supervisor was down,
 // or is unknown).
 func (s *Supervisor) pruneCheckpoints(infos []RequestInfo) {
-	if s.checkpointsDir() == "" {
+	base := s.checkpointsDir()
+	if base == "" {
 		return
 	}
-	entries, err := os.ReadDir(s.checkpointsDir())
+	entries, err := os.ReadDir(base)
 	if err != nil {
 		return // none yet
 	}
@@ -89,7 +92,7 @@ func (s *Supervisor) pruneCheckpoints(infos []RequestInfo) {
 	}
 	for _, e := range entries {
 		if !keep[e.Name()] {
-			if err := os.RemoveAll(filepath.Join(s.checkpointsDir(), e.Name())); err != nil {
+			if err := os.RemoveAll(filepath.Join(base, e.Name())); err != nil {
 				s.logger.Warn("removing the checkpoints of an ended request", "request", e.Name(), "error", err)
 			}
 		}
@@ -100,8 +103,8 @@ func (s *Supervisor) pruneCheckpoints(infos []RequestInfo) {
 // removed its own when it ended, so this only sweeps what a late save of
 // a cancelled Run left behind.
 func (s *Supervisor) removeCheckpoints() error {
-	if s.checkpointsDir() == "" {
-		return nil
+	if base := s.checkpointsDir(); base != "" {
+		return os.RemoveAll(base)
 	}
-	return os.RemoveAll(s.checkpointsDir())
+	return nil
 }

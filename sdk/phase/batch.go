@@ -23,9 +23,7 @@ import (
 type batcher struct {
 	phase  sdk.BatchPhase
 	limits sdk.BatchLimits
-	run    func(ctx context.Context, req sdk.Request, in []tensor.Tensor) (sdk.Output, error) // the runtime's runPhase
-	log    func(msg string, args ...any)
-	nanos  func(time.Duration) // counts the time batches compute
+	r      *Runtime // its runPhase, logger and compute time
 
 	// batches counts the batches of two Runs or more, runs the Runs in
 	// them (Status's batches_total and batched_runs_total).
@@ -53,9 +51,7 @@ type batchItem struct {
 // startBatcher starts the loop of phase p with limits; close stops it.
 func startBatcher(p sdk.BatchPhase, limits sdk.BatchLimits, r *Runtime) *batcher {
 	ctx, stop := context.WithCancel(context.Background())
-	b := &batcher{phase: p, limits: limits, run: r.runPhase, log: r.logger.Error,
-		nanos: func(d time.Duration) { r.computeNanos.Add(int64(d)) },
-		wake:  make(chan struct{}, 1), ctx: ctx, stop: stop, done: make(chan struct{})}
+	b := &batcher{phase: p, limits: limits, r: r, wake: make(chan struct{}, 1), ctx: ctx, stop: stop, done: make(chan struct{})}
 	go b.loop()
 	return b
 }
@@ -166,7 +162,7 @@ func (b *batcher) runBatch(batch []*batchItem) {
 	}
 	began := time.Now()
 	results := b.results(batch)
-	b.nanos(time.Since(began))
+	b.r.computeNanos.Add(int64(time.Since(began)))
 	for i, it := range batch {
 		it.res = results[i]
 		it.rep.stopComputing(it.res.Err == nil)
@@ -177,7 +173,7 @@ func (b *batcher) runBatch(batch []*batchItem) {
 func (b *batcher) results(batch []*batchItem) (results []sdk.BatchResult) {
 	if len(batch) == 1 {
 		it := batch[0]
-		out, err := b.run(it.item.Ctx, it.item.Request, it.item.Inputs)
+		out, err := b.r.runPhase(it.item.Ctx, it.item.Request, it.item.Inputs)
 		return []sdk.BatchResult{{Output: out, Err: err}}
 	}
 	// The batch's context ends when every item's has, or at release.
@@ -205,7 +201,7 @@ func (b *batcher) results(batch []*batchItem) (results []sdk.BatchResult) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
-			b.log("phase panicked in RunBatch", "runs", len(batch), "panic", p, "stack", string(debug.Stack()))
+			b.r.logger.Error("phase panicked in RunBatch", "runs", len(batch), "panic", p, "stack", string(debug.Stack()))
 			results = fail(fmt.Errorf("the phase panicked in a batch of %d: %v", len(batch), p))
 		}
 	}()

@@ -90,12 +90,11 @@ phase "decoder" { plugin = "decoder" }
 }
 
 // TestCreditRefused: a transformer whose inputs fit its max_input_bytes
-// once (the supervisor does not know the size) refuses a second room
-// (six requests at once, each quick, so that rooms come and go while
-// others are refused);
-// every request is placed again, later, without spending its retries
-// (retries = 0), and ends with the reference artifact; the instance
-// never held two.
+// once (the supervisor does not know the size) refuses a second room.
+// Six quick requests at once, so that rooms come and go while others are
+// refused: every one is placed again, later, without spending its
+// retries (retries = 0), and ends with the reference artifact; the
+// instance never held two.
 func TestCreditRefused(t *testing.T) {
 	dir := shortDir(t)
 	// The transformer's inputs: a 16×64 context and a 4×8×24×32 latent,
