@@ -9,6 +9,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOC_VERSION := 3.21.12
 PROTO_OUT ?= sdk/proto
 PY_PROTO_OUT ?= sdk/python/phased/_proto
+AGENT_PROTO_OUT ?= supervisor
 CUDA_CACHE ?= .cache/cuda
 DEVICE_DIR ?= .cache/device
 CUDA_ENV   := CGO_CFLAGS="-I$(abspath $(CUDA_CACHE))/root/usr/include" CGO_LDFLAGS="-L$(abspath $(CUDA_CACHE))/root/usr/lib/x86_64-linux-gnu"
@@ -45,9 +46,10 @@ deps: ## install what the build needs (libzmq, and Python's packages for the Pyt
 	  echo "installing libzmq3-dev and $(PY_DEBS) (apt-get)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config $(PY_DEBS) >/dev/null; }
 
-test-deps: deps ## what the tests need beyond the build: headless chromium for the dashboard's test (Debian), if missing
-	@command -v chromium >/dev/null || { echo "installing chromium (apt-get)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+test-deps: deps ## what the tests need beyond the build: headless chromium for the dashboard's test, etcd and iproute2 for the multi-host test (Debian), if missing
+	@command -v chromium >/dev/null && command -v etcd >/dev/null && command -v etcdctl >/dev/null && command -v ip >/dev/null && command -v ping >/dev/null || { \
+	  echo "installing chromium etcd-server etcd-client iproute2 iputils-ping (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium etcd-server etcd-client iproute2 iputils-ping >/dev/null; }
 
 build: deps ## build bin/supervisor and the plugins in bin/plugins (the Python phases of examples/ linked in)
 	$(GO) build -o $(BIN)/ ./supervisor/cmd/supervisor
@@ -101,6 +103,14 @@ proto: ## regenerate the protobuf code with the pinned generators
 	protoc -I sdk/proto --python_out=$(PY_PROTO_OUT) sdk/proto/phasedv1/*.proto
 	@# protoc names the package by its path under -I; the SDK vendors it as phased._proto.
 	sed -i 's/^from phasedv1 import /from phased._proto.phasedv1 import /' $(PY_PROTO_OUT)/phasedv1/*_pb2.py
+	@# The supervisor's own service to its agents (Go only, not the plugin contract).
+	@mkdir -p $(AGENT_PROTO_OUT)/agentv1
+	protoc -I supervisor \
+	  --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+	  --plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+	  --go_out=$(AGENT_PROTO_OUT) --go_opt=paths=source_relative \
+	  --go-grpc_out=$(AGENT_PROTO_OUT) --go-grpc_opt=paths=source_relative \
+	  supervisor/agentv1/*.proto
 
 docs: deps ## rewrite README.md's CLI reference (between its cli-reference markers) from the command tree
 	$(GO) run ./supervisor/cmd/supervisor docs --update README.md
@@ -114,7 +124,8 @@ check: deps ## gofmt, go vet, pyflakes, the contract and the policies built with
 	$(GO) run ./supervisor/cmd/supervisor docs --check README.md
 	@command -v protoc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	$(MAKE) -s proto PROTO_OUT=$$tmp PY_PROTO_OUT=$$tmp/py && \
+	$(MAKE) -s proto PROTO_OUT=$$tmp PY_PROTO_OUT=$$tmp/py AGENT_PROTO_OUT=$$tmp/agent && \
+	for f in $$tmp/agent/agentv1/*.go; do cmp -s $$f supervisor/agentv1/$$(basename $$f) || { echo "generated code is stale: supervisor/agentv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
 	for f in $$tmp/phasedv1/*.go; do cmp -s $$f sdk/proto/phasedv1/$$(basename $$f) || { echo "generated code is stale: sdk/proto/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
 	for f in $$tmp/py/phasedv1/*.py; do cmp -s $$f $(PY_PROTO_OUT)/phasedv1/$$(basename $$f) || { echo "generated code is stale: $(PY_PROTO_OUT)/phasedv1/$$(basename $$f); run make proto and commit"; exit 1; }; done; \
 	[ $$(ls $$tmp/phasedv1/*.go | wc -l) = $$(ls sdk/proto/phasedv1/*.go | wc -l) ] || { echo "sdk/proto/phasedv1 holds generated files that no .proto produces"; exit 1; }; \

@@ -83,6 +83,13 @@ func (c caller) rpcError(ctx context.Context, err error) error {
 // statusError turns a plugin-side error into a gRPC status.
 func statusError(err error) error {
 	switch {
+	case errors.Is(err, ErrPluginGone):
+		// Only a server that passes calls on to another process (an
+		// agent, for an instance on its host) meets it: that process
+		// is gone, which its caller must learn as such.
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrNoProgress):
+		return status.Error(codes.Unimplemented, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

@@ -317,7 +317,7 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	r.mu.Lock()
 	r.info.Rooms, r.info.Backends = nil, nil
 	for i := range rooms {
-		backend := s.hopBackend(i)
+		backend := s.hopBackend(chosen[i], chosen[i+1])
 		if sp, ok := a.lives[i].takeSpare(backend, a.lives[i+1]); ok {
 			rooms[i], a.spares[i] = sp.id, sp.endpoint
 		} else {
@@ -334,9 +334,14 @@ func (s *Supervisor) reserveRooms(a *attempt, chosen []*instance) []uint64 {
 	return rooms
 }
 
-// hopBackend is the backend of hop i, from phase i to phase i+1.
-func (s *Supervisor) hopBackend(i int) sdk.Backend {
-	return s.cfg.HopBackend(s.phases[i].cfg, s.phases[i+1].cfg)
+// hopBackend is the backend of a hop from one instance to the next
+// phase's: zmq between hosts (CURVE where the cluster has its key),
+// whatever the config says; else the config's choice.
+func (s *Supervisor) hopBackend(from, to *instance) sdk.Backend {
+	if from.hostName() != to.hostName() {
+		return sdk.BackendZMQ
+	}
+	return s.cfg.HopBackend(from.cfg, to.cfg)
 }
 
 // spare returns the endpoint of the spare sender side hop i took, or "".
@@ -406,7 +411,7 @@ func (s *Supervisor) openHops(ctx context.Context, fail context.CancelCauseFunc,
 // endpoint.
 func (s *Supervisor) openSide(ctx context.Context, a *attempt, req sdk.Request, i int, role sdk.Role, peer string) (string, error) {
 	room := a.sender(i).room
-	l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: s.hopBackend(i)}
+	l, spec := a.lives[i], sdk.RoomSpec{Room: room, Role: role, Request: req, Backend: s.hopBackend(a.lives[i].in, a.lives[i+1].in)}
 	if role == sdk.RoleReceiver {
 		l, spec.PeerEndpoint = a.lives[i+1], peer
 	}
@@ -484,7 +489,9 @@ func (s *Supervisor) runPhases(a *attempt, req sdk.Request, rooms []uint64, chec
 	for i, l := range a.lives {
 		k := key(i)
 		spec := sdk.RunSpec{Request: req, InRoom: k.inRoom, OutRoom: k.outRoom}
-		spec.Request.Checkpoint = checkpoints[i]
+		if l.in.host == nil { // the checkpoint directory is on this host
+			spec.Request.Checkpoint = checkpoints[i]
+		}
 		go func() {
 			if err := ready(i); err != nil {
 				results <- result{i, nil, err}
@@ -849,7 +856,7 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 		}
 		switch {
 		case ready:
-		case recovering:
+		case recovering || s.cluster != nil: // a host may join with one
 			waiting = true
 		default:
 			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.all()), last)

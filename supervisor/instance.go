@@ -47,7 +47,13 @@ type instance struct {
 	stage int // its phase's place in the pipeline, from 0
 	cfg   config.Phase
 	path  string // the plugin binary
-	dir   string // its ipc sockets, emptied at every restart
+	dir   string // its ipc sockets, emptied at every restart; "" on another host
+	// host is the agent that runs it on another host (remote.go), nil
+	// on this one; gpu the GPU it is given there ("" none).
+	host *host
+	gpu  string
+	// clusterHost is the host label policies see ("" without a cluster).
+	clusterHost string
 
 	cur      atomic.Pointer[life] // the process filling the slot now
 	inflight atomic.Int64
@@ -264,9 +270,16 @@ type InstanceError struct {
 	// Retired is set when the supervisor ended the attempt because a
 	// scale-in retired the instance.
 	Retired bool
+	// Lost says why the instance's host was lost (its agent's lease
+	// expired, or it was unreachable): an attempt lost so is not the
+	// request's fault.
+	Lost string
 }
 
 func (e *InstanceError) Error() string {
+	if e.Lost != "" {
+		return fmt.Sprintf("instance %s (pid %d) was lost with its host: %s", e.Instance, e.PID, e.Lost)
+	}
 	if e.Retired {
 		return fmt.Sprintf("instance %s (pid %d) was retired by a scale-in", e.Instance, e.PID)
 	}
@@ -284,7 +297,7 @@ func (e *InstanceError) Error() string {
 // (an exit status, a fault signal), a hang or an out-of-memory kill:
 // an attempt lost so is not the request's fault.
 func (e *InstanceError) External() bool {
-	if e.Retired {
+	if e.Retired || e.Lost != "" {
 		return true
 	}
 	if e.Hung != "" || e.OOM {
@@ -449,7 +462,7 @@ func (l *life) deadError() *InstanceError {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.dead == nil {
-		l.dead = &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: l.proc.exitStatus(), Hung: l.hungWhy}
+		l.dead = &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: l.proc.exitStatus(), Hung: l.hungWhy, Lost: l.proc.lost()}
 		// A SIGKILL while the OOM killer ran (or where its count is
 		// unknown) is taken for an OOM kill: a crash, not free.
 		l.dead.OOM = l.dead.Status == "signal: killed" && l.dead.Hung == "" && (l.oomKills < 0 || hostOOMKills() != l.oomKills)
@@ -461,23 +474,33 @@ func (l *life) deadError() *InstanceError {
 // the readiness call. The process is killed when any step fails.
 func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	oomKills := hostOOMKills()
-	proc, err := s.start(ctx, processConfig{
+	pc := processConfig{
 		Name: in.id, Path: in.path, Kind: sdk.KindPhase,
 		APIVersion: sdk.PhaseAPIVersion, StartTimeout: in.cfg.StartTimeout,
 		CPUs: s.cfg.CPUsOf(in.cfg, runtime.NumCPU()),
-	})
+	}
+	var proc *process
+	var err error
+	if in.host != nil {
+		proc, err = s.startRemote(ctx, in, pc)
+	} else {
+		proc, err = s.start(ctx, pc)
+	}
 	if err != nil {
 		return nil, err
 	}
 	l := &life{in: in, proc: proc, ctl: proc.raw.(sdk.PhaseControl), users: map[*attempt]struct{}{}, oomKills: oomKills}
-	// A process before this one may have left sockets behind.
-	if err := os.RemoveAll(in.dir); err != nil {
-		proc.kill()
-		return nil, err
-	}
-	if err := os.MkdirAll(in.dir, 0o700); err != nil {
-		proc.kill()
-		return nil, err
+	// A process before this one may have left sockets behind (an
+	// agent sees to its own host's).
+	if in.host == nil {
+		if err := os.RemoveAll(in.dir); err != nil {
+			proc.kill()
+			return nil, err
+		}
+		if err := os.MkdirAll(in.dir, 0o700); err != nil {
+			proc.kill()
+			return nil, err
+		}
 	}
 	if in.cfg.Batch.MaxSize > 1 && !proc.info.Has(sdk.FeatureBatch) {
 		proc.kill()
@@ -493,7 +516,7 @@ func (s *Supervisor) launch(ctx context.Context, in *instance) (*life, error) {
 	}
 	err = l.ctl.Configure(cctx, sdk.InstanceConfig{
 		Instance: in.id, RunDir: in.dir, Params: s.cfg.PhaseParams(in.cfg),
-		ZMQHost: in.cfg.Address, PeerTimeout: s.cfg.PeerTimeout, Device: in.cfg.Device,
+		ZMQHost: s.zmqHost(in), PeerTimeout: s.cfg.PeerTimeout, Device: in.cfg.Device,
 		MaxRooms: in.cfg.MaxRooms, MaxInputBytes: in.cfg.MaxInputBytes,
 		Batch: sdk.BatchLimits{MaxSize: in.cfg.Batch.MaxSize, MaxWait: in.cfg.Batch.MaxWait},
 	})
@@ -545,8 +568,12 @@ func (s *Supervisor) startInstance(ctx context.Context, ph *phase, i int) (*inst
 // newInstance makes instance i of a phase, starting, without a process.
 func (s *Supervisor) newInstance(ph *phase, i int) *instance {
 	id := fmt.Sprintf("%s-%d", ph.cfg.Name, i)
-	return &instance{id: id, index: i, phase: ph.cfg.Name, stage: ph.stage, cfg: ph.cfg, path: ph.path,
+	in := &instance{id: id, index: i, phase: ph.cfg.Name, stage: ph.stage, cfg: ph.cfg, path: ph.path,
 		dir: filepath.Join(s.runDir, id), state: stateStarting, restart: newRestarter(ph.cfg.Restart), credit: s.readyChanged}
+	if s.cluster != nil {
+		in.clusterHost = s.cluster.host
+	}
+	return in
 }
 
 // goLive makes l the instance's process, ready, and watches it. in.mu is
@@ -589,8 +616,16 @@ func (s *Supervisor) watch(in *instance, l *life) {
 	}
 	// Its spares too: the sides standing by for them go.
 	s.exitedSpares(l)
-	s.crashes.Add(1)
+	if dead.Lost == "" {
+		s.crashes.Add(1)
+	}
 	l.proc.kill() // its process group, and go-plugin's state
+	if dead.Lost != "" {
+		// Its host is gone: it comes back with its host, as a new
+		// instance (remote.go).
+		s.dropRemote(in)
+		return
+	}
 
 	in.mu.Lock()
 	if in.state == stateReleased || in.state == stateDraining {

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,22 +26,52 @@ type phase struct {
 	// makes one scaling of the phase at a time).
 	members atomic.Pointer[[]*instance]
 	scaleMu sync.Mutex
+	// remote is its instances on other hosts (remote.go), replaced
+	// whole under remoteMu; nextRemote numbers them after every index
+	// the phase may scale to.
+	remote     atomic.Pointer[[]*instance]
+	remoteMu   sync.Mutex
+	nextRemote atomic.Int64
 	// load is what the scaler is told of it; stepsSeen the steps count
 	// at the scaler's last call, for a rate.
 	load      scalerLoad
 	stepsSeen atomic.Int64
 }
 
-// all returns the phase's instances now, in index order.
+// all returns the phase's instances now: those on this host in index
+// order, then those on other hosts.
 func (ph *phase) all() []*instance {
+	local := ph.local()
+	if r := ph.remote.Load(); r != nil && len(*r) > 0 {
+		return append(slices.Clone(local), *r...)
+	}
+	return local
+}
+
+// local returns the phase's instances on this host, in index order:
+// those Scale counts.
+func (ph *phase) local() []*instance {
 	if m := ph.members.Load(); m != nil {
 		return *m
 	}
 	return nil
 }
 
-// setMembers makes list the phase's instances.
+// setMembers makes list the phase's instances on this host.
 func (ph *phase) setMembers(list []*instance) { ph.members.Store(&list) }
+
+// editRemote replaces the phase's instances on other hosts by what edit
+// makes of them.
+func (ph *phase) editRemote(edit func([]*instance) []*instance) {
+	ph.remoteMu.Lock()
+	defer ph.remoteMu.Unlock()
+	var cur []*instance
+	if r := ph.remote.Load(); r != nil {
+		cur = *r
+	}
+	next := edit(slices.Clone(cur))
+	ph.remote.Store(&next)
+}
 
 // candidates is the phase's snapshot for a policy: an instance that can
 // take no more rooms (its credits, credit.go) is not ready in it.
@@ -59,7 +90,7 @@ func (ph *phase) candidatesFor(credit bool) sdk.PhaseCandidates {
 			OpenRooms:     int(in.rooms.Load()),
 			Inflight:      int(in.inflight.Load()),
 			LatencyEWMAms: in.latencyMs(),
-			Labels:        ph.cfg.InstanceLabels(in.index),
+			Labels:        in.labels(),
 		})
 	}
 	return pc

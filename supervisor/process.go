@@ -40,6 +40,9 @@ type process struct {
 	// done is go-plugin's exit notification: closed once the process has
 	// exited and been reaped (cmd.ProcessState is then set).
 	done <-chan struct{}
+	// remote is set for a process an agent runs on another host
+	// (remote.go); client, cmd and channel are nil then.
+	remote *remoteProc
 }
 
 // processConfig says how to start one plugin process.
@@ -57,6 +60,8 @@ type processConfig struct {
 	Pin, PinnedAt string
 	// CPUs, if set, is how many CPUs the process runs on (cpuEnv).
 	CPUs int
+	// Env is more of the process's environment (NAME=VALUE), set last.
+	Env []string
 }
 
 // FileSHA256 returns the SHA-256 of a file, in hex.
@@ -125,6 +130,7 @@ func startProcess(ctx context.Context, pc processConfig) (*process, error) {
 	// plugin's gRPC socket is in the run directory, which release removes.
 	cmd.Env = append(os.Environ(), sdk.LogLevelEnv+"="+pc.LogLevel, "PLUGIN_UNIX_SOCKET_DIR="+pc.SocketDir)
 	cmd.Env = append(cmd.Env, cpuEnv(pc.CPUs)...)
+	cmd.Env = append(cmd.Env, pc.Env...)
 	// The child dies with the supervisor, even on SIGKILL; it leads a
 	// process group of its own, so that kill takes its own children too
 	// (and a Ctrl-C at the supervisor's terminal reaches the supervisor
@@ -235,6 +241,10 @@ func clientConfig(pc processConfig, cmd *exec.Cmd, secure *plugin.SecureConfig, 
 // keeps the number of a process group in use until its last member is
 // gone.
 func (p *process) abort() {
+	if p.remote != nil {
+		p.remote.stop(true)
+		return
+	}
 	if p.cmd.Process != nil {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
@@ -282,6 +292,9 @@ func (p *process) exited() bool {
 // exitStatus says how the process ended ("exit status 2", "signal:
 // killed"); only once done is closed.
 func (p *process) exitStatus() string {
+	if p.remote != nil {
+		return p.remote.exitStatus()
+	}
 	if st := p.cmd.ProcessState; st != nil {
 		return st.String()
 	}
@@ -291,6 +304,10 @@ func (p *process) exitStatus() string {
 // killNow kills the process group at once (a hung plugin gets no graceful
 // close), then lets go-plugin clean up.
 func (p *process) killNow() {
+	if p.remote != nil {
+		p.remote.stop(true)
+		return
+	}
 	if p.pid > 0 && !p.exited() {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
@@ -305,6 +322,10 @@ func (p *process) killNow() {
 // may keep open: past killWait the group is killed first, which closes
 // them. Safe to call twice.
 func (p *process) kill() {
+	if p.remote != nil {
+		p.remote.stop(false)
+		return
+	}
 	// A process that exited had its group killed then (watchGroup); its
 	// pid may belong to another process group by now.
 	group := p.pid > 0 && !p.exited()

@@ -74,7 +74,7 @@ func (s *Supervisor) Scale(ctx context.Context, name string, n int) (ScaleResult
 	if s.bgCtx.Err() != nil {
 		return ScaleResult{}, ErrReleasing
 	}
-	cur := ph.all()
+	cur := ph.local()
 	res := ScaleResult{Phase: name, From: len(cur), To: n}
 	switch {
 	case n > len(cur):
@@ -82,7 +82,7 @@ func (s *Supervisor) Scale(ctx context.Context, name string, n int) (ScaleResult
 	case n < len(cur):
 		err = s.scaleIn(ctx, ph, n, &res)
 	}
-	res.To = len(ph.all())
+	res.To = len(ph.local())
 	if res.To != res.From {
 		ph.load.lastScaled.Store(time.Now().UnixNano())
 	}
@@ -99,7 +99,7 @@ func (s *Supervisor) Scale(ctx context.Context, name string, n int) (ScaleResult
 // (starting) and ready once its readiness call returns; one that fails
 // to start is taken off again, and the error says why.
 func (s *Supervisor) scaleOut(ctx context.Context, ph *phase, n int, res *ScaleResult) error {
-	cur := ph.all()
+	cur := ph.local()
 	var added []*instance
 	for i := len(cur); i < n; i++ {
 		added = append(added, s.newInstance(ph, i))
@@ -154,7 +154,7 @@ func (s *Supervisor) scaleOut(ctx context.Context, ph *phase, n int, res *ScaleR
 // them draining at once, then each released in order once its requests
 // are gone.
 func (s *Supervisor) scaleIn(ctx context.Context, ph *phase, n int, res *ScaleResult) error {
-	cur := ph.all()
+	cur := ph.local()
 	victims := cur[n:]
 	for _, in := range victims {
 		in.setState(stateDraining)

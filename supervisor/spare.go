@@ -67,11 +67,11 @@ func (s *Supervisor) fillSpare(l *life) {
 	if l.in.stage+1 >= len(s.phases) {
 		return
 	}
-	backend := s.hopBackend(l.in.stage)
 	for _, to := range s.phases[l.in.stage+1].all() {
 		if to.retiring() {
 			continue
 		}
+		backend := s.hopBackend(l.in, to)
 		l.mu.Lock()
 		if l.dead != nil || l.spares[to] != nil || time.Since(l.spareFailed) < spareRetry {
 			l.mu.Unlock()

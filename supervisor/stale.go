@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/phased/phased/sdk/transfer"
 )
 
@@ -104,7 +106,12 @@ func newRunDir() (string, error) {
 // anything whose process is alive, and anything not marked as phased's.
 // It logs what it removed and returns the errors it met, which do not stop
 // the start.
-func (s *Supervisor) sweepStale() error {
+func (s *Supervisor) sweepStale() error { return sweepStale(s.logger, s.cfg.RunDir) }
+
+// sweepStale is Supervisor.sweepStale for any process that keeps a run
+// directory of phased's (the supervisor, an agent), with its configured
+// run directory ("" none).
+func sweepStale(logger hclog.Logger, runDir string) error {
 	var errs []error
 	var dirs []string
 	for _, pattern := range runDirPatterns() {
@@ -118,25 +125,25 @@ func (s *Supervisor) sweepStale() error {
 			continue
 		}
 		if n := killStaleGroups(dir); n > 0 {
-			s.logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
+			logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove the stale run directory %s: %w", dir, err))
 			continue
 		}
-		s.logger.Warn("removed the run directory of a supervisor that did not release", "dir", dir, "pid", pid)
+		logger.Warn("removed the run directory of a supervisor that did not release", "dir", dir, "pid", pid)
 	}
 	// A configured run_dir is the user's: only what a supervisor puts
 	// there goes.
-	if dir := s.cfg.RunDir; dir != "" {
+	if dir := runDir; dir != "" {
 		if pid, _, ok := stalePID(dir); ok {
 			if n := killStaleGroups(dir); n > 0 {
-				s.logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
+				logger.Warn("killed processes that plugins of a supervisor that did not release had started", "groups", n, "pid", pid)
 			}
 			if err := removeRunContents(dir); err != nil {
 				errs = append(errs, err)
 			} else {
-				s.logger.Warn("removed the sockets a supervisor that did not release left in run_dir", "dir", dir, "pid", pid)
+				logger.Warn("removed the sockets a supervisor that did not release left in run_dir", "dir", dir, "pid", pid)
 			}
 		}
 	}
@@ -145,7 +152,7 @@ func (s *Supervisor) sweepStale() error {
 		errs = append(errs, err)
 	}
 	if n > 0 {
-		s.logger.Warn("removed shared-memory segments of plugin processes that died", "count", n, "dir", transfer.DefaultShmDir)
+		logger.Warn("removed shared-memory segments of plugin processes that died", "count", n, "dir", transfer.DefaultShmDir)
 	}
 	return errors.Join(errs...)
 }

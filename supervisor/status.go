@@ -55,9 +55,12 @@ type InstanceStatus struct {
 	OpenRooms int    `json:"open_rooms"`
 	Inflight  int    `json:"inflight"`
 	Dropped   uint64 `json:"dropped_frames"`
-	Restarts  int    `json:"restarts"`            // since the supervisor started
-	LastExit  string `json:"last_exit,omitempty"` // how its last process ended
-	Error     string `json:"error,omitempty"`     // when the instance did not answer
+	// Host is the host it runs on, in a cluster (its agent's host
+	// label, or the supervisor's); "" without a cluster block.
+	Host     string `json:"host,omitempty"`
+	Restarts int    `json:"restarts"`            // since the supervisor started
+	LastExit string `json:"last_exit,omitempty"` // how its last process ended
+	Error    string `json:"error,omitempty"`     // when the instance did not answer
 }
 
 // Page selects the requests a Status lists: up to Limit (1 to
@@ -87,7 +90,7 @@ func (s *Supervisor) Status(ctx context.Context, pid int, page Page) Status {
 	for _, ph := range s.phases {
 		ps := PhaseStatus{Name: ph.cfg.Name, Plugin: ph.cfg.Plugin, Policy: ph.live.Load().name, Min: ph.cfg.Min, Max: ph.cfg.Max}
 		for _, in := range ph.all() {
-			is := InstanceStatus{ID: in.id, PID: in.pid(), State: in.currentState(), Inflight: int(in.inflight.Load())}
+			is := InstanceStatus{ID: in.id, PID: in.pid(), State: in.currentState(), Inflight: int(in.inflight.Load()), Host: in.clusterHost}
 			in.mu.Lock()
 			is.Restarts, is.LastExit = in.restart.counts(), in.lastExit
 			in.mu.Unlock()

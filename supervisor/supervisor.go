@@ -90,6 +90,10 @@ type Supervisor struct {
 	crashes atomic.Int64 // instance processes that exited unasked
 	retried atomic.Int64 // dispatch attempts after the first
 
+	// cluster is the hosts of agents (remote.go); nil without a cluster
+	// block.
+	cluster *cluster
+
 	journal *journal // nil without a state directory
 	metrics *metrics
 
@@ -232,6 +236,9 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 	}
 	cat := Catalog{Dir: pluginDir}
 	s.catalog = cat
+	if err := s.startCluster(); err != nil {
+		return err
+	}
 	// Find every binary and check its pin first, so that a typo or a
 	// binary that is not the pinned one fails before anything starts.
 	paths := map[string]string{}
@@ -287,6 +294,7 @@ func (s *Supervisor) Start(ctx context.Context) (err error) {
 			s.fillSpare(in.cur.Load())
 		}
 	}
+	s.joinCluster()
 	if name := s.cfg.Scaler.Name; name != "" {
 		sc, err := s.startScaler(ctx, name, s.cfg.Scaler.Params)
 		if err != nil {
@@ -341,6 +349,7 @@ func (s *Supervisor) start(ctx context.Context, pc processConfig) (*process, err
 	pc.SocketDir = filepath.Join(s.runDir, "plugin")
 	pc.LogLevel = s.opts.LogLevel
 	pc.Pin, pc.PinnedAt = pinOf(s.cfg, pc.Path)
+	pc.Env = append(pc.Env, s.curveEnv()...)
 	if err := os.MkdirAll(pc.SocketDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -457,6 +466,7 @@ func (s *Supervisor) stopAll(ctx context.Context) error {
 			}
 		}
 	}
+	s.stopCluster()
 	s.stopPolicies()
 	if err := s.removeCheckpoints(); err != nil {
 		errs = append(errs, fmt.Errorf("checkpoints: %w", err))

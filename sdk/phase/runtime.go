@@ -103,12 +103,17 @@ func (r *Runtime) Configure(ctx context.Context, cfg sdk.InstanceConfig) error {
 		return fmt.Errorf("%w: batch max size %d: the phase does not batch (it implements no sdk.BatchPhase)", sdk.ErrInvalid, cfg.Batch.MaxSize)
 	}
 	logger := r.logger.Named(cfg.Instance)
+	curve, err := transfer.CurveFromEnv()
+	if err != nil {
+		return err
+	}
 	mgr, err := transfer.New(transfer.Config{
 		Dir:         cfg.RunDir,
 		Name:        transfer.ProcessName(cfg.Instance, os.Getpid()),
 		ZMQHost:     cfg.ZMQHost,
 		PeerTimeout: cfg.PeerTimeout,
 		CUDA:        cfg.Device == sdk.DeviceCUDA,
+		Curve:       curve,
 		Logger:      logger.Named("transfer"),
 	})
 	if err != nil {

@@ -81,6 +81,16 @@ type Config struct {
 	// and both cost more than the hand-off itself (a read of every byte;
 	// an mprotect, about 30 µs per MiB on a 2-vCPU VM).
 	VerifyHandoffs bool
+	// Curve, when set, secures the sockets of zmq rooms (tcp://) with
+	// ZeroMQ CURVE: every bound one is a CURVE server with this secret
+	// key, every connecting one a CURVE client that expects this public
+	// key of its server and presents this pair, and the Manager's ZAP
+	// handler admits only clients that present this public key. The
+	// whole cluster shares one pair (ReadCurveKeyFile), so a peer
+	// without it cannot connect: its room fails after PeerTimeout. nil
+	// means no encryption and no authentication. ipc sockets (shm and
+	// cuda rooms) are not affected.
+	Curve *CurveKeys
 	// MaxSockets bounds the zmq sockets of the Manager (each room holds up
 	// to four); 0 means the process's file-descriptor limit. An open past
 	// it fails with ErrTooManyFiles.
@@ -229,6 +239,13 @@ func (c Config) normalize() (Config, error) {
 	}
 	if err := CheckHost(c.ZMQHost); err != nil {
 		return c, fmt.Errorf("transfer: config: ZMQHost %q: %w", c.ZMQHost, err)
+	}
+	if c.Curve != nil {
+		keys := *c.Curve // the caller's may change
+		if err := keys.check(); err != nil {
+			return c, fmt.Errorf("transfer: config: Curve: %w", err)
+		}
+		c.Curve = &keys
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

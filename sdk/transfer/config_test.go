@@ -17,6 +17,7 @@ func TestNewConfig(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	a, b := curveKeys(t), curveKeys(t)
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -34,6 +35,12 @@ func TestNewConfig(t *testing.T) {
 		{"slash in name", Config{Dir: dir, Name: "a/b"}, []string{`Name "a/b" must match ^[A-Za-z0-9_.-]{1,64}$`}},
 		{"space in name", Config{Dir: dir, Name: "a b"}, []string{"must match"}},
 		{"name too long", Config{Dir: dir, Name: strings.Repeat("n", 65)}, []string{"must match"}},
+		{"curve", Config{Dir: dir, Name: "x", Curve: &a}, nil},
+		{"curve pair mismatched", Config{Dir: dir, Name: "x", Curve: &CurveKeys{Public: a.Public, Secret: b.Secret}},
+			[]string{"transfer: config: Curve: the public key is not the secret key's"}},
+		{"curve key not z85", Config{Dir: dir, Name: "x", Curve: &CurveKeys{Public: "x", Secret: a.Secret}},
+			[]string{"transfer: config: Curve: the public key is not 40 characters of Z85"}},
+		{"curve without keys", Config{Dir: dir, Name: "x", Curve: &CurveKeys{}}, []string{"transfer: config: Curve: the public key is not"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -106,6 +106,17 @@
 // into that buffer with zmq_recv (zmqraw.go); bytes that would run past
 // the buffer fail the room, anything else wrong is dropped and counted.
 //
+// With Config.Curve (CurveFromEnv, the cluster's key file), both tcp
+// sockets of a zmq room use CURVE: the bound one is a server, the
+// connecting one a client, all with the cluster's one key pair. The
+// socket owner also holds a ZAP handler, a ROUTER bound to
+// inproc://zeromq.zap.01 in the Manager's own context and read like the
+// room sockets, which admits only clients that present the cluster's
+// public key (curve.go); Refused counts the others. A connection counts
+// as up once its handshake succeeded, not when TCP connects, so a peer
+// with another key or none fails the room at PeerTimeout, with the
+// handshake's failure in the reason.
+//
 // # The cuda backend
 //
 // A room opened with sdk.BackendCUDA is for a hop on one host between two
@@ -144,7 +155,8 @@
 // # Limits
 //
 // A room holds up to four zmq sockets on each side (bound PULL, connected
-// PUSH, the two ends of its monitor) and about seven file descriptors.
+// PUSH, the two ends of its monitor) and about seven file descriptors;
+// with Config.Curve, the Manager holds one more, its ZAP handler.
 // Start raises the zmq context's socket limit (ZMQ_MAX_SOCKETS, 1023 by
 // default) to the process's file-descriptor limit. An open that hits
 // either limit fails with an error wrapping ErrTooManyFiles; other rooms
@@ -160,10 +172,10 @@
 //
 //   - the socket owner, the only goroutine that touches a room socket
 //     (bind, connect, send, receive, close). It blocks, with no timeout, in
-//     epoll on the ZMQ_FD of every socket it reads (PULL sockets and
-//     monitor PAIRs) and on an eventfd; so a wake-up costs the same with
-//     1,000 rooms open as with none (zmq_poll looks at every socket each
-//     time). ZMQ_FD is edge-triggered: a socket is read until EAGAIN, or
+//     epoll on the ZMQ_FD of every socket it reads (PULL sockets, monitor
+//     PAIRs, the ZAP handler's ROUTER) and on an eventfd; so a wake-up
+//     costs the same with 1,000 rooms open as with none (zmq_poll looks
+//     at every socket each time). ZMQ_FD is edge-triggered: a socket is read until EAGAIN, or
 //     kept on a pending list when one burst of 64 frames was not enough.
 //     Other goroutines post it commands on a channel and write the
 //     eventfd. A command that needs an answer carries a reply channel.

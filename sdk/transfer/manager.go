@@ -70,7 +70,11 @@ type Manager struct {
 	log      hclog.Logger
 	nextGen  atomic.Uint64
 	dropped  atomic.Uint64
+	refused  atomic.Uint64 // clients the ZAP handler refused (Refused)
 	counters counters
+	// clientKeys is the CURVE pair that connecting sockets present:
+	// Config.Curve; a test sets another before Start.
+	clientKeys *CurveKeys
 
 	mu       sync.Mutex
 	state    managerState
@@ -188,6 +192,7 @@ func New(cfg Config) (*Manager, error) {
 		ids:      usedIDs{set: make(map[uint64]struct{})},
 		wakeFD:   -1,
 	}
+	m.clientKeys = cfg.Curve
 	// Generations start at a random point so that two runs sharing Dir or
 	// ShmDir never produce the same endpoint or segment name.
 	m.nextGen.Store(rand.Uint64() >> 1)
@@ -242,6 +247,15 @@ func (m *Manager) Start() (err error) {
 		m.closeWake()
 		return errors.Join(fmt.Errorf("transfer: start: %w", err), closeGPU(), zctx.Term())
 	}
+	if m.cfg.Curve != nil {
+		// The handler's socket is made here and handed to the owner
+		// goroutine, which alone uses it from its start (the go
+		// statement orders the two).
+		if err := o.serveZAP(zctx, m.cfg.Curve.Public); err != nil {
+			m.closeWake()
+			return errors.Join(fmt.Errorf("transfer: start: %w", err), o.file.Close(), closeGPU(), zctx.Term())
+		}
+	}
 	m.zctx = zctx
 	m.cmds = make(chan command, 64)
 	m.jobs = make(chan *job)
@@ -260,7 +274,7 @@ func (m *Manager) Start() (err error) {
 		close(m.completerDone)
 	}
 	m.state = stateStarted
-	m.log.Debug("transfer manager started", "name", m.cfg.Name, "dir", m.cfg.Dir, "shm_dir", m.cfg.ShmDir)
+	m.log.Debug("transfer manager started", "name", m.cfg.Name, "dir", m.cfg.Dir, "shm_dir", m.cfg.ShmDir, "curve", m.cfg.Curve != nil)
 	return nil
 }
 

@@ -96,13 +96,20 @@ type roomSocks struct {
 	// a stale firing from the current one.
 	peerTimer *time.Timer
 	timerSeq  uint64
+	// curve: push is a CURVE client (Config.Curve, a tcp peer), whose
+	// connection is up once its handshake succeeded, not when TCP
+	// connects. handshake says why the last handshake of push failed,
+	// for the peer timeout's reason; "" once one succeeds.
+	curve     bool
+	handshake string
 }
 
 // sockRef says which room a polled socket belongs to, and whether it is
-// the room's monitor socket.
+// the room's monitor socket, or no room's: the ZAP handler's.
 type sockRef struct {
 	id      uint64
 	monitor bool
+	zap     bool
 }
 
 // owner is the state of the socket-owner goroutine. Only that goroutine
@@ -130,6 +137,10 @@ type owner struct {
 	byFD    map[int32]watched
 	pending []int32
 	monSeq  uint64 // makes monitor endpoints unique in the context
+	// zap is the ZAP handler's ROUTER socket, with Config.Curve (see
+	// curve.go); zapKey is the public key it admits, 32 bytes.
+	zap    *zmq.Socket
+	zapKey string
 }
 
 // watched is a socket in the epoll set and the room it belongs to.
@@ -243,9 +254,12 @@ func (o *owner) run() {
 				continue // closed meanwhile
 			}
 			var more bool
-			if w.ref.monitor {
+			switch {
+			case w.ref.zap:
+				more = o.drainZAP()
+			case w.ref.monitor:
 				more = o.drainMonitor(w.ref.id, w.s)
-			} else {
+			default:
 				more = o.drain(w.ref.id, w.s)
 			}
 			if more {
@@ -454,11 +468,21 @@ func (o *owner) bind(r *room) (*zmq.Socket, error) {
 	if err != nil {
 		return nil, err
 	}
+	limit := int64(maxFrameSize) // newSocket's
 	if r.backend == sdk.BackendZMQ && r.role == Receiver {
 		if err := checkRaw(s); err != nil {
 			return nil, errors.Join(err, s.Close())
 		}
-		if err := s.SetMaxmsgsize(zmqChunk); err != nil {
+		limit = zmqChunk
+	}
+	if keys := o.m.cfg.Curve; keys != nil && strings.HasPrefix(r.endpoint, "tcp://") {
+		if err := curveServer(s, keys); err != nil {
+			return nil, errors.Join(err, s.Close())
+		}
+		limit += curveOverhead
+	}
+	if limit != maxFrameSize {
+		if err := s.SetMaxmsgsize(limit); err != nil {
 			return nil, errors.Join(fmt.Errorf("set max message size: %w", err), s.Close())
 		}
 	}
@@ -496,11 +520,24 @@ func (o *owner) connect(id uint64, rs *roomSocks, endpoint string) error {
 			return errors.Join(fmt.Errorf("set send high-water mark: %w", err), s.Close())
 		}
 	}
+	events := zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+	if strings.HasPrefix(endpoint, "tcp://") {
+		// A failed handshake says why in the peer timeout's reason:
+		// CURVE on one end only, or another key.
+		events |= handshakeFailed
+		if keys := o.m.cfg.Curve; keys != nil {
+			if err := curveClient(s, keys.Public, o.m.clientKeys); err != nil {
+				return errors.Join(err, s.Close())
+			}
+			rs.curve = true
+			events |= zmq.EVENT_HANDSHAKE_SUCCEEDED
+		}
+	}
 	// The monitor first, so that no event is missed; the PAIR connects to
 	// it before the PUSH connects to the peer (inproc needs the bind first).
 	o.monSeq++
 	addr := "inproc://phased-transfer-monitor-" + strconv.FormatUint(o.monSeq, 10)
-	if err := s.Monitor(addr, zmq.EVENT_CONNECTED|zmq.EVENT_DISCONNECTED); err != nil {
+	if err := s.Monitor(addr, events); err != nil {
 		return errors.Join(fmt.Errorf("monitor the connection to %s: %w", endpoint, err), s.Close())
 	}
 	mon, err := newSocket(o.m.zctx, zmq.PAIR)
@@ -531,7 +568,7 @@ func (o *owner) register(id uint64, rs *roomSocks) error {
 func (o *owner) drainMonitor(id uint64, s *zmq.Socket) bool {
 	rs := o.rooms[id]
 	for range maxBurst {
-		ev, _, _, err := s.RecvEvent(zmq.DONTWAIT)
+		ev, _, value, err := s.RecvEvent(zmq.DONTWAIT)
 		if err != nil {
 			if !isEAGAIN(err) {
 				o.m.log.Error("receive monitor event", "room", id, "error", err)
@@ -540,6 +577,20 @@ func (o *owner) drainMonitor(id uint64, s *zmq.Socket) bool {
 		}
 		if rs == nil {
 			continue
+		}
+		switch {
+		case ev&handshakeFailed != 0:
+			// A disconnect follows, and libzmq may try again: said once.
+			if why := handshakeFailure(ev, value, rs.curve); why != rs.handshake {
+				rs.handshake = why
+				o.m.log.Debug("handshake failed", "room", id, "peer", rs.peer, "why", why)
+			}
+			continue
+		case ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+			rs.handshake = ""
+			ev = zmq.EVENT_CONNECTED
+		case ev == zmq.EVENT_CONNECTED && rs.curve:
+			continue // TCP is up, CURVE is not yet
 		}
 		if rs.role == Receiver {
 			o.m.mu.Lock()
@@ -618,6 +669,10 @@ func (o *owner) peerTimedOut(id, seq uint64) {
 		peer = Sender
 	}
 	reason := fmt.Sprintf("peer timeout: the %s at %s disconnected and did not come back within %v (PeerTimeout)", peer, rs.peer, m.cfg.PeerTimeout)
+	if rs.handshake != "" {
+		reason = fmt.Sprintf("peer timeout: the handshake with the %s at %s failed (%s) and no connection came up within %v (PeerTimeout)",
+			peer, rs.peer, rs.handshake, m.cfg.PeerTimeout)
+	}
 	r.abort.Store(true) // a copy into a vanished receiver stops between chunks
 	m.setStatusLocked(r, Failed, reason)
 }
@@ -747,6 +802,12 @@ func (o *owner) closeAll() {
 		if err := o.closeRoom(id); err != nil {
 			o.m.log.Error("close room sockets", "room", id, "error", err)
 		}
+	}
+	if o.zap != nil { // last: no CURVE server socket is left to ask it
+		if err := errors.Join(o.unwatch(o.zap), o.zap.Close()); err != nil {
+			o.m.log.Error("close the ZAP handler", "error", err)
+		}
+		o.zap = nil
 	}
 }
 

@@ -47,6 +47,11 @@ import (
 // zmq_recv on the socket's libzmq handle; these helpers are the only place
 // that reaches under zmq4.
 
+// protocolErrorMechanismMismatch is the value of a handshake's
+// ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL when the two ends of a connection
+// use different security mechanisms (CURVE and NULL).
+const protocolErrorMechanismMismatch = C.ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+
 // rawHandle returns the libzmq socket handle of s: the first field of
 // zmq4's Socket (v1.4.0). checkRaw proves it on each socket of a zmq room
 // before the room uses it (bind and connect call it).

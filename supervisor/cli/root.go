@@ -76,9 +76,10 @@ Environment:
 			root.AddCommand(c)
 		}
 	}
-	add(groupRun, a.startCmd(), a.runCmd())
+	add(groupRun, a.startCmd(), a.runCmd(), a.agentCmd())
 	add(groupClient, a.submitCmd(), a.watchCmd(), a.statusCmd(), a.removeCmd(), a.policyCmd(), a.scaleCmd(), a.scalerCmd(), a.releaseCmd())
 	add(groupLocal, a.validateCmd(), a.pluginsCmd(), a.journalCmd())
+	add(groupLocal, a.tlsCmd())
 	add(groupOther, a.versionCmd(), a.completionCmd(), a.docsCmd())
 	root.SetHelpCommandGroupID(groupOther)
 	return root

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -100,7 +101,15 @@ each phase's wait and run, each hop with its bytes, remove, artifact).`,
 func printStatus(w io.Writer, st supervisor.Status, limit int, state string, newest bool) {
 	fmt.Fprintf(w, "supervisor pid %d, %s\n  run dir    %s\n  artifacts  %s\n\n", st.PID, orDash(st.State), st.RunDir, orDash(st.ArtifactDir))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PHASE\tINSTANCE\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT\tRESTARTS")
+	// A cluster's instances say their host.
+	hosts := slices.ContainsFunc(st.Phases, func(ph supervisor.PhaseStatus) bool {
+		return slices.ContainsFunc(ph.Instances, func(in supervisor.InstanceStatus) bool { return in.Host != "" })
+	})
+	if hosts {
+		fmt.Fprintln(tw, "PHASE\tINSTANCE\tHOST\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT\tRESTARTS")
+	} else {
+		fmt.Fprintln(tw, "PHASE\tINSTANCE\tPID\tSTATE\tOPEN ROOMS\tIN FLIGHT\tRESTARTS")
+	}
 	for _, ph := range st.Phases {
 		for _, in := range ph.Instances {
 			s := in.State
@@ -110,7 +119,11 @@ func printStatus(w io.Writer, st supervisor.Status, limit int, state string, new
 			case in.State == "failed" && in.LastExit != "":
 				s += " (last: " + in.LastExit + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\n", ph.Name, in.ID, in.PID, s, in.OpenRooms, in.Inflight, in.Restarts)
+			id := in.ID
+			if hosts {
+				id += "\t" + orDash(in.Host)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\n", ph.Name, id, in.PID, s, in.OpenRooms, in.Inflight, in.Restarts)
 		}
 	}
 	tw.Flush()

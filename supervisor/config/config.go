@@ -148,6 +148,9 @@ type Config struct {
 	// Scaler is the autoscaler: a scaler plugin called every interval;
 	// none unless the config has a scaler block (or `scaler set`).
 	Scaler Scaler
+	// Cluster, when set, adds instances on other hosts, run by agents
+	// (cluster.go); nil: every instance runs on this host.
+	Cluster *Cluster
 }
 
 // Scaler is the scaler block.
@@ -451,6 +454,7 @@ type file struct {
 	Scaler        *scalerBlock   `hcl:"scaler,block"`
 	Phases        []phaseBlock   `hcl:"phase,block"`
 	Pins          []pinBlock     `hcl:"pin,block"`
+	Cluster       *clusterBlock  `hcl:"cluster,block"`
 }
 
 type releaseBlock struct {
@@ -519,6 +523,13 @@ var namePattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
 
 const nameRule = "lower-case letters, digits, '-' and '_', starting with a letter, at most 32 characters"
 
+// NamePattern is what a phase, plugin or policy name looks like, and
+// NameRule says it in words, for the checks made outside a config (an
+// agent's Launch).
+var NamePattern = namePattern
+
+const NameRule = nameRule
+
 // Parse parses a config from src; filename is used in errors and picks the
 // syntax (HCL, or JSON for names ending in .json).
 func Parse(src []byte, filename string) (*Config, error) {
@@ -565,6 +576,7 @@ func (f *file) build(filename string) (*Config, error) {
 		seen[pb.Name] = pb.DefRange
 		c.Phases = append(c.Phases, ph)
 	}
+	errs = append(errs, f.Cluster.build(c, filename)...)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
@@ -739,11 +751,13 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 			fail("%s %q is not a valid name; expected %s", n.what, n.v, nameRule)
 		}
 	}
-	if ph.Instances < 1 || ph.Instances > MaxInstances {
-		fail("instances must be between 1 and %d, got %d", MaxInstances, ph.Instances)
+	// 0 instances here: all of them on agents (checked with the
+	// cluster block, in build).
+	if ph.Instances < 0 || ph.Instances > MaxInstances {
+		fail("instances must be between 0 (all on agents) and %d, got %d", MaxInstances, ph.Instances)
 	}
-	ph.Min, ph.Max = derefInt(pb.Min, 1), derefInt(pb.Max, ph.Instances)
-	if ph.Min < 1 || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
+	ph.Min, ph.Max = derefInt(pb.Min, min(1, ph.Instances)), derefInt(pb.Max, ph.Instances)
+	if ph.Min < min(1, ph.Instances) || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
 		fail("min %d, instances %d, max %d: want 1 <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, MaxInstances)
 	}
 	if pb.MaxInput != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phased/phased/internal/netns"
 	"github.com/phased/phased/supervisor"
 )
 
@@ -77,8 +78,18 @@ func writeConfig(t *testing.T, dir, body string) string {
 // it still runs.
 func startSupervisor(t *testing.T, dir, cfg string) *proc {
 	t.Helper()
+	return startSupervisorIn(t, dir, cfg, nil)
+}
+
+// startSupervisorIn is startSupervisor on a test host (nil: this one).
+func startSupervisorIn(t *testing.T, dir, cfg string, host *netns.Host) *proc {
+	t.Helper()
 	socket := filepath.Join(dir, "ctl", "phased.sock")
-	cmd := exec.Command(supervisorBin, "start", "--config", cfg, "--socket", socket, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	args := []string{"start", "--config", cfg, "--socket", socket, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}
+	cmd := exec.Command(supervisorBin, args...)
+	if host != nil {
+		cmd = host.Command(supervisorBin, args...)
+	}
 	// A test binary killed by go test's timeout takes its supervisors with
 	// it: SIGTERM, so that they release their plugins.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
