@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -76,8 +77,10 @@ type AgentConfig struct {
 	LeaseTTL time.Duration
 	// GPUs is the host's GPU inventory (ordinals), as registered.
 	GPUs []string
-	// Offers says how many instances of each phase this host runs.
-	Offers map[string]int
+	// Offers says how many instances of each phase this host runs for
+	// a supervisor that finds it; Max, how many it runs at most (room
+	// that scaling may use; Offers where Max is lower or unset).
+	Offers, Max map[string]int
 	// Health, if set, is HOST:PORT to serve /healthz and /readyz on,
 	// plain HTTP, for probes (Kubernetes): healthy while it serves,
 	// ready once registered in etcd (at once without etcd).
@@ -146,6 +149,11 @@ func (c *AgentConfig) check() error {
 			errs = append(errs, fmt.Errorf("serve %s=%d: expected 0 to 64 instances", name, n))
 		}
 	}
+	for name, n := range c.Max {
+		if n < 0 || n > 64 {
+			errs = append(errs, fmt.Errorf("max %s=%d: expected 0 to 64 instances", name, n))
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -163,7 +171,7 @@ type Agent struct {
 
 	mu        sync.Mutex
 	instances map[string]*agentInstance
-	launching map[string]bool // ids being launched
+	launching map[string]string // ids being launched: their phase
 	sessions  map[string]*agentSession
 	closed    bool
 	done      chan struct{} // closed by Close
@@ -195,7 +203,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{cfg: cfg, logger: cfg.Logger, instances: map[string]*agentInstance{}, launching: map[string]bool{}, sessions: map[string]*agentSession{}, done: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, logger: cfg.Logger, instances: map[string]*agentInstance{}, launching: map[string]string{}, sessions: map[string]*agentSession{}, done: make(chan struct{})}, nil
 }
 
 // Run serves until ctx ends, then stops every instance and returns. The
@@ -306,7 +314,21 @@ func (a *Agent) Close() error {
 
 // info is what the agent registers in etcd and says to Hello.
 func (a *Agent) info() agentRecord {
-	return agentRecord{Host: a.cfg.Host, Address: a.cfg.Advertise, ZMQHost: a.cfg.ZMQHost, GPUs: a.cfg.GPUs, Offers: a.cfg.Offers, LeaseTTLms: a.cfg.LeaseTTL.Milliseconds()}
+	return agentRecord{Host: a.cfg.Host, Address: a.cfg.Advertise, ZMQHost: a.cfg.ZMQHost, GPUs: a.cfg.GPUs, Offers: a.cfg.Offers,
+		Capacity: a.capacity(), LeaseTTLms: a.cfg.LeaseTTL.Milliseconds()}
+}
+
+// capacity is the most instances of each phase the agent runs: its
+// offers, or its max where higher.
+func (a *Agent) capacity() map[string]int {
+	c := maps.Clone(a.cfg.Offers)
+	if c == nil {
+		c = map[string]int{}
+	}
+	for name, n := range a.cfg.Max {
+		c[name] = max(c[name], n)
+	}
+	return c
 }
 
 // list returns the instances that keep says; a.mu is held.
@@ -449,6 +471,23 @@ func (a *Agent) expire(s *agentSession) {
 	a.stopAll(mine, fmt.Sprintf("no supervisor has watched session %s for the lease TTL %s", s.id, a.cfg.LeaseTTL))
 }
 
+// countPhase counts the instances of a phase the agent runs or is
+// launching; a.mu is held.
+func (a *Agent) countPhase(phase string) int {
+	n := 0
+	for _, in := range a.instances {
+		if in.phase == phase {
+			n++
+		}
+	}
+	for _, p := range a.launching {
+		if p == phase {
+			n++
+		}
+	}
+	return n
+}
+
 // agentService serves the Agent service.
 type agentService struct {
 	agentv1.UnimplementedAgentServer
@@ -461,7 +500,11 @@ func (s agentService) Hello(context.Context, *agentv1.HelloRequest) (*agentv1.He
 	for k, v := range r.Offers {
 		offers[k] = int32(v)
 	}
-	return &agentv1.HelloResponse{Host: r.Host, Version: buildVersion(), Gpus: r.GPUs, Offers: offers, ZmqHost: r.ZMQHost, LeaseTtlMs: r.LeaseTTLms}, nil
+	capacity := map[string]int32{}
+	for k, v := range r.Capacity {
+		capacity[k] = int32(v)
+	}
+	return &agentv1.HelloResponse{Host: r.Host, Version: buildVersion(), Gpus: r.GPUs, Offers: offers, Capacity: capacity, ZmqHost: r.ZMQHost, LeaseTtlMs: r.LeaseTTLms}, nil
 }
 
 // idRE is what an instance id and a session id look like.
@@ -492,11 +535,15 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "agent %s runs instance %s already (pid %d): stop it first", a.cfg.Host, old.id, old.proc.pid)
 	}
-	if a.launching[req.GetInstance()] {
+	if _, ok := a.launching[req.GetInstance()]; ok {
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "agent %s is launching instance %s already", a.cfg.Host, req.GetInstance())
 	}
-	a.launching[req.GetInstance()] = true
+	if n, most := a.countPhase(req.GetPhase()), a.capacity()[req.GetPhase()]; n >= most {
+		a.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "agent %s runs %d instances of phase %q, its most (--serve, --max)", a.cfg.Host, n, req.GetPhase())
+	}
+	a.launching[req.GetInstance()] = req.GetPhase()
 	a.mu.Unlock()
 	defer func() {
 		a.mu.Lock()

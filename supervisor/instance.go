@@ -54,6 +54,9 @@ type instance struct {
 	gpu  string
 	// clusterHost is the host label policies see ("" without a cluster).
 	clusterHost string
+	// scaled is set for an instance a scale-out started on another
+	// host: scale-in retires those first.
+	scaled bool
 
 	cur      atomic.Pointer[life] // the process filling the slot now
 	inflight atomic.Int64

@@ -43,6 +43,7 @@ type agentRecord struct {
 	ZMQHost    string         `json:"zmq_host"`
 	GPUs       []string       `json:"gpus,omitempty"`
 	Offers     map[string]int `json:"offers"`
+	Capacity   map[string]int `json:"capacity,omitempty"`
 	LeaseTTLms int64          `json:"lease_ttl_ms"`
 }
 

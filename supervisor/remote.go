@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +68,8 @@ type host struct {
 	agent      agentv1.AgentClient
 	zmqHost    string
 	gpus       []string
-	ctx        context.Context // its joining and watching; ends when it is lost
+	capacity   map[string]int32 // the most instances of each phase it runs
+	ctx        context.Context  // its joining and watching; ends when it is lost
 	cancel     context.CancelFunc
 	lostWhy    atomic.Pointer[string]
 	joined     atomic.Bool // it answered Hello
@@ -375,7 +377,7 @@ func (s *Supervisor) joinHost(h *host) {
 		s.hostGone(h, fmt.Sprintf("the agent at %s says it is host %q", h.addr, hello.GetHost()))
 		return
 	}
-	h.zmqHost, h.gpus = hello.GetZmqHost(), hello.GetGpus()
+	h.zmqHost, h.gpus, h.capacity = hello.GetZmqHost(), hello.GetGpus(), hello.GetCapacity()
 	h.joined.Store(true)
 	c.mu.Lock()
 	delete(c.silent, h.name)
@@ -391,7 +393,11 @@ func (s *Supervisor) joinHost(h *host) {
 	for _, ph := range s.phases {
 		for k := range int(hello.GetOffers()[ph.cfg.Name]) {
 			in := s.newRemoteInstance(ph, h, k)
-			wg.Go(func() { s.launchRemote(ph, in) })
+			wg.Go(func() {
+				if err := s.launchRemote(ph, in); err != nil && !h.isLost() && s.bgCtx.Err() == nil {
+					s.logger.Error("start a phase instance on a host", "instance", in.id, "host", h.name, "error", err)
+				}
+			})
 		}
 	}
 	wg.Wait()
@@ -414,19 +420,16 @@ func (s *Supervisor) newRemoteInstance(ph *phase, h *host, k int) *instance {
 }
 
 // launchRemote starts a remote instance's process and makes it live; one
-// that fails to start is taken out again.
-func (s *Supervisor) launchRemote(ph *phase, in *instance) {
+// that fails to start is taken out again, and the error says why.
+func (s *Supervisor) launchRemote(ph *phase, in *instance) error {
 	l, err := s.launch(in.host.ctx, in)
 	if err == nil && (in.host.isLost() || s.bgCtx.Err() != nil) {
 		l.proc.kill()
-		err = errors.New("its host was lost, or the supervisor releases")
+		err = fmt.Errorf("instance %s: its host %s was lost, or the supervisor releases", in.id, in.host.name)
 	}
 	if err != nil {
-		if !in.host.isLost() && s.bgCtx.Err() == nil {
-			s.logger.Error("start a phase instance on a host", "instance", in.id, "host", in.host.name, "error", err)
-		}
 		s.dropRemote(in)
-		return
+		return err
 	}
 	s.goLive(in, l)
 	s.fillSpare(l)
@@ -436,6 +439,98 @@ func (s *Supervisor) launchRemote(ph *phase, in *instance) {
 		}
 	}
 	s.logger.Info("phase instance started on a host", "instance", in.id, "host", in.host.name, "pid", l.proc.pid)
+	return nil
+}
+
+// scaleOutHosts starts k more instances of a phase: on the hosts with
+// room for them (their agents' capacity, --max), the roomiest first,
+// then on this host if the phase runs here (instances > 0).
+func (s *Supervisor) scaleOutHosts(ctx context.Context, ph *phase, k int, res *ScaleResult) error {
+	for k > 0 {
+		h := s.roomyHost(ph)
+		if h == nil {
+			break
+		}
+		in := s.newRemoteInstance(ph, h, s.countOn(ph, h))
+		in.scaled = true
+		if err := s.launchRemote(ph, in); err != nil {
+			return fmt.Errorf("phase %s: scale out: %w", ph.cfg.Name, err)
+		}
+		res.Started = append(res.Started, in.id)
+		k--
+	}
+	if k == 0 {
+		return nil
+	}
+	if local := len(ph.local()); ph.cfg.Instances > 0 && local+k <= ph.cfg.Max {
+		return s.scaleOut(ctx, ph, local+k, res)
+	}
+	return fmt.Errorf("phase %s: scale out: no host has room for %d more instances: give an agent room with --max %s=N, or the phase instances on this host", ph.cfg.Name, k, ph.cfg.Name)
+}
+
+// scaleInHosts retires k instances of a phase: those scaling started on
+// hosts first, the newest first, then this host's last ones. The
+// instances an agent offers (--serve) are its own: never retired.
+func (s *Supervisor) scaleInHosts(ctx context.Context, ph *phase, k int, res *ScaleResult) error {
+	var scaled []*instance
+	if r := ph.remote.Load(); r != nil {
+		for _, in := range *r {
+			if in.scaled && !in.retiring() {
+				scaled = append(scaled, in)
+			}
+		}
+	}
+	slices.SortFunc(scaled, func(a, b *instance) int { return b.index - a.index })
+	victims := scaled[:min(k, len(scaled))]
+	var errs []error
+	if len(victims) > 0 {
+		errs = append(errs, s.retire(ctx, victims, func() {
+			ph.editRemote(func(list []*instance) []*instance {
+				return slices.DeleteFunc(list, func(in *instance) bool { return slices.Contains(victims, in) })
+			})
+		}, res))
+	}
+	k -= len(victims)
+	if local := len(ph.local()); k > local {
+		errs = append(errs, fmt.Errorf("phase %s: scale in: %d of its instances are offered by agents (their --serve), which scaling does not retire; scale to at least %d", ph.cfg.Name, len(ph.all())-local, len(ph.all())-local))
+	} else if k > 0 {
+		errs = append(errs, s.scaleIn(ctx, ph, local-k, res))
+	}
+	return errors.Join(errs...)
+}
+
+// roomyHost returns the joined host with the most room for another
+// instance of a phase (ties: by name); nil when none has room.
+func (s *Supervisor) roomyHost(ph *phase) *host {
+	c := s.cluster
+	c.mu.Lock()
+	hosts := make([]*host, 0, len(c.hosts))
+	for _, h := range c.hosts {
+		if h.joined.Load() && !h.isLost() {
+			hosts = append(hosts, h)
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(hosts, func(a, b *host) int { return strings.Compare(a.name, b.name) })
+	var best *host
+	most := 0
+	for _, h := range hosts {
+		if room := int(h.capacity[ph.cfg.Name]) - s.countOn(ph, h); room > most {
+			best, most = h, room
+		}
+	}
+	return best
+}
+
+// countOn counts a phase's instances on a host.
+func (s *Supervisor) countOn(ph *phase, h *host) int {
+	n := 0
+	for _, in := range ph.all() {
+		if in.host == h {
+			n++
+		}
+	}
+	return n
 }
 
 // startRemote has an instance's agent start its process, and returns its

@@ -12,6 +12,13 @@ package supervisor
 // sender sides first, then its process released like at release. The
 // counts set are kept in the state directory, so that a supervisor
 // started again starts as many.
+//
+// With a cluster block, the count is the phase's instances on every host:
+// scale-out starts them on the hosts whose agents have room (--max), the
+// roomiest first, then here if the phase runs here; scale-in retires
+// those first, the newest first, then this host's; an agent's own
+// instances (--serve) are never retired (remote.go). Only this host's
+// count is kept in the state directory.
 
 import (
 	"cmp"
@@ -74,19 +81,23 @@ func (s *Supervisor) Scale(ctx context.Context, name string, n int) (ScaleResult
 	if s.bgCtx.Err() != nil {
 		return ScaleResult{}, ErrReleasing
 	}
-	cur := ph.local()
-	res := ScaleResult{Phase: name, From: len(cur), To: n}
+	cur := len(ph.all())
+	res := ScaleResult{Phase: name, From: cur, To: n}
 	switch {
-	case n > len(cur):
+	case s.cluster != nil && n > cur:
+		err = s.scaleOutHosts(ctx, ph, n-cur, &res)
+	case s.cluster != nil && n < cur:
+		err = s.scaleInHosts(ctx, ph, cur-n, &res)
+	case n > cur:
 		err = s.scaleOut(ctx, ph, n, &res)
-	case n < len(cur):
+	case n < cur:
 		err = s.scaleIn(ctx, ph, n, &res)
 	}
-	res.To = len(ph.local())
+	res.To = len(ph.all())
 	if res.To != res.From {
 		ph.load.lastScaled.Store(time.Now().UnixNano())
 	}
-	if serr := s.saveScale(ph, res.To); serr != nil {
+	if serr := s.saveScale(ph, len(ph.local())); serr != nil {
 		err = errors.Join(err, serr)
 	}
 	if err == nil && res.To != res.From {
@@ -155,7 +166,13 @@ func (s *Supervisor) scaleOut(ctx context.Context, ph *phase, n int, res *ScaleR
 // are gone.
 func (s *Supervisor) scaleIn(ctx context.Context, ph *phase, n int, res *ScaleResult) error {
 	cur := ph.local()
-	victims := cur[n:]
+	return s.retire(ctx, cur[n:], func() { ph.setMembers(slices.Clone(cur[:n])) }, res)
+}
+
+// retire retires victims, instances of one phase: all of them draining
+// at once, then, once their requests are gone (or moved), unlisted
+// (unlist takes them off their phase's list) and each released in order.
+func (s *Supervisor) retire(ctx context.Context, victims []*instance, unlist func(), res *ScaleResult) error {
 	for _, in := range victims {
 		in.setState(stateDraining)
 	}
@@ -199,7 +216,7 @@ wait:
 		}
 	}
 	// No placement, and so no spare, goes to them any more.
-	ph.setMembers(slices.Clone(cur[:n]))
+	unlist()
 	s.readyChanged()
 	var errs []error
 	for _, in := range victims {

@@ -176,7 +176,7 @@ func (s *Supervisor) applyScale(sc *scaler, d sdk.ScaleDecision) {
 			continue
 		}
 		n = min(max(n, ph.cfg.Min), ph.cfg.Max)
-		if n == len(ph.local()) || !ph.load.busy.CompareAndSwap(false, true) {
+		if n == len(ph.all()) || !ph.load.busy.CompareAndSwap(false, true) {
 			continue
 		}
 		ok := s.background(func() {
@@ -391,7 +391,7 @@ func (s *Supervisor) Scalers() ScalerList {
 		l.Scaler = p
 	}
 	for _, ph := range s.phases {
-		sp := ScaledPhase{Phase: ph.cfg.Name, Instances: len(ph.local()), Min: ph.cfg.Min, Max: ph.cfg.Max}
+		sp := ScaledPhase{Phase: ph.cfg.Name, Instances: len(ph.all()), Min: ph.cfg.Min, Max: ph.cfg.Max}
 		if ns := ph.load.lastScaled.Load(); ns != 0 {
 			t := time.Unix(0, ns)
 			sp.LastScaled = &t

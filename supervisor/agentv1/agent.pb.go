@@ -71,9 +71,12 @@ type HelloResponse struct {
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"` // the agent's build
 	Gpus    []string               `protobuf:"bytes,3,rep,name=gpus,proto3" json:"gpus,omitempty"`
 	// offers: phase name -> how many instances of it this host runs.
-	Offers        map[string]int32 `protobuf:"bytes,4,rep,name=offers,proto3" json:"offers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	ZmqHost       string           `protobuf:"bytes,5,opt,name=zmq_host,json=zmqHost,proto3" json:"zmq_host,omitempty"` // the address its instances' zmq rooms bind to
-	LeaseTtlMs    int64            `protobuf:"varint,6,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	Offers     map[string]int32 `protobuf:"bytes,4,rep,name=offers,proto3" json:"offers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	ZmqHost    string           `protobuf:"bytes,5,opt,name=zmq_host,json=zmqHost,proto3" json:"zmq_host,omitempty"` // the address its instances' zmq rooms bind to
+	LeaseTtlMs int64            `protobuf:"varint,6,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	// capacity: phase name -> the most instances of it this host runs
+	// (its offers, and room for more that scaling may launch).
+	Capacity      map[string]int32 `protobuf:"bytes,7,rep,name=capacity,proto3" json:"capacity,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -148,6 +151,13 @@ func (x *HelloResponse) GetLeaseTtlMs() int64 {
 		return x.LeaseTtlMs
 	}
 	return 0
+}
+
+func (x *HelloResponse) GetCapacity() map[string]int32 {
+	if x != nil {
+		return x.Capacity
+	}
+	return nil
 }
 
 type LaunchRequest struct {
@@ -533,7 +543,7 @@ var File_agentv1_agent_proto protoreflect.FileDescriptor
 const file_agentv1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x13agentv1/agent.proto\x12\x0fphased.agent.v1\"\x0e\n" +
-	"\fHelloRequest\"\x8d\x02\n" +
+	"\fHelloRequest\"\x94\x03\n" +
 	"\rHelloResponse\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
@@ -541,8 +551,12 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x06offers\x18\x04 \x03(\v2*.phased.agent.v1.HelloResponse.OffersEntryR\x06offers\x12\x19\n" +
 	"\bzmq_host\x18\x05 \x01(\tR\azmqHost\x12 \n" +
 	"\flease_ttl_ms\x18\x06 \x01(\x03R\n" +
-	"leaseTtlMs\x1a9\n" +
+	"leaseTtlMs\x12H\n" +
+	"\bcapacity\x18\a \x03(\v2,.phased.agent.v1.HelloResponse.CapacityEntryR\bcapacity\x1a9\n" +
 	"\vOffersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a;\n" +
+	"\rCapacityEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf2\x01\n" +
 	"\rLaunchRequest\x12\x18\n" +
@@ -589,7 +603,7 @@ func file_agentv1_agent_proto_rawDescGZIP() []byte {
 	return file_agentv1_agent_proto_rawDescData
 }
 
-var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_agentv1_agent_proto_goTypes = []any{
 	(*HelloRequest)(nil),   // 0: phased.agent.v1.HelloRequest
 	(*HelloResponse)(nil),  // 1: phased.agent.v1.HelloResponse
@@ -600,22 +614,24 @@ var file_agentv1_agent_proto_goTypes = []any{
 	(*WatchRequest)(nil),   // 6: phased.agent.v1.WatchRequest
 	(*Exit)(nil),           // 7: phased.agent.v1.Exit
 	nil,                    // 8: phased.agent.v1.HelloResponse.OffersEntry
+	nil,                    // 9: phased.agent.v1.HelloResponse.CapacityEntry
 }
 var file_agentv1_agent_proto_depIdxs = []int32{
 	8, // 0: phased.agent.v1.HelloResponse.offers:type_name -> phased.agent.v1.HelloResponse.OffersEntry
-	0, // 1: phased.agent.v1.Agent.Hello:input_type -> phased.agent.v1.HelloRequest
-	2, // 2: phased.agent.v1.Agent.Launch:input_type -> phased.agent.v1.LaunchRequest
-	4, // 3: phased.agent.v1.Agent.Stop:input_type -> phased.agent.v1.StopRequest
-	6, // 4: phased.agent.v1.Agent.Watch:input_type -> phased.agent.v1.WatchRequest
-	1, // 5: phased.agent.v1.Agent.Hello:output_type -> phased.agent.v1.HelloResponse
-	3, // 6: phased.agent.v1.Agent.Launch:output_type -> phased.agent.v1.LaunchResponse
-	5, // 7: phased.agent.v1.Agent.Stop:output_type -> phased.agent.v1.StopResponse
-	7, // 8: phased.agent.v1.Agent.Watch:output_type -> phased.agent.v1.Exit
-	5, // [5:9] is the sub-list for method output_type
-	1, // [1:5] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	9, // 1: phased.agent.v1.HelloResponse.capacity:type_name -> phased.agent.v1.HelloResponse.CapacityEntry
+	0, // 2: phased.agent.v1.Agent.Hello:input_type -> phased.agent.v1.HelloRequest
+	2, // 3: phased.agent.v1.Agent.Launch:input_type -> phased.agent.v1.LaunchRequest
+	4, // 4: phased.agent.v1.Agent.Stop:input_type -> phased.agent.v1.StopRequest
+	6, // 5: phased.agent.v1.Agent.Watch:input_type -> phased.agent.v1.WatchRequest
+	1, // 6: phased.agent.v1.Agent.Hello:output_type -> phased.agent.v1.HelloResponse
+	3, // 7: phased.agent.v1.Agent.Launch:output_type -> phased.agent.v1.LaunchResponse
+	5, // 8: phased.agent.v1.Agent.Stop:output_type -> phased.agent.v1.StopResponse
+	7, // 9: phased.agent.v1.Agent.Watch:output_type -> phased.agent.v1.Exit
+	6, // [6:10] is the sub-list for method output_type
+	2, // [2:6] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_agentv1_agent_proto_init() }
@@ -629,7 +645,7 @@ func file_agentv1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentv1_agent_proto_rawDesc), len(file_agentv1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

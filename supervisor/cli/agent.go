@@ -17,6 +17,7 @@ func (a *app) agentCmd() *cobra.Command {
 		sf     startFlags
 		cfg    supervisor.AgentConfig
 		serves []string
+		maxes  []string
 		gpus   string
 		etcd   string
 	)
@@ -42,14 +43,12 @@ for the lease TTL, and all of them when its etcd lease is lost or it stops
 			if err := sf.checkLog(); err != nil {
 				return err
 			}
-			cfg.Offers = map[string]int{}
-			for _, s := range serves {
-				name, n, ok := strings.Cut(s, "=")
-				count, err := strconv.Atoi(n)
-				if !ok || err != nil || name == "" {
-					return usagef("--serve %q: expected PHASE=N, e.g. transformer=2", s)
-				}
-				cfg.Offers[name] = count
+			var err error
+			if cfg.Offers, err = phaseCounts("serve", serves); err != nil {
+				return err
+			}
+			if cfg.Max, err = phaseCounts("max", maxes); err != nil {
+				return err
 			}
 			cfg.GPUs = splitList(gpus)
 			cfg.Etcd = splitList(etcd)
@@ -75,6 +74,7 @@ for the lease TTL, and all of them when its etcd lease is lost or it stops
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "this host's bundle `DIR` from `supervisor tls issue HOST` (ca.pem, cert.pem, key.pem, curve.key)")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `DIR` (default: plugins/ beside this binary)")
 	fs.StringArrayVar(&serves, "serve", nil, "`PHASE=N`: run N instances of PHASE for a supervisor (repeat for each phase)")
+	fs.StringArrayVar(&maxes, "max", nil, "`PHASE=N`: run at most N instances of PHASE: room beyond --serve for `supervisor scale` and scalers (repeat for each phase)")
 	fs.StringVar(&gpus, "gpus", "", "this host's GPU `ORDINALS`, comma-separated, given out to its cuda phases' instances")
 	fs.StringVar(&etcd, "etcd", "", "etcd `ENDPOINTS`, comma-separated (http://HOST:PORT); none: supervisors list this agent in their config")
 	fs.StringVar(&cfg.Prefix, "etcd-prefix", supervisor.DefaultEtcdPrefix, "etcd key `PREFIX` to register under")
@@ -83,6 +83,20 @@ for the lease TTL, and all of them when its etcd lease is lost or it stops
 	sf.registerLog(fs, "info")
 	sf.completeLog(cmd)
 	return cmd
+}
+
+// phaseCounts reads the PHASE=N values of a flag.
+func phaseCounts(flag string, values []string) (map[string]int, error) {
+	m := map[string]int{}
+	for _, s := range values {
+		name, n, ok := strings.Cut(s, "=")
+		count, err := strconv.Atoi(n)
+		if !ok || err != nil || name == "" {
+			return nil, usagef("--%s %q: expected PHASE=N, e.g. transformer=2", flag, s)
+		}
+		m[name] = count
+	}
+	return m, nil
 }
 
 // splitList splits a comma-separated flag value, dropping empty parts.

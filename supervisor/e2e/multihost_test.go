@@ -208,16 +208,14 @@ func TestMultiHost(t *testing.T) {
 		"--initial-cluster", "a=http://"+A.Addr+":2380")
 	waitLog(t, "etcd", etcd.log, "ready to serve client requests", 30*time.Second)
 
-	agent := func(h *netns.Host, caDir string, serve ...string) *daemon {
+	agent := func(h *netns.Host, caDir string, flags ...string) *daemon {
 		args := []string{"agent", "--host", "host" + h.Name, "--listen", h.Addr + ":7443", "--tls-dir", filepath.Join(caDir, "host"+h.Name),
 			"--plugin-dir", pluginDir, "--etcd", endpoint, "--lease-ttl", ttl.String(), "--log-level", "debug"}
-		for _, s := range serve {
-			args = append(args, "--serve", s)
-		}
-		return startDaemon(t, h, "agent "+h.Name, supervisorBin, args...)
+		return startDaemon(t, h, "agent "+h.Name, supervisorBin, append(args, flags...)...)
 	}
-	agentB := agent(B, ca, "encoder=1", "transformer=1", "decoder=1")
-	agentC := agent(C, ca, "transformer=2")
+	// Host b has room for one more transformer, for scaling.
+	agentB := agent(B, ca, "--serve", "encoder=1", "--serve", "transformer=1", "--serve", "decoder=1", "--max", "transformer=2")
+	agentC := agent(C, ca, "--serve", "transformer=2")
 
 	cfg := writeConfig(t, dir, fmt.Sprintf(`
 retries = 3
@@ -228,6 +226,7 @@ phase "encoder"     {
 phase "transformer" {
   plugin    = "flaky" # the transformer, paced at 40 ms a step
   instances = 0
+  max       = 8 # instances on every host, as supervisor scale counts them
   params    = { marker_dir = %q, pace = "40ms" }
 }
 phase "decoder"     {
@@ -366,9 +365,31 @@ cluster {
 	})
 	check(infos, prompt, 4)
 
+	// Scaling counts every host's instances: a fourth transformer
+	// starts on host b, the one with room (host c is full), and a
+	// scale-in retires it, never an agent's own.
+	res, err := p.client.Scale(ctx, "transformer", 4)
+	if err != nil || len(res.Started) != 1 || res.From != 3 || res.To != 4 {
+		t.Fatalf("scale transformer 4: %+v, %v", res, err)
+	}
+	if on := instancesOn(t, p)["hostb"]["transformer"]; !slices.Contains(on, res.Started[0]) || len(on) != 2 {
+		t.Fatalf("scale-out started %s; host b's transformers: %v", res.Started[0], on)
+	}
+	if _, err := p.client.Scale(ctx, "transformer", 5); err == nil || !strings.Contains(err.Error(), "no host has room for 1 more instances") {
+		t.Fatalf("scale transformer 5 with every host full: %v", err)
+	}
+	down, err := p.client.Scale(ctx, "transformer", 3)
+	if err != nil || !slices.Equal(down.Retired, res.Started) {
+		t.Fatalf("scale transformer 3: %+v, %v; want %v retired", down, err, res.Started)
+	}
+	if _, err := p.client.Scale(ctx, "transformer", 2); err == nil || !strings.Contains(err.Error(), "offered by agents") {
+		t.Fatalf("scale transformer 2, below the agents' own: %v", err)
+	}
+	waitInstances(t, p, "three transformers after scaling", time.Minute, full)
+
 	// 4. An agent whose certificate is from another CA registers in etcd
 	// and is refused: the supervisor never joins it.
-	agentD := agent(D, rogue, "transformer=1")
+	agentD := agent(D, rogue, "--serve", "transformer=1")
 	waitLog(t, "agent d", agentD.log, "registered in etcd", 30*time.Second)
 	waitLog(t, "supervisor", p.log, `an agent does not answer.*host=hostd.*(certificate|authority)`, 30*time.Second)
 	if m := instancesOn(t, p); len(m["hostd"]) > 0 {

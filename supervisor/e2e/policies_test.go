@@ -33,6 +33,7 @@ func TestPolicies(t *testing.T) {
 		check              func(used map[string]int) error
 	}{
 		{"leastloaded", "", "", both},
+		{"colocate", "", "", both}, // one host: least loaded, ties in turn
 		{"p2c", "", "", nil},
 		{"random", "", "", nil},
 		{"weighted", "weights = [3, 1]", "", func(used map[string]int) error {
@@ -101,8 +102,8 @@ func both(used map[string]int) error {
 // binary built for these tests, started as the supervisor starts them.
 func TestPolicyBinariesConform(t *testing.T) {
 	bins, err := filepath.Glob(filepath.Join(pluginDir, "phased-policy-*"))
-	if err != nil || len(bins) < 6 {
-		t.Fatalf("policy binaries in %s: %v (%v), want the six shipped", pluginDir, bins, err)
+	if err != nil || len(bins) < 7 {
+		t.Fatalf("policy binaries in %s: %v (%v), want the seven shipped", pluginDir, bins, err)
 	}
 	for _, bin := range bins {
 		t.Run(filepath.Base(bin), func(t *testing.T) { policytest.RunBinary(t, bin) })
