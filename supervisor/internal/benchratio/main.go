@@ -4,7 +4,8 @@
 // (sub-benchmarks named copy-SIZE, copy+sum-SIZE, ideal-SIZE (the least a
 // one-copy hop must do, in one process), raw-SIZE, d2d-SIZE and go-SIZE,
 // the Go↔Go hop beside the Python ones, are the baselines of their
-// siblings NAME-SIZE).
+// siblings NAME-SIZE; some siblings are also compared to each other, see
+// alsoTo).
 package main
 
 import (
@@ -64,6 +65,11 @@ func human(ns float64) string {
 // baselines are the sub-benchmark names that others are compared to.
 var baselines = map[string]bool{"copy": true, "copy+sum": true, "ideal": true, "raw": true, "d2d": true, "go": true}
 
+// alsoTo names, for a sub-benchmark, siblings of the same size it is
+// compared to besides the baselines: the zmq hop with CURVE to the one
+// without (what CURVE costs) and to raw libzmq with CURVE.
+var alsoTo = map[string][]string{"curve": {"zmq", "raw+curve"}}
+
 func report(w io.Writer, results []result) {
 	fmt.Fprintln(w, "\nphased benchmarks (one run, side by side)")
 	byName := map[string]result{}
@@ -89,7 +95,7 @@ func report(w io.Writer, results []result) {
 		if j < 0 || baselines[sub[:j]] {
 			continue
 		}
-		for _, b := range []string{"copy", "copy+sum", "ideal", "raw", "d2d", "go"} {
+		for _, b := range append([]string{"copy", "copy+sum", "ideal", "raw", "d2d", "go"}, alsoTo[sub[:j]]...) {
 			base, ok := byName[group+"/"+b+sub[j:]]
 			if !ok || base.metrics["MB/s"] == 0 {
 				continue
