@@ -32,6 +32,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/phased/phased/sdk"
@@ -172,6 +174,7 @@ type Agent struct {
 	mu        sync.Mutex
 	instances map[string]*agentInstance
 	launching map[string]string // ids being launched: their phase
+	launches  atomic.Int64      // numbers their run directories
 	sessions  map[string]*agentSession
 	closed    bool
 	done      chan struct{} // closed by Close
@@ -181,6 +184,7 @@ type Agent struct {
 // agentInstance is one plugin process the agent runs.
 type agentInstance struct {
 	id, phase, session, dir string
+	key                     string // session/id: the Phase calls' instance (two sessions may both have an id)
 	proc                    *process
 	ctl                     sdk.PhaseControl
 	stopped                 atomic.Bool // by Stop or the agent: its exit is not reported
@@ -227,8 +231,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := writePIDFile(a.runDir, true); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	// The registry before anything is served: Launch reads a.reg.
+	if len(a.cfg.Etcd) > 0 {
+		if a.reg, err = newRegistry(a.cfg, a.logger.Named("etcd"), a.lostLease); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
 	ln, err := net.Listen("tcp", a.cfg.Listen)
 	if err != nil {
+		if a.reg != nil {
+			_ = a.reg.close()
+			a.reg = nil
+		}
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.srv = grpc.NewServer(
@@ -245,13 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.logger.Info("agent serving", "host", a.cfg.Host, "listen", ln.Addr().String(), "advertise", a.cfg.Advertise,
 		"zmq_host", a.cfg.ZMQHost, "offers", a.cfg.Offers, "run_dir", a.runDir)
 	var regErr <-chan error
-	if len(a.cfg.Etcd) > 0 {
-		a.reg, err = newRegistry(a.cfg, a.logger.Named("etcd"), a.lostLease)
-		if err != nil {
-			a.srv.Stop()
-			<-served
-			return fmt.Errorf("agent: %w", err)
-		}
+	if a.reg != nil {
 		regErr = a.reg.run(a.info())
 	}
 	if a.cfg.Health != "" {
@@ -349,7 +357,7 @@ func (a *Agent) stopAll(list []*agentInstance, why string) {
 	}
 	var wg sync.WaitGroup
 	for _, in := range list {
-		wg.Go(func() { a.stop(in, true) })
+		wg.Go(func() { a.stop(in, true, why) })
 	}
 	wg.Wait()
 }
@@ -365,8 +373,9 @@ func (a *Agent) lostLease() {
 }
 
 // stop stops an instance (gracefully unless now) and cleans up after
-// it; it returns how it ended.
-func (a *Agent) stop(in *agentInstance, now bool) string {
+// it; it returns how it ended. why, when the agent stops it on its own,
+// is reported to its session as its exit.
+func (a *Agent) stop(in *agentInstance, now bool, why string) string {
 	in.stopped.Store(true)
 	if now {
 		in.proc.killNow()
@@ -375,7 +384,21 @@ func (a *Agent) stop(in *agentInstance, now bool) string {
 	}
 	<-in.proc.done
 	a.cleanup(in)
+	if why != "" {
+		a.report(in, "stopped by the agent: "+why, "")
+	}
 	return in.status
+}
+
+// report queues an instance's exit for its session's Watch streams.
+func (a *Agent) report(in *agentInstance, status, stderr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.sessions[in.session]; s != nil {
+		s.exits = append(s.exits, &agentv1.Exit{Instance: in.id, Pid: int64(in.proc.pid), Status: status, Stderr: stderr})
+		close(s.wake)
+		s.wake = make(chan struct{})
+	}
 }
 
 // cleanup removes what an exited instance leaves: its process group,
@@ -393,12 +416,12 @@ func (a *Agent) cleanup(in *agentInstance) {
 			a.logger.Warn("remove an instance's run directory", "instance", in.id, "error", err)
 		}
 		a.mu.Lock()
-		if a.instances[in.id] == in {
-			delete(a.instances, in.id)
+		if a.instances[in.key] == in {
+			delete(a.instances, in.key)
 		}
 		a.mu.Unlock()
 		if a.reg != nil {
-			a.reg.removeInstance(in.id)
+			a.reg.removeInstance(in.session + "." + in.id)
 		}
 	})
 }
@@ -417,13 +440,7 @@ func (a *Agent) watchInstance(in *agentInstance) {
 	a.logger.Error("phase instance exited", "instance", in.id, "pid", in.proc.pid, "status", in.proc.exitStatus())
 	stderr := in.proc.stderr.String()
 	a.cleanup(in)
-	a.mu.Lock()
-	if s := a.sessions[in.session]; s != nil {
-		s.exits = append(s.exits, &agentv1.Exit{Instance: in.id, Pid: int64(in.proc.pid), Status: in.status, Stderr: stderr})
-		close(s.wake)
-		s.wake = make(chan struct{})
-	}
-	a.mu.Unlock()
+	a.report(in, in.status, stderr)
 }
 
 // session returns a session, made if new; a.mu is held.
@@ -507,12 +524,18 @@ func (s agentService) Hello(context.Context, *agentv1.HelloRequest) (*agentv1.He
 	return &agentv1.HelloResponse{Host: r.Host, Version: buildVersion(), Gpus: r.GPUs, Offers: offers, Capacity: capacity, ZmqHost: r.ZMQHost, LeaseTtlMs: r.LeaseTTLms}, nil
 }
 
+// LiveMetadata is the Watch header that lists the session's instances
+// running when the stream opened.
+const LiveMetadata = "phased-live"
+
 // idRE is what an instance id and a session id look like.
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*agentv1.LaunchResponse, error) {
 	a := s.a
 	switch {
+	case !config.NamePattern.MatchString(req.GetPhase()):
+		return nil, status.Errorf(codes.InvalidArgument, "agent %s: phase name %q: expected %s", a.cfg.Host, req.GetPhase(), config.NameRule)
 	case !config.NamePattern.MatchString(req.GetPlugin()):
 		return nil, status.Errorf(codes.InvalidArgument, "agent %s: plugin name %q: expected %s", a.cfg.Host, req.GetPlugin(), config.NameRule)
 	case !idRE.MatchString(req.GetInstance()) || !instanceDirRE.MatchString(req.GetInstance()):
@@ -531,11 +554,12 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.Unavailable, "agent %s is stopping", a.cfg.Host)
 	}
-	if old := a.instances[req.GetInstance()]; old != nil {
+	key := req.GetSession() + "/" + req.GetInstance()
+	if old := a.instances[key]; old != nil {
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "agent %s runs instance %s already (pid %d): stop it first", a.cfg.Host, old.id, old.proc.pid)
 	}
-	if _, ok := a.launching[req.GetInstance()]; ok {
+	if _, ok := a.launching[key]; ok {
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "agent %s is launching instance %s already", a.cfg.Host, req.GetInstance())
 	}
@@ -543,14 +567,15 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 		a.mu.Unlock()
 		return nil, status.Errorf(codes.ResourceExhausted, "agent %s runs %d instances of phase %q, its most (--serve, --max)", a.cfg.Host, n, req.GetPhase())
 	}
-	a.launching[req.GetInstance()] = req.GetPhase()
+	a.launching[key] = req.GetPhase()
 	a.mu.Unlock()
 	defer func() {
 		a.mu.Lock()
-		delete(a.launching, req.GetInstance())
+		delete(a.launching, key)
 		a.mu.Unlock()
 	}()
-	dir := filepath.Join(a.runDir, req.GetInstance())
+	// Short: socket paths are bounded (transfer.MaxSocketPath).
+	dir := filepath.Join(a.runDir, req.GetInstance()+"."+strconv.FormatInt(a.launches.Add(1), 10))
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, status.Errorf(codes.Internal, "agent %s: %v", a.cfg.Host, err)
 	}
@@ -582,10 +607,15 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 	if err := noteGroup(a.runDir, proc.pid); err != nil {
 		a.logger.Warn("note a plugin's process group in the run directory", "instance", pc.Name, "error", err)
 	}
-	in := &agentInstance{id: req.GetInstance(), phase: req.GetPhase(), session: req.GetSession(), dir: dir, proc: proc, ctl: proc.raw.(sdk.PhaseControl)}
+	in := &agentInstance{id: req.GetInstance(), key: key, phase: req.GetPhase(), session: req.GetSession(), dir: dir, proc: proc, ctl: proc.raw.(sdk.PhaseControl)}
+	if ctx.Err() != nil { // the caller gave up: nobody would manage it
+		proc.kill()
+		_ = os.RemoveAll(dir)
+		return nil, status.Errorf(codes.Canceled, "agent %s: instance %s: the launch was cancelled", a.cfg.Host, in.id)
+	}
 	// Registered before its watcher may remove it.
 	if a.reg != nil {
-		a.reg.addInstance(instanceRecord{ID: in.id, Phase: in.phase, Host: a.cfg.Host, PID: proc.pid, Session: in.session})
+		a.reg.addInstance(in.session+"."+in.id, instanceRecord{ID: in.id, Phase: in.phase, Host: a.cfg.Host, PID: proc.pid, Session: in.session})
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -593,11 +623,11 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 		proc.kill()
 		_ = os.RemoveAll(dir)
 		if a.reg != nil {
-			a.reg.removeInstance(in.id)
+			a.reg.removeInstance(in.session + "." + in.id)
 		}
 		return nil, status.Errorf(codes.Unavailable, "agent %s is stopping", a.cfg.Host)
 	}
-	a.instances[in.id] = in
+	a.instances[in.key] = in
 	// A session that launches and never watches expires too (its
 	// supervisor died in between).
 	a.armExpiry(a.session(in.session))
@@ -614,12 +644,12 @@ func (s agentService) Launch(ctx context.Context, req *agentv1.LaunchRequest) (*
 func (s agentService) Stop(_ context.Context, req *agentv1.StopRequest) (*agentv1.StopResponse, error) {
 	a := s.a
 	a.mu.Lock()
-	in := a.instances[req.GetInstance()]
+	in := a.instances[req.GetSession()+"/"+req.GetInstance()]
 	a.mu.Unlock()
 	if in == nil {
 		return &agentv1.StopResponse{Status: "not running"}, nil
 	}
-	return &agentv1.StopResponse{Status: a.stop(in, req.GetNow())}, nil
+	return &agentv1.StopResponse{Status: a.stop(in, req.GetNow(), "")}, nil
 }
 
 func (s agentService) Watch(req *agentv1.WatchRequest, stream agentv1.Agent_WatchServer) error {
@@ -637,8 +667,18 @@ func (s agentService) Watch(req *agentv1.WatchRequest, stream agentv1.Agent_Watc
 	if sess.expiry != nil {
 		sess.expiry.Stop()
 	}
+	var live []string
+	for _, in := range a.instances {
+		if in.session == sess.id {
+			live = append(live, in.id)
+		}
+	}
 	a.mu.Unlock()
 	defer a.detach(sess)
+	slices.Sort(live)
+	if err := stream.SendHeader(metadata.Pairs(LiveMetadata, strings.Join(live, ","))); err != nil {
+		return err
+	}
 	for {
 		a.mu.Lock()
 		exits, wake := sess.exits, sess.wake
@@ -669,7 +709,7 @@ type agentRouter struct{ a *Agent }
 // errNoInstance is wrapped when a Phase call names no instance the agent
 // runs: for the caller, that process is gone.
 func (r agentRouter) ctl(ctx context.Context) (*agentInstance, error) {
-	id := sdk.InstanceOf(ctx)
+	id := sdk.InstanceOf(ctx) // SESSION/ID
 	r.a.mu.Lock()
 	in := r.a.instances[id]
 	r.a.mu.Unlock()
@@ -695,7 +735,8 @@ func (r agentRouter) Configure(ctx context.Context, cfg sdk.InstanceConfig) erro
 	if err != nil {
 		return err
 	}
-	cfg.RunDir = in.dir
+	// Its segments carry its name: the agent's, so that it sweeps them.
+	cfg.RunDir, cfg.Instance = in.dir, in.id
 	if cfg.ZMQHost == "" {
 		cfg.ZMQHost = r.a.cfg.ZMQHost
 	}

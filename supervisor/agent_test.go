@@ -450,7 +450,7 @@ func TestAgent(t *testing.T) {
 				resp, err := ta.client.Launch(ctx, &req)
 				if err == nil {
 					t.Errorf("launched (pid %d)", resp.GetPid())
-					_, _ = ta.client.Stop(ctx, &agentv1.StopRequest{Instance: req.Instance, Now: true})
+					_, _ = ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: req.Instance, Now: true})
 					return
 				}
 				wantCode(t, err, tt.code, tt.texts...)
@@ -460,7 +460,7 @@ func TestAgent(t *testing.T) {
 			t.Errorf("Launch of plugin %q ran %s, outside the plugin directory", traversal, evil)
 		}
 		// Nothing was left running.
-		if _, err := sdk.RemotePhaseControl(ta.conn, "transformer-0").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
+		if _, err := sdk.RemotePhaseControl(ta.conn, "s1/transformer-0").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
 			t.Errorf("Info of transformer-0 after refused launches: %v; want ErrPluginGone", err)
 		}
 	})
@@ -471,16 +471,16 @@ func TestAgent(t *testing.T) {
 		if pid <= 0 || !alive(pid) {
 			t.Fatalf("pid %d: not a live process", pid)
 		}
-		if resp.GetZmqHost() != "127.0.0.1" || filepath.Base(resp.GetRunDir()) != "transformer-0" {
-			t.Errorf("zmq host %q, run dir %q; want 127.0.0.1, .../transformer-0", resp.GetZmqHost(), resp.GetRunDir())
+		if resp.GetZmqHost() != "127.0.0.1" || !strings.HasPrefix(filepath.Base(resp.GetRunDir()), "transformer-0.") {
+			t.Errorf("zmq host %q, run dir %q; want 127.0.0.1, .../transformer-0.N", resp.GetZmqHost(), resp.GetRunDir())
 		}
 		if fi, err := os.Stat(resp.GetRunDir()); err != nil || !fi.IsDir() {
 			t.Errorf("run dir %s: %v", resp.GetRunDir(), err)
 		}
-		_, err := ta.client.Launch(ctx, &agentv1.LaunchRequest{Session: "s1", Instance: "transformer-0", Plugin: "transformer"})
+		_, err := ta.client.Launch(ctx, &agentv1.LaunchRequest{Session: "s1", Instance: "transformer-0", Plugin: "transformer", Phase: "transformer"})
 		wantCode(t, err, codes.AlreadyExists, "agent hostb runs instance transformer-0 already (pid "+strconv.FormatInt(pid, 10)+")")
 
-		info, err := sdk.RemotePhaseControl(ta.conn, "transformer-0").Info(ctx)
+		info, err := sdk.RemotePhaseControl(ta.conn, "s1/transformer-0").Info(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -494,7 +494,7 @@ func TestAgent(t *testing.T) {
 			}
 		}
 
-		st, err := ta.client.Stop(ctx, &agentv1.StopRequest{Instance: "transformer-0"})
+		st, err := ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: "transformer-0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,10 +507,10 @@ func TestAgent(t *testing.T) {
 		if exists(resp.GetRunDir()) {
 			t.Errorf("run dir %s is left after Stop", resp.GetRunDir())
 		}
-		if _, err := sdk.RemotePhaseControl(ta.conn, "transformer-0").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
+		if _, err := sdk.RemotePhaseControl(ta.conn, "s1/transformer-0").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
 			t.Errorf("Info after Stop: %v; want ErrPluginGone", err)
 		}
-		st, err = ta.client.Stop(ctx, &agentv1.StopRequest{Instance: "transformer-0"})
+		st, err = ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: "transformer-0"})
 		if err != nil || st.GetStatus() != "not running" {
 			t.Errorf("second Stop: %q, %v; want \"not running\"", st.GetStatus(), err)
 		}
@@ -519,7 +519,7 @@ func TestAgent(t *testing.T) {
 		if again.GetPid() == pid || !alive(again.GetPid()) {
 			t.Errorf("launched again: pid %d (was %d)", again.GetPid(), pid)
 		}
-		st, err = ta.client.Stop(ctx, &agentv1.StopRequest{Instance: "transformer-0", Now: true})
+		st, err = ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: "transformer-0", Now: true})
 		if err != nil || !gone(again.GetPid()) {
 			t.Errorf("Stop now: %q, %v; pid %d gone: %v", st.GetStatus(), err, again.GetPid(), gone(again.GetPid()))
 		}
@@ -533,7 +533,7 @@ func TestAgent(t *testing.T) {
 		results := make(chan result, 2)
 		for range 2 {
 			go func() {
-				resp, err := ta.client.Launch(ctx, &agentv1.LaunchRequest{Session: "s1", Instance: "transformer-5", Plugin: "transformer"})
+				resp, err := ta.client.Launch(ctx, &agentv1.LaunchRequest{Session: "s1", Instance: "transformer-5", Plugin: "transformer", Phase: "transformer"})
 				results <- result{resp, err}
 			}()
 		}
@@ -552,7 +552,7 @@ func TestAgent(t *testing.T) {
 			t.Fatalf("%d launches of transformer-5 succeeded; want 1", len(won))
 		}
 		t.Cleanup(func() {
-			_, _ = ta.client.Stop(context.Background(), &agentv1.StopRequest{Instance: "transformer-5", Now: true})
+			_, _ = ta.client.Stop(context.Background(), &agentv1.StopRequest{Session: "s1", Instance: "transformer-5", Now: true})
 		})
 		if !alive(won[0].GetPid()) {
 			t.Errorf("the instance that won, pid %d, does not run", won[0].GetPid())
@@ -584,10 +584,10 @@ func TestAgent(t *testing.T) {
 		if exists(resp.GetRunDir()) {
 			t.Errorf("run dir %s is left after the instance died", resp.GetRunDir())
 		}
-		if _, err := sdk.RemotePhaseControl(ta.conn, "transformer-1").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
+		if _, err := sdk.RemotePhaseControl(ta.conn, "s1/transformer-1").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
 			t.Errorf("Info of the killed instance: %v; want ErrPluginGone", err)
 		}
-		st, err := ta.client.Stop(ctx, &agentv1.StopRequest{Instance: "transformer-1"})
+		st, err := ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: "transformer-1"})
 		if err != nil || st.GetStatus() != "not running" {
 			t.Errorf("Stop of the killed instance: %q, %v; want \"not running\"", st.GetStatus(), err)
 		}
@@ -669,7 +669,7 @@ func TestAgent(t *testing.T) {
 // watched run on.
 func TestAgentSessionExpiry(t *testing.T) {
 	plugins := buildPlugins(t)
-	ta := startAgent(t, plugins, func(c *AgentConfig) { c.LeaseTTL = time.Second })
+	ta := startAgent(t, plugins, func(c *AgentConfig) { c.LeaseTTL, c.Max = time.Second, map[string]int{"transformer": 4} })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -704,10 +704,10 @@ func TestAgentSessionExpiry(t *testing.T) {
 	if !alive(kept.GetPid()) {
 		t.Errorf("transformer-0 of the watched session was stopped too")
 	}
-	if _, err := sdk.RemotePhaseControl(ta.conn, "transformer-0").Info(ctx); err != nil {
+	if _, err := sdk.RemotePhaseControl(ta.conn, "kept/transformer-0").Info(ctx); err != nil {
 		t.Errorf("Info of the watched session's instance: %v", err)
 	}
-	if _, err := sdk.RemotePhaseControl(ta.conn, "transformer-2").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
+	if _, err := sdk.RemotePhaseControl(ta.conn, "dropped/transformer-2").Info(ctx); !errors.Is(err, sdk.ErrPluginGone) {
 		t.Errorf("Info of the expired instance: %v; want ErrPluginGone", err)
 	}
 
@@ -753,7 +753,7 @@ func TestAgentTLS(t *testing.T) {
 			defer cancel()
 			_, err := agentv1.NewAgentClient(conn).Hello(ctx, &agentv1.HelloRequest{})
 			wantCode(t, err, codes.Unavailable, tt.texts...)
-			_, err = sdk.RemotePhaseControl(conn, "transformer-0").Info(ctx)
+			_, err = sdk.RemotePhaseControl(conn, "s1/transformer-0").Info(ctx)
 			if err == nil {
 				t.Error("a Phase call was served")
 			}

@@ -856,7 +856,7 @@ func (s *Supervisor) unservable() (waiting bool, err error) {
 		}
 		switch {
 		case ready:
-		case recovering || s.cluster != nil: // a host may join with one
+		case recovering || s.hostsMayServe(ph): // a host may join with one
 			waiting = true
 		default:
 			return false, fmt.Errorf("phase %s has no instance left: all %d failed (last: %s); see `supervisor status`, fix the cause and start the supervisor again, or give the phase a larger restart { max }", ph.cfg.Name, len(ph.all()), last)

@@ -468,7 +468,8 @@ func (l *life) deadError() *InstanceError {
 		l.dead = &InstanceError{Instance: l.in.id, PID: l.proc.pid, Status: l.proc.exitStatus(), Hung: l.hungWhy, Lost: l.proc.lost()}
 		// A SIGKILL while the OOM killer ran (or where its count is
 		// unknown) is taken for an OOM kill: a crash, not free.
-		l.dead.OOM = l.dead.Status == "signal: killed" && l.dead.Hung == "" && (l.oomKills < 0 || hostOOMKills() != l.oomKills)
+		// (This host's counter says nothing of another host's.)
+		l.dead.OOM = l.in.host == nil && l.dead.Status == "signal: killed" && l.dead.Hung == "" && (l.oomKills < 0 || hostOOMKills() != l.oomKills)
 	}
 	return l.dead
 }
@@ -607,7 +608,9 @@ func (s *Supervisor) watch(in *instance, l *life) {
 		"hung", dead.Hung, "requests", len(users), "stderr", l.proc.stderr.String())...)
 	// Its segments first (peers that mapped one keep their mapping until
 	// they remove the room): nothing of it outlives what it served.
-	if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
+	if in.host != nil {
+		// Its agent sweeps its host's.
+	} else if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
 		s.logger.Warn("sweep segments of an exited instance", "instance", in.id, "error", err)
 	} else if n > 0 {
 		s.logger.Info("removed shared-memory segments of an exited instance", "instance", in.id, "count", n)

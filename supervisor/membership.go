@@ -22,7 +22,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,6 +120,7 @@ type registry struct {
 	done   chan struct{}
 
 	mu        sync.Mutex
+	ran       bool             // run was called: done will close
 	lease     clientv3.LeaseID // 0 while not registered
 	instances map[string]instanceRecord
 }
@@ -137,6 +140,9 @@ func newRegistry(cfg AgentConfig, logger hclog.Logger, onLost func()) (*registry
 // close. It returns a channel for errors that end the agent: none so far
 // (an etcd that cannot be reached is waited for).
 func (r *registry) run(rec agentRecord) <-chan error {
+	r.mu.Lock()
+	r.ran = true
+	r.mu.Unlock()
 	go func() {
 		defer close(r.done)
 		for r.ctx.Err() == nil {
@@ -175,13 +181,10 @@ func (r *registry) hold(rec agentRecord) (registered bool, err error) {
 	}
 	r.mu.Lock()
 	r.lease = lease.ID
-	recs := make([]instanceRecord, 0, len(r.instances))
-	for _, in := range r.instances {
-		recs = append(recs, in)
-	}
+	recs := maps.Clone(r.instances)
 	r.mu.Unlock()
-	for _, in := range recs {
-		r.put(in, lease.ID)
+	for name, in := range recs {
+		r.put(name, in, lease.ID)
 	}
 	ka, err := r.cli.KeepAlive(r.ctx, lease.ID)
 	if err != nil {
@@ -201,11 +204,11 @@ func (r *registry) hold(rec agentRecord) (registered bool, err error) {
 
 // put puts an instance's key under lease; bounded, and only logged when
 // it fails (the next registration puts it again).
-func (r *registry) put(in instanceRecord, lease clientv3.LeaseID) {
+func (r *registry) put(name string, in instanceRecord, lease clientv3.LeaseID) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.ttl)
 	defer cancel()
 	value, _ := json.Marshal(in)
-	if _, err := r.cli.Put(ctx, instanceKey(r.prefix, r.host, in.ID), string(value), clientv3.WithLease(lease)); err != nil && r.ctx.Err() == nil {
+	if _, err := r.cli.Put(ctx, instanceKey(r.prefix, r.host, name), string(value), clientv3.WithLease(lease)); err != nil && r.ctx.Err() == nil {
 		r.logger.Warn("register an instance in etcd", "instance", in.ID, "error", err)
 	}
 }
@@ -217,26 +220,27 @@ func (r *registry) registered() bool {
 	return r.lease != 0
 }
 
-// addInstance registers an instance the agent runs.
-func (r *registry) addInstance(in instanceRecord) {
+// addInstance registers an instance the agent runs, under name (its
+// session and id).
+func (r *registry) addInstance(name string, in instanceRecord) {
 	r.mu.Lock()
-	r.instances[in.ID] = in
+	r.instances[name] = in
 	lease := r.lease
 	r.mu.Unlock()
 	if lease != 0 {
-		r.put(in, lease)
+		r.put(name, in, lease)
 	}
 }
 
 // removeInstance removes an instance's key.
-func (r *registry) removeInstance(id string) {
+func (r *registry) removeInstance(name string) {
 	r.mu.Lock()
-	delete(r.instances, id)
+	delete(r.instances, name)
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), r.ttl)
 	defer cancel()
-	if _, err := r.cli.Delete(ctx, instanceKey(r.prefix, r.host, id)); err != nil {
-		r.logger.Warn("remove an instance's key from etcd (its lease removes it)", "instance", id, "error", err)
+	if _, err := r.cli.Delete(ctx, instanceKey(r.prefix, r.host, name)); err != nil {
+		r.logger.Warn("remove an instance's key from etcd (its lease removes it)", "instance", name, "error", err)
 	}
 }
 
@@ -244,7 +248,12 @@ func (r *registry) removeInstance(id string) {
 // key of the agent.
 func (r *registry) close() error {
 	r.cancel()
-	<-r.done
+	r.mu.Lock()
+	ran := r.ran
+	r.mu.Unlock()
+	if ran {
+		<-r.done
+	}
 	r.mu.Lock()
 	lease := r.lease
 	r.mu.Unlock()
@@ -339,6 +348,10 @@ func (s *Supervisor) memberPut(key, value []byte, lease int64) (string, bool) {
 	}
 	if lease == 0 {
 		s.logger.Warn("etcd: an agent's registration has no lease; ignored (agents register under one)", "key", string(key))
+		return "", false
+	}
+	if slices.ContainsFunc(s.cluster.cfg.Agents, func(a config.Agent) bool { return a.Host == rec.Host }) {
+		s.logger.Warn("etcd: an agent registered under the name of an agent listed in the config; ignored (the listed one is used)", "host", rec.Host, "address", rec.Address)
 		return "", false
 	}
 	s.hostSeen(rec.Host, rec.Address, lease)

@@ -214,7 +214,7 @@ func TestRegistry(t *testing.T) {
 	}
 
 	in := instanceRecord{ID: "transformer-0", Phase: "transformer", Host: "hostb", PID: 4242, Session: "s1"}
-	r.addInstance(in)
+	r.addInstance("transformer-0", in)
 	kv, ok := keys(t, cli, "/t/instances/hostb/transformer-0")["/t/instances/hostb/transformer-0"]
 	var gotIn instanceRecord
 	if !ok || json.Unmarshal([]byte(kv.value), &gotIn) != nil || gotIn != in || kv.lease != lease {
@@ -224,7 +224,7 @@ func TestRegistry(t *testing.T) {
 	if _, ok := keys(t, cli, "/t/instances/")["/t/instances/hostb/transformer-0"]; ok {
 		t.Error("/t/instances/hostb/transformer-0 is left after removeInstance")
 	}
-	r.addInstance(instanceRecord{ID: "transformer-1", Phase: "transformer", Host: "hostb", PID: 4243, Session: "s1"})
+	r.addInstance("transformer-1", instanceRecord{ID: "transformer-1", Phase: "transformer", Host: "hostb", PID: 4243, Session: "s1"})
 	if n := len(keys(t, cli, "/t/")); n != 2 {
 		t.Errorf("%d keys under /t/, want the agent's and transformer-1's", n)
 	}
@@ -264,7 +264,7 @@ func TestRegistryLeaseLost(t *testing.T) {
 	if !waitFor(10*time.Second, r.registered) {
 		t.Fatal("registered() is false with the agent's key put")
 	}
-	r.addInstance(instanceRecord{ID: "transformer-0", Phase: "transformer", Host: "hostb", PID: 1, Session: "s1"})
+	r.addInstance("transformer-0", instanceRecord{ID: "transformer-0", Phase: "transformer", Host: "hostb", PID: 1, Session: "s1"})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -302,7 +302,7 @@ func TestAgentEtcd(t *testing.T) {
 	}
 
 	resp := ta.launch(t, "s1", "transformer-0")
-	kv, ok := keys(t, cli, "/e/instances/hostb/transformer-0")["/e/instances/hostb/transformer-0"]
+	kv, ok := keys(t, cli, "/e/instances/hostb/s1.transformer-0")["/e/instances/hostb/s1.transformer-0"]
 	var in instanceRecord
 	if !ok || json.Unmarshal([]byte(kv.value), &in) != nil || kv.lease != lease ||
 		in != (instanceRecord{ID: "transformer-0", Phase: "transformer", Host: "hostb", PID: int(resp.GetPid()), Session: "s1"}) {
@@ -310,10 +310,10 @@ func TestAgentEtcd(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := ta.client.Stop(ctx, &agentv1.StopRequest{Instance: "transformer-0"}); err != nil {
+	if _, err := ta.client.Stop(ctx, &agentv1.StopRequest{Session: "s1", Instance: "transformer-0"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := keys(t, cli, "/e/instances/")["/e/instances/hostb/transformer-0"]; ok {
+	if _, ok := keys(t, cli, "/e/instances/")["/e/instances/hostb/s1.transformer-0"]; ok {
 		t.Error("the instance's key is left after Stop")
 	}
 	ta.launch(t, "s1", "transformer-1")

@@ -36,7 +36,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/sdk/transfer"
@@ -52,6 +55,8 @@ type cluster struct {
 	host    string // this host's label
 	session string // this run of the supervisor, as agents know it
 
+	joins atomic.Int64 // numbers the hosts' sessions
+
 	mu    sync.Mutex
 	hosts map[string]*host
 	// silent holds the listed agents that did not answer, said once
@@ -63,6 +68,10 @@ type cluster struct {
 type host struct {
 	name, addr string
 	lease      int64 // its etcd registration's lease; 0 for a listed agent
+	// session is this join's session with its agent: a host that joins
+	// again has a new one, so that what its last session left expires
+	// there.
+	session    string
 	ttl        time.Duration
 	conn       *grpc.ClientConn
 	agent      agentv1.AgentClient
@@ -73,9 +82,11 @@ type host struct {
 	cancel     context.CancelFunc
 	lostWhy    atomic.Pointer[string]
 	joined     atomic.Bool // it answered Hello
+	gpuTurn    atomic.Int64
 
 	mu    sync.Mutex
 	procs map[string]*remoteProc // by instance id
+	seq   int64                  // numbers procs as they are made
 }
 
 // isLost reports whether the host was lost.
@@ -87,6 +98,7 @@ func (h *host) isLost() bool { return h.lostWhy.Load() != nil }
 type remoteProc struct {
 	h    *host
 	id   string
+	seq  int64 // its place among the host's procs
 	done chan struct{}
 	once sync.Once
 
@@ -133,9 +145,10 @@ func (r *remoteProc) stop(now bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), killWait+5*time.Second)
 	defer cancel()
-	resp, err := r.h.agent.Stop(ctx, &agentv1.StopRequest{Instance: r.id, Now: now})
+	resp, err := r.h.agent.Stop(ctx, &agentv1.StopRequest{Instance: r.id, Session: r.h.session, Now: now})
 	if err != nil {
-		r.ended("stop through agent "+r.h.name+" failed: "+err.Error(), "")
+		// Its agent, if it lives, stops it when this session expires.
+		r.ended("stop through agent "+r.h.name+" failed: "+status.Convert(err).Message(), "")
 		return
 	}
 	r.ended(resp.GetStatus(), "")
@@ -250,7 +263,8 @@ func (s *Supervisor) hostSeen(name, addr string, lease int64) {
 		}
 		s.hostGone(old, "its agent registered again (it restarted, or moved)")
 	}
-	h := &host{name: name, addr: addr, lease: lease, ttl: c.cfg.LeaseTTL, procs: map[string]*remoteProc{}}
+	h := &host{name: name, addr: addr, lease: lease, ttl: c.cfg.LeaseTTL, procs: map[string]*remoteProc{},
+		session: fmt.Sprintf("%s-%d", c.session, c.joins.Add(1))}
 	// The connection is made on its first call.
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(c.bundle.ClientTLS(name))),
@@ -391,27 +405,53 @@ func (s *Supervisor) joinHost(h *host) {
 	}
 	var wg sync.WaitGroup
 	for _, ph := range s.phases {
-		for k := range int(hello.GetOffers()[ph.cfg.Name]) {
-			in := s.newRemoteInstance(ph, h, k)
-			wg.Go(func() {
-				if err := s.launchRemote(ph, in); err != nil && !h.isLost() && s.bgCtx.Err() == nil {
-					s.logger.Error("start a phase instance on a host", "instance", in.id, "host", h.name, "error", err)
-				}
-			})
+		// An agent's word is bounded by its capacity and phased's.
+		n := min(int(hello.GetOffers()[ph.cfg.Name]), config.MaxInstances)
+		if c, ok := h.capacity[ph.cfg.Name]; ok {
+			n = min(n, int(c))
+		}
+		for range max(n, 0) {
+			wg.Go(func() { s.offered(ph, h) })
 		}
 	}
 	wg.Wait()
 }
 
+// offered starts an instance a host offers. The agent may still run
+// what an earlier session of the host left (until that session expires,
+// after its lease TTL), which takes its room: it is tried again until
+// then.
+func (s *Supervisor) offered(ph *phase, h *host) {
+	deadline := time.Now().Add(3*h.ttl + 5*time.Second)
+	for {
+		in := s.newRemoteInstance(ph, h)
+		err := s.launchRemote(ph, in)
+		if err == nil || h.isLost() || s.bgCtx.Err() != nil {
+			return
+		}
+		code := status.Code(err)
+		if (code != codes.ResourceExhausted && code != codes.AlreadyExists) || time.Now().After(deadline) {
+			s.logger.Error("start a phase instance on a host", "instance", in.id, "host", h.name, "error", err)
+			return
+		}
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // newRemoteInstance makes the k-th instance of a phase on a host,
 // starting, listed in the phase at once (the policies see it ready once
 // it is).
-func (s *Supervisor) newRemoteInstance(ph *phase, h *host, k int) *instance {
+func (s *Supervisor) newRemoteInstance(ph *phase, h *host) *instance {
 	i := ph.cfg.Max + int(ph.nextRemote.Add(1)) - 1
 	in := s.newInstance(ph, i)
 	in.dir, in.host = "", h
 	if ph.cfg.Device == sdk.DeviceCUDA && len(h.gpus) > 0 {
-		in.gpu = h.gpus[k%len(h.gpus)]
+		// In turn over the host's GPUs, whatever the phase.
+		in.gpu = h.gpus[int(h.gpuTurn.Add(1)-1)%len(h.gpus)]
 	}
 	in.clusterHost = h.name
 	ph.editRemote(func(list []*instance) []*instance { return append(list, in) })
@@ -451,7 +491,7 @@ func (s *Supervisor) scaleOutHosts(ctx context.Context, ph *phase, k int, res *S
 		if h == nil {
 			break
 		}
-		in := s.newRemoteInstance(ph, h, s.countOn(ph, h))
+		in := s.newRemoteInstance(ph, h)
 		in.scaled = true
 		if err := s.launchRemote(ph, in); err != nil {
 			return fmt.Errorf("phase %s: scale out: %w", ph.cfg.Name, err)
@@ -465,7 +505,7 @@ func (s *Supervisor) scaleOutHosts(ctx context.Context, ph *phase, k int, res *S
 	if local := len(ph.local()); ph.cfg.Instances > 0 && local+k <= ph.cfg.Max {
 		return s.scaleOut(ctx, ph, local+k, res)
 	}
-	return fmt.Errorf("phase %s: scale out: no host has room for %d more instances: give an agent room with --max %s=N, or the phase instances on this host", ph.cfg.Name, k, ph.cfg.Name)
+	return fmt.Errorf("phase %s: scale out: no host has room for %d more instances: start an agent with --max %s=N, or give the phase instances on this host (instances > 0)", ph.cfg.Name, k, ph.cfg.Name)
 }
 
 // scaleInHosts retires k instances of a phase: those scaling started on
@@ -491,12 +531,49 @@ func (s *Supervisor) scaleInHosts(ctx context.Context, ph *phase, k int, res *Sc
 		}, res))
 	}
 	k -= len(victims)
-	if local := len(ph.local()); k > local {
-		errs = append(errs, fmt.Errorf("phase %s: scale in: %d of its instances are offered by agents (their --serve), which scaling does not retire; scale to at least %d", ph.cfg.Name, len(ph.all())-local, len(ph.all())-local))
+	local := len(ph.local())
+	if spare := local - min(local, ph.cfg.Instances); k > spare {
+		floor := len(ph.all()) - len(victims) - spare
+		errs = append(errs, fmt.Errorf("phase %s: scale in: %d of its instances are the agents' own (--serve) or this host's (instances = %d), which scaling does not retire; scale to at least %d", ph.cfg.Name, floor, ph.cfg.Instances, floor))
 	} else if k > 0 {
 		errs = append(errs, s.scaleIn(ctx, ph, local-k, res))
 	}
 	return errors.Join(errs...)
+}
+
+// floor is how few instances scaling can leave a phase of a cluster:
+// the agents' own (--serve) and this host's config count.
+func (s *Supervisor) floor(ph *phase) int {
+	n := min(len(ph.local()), ph.cfg.Instances)
+	if r := ph.remote.Load(); r != nil {
+		for _, in := range *r {
+			if !in.scaled {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// hostsMayServe reports whether, in a cluster, a host may yet give a
+// phase an instance: the phase runs on hosts only, or a host not joined
+// yet or with room for it is there. Requests then wait for one.
+func (s *Supervisor) hostsMayServe(ph *phase) bool {
+	c := s.cluster
+	if c == nil {
+		return false
+	}
+	if ph.cfg.Instances == 0 {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.hosts {
+		if !h.joined.Load() || h.capacity[ph.cfg.Name] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // roomyHost returns the joined host with the most room for another
@@ -544,18 +621,25 @@ func (s *Supervisor) startRemote(ctx context.Context, in *instance, pc processCo
 	lctx, cancel := context.WithTimeout(ctx, pc.StartTimeout+5*time.Second)
 	defer cancel()
 	resp, err := h.agent.Launch(lctx, &agentv1.LaunchRequest{
-		Session: s.cluster.session, Instance: in.id, Plugin: in.cfg.Plugin, Pin: pin,
+		Session: h.session, Instance: in.id, Plugin: in.cfg.Plugin, Pin: pin,
 		StartTimeoutMs: pc.StartTimeout.Milliseconds(), LogLevel: s.opts.LogLevel,
 		Cpus: int32(in.cfg.CPUs), Phase: in.phase, Gpu: in.gpu,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("instance %s on host %s: launch: %w", in.id, h.name, err)
+		// It may have started all the same (an answer lost, a deadline
+		// passed meanwhile): stop it, or its session's expiry will.
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, _ = h.agent.Stop(sctx, &agentv1.StopRequest{Instance: in.id, Session: h.session, Now: true})
+		scancel()
+		return nil, fmt.Errorf("instance %s on host %s: launch: %w", in.id, h.name, launchError{err})
 	}
 	rp := &remoteProc{h: h, id: in.id, done: make(chan struct{})}
 	h.mu.Lock()
+	h.seq++
+	rp.seq = h.seq
 	h.procs[in.id] = rp
 	h.mu.Unlock()
-	ctl := sdk.RemotePhaseControl(h.conn, in.id)
+	ctl := sdk.RemotePhaseControl(h.conn, h.session+"/"+in.id)
 	p := &process{name: in.id, path: h.name + ":" + pc.Path, pid: int(resp.GetPid()), raw: ctl, done: rp.done, remote: rp,
 		stderr: newPluginLog(s.logger.Named(in.id))}
 	ictx, icancel := context.WithTimeout(ctx, pc.StartTimeout)
@@ -569,12 +653,24 @@ func (s *Supervisor) startRemote(ctx context.Context, in *instance, pc processCo
 
 // watchHost keeps the host's Watch stream open, and hands each exit it
 // reports to the instance's process handle. A stream that cannot be
-// opened again within the lease TTL loses the host.
+// opened again within the lease TTL loses the host. Each stream's
+// header lists the session's instances the agent runs: one launched
+// before the stream was asked for and not listed is gone (the agent
+// restarted, or stopped it).
 func (s *Supervisor) watchHost(h *host) {
-	c := s.cluster
 	broke := time.Time{}
 	for {
-		stream, err := h.agent.Watch(h.ctx, &agentv1.WatchRequest{Session: c.session})
+		h.mu.Lock()
+		before := h.seq
+		h.mu.Unlock()
+		stream, err := h.agent.Watch(h.ctx, &agentv1.WatchRequest{Session: h.session})
+		if err == nil {
+			var md metadata.MD
+			if md, err = stream.Header(); err == nil {
+				broke = time.Time{}
+				s.reconcile(h, before, md.Get(LiveMetadata))
+			}
+		}
 		for err == nil {
 			var e *agentv1.Exit
 			if e, err = stream.Recv(); err == nil {
@@ -606,6 +702,36 @@ func (s *Supervisor) watchHost(h *host) {
 		}
 	}
 }
+
+// reconcile ends the handles of the host's processes that were launched
+// before a Watch stream opened (seq up to before) and that its header
+// does not list as live.
+func (s *Supervisor) reconcile(h *host, before int64, live []string) {
+	alive := map[string]bool{}
+	for _, v := range live {
+		for _, id := range strings.Split(v, ",") {
+			alive[id] = true
+		}
+	}
+	h.mu.Lock()
+	var gone []*remoteProc
+	for id, rp := range h.procs {
+		if rp.seq <= before && !alive[id] {
+			gone = append(gone, rp)
+		}
+	}
+	h.mu.Unlock()
+	for _, rp := range gone {
+		s.logger.Error("phase instance on a host is gone: its agent no longer runs it", "instance", rp.id, "host", h.name)
+		rp.ended("gone from its agent (the agent restarted, or stopped it)", "")
+	}
+}
+
+// launchError is a Launch's gRPC error, said by its message alone.
+type launchError struct{ err error }
+
+func (e launchError) Error() string { return status.Convert(e.err).Message() }
+func (e launchError) Unwrap() error { return e.err }
 
 // stopCluster closes the hosts' connections; release has released their
 // instances.

@@ -293,7 +293,10 @@ func (s *Supervisor) releaseLife(ctx context.Context, in *instance, l *life) err
 	}
 	l.proc.kill()
 	// An instance that died, or did not release in time, leaves its
-	// segments behind: sweep them.
+	// segments behind: sweep them (its agent does on another host).
+	if in.host != nil {
+		return errors.Join(errs...)
+	}
 	if n, err := transfer.SweepSegments("", transfer.ProcessName(in.id, l.proc.pid)); err != nil {
 		errs = append(errs, fmt.Errorf("instance %s: %w", in.id, err))
 	} else if n > 0 {

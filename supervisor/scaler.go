@@ -176,6 +176,9 @@ func (s *Supervisor) applyScale(sc *scaler, d sdk.ScaleDecision) {
 			continue
 		}
 		n = min(max(n, ph.cfg.Min), ph.cfg.Max)
+		if s.cluster != nil {
+			n = max(n, s.floor(ph)) // what scaling cannot retire stays
+		}
 		if n == len(ph.all()) || !ph.load.busy.CompareAndSwap(false, true) {
 			continue
 		}

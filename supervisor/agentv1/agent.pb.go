@@ -332,6 +332,7 @@ type StopRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
 	Now           bool                   `protobuf:"varint,2,opt,name=now,proto3" json:"now,omitempty"`
+	Session       string                 `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"` // the session that launched it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -378,6 +379,13 @@ func (x *StopRequest) GetNow() bool {
 		return x.Now
 	}
 	return false
+}
+
+func (x *StopRequest) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
 }
 
 type StopResponse struct {
@@ -572,10 +580,11 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x0eLaunchResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x17\n" +
 	"\arun_dir\x18\x02 \x01(\tR\x06runDir\x12\x19\n" +
-	"\bzmq_host\x18\x03 \x01(\tR\azmqHost\";\n" +
+	"\bzmq_host\x18\x03 \x01(\tR\azmqHost\"U\n" +
 	"\vStopRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x10\n" +
-	"\x03now\x18\x02 \x01(\bR\x03now\"&\n" +
+	"\x03now\x18\x02 \x01(\bR\x03now\x12\x18\n" +
+	"\asession\x18\x03 \x01(\tR\asession\"&\n" +
 	"\fStopResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\"(\n" +
 	"\fWatchRequest\x12\x18\n" +

@@ -48,10 +48,13 @@ type AgentClient interface {
 	// an instance the agent does not run succeeds.
 	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*StopResponse, error)
 	// Watch streams the exits of the instances launched by the caller's
-	// session, and tells the agent the session lives: when no Watch of a
-	// session has been open for the agent's lease TTL, the agent stops that
-	// session's instances (a supervisor that died or was cut off leaves
-	// nothing running).
+	// session (each one the caller did not Stop: a crash, or the agent
+	// stopping it), and tells the agent the session lives: when no Watch of
+	// a session has been open for the agent's lease TTL, the agent stops
+	// that session's instances (a supervisor that died or was cut off
+	// leaves nothing running). Its header, sent at once, lists under
+	// "phased-live" the session's instances running then: one the caller
+	// launched before it called Watch and that is not listed is gone.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Exit], error)
 }
 
@@ -127,10 +130,13 @@ type AgentServer interface {
 	// an instance the agent does not run succeeds.
 	Stop(context.Context, *StopRequest) (*StopResponse, error)
 	// Watch streams the exits of the instances launched by the caller's
-	// session, and tells the agent the session lives: when no Watch of a
-	// session has been open for the agent's lease TTL, the agent stops that
-	// session's instances (a supervisor that died or was cut off leaves
-	// nothing running).
+	// session (each one the caller did not Stop: a crash, or the agent
+	// stopping it), and tells the agent the session lives: when no Watch of
+	// a session has been open for the agent's lease TTL, the agent stops
+	// that session's instances (a supervisor that died or was cut off
+	// leaves nothing running). Its header, sent at once, lists under
+	// "phased-live" the session's instances running then: one the caller
+	// launched before it called Watch and that is not listed is gone.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[Exit]) error
 	mustEmbedUnimplementedAgentServer()
 }

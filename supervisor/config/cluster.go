@@ -134,6 +134,14 @@ func (cb *clusterBlock) build(c *Config, filename string) []error {
 		}
 		cl.Agents = append(cl.Agents, Agent{Host: ab.Host, Address: ab.Address})
 	}
+	if cl.Address == "" {
+		for _, ph := range c.Phases {
+			if ph.Instances > 0 && ph.Address == "" {
+				fail("address is empty, but phase %q has instances on this host: name this host's address on the network between the hosts, where they bind the zmq rooms of hops to other hosts", ph.Name)
+				break
+			}
+		}
+	}
 	if len(cl.Etcd) == 0 && len(cl.Agents) == 0 {
 		fail("no agents: give etcd endpoints, agent blocks, or both")
 	}

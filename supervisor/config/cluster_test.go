@@ -45,15 +45,18 @@ cluster {
 		},
 		{
 			name: "defaults, etcd only",
-			src: `phase "t" { plugin = "t" }
+			src: `phase "t" {
+  plugin    = "t"
+  instances = 0
+}
 cluster {
   tls_dir = "tls"
   etcd    = ["127.0.0.1:2379"]
 }
 `,
 			want: Cluster{TLSDir: "tls", Etcd: []string{"127.0.0.1:2379"}, Prefix: DefaultEtcdPrefix, LeaseTTL: DefaultLeaseTTL,
-				At: Pos{Filename: "c.hcl", Line: 2, Column: 1}},
-			instances: 1, min: 1, max: 1,
+				At: Pos{Filename: "c.hcl", Line: 5, Column: 1}},
+			instances: 0, min: 0, max: 0,
 		},
 		{
 			name: "agents only, IPv6, scale up from none",

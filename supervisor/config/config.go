@@ -758,7 +758,7 @@ func (pb phaseBlock) build(policy string, policyAt Pos, restart Restart) (Phase,
 	}
 	ph.Min, ph.Max = derefInt(pb.Min, min(1, ph.Instances)), derefInt(pb.Max, ph.Instances)
 	if ph.Min < min(1, ph.Instances) || ph.Min > ph.Instances || ph.Max < ph.Instances || ph.Max > MaxInstances {
-		fail("min %d, instances %d, max %d: want 1 <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, MaxInstances)
+		fail("min %d, instances %d, max %d: want %d <= min <= instances <= max <= %d", ph.Min, ph.Instances, ph.Max, min(1, ph.Instances), MaxInstances)
 	}
 	if pb.MaxInput != nil {
 		ph.MaxInputBytes = *pb.MaxInput

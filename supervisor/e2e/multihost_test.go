@@ -28,11 +28,15 @@ type daemon struct {
 	err    error
 }
 
-// startDaemon starts name (its binary and args) on host h; it is stopped
-// (SIGTERM, then SIGKILL) at the end of the test.
+// startDaemon starts name (its binary and args) on host h (nil: this
+// one); it is stopped (SIGTERM, then SIGKILL) at the end of the test.
 func startDaemon(t *testing.T, h *netns.Host, name string, bin string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{name: name, cmd: h.Command(bin, args...), log: &syncBuffer{}, exited: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	if h != nil {
+		cmd = h.Command(bin, args...)
+	}
+	d := &daemon{name: name, cmd: cmd, log: &syncBuffer{}, exited: make(chan struct{})}
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -382,7 +386,7 @@ cluster {
 	if err != nil || !slices.Equal(down.Retired, res.Started) {
 		t.Fatalf("scale transformer 3: %+v, %v; want %v retired", down, err, res.Started)
 	}
-	if _, err := p.client.Scale(ctx, "transformer", 2); err == nil || !strings.Contains(err.Error(), "offered by agents") {
+	if _, err := p.client.Scale(ctx, "transformer", 2); err == nil || !strings.Contains(err.Error(), "the agents' own") {
 		t.Fatalf("scale transformer 2, below the agents' own: %v", err)
 	}
 	waitInstances(t, p, "three transformers after scaling", time.Minute, full)
