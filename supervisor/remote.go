@@ -35,8 +35,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -71,18 +71,18 @@ type host struct {
 	// session is this join's session with its agent: a host that joins
 	// again has a new one, so that what its last session left expires
 	// there.
-	session    string
-	ttl        time.Duration
-	conn       *grpc.ClientConn
-	agent      agentv1.AgentClient
-	zmqHost    string
-	gpus       []string
-	capacity   map[string]int32 // the most instances of each phase it runs
-	ctx        context.Context  // its joining and watching; ends when it is lost
-	cancel     context.CancelFunc
-	lostWhy    atomic.Pointer[string]
-	joined     atomic.Bool // it answered Hello
-	gpuTurn    atomic.Int64
+	session  string
+	ttl      time.Duration
+	conn     *grpc.ClientConn
+	agent    agentv1.AgentClient
+	zmqHost  string
+	gpus     []string
+	capacity map[string]int32 // the most instances of each phase it runs
+	ctx      context.Context  // its joining and watching; ends when it is lost
+	cancel   context.CancelFunc
+	lostWhy  atomic.Pointer[string]
+	joined   atomic.Bool // it answered Hello
+	gpuTurn  atomic.Int64
 
 	mu    sync.Mutex
 	procs map[string]*remoteProc // by instance id
