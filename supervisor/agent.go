@@ -220,6 +220,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if b.Host != a.cfg.Host {
 		return fmt.Errorf("agent: the certificate in %s is issued for host %q, not %q: run `supervisor tls issue %s`, or start the agent with --host %s", a.cfg.TLSDir, b.Host, a.cfg.Host, a.cfg.Host, b.Host)
 	}
+	if b.Role != pki.RoleAgent {
+		return fmt.Errorf("agent: the bundle in %s is a %s's: issue this host one with `supervisor tls issue %s` (role agent)", a.cfg.TLSDir, b.Role, a.cfg.Host)
+	}
 	a.bundle = b
 	if err := sweepStale(a.logger, ""); err != nil {
 		a.logger.Warn("cleaning up after a supervisor or agent that did not stop", "error", err)

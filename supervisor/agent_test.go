@@ -209,7 +209,11 @@ func newTestPKI(t *testing.T, hosts ...string) testPKI {
 		t.Fatal(err)
 	}
 	for _, h := range hosts {
-		if err := pki.Issue(p.dir, h, "", nil, nil); err != nil {
+		role := pki.RoleAgent
+		if h == "supervisor" {
+			role = pki.RoleSupervisor
+		}
+		if err := pki.Issue(p.dir, h, "", nil, nil, role); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -745,6 +749,13 @@ func TestAgentTLS(t *testing.T) {
 		{"agent of another name", credentials.NewTLS(good.ClientTLS("hostc")),
 			[]string{"authentication handshake failed", "certificate is valid for hostb, not hostc"}},
 		{"no TLS", insecure.NewCredentials(), nil},
+		// Another agent's certificate (the agent's own, here), its role
+		// check off on its side: the agent serves supervisors only.
+		{"an agent's certificate", credentials.NewTLS(func() *tls.Config {
+			c := ta.pki.load(t, "hostb").ClientTLS("hostb")
+			c.VerifyPeerCertificate = nil
+			return c
+		}()), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

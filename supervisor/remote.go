@@ -225,6 +225,9 @@ func (s *Supervisor) startCluster() error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	if b.Role != pki.RoleSupervisor {
+		return fmt.Errorf("cluster: the bundle in %s (%s) is an %s's: issue the supervisor's with `supervisor tls issue %s --role supervisor`", cc.TLSDir, cc.At, b.Role, b.Host)
+	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	s.cluster = &cluster{cfg: cc, bundle: b, host: b.Host, session: "s" + hex.EncodeToString(id[:]), hosts: map[string]*host{}, silent: map[string]bool{}}

@@ -182,8 +182,16 @@ type peer struct {
 // (killing it after 10 s) and sweeps what its managers left.
 func startPeer(tb testing.TB, dir string) *peer {
 	tb.Helper()
+	return startPeerWith(tb, dir, nil)
+}
+
+// startPeerWith is startPeer with env added to the peer's environment and
+// args after its run directory (a peer timeout in seconds).
+func startPeerWith(tb testing.TB, dir string, env []string, args ...string) *peer {
+	tb.Helper()
 	_, file, _, _ := runtimeCaller()
-	cmd := exec.Command("/usr/bin/python3", filepath.Join(filepath.Dir(file), "bench", "hoppeer.py"), dir)
+	cmd := exec.Command("/usr/bin/python3", append([]string{filepath.Join(filepath.Dir(file), "bench", "hoppeer.py"), dir}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

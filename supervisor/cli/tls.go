@@ -82,7 +82,7 @@ every host.`,
 		},
 	})
 
-	var out string
+	var out, role string
 	var ips, names []string
 	issue := &cobra.Command{
 		Use:   "issue HOST",
@@ -95,12 +95,14 @@ P-256, 0600); and ` + pki.CurveFile + `, a copy of the cluster's CURVE key (0600
 The certificate names HOST (a DNS name, or an IP address when HOST is
 one) and every --ip and --dns: name each address the others reach HOST
 by. It is valid for a year, for both server and client authentication,
-so one bundle serves an agent and a supervisor alike. HOST is letters,
+and names the host's --role: an agent (the default) serves supervisors
+only, a supervisor dials agents only, so that one agent's certificate
+cannot drive another agent. HOST is letters,
 digits, '-', '.' and '_' (1 to 63 characters, beginning with a letter or
 digit) or an IP address. It refuses to overwrite a bundle.`,
 		Example: `  supervisor tls issue gpu-1 --ip 10.0.0.5
   supervisor tls issue 10.0.0.6 --dir /etc/phased/ca --out /tmp/gpu-6
-  supervisor tls issue supervisor --dns phased.example.com`,
+  supervisor tls issue supervisor --role supervisor --dns phased.example.com`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usagef("want exactly one HOST, got %s", arguments(len(args)))
@@ -121,7 +123,10 @@ digit) or an IP address. It refuses to overwrite a bundle.`,
 			if bundle == "" {
 				bundle = filepath.Join(dir, host)
 			}
-			err := pki.Issue(dir, host, bundle, addrs, names)
+			if !slices.Contains(pki.Roles, pki.Role(role)) {
+				return usagef("--role %q: expected agent or supervisor", role)
+			}
+			err := pki.Issue(dir, host, bundle, addrs, names, pki.Role(role))
 			if errors.Is(err, pki.ErrBadHost) {
 				return &exitError{code: ExitUsage, err: err}
 			}
@@ -135,6 +140,7 @@ digit) or an IP address. It refuses to overwrite a bundle.`,
 			return a.printBundle(b, asJSON)
 		},
 	}
+	issue.Flags().StringVar(&role, "role", string(pki.RoleAgent), "what HOST is: `agent` or supervisor")
 	issue.Flags().StringVar(&out, "out", "", "write the bundle into `OUT` (default: DIR/HOST, DIR being --dir)")
 	issue.Flags().StringArrayVar(&ips, "ip", nil, "one more `IP` address the certificate names (repeat it)")
 	issue.Flags().StringArrayVar(&names, "dns", nil, "one more DNS `NAME` the certificate names (repeat it)")
@@ -158,12 +164,13 @@ func (a *app) printBundle(b *pki.Bundle, asJSON bool) error {
 		return printJSON(a.stdout, struct {
 			Bundle   string    `json:"bundle"`
 			Host     string    `json:"host"`
+			Role     pki.Role  `json:"role"`
 			Names    []string  `json:"names"`
 			NotAfter time.Time `json:"not_after"`
 			Files    []string  `json:"files"`
-		}{b.Dir, b.Host, names, leaf.NotAfter.UTC(), paths})
+		}{b.Dir, b.Host, b.Role, names, leaf.NotAfter.UTC(), paths})
 	}
-	fmt.Fprintf(a.stdout, "issued %s a bundle in %s:\n", b.Host, b.Dir)
+	fmt.Fprintf(a.stdout, "issued %s (%s) a bundle in %s:\n", b.Host, b.Role, b.Dir)
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "  %s\tthe CA certificate\n", pki.CAFile)
 	fmt.Fprintf(tw, "  %s\t%s's certificate, for %s, valid until %s\n", pki.CertFile, b.Host, strings.Join(names, ", "), leaf.NotAfter.UTC().Format(time.DateOnly))
@@ -176,9 +183,10 @@ func (a *app) printBundle(b *pki.Bundle, asJSON bool) error {
 	if strings.Contains(remote, ":") {
 		remote = "[" + remote + "]" // an IPv6 address, for scp
 	}
-	fmt.Fprintf(a.stdout, `copy the directory to %s and keep it private there (e.g. scp -rp %s %s:/etc/phased/tls), then:
-  on an agent host:       supervisor agent --tls-dir /etc/phased/tls
-  on the supervisor host: cluster { tls_dir = "/etc/phased/tls" } in its config
-`, b.Host, b.Dir, remote)
+	use := "supervisor agent --tls-dir /etc/phased/tls"
+	if b.Role == pki.RoleSupervisor {
+		use = `cluster { tls_dir = "/etc/phased/tls" } in the supervisor's config`
+	}
+	fmt.Fprintf(a.stdout, "copy the directory to %s and keep it private there (e.g. scp -rp %s %s:/etc/phased/tls), then:\n  %s\n", b.Host, b.Dir, remote, use)
 	return nil
 }

@@ -47,8 +47,8 @@ func TestTLSVerb(t *testing.T) {
 
 	out, errOut, code = runMain(t, nil, "tls", "issue", "gpu-1", "--dir", dir, "--ip", "10.0.0.5", "--dns", "gpu-1.local")
 	bundle := filepath.Join(dir, "gpu-1")
-	for _, w := range []string{"issued gpu-1 a bundle in " + bundle + ":\n", "cert.pem   gpu-1's certificate, for gpu-1, gpu-1.local, 10.0.0.5, valid until ",
-		"key.pem", "curve.key", "scp -rp " + bundle + " gpu-1:/etc/phased/tls", "supervisor agent --tls-dir /etc/phased/tls", `cluster { tls_dir = "/etc/phased/tls" }`} {
+	for _, w := range []string{"issued gpu-1 (agent) a bundle in " + bundle + ":\n", "cert.pem   gpu-1's certificate, for gpu-1, gpu-1.local, 10.0.0.5, valid until ",
+		"key.pem", "curve.key", "scp -rp " + bundle + " gpu-1:/etc/phased/tls", "supervisor agent --tls-dir /etc/phased/tls"} {
 		if code != 0 || errOut != "" || !strings.Contains(out, w) {
 			t.Errorf("issue: exit %d, stderr %q; no %q in\n%s", code, errOut, w, out)
 		}

@@ -46,7 +46,8 @@ func TestStaticAgents(t *testing.T) {
 	}
 	tls("init", "--dir", ca)
 	tls("init", "--dir", other)
-	for _, h := range []string{"hosta", "hostb", "hostc"} {
+	tls("issue", "hosta", "--dir", ca, "--ip", "127.0.0.1", "--role", "supervisor")
+	for _, h := range []string{"hostb", "hostc"} {
 		tls("issue", h, "--dir", ca, "--ip", "127.0.0.1")
 	}
 	// hostc's certificate is the cluster's, its CURVE key another's.

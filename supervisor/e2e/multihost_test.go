@@ -192,7 +192,8 @@ func TestMultiHost(t *testing.T) {
 	}
 	tls("init", "--dir", ca)
 	tls("init", "--dir", rogue)
-	for _, h := range []*netns.Host{A, B, C} {
+	tls("issue", "hosta", "--dir", ca, "--ip", A.Addr, "--role", "supervisor")
+	for _, h := range []*netns.Host{B, C} {
 		tls("issue", "host"+h.Name, "--dir", ca, "--ip", h.Addr)
 	}
 	tls("issue", "hostd", "--dir", rogue, "--ip", D.Addr)

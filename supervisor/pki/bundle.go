@@ -19,6 +19,7 @@ import (
 type Bundle struct {
 	Dir  string // the bundle directory
 	Host string // the certificate's common name
+	Role Role   // what the host is in the cluster
 	// CA trusts the CA of the bundle, and only it.
 	CA *x509.CertPool
 	// Cert is the host's certificate and key; Cert.Leaf is parsed.
@@ -130,18 +131,44 @@ func LoadBundle(dir string) (*Bundle, error) {
 	case err != nil:
 		return fail("%v", err)
 	}
-	return &Bundle{Dir: dir, Host: cert.Subject.CommonName, CA: ca, Cert: pair, Curve: curve, CurveFile: curveFile}, nil
+	role := RoleOf(cert)
+	if role == "" {
+		return fail("the certificate %s names no role (agent or supervisor); %s", CertFile, reissue)
+	}
+	return &Bundle{Dir: dir, Host: cert.Subject.CommonName, Role: role, CA: ca, Cert: pair, Curve: curve, CurveFile: curveFile}, nil
 }
 
 // ServerTLS is the TLS configuration of the bundle's host as a server:
 // TLS 1.3, the host's certificate, and only clients with a certificate of
 // the bundle's CA.
+//
+// Its peers must hold the other role: an agent serves supervisors only.
 func (b *Bundle) ServerTLS() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{b.Cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    b.CA,
+		MinVersion:            tls.VersionTLS13,
+		Certificates:          []tls.Certificate{b.Cert},
+		ClientAuth:            tls.RequireAndVerifyClientCert,
+		ClientCAs:             b.CA,
+		VerifyPeerCertificate: b.peerRole(),
+	}
+}
+
+// peerRole checks that a verified peer holds the role the bundle's host
+// works with: a supervisor for an agent, an agent for a supervisor.
+func (b *Bundle) peerRole() func([][]byte, [][]*x509.Certificate) error {
+	want := RoleSupervisor
+	if b.Role == RoleSupervisor {
+		want = RoleAgent
+	}
+	return func(_ [][]byte, chains [][]*x509.Certificate) error {
+		if len(chains) == 0 || len(chains[0]) == 0 {
+			return errors.New("pki: no verified certificate")
+		}
+		leaf := chains[0][0]
+		if got := RoleOf(leaf); got != want {
+			return fmt.Errorf("pki: %s's certificate has role %q, want %q (agents serve supervisors only, supervisors dial agents only)", leaf.Subject.CommonName, got, want)
+		}
+		return nil
 	}
 }
 
@@ -150,10 +177,11 @@ func (b *Bundle) ServerTLS() *tls.Config {
 // certificate, of the bundle's CA, names serverName.
 func (b *Bundle) ClientTLS(serverName string) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{b.Cert},
-		RootCAs:      b.CA,
-		ServerName:   serverName,
+		MinVersion:            tls.VersionTLS13,
+		Certificates:          []tls.Certificate{b.Cert},
+		RootCAs:               b.CA,
+		ServerName:            serverName,
+		VerifyPeerCertificate: b.peerRole(),
 	}
 }
 

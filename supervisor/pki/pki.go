@@ -26,6 +26,7 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,14 +146,54 @@ func Init(dir string) error {
 // A bad host or DNS name is ErrBadHost. Issue refuses to overwrite a
 // bundle's files (the error wraps fs.ErrExist), and leaves no file
 // behind when it fails.
-func Issue(caDir, host, out string, ips []net.IP, dns []string) error {
+//
+// role says what the host is to the others (RoleAgent, RoleSupervisor):
+// an agent serves only supervisors, a supervisor dials only agents, so
+// that an agent's certificate cannot drive another agent.
+func Issue(caDir, host, out string, ips []net.IP, dns []string, role Role) error {
 	now := time.Now()
-	return issue(caDir, host, out, ips, dns, now.Add(-clockSkew), now.AddDate(hostValidYears, 0, 0))
+	return issue(caDir, host, out, ips, dns, role, now.Add(-clockSkew), now.AddDate(hostValidYears, 0, 0))
+}
+
+// Role is what a certificate's host is in the cluster, written in the
+// certificate as the URI subject alternative name phased:role:ROLE.
+type Role string
+
+// The roles.
+const (
+	RoleAgent      Role = "agent"
+	RoleSupervisor Role = "supervisor"
+)
+
+// Roles lists the roles, for flags.
+var Roles = []Role{RoleAgent, RoleSupervisor}
+
+// roleURI is how a role is written in a certificate.
+func roleURI(r Role) *url.URL { return &url.URL{Scheme: "phased", Opaque: "role:" + string(r)} }
+
+// RoleOf returns the role a certificate names; "" for none or several.
+func RoleOf(cert *x509.Certificate) Role {
+	var found Role
+	for _, u := range cert.URIs {
+		if u.Scheme == "phased" && strings.HasPrefix(u.Opaque, "role:") {
+			if found != "" {
+				return ""
+			}
+			found = Role(strings.TrimPrefix(u.Opaque, "role:"))
+		}
+	}
+	if !slices.Contains(Roles, found) {
+		return ""
+	}
+	return found
 }
 
 // issue is Issue with the validity of the certificate given; tests make
 // expired ones with it.
-func issue(caDir, host, out string, ips []net.IP, dns []string, notBefore, notAfter time.Time) error {
+func issue(caDir, host, out string, ips []net.IP, dns []string, role Role, notBefore, notAfter time.Time) error {
+	if !slices.Contains(Roles, role) {
+		return fmt.Errorf("certificate of %s: role %q: expected %q or %q", host, role, RoleAgent, RoleSupervisor)
+	}
 	if err := checkName(host, maxHostLen); err != nil {
 		return fmt.Errorf("%w %q: %v", ErrBadHost, host, err)
 	}
@@ -197,6 +238,7 @@ func issue(caDir, host, out string, ips []net.IP, dns []string, notBefore, notAf
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
+		URIs:                  []*url.URL{roleURI(role)},
 	}
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {
 		tmpl.NotAfter = ca.cert.NotAfter

@@ -30,10 +30,17 @@ func newCA(t *testing.T) string {
 	return dir
 }
 
-// newBundle issues host a bundle from the CA in caDir and loads it.
+// newBundle issues host an agent's bundle from the CA in caDir and
+// loads it.
 func newBundle(t *testing.T, caDir, host string) *Bundle {
 	t.Helper()
-	if err := Issue(caDir, host, "", nil, nil); err != nil {
+	return newRoleBundle(t, caDir, host, RoleAgent)
+}
+
+// newRoleBundle is newBundle for a host of role.
+func newRoleBundle(t *testing.T, caDir, host string, role Role) *Bundle {
+	t.Helper()
+	if err := Issue(caDir, host, "", nil, nil, role); err != nil {
 		t.Fatal(err)
 	}
 	b, err := LoadBundle(filepath.Join(caDir, host))
@@ -177,7 +184,7 @@ func TestIssue(t *testing.T) {
 	serials := map[string]bool{}
 	for _, tt := range tests {
 		t.Run(tt.host, func(t *testing.T) {
-			if err := Issue(caDir, tt.host, tt.out, tt.ips, tt.dns); err != nil {
+			if err := Issue(caDir, tt.host, tt.out, tt.ips, tt.dns, RoleAgent); err != nil {
 				t.Fatal(err)
 			}
 			out := tt.out
@@ -229,7 +236,7 @@ func TestIssue(t *testing.T) {
 func TestIssueRefuses(t *testing.T) {
 	caDir := newCA(t)
 	noCA := t.TempDir()
-	if err := Issue(caDir, "taken", "", nil, nil); err != nil {
+	if err := Issue(caDir, "taken", "", nil, nil, RoleAgent); err != nil {
 		t.Fatal(err)
 	}
 	taken := filepath.Join(caDir, "taken")
@@ -254,7 +261,7 @@ func TestIssueRefuses(t *testing.T) {
 		{caDir, "gpu-1", nil, caDir + "/", "bundle of gpu-1: --out " + caDir + "/ is the CA directory; a bundle goes into a directory of its own, which is copied to the host", nil},
 	}
 	for _, tt := range tests {
-		err := Issue(tt.caDir, tt.host, tt.out, nil, tt.dns)
+		err := Issue(tt.caDir, tt.host, tt.out, nil, tt.dns, RoleAgent)
 		if err == nil || err.Error() != tt.want || tt.is != nil && !errors.Is(err, tt.is) {
 			t.Errorf("Issue(%q, %q): %v\nwant %s (is %v)", tt.caDir, tt.host, err, tt.want, tt.is)
 		}
@@ -329,8 +336,14 @@ func handshake(t *testing.T, srv, cli *tls.Config) (peerCN string, serverErr, cl
 // host the client asked for are refused.
 func TestMutualTLS(t *testing.T) {
 	caDir, otherCA := newCA(t), newCA(t)
-	b, c := newBundle(t, caDir, "host-b"), newBundle(t, caDir, "host-c")
-	stranger := newBundle(t, otherCA, "host-x")
+	// b is an agent, c a supervisor, d another agent.
+	b, c := newBundle(t, caDir, "host-b"), newRoleBundle(t, caDir, "host-c", RoleSupervisor)
+	d := newBundle(t, caDir, "host-d")
+	stranger := newRoleBundle(t, otherCA, "host-x", RoleSupervisor)
+	// An agent as a client that does not check the server's role: the
+	// refusal is the server's.
+	agentClient := d.ClientTLS("host-b")
+	agentClient.VerifyPeerCertificate = nil
 	noCert := c.ClientTLS("host-b")
 	noCert.Certificates = nil
 	// A client with a certificate of another CA, that trusts the server:
@@ -350,6 +363,10 @@ func TestMutualTLS(t *testing.T) {
 			"tls: client didn't provide a certificate", "remote error: tls: certificate required"},
 		{"server of another CA", stranger.ServerTLS(), c.ClientTLS("host-x"), "",
 			"remote error: tls: bad certificate", "tls: failed to verify certificate: x509: certificate signed by unknown authority"},
+		{"client of the agent role: an agent cannot drive another", b.ServerTLS(), agentClient, "",
+			`pki: host-d's certificate has role "agent", want "supervisor"`, "remote error: tls: bad certificate"},
+		{"server of the supervisor role", stranger.ServerTLS(), stranger.ClientTLS("host-x"), "",
+			"remote error: tls: bad certificate", `pki: host-x's certificate has role "supervisor", want "agent"`},
 		{"server not the host asked for", b.ServerTLS(), c.ClientTLS("host-c"), "",
 			"remote error: tls: bad certificate", "tls: failed to verify certificate: x509: certificate is valid for host-b, not host-c"},
 	}
@@ -422,7 +439,7 @@ func TestLoadBundleRefuses(t *testing.T) {
 		{"no curve.key", nil, remove(CurveFile), "curve.key is missing" + reissue},
 		{"the key of another bundle", nil, func(dir string) error {
 			other := filepath.Join(t.TempDir(), "other")
-			if err := Issue(caDir, "gpu-1", other, nil, nil); err != nil {
+			if err := Issue(caDir, "gpu-1", other, nil, nil, RoleAgent); err != nil {
 				return err
 			}
 			return copyFile(filepath.Join(other, KeyFile), filepath.Join(dir, KeyFile))
@@ -431,10 +448,10 @@ func TestLoadBundleRefuses(t *testing.T) {
 			return copyFile(filepath.Join(otherCA, CAFile), filepath.Join(dir, CAFile))
 		}, "the certificate cert.pem is not signed by the CA of ca.pem (were they copied from bundles of different CAs?)" + reissue},
 		{"expired", func(dir string) error {
-			return issue(caDir, "gpu-1", dir, nil, nil, expired.AddDate(-1, 0, 0), expired)
+			return issue(caDir, "gpu-1", dir, nil, nil, RoleAgent, expired.AddDate(-1, 0, 0), expired)
 		}, nil, "the certificate cert.pem of gpu-1 expired at 2024-03-01T12:00:00Z" + reissue},
 		{"not valid yet", func(dir string) error {
-			return issue(caDir, "gpu-1", dir, nil, nil, future, future.AddDate(1, 0, 0))
+			return issue(caDir, "gpu-1", dir, nil, nil, RoleAgent, future, future.AddDate(1, 0, 0))
 		}, nil, "the certificate cert.pem of gpu-1 is valid from " + utc(future) + " only, and this host's clock says "},
 		{"a key others may read", nil, func(dir string) error { return os.Chmod(filepath.Join(dir, KeyFile), 0o644) },
 			"key.pem: mode 0644 lets others read the private key: chmod 600 "},
@@ -446,7 +463,7 @@ func TestLoadBundleRefuses(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "bundle")
 			mk := tt.make
 			if mk == nil {
-				mk = func(dir string) error { return Issue(caDir, "gpu-1", dir, nil, nil) }
+				mk = func(dir string) error { return Issue(caDir, "gpu-1", dir, nil, nil, RoleAgent) }
 			}
 			if err := mk(dir); err != nil {
 				t.Fatal(err)

@@ -1,8 +1,13 @@
 #!/usr/bin/python3
-"""The Python side of the hop benchmarks (sdk/python/bench_test.go): a
+"""The Python side of the hop benchmarks (sdk/python/bench_test.go) and
+of the Go<->Python transfer tests (handoff_test.go, curve_test.go): a
 peer driven one line at a time on stdin, answering on stdout.
 
-    hoppeer.py RUN_DIR
+    hoppeer.py RUN_DIR [PEER_TIMEOUT_SECONDS]
+
+Its managers use the CURVE key file $PHASED_CURVE_KEY_FILE names, if any,
+for zmq rooms (docs/protocol.md 4.7), as a phase's runtime does.
+
     py2py SIZE ROOM           one shm hop between two Python managers
     recv SIZE ROOM ENDPOINT   open a receiver of SIZE bytes ("open"), wait
                               for the bytes, verify, remove ("ok")
@@ -26,6 +31,21 @@ peer driven one line at a time on stdin, answering on stdout.
     realloc SIZE              alloc SIZE bytes again: "same" if they are
                               the segment last freed by lendfree, else
                               "new"; then free them
+    zrecv SIZE ROOM ENDPOINT  open a zmq receiver of SIZE bytes ("open"),
+                              wait for them, check them against the
+                              pattern, remove ("ok"; a failed room:
+                              "error: REASON")
+    zsend SIZE ROOM           open a zmq sender ("ep ENDPOINT"), send
+                              SIZE bytes of the pattern once the
+                              receiver's descriptor comes ("sent"); the
+                              room stays until zclose ROOM (its data is
+                              queued, not yet delivered, when send
+                              returns)
+    zopen ROOM                open a zmq sender and wait for nothing
+                              ("ep ENDPOINT")
+    zclose ROOM               remove a zmq sender ("ok")
+    refused                   "refused N": the clients the ZAP handler
+                              of the sending manager refused
     quit                      release both managers and exit
 
 Every answer is one line; an error is "error: TEXT".
@@ -41,7 +61,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from phased.tensor import Spec, checksum  # noqa: E402
-from phased.transfer import Manager  # noqa: E402
+from phased.transfer import Manager, curve_from_env  # noqa: E402
 
 SPEC_NAME = "latent"
 
@@ -54,9 +74,11 @@ def pattern(size: int) -> np.ndarray:
 
 def main() -> None:
     run_dir = sys.argv[1]
+    timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 0
     pid = os.getpid()
-    a = Manager(name=f"pya.{pid}", run_dir=run_dir)
-    b = Manager(name=f"pyb.{pid}", run_dir=run_dir)
+    curve = curve_from_env()
+    a = Manager(name=f"pya.{pid}", run_dir=run_dir, peer_timeout=timeout, curve=curve)
+    b = Manager(name=f"pyb.{pid}", run_dir=run_dir, peer_timeout=timeout, curve=curve)
     a.start()
     b.start()
     sources = {}
@@ -94,6 +116,16 @@ def main() -> None:
                 answer("same" if arr.ctypes.data == freed[0] else "new")
                 a.free(arr)
                 continue
+            if f[0] == "refused":
+                answer(f"refused {a.refused}")
+                continue
+            if f[0] == "zopen":
+                answer("ep " + a.open_sender(int(f[1]), "zmq"))
+                continue
+            if f[0] == "zclose":
+                a.remove(int(f[1]))
+                answer("ok")
+                continue
             size, room = int(f[1]), int(f[2])
             spec = Spec(SPEC_NAME, "uint8", [size])
             if f[0] == "py2py":
@@ -115,6 +147,21 @@ def main() -> None:
                 b.receive(room)
                 b.remove(room)
                 answer("ok")
+            elif f[0] == "zrecv":
+                b.open_receiver(room, "zmq", [spec], f[3])
+                answer("open")
+                try:
+                    got = b.receive(room)[0]
+                    same = got.tobytes() == source(size).tobytes()
+                    del got
+                finally:
+                    b.remove(room)
+                answer("ok" if same else "error: the received bytes differ from the pattern")
+            elif f[0] == "zsend":
+                ep = a.open_sender(room, "zmq")
+                answer("ep " + ep)
+                a.send(room, {SPEC_NAME: source(size)})
+                answer("sent")
             elif f[0] == "lendrecv":
                 b.open_receiver(room, "shm", [spec], f[3])
                 answer("open")

@@ -227,8 +227,13 @@ class Runtime:
                 raise InvalidArgument(f"run dir {run_dir!r} is too long for socket paths "
                                       f"(at most {MAX_SOCKET_PATH - len(LONGEST_SOCKET)} bytes)")
             log = self.log.getChild(instance)
+            # The cluster's CURVE pair, when the supervisor (or `supervisor
+            # agent`) gives one: the zmq rooms' tcp sockets use it (4.7). A
+            # bad key file fails Configure, naming the file.
+            from .transfer.curve import curve_from_env
+            curve = curve_from_env()
             mgr = self._new_manager(f"{instance}.{os.getpid()}", run_dir, zmq_host or "127.0.0.1",
-                                    (peer_timeout_ms or 10000) / 1000.0, log.getChild("transfer"))
+                                    (peer_timeout_ms or 10000) / 1000.0, log.getChild("transfer"), curve)
             mgr.start()
             try:
                 self.phase.configure(Config(instance=instance, params=dict(params), log=log))
@@ -250,12 +255,15 @@ class Runtime:
             threading.Thread(target=lambda: self._executor.submit(self._load, log).exception(),
                              name="phased-load", daemon=True).start()
 
-    def _new_manager(self, name, run_dir, zmq_host, peer_timeout, logger):
+    def _new_manager(self, name, run_dir, zmq_host, peer_timeout, logger, curve=None):
+        # A factory is given curve only when there are keys, so that one
+        # written before CURVE goes on working without them.
+        kw = {"curve": curve} if curve is not None else {}
         if self._manager_factory is not None:
             return self._manager_factory(name=name, run_dir=run_dir, zmq_host=zmq_host,
-                                         peer_timeout=peer_timeout, logger=logger)
+                                         peer_timeout=peer_timeout, logger=logger, **kw)
         from .transfer import Manager
-        return Manager(name=name, run_dir=run_dir, zmq_host=zmq_host, peer_timeout=peer_timeout, logger=logger)
+        return Manager(name=name, run_dir=run_dir, zmq_host=zmq_host, peer_timeout=peer_timeout, logger=logger, **kw)
 
     def _load(self, log: logging.Logger) -> None:
         start = time.monotonic()

@@ -6,8 +6,9 @@ Threads:
 
 - the **socket owner** owns every zmq socket (zmq sockets are not
   thread-safe). It polls the rooms' PULL sockets, their PUSH sockets'
-  monitors and an eventfd; other threads hand it work through a command
-  queue and wake it with the eventfd. It never blocks on the network.
+  monitors, with CURVE the ZAP handler's ROUTER (curve.py), and an eventfd;
+  other threads hand it work through a command queue and wake it with the
+  eventfd. It never blocks on the network.
 - the **transfer worker** runs one Send at a time: it copies tensors into
   receiver segments (shm) in 256 KiB blocks, checking between blocks whether
   the room was removed or failed or the Send cancelled, or has the owner
@@ -45,6 +46,8 @@ import zmq
 from .. import tensor as T
 from . import frames as F
 from . import handoff as H
+from . import curve as C
+from .curve import CurveKeys
 from .frames import (BOOTSTRAPPING, CHECKSUM_BLOCK, FAILED, MAX_BUFFERS, MAX_FRAME_SIZE, MAX_SLEEP,
                      MAX_USED_IDS, RECEIVER, SENDER, SHM, SUCCESS, TRANSFERRING, WAITING_FOR_INPUT, ZMQ, ZMQ_CHUNK,
                      Buffer, Descriptor, Header, go_quote)
@@ -319,6 +322,12 @@ class _Socks:
         self.mon = None
         self.peer = ""
         self.deadline: Optional[float] = None  # the peer timer, armed while push is disconnected
+        # curve: push is a CURVE client (a tcp peer, with keys), whose
+        # connection is up once its handshake succeeded, not when TCP
+        # connects. handshake says why the last handshake of push failed,
+        # for the peer timeout's reason; "" once one succeeds.
+        self.curve = False
+        self.handshake = ""
 
 
 class _Call:
@@ -350,7 +359,7 @@ class Manager:
     def __init__(self, name: str, run_dir: str, zmq_host: str = DEFAULT_ZMQ_HOST,
                  peer_timeout: float = DEFAULT_PEER_TIMEOUT, logger: Optional[logging.Logger] = None, *,
                  shm_dir: str = SHM_DIR, pool_segments: int = 32, pool_bytes: int = 1 << 30,
-                 max_sockets: int = 0, verify_handoffs: bool = False):
+                 max_sockets: int = 0, verify_handoffs: bool = False, curve: Optional[CurveKeys] = None):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"transfer: config: Name {go_quote(str(name))} must match ^[A-Za-z0-9_.-]{{1,64}}$")
         if not run_dir:
@@ -373,7 +382,21 @@ class Manager:
         if any(c in zmq_host for c in "/*") or (":" in zmq_host and not zmq_host.startswith("[")):
             raise ValueError(f"transfer: config: ZMQHost {go_quote(zmq_host)}: expected a host name or IP address, "
                              "e.g. 127.0.0.1, 10.0.0.5 or [::1]")
+        if curve is not None:
+            # curve: the cluster's CURVE pair (curve.curve_from_env): the
+            # tcp sockets of zmq rooms are CURVE sockets (protocol 4.7).
+            if not isinstance(curve, CurveKeys):
+                raise ValueError(f"transfer: config: Curve: want a CurveKeys, not {type(curve).__name__}")
+            try:
+                curve.check()
+            except ValueError as e:
+                raise ValueError(f"transfer: config: Curve: {e}") from None
         self.name, self.run_dir, self.shm_dir, self.zmq_host = name, run_dir, os.path.abspath(shm_dir), zmq_host
+        self.curve = curve
+        # The CURVE pair connecting sockets present: curve; a test sets
+        # another before start.
+        self._client_keys = curve
+        self._refused = 0  # clients the ZAP handler refused (refused); the owner counts
         self.peer_timeout = float(peer_timeout)
         self.log = logger or logging.getLogger("phased.transfer")
         self._max_sockets = max_sockets
@@ -418,6 +441,8 @@ class Manager:
         self._socks: Dict[int, _Socks] = {}
         self._by_sock: Dict[object, tuple] = {}
         self._poller: Optional[zmq.Poller] = None
+        self._zap = None  # the ZAP handler's ROUTER, with curve
+        self._zap_key = curve.public_bytes if curve is not None else b""
         self._timed: set = set()
         self._mon_seq = 0
 
@@ -437,15 +462,24 @@ class Manager:
             if self._state == "released":
                 raise ReleasedError()
             zctx = zmq.Context()
+            zap = None
             try:
                 zctx.set(zmq.MAX_SOCKETS, self._socket_limit())
+                if self.curve is not None:
+                    zap = self._new_zap(zctx)
                 self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             except BaseException as e:
+                if zap is not None:
+                    zap.close(0)
                 zctx.term()
                 raise TransferError(f"transfer: start: {_err_text(e)}") from e
             self._zctx = zctx
             self._poller = zmq.Poller()
             self._poller.register(self._wake_fd, zmq.POLLIN)
+            if zap is not None:
+                # The owner thread takes it over with the room sockets.
+                self._zap = zap
+                self._poller.register(zap, zmq.POLLIN)
             self._owner = threading.Thread(target=self._owner_run, name=f"phased-transfer-owner-{self.name}",
                                            daemon=True)
             self._worker = threading.Thread(target=self._work, name=f"phased-transfer-worker-{self.name}",
@@ -453,7 +487,30 @@ class Manager:
             self._owner.start()
             self._worker.start()
             self._state = "started"
-        self.log.debug("transfer manager started", extra={"manager": self.name, "dir": self.run_dir})
+        self.log.debug("transfer manager started", extra={"manager": self.name, "dir": self.run_dir,
+                                                           "curve": self.curve is not None})
+
+    @staticmethod
+    def _new_zap(zctx):
+        """The ZAP handler's ROUTER socket, bound in zctx before any room
+        socket exists there (curve.py)."""
+        s = zctx.socket(zmq.ROUTER)
+        try:
+            s.setsockopt(zmq.LINGER, 0)
+            s.bind(C.ZAP_ENDPOINT)
+        except zmq.ZMQError as e:
+            s.close(0)
+            raise TransferError(f"ZAP handler: bind {C.ZAP_ENDPOINT}: {_err_text(e)}") from None
+        return s
+
+    @property
+    def refused(self) -> int:
+        """How many clients the ZAP handler refused since start: CURVE
+        clients that presented another key than curve's (and requests it
+        could not read). A client without CURVE is turned away by libzmq
+        before the handler is asked, and not counted; its connection is
+        closed all the same."""
+        return self._refused
 
     def _socket_limit(self) -> int:
         if self._max_sockets > 0:
@@ -1147,6 +1204,9 @@ class Manager:
                     if s == self._wake_fd:
                         woken = True
                         continue
+                    if s is self._zap:
+                        self._o_drain_zap()
+                        continue
                     ref = self._by_sock.get(s)
                     if ref is None:
                         continue  # closed meanwhile
@@ -1190,6 +1250,10 @@ class Manager:
             s.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_SIZE)
         return s
 
+    def _o_curve(self, endpoint: str) -> bool:
+        """Whether a socket of endpoint is a CURVE socket: with keys, tcp."""
+        return self.curve is not None and endpoint.startswith("tcp://")
+
     def _o_live(self, r: _Room) -> bool:
         with self._mu:
             return self._rooms.get(r.id) is r and not r.removing
@@ -1197,8 +1261,14 @@ class Manager:
     def _o_bind(self, r: _Room):
         s = self._o_socket(zmq.PULL)
         try:
+            limit = MAX_FRAME_SIZE  # _o_socket's
             if r.backend == ZMQ and r.role == RECEIVER:
-                s.setsockopt(zmq.MAXMSGSIZE, ZMQ_CHUNK)
+                limit = ZMQ_CHUNK
+            if self._o_curve(r.endpoint):
+                C.curve_server(s, self.curve)
+                limit += C.CURVE_OVERHEAD
+            if limit != MAX_FRAME_SIZE:
+                s.setsockopt(zmq.MAXMSGSIZE, limit)
             s.bind(r.endpoint)
             if r.endpoint.startswith("tcp://"):
                 ep = s.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -1227,12 +1297,21 @@ class Manager:
         connect and disconnect events, registered with the room (closed by
         _o_close_room on any failure)."""
         s = self._o_socket(zmq.PUSH)
-        if rs.backend == ZMQ and rs.role == SENDER:
-            s.setsockopt(zmq.SNDHWM, 0)  # a send queues all its data
-        self._mon_seq += 1
-        addr = f"inproc://phased-transfer-monitor-{id(self)}-{self._mon_seq}"
+        events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
         try:
-            s.monitor(addr, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            if rs.backend == ZMQ and rs.role == SENDER:
+                s.setsockopt(zmq.SNDHWM, 0)  # a send queues all its data
+            if endpoint.startswith("tcp://"):
+                # A failed handshake says why in the peer timeout's reason:
+                # CURVE on one end only, or another key.
+                events |= C.HANDSHAKE_FAILED
+                if self.curve is not None:
+                    C.curve_client(s, self.curve.public, self._client_keys)
+                    rs.curve = True
+                    events |= zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self._mon_seq += 1
+            addr = f"inproc://phased-transfer-monitor-{id(self)}-{self._mon_seq}"
+            s.monitor(addr, events)
         except zmq.ZMQError:
             s.close(0)
             raise
@@ -1331,6 +1410,47 @@ class Manager:
                 self._o_close_room(rid)
             except Exception as e:  # noqa: BLE001
                 self.log.error("close room sockets", extra={"room": rid, "error": str(e)})
+        if self._zap is not None:  # last: no CURVE server socket is left to ask it
+            zap, self._zap = self._zap, None
+            try:
+                self._poller.unregister(zap)
+            except KeyError:
+                pass
+            zap.close(0)
+
+    # --- the socket owner: the ZAP handler (curve.py) ---------------------
+
+    def _o_drain_zap(self) -> None:
+        """Answers up to MAX_BURST ZAP requests (zmq_poll is level-triggered:
+        the rest wait for the next poll). A request without the envelope
+        that libzmq puts before it has no one to answer and is dropped."""
+        for _ in range(MAX_BURST):
+            try:
+                parts = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                self.log.error("receive a ZAP request", extra={"error": str(e)})
+                return
+            reply, code, why, address = C.zap_reply(parts, self._zap_key)
+            if code != 200:
+                self._o_refuse(code, why, address)
+            if reply is None:
+                continue
+            try:
+                self._zap.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                self.log.debug("answer a ZAP request", extra={"error": str(e)})
+
+    def _o_refuse(self, code: int, why: str, address: str) -> None:
+        """Counts a refused (400) or unreadable (500) ZAP request, and logs
+        it at debug, less and less often: a peer that knocks again and
+        again does not fill the log."""
+        self._refused += 1
+        n = self._refused
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+            self.log.debug("CURVE client refused", extra={"status": code, "reason": why, "address": address,
+                                                          "refused_so_far": n})
 
     # --- the socket owner: frames ----------------------------------------
 
@@ -1508,6 +1628,19 @@ class Manager:
             if rs is None or len(parts) < 1 or len(parts[0]) < 2:
                 continue
             event = int.from_bytes(parts[0][:2], "little")
+            value = int.from_bytes(parts[0][2:6], "little")
+            if event & C.HANDSHAKE_FAILED:
+                # A disconnect follows, and libzmq may try again: said once.
+                why = C.handshake_failure(event, value, rs.curve)
+                if why != rs.handshake:
+                    rs.handshake = why
+                    self.log.debug("handshake failed", extra={"room": rid, "peer": rs.peer, "why": why})
+                continue
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                rs.handshake = ""
+                event = zmq.EVENT_CONNECTED
+            elif event == zmq.EVENT_CONNECTED and rs.curve:
+                continue  # TCP is up, CURVE is not yet
             if event == zmq.EVENT_CONNECTED:
                 rs.deadline = None
                 self._timed.discard(rid)
@@ -1535,6 +1668,9 @@ class Manager:
                 peer = "sender" if rs.role == RECEIVER else "receiver"
                 reason = (f"peer timeout: the {peer} at {rs.peer} disconnected and did not come back within "
                           f"{go_duration(self.peer_timeout)} (PeerTimeout)")
+                if rs.handshake:
+                    reason = (f"peer timeout: the handshake with the {peer} at {rs.peer} failed ({rs.handshake}) "
+                              f"and no connection came up within {go_duration(self.peer_timeout)} (PeerTimeout)")
                 r.abort = True  # a copy into a vanished receiver stops between blocks
                 self._set_status_locked(r, FAILED, reason)
 
