@@ -445,9 +445,8 @@ func (s *Supervisor) offered(ph *phase, h *host) {
 	}
 }
 
-// newRemoteInstance makes the k-th instance of a phase on a host,
-// starting, listed in the phase at once (the policies see it ready once
-// it is).
+// newRemoteInstance makes an instance of a phase on a host, starting,
+// listed in the phase at once (the policies see it ready once it is).
 func (s *Supervisor) newRemoteInstance(ph *phase, h *host) *instance {
 	i := ph.cfg.Max + int(ph.nextRemote.Add(1)) - 1
 	in := s.newInstance(ph, i)
