@@ -98,16 +98,13 @@ const (
 	DefaultLeaseTTL   = 10 * time.Second
 )
 
-// hostLabelRE is what a host label looks like.
-var hostLabelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 // check checks the config and fills in its defaults.
 func (c *AgentConfig) check() error {
 	var errs []error
 	if c.Host == "" {
 		c.Host, _ = os.Hostname()
 	}
-	if !hostLabelRE.MatchString(c.Host) {
+	if !config.HostLabelRE.MatchString(c.Host) {
 		errs = append(errs, fmt.Errorf("host %q: expected 1 to 63 letters, digits, '.', '_' or '-'", c.Host))
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -117,7 +114,7 @@ func (c *AgentConfig) check() error {
 		c.Advertise = c.Listen
 	}
 	h, p, err := net.SplitHostPort(c.Advertise)
-	if err != nil || h == "" || !portOK(p) || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+	if err != nil || h == "" || !config.DialPort(p) || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
 		errs = append(errs, fmt.Errorf("advertise %q: expected HOST:PORT that supervisors can dial: no wildcard, no port 0", c.Advertise))
 	}
 	if c.ZMQHost == "" {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/phased/phased/sdk"
 	"github.com/phased/phased/supervisor/agentv1"
+	"github.com/phased/phased/supervisor/config"
 	"github.com/phased/phased/supervisor/pki"
 )
 
@@ -160,7 +161,7 @@ func TestAgentConfigCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.name == "host name by default" && !hostLabelRE.MatchString(hostname) {
+			if tt.name == "host name by default" && !config.HostLabelRE.MatchString(hostname) {
 				t.Skipf("this host's name %q is not a host label", hostname)
 			}
 			c := tt.cfg

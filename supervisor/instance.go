@@ -57,6 +57,9 @@ type instance struct {
 	// scaled is set for an instance a scale-out started on another
 	// host: scale-in retires those first.
 	scaled bool
+	// labelSet is labels(), made once.
+	labelSet   map[string]string
+	labelsOnce sync.Once
 
 	cur      atomic.Pointer[life] // the process filling the slot now
 	inflight atomic.Int64

@@ -25,7 +25,6 @@ import (
 	"maps"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -82,16 +81,10 @@ func parseAgent(prefix string, key, value []byte) (agentRecord, error) {
 	switch h, p, err := net.SplitHostPort(rec.Address); {
 	case rec.Host != name || !config.HostLabelRE.MatchString(rec.Host):
 		return rec, fmt.Errorf("etcd key %s: host %q: expected the key's last part, a host label", key, rec.Host)
-	case err != nil || h == "" || !portOK(p):
+	case err != nil || h == "" || !config.DialPort(p):
 		return rec, fmt.Errorf("etcd key %s: address %q: expected HOST:PORT", key, rec.Address)
 	}
 	return rec, nil
-}
-
-// portOK reports whether p is a port one can dial: 1 to 65535.
-func portOK(p string) bool {
-	n, err := strconv.Atoi(p)
-	return err == nil && n > 0 && n <= 65535
 }
 
 // etcdClient connects to etcd (lazily: a call fails, or waits, while it

@@ -27,10 +27,13 @@ type phase struct {
 	members atomic.Pointer[[]*instance]
 	scaleMu sync.Mutex
 	// remote is its instances on other hosts (remote.go), replaced
-	// whole under remoteMu; nextRemote numbers them after every index
+	// whole; every is members then remote, made again whenever either
+	// changes (listMu orders those), since every scheduling decision
+	// reads it. nextRemote numbers remote instances after every index
 	// the phase may scale to.
 	remote     atomic.Pointer[[]*instance]
-	remoteMu   sync.Mutex
+	every      atomic.Pointer[[]*instance]
+	listMu     sync.Mutex
 	nextRemote atomic.Int64
 	// load is what the scaler is told of it; stepsSeen the steps count
 	// at the scaler's last call, for a rate.
@@ -41,11 +44,10 @@ type phase struct {
 // all returns the phase's instances now: those on this host in index
 // order, then those on other hosts.
 func (ph *phase) all() []*instance {
-	local := ph.local()
-	if r := ph.remote.Load(); r != nil && len(*r) > 0 {
-		return append(slices.Clone(local), *r...)
+	if e := ph.every.Load(); e != nil {
+		return *e
 	}
-	return local
+	return nil
 }
 
 // local returns the phase's instances on this host, in index order:
@@ -58,19 +60,34 @@ func (ph *phase) local() []*instance {
 }
 
 // setMembers makes list the phase's instances on this host.
-func (ph *phase) setMembers(list []*instance) { ph.members.Store(&list) }
+func (ph *phase) setMembers(list []*instance) {
+	ph.listMu.Lock()
+	defer ph.listMu.Unlock()
+	ph.members.Store(&list)
+	ph.joinLists()
+}
 
 // editRemote replaces the phase's instances on other hosts by what edit
 // makes of them.
 func (ph *phase) editRemote(edit func([]*instance) []*instance) {
-	ph.remoteMu.Lock()
-	defer ph.remoteMu.Unlock()
+	ph.listMu.Lock()
+	defer ph.listMu.Unlock()
 	var cur []*instance
 	if r := ph.remote.Load(); r != nil {
 		cur = *r
 	}
 	next := edit(slices.Clone(cur))
 	ph.remote.Store(&next)
+	ph.joinLists()
+}
+
+// joinLists makes every from members and remote; listMu is held.
+func (ph *phase) joinLists() {
+	every := ph.local()
+	if r := ph.remote.Load(); r != nil && len(*r) > 0 {
+		every = append(slices.Clone(every), *r...)
+	}
+	ph.every.Store(&every)
 }
 
 // candidates is the phase's snapshot for a policy: an instance that can

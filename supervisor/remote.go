@@ -26,7 +26,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -183,20 +182,23 @@ const (
 )
 
 // labels are what the policies see of an instance: its phase's labels
-// and, in a cluster, its host and GPU.
+// and, in a cluster, its host and GPU. They do not change: made once,
+// not at every scheduling decision, and never written to after.
 func (in *instance) labels() map[string]string {
-	m := in.cfg.InstanceLabels(in.index)
-	if in.clusterHost == "" {
-		return m
-	}
-	if m == nil {
-		m = map[string]string{}
-	}
-	m[HostLabel] = in.clusterHost
-	if in.gpu != "" {
-		m[GPULabel] = in.gpu
-	}
-	return m
+	in.labelsOnce.Do(func() {
+		m := in.cfg.InstanceLabels(in.index)
+		if in.clusterHost != "" {
+			if m == nil {
+				m = map[string]string{}
+			}
+			m[HostLabel] = in.clusterHost
+			if in.gpu != "" {
+				m[GPULabel] = in.gpu
+			}
+		}
+		in.labelSet = m
+	})
+	return in.labelSet
 }
 
 // zmqHost is where an instance's zmq rooms bind: for an instance on
@@ -484,79 +486,6 @@ func (s *Supervisor) launchRemote(ph *phase, in *instance) error {
 	return nil
 }
 
-// scaleOutHosts starts k more instances of a phase: on the hosts with
-// room for them (their agents' capacity, --max), the roomiest first,
-// then on this host if the phase runs here (instances > 0).
-func (s *Supervisor) scaleOutHosts(ctx context.Context, ph *phase, k int, res *ScaleResult) error {
-	for k > 0 {
-		h := s.roomyHost(ph)
-		if h == nil {
-			break
-		}
-		in := s.newRemoteInstance(ph, h)
-		in.scaled = true
-		if err := s.launchRemote(ph, in); err != nil {
-			return fmt.Errorf("phase %s: scale out: %w", ph.cfg.Name, err)
-		}
-		res.Started = append(res.Started, in.id)
-		k--
-	}
-	if k == 0 {
-		return nil
-	}
-	if local := len(ph.local()); ph.cfg.Instances > 0 && local+k <= ph.cfg.Max {
-		return s.scaleOut(ctx, ph, local+k, res)
-	}
-	return fmt.Errorf("phase %s: scale out: no host has room for %d more instances: start an agent with --max %s=N, or give the phase instances on this host (instances > 0)", ph.cfg.Name, k, ph.cfg.Name)
-}
-
-// scaleInHosts retires k instances of a phase: those scaling started on
-// hosts first, the newest first, then this host's last ones. The
-// instances an agent offers (--serve) are its own: never retired.
-func (s *Supervisor) scaleInHosts(ctx context.Context, ph *phase, k int, res *ScaleResult) error {
-	var scaled []*instance
-	if r := ph.remote.Load(); r != nil {
-		for _, in := range *r {
-			if in.scaled && !in.retiring() {
-				scaled = append(scaled, in)
-			}
-		}
-	}
-	slices.SortFunc(scaled, func(a, b *instance) int { return b.index - a.index })
-	victims := scaled[:min(k, len(scaled))]
-	var errs []error
-	if len(victims) > 0 {
-		errs = append(errs, s.retire(ctx, victims, func() {
-			ph.editRemote(func(list []*instance) []*instance {
-				return slices.DeleteFunc(list, func(in *instance) bool { return slices.Contains(victims, in) })
-			})
-		}, res))
-	}
-	k -= len(victims)
-	local := len(ph.local())
-	if spare := local - min(local, ph.cfg.Instances); k > spare {
-		floor := len(ph.all()) - len(victims) - spare
-		errs = append(errs, fmt.Errorf("phase %s: scale in: %d of its instances are the agents' own (--serve) or this host's (instances = %d), which scaling does not retire; scale to at least %d", ph.cfg.Name, floor, ph.cfg.Instances, floor))
-	} else if k > 0 {
-		errs = append(errs, s.scaleIn(ctx, ph, local-k, res))
-	}
-	return errors.Join(errs...)
-}
-
-// floor is how few instances scaling can leave a phase of a cluster:
-// the agents' own (--serve) and this host's config count.
-func (s *Supervisor) floor(ph *phase) int {
-	n := min(len(ph.local()), ph.cfg.Instances)
-	if r := ph.remote.Load(); r != nil {
-		for _, in := range *r {
-			if !in.scaled {
-				n++
-			}
-		}
-	}
-	return n
-}
-
 // hostsMayServe reports whether, in a cluster, a host may yet give a
 // phase an instance: the phase runs on hosts only, or a host not joined
 // yet or with room for it is there. Requests then wait for one.
@@ -576,40 +505,6 @@ func (s *Supervisor) hostsMayServe(ph *phase) bool {
 		}
 	}
 	return false
-}
-
-// roomyHost returns the joined host with the most room for another
-// instance of a phase (ties: by name); nil when none has room.
-func (s *Supervisor) roomyHost(ph *phase) *host {
-	c := s.cluster
-	c.mu.Lock()
-	hosts := make([]*host, 0, len(c.hosts))
-	for _, h := range c.hosts {
-		if h.joined.Load() && !h.isLost() {
-			hosts = append(hosts, h)
-		}
-	}
-	c.mu.Unlock()
-	slices.SortFunc(hosts, func(a, b *host) int { return strings.Compare(a.name, b.name) })
-	var best *host
-	most := 0
-	for _, h := range hosts {
-		if room := int(h.capacity[ph.cfg.Name]) - s.countOn(ph, h); room > most {
-			best, most = h, room
-		}
-	}
-	return best
-}
-
-// countOn counts a phase's instances on a host.
-func (s *Supervisor) countOn(ph *phase, h *host) int {
-	n := 0
-	for _, in := range ph.all() {
-		if in.host == h {
-			n++
-		}
-	}
-	return n
 }
 
 // startRemote has an instance's agent start its process, and returns its

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -114,7 +114,7 @@ func (cb *clusterBlock) build(c *Config, filename string) []error {
 		fail("lease_ttl %s: expected whole seconds from 1s to 1h", cl.LeaseTTL)
 	}
 	for _, ep := range cl.Etcd {
-		if h, p, err := net.SplitHostPort(trimScheme(ep)); err != nil || h == "" || !dialPort(p) {
+		if h, p, err := net.SplitHostPort(trimScheme(ep)); err != nil || h == "" || !DialPort(p) {
 			fail("etcd endpoint %q: expected http://HOST:PORT or https://HOST:PORT", ep)
 		}
 	}
@@ -129,7 +129,7 @@ func (cb *clusterBlock) build(c *Config, filename string) []error {
 		} else {
 			hosts[ab.Host] = ab.DefRange
 		}
-		if h, p, err := net.SplitHostPort(ab.Address); err != nil || h == "" || !dialPort(p) {
+		if h, p, err := net.SplitHostPort(ab.Address); err != nil || h == "" || !DialPort(p) {
 			errs = append(errs, fmt.Errorf("%s: cluster: agent %q: address %q is not HOST:PORT", aat, ab.Host, ab.Address))
 		}
 		cl.Agents = append(cl.Agents, Agent{Host: ab.Host, Address: ab.Address})
@@ -149,8 +149,12 @@ func (cb *clusterBlock) build(c *Config, filename string) []error {
 	return errs
 }
 
-// dialPort reports whether p is a port one can dial: 1 to 65535.
-func dialPort(p string) bool { return validPort(p) && p != "0" && strings.TrimLeft(p, "0") != "" }
+// DialPort reports whether p is a port one can dial: 1 to 65535 (an
+// agent's address, an etcd endpoint, a registration in etcd).
+func DialPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n <= 65535
+}
 
 // trimScheme returns an endpoint without its http:// or https://.
 func trimScheme(ep string) string {

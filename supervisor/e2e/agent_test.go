@@ -38,17 +38,11 @@ func freePort(t *testing.T) int {
 func TestStaticAgents(t *testing.T) {
 	dir := shortDir(t)
 	ca, other := filepath.Join(dir, "ca"), filepath.Join(dir, "other")
-	tls := func(args ...string) {
-		t.Helper()
-		if out, errOut, code := cli(t, "", append([]string{"tls"}, args...)...); code != 0 {
-			t.Fatalf("supervisor tls %v: exit %d: %s%s", args, code, out, errOut)
-		}
-	}
-	tls("init", "--dir", ca)
-	tls("init", "--dir", other)
-	tls("issue", "hosta", "--dir", ca, "--ip", "127.0.0.1", "--role", "supervisor")
+	tlsCLI(t, "init", "--dir", ca)
+	tlsCLI(t, "init", "--dir", other)
+	tlsCLI(t, "issue", "hosta", "--dir", ca, "--ip", "127.0.0.1", "--role", "supervisor")
 	for _, h := range []string{"hostb", "hostc"} {
-		tls("issue", h, "--dir", ca, "--ip", "127.0.0.1")
+		tlsCLI(t, "issue", h, "--dir", ca, "--ip", "127.0.0.1")
 	}
 	// hostc's certificate is the cluster's, its CURVE key another's.
 	key, err := os.ReadFile(filepath.Join(other, "curve.key"))
@@ -145,16 +139,7 @@ cluster {
 	if again := instancesOn(t, p)["hostb"]["transformer"][0]; again == onB {
 		t.Fatalf("hostb came back with instance %s of before: want a new one", again)
 	}
-	st, err := p.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ph := range st.Phases {
-		for _, in := range ph.Instances {
-			pids = append(pids, in.PID)
-		}
-	}
+	pids := instancePIDs(t, p)
 	p.release(t)
 	for _, pid := range pids {
 		if running(pid) {

@@ -315,16 +315,7 @@ func TestSupervisorRestart(t *testing.T) {
 	if err != nil || kept.Deadline == nil {
 		t.Fatalf("%+v, %v: no deadline", kept, err)
 	}
-	st, err := p.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ph := range st.Phases {
-		for _, in := range ph.Instances {
-			pids = append(pids, in.PID)
-		}
-	}
+	pids := instancePIDs(t, p)
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -312,3 +312,27 @@ func leftovers(t *testing.T, dir string, pids []int) []string {
 	}
 	return out
 }
+
+// instancePIDs returns the pids of every instance of p, on every host.
+func instancePIDs(t *testing.T, p *proc) []int {
+	t.Helper()
+	st, err := p.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ph := range st.Phases {
+		for _, in := range ph.Instances {
+			pids = append(pids, in.PID)
+		}
+	}
+	return pids
+}
+
+// tlsCLI runs `supervisor tls ARGS...`, which must succeed.
+func tlsCLI(t *testing.T, args ...string) {
+	t.Helper()
+	if out, errOut, code := cli(t, "", append([]string{"tls"}, args...)...); code != 0 {
+		t.Fatalf("supervisor tls %v: exit %d: %s%s", args, code, out, errOut)
+	}
+}

@@ -185,18 +185,13 @@ func TestMultiHost(t *testing.T) {
 
 	// Credentials: one CA for the cluster, and another CA's for host d.
 	ca, rogue := filepath.Join(dir, "ca"), filepath.Join(dir, "ca2")
-	tls := func(args ...string) {
-		if out, errOut, code := cli(t, "", append([]string{"tls"}, args...)...); code != 0 {
-			t.Fatalf("supervisor tls %v: exit %d: %s%s", args, code, out, errOut)
-		}
-	}
-	tls("init", "--dir", ca)
-	tls("init", "--dir", rogue)
-	tls("issue", "hosta", "--dir", ca, "--ip", A.Addr, "--role", "supervisor")
+	tlsCLI(t, "init", "--dir", ca)
+	tlsCLI(t, "init", "--dir", rogue)
+	tlsCLI(t, "issue", "hosta", "--dir", ca, "--ip", A.Addr, "--role", "supervisor")
 	for _, h := range []*netns.Host{B, C} {
-		tls("issue", "host"+h.Name, "--dir", ca, "--ip", h.Addr)
+		tlsCLI(t, "issue", "host"+h.Name, "--dir", ca, "--ip", h.Addr)
 	}
-	tls("issue", "hostd", "--dir", rogue, "--ip", D.Addr)
+	tlsCLI(t, "issue", "hostd", "--dir", rogue, "--ip", D.Addr)
 
 	// The lease TTL: 3 s, or PHASED_TEST_LEASE_TTL, to measure the
 	// failover against other TTLs (it is logged).
@@ -404,16 +399,7 @@ cluster {
 
 	// 5. Release, then stop the agents: no process, socket, segment or
 	// etcd key is left.
-	st, err := p.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ph := range st.Phases {
-		for _, in := range ph.Instances {
-			pids = append(pids, in.PID)
-		}
-	}
+	pids := instancePIDs(t, p)
 	p.release(t)
 	if keys := etcdKeys(t, A, endpoint, "/phased/instances/"); len(keys) > 0 {
 		t.Fatalf("etcd keys of instances after release: %v", keys)
